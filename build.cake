@@ -1,0 +1,145 @@
+// OnnxQuant build script. `dotnet tool restore && dotnet cake --target=<task>`; every task installs what it needs.
+var target = Argument("target", "test");
+var configuration = Argument("configuration", "Release");
+
+const string OrtVersion = "1.30.0";
+// SHA-256 of bin/napi-v6/linux/x64/libonnxruntime.so.1 inside the npm package onnxruntime-node@1.30.0.
+const string OrtSha256 = "ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23";
+
+// Debian packages: the ONNX backend test suite for conformance tests, PyTorch and ONNX for models/ and the QAT
+// bridge, OpenBLAS because Debian's torch is about 10x slower on the reference BLAS.
+var debianPackages = new[]
+{
+    "libonnx-testdata", "python3-torch", "python3-torchvision", "python3-onnx", "python3-numpy", "python3-scipy",
+    "python3-pytest", "libopenblas0-pthread",
+};
+
+string OrtCacheDir()
+{
+    var cacheHome = EnvironmentVariable("XDG_CACHE_HOME");
+    if (string.IsNullOrEmpty(cacheHome))
+        cacheHome = System.IO.Path.Combine(EnvironmentVariable("HOME") ?? "/root", ".cache");
+    return System.IO.Path.Combine(cacheHome, "onnxquant", "ort", OrtVersion);
+}
+
+int Run(string tool, string arguments, string workingDirectory = null, bool check = true)
+{
+    var settings = new ProcessSettings { Arguments = arguments };
+    if (workingDirectory != null)
+        settings.WorkingDirectory = workingDirectory;
+    var code = StartProcess(tool, settings);
+    if (check && code != 0)
+        throw new Exception($"'{tool} {arguments}' failed with exit code {code}");
+    return code;
+}
+
+string Sha256(string path)
+{
+    using var stream = System.IO.File.OpenRead(path);
+    return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(stream)).ToLowerInvariant();
+}
+
+Task("setup-debian")
+    .Description("Installs the Debian packages the tests and models need (only the missing ones)")
+    .Does(() =>
+{
+    var missing = debianPackages.Where(p => Run("bash", $"-c \"dpkg -s {p} >/dev/null 2>&1\"", check: false) != 0).ToList();
+    if (missing.Count == 0)
+    {
+        Information("Debian packages: all present");
+        return;
+    }
+    Information($"Installing Debian packages: {string.Join(" ", missing)}");
+    Run("apt-get", "update -qq");
+    Run("bash", $"-c \"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {string.Join(" ", missing)} >/dev/null\"");
+});
+
+Task("setup-ort")
+    .Description("Fetches libonnxruntime.so.1 from the npm package onnxruntime-node into the cache (checksum-verified)")
+    .Does(() =>
+{
+    var dir = OrtCacheDir();
+    var lib = System.IO.Path.Combine(dir, "libonnxruntime.so.1");
+    if (System.IO.File.Exists(lib) && Sha256(lib) == OrtSha256)
+    {
+        Information($"ONNX Runtime {OrtVersion}: {lib}");
+        return;
+    }
+    var temp = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"onnxquant-ort-{Guid.NewGuid():N}");
+    System.IO.Directory.CreateDirectory(temp);
+    try
+    {
+        Run("npm", $"pack onnxruntime-node@{OrtVersion} --silent", temp);
+        Run("tar", $"xzf onnxruntime-node-{OrtVersion}.tgz package/bin/napi-v6/linux/x64/libonnxruntime.so.1", temp);
+        var extracted = System.IO.Path.Combine(temp, "package/bin/napi-v6/linux/x64/libonnxruntime.so.1");
+        var actual = Sha256(extracted);
+        if (actual != OrtSha256)
+            throw new Exception($"libonnxruntime.so.1 checksum mismatch: expected {OrtSha256}, got {actual}");
+        System.IO.Directory.CreateDirectory(dir);
+        var staging = lib + ".tmp";
+        System.IO.File.Copy(extracted, staging, true);
+        System.IO.File.Move(staging, lib, true);
+        Information($"ONNX Runtime {OrtVersion} installed: {lib}");
+    }
+    finally
+    {
+        System.IO.Directory.Delete(temp, true);
+    }
+});
+
+Task("setup")
+    .IsDependentOn("setup-debian")
+    .IsDependentOn("setup-ort");
+
+Task("build")
+    .Does(() =>
+{
+    DotNetBuild("OnnxQuant.sln", new DotNetBuildSettings { Configuration = configuration });
+});
+
+Task("test-dotnet")
+    .IsDependentOn("setup")
+    .IsDependentOn("build")
+    .Does(() =>
+{
+    DotNetTest("OnnxQuant.sln", new DotNetTestSettings
+    {
+        Configuration = configuration,
+        NoBuild = true,
+        Loggers = new[] { "console;verbosity=normal" },
+    });
+});
+
+Task("test-python")
+    .IsDependentOn("setup")
+    .Does(() =>
+{
+    // Debian's interpreter has torch and onnx; a python3 earlier on PATH may not.
+    var suites = new[] { "models/tests", "src/QatBridge/python/tests" }.Where(System.IO.Directory.Exists).ToList();
+    if (suites.Count == 0)
+        throw new Exception("no pytest suites found");
+    var env = new Dictionary<string, string> { ["OPENBLAS_NUM_THREADS"] = "1" };
+    var code = StartProcess("/usr/bin/python3", new ProcessSettings
+    {
+        Arguments = $"-m pytest -q {string.Join(" ", suites)}",
+        EnvironmentVariables = env,
+    });
+    if (code != 0)
+        throw new Exception($"pytest failed with exit code {code}");
+});
+
+Task("test")
+    .Description("Every test: xunit for the C# projects, pytest for models/ and the QAT bridge")
+    .IsDependentOn("test-dotnet")
+    .IsDependentOn("test-python");
+
+Task("example")
+    .Description("Compiles the bundled example model and prints the summary")
+    .IsDependentOn("setup")
+    .IsDependentOn("build")
+    .Does(() =>
+{
+    Run("dotnet", $"src/Cli/bin/{configuration}/net10.0/onnxquant.dll inspect models/fixtures/detr_small.onnx");
+});
+
+RunTarget(target);

@@ -1,0 +1,12 @@
+using System.CommandLine;
+
+namespace OnnxQuant.Cli;
+
+internal static class Commands
+{
+    /// <summary>Every subcommand, in the order help lists them. Add a new command's factory here.</summary>
+    public static IEnumerable<Command> All()
+    {
+        yield return VersionCommand.Create();
+    }
+}

@@ -1,0 +1,4 @@
+using System.CommandLine;
+using OnnxQuant.Cli;
+
+return CliApp.Run(args);

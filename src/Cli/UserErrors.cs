@@ -1,0 +1,18 @@
+namespace OnnxQuant.Cli;
+
+/// <summary>
+/// The exception types that mean "the user's input is wrong", mapped to exit codes. Each component throws its own
+/// type (the frontend, the solvers, the runtime binding, the passes); this is the one place that lists them.
+/// </summary>
+internal static class UserErrors
+{
+    public static int? Classify(Exception ex) => ex switch
+    {
+        CliInputException => ExitCodes.BadInput,
+        FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
+        _ => null,
+    };
+}
+
+/// <summary>A problem with the command line itself that the parser cannot see (e.g. two options that conflict).</summary>
+public sealed class CliInputException(string message) : Exception(message);
