@@ -202,7 +202,9 @@ public sealed class TensorData
         {
             if (d < 0)
                 throw new ArgumentException($"tensor dimensions must be >= 0, got [{string.Join(", ", shape)}]");
-            count = checked(count * d);
+            if (d > 0 && count > long.MaxValue / d)
+                throw new ArgumentException($"tensor shape [{string.Join(", ", shape)}] has more than {long.MaxValue} elements");
+            count *= d;
         }
         return count;
     }
