@@ -10,6 +10,7 @@ internal static class UserErrors
     {
         CliInputException => ExitCodes.BadInput,
         OnnxQuant.Frontend.FrontendException => ExitCodes.BadInput,
+        OnnxQuant.Solvers.SolverException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
         // The ONNX Runtime library is missing or lacks the requested provider; the message says how to get one.
         OnnxQuant.Runtime.RuntimeSetupException => ExitCodes.BadInput,
