@@ -11,5 +11,6 @@ internal static class Commands
         yield return InspectCommand.Create();
         yield return BenchCommand.Create();
         yield return SolveCommand.Create();
+        yield return EvalCommand.Create();
     }
 }
