@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using System.Numerics;
 using System.Runtime.CompilerServices;
@@ -50,7 +51,7 @@ public sealed class DpAllocator(DpOptions? options = null) : IBitAllocator
             maxUseful += free.Cost[free.Offsets[j + 1] - 1];
         foreach (var c in free.Cost)
             if (c > 0)
-                unit = (long)BigInteger.GreatestCommonDivisor(unit, c);
+                unit = Gcd(unit, c);
         if (unit == 0)
             unit = 1;
         var capacity = Math.Min(free.Budget, maxUseful);
@@ -76,26 +77,36 @@ public sealed class DpAllocator(DpOptions? options = null) : IBitAllocator
             scaled[i] = s > width ? int.MaxValue : (int)s;
         }
 
-        var choiceTable = new byte[(long)m * cells];
-        var prev = new double[cells];
-        var cur = new double[cells];
-        for (var j = 0; j < m; j++)
-        {
-            var start = free.Offsets[j];
-            var count = free.Offsets[j + 1] - start;
-            Relax(prev, cur, GetRow(choiceTable, j, cells), scaled.AsSpan(start, count), free.Distortion.AsSpan(start, count));
-            (prev, cur) = (cur, prev);
-        }
-
+        // The table is rented: every cell of every row is written before it is read, and a sweep or repeated solve
+        // then reuses the memory instead of faulting in fresh pages and forcing a full GC each time.
+        var tableBytes = (long)m * cells;
+        var choiceTable = ArrayPool<byte>.Shared.Rent((int)Math.Max(1, tableBytes));
         var choice = new int[m];
-        var w = width;
-        for (var j = m - 1; j >= 0; j--)
+        try
         {
-            var k = GetRow(choiceTable, j, cells)[w];
-            choice[j] = k;
-            w -= scaled[free.Offsets[j] + k];
+            var prev = new double[cells];
+            var cur = new double[cells];
+            for (var j = 0; j < m; j++)
+            {
+                var start = free.Offsets[j];
+                var count = free.Offsets[j + 1] - start;
+                Relax(prev, cur, GetRow(choiceTable, j, cells), scaled.AsSpan(start, count), free.Distortion.AsSpan(start, count));
+                (prev, cur) = (cur, prev);
+            }
+
+            var w = width;
+            for (var j = m - 1; j >= 0; j--)
+            {
+                var k = GetRow(choiceTable, j, cells)[w];
+                choice[j] = k;
+                w -= scaled[free.Offsets[j] + k];
+            }
+            Debug.Assert(w >= 0);
         }
-        Debug.Assert(w >= 0);
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(choiceTable);
+        }
 
         double gap = 0;
         if (bucket != unit)
@@ -111,8 +122,15 @@ public sealed class DpAllocator(DpOptions? options = null) : IBitAllocator
             gap = Math.Max(0.0, free.Evaluate(choice).Distortion - free.RelaxationLowerBound(free.Budget));
         }
         var bits = free.ToBits(problem, choice);
-        var stats = new DpStats(cells, unit, bucket, choiceTable.LongLength, gap) { Elapsed = clock.Elapsed };
+        var stats = new DpStats(cells, unit, bucket, tableBytes, gap) { Elapsed = clock.Elapsed };
         return new Allocation(problem, bits, stats, []);
+    }
+
+    private static long Gcd(long a, long b)
+    {
+        while (b != 0)
+            (a, b) = (b, a % b);
+        return a;
     }
 
     private static Span<byte> GetRow(byte[] table, int unitIndex, int cells) =>
@@ -124,6 +142,7 @@ public sealed class DpAllocator(DpOptions? options = null) : IBitAllocator
     /// registers and each cell is stored once. Candidates ascend in cost: in the block where a candidate starts to
     /// fit only some lanes, it is applied lane by lane after the vector pass (later k, so the tie rule still holds).
     /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot kernel: skip tier-0 code and on-stack replacement
     private static void Relax(double[] prev, double[] cur, Span<byte> row, ReadOnlySpan<int> scaled, ReadOnlySpan<double> distortion)
     {
         var cells = cur.Length;

@@ -117,6 +117,7 @@ public sealed class LagrangianAllocator(LagrangianOptions? options = null) : IBi
     }
 
     /// <summary>b_u(lambda) for every free unit into <paramref name="choice"/>; returns the total incremental cost.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static long Choose(FreeUnits free, double lambda, int[] choice)
     {
         var offsets = free.Offsets;
