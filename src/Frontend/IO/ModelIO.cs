@@ -78,6 +78,7 @@ public static class ModelIO
             if (stream.Length >= ProtobufLimitBytes)
                 throw new FrontendException(
                     $"'{path}' is {stream.Length} bytes; an ONNX protobuf cannot exceed 2 GiB (weights must be external data)");
+            // Parsing from the stream copies each raw_data field once, into the buffer the tensor keeps.
             proto = Parse(new CodedInputStream(stream), path, stream.Length, () => File.ReadAllBytes(fullPath));
         }
         return Convert(proto, Path.GetDirectoryName(fullPath)!, path, options);
