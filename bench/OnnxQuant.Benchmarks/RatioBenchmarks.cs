@@ -9,6 +9,8 @@ public static class RatioBenchmarks
     public static IReadOnlyList<RatioBenchmark> All { get; } =
     [
         SolverRatio.Benchmark,
+        new("frontend-io", "frontend-io [--mb 600]: load/save MB/s and peak memory / file size on a generated model",
+            FrontendIoBenchmark.Run),
     ];
 
     public static RatioBenchmark? Find(string name) => All.FirstOrDefault(b => b.Name == name);

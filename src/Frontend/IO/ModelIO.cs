@@ -78,6 +78,7 @@ public static class ModelIO
             if (stream.Length >= ProtobufLimitBytes)
                 throw new FrontendException(
                     $"'{path}' is {stream.Length} bytes; an ONNX protobuf cannot exceed 2 GiB (weights must be external data)");
+            // Parsing from the stream copies each raw_data field once, into the buffer the tensor keeps.
             proto = Parse(new CodedInputStream(stream), path, stream.Length, () => File.ReadAllBytes(fullPath));
         }
         return Convert(proto, Path.GetDirectoryName(fullPath)!, path, options);
@@ -135,13 +136,22 @@ public static class ModelIO
         try
         {
             model = new ProtoReader(baseDirectory).ReadModel(proto);
+            if (options.Validate)
+                ModelValidator.Validate(model).ThrowIfInvalid(source);
+        }
+        catch (FrontendException ex) when (ex.Message.StartsWith($"'{source}'", StringComparison.Ordinal))
+        {
+            throw;
         }
         catch (FrontendException ex)
         {
             throw new FrontendException($"'{source}': {ex.Message}", ex);
         }
-        if (options.Validate)
-            ModelValidator.Validate(model).ThrowIfInvalid(source);
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // Whatever a malformed file provokes, the caller sees the one bad-model exception (the cause stays inner).
+            throw new FrontendException($"'{source}': the model cannot be read: {ex.Message}", ex);
+        }
         return model;
     }
 
