@@ -8,6 +8,7 @@ public static class RatioBenchmarks
     /// <summary>Every ratio benchmark; add new ones here.</summary>
     public static IReadOnlyList<RatioBenchmark> All { get; } =
     [
+        SolverRatio.Benchmark,
     ];
 
     public static RatioBenchmark? Find(string name) => All.FirstOrDefault(b => b.Name == name);

@@ -8,7 +8,9 @@ internal static class Commands
     public static IEnumerable<Command> All()
     {
         yield return VersionCommand.Create();
+        yield return InspectCommand.Create();
         yield return BenchCommand.Create();
+        yield return SolveCommand.Create();
         yield return EvalCommand.Create();
     }
 }
