@@ -5,7 +5,7 @@ using OnnxQuant.Runtime;
 namespace OnnxQuant.Passes.Tests.Evaluation;
 
 /// <summary>
-/// The trained small reference model committed under models/fixtures, scored on the first images of the committed
+/// The trained small reference models committed under models/fixtures, scored on the first images of the committed
 /// eval split (a subset keeps the test short). Inference and scoring are deterministic (one thread), so the figures
 /// are pinned to what was measured; the tolerance only absorbs float differences between ONNX Runtime builds.
 /// </summary>
@@ -35,6 +35,18 @@ public sealed class ReferenceModelTests
     }
 
     [Fact]
+    public void SmallDetrReachesItsMeasuredAp()
+    {
+        var r = EvaluateSubset("models/fixtures/detr_small.onnx");
+        Assert.Equal(DecoderKind.Detr, r.Decoder);
+        Assert.Equal(Images, r.ImageCount);
+        Assert.Null(r.Segm);
+        Assert.Equal(ExpectedDetrAp, r.Bbox.AP!.Value, Tolerance);
+        Assert.Equal(ExpectedDetrAp50, r.Bbox.AP50!.Value, Tolerance);
+        Assert.True(r.Bbox.AP50 > 0.2);
+    }
+
+    [Fact]
     public void SmallMaskRcnnReachesItsMeasuredBoxAndMaskAp()
     {
         var r = EvaluateSubset("models/fixtures/maskrcnn_swin_small.onnx");
@@ -49,6 +61,8 @@ public sealed class ReferenceModelTests
     }
 
     // Measured by this evaluator (the code `onnxquant eval` runs) on images 1..25 of models/data/eval.npz, one thread.
+    private const double ExpectedDetrAp = 0.1715;
+    private const double ExpectedDetrAp50 = 0.2889;
     private const double ExpectedMaskRcnnBoxAp = 0.1685;
     private const double ExpectedMaskRcnnBoxAp50 = 0.3128;
     private const double ExpectedMaskRcnnMaskAp = 0.1741;
