@@ -144,6 +144,9 @@ public sealed class MaskRcnnDecoder(string boxesName, string labelsName, string 
         var bitmap = new byte[image.Height * image.Width];
         for (var i = 0; i < n; i++)
         {
+            if (!float.IsFinite(scores[i]) || !float.IsFinite(boxes[4 * i]) || !float.IsFinite(boxes[4 * i + 1])
+                || !float.IsFinite(boxes[4 * i + 2]) || !float.IsFinite(boxes[4 * i + 3]))
+                throw new EvaluationException($"Mask R-CNN outputs hold NaN or infinite values (image {image.Id}, detection {i})");
             double x1 = boxes[4 * i] * sx, y1 = boxes[4 * i + 1] * sy, x2 = boxes[4 * i + 2] * sx, y2 = boxes[4 * i + 3] * sy;
             Rle? mask = null;
             if (masks is not null)
