@@ -9,6 +9,7 @@ internal static class UserErrors
     public static int? Classify(Exception ex) => ex switch
     {
         CliInputException => ExitCodes.BadInput,
+        OnnxQuant.Passes.Data.DataFormatException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
         _ => null,
     };
