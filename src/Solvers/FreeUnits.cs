@@ -1,0 +1,110 @@
+namespace OnnxQuant.Solvers;
+
+/// <summary>
+/// The free (non-pinned) units of a problem flattened for the solvers: candidate k of free unit j sits at
+/// Offsets[j] + k with its distortion and incremental cost n_u (b_k - b_0) in weight-bits above the unit's lowest
+/// candidate. Budget = what is left after pinned units and every free unit's lowest candidate.
+/// </summary>
+internal sealed class FreeUnits
+{
+    public FreeUnits(AllocationProblem problem)
+    {
+        var free = problem.Prepared.Where(p => !p.IsPinned).ToArray();
+        Units = free;
+        Offsets = new int[free.Length + 1];
+        for (var j = 0; j < free.Length; j++)
+            Offsets[j + 1] = Offsets[j] + free[j].Bits.Length;
+        Distortion = new double[Offsets[^1]];
+        Cost = new long[Offsets[^1]];
+        long baseCost = problem.PinnedCost;
+        for (var j = 0; j < free.Length; j++)
+        {
+            var u = free[j];
+            baseCost += u.Size * (long)u.Bits[0];
+            for (var k = 0; k < u.Bits.Length; k++)
+            {
+                Distortion[Offsets[j] + k] = u.Distortion[k];
+                Cost[Offsets[j] + k] = u.Size * (long)(u.Bits[k] - u.Bits[0]);
+            }
+        }
+        Budget = problem.BudgetBits - baseCost;
+    }
+
+    public PreparedUnit[] Units { get; }
+    public int[] Offsets { get; }
+    public double[] Distortion { get; }
+    public long[] Cost { get; }
+    /// <summary>Weight-bits left for raising free units above their lowest candidate (non-negative when feasible).</summary>
+    public long Budget { get; }
+    public int Count => Units.Length;
+
+    /// <summary>Full bits per problem unit (pinned ones at their pin) from a candidate index per free unit.</summary>
+    public int[] ToBits(AllocationProblem problem, ReadOnlySpan<int> choice)
+    {
+        var bits = problem.Prepared.Select(p => p.Bits[0]).ToArray();
+        for (var j = 0; j < Units.Length; j++)
+            bits[Units[j].Index] = Units[j].Bits[choice[j]];
+        return bits;
+    }
+
+    /// <summary>
+    /// The linear-relaxation optimum of the multiple-choice knapsack at <paramref name="budget"/>: a lower bound on
+    /// the exact optimum (of the free units' distortion). Greedy over the lower-convex-hull segments of every unit
+    /// taken by steepest distortion drop per weight-bit, the last one fractionally.
+    /// </summary>
+    public double RelaxationLowerBound(long budget)
+    {
+        var segments = new List<(double Slope, long Cost, double Drop)>();
+        double value = 0;
+        for (var j = 0; j < Count; j++)
+        {
+            var start = Offsets[j];
+            var hull = LowerHull(Cost.AsSpan(start, Offsets[j + 1] - start), Distortion.AsSpan(start, Offsets[j + 1] - start));
+            value += Distortion[start + hull[0]];
+            for (var h = 1; h < hull.Count; h++)
+            {
+                var c = Cost[start + hull[h]] - Cost[start + hull[h - 1]];
+                var drop = Distortion[start + hull[h - 1]] - Distortion[start + hull[h]];
+                if (drop <= 0)
+                    break;
+                segments.Add((drop / c, c, drop));
+            }
+        }
+        segments.Sort((a, b) => b.Slope.CompareTo(a.Slope));
+        double left = budget;
+        foreach (var (_, cost, drop) in segments)
+        {
+            if (left <= 0)
+                break;
+            var take = Math.Min(1.0, left / cost);
+            value -= take * drop;
+            left -= take * cost;
+        }
+        return value;
+    }
+
+    /// <summary>
+    /// Indices of the lower convex hull of points (cost[i], distortion[i]), costs strictly ascending, from the
+    /// cheapest point rightwards. Collinear middle points are dropped.
+    /// </summary>
+    public static List<int> LowerHull(ReadOnlySpan<long> cost, ReadOnlySpan<double> distortion)
+    {
+        var hull = new List<int>(cost.Length);
+        for (var i = 0; i < cost.Length; i++)
+        {
+            while (hull.Count >= 2)
+            {
+                int a = hull[^2], b = hull[^1];
+                // b is not below the segment a-i: cross product of (b - a) and (i - a) is not positive.
+                var cross = (double)(cost[b] - cost[a]) * (distortion[i] - distortion[a])
+                          - (double)(cost[i] - cost[a]) * (distortion[b] - distortion[a]);
+                if (cross <= 0)
+                    hull.RemoveAt(hull.Count - 1);
+                else
+                    break;
+            }
+            hull.Add(i);
+        }
+        return hull;
+    }
+}

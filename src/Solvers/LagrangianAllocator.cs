@@ -1,0 +1,171 @@
+using System.Diagnostics;
+using System.Globalization;
+
+namespace OnnxQuant.Solvers;
+
+/// <param name="Epsilon">Rate tolerance: the search stops once the rate is within epsilon of the target.</param>
+/// <param name="AllowOvershoot">
+/// False (default): the rate never exceeds the target, so the result meets the same budget as the DP.
+/// True: the rate may exceed the target by up to epsilon (|rate - R| &lt;= eps on both sides, as F-LBQ-LG states it).
+/// </param>
+/// <param name="MaxIterations">Cap on binary-search steps (the search normally ends far earlier).</param>
+public sealed record LagrangianOptions(double Epsilon = 0.02, bool AllowOvershoot = false, int MaxIterations = 200)
+{
+    public static LagrangianOptions Default { get; } = new();
+}
+
+/// <summary>
+/// F-LBQ-LG: for a multiplier lambda each free unit takes b_u(lambda) = argmin_b D_u(b) + lambda n_u b over its
+/// candidates (all &gt;= b_min); the rate falls as lambda grows. A binary search on log2(lambda), over a range set from
+/// the curves' own slopes, finds the smallest lambda whose rate meets the budget and stops as soon as the rate is
+/// within epsilon of the target. Every answer is a vertex of each unit's lower convex hull, so the result lies on
+/// the convex hull of the exact front; its distortion is never below the DP's.
+/// <para>
+/// If the hull jumps over the window [R - eps, R] (a step of the rate larger than eps), the search narrows to the
+/// break point and returns the best feasible hull point, flagged in the stats and warnings.
+/// </para>
+/// <para>Tie-break (deterministic): a unit whose objective ties between widths takes the fewer bits.</para>
+/// </summary>
+public sealed class LagrangianAllocator(LagrangianOptions? options = null) : IBitAllocator
+{
+    public LagrangianOptions Options { get; } = Validate(options ?? LagrangianOptions.Default);
+
+    /// <summary>Convenience: the default options with another epsilon.</summary>
+    public LagrangianAllocator(double epsilon) : this(new LagrangianOptions(epsilon)) { }
+
+    public Allocation Solve(AllocationProblem problem)
+    {
+        ArgumentNullException.ThrowIfNull(problem);
+        var clock = Stopwatch.StartNew();
+        problem.EnsureFeasible();
+        var free = new FreeUnits(problem);
+        var eps = Options.Epsilon;
+        var budget = free.Budget;
+        var baseCost = problem.BudgetBits - free.Budget;
+        if (Options.AllowOvershoot)
+            budget = (long)Math.Min((double)long.MaxValue, Math.Floor((problem.TargetBits + eps) * problem.TotalSize)) - baseCost;
+        // Incremental cost at or above this is within the window (rate >= R - eps).
+        var windowLow = (problem.TargetBits - eps) * problem.TotalSize - baseCost;
+
+        var (minSlope, maxSlope) = SlopeRange(free);
+        var choice = new int[free.Count];
+        var best = new int[free.Count];
+        int iterations = 0;
+        bool converged;
+        double lambda;
+
+        if (maxSlope <= 0)
+        {
+            // No curve drops with more bits: the cheapest widths are optimal (ties to fewer bits).
+            lambda = 1;
+            Choose(free, lambda, best);
+            converged = true;
+        }
+        else
+        {
+            double lo = Math.Log2(minSlope) - 1, hi = Math.Log2(maxSlope) + 1;
+            // Above every slope each unit takes its fewest bits: the least rate, feasible by EnsureFeasible.
+            var hiCost = Choose(free, Math.Pow(2, hi), best);
+            lambda = Math.Pow(2, hi);
+            converged = hiCost >= windowLow;
+            if (!converged)
+            {
+                // Below every positive slope each unit takes its least distortion: if that fits, nothing beats it.
+                var loCost = Choose(free, Math.Pow(2, lo), choice);
+                if (loCost <= budget)
+                {
+                    (best, choice) = (choice, best);
+                    lambda = Math.Pow(2, lo);
+                    converged = true;
+                }
+            }
+            while (!converged && iterations < Options.MaxIterations)
+            {
+                var mid = 0.5 * (lo + hi);
+                if (mid <= lo || mid >= hi)
+                    break; // the interval cannot shrink further: the rate steps over the window here
+                iterations++;
+                var cost = Choose(free, Math.Pow(2, mid), choice);
+                if (cost > budget)
+                {
+                    lo = mid;
+                    continue;
+                }
+                hi = mid;
+                lambda = Math.Pow(2, mid);
+                (best, choice) = (choice, best);
+                converged = cost >= windowLow;
+            }
+        }
+
+        var warnings = new List<SolverWarning>();
+        if (!converged)
+        {
+            var bitsMissed = free.ToBits(problem, best);
+            var rate = problem.Prepared.Select((p, i) => p.Size * (long)bitsMissed[i]).Sum() / (double)problem.TotalSize;
+            warnings.Add(new SolverWarning(SolverWarningKind.LagrangianWindowMissed, null,
+                $"lagrangian: no multiplier gives a rate within {Fmt(eps)} of target {Fmt(problem.TargetBits)} " +
+                $"(the convex hull steps from above the budget to {Fmt(rate)}); returned that best feasible hull point — " +
+                "the dp solver can use the remaining budget"));
+        }
+        var stats = new LagrangianStats(lambda, iterations, eps, !converged, Options.AllowOvershoot) { Elapsed = clock.Elapsed };
+        return new Allocation(problem, free.ToBits(problem, best), stats, warnings);
+    }
+
+    /// <summary>b_u(lambda) for every free unit into <paramref name="choice"/>; returns the total incremental cost.</summary>
+    private static long Choose(FreeUnits free, double lambda, int[] choice)
+    {
+        var offsets = free.Offsets;
+        var dist = free.Distortion;
+        var cost = free.Cost;
+        long total = 0;
+        for (var j = 0; j < choice.Length; j++)
+        {
+            int start = offsets[j], end = offsets[j + 1];
+            var bestK = start;
+            var bestValue = dist[start]; // incremental cost 0
+            for (var i = start + 1; i < end; i++)
+            {
+                var value = dist[i] + lambda * cost[i];
+                if (value < bestValue)
+                {
+                    bestValue = value;
+                    bestK = i;
+                }
+            }
+            choice[j] = bestK - start;
+            total += cost[bestK];
+        }
+        return total;
+    }
+
+    /// <summary>Least and greatest positive pairwise slope (D_j - D_k) / (n (b_k - b_j)) over all units.</summary>
+    private static (double Min, double Max) SlopeRange(FreeUnits free)
+    {
+        double min = double.PositiveInfinity, max = 0;
+        for (var j = 0; j < free.Count; j++)
+            for (var a = free.Offsets[j]; a < free.Offsets[j + 1]; a++)
+                for (var b = a + 1; b < free.Offsets[j + 1]; b++)
+                {
+                    var slope = (free.Distortion[a] - free.Distortion[b]) / (free.Cost[b] - free.Cost[a]);
+                    if (slope > 0)
+                    {
+                        min = Math.Min(min, slope);
+                        max = Math.Max(max, slope);
+                    }
+                }
+        return (min, max);
+    }
+
+    private static string Fmt(double v) => v.ToString("0.####", CultureInfo.InvariantCulture);
+
+    private static LagrangianOptions Validate(LagrangianOptions options)
+    {
+        if (!double.IsFinite(options.Epsilon) || options.Epsilon < 0)
+            throw new SolverException(SolverErrorKind.InvalidProblem,
+                $"epsilon must be a finite non-negative number, got {options.Epsilon.ToString(CultureInfo.InvariantCulture)}");
+        if (options.MaxIterations < 1)
+            throw new SolverException(SolverErrorKind.InvalidProblem, $"MaxIterations must be at least 1, got {options.MaxIterations}");
+        return options;
+    }
+}
