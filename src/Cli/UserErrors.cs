@@ -10,6 +10,10 @@ internal static class UserErrors
     {
         CliInputException => ExitCodes.BadInput,
         OnnxQuant.Passes.Data.DataFormatException => ExitCodes.BadInput,
+        // The model, calibration data or compile options cannot be used as asked (names the input).
+        OnnxQuant.Passes.CompileException => ExitCodes.BadInput,
+        // An infeasible budget or invalid curves.
+        OnnxQuant.Solvers.SolverException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
         // The ONNX Runtime library is missing or lacks the requested provider; the message says how to get one.
         OnnxQuant.Runtime.RuntimeSetupException => ExitCodes.BadInput,
