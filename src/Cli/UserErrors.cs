@@ -14,6 +14,7 @@ internal static class UserErrors
         OnnxQuant.Passes.CompileException => ExitCodes.BadInput,
         // An infeasible budget or invalid curves.
         OnnxQuant.Solvers.SolverException => ExitCodes.BadInput,
+        OnnxQuant.Frontend.FrontendException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
         // The ONNX Runtime library is missing or lacks the requested provider; the message says how to get one.
         OnnxQuant.Runtime.RuntimeSetupException => ExitCodes.BadInput,
