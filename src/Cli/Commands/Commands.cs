@@ -8,5 +8,6 @@ internal static class Commands
     public static IEnumerable<Command> All()
     {
         yield return VersionCommand.Create();
+        yield return SolveCommand.Create();
     }
 }
