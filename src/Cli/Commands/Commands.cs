@@ -9,5 +9,6 @@ internal static class Commands
     {
         yield return VersionCommand.Create();
         yield return SolveCommand.Create();
+        yield return BenchCommand.Create();
     }
 }
