@@ -157,6 +157,8 @@ public static class Compiler
                 bytes.LongLength);
             var targetNotes = new List<string>(notes);
             targetNotes.AddRange(allocation.Warnings.Select(w => w.Message));
+            if (options.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
+                targetNotes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
             var report = new CompileReport(toolVersion, target, allocation.Rate, options.Solver.ToString().ToLowerInvariant(), minBits,
                 features, options.Curves, curveSet.FromCache, options.Format == WeightFormat.Qdq ? "qdq" : "matmulnbits",
                 options.ActBits, options.ActCalibration.ToString().ToLowerInvariant(), rewrite.Opset,

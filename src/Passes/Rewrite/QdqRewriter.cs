@@ -18,7 +18,9 @@ public sealed record LayerStorage(string Layer, string Format, DataType Containe
     long IdealBits, long Bytes, long FloatBytes);
 
 /// <summary>What the rewrite produced.</summary>
-public sealed record RewriteResult(IReadOnlyList<LayerStorage> Layers, long Opset, long IrVersion, int ActivationPairs);
+/// <param name="WeightOnlyLayers">Quantized layers left without activation Q/DQ (INT2 containers).</param>
+public sealed record RewriteResult(IReadOnlyList<LayerStorage> Layers, long Opset, long IrVersion, int ActivationPairs,
+    IReadOnlyList<string> WeightOnlyLayers);
 
 /// <summary>
 /// Rewrites a model to QDQ form. Weights: each quantized layer's float initializer becomes a signed integer
@@ -41,6 +43,7 @@ public static class QdqRewriter
         long requiredOpset = 13; // per-axis DequantizeLinear
         var usesMicrosoft = false;
         var quantizedNodes = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        var weightOnly = new List<string>();
         foreach (var plan in plans)
         {
             var layer = plan.Layer;
@@ -62,9 +65,21 @@ public static class QdqRewriter
             else
             {
                 var container = Container(plan.MaxBits);
+                // ONNX Runtime 1.30 fuses DequantizeLinear(INT2) -> MatMul/Gemm into MatMulNBits and gets the wrong
+                // answer when the output channels are not a multiple of 4 (checked by a test); such layers keep their
+                // 2-bit values in an INT4 container.
+                if (container == DataType.Int2 && layer.OpType != "Conv" && layer.Channels % 4 != 0)
+                    container = DataType.Int4;
                 requiredOpset = Math.Max(requiredOpset, RequiredOpset(container));
                 var bytes = ReplaceWithDequantize(graph, weightValue, layer, quantized, container);
                 storage.Add(new LayerStorage(layer.Name, "qdq", container, plan.MaxBits, layer.Size, ideal, bytes, floatBytes));
+                // ONNX Runtime 1.30 fuses quantized activations with DQ weights into integer kernels that refuse INT2,
+                // so INT2 layers stay weight-only (DQ -> op, which it runs and fuses into MatMulNBits).
+                if (container == DataType.Int2)
+                {
+                    weightOnly.Add(layer.Name);
+                    continue;
+                }
             }
             quantizedNodes.Add(node);
         }
@@ -84,7 +99,7 @@ public static class QdqRewriter
         var finalOpset = model.OpsetImports.Default ?? requiredOpset;
         model.IrVersion = Math.Max(model.IrVersion, finalOpset >= 25 ? 12 : finalOpset >= 21 ? 10 : finalOpset >= 19 ? 9 : 7);
         graph.TopologicalSort();
-        return new RewriteResult(storage, finalOpset, model.IrVersion, pairs);
+        return new RewriteResult(storage, finalOpset, model.IrVersion, pairs, weightOnly);
     }
 
     /// <summary>Signed container for a width: INT2, INT4 or INT8.</summary>
