@@ -8,6 +8,8 @@ public static class RatioBenchmarks
     /// <summary>Every ratio benchmark; add new ones here.</summary>
     public static IReadOnlyList<RatioBenchmark> All { get; } =
     [
+        new("frontend-io", "frontend-io [--mb 600]: load/save MB/s and peak memory / file size on a generated model",
+            FrontendIoBenchmark.Run),
     ];
 
     public static RatioBenchmark? Find(string name) => All.FirstOrDefault(b => b.Name == name);

@@ -10,5 +10,6 @@ internal static class Commands
         yield return VersionCommand.Create();
         yield return SolveCommand.Create();
         yield return BenchCommand.Create();
+        yield return InspectCommand.Create();
     }
 }

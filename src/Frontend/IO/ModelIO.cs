@@ -30,6 +30,10 @@ public sealed record SaveOptions
 
     /// <summary>Offsets of tensors of at least 1 MiB are multiples of this (so runtimes can map them); others of 64.</summary>
     public int LargeTensorAlignment { get; init; } = 4096;
+
+    /// <summary>Flush the files to disk before the rename, so a crash leaves the old or the new model, never a torn
+    /// one (default on; off only trades that guarantee for speed, e.g. in scratch folders).</summary>
+    public bool Durable { get; init; } = true;
 }
 
 /// <summary>Options for <see cref="ModelIO.Load(string, LoadOptions?)"/>.</summary>
@@ -74,14 +78,15 @@ public static class ModelIO
             if (stream.Length >= ProtobufLimitBytes)
                 throw new FrontendException(
                     $"'{path}' is {stream.Length} bytes; an ONNX protobuf cannot exceed 2 GiB (weights must be external data)");
-            proto = Parse(new CodedInputStream(stream), path, stream.Length);
+            // Parsing from the stream copies each raw_data field once, into the buffer the tensor keeps.
+            proto = Parse(new CodedInputStream(stream), path, stream.Length, () => File.ReadAllBytes(fullPath));
         }
         return Convert(proto, Path.GetDirectoryName(fullPath)!, path, options);
     }
 
     /// <summary>Loads a model from bytes; it must not use external data unless <paramref name="baseDirectory"/> is given.</summary>
     public static Model Load(byte[] bytes, string? baseDirectory = null, LoadOptions? options = null) =>
-        Convert(Parse(new CodedInputStream(bytes), "model bytes", bytes.Length), baseDirectory, "model bytes",
+        Convert(Parse(new CodedInputStream(bytes), "model bytes", bytes.Length, () => bytes), baseDirectory, "model bytes",
             options ?? new LoadOptions());
 
     /// <inheritdoc cref="Load(byte[], string?, LoadOptions?)"/>
@@ -94,12 +99,13 @@ public static class ModelIO
         }
         catch (Exception ex) when (IsParseFailure(ex))
         {
-            throw new FrontendException($"model bytes are not a valid ONNX model: {ex.Message}", ex);
+            throw new FrontendException(
+                $"model bytes are not a valid ONNX model: {ex.Message.TrimEnd('.')} ({ProtoDiagnosis.Locate(bytes.ToArray())})", ex);
         }
         return Convert(proto, baseDirectory, "model bytes", options ?? new LoadOptions());
     }
 
-    private static ModelProto Parse(CodedInputStream input, string source, long length)
+    private static ModelProto Parse(CodedInputStream input, string source, long length, Func<byte[]> reread)
     {
         var proto = new ModelProto();
         try
@@ -110,8 +116,14 @@ public static class ModelIO
         catch (Exception ex) when (IsParseFailure(ex))
         {
             throw new FrontendException(
-                $"'{source}' is not a valid ONNX model: {ex.Message.TrimEnd('.')} (at byte {input.Position} of {length})", ex);
+                $"'{source}' is not a valid ONNX model: {ex.Message.TrimEnd('.')} ({length} bytes; {Diagnose(reread)})", ex);
         }
+    }
+
+    private static string Diagnose(Func<byte[]> reread)
+    {
+        try { return ProtoDiagnosis.Locate(reread()); }
+        catch (IOException) { return "the file could not be read again to locate the damage"; }
     }
 
     private static bool IsParseFailure(Exception ex) =>
@@ -187,12 +199,12 @@ public static class ModelIO
             using (var output = new FileStream(tempModel, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
             {
                 proto.WriteTo(output);
-                output.Flush(flushToDisk: true);
+                output.Flush(flushToDisk: options.Durable);
             }
             if (data is not null)
             {
                 var wroteAny = data.Length > 0;
-                data.Flush(flushToDisk: true);
+                data.Flush(flushToDisk: options.Durable);
                 data.Dispose();
                 data = null;
                 if (wroteAny) File.Move(tempData!, dataPath, overwrite: true);

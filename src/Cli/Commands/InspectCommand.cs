@@ -1,0 +1,169 @@
+using System.CommandLine;
+using System.Text;
+using System.Text.Json;
+using OnnxQuant.Frontend;
+using Spectre.Console;
+
+namespace OnnxQuant.Cli;
+
+/// <summary>`onnxquant inspect model.onnx [--json]`: what a model is made of, as tables or one JSON object.</summary>
+internal static class InspectCommand
+{
+    public static Command Create()
+    {
+        var model = new Argument<FileInfo>("model") { Description = "The ONNX model file" };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object instead of tables" };
+        var command = new Command("inspect", "Summarize a model: IR version, opsets, inputs/outputs, op types, parameters, quantizable layers");
+        command.Arguments.Add(model);
+        command.Options.Add(json);
+        command.SetAction(parse =>
+        {
+            var path = parse.GetValue(model)!.FullName;
+            var summary = ModelSummary.Of(ModelIO.Load(path));
+            var output = parse.InvocationConfiguration.Output;
+            if (parse.GetValue(json))
+                output.WriteLine(ToJson(summary));
+            else
+                WriteTables(summary, path, output);
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    /// <summary>The summary as one JSON object with stable key order.</summary>
+    internal static string ToJson(ModelSummary s)
+    {
+        var buffer = new MemoryStream();
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        {
+            w.WriteStartObject();
+            w.WriteNumber("ir_version", s.IrVersion);
+            w.WriteStartObject("opsets");
+            foreach (var o in s.Opsets) w.WriteNumber(DomainName(o.Domain), o.Version);
+            w.WriteEndObject();
+            w.WriteString("producer", s.Producer);
+            w.WriteNumber("nodes", s.TopLevelNodes);
+            w.WriteNumber("nodes_with_subgraphs", s.AllNodes);
+            w.WriteNumber("subgraphs", s.Subgraphs);
+            w.WriteNumber("functions", s.Functions);
+            w.WriteStartObject("op_types");
+            foreach (var (op, count) in s.OpTypes.OrderBy(kv => kv.Key, StringComparer.Ordinal)) w.WriteNumber(op, count);
+            w.WriteEndObject();
+            w.WriteNumber("parameters", s.ParameterCount);
+            w.WriteNumber("parameter_bytes", s.ParameterBytes);
+            w.WriteStartObject("parameters_by_type");
+            foreach (var p in s.Parameters)
+            {
+                w.WriteStartObject(ModelSummary.TypeName(p.DataType));
+                w.WriteNumber("tensors", p.Tensors);
+                w.WriteNumber("elements", p.Elements);
+                w.WriteNumber("bytes", p.Bytes);
+                w.WriteEndObject();
+            }
+            w.WriteEndObject();
+            WriteIo(w, "inputs", s.Inputs);
+            WriteIo(w, "outputs", s.Outputs);
+            w.WriteStartArray("quantizable");
+            foreach (var q in s.Quantizable)
+            {
+                w.WriteStartObject();
+                w.WriteString("node", q.Node);
+                w.WriteString("op_type", q.OpType);
+                w.WriteString("weight", q.Weight);
+                w.WriteString("weight_type", ModelSummary.TypeName(q.WeightType));
+                w.WriteStartArray("weight_shape");
+                foreach (var d in q.WeightDims) w.WriteNumberValue(d);
+                w.WriteEndArray();
+                w.WriteNumber("parameters", q.Parameters);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        return Encoding.UTF8.GetString(buffer.ToArray());
+    }
+
+    private static void WriteIo(Utf8JsonWriter w, string key, IReadOnlyList<IoSummary> values)
+    {
+        w.WriteStartArray(key);
+        foreach (var v in values)
+        {
+            w.WriteStartObject();
+            w.WriteString("name", v.Name);
+            w.WriteString("type", v.ElementType);
+            if (v.Shape is null)
+                w.WriteNull("shape");
+            else
+            {
+                // Fixed dims as numbers, symbolic dims as their names, unknown dims as null.
+                w.WriteStartArray("shape");
+                foreach (var d in v.Shape)
+                {
+                    if (d.Value is { } n) w.WriteNumberValue(n);
+                    else if (d.Param is { } p) w.WriteStringValue(p);
+                    else w.WriteNullValue();
+                }
+                w.WriteEndArray();
+            }
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+    }
+
+    private static string DomainName(string domain) => domain.Length == 0 ? "ai.onnx" : domain;
+
+    private static string Shape(IReadOnlyList<Dim>? dims) => dims is null ? "?" : "[" + string.Join(", ", dims) + "]";
+
+    private static void WriteTables(ModelSummary s, string path, TextWriter output)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(output),
+            Ansi = AnsiSupport.No,
+            ColorSystem = ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.No,
+        });
+        console.Profile.Width = 120;
+        var header = new Table().Title(Markup.Escape(Path.GetFileName(path))).AddColumns("property", "value");
+        AddRow(header, "IR version", s.IrVersion.ToString());
+        AddRow(header, "opsets", string.Join(", ", s.Opsets.Select(o => $"{DomainName(o.Domain)} {o.Version}")));
+        AddRow(header, "producer", s.Producer.Length > 0 ? s.Producer : "-");
+        AddRow(header, "nodes", $"{s.TopLevelNodes} top-level; {s.AllNodes} counting {s.Subgraphs} subgraph(s) and {s.Functions} function(s), as op types do");
+        AddRow(header, "parameters", $"{s.ParameterCount:N0} ({FormatBytes(s.ParameterBytes)})");
+        console.Write(header);
+
+        var io = new Table().Title("inputs and outputs").AddColumns("kind", "name", "type", "shape");
+        foreach (var v in s.Inputs) AddRow(io, "input", v.Name, v.ElementType, Shape(v.Shape));
+        foreach (var v in s.Outputs) AddRow(io, "output", v.Name, v.ElementType, Shape(v.Shape));
+        console.Write(io);
+
+        var ops = new Table().Title("op types").AddColumns("op type", "count");
+        foreach (var (op, count) in s.OpTypes) AddRow(ops, op, count.ToString());
+        console.Write(ops);
+
+        if (s.Parameters.Count > 0)
+        {
+            var p = new Table().Title("parameters by data type").AddColumns("type", "tensors", "elements", "bytes");
+            foreach (var x in s.Parameters)
+                AddRow(p, ModelSummary.TypeName(x.DataType), x.Tensors.ToString(), x.Elements.ToString("N0"), FormatBytes(x.Bytes));
+            console.Write(p);
+        }
+
+        var q = new Table().Title($"quantizable layers: {s.Quantizable.Count}").AddColumns("node", "op", "weight", "shape", "parameters");
+        foreach (var l in s.Quantizable)
+            AddRow(q, l.Node.Length > 0 ? l.Node : "-", l.OpType, l.Weight, "[" + string.Join(", ", l.WeightDims) + "]", l.Parameters.ToString("N0"));
+        console.Write(q);
+    }
+
+    /// <summary>Adds a row of plain text (names and shapes may contain Spectre markup characters such as '[').</summary>
+    private static void AddRow(Table table, params string[] cells) =>
+        table.AddRow(cells.Select(c => (Spectre.Console.Rendering.IRenderable)new Text(c)).ToArray());
+
+    private static string FormatBytes(long bytes) => bytes switch
+    {
+        >= 1L << 30 => $"{bytes / (double)(1L << 30):F2} GiB",
+        >= 1L << 20 => $"{bytes / (double)(1L << 20):F2} MiB",
+        >= 1L << 10 => $"{bytes / 1024.0:F1} KiB",
+        _ => $"{bytes} B",
+    };
+}
