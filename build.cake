@@ -87,6 +87,33 @@ Task("setup-ort")
     }
 });
 
+Task("setup-ort-gpu")
+    .Description("Fetches the CUDA-enabled ONNX Runtime (NuGet Microsoft.ML.OnnxRuntime.Gpu.Linux) and prints how to use it")
+    .Does(() =>
+{
+    // Optional and large (about 520 MB): the CPU library above is all the tests need. NuGet verifies the package
+    // signature; the native folder lands in the NuGet package cache.
+    var temp = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"onnxquant-ort-gpu-{Guid.NewGuid():N}");
+    System.IO.Directory.CreateDirectory(temp);
+    try
+    {
+        System.IO.File.WriteAllText(System.IO.Path.Combine(temp, "fetch.csproj"),
+            "<Project Sdk=\"Microsoft.NET.Sdk\"><PropertyGroup><TargetFramework>net10.0</TargetFramework>"
+            + "<ManagePackageVersionsCentrally>false</ManagePackageVersionsCentrally></PropertyGroup><ItemGroup>"
+            + $"<PackageDownload Include=\"Microsoft.ML.OnnxRuntime.Gpu.Linux\" Version=\"[{OrtVersion}]\" /></ItemGroup></Project>");
+        Run("dotnet", "restore fetch.csproj", temp);
+    }
+    finally
+    {
+        System.IO.Directory.Delete(temp, true);
+    }
+    var packages = EnvironmentVariable("NUGET_PACKAGES");
+    if (string.IsNullOrEmpty(packages))
+        packages = System.IO.Path.Combine(EnvironmentVariable("HOME") ?? "/root", ".nuget", "packages");
+    var native = System.IO.Path.Combine(packages, "microsoft.ml.onnxruntime.gpu.linux", OrtVersion, "runtimes", "linux-x64", "native");
+    Information($"CUDA-enabled ONNX Runtime {OrtVersion}: export ONNXQUANT_ORT_LIB={native}");
+});
+
 Task("setup")
     .IsDependentOn("setup-debian")
     .IsDependentOn("setup-ort");

@@ -398,7 +398,13 @@ public sealed unsafe class InferenceSession : IDisposable
         {
             void* source;
             api.Check(api.GetTensorMutableData(value, &source), "GetTensorMutableData");
-            new ReadOnlySpan<byte>(source, checked((int)bytes)).CopyTo(TensorData.RawSpan(elements));
+            var destination = TensorData.RawSpan(elements);
+            new ReadOnlySpan<byte>(source, checked((int)bytes)).CopyTo(destination);
+            // ORT leaves the unused bits of a packed tensor's last byte uninitialized; zero them so equal tensors
+            // have equal bytes.
+            var usedBits = (int)(count * DataTypes.BitWidth(type) % 8);
+            if (DataTypes.IsSubByte(type) && usedBits != 0)
+                destination[^1] &= (byte)((1 << usedBits) - 1);
         }
         return TensorData.Create(type, elements, shape);
     }

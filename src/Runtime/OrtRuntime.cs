@@ -161,9 +161,17 @@ public sealed unsafe class OrtRuntime
             Notify(message);
     }
 
-    internal static string CudaMissingMessage(OrtRuntime runtime, string? detail) =>
-        $"the ONNX Runtime library {runtime.Library.Path} (version {runtime.Version}) cannot run the CUDA execution provider"
-        + (detail is null ? $" (it provides only {string.Join(", ", runtime.AvailableProviders)})" : $": {detail}")
-        + ". Point ONNXQUANT_ORT_LIB or --ort-lib at a CUDA-enabled libonnxruntime.so, e.g. the runtimes/linux-x64/native "
-        + "folder of the Microsoft.ML.OnnxRuntime.Gpu package (with CUDA 12 and cuDNN 9 installed), or use --ep cpu";
+    internal static string CudaMissingMessage(OrtRuntime runtime, string? detail)
+    {
+        var prefix = $"the ONNX Runtime library {runtime.Library.Path} (version {runtime.Version}) cannot run the CUDA execution provider";
+        var folder = Path.GetDirectoryName(runtime.Library.Path) ?? ".";
+        if (File.Exists(Path.Combine(folder, "libonnxruntime_providers_cuda.so")))
+            // A CUDA build whose provider could not start: what is missing is CUDA itself, not the library.
+            return $"{prefix}: {detail ?? "unknown error"}. Install the CUDA and cuDNN libraries this ONNX Runtime build "
+                + "was made for (make them findable through LD_LIBRARY_PATH) on a machine with an NVIDIA GPU, or use --ep cpu";
+        return prefix
+            + (detail is null ? $" (it provides only {string.Join(", ", runtime.AvailableProviders)})" : $": {detail}")
+            + ". Point ONNXQUANT_ORT_LIB or --ort-lib at a CUDA-enabled libonnxruntime.so, e.g. the runtimes/linux-x64/native "
+            + "folder of the Microsoft.ML.OnnxRuntime.Gpu.Linux package (`dotnet cake --target=setup-ort-gpu` fetches it), or use --ep cpu";
+    }
 }

@@ -120,8 +120,9 @@ public sealed class TensorData
 
     /// <summary>The elements as a typed array (shared, not copied).</summary>
     /// <exception cref="InvalidOperationException">T is not this tensor's CLR element type.</exception>
-    public T[] GetArray<T>() => Elements as T[]
-        ?? throw new InvalidOperationException($"a {DataType} tensor holds {Elements.GetType().Name}, not {typeof(T).Name}[]");
+    public T[] GetArray<T>() => Elements.GetType() == typeof(T[])
+        ? (T[])Elements
+        : throw new InvalidOperationException($"a {DataType} tensor holds {Elements.GetType().Name}, not {typeof(T).Name}[]");
 
     /// <summary>The elements' little-endian bytes (a copy).</summary>
     public byte[] ToBytes() => DataType == DataType.String
@@ -137,29 +138,33 @@ public sealed class TensorData
     {
         var n = checked((int)ElementCount);
         var result = new float[n];
-        switch (Elements)
+        // Switch on the declared type, not the array: the runtime treats sbyte[]/byte[] and short[]/ushort[] as
+        // interchangeable in type tests, so a pattern on the array type would read signed data as unsigned.
+        switch (DataType)
         {
-            case float[] f: f.CopyTo(result, 0); break;
-            case double[] d: for (var i = 0; i < n; i++) result[i] = (float)d[i]; break;
-            case Half[] h: for (var i = 0; i < n; i++) result[i] = (float)h[i]; break;
-            case ushort[] u when DataType == DataType.BFloat16:
-                for (var i = 0; i < n; i++) result[i] = BitConverter.Int32BitsToSingle(u[i] << 16);
-                break;
-            case ushort[] u: for (var i = 0; i < n; i++) result[i] = u[i]; break;
-            case short[] s: for (var i = 0; i < n; i++) result[i] = s[i]; break;
-            case sbyte[] s: for (var i = 0; i < n; i++) result[i] = s[i]; break;
-            case byte[] b when DataType == DataType.UInt8: for (var i = 0; i < n; i++) result[i] = b[i]; break;
-            case byte[] b when DataTypes.IsSubByte(DataType) && DataType != DataType.Float4E2M1:
-                UnpackSubByte(b, result);
-                break;
-            case int[] v: for (var i = 0; i < n; i++) result[i] = v[i]; break;
-            case uint[] v: for (var i = 0; i < n; i++) result[i] = v[i]; break;
-            case long[] v: for (var i = 0; i < n; i++) result[i] = v[i]; break;
-            case ulong[] v: for (var i = 0; i < n; i++) result[i] = v[i]; break;
-            case bool[] v: for (var i = 0; i < n; i++) result[i] = v[i] ? 1f : 0f; break;
+            case DataType.Float: ((float[])Elements).CopyTo(result, 0); break;
+            case DataType.Double: Convert((double[])Elements, result, v => (float)v); break;
+            case DataType.Float16: Convert((Half[])Elements, result, v => (float)v); break;
+            case DataType.BFloat16: Convert((ushort[])Elements, result, v => BitConverter.Int32BitsToSingle(v << 16)); break;
+            case DataType.UInt16: Convert((ushort[])Elements, result, v => v); break;
+            case DataType.Int16: Convert((short[])Elements, result, v => v); break;
+            case DataType.Int8: Convert((sbyte[])Elements, result, v => v); break;
+            case DataType.UInt8: Convert((byte[])Elements, result, v => v); break;
+            case DataType.Int32: Convert((int[])Elements, result, v => v); break;
+            case DataType.UInt32: Convert((uint[])Elements, result, v => v); break;
+            case DataType.Int64: Convert((long[])Elements, result, v => v); break;
+            case DataType.UInt64: Convert((ulong[])Elements, result, v => v); break;
+            case DataType.Bool: Convert((bool[])Elements, result, v => v ? 1f : 0f); break;
+            case DataType.Int4 or DataType.UInt4 or DataType.Int2 or DataType.UInt2: UnpackSubByte((byte[])Elements, result); break;
             default: throw new NotSupportedException($"{DataType} tensors cannot be converted to float");
         }
         return result;
+    }
+
+    private static void Convert<T>(T[] source, float[] destination, Func<T, float> convert)
+    {
+        for (var i = 0; i < destination.Length; i++)
+            destination[i] = convert(source[i]);
     }
 
     private void UnpackSubByte(byte[] packed, float[] result)
@@ -202,7 +207,9 @@ public sealed class TensorData
         {
             if (d < 0)
                 throw new ArgumentException($"tensor dimensions must be >= 0, got [{string.Join(", ", shape)}]");
-            count = checked(count * d);
+            if (d > 0 && count > long.MaxValue / d)
+                throw new ArgumentException($"tensor shape [{string.Join(", ", shape)}] has more than {long.MaxValue} elements");
+            count *= d;
         }
         return count;
     }

@@ -131,6 +131,41 @@ public sealed class BenchCommandTests : IDisposable
     }
 
     [Fact]
+    public void AMissingOrtLibIsAUserError()
+    {
+        var missing = Path.Combine(_dir, "libonnxruntime.so");
+        var (code, stdout, stderr) = Run("bench", Add, "--ort-lib", missing);
+        Assert.Equal(ExitCodes.BadInput, code);
+        Assert.Equal("", stdout);
+        Assert.Contains(missing, stderr);
+        Assert.Contains("dotnet cake --target=setup-ort", stderr);
+    }
+
+    [Fact]
+    public async Task WithoutAnyLibraryTheToolSaysHowToGetOne()
+    {
+        // A fresh process: the runtime is loaded once per process, so "nothing found" needs one that never loaded it.
+        var tool = Path.Combine(AppContext.BaseDirectory, "onnxquant.dll");
+        var start = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in new[] { tool, "bench", Add })
+            start.ArgumentList.Add(arg);
+        start.Environment["HOME"] = _dir;
+        start.Environment.Remove("XDG_CACHE_HOME");
+        start.Environment.Remove("ONNXQUANT_ORT_LIB");
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = await process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        Assert.Equal(ExitCodes.BadInput, process.ExitCode);
+        Assert.Equal("", await stdout);
+        var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith("error: ONNX Runtime library not found", line);
+        Assert.Contains(Path.Combine(_dir, ".cache", "onnxquant", "ort", "1.30.0", "libonnxruntime.so.1"), line);
+        Assert.Contains("dotnet cake --target=setup-ort", line);
+        Assert.Contains("ONNXQUANT_ORT_LIB", line);
+    }
+
+    [Fact]
     public void ParsesShapes()
     {
         var shapes = BenchCommand.ParseShapes(["images=1x3x512x512", "a=b=2,3", "scalar="]);

@@ -172,6 +172,8 @@ internal static class BenchCommand
             Ansi = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected ? AnsiSupport.Detect : AnsiSupport.No,
             ColorSystem = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
         });
+        if (!ReferenceEquals(output, Console.Out) || Console.IsOutputRedirected)
+            console.Profile.Width = 160; // captured output: wide enough that paths do not wrap
         var table = new Table().AddColumns("model", "ep", "median ms", "p90 ms", "mean ms", "min ms", "runs");
         foreach (var m in report.Models)
             table.AddRow(Markup.Escape(m.Path), Name(report.ActiveProvider), F(m.Latency.MedianMs), F(m.Latency.P90Ms), F(m.Latency.MeanMs),

@@ -1,0 +1,44 @@
+namespace OnnxQuant.Runtime.Tests;
+
+public class MeasurementTests
+{
+    [Fact]
+    public void PercentilesInterpolateBetweenOrderStatistics()
+    {
+        var stats = LatencyStats.From([4.0, 1.0, 3.0, 2.0]);
+        Assert.Equal(4, stats.Runs);
+        Assert.Equal(2.5, stats.MedianMs, 12);
+        Assert.Equal(3.7, stats.P90Ms, 12); // position 0.9 * 3 = 2.7 between 3 and 4
+        Assert.Equal(2.5, stats.MeanMs, 12);
+        Assert.Equal(1.0, stats.MinMs);
+        Assert.Equal(4.0, stats.MaxMs);
+        Assert.Equal(7.0, LatencyStats.From([7.0]).P90Ms);
+        Assert.Throws<ArgumentException>(() => LatencyStats.From([]));
+    }
+
+    [Fact]
+    public void ReadsResidentMemory()
+    {
+        var current = ProcessMemory.CurrentResidentBytes();
+        Assert.True(current > 1 << 20);
+        Assert.True(ProcessMemory.PeakResidentBytes() >= current);
+    }
+
+    [Fact]
+    public void RandomInputsFollowDeclaredShapesAndSeeds()
+    {
+        using var session = InferenceSession.Create(TestGraphs.ConvRelu(exposeConv: false), NodeModels.Options);
+        var missing = Assert.Throws<ArgumentException>(() => RandomInputs.ResolveShapes(session.Inputs, new Dictionary<string, long[]>()));
+        Assert.Contains("--shape x=1x3x8x8", missing.Message);
+        var contradicting = Assert.Throws<ArgumentException>(() =>
+            RandomInputs.ResolveShapes(session.Inputs, new Dictionary<string, long[]> { ["x"] = [2, 3, 9, 8] }));
+        Assert.Contains("does not fit", contradicting.Message);
+        var resolved = RandomInputs.ResolveShapes(session.Inputs, new Dictionary<string, long[]> { ["x"] = [2, 3, 8, 8] });
+        var a = RandomInputs.Create(resolved, seed: 5);
+        var b = RandomInputs.Create(resolved, seed: 5);
+        Assert.Equal([2L, 3, 8, 8], a[0].Data.Shape);
+        Assert.Equal(a[0].Data.GetArray<float>(), b[0].Data.GetArray<float>());
+        Assert.All(a[0].Data.GetArray<float>(), v => Assert.InRange(v, 0f, 1f));
+        Assert.Equal([2L, 4, 8, 8], session.Run(a)[0].Data.Shape);
+    }
+}
