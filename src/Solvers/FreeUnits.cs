@@ -47,6 +47,71 @@ internal sealed class FreeUnits
         return bits;
     }
 
+    /// <summary>Incremental cost and distortion of a choice (candidate index per free unit).</summary>
+    public (long Cost, double Distortion) Evaluate(ReadOnlySpan<int> choice)
+    {
+        long cost = 0;
+        double distortion = 0;
+        for (var j = 0; j < Count; j++)
+        {
+            cost += Cost[Offsets[j] + choice[j]];
+            distortion += Distortion[Offsets[j] + choice[j]];
+        }
+        return (cost, distortion);
+    }
+
+    /// <summary>
+    /// Spends budget left over by an approximate choice: repeatedly applies the single-unit upgrade with the largest
+    /// distortion drop per weight-bit that still fits <paramref name="budget"/> (ties: lower unit index, then the
+    /// fewer bits), until none fits. Never raises the cost above the budget nor the distortion.
+    /// </summary>
+    public void GreedyFill(int[] choice, long budget)
+    {
+        var slack = budget - Evaluate(choice).Cost;
+        if (slack <= 0)
+            return;
+        // Lazy max-heap of each unit's best upgrade. A unit's best ratio can only fall as the slack shrinks, so a
+        // popped entry is re-checked against the current slack and re-queued if it has fallen.
+        var queue = new PriorityQueue<int, (double Ratio, int Unit)>(Comparer<(double Ratio, int Unit)>.Create(
+            (a, b) => a.Ratio != b.Ratio ? b.Ratio.CompareTo(a.Ratio) : a.Unit.CompareTo(b.Unit)));
+        for (var j = 0; j < Count; j++)
+            if (BestUpgrade(choice, j, slack) is { } move)
+                queue.Enqueue(j, (move.Ratio, j));
+        while (queue.TryDequeue(out var j, out var priority))
+        {
+            if (BestUpgrade(choice, j, slack) is not { } move)
+                continue;
+            if (move.Ratio < priority.Ratio)
+            {
+                queue.Enqueue(j, (move.Ratio, j));
+                continue;
+            }
+            slack -= Cost[Offsets[j] + move.K] - Cost[Offsets[j] + choice[j]];
+            choice[j] = move.K;
+            if (BestUpgrade(choice, j, slack) is { } next)
+                queue.Enqueue(j, (next.Ratio, j));
+        }
+    }
+
+    private (double Ratio, int K)? BestUpgrade(int[] choice, int j, long slack)
+    {
+        var at = Offsets[j] + choice[j];
+        (double, int)? best = null;
+        for (var i = at + 1; i < Offsets[j + 1]; i++)
+        {
+            var extra = Cost[i] - Cost[at];
+            if (extra > slack)
+                break; // costs ascend within a unit
+            var drop = Distortion[at] - Distortion[i];
+            if (drop <= 0)
+                continue;
+            var ratio = drop / extra;
+            if (best is null || ratio > best.Value.Item1)
+                best = (ratio, i - Offsets[j]);
+        }
+        return best;
+    }
+
     /// <summary>
     /// The linear-relaxation optimum of the multiple-choice knapsack at <paramref name="budget"/>: a lower bound on
     /// the exact optimum (of the free units' distortion). Greedy over the lower-convex-hull segments of every unit

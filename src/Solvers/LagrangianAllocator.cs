@@ -47,56 +47,9 @@ public sealed class LagrangianAllocator(LagrangianOptions? options = null) : IBi
         // Incremental cost at or above this is within the window (rate >= R - eps).
         var windowLow = (problem.TargetBits - eps) * problem.TotalSize - baseCost;
 
-        var (minSlope, maxSlope) = SlopeRange(free);
-        var choice = new int[free.Count];
-        var best = new int[free.Count];
-        int iterations = 0;
-        bool converged;
-        double lambda;
-
-        if (maxSlope <= 0)
-        {
-            // No curve drops with more bits: the cheapest widths are optimal (ties to fewer bits).
-            lambda = 1;
-            Choose(free, lambda, best);
-            converged = true;
-        }
-        else
-        {
-            double lo = Math.Log2(minSlope) - 1, hi = Math.Log2(maxSlope) + 1;
-            // Above every slope each unit takes its fewest bits: the least rate, feasible by EnsureFeasible.
-            var hiCost = Choose(free, Math.Pow(2, hi), best);
-            lambda = Math.Pow(2, hi);
-            converged = hiCost >= windowLow;
-            if (!converged)
-            {
-                // Below every positive slope each unit takes its least distortion: if that fits, nothing beats it.
-                var loCost = Choose(free, Math.Pow(2, lo), choice);
-                if (loCost <= budget)
-                {
-                    (best, choice) = (choice, best);
-                    lambda = Math.Pow(2, lo);
-                    converged = true;
-                }
-            }
-            while (!converged && iterations < Options.MaxIterations)
-            {
-                var mid = 0.5 * (lo + hi);
-                if (mid <= lo || mid >= hi)
-                    break; // the interval cannot shrink further: the rate steps over the window here
-                iterations++;
-                var cost = Choose(free, Math.Pow(2, mid), choice);
-                if (cost > budget)
-                {
-                    lo = mid;
-                    continue;
-                }
-                hi = mid;
-                lambda = Math.Pow(2, mid);
-                (best, choice) = (choice, best);
-                converged = cost >= windowLow;
-            }
-        }
+        var search = Search(free, budget, windowLow, Options.MaxIterations);
+        var best = search.Choice;
+        var converged = search.Converged;
 
         var warnings = new List<SolverWarning>();
         if (!converged)
@@ -108,11 +61,63 @@ public sealed class LagrangianAllocator(LagrangianOptions? options = null) : IBi
                 $"(the convex hull steps from above the budget to {Fmt(rate)}); returned that best feasible hull point — " +
                 "the dp solver can use the remaining budget"));
         }
-        var stats = new LagrangianStats(lambda, iterations, eps, !converged, Options.AllowOvershoot) { Elapsed = clock.Elapsed };
+        var stats = new LagrangianStats(search.Lambda, search.Iterations, eps, !converged, Options.AllowOvershoot) { Elapsed = clock.Elapsed };
         return new Allocation(problem, free.ToBits(problem, best), stats, warnings);
     }
 
+    /// <summary>Result of the multiplier search: a candidate index per free unit.</summary>
+    internal readonly record struct HullPoint(int[] Choice, long Cost, double Lambda, int Iterations, bool Converged);
+
+    /// <summary>
+    /// Binary search on log2(lambda) for the smallest multiplier whose incremental cost fits <paramref name="budget"/>,
+    /// stopping early once the cost reaches <paramref name="windowLow"/>. A window above the budget never stops early,
+    /// so the search narrows to the break point and returns the most expensive hull point that fits.
+    /// </summary>
+    internal static HullPoint Search(FreeUnits free, long budget, double windowLow, int maxIterations)
+    {
+        var (minSlope, maxSlope) = SlopeRange(free);
+        var best = new int[free.Count];
+        if (maxSlope <= 0)
+        {
+            // No curve drops with more bits: the cheapest widths are optimal (ties go to fewer bits).
+            return new HullPoint(best, Choose(free, 1, best), 1, 0, true);
+        }
+        var choice = new int[free.Count];
+        double lo = Math.Log2(minSlope) - 1, hi = Math.Log2(maxSlope) + 1;
+        // Above every slope each unit takes its fewest bits: the least rate, feasible by EnsureFeasible.
+        var bestCost = Choose(free, Math.Pow(2, hi), best);
+        var lambda = Math.Pow(2, hi);
+        if (bestCost >= windowLow)
+            return new HullPoint(best, bestCost, lambda, 0, true);
+        // Below every positive slope each unit takes its least distortion: if that fits, nothing beats it.
+        var loCost = Choose(free, Math.Pow(2, lo), choice);
+        if (loCost <= budget)
+            return new HullPoint(choice, loCost, Math.Pow(2, lo), 0, true);
+        var iterations = 0;
+        while (iterations < maxIterations)
+        {
+            var mid = 0.5 * (lo + hi);
+            if (mid <= lo || mid >= hi)
+                break; // the interval cannot shrink further: the rate steps over the window here
+            iterations++;
+            var cost = Choose(free, Math.Pow(2, mid), choice);
+            if (cost > budget)
+            {
+                lo = mid;
+                continue;
+            }
+            hi = mid;
+            lambda = Math.Pow(2, mid);
+            bestCost = cost;
+            (best, choice) = (choice, best);
+            if (cost >= windowLow)
+                return new HullPoint(best, bestCost, lambda, iterations, true);
+        }
+        return new HullPoint(best, bestCost, lambda, iterations, false);
+    }
+
     /// <summary>b_u(lambda) for every free unit into <paramref name="choice"/>; returns the total incremental cost.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static long Choose(FreeUnits free, double lambda, int[] choice)
     {
         var offsets = free.Offsets;

@@ -184,4 +184,32 @@ public sealed class SolveCommandTests : IDisposable
         Assert.Equal(ExitCodes.BadInput, badCode);
         Assert.Contains("epsilon must be a finite non-negative number", badErr);
     }
+
+    [Fact]
+    public void ExampleCurvesGiveADpFrontNoWorseThanTheLagrangianOne()
+    {
+        var path = Path.Combine(AppContext.BaseDirectory, "data", "vit-small.curves.json");
+        var targets = "2.5,3,3.5,4,5";
+        var (dpCode, dpOut, _) = Run("solve", path, "--target-bits", targets, "--json");
+        var (lgCode, lgOut, lgErr) = Run("solve", path, "--target-bits", targets, "--solver", "lagrangian", "--json");
+        Assert.Equal(ExitCodes.Ok, dpCode);
+        Assert.Equal(ExitCodes.Ok, lgCode);
+        using var dp = JsonDocument.Parse(dpOut);
+        using var lg = JsonDocument.Parse(lgOut);
+        var dpFront = dp.RootElement.GetProperty("front").EnumerateArray().ToArray();
+        var lgFront = lg.RootElement.GetProperty("front").EnumerateArray().ToArray();
+        Assert.Equal(5, dpFront.Length);
+        for (var i = 0; i < dpFront.Length; i++)
+        {
+            var target = dpFront[i].GetProperty("target_bits").GetDouble();
+            Assert.True(dpFront[i].GetProperty("rate").GetDouble() <= target);
+            Assert.True(lgFront[i].GetProperty("rate").GetDouble() <= target);
+            Assert.True(dpFront[i].GetProperty("distortion").GetDouble() <= lgFront[i].GetProperty("distortion").GetDouble() + 1e-12);
+            Assert.True(dpFront[i].GetProperty("stats").GetProperty("exact").GetBoolean());
+            Assert.Equal(8, dpFront[i].GetProperty("allocation").GetProperty("head.bbox").GetInt32());
+        }
+        // Where the hull steps over the 0.02 window the Lagrangian says so on stderr.
+        var missed = lgFront.Count(p => p.GetProperty("stats").GetProperty("window_missed").GetBoolean());
+        Assert.Equal(missed, lgErr.Split('\n').Count(l => l.Contains("no multiplier gives a rate within 0.02")));
+    }
 }

@@ -97,6 +97,9 @@ public class SolverPropertyTests
             Assert.True(stats.Cells <= 4);
             Assert.True(dp.PredictedDistortion - brute.Value.Distortion <= stats.OptimalityGapBound + Tolerance * Math.Max(1, brute.Value.Distortion),
                 $"seed {seed} instance {i}: gap {dp.PredictedDistortion - brute.Value.Distortion} above bound {stats.OptimalityGapBound}");
+            var lagrangian = new LagrangianAllocator().Solve(problem);
+            Assert.True(dp.PredictedDistortion <= lagrangian.PredictedDistortion + Tolerance * Math.Max(1, dp.PredictedDistortion),
+                $"seed {seed} instance {i}: bucketed dp {dp.PredictedDistortion} worse than lagrangian {lagrangian.PredictedDistortion}");
         }
     }
 
