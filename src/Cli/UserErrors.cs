@@ -16,6 +16,8 @@ internal static class UserErrors
         // An infeasible budget or invalid curves.
         OnnxQuant.Solvers.SolverException => ExitCodes.BadInput,
 =======
+        // The model's outputs, the data and the annotations do not fit together for evaluation.
+        OnnxQuant.Passes.Evaluation.EvaluationException => ExitCodes.BadInput,
 >>>>>>> eval
         OnnxQuant.Frontend.FrontendException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,

@@ -11,5 +11,6 @@ internal static class Commands
         yield return SolveCommand.Create();
         yield return BenchCommand.Create();
         yield return InspectCommand.Create();
+        yield return EvalCommand.Create();
     }
 }
