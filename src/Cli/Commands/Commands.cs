@@ -8,6 +8,7 @@ internal static class Commands
     public static IEnumerable<Command> All()
     {
         yield return VersionCommand.Create();
+        yield return CompileCommand.Create();
         yield return SolveCommand.Create();
         yield return BenchCommand.Create();
         yield return InspectCommand.Create();

@@ -239,6 +239,15 @@ public static class Compiler
             throw new CompileException($"--min-bits {m} is outside 2..8");
         if (o.Epsilon is <= 0 or > 1)
             throw new CompileException($"--epsilon {o.Epsilon.ToString(CultureInfo.InvariantCulture)} must be in (0, 1]");
+        foreach (var t in o.TargetBits)
+        {
+            var least = Math.Max(o.MinBitsFor(t), o.CandidateBits.Min());
+            if (o.CandidateBits.All(b => b < o.MinBitsFor(t)))
+                throw new CompileException($"--min-bits {o.MinBitsFor(t)} is above every candidate width ({string.Join(",", o.CandidateBits)})");
+            // Checked before any measurement so an impossible budget costs nothing.
+            if (t < least)
+                throw new CompileException($"infeasible budget: target {Format(t)} bits is below the least width {least} every unit must take (--min-bits/--bits); raise the target or lower the minimum");
+        }
         if (o.Threads < 0)
             throw new CompileException($"--threads {o.Threads} is negative");
         if (File.Exists(outputDirectory))
