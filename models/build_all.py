@@ -67,23 +67,24 @@ def pool():
 
 
 def step_detr(log) -> None:
-    from onnxquant_models.train_detr import DetrRecipe, train_detr
-    recipe = DetrRecipe()
+    from onnxquant_models.train_detr import DETR_PHASES, train_detr
     train_pool = pool()
-    start = time.time()
-    model = train_detr(train_pool, recipe, log=log)
-    log(f"detr: trained {recipe} in {time.time() - start:.0f} s wall")
-    os.makedirs(FIXTURES, exist_ok=True)
+    model = None
+    for k, recipe in enumerate(DETR_PHASES):
+        start = time.time()
+        model = train_detr(train_pool, recipe, log=log, model=model)
+        log(f"detr: phase {k + 1} {recipe} in {time.time() - start:.0f} s wall")
     _save_state(model, os.path.join(FIXTURES, "detr_small.pt"))
 
 
 def step_maskrcnn(log) -> None:
-    from onnxquant_models.train_maskrcnn import MaskRcnnRecipe, train_maskrcnn
-    recipe = MaskRcnnRecipe()
+    from onnxquant_models.train_maskrcnn import MASKRCNN_PHASES, train_maskrcnn
     train_pool = pool()
-    start = time.time()
-    model = train_maskrcnn(train_pool, recipe, log=log)
-    log(f"maskrcnn: trained {recipe} in {time.time() - start:.0f} s wall")
+    model = None
+    for k, recipe in enumerate(MASKRCNN_PHASES):
+        start = time.time()
+        model = train_maskrcnn(train_pool, recipe, log=log, model=model)
+        log(f"maskrcnn: phase {k + 1} {recipe} in {time.time() - start:.0f} s wall")
     _save_state(model, os.path.join(BUILD, "maskrcnn_swin_small.pt"))
 
 
