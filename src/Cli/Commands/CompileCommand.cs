@@ -23,6 +23,7 @@ internal static class CompileCommand
         var output = new Option<string>("--output", "-o") { Description = "Output folder", DefaultValueFactory = _ => "out" };
         var targets = new Option<string>("--target-bits") { Description = "Average weight bits; several comma-separated targets (2,3,4) compile the front from one calibration", DefaultValueFactory = _ => "4" };
         var calibSamples = new Option<int>("--calib-samples") { Description = "Samples for calibration and curves", DefaultValueFactory = _ => 64 };
+        var verifyData = new Option<string?>("--verify-data") { Description = "Held-out data for verification (default: the samples after the calibration ones)" };
         var verifySamples = new Option<int>("--verify-samples") { Description = "Held-out samples (after the calibration ones) for verification", DefaultValueFactory = _ => 16 };
         var feature = new Option<string[]>("--feature") { Description = "Tensor(s) whose distortion the curves measure (default: the model's float outputs)", AllowMultipleArgumentsPerToken = true };
         var bits = new Option<string>("--bits") { Description = "Candidate weight widths", DefaultValueFactory = _ => "2,3,4,5,6,8" };
@@ -55,7 +56,7 @@ internal static class CompileCommand
 
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
-        foreach (var option in new Option[] { calib, output, targets, calibSamples, verifySamples, feature, bits, minBits, solver, epsilon,
+        foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
                      actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, cacheDir, noCache,
                      maxDistortion, maxDrop, evalData, evalAnnotations, threads, ortLib, quiet })
             command.Options.Add(option);
@@ -67,6 +68,7 @@ internal static class CompileCommand
                 TargetBits = ParseList(parse.GetValue(targets)!, "--target-bits", s => double.Parse(s, CultureInfo.InvariantCulture)),
                 CalibSamples = parse.GetValue(calibSamples),
                 VerifySamples = parse.GetValue(verifySamples),
+                VerifyData = parse.GetValue(verifyData),
                 Features = SplitAll(parse.GetValue(feature)),
                 CandidateBits = ParseList(parse.GetValue(bits)!, "--bits", s => int.Parse(s, CultureInfo.InvariantCulture)),
                 MinBits = parse.GetValue(minBits),
@@ -253,7 +255,7 @@ internal static class CompileCommand
         console.WriteLine($"distortion: {Compiler.Metric}, measured on {first.Distortion.Samples} {(first.Distortion.HeldOut ? "held-out" : "calibration")} samples");
         console.WriteLine("stages: " + string.Join(", ", result.Timings.Select(s => $"{s.Stage} {s.Seconds:0.0}s")));
         foreach (var note in result.Targets.SelectMany(t => t.Report.Notes).Distinct())
-            console.WriteLine("note: " + note);
+            console.WriteLine("note: " + (note.Length > 240 ? note[..237] + "..." : note));
         console.WriteLine($"written: {Path.Combine(result.OutputDirectory, "manifest.json")}");
     }
 

@@ -106,10 +106,7 @@ public sealed class CalibrationSet
         }
         var named = Npz.Read(file);
         var byName = named.ToDictionary(a => a.Name, a => a.Array, StringComparer.Ordinal);
-        foreach (var a in named)
-            if (!inputs.Any(i => i.Name == a.Name))
-                throw new CompileException(
-                    $"{file}: array '{a.Name}' names no model input; the inputs are {string.Join(", ", inputs.Select(i => $"'{i.Name}'"))}");
+        // Arrays that name no input (e.g. image ids stored beside the images) are ignored; missing inputs are errors.
         return inputs.Select(i => byName.TryGetValue(i.Name, out var a)
             ? a
             : throw new CompileException($"{file}: no array for model input '{i.Name}' (the file holds {string.Join(", ", named.Select(n => $"'{n.Name}'"))})")).ToArray();

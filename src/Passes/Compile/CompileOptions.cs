@@ -49,6 +49,9 @@ public sealed record CompileOptions
     /// <summary>Held-out samples (after the calibration ones) used to verify the output.</summary>
     public int VerifySamples { get; init; } = 16;
 
+    /// <summary>Data for verification (same format as calibration data); null = the samples after the calibration ones.</summary>
+    public string? VerifyData { get; init; }
+
     /// <summary>Tensors whose distortion the curves measure; empty = the model's float outputs.</summary>
     public IReadOnlyList<string> Features { get; init; } = [];
 

@@ -51,14 +51,28 @@ public static class Compiler
         var samples = Math.Min(options.CalibSamples, data.Count);
         if (samples < options.CalibSamples)
             notes.Add($"calibration data holds {data.Count} samples; using all of them instead of {options.CalibSamples}");
-        var heldOut = Math.Min(options.VerifySamples, data.Count - samples);
-        var verifyStart = samples;
-        var verifyCount = heldOut;
-        if (heldOut <= 0)
+        var verifyData = data;
+        int verifyStart, verifyCount;
+        bool heldOut;
+        if (options.VerifyData is { } verifyPath)
+        {
+            verifyData = CalibrationSet.Load(verifyPath, inputs);
+            verifyStart = 0;
+            verifyCount = Math.Min(Math.Max(1, options.VerifySamples), verifyData.Count);
+            heldOut = true;
+        }
+        else if (options.VerifySamples > 0 && data.Count > samples)
+        {
+            verifyStart = samples;
+            verifyCount = Math.Min(options.VerifySamples, data.Count - samples);
+            heldOut = true;
+        }
+        else
         {
             verifyStart = 0;
             verifyCount = Math.Min(samples, Math.Max(1, options.VerifySamples));
-            notes.Add("no samples beyond the calibration ones: verification reuses calibration samples (not held out)");
+            heldOut = false;
+            notes.Add("no samples beyond the calibration ones: verification reuses calibration samples (not held out); give --verify-data");
         }
         var dataHash = data.Hash(samples);
         Stage("load");
@@ -114,7 +128,7 @@ public static class Compiler
         var freeCurves = freeUnits.Select(u => curvesByName[u.Name]).ToList();
 
         var floatForVerify = canonical;
-        var verifier = new Verifier(floatForVerify, features, data, verifyStart, verifyCount, runOptions, options.RunBatch);
+        var verifier = new Verifier(floatForVerify, features, verifyData, verifyStart, verifyCount, runOptions, options.RunBatch);
         Stage("verify-setup");
 
         var perTarget = new List<(CompileReport Report, byte[] Model, double AllocateSeconds, double RewriteSeconds, double VerifySeconds)>();
@@ -163,7 +177,7 @@ public static class Compiler
                 features, options.Curves, curveSet.FromCache, options.Format == WeightFormat.Qdq ? "qdq" : "matmulnbits",
                 options.ActBits, options.ActCalibration.ToString().ToLowerInvariant(), rewrite.Opset,
                 unitReports, heads, discovery.Skipped, curveSet.Curves, rewrite.Layers, sizes,
-                new DistortionReport(allocation.PredictedDistortion, measured, verifier.Samples, heldOut > 0, Metric),
+                new DistortionReport(allocation.PredictedDistortion, measured, verifier.Samples, heldOut, Metric),
                 targetNotes, []);
             perTarget.Add((report, bytes, allocateSeconds, rewriteSeconds, verifySeconds));
         }
@@ -326,6 +340,7 @@ public static class Compiler
         ("target_bits", string.Join(",", o.TargetBits.Select(Format))),
         ("calib_samples", o.CalibSamples.ToString(CultureInfo.InvariantCulture)),
         ("verify_samples", o.VerifySamples.ToString(CultureInfo.InvariantCulture)),
+        ("verify_data", o.VerifyData is null ? "calibration file" : Path.GetFileName(o.VerifyData)),
         ("features", string.Join(",", features)),
         ("bits", string.Join(",", o.CandidateBits)),
         ("min_bits", o.MinBits?.ToString(CultureInfo.InvariantCulture) ?? "auto"),
