@@ -40,7 +40,7 @@ public static class CompileStagesBenchmark
         samples = Math.Min(samples, data.Count);
 
         // One float forward pass over the calibration samples.
-        var options = new SessionOptions { Deterministic = true };
+        var options = new SessionOptions(); // the compile's curve sessions use ORT's default threads too
         using (var session = InferenceSession.Create(modelPath, options))
         {
             Forward(session, data, 1); // warm-up

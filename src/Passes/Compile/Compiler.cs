@@ -90,7 +90,9 @@ public static class Compiler
         progress.Note($"units: {discovery.Units.Count} in {discovery.Layers.Count - discovery.Heads.Count} layers, {discovery.Heads.Count} head layer(s), {discovery.Skipped.Count} skipped");
         Stage("discover");
 
-        var threadsOptions = new SessionOptions { IntraOpThreads = options.Threads, Optimization = GraphOptimization.Disabled, Deterministic = options.Threads == 0 };
+        // ONNX Runtime's own thread count (0 = its default); results do not depend on it because curves and ranges are
+        // rounded to 6 significant digits before any decision.
+        var threadsOptions = new SessionOptions { IntraOpThreads = options.Threads, Optimization = GraphOptimization.Disabled };
         var runOptions = (threadsOptions with { Optimization = GraphOptimization.All })
             .WithConfig(SessionConfigKeys.QdqMatMulNBitsAccuracyLevel, "0");
         CalibrationTable? calibration = null;
