@@ -47,6 +47,17 @@ public class GraphEditTests
     }
 
     [Fact]
+    public void RenamedInitializerIsWrittenUnderItsNewName()
+    {
+        var model = TestModels.ConvRelu();
+        var w = model.Graph.FindInitializer("w")!;
+        w.Name = model.Graph.UniqueName("conv0.weight");
+        var back = ModelIO.Load(ModelIO.ToBytes(model));
+        Assert.Same(back.Graph.FindInitializer("conv0.weight"), back.Graph.Nodes[0].Inputs[1]);
+        Assert.Equal("conv0.weight", back.Graph.FindInitializer("conv0.weight")!.Initializer!.Name);
+    }
+
+    [Fact]
     public void AddOutputExposesAnIntermediateValue()
     {
         var model = TestModels.ConvRelu();

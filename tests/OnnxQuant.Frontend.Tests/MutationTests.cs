@@ -208,3 +208,44 @@ public class MutationTests
         }
     }
 }
+
+/// <summary>Random corruption anywhere: a model may still load, but it never fails with anything else.</summary>
+public class RandomCorruptionTests
+{
+    [Fact]
+    public void RandomByteCorruptionsLoadOrFailWithFrontendExceptionOnly()
+    {
+        var random = new Random(99);
+        var models = TestModels.Suite.Where((_, i) => i % 15 == 0).ToList();
+        var failures = new List<string>();
+        var rejected = 0;
+        for (int k = 0; k < 600; k++)
+        {
+            var path = models[random.Next(models.Count)];
+            var bytes = File.ReadAllBytes(path);
+            var flips = random.Next(1, 4);
+            for (int f = 0; f < flips; f++)
+                bytes[random.Next(bytes.Length)] = (byte)random.Next(256);
+            if (random.Next(4) == 0) bytes = bytes[..random.Next(bytes.Length)];
+            try
+            {
+                var model = ModelIO.Load(bytes);
+                _ = ModelIO.ToBytes(model); // what loads must also write
+            }
+            catch (FrontendException ex)
+            {
+                rejected++;
+                // The catch-all in the loader is a safety net: every failure here should be diagnosed specifically.
+                for (var inner = ex.InnerException; inner is not null; inner = inner.InnerException)
+                    if (inner is not (FrontendException or Google.Protobuf.InvalidProtocolBufferException))
+                        failures.Add($"{path} (case {k}): undiagnosed {inner.GetType().Name}: {ex.Message}");
+            }
+            catch (Exception ex)
+            {
+                failures.Add($"{path} (case {k}): {ex.GetType().Name}: {ex.Message}");
+            }
+        }
+        Assert.True(failures.Count == 0, string.Join("\n", failures.Take(20)));
+        Assert.True(rejected > 300, $"only {rejected} of 600 corruptions were rejected");
+    }
+}

@@ -136,13 +136,22 @@ public static class ModelIO
         try
         {
             model = new ProtoReader(baseDirectory).ReadModel(proto);
+            if (options.Validate)
+                ModelValidator.Validate(model).ThrowIfInvalid(source);
+        }
+        catch (FrontendException ex) when (ex.Message.StartsWith($"'{source}'", StringComparison.Ordinal))
+        {
+            throw;
         }
         catch (FrontendException ex)
         {
             throw new FrontendException($"'{source}': {ex.Message}", ex);
         }
-        if (options.Validate)
-            ModelValidator.Validate(model).ThrowIfInvalid(source);
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // Whatever a malformed file provokes, the caller sees the one bad-model exception (the cause stays inner).
+            throw new FrontendException($"'{source}': the model cannot be read: {ex.Message}", ex);
+        }
         return model;
     }
 

@@ -14,7 +14,15 @@ internal static class PathSafety
         if (Path.IsPathRooted(normalized) || normalized.StartsWith('/') || (normalized.Length > 1 && normalized[1] == ':'))
             throw new FrontendException(
                 $"{label} names external data by absolute path '{location}'; only paths inside the model's folder are allowed");
-        var full = RealPath(Path.GetFullPath(Path.Combine(baseDirectory, normalized)));
+        string full;
+        try
+        {
+            full = RealPath(Path.GetFullPath(Path.Combine(baseDirectory, normalized)));
+        }
+        catch (Exception ex) when (ex is IOException or ArgumentException or UnauthorizedAccessException)
+        {
+            throw new FrontendException($"{label} names external data '{location}', which cannot be resolved: {ex.Message}", ex);
+        }
         if (!IsInside(baseDirectory, full))
             throw new FrontendException(
                 $"{label} names external data '{location}', which leaves the model's folder '{baseDirectory}'; refused");

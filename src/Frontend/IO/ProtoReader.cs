@@ -93,7 +93,7 @@ internal sealed class ProtoReader
         }
         ReadNodes(p.Node, body, scope, where);
         foreach (var name in p.Output)
-            body.AddOutput(scope.Resolve(name));
+            body.AddOutput(name.Length > 0 ? scope.Resolve(name) : throw new FrontendException($"{where} has an output without a name"));
         foreach (var vi in p.ValueInfo)
         {
             var v = scope.Resolve(vi.Name);
@@ -140,6 +140,8 @@ internal sealed class ProtoReader
         ReadNodes(p.Node, graph, scope, where);
         foreach (var vi in p.Output)
         {
+            if (vi.Name.Length == 0)
+                throw new FrontendException($"{where} has a graph output without a name");
             var v = scope.Resolve(vi.Name);
             ApplyValueInfo(v, vi, where);
             graph.AddOutput(v);

@@ -61,7 +61,8 @@ internal sealed class ProtoWriter
         if (g.Name.Length > 0) p.Name = g.Name;
         if (g.DocString.Length > 0) p.DocString = g.DocString;
         foreach (var n in g.Nodes) p.Node.Add(WriteNode(n));
-        foreach (var v in g.Initializers) p.Initializer.Add(WriteTensor(v.Initializer!, external: true));
+        // The value's name is the initializer's name, even if the value was renamed after the tensor was attached.
+        foreach (var v in g.Initializers) p.Initializer.Add(WriteTensor(v.Initializer!, external: true, name: v.Name));
         foreach (var v in g.Inputs) p.Input.Add(WriteValueInfo(v));
         foreach (var v in g.Outputs) p.Output.Add(WriteValueInfo(v));
         // The listed value_info entries first, in their order, then types that edits gave to other node outputs.
@@ -117,11 +118,12 @@ internal sealed class ProtoWriter
         return p;
     }
 
-    private TensorProto WriteTensor(Tensor t, bool external)
+    private TensorProto WriteTensor(Tensor t, bool external, string? name = null)
     {
         var p = new TensorProto { DataType = (int)t.DataType };
         p.Dims.Add(t.Dims);
-        if (t.Name.Length > 0) p.Name = t.Name;
+        name ??= t.Name;
+        if (name.Length > 0) p.Name = name;
         if (t.DocString.Length > 0) p.DocString = t.DocString;
         if (t.DataType == DataType.String)
             p.StringData.Add(t.Strings.Select(ByteString.CopyFrom));

@@ -3,7 +3,9 @@ namespace OnnxQuant.Frontend;
 /// <summary>
 /// One operator application. Inputs are read-only from outside and change only through <see cref="ReplaceInput"/>
 /// and friends, which keep the uses of the values right; a node creates and owns its output values. An input may be
-/// null (an omitted optional input); an output with an empty name is an omitted optional output.
+/// null (an omitted optional input); an output with an empty name is an omitted optional output. A node's reads count
+/// as uses of its input values while the node is in a graph (from <see cref="Graph.AddNode"/> until
+/// <see cref="Graph.RemoveNode"/>), so a node built but never added leaves no trace on the values it names.
 /// </summary>
 public sealed class Node
 {

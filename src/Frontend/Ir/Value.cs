@@ -73,6 +73,10 @@ public sealed class Value
         internal set => _initializer = value;
     }
 
+    /// <summary>The constant behind this value: its initializer, or the `value` tensor of the Constant node that
+    /// produces it; null otherwise.</summary>
+    public Tensor? ConstantValue => ModelSummary.ConstantOf(this);
+
     internal int GraphInputCount { get; set; }
     internal int GraphOutputCount { get; set; }
 
