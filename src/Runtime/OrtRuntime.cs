@@ -22,7 +22,6 @@ public sealed unsafe class OrtRuntime
 
     private readonly OrtHandle _env;
     private readonly OrtHandle _cpuMemoryInfo;
-    private int _fallbackNoticeShown;
 
     internal OrtApi Api { get; }
     internal nint Env => _env.DangerousGetHandle();
@@ -41,20 +40,25 @@ public sealed unsafe class OrtRuntime
     /// <summary>True when the library was built with the CUDA execution provider (its CUDA libraries may still be missing).</summary>
     public bool HasCudaProvider => AvailableProviders.Contains(CudaProviderName);
 
-    private Action<string> _notify = message => Console.Error.WriteLine(message);
+    /// <summary>A notice receiver and whether the one-time fallback notice has reached it.</summary>
+    private sealed class NoticeSink(Action<string> write)
+    {
+        public Action<string> Write { get; } = write;
+        public int FallbackShown;
+    }
+
+    private readonly NoticeSink _defaultSink = new(message => Console.Error.WriteLine(message));
+    private readonly AsyncLocal<NoticeSink?> _sink = new();
 
     /// <summary>
     /// Receives one-line notices (e.g. the `auto` provider falling back to CPU), each kind at most once per receiver.
-    /// Defaults to standard error; the CLI points it at its own error writer.
+    /// Defaults to standard error. Setting it applies to the current logical flow (async-local: the code that runs
+    /// after it on this thread and the tasks and threads it starts), so concurrent commands keep their own receivers.
     /// </summary>
     public Action<string> Notify
     {
-        get => _notify;
-        set
-        {
-            _notify = value ?? throw new ArgumentNullException(nameof(value));
-            Interlocked.Exchange(ref _fallbackNoticeShown, 0);
-        }
+        get => (_sink.Value ?? _defaultSink).Write;
+        set => _sink.Value = new NoticeSink(value ?? throw new ArgumentNullException(nameof(value)));
     }
 
     /// <summary>The process-wide runtime; loads the library from the default location on first use.</summary>
@@ -157,8 +161,9 @@ public sealed unsafe class OrtRuntime
     /// <summary>Reports a CPU fallback once per receiver, so calibration loops creating many sessions stay quiet.</summary>
     internal void NotifyFallbackOnce(string message)
     {
-        if (Interlocked.Exchange(ref _fallbackNoticeShown, 1) == 0)
-            Notify(message);
+        var sink = _sink.Value ?? _defaultSink;
+        if (Interlocked.Exchange(ref sink.FallbackShown, 1) == 0)
+            sink.Write(message);
     }
 
     internal static string CudaMissingMessage(OrtRuntime runtime, string? detail)

@@ -51,7 +51,7 @@ public sealed class DpAllocator(DpOptions? options = null) : IBitAllocator
             maxUseful += free.Cost[free.Offsets[j + 1] - 1];
         foreach (var c in free.Cost)
             if (c > 0)
-                unit = (long)BigInteger.GreatestCommonDivisor(unit, c);
+                unit = Gcd(unit, c);
         if (unit == 0)
             unit = 1;
         var capacity = Math.Min(free.Budget, maxUseful);
@@ -124,6 +124,13 @@ public sealed class DpAllocator(DpOptions? options = null) : IBitAllocator
         var bits = free.ToBits(problem, choice);
         var stats = new DpStats(cells, unit, bucket, tableBytes, gap) { Elapsed = clock.Elapsed };
         return new Allocation(problem, bits, stats, []);
+    }
+
+    private static long Gcd(long a, long b)
+    {
+        while (b != 0)
+            (a, b) = (b, a % b);
+        return a;
     }
 
     private static Span<byte> GetRow(byte[] table, int unitIndex, int cells) =>

@@ -70,6 +70,23 @@ public class ExecutionProviderTests
         }
     }
 
+    [Fact]
+    public async Task ConcurrentFlowsKeepTheirOwnNoticeReceivers()
+    {
+        var runtime = OrtRuntime.Shared;
+        async Task<(List<string> Received, string? Notice)> CreateInOwnFlow()
+        {
+            await Task.Yield();
+            var received = new List<string>();
+            runtime.Notify = received.Add;
+            using var session = InferenceSession.Create(NodeModels.Path("test_add"), NodeModels.Options with { Provider = ExecutionProvider.Auto });
+            return (received, session.ProviderNotice);
+        }
+        // Each flow's receiver gets its own session's notice (none when CUDA works), never the other's or a second one.
+        foreach (var (received, notice) in await Task.WhenAll(CreateInOwnFlow(), CreateInOwnFlow()))
+            Assert.Equal(notice is null ? [] : [notice], received);
+    }
+
     [Theory]
     [InlineData("cpu", ExecutionProvider.Cpu)]
     [InlineData("CUDA", ExecutionProvider.Cuda)]

@@ -12,6 +12,9 @@ internal static class Commands
         yield return SolveCommand.Create();
         yield return BenchCommand.Create();
         yield return InspectCommand.Create();
+        yield return InspectCommand.Create();
+        yield return BenchCommand.Create();
+        yield return SolveCommand.Create();
         yield return EvalCommand.Create();
     }
 }

@@ -43,6 +43,15 @@ internal sealed unsafe class Utf8StringArray : IDisposable
 
     public void Dispose()
     {
+        Free();
+        GC.SuppressFinalize(this);
+    }
+
+    // A session that is never disposed must not leak its name table.
+    ~Utf8StringArray() => Free();
+
+    private void Free()
+    {
         if (_pointers == null)
             return;
         foreach (var s in _strings)
