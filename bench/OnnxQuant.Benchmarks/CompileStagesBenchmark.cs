@@ -9,7 +9,7 @@ namespace OnnxQuant.Benchmarks;
 
 /// <summary>
 /// Ratio benchmark `compile-stages`: one whole compile (no curve cache) with the time of each stage, and the ratio of
-/// the whole compile to one float forward pass over the calibration samples (same session options, one sample per
+/// the whole compile to one float forward pass over the calibration samples (fastest of three; same session options, one sample per
 /// run, as the compile runs a model with a fixed batch). Usage:
 /// compile-stages [model=models/fixtures/detr_small.onnx] [calib=models/data/calib.npz] [--calib-samples 64] [--target-bits 4]
 /// </summary>
@@ -43,10 +43,16 @@ public static class CompileStagesBenchmark
         var options = new SessionOptions(); // the compile's curve sessions use ORT's default threads too
         using (var session = InferenceSession.Create(modelPath, options))
         {
-            Forward(session, data, 1); // warm-up
-            var clock = Stopwatch.StartNew();
-            Forward(session, data, samples);
-            var forward = clock.Elapsed.TotalSeconds;
+            Forward(session, data, Math.Min(4, samples)); // warm-up
+            // The fastest of three passes: the machine may be shared, and the ratio should not flatter the compile.
+            var forward = double.PositiveInfinity;
+            var clock = new Stopwatch();
+            for (var pass = 0; pass < 3; pass++)
+            {
+                clock.Restart();
+                Forward(session, data, samples);
+                forward = Math.Min(forward, clock.Elapsed.TotalSeconds);
+            }
 
             var outDir = Path.Combine(Path.GetTempPath(), $"onnxquant-bench-{Guid.NewGuid():N}");
             try

@@ -17,7 +17,6 @@ internal static class UserErrors
         // The model's outputs, the data and the annotations do not fit together for evaluation.
         OnnxQuant.Passes.Evaluation.EvaluationException => ExitCodes.BadInput,
         OnnxQuant.Frontend.FrontendException => ExitCodes.BadInput,
-        OnnxQuant.Solvers.SolverException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
         // The ONNX Runtime library is missing or lacks the requested provider; the message says how to get one.
         OnnxQuant.Runtime.RuntimeSetupException => ExitCodes.BadInput,

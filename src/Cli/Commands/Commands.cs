@@ -12,9 +12,6 @@ internal static class Commands
         yield return SolveCommand.Create();
         yield return BenchCommand.Create();
         yield return InspectCommand.Create();
-        yield return InspectCommand.Create();
-        yield return BenchCommand.Create();
-        yield return SolveCommand.Create();
         yield return EvalCommand.Create();
     }
 }
