@@ -10,10 +10,13 @@ internal static class UserErrors
     {
         CliInputException => ExitCodes.BadInput,
         OnnxQuant.Passes.Data.DataFormatException => ExitCodes.BadInput,
+        // The model, calibration data or compile options cannot be used as asked (names the input).
+        OnnxQuant.Passes.CompileException => ExitCodes.BadInput,
+        // An infeasible budget or invalid curves.
+        OnnxQuant.Solvers.SolverException => ExitCodes.BadInput,
         // The model's outputs, the data and the annotations do not fit together for evaluation.
         OnnxQuant.Passes.Evaluation.EvaluationException => ExitCodes.BadInput,
         OnnxQuant.Frontend.FrontendException => ExitCodes.BadInput,
-        OnnxQuant.Solvers.SolverException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
         // The ONNX Runtime library is missing or lacks the requested provider; the message says how to get one.
         OnnxQuant.Runtime.RuntimeSetupException => ExitCodes.BadInput,

@@ -8,9 +8,10 @@ internal static class Commands
     public static IEnumerable<Command> All()
     {
         yield return VersionCommand.Create();
-        yield return InspectCommand.Create();
-        yield return BenchCommand.Create();
+        yield return CompileCommand.Create();
         yield return SolveCommand.Create();
+        yield return BenchCommand.Create();
+        yield return InspectCommand.Create();
         yield return EvalCommand.Create();
     }
 }

@@ -1,0 +1,263 @@
+using System.CommandLine;
+using System.Globalization;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Data;
+using OnnxQuant.Passes.Evaluation;
+using OnnxQuant.Runtime;
+using Spectre.Console;
+
+namespace OnnxQuant.Cli;
+
+/// <summary>
+/// <c>onnxquant compile model.onnx --target-bits 4 --calib calib.npz -o out/</c>: calibrates, measures error curves,
+/// allocates bits, rewrites to QDQ, verifies in ONNX Runtime and writes out/model.onnx, report.json and manifest.json.
+/// Progress goes to stderr (a live bar on a terminal, plain lines otherwise); the summary table to stdout.
+/// </summary>
+internal static class CompileCommand
+{
+    public static Command Create()
+    {
+        var model = new Argument<string>("model") { Description = "The float ONNX model" };
+        var calib = new Option<string>("--calib") { Description = "Calibration data: .npz keyed by input name, .npy (single input), or a folder of them", Required = true };
+        var output = new Option<string>("--output", "-o") { Description = "Output folder", DefaultValueFactory = _ => "out" };
+        var targets = new Option<string>("--target-bits") { Description = "Average weight bits; several comma-separated targets (2,3,4) compile the front from one calibration", DefaultValueFactory = _ => "4" };
+        var calibSamples = new Option<int>("--calib-samples") { Description = "Samples for calibration and curves", DefaultValueFactory = _ => 64 };
+        var verifyData = new Option<string?>("--verify-data") { Description = "Held-out data for verification (default: the samples after the calibration ones)" };
+        var verifySamples = new Option<int>("--verify-samples") { Description = "Held-out samples (after the calibration ones) for verification", DefaultValueFactory = _ => 16 };
+        var feature = new Option<string[]>("--feature") { Description = "Tensor(s) whose distortion the curves measure (default: the model's float outputs)", AllowMultipleArgumentsPerToken = true };
+        var bits = new Option<string>("--bits") { Description = "Candidate weight widths", DefaultValueFactory = _ => "2,3,4,5,6,8" };
+        var minBits = new Option<int?>("--min-bits") { Description = "Least width of a unit (default: max(2, floor(target) - 2))" };
+        var solver = new Option<string>("--solver") { Description = "dp (exact) or lagrangian", DefaultValueFactory = _ => "dp" };
+        solver.AcceptOnlyFromAmong("dp", "lagrangian");
+        var epsilon = new Option<double>("--epsilon") { Description = "Lagrangian rate tolerance", DefaultValueFactory = _ => 0.02 };
+        var actBits = new Option<int>("--act-bits") { Description = "Bits of activations entering quantized layers: 8, 16, or 0 for weight-only", DefaultValueFactory = _ => 8 };
+        var actCalibration = new Option<string>("--act-calibration") { Description = "Activation range method", DefaultValueFactory = _ => "minmax" };
+        actCalibration.AcceptOnlyFromAmong("minmax", "percentile", "entropy", "mse");
+        var granularity = new Option<string>("--granularity") { Description = "Unit of allocation: a layer, or a group of output channels", DefaultValueFactory = _ => "layer" };
+        granularity.AcceptOnlyFromAmong("layer", "group");
+        var groupSize = new Option<int>("--group-size") { Description = "Output channels per unit with --granularity group", DefaultValueFactory = _ => 64 };
+        var exclude = new Option<string[]>("--exclude") { Description = "Keep layers in float: node name patterns (* ?) or op types", AllowMultipleArgumentsPerToken = true };
+        var headBits = new Option<int>("--head-bits") { Description = "Width of layers that do not reach the feature, kept outside the budget", DefaultValueFactory = _ => 8 };
+        var format = new Option<string>("--format") { Description = "qdq, or matmulnbits (MatMul weights packed weight-only)", DefaultValueFactory = _ => "qdq" };
+        format.AcceptOnlyFromAmong("qdq", "matmulnbits");
+        var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
+        var curves = new Option<string>("--curves") { Description = "exact (measured at every width) or fast (proxy scaled by one measured width)", DefaultValueFactory = _ => "exact" };
+        curves.AcceptOnlyFromAmong("exact", "fast");
+        var cacheDir = new Option<string?>("--cache-dir") { Description = "Curve cache folder (default $XDG_CACHE_HOME/onnxquant/curves)" };
+        var noCache = new Option<bool>("--no-cache") { Description = "Measure curves without reading or writing the cache" };
+        var maxDistortion = new Option<double?>("--max-distortion") { Description = "Exit 3 when the measured distortion exceeds this" };
+        var maxDrop = new Option<double?>("--max-drop") { Description = "Exit 3 when bbox AP drops by more than this many points (needs --eval-data and --eval-annotations)" };
+        var evalData = new Option<string?>("--eval-data") { Description = "Evaluation .npz for --max-drop" };
+        var evalAnnotations = new Option<string?>("--eval-annotations") { Description = "COCO annotations JSON for --max-drop" };
+        var threads = RuntimeCliOptions.Threads();
+        var ortLib = RuntimeCliOptions.OrtLib();
+        var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress, only errors and the summary" };
+
+        var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
+        command.Arguments.Add(model);
+        foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
+                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, cacheDir, noCache,
+                     maxDistortion, maxDrop, evalData, evalAnnotations, threads, ortLib, quiet })
+            command.Options.Add(option);
+
+        command.SetAction(parse =>
+        {
+            var options = new CompileOptions
+            {
+                TargetBits = ParseList(parse.GetValue(targets)!, "--target-bits", s => double.Parse(s, CultureInfo.InvariantCulture)),
+                CalibSamples = parse.GetValue(calibSamples),
+                VerifySamples = parse.GetValue(verifySamples),
+                VerifyData = parse.GetValue(verifyData),
+                Features = SplitAll(parse.GetValue(feature)),
+                CandidateBits = ParseList(parse.GetValue(bits)!, "--bits", s => int.Parse(s, CultureInfo.InvariantCulture)),
+                MinBits = parse.GetValue(minBits),
+                Solver = parse.GetValue(solver) == "dp" ? SolverKind.Dp : SolverKind.Lagrangian,
+                Epsilon = parse.GetValue(epsilon),
+                ActBits = parse.GetValue(actBits),
+                ActCalibration = parse.GetValue(actCalibration) switch
+                {
+                    "percentile" => CalibrationMethod.Percentile,
+                    "entropy" => CalibrationMethod.Entropy,
+                    "mse" => CalibrationMethod.Mse,
+                    _ => CalibrationMethod.MinMax,
+                },
+                Granularity = parse.GetValue(granularity) == "group" ? Granularity.Group : Granularity.Layer,
+                GroupSize = parse.GetValue(groupSize),
+                Exclude = SplitAll(parse.GetValue(exclude)),
+                HeadBits = parse.GetValue(headBits),
+                Format = parse.GetValue(format) == "matmulnbits" ? WeightFormat.MatMulNBits : WeightFormat.Qdq,
+                BlockSize = parse.GetValue(blockSize),
+                Curves = parse.GetValue(curves) == "fast" ? CurveMode.Fast : CurveMode.Exact,
+                CacheDir = parse.GetValue(noCache) ? null : parse.GetValue(cacheDir) ?? DefaultCacheDir(),
+                MaxDistortion = parse.GetValue(maxDistortion),
+                Threads = parse.GetValue(threads),
+            };
+            var drop = parse.GetValue(maxDrop);
+            var evalDataPath = parse.GetValue(evalData);
+            var evalAnnotationsPath = parse.GetValue(evalAnnotations);
+            if (drop is not null && (evalDataPath is null || evalAnnotationsPath is null))
+                throw new CliInputException("--max-drop needs --eval-data and --eval-annotations");
+            if (drop is < 0)
+                throw new CliInputException($"--max-drop {drop} is negative");
+            // Check the evaluation inputs before any work, so a typo does not cost a whole compile.
+            var evalArrays = evalDataPath is null ? null : Npz.Read(evalDataPath);
+            var groundTruth = evalAnnotationsPath is null ? null : CocoDataset.Load(evalAnnotationsPath);
+            RuntimeCliOptions.Initialize(parse, ortLib);
+
+            var error = parse.InvocationConfiguration.Error;
+            var stdout = parse.InvocationConfiguration.Output;
+            var modelPath = parse.GetValue(model)!;
+            var outDir = parse.GetValue(output)!;
+            var result = WithProgress(error, parse.GetValue(quiet), sink =>
+                Compiler.Run(modelPath, parse.GetValue(calib)!, outDir, options, VersionCommand.ToolVersion, sink));
+
+            string? dropMessage = null;
+            IReadOnlyList<(double Target, double FloatAp, double QuantAp)>? aps = null;
+            if (evalArrays is not null && groundTruth is not null)
+            {
+                var sessionOptions = new SessionOptions { IntraOpThreads = options.Threads }
+                    .WithConfig(SessionConfigKeys.QdqMatMulNBitsAccuracyLevel, "0");
+                double Ap(string path)
+                {
+                    using var session = InferenceSession.Create(path, sessionOptions);
+                    return DetectionEvaluator.Evaluate(session, evalArrays, groundTruth).Bbox.AP ?? 0;
+                }
+                var floatAp = Ap(modelPath);
+                aps = result.Targets.Select(t => (t.Report.TargetBits, floatAp, Ap(t.ModelPath))).ToList();
+                if (drop is { } maxPoints)
+                {
+                    var failed = aps.Where(a => (a.FloatAp - a.QuantAp) * 100 > maxPoints).ToList();
+                    if (failed.Count > 0)
+                        dropMessage = $"accuracy guard failed: bbox AP drops {string.Join(", ", failed.Select(f => $"{((f.FloatAp - f.QuantAp) * 100).ToString("0.0", CultureInfo.InvariantCulture)} points at {f.Target.ToString(CultureInfo.InvariantCulture)} bits"))}, more than --max-drop {maxPoints.ToString(CultureInfo.InvariantCulture)}";
+                }
+            }
+
+            WriteSummary(stdout, result, aps);
+            var guard = result.GuardMessage ?? dropMessage;
+            if (result.GuardFailed && dropMessage is not null)
+                guard = result.GuardMessage + "; " + dropMessage;
+            if (guard is not null)
+            {
+                error.WriteLine($"error: {guard}");
+                return ExitCodes.AccuracyGuard;
+            }
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    internal static string DefaultCacheDir()
+    {
+        var cacheHome = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+        if (string.IsNullOrEmpty(cacheHome))
+            cacheHome = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+        return Path.Combine(cacheHome, "onnxquant", "curves");
+    }
+
+    private static List<T> ParseList<T>(string text, string option, Func<string, T> parse)
+    {
+        var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (parts.Length == 0)
+            throw new CliInputException($"{option} needs at least one value");
+        try
+        {
+            return parts.Select(parse).ToList();
+        }
+        catch (FormatException)
+        {
+            throw new CliInputException($"{option} '{text}': expected comma-separated numbers");
+        }
+        catch (OverflowException)
+        {
+            throw new CliInputException($"{option} '{text}': a value is out of range");
+        }
+    }
+
+    private static List<string> SplitAll(string[]? values) =>
+        (values ?? []).SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToList();
+
+    private static CompileResult WithProgress(TextWriter error, bool quiet, Func<IProgressSink, CompileResult> work)
+    {
+        if (quiet)
+            return work(SilentProgress.Instance);
+        var interactive = ReferenceEquals(error, Console.Error) && !Console.IsErrorRedirected;
+        if (!interactive)
+            return work(new LineProgress(error));
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        CompileResult? result = null;
+        var notes = new List<string>();
+        console.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(),
+                new ElapsedTimeColumn(), new RemainingTimeColumn())
+            .Start(ctx => result = work(new SpectreProgress(ctx, notes)));
+        foreach (var note in notes)
+            error.WriteLine(note);
+        return result!;
+    }
+
+    private sealed class SpectreProgress(ProgressContext context, List<string> notes) : IProgressSink
+    {
+        public IStageProgress Begin(string stage, int total) => new Stage(context.AddTask(Markup.Escape(stage), maxValue: Math.Max(1, total)));
+
+        public void Note(string message) => notes.Add(message);
+
+        private sealed class Stage(ProgressTask task) : IStageProgress
+        {
+            public void Advance(int steps = 1) => task.Increment(steps);
+
+            public void Dispose()
+            {
+                task.Value = task.MaxValue;
+                task.StopTask();
+            }
+        }
+    }
+
+    private static void WriteSummary(TextWriter output, CompileResult result, IReadOnlyList<(double Target, double FloatAp, double QuantAp)>? aps)
+    {
+        var interactive = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected;
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(output),
+            Ansi = interactive ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = interactive ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.No,
+        });
+        if (!interactive)
+            console.Profile.Width = 120;
+        var first = result.Targets[0].Report;
+        console.WriteLine($"{result.Units} units, {result.Heads} head layer(s) at {(first.Heads.Count > 0 ? first.Heads[0].Bits : 8)} bits, " +
+                          $"curves {first.CurveMode.ToString().ToLowerInvariant()}{(first.CurvesFromCache ? " (cache)" : $" ({result.CurveRuns} runs)")}, " +
+                          $"activations {(first.ActBits == 0 ? "float" : $"{first.ActBits}-bit {first.ActCalibration}")}, format {first.WeightFormat}, opset {first.Opset}");
+        var table = new Table().AddColumns("target", "rate", "bits used", "predicted", "measured", "weights", "vs float", "model");
+        foreach (var column in table.Columns.Skip(1).Take(6))
+            column.RightAligned();
+        if (aps is not null)
+            table.AddColumns("AP float", "AP quant");
+        foreach (var t in result.Targets)
+        {
+            var r = t.Report;
+            var used = string.Join(" ", r.Units.GroupBy(u => u.Bits).OrderBy(g => g.Key).Select(g => $"{g.Key}b:{g.Count()}"));
+            var row = new List<string>
+            {
+                F(r.TargetBits, "0.##"), F(r.Rate, "0.000"), used, F(r.Distortion.Predicted, "G3"), F(r.Distortion.Measured, "G3"),
+                $"{r.Sizes.QuantizedWeightBytes / 1024.0:0.0} KiB", $"{(double)r.Sizes.FloatWeightBytes / Math.Max(1, r.Sizes.QuantizedWeightBytes):0.0}x",
+                Path.GetRelativePath(result.OutputDirectory, t.ModelPath),
+            };
+            if (aps?.FirstOrDefault(a => a.Target == r.TargetBits) is { } ap)
+            {
+                row.Add(F(ap.FloatAp * 100, "0.0"));
+                row.Add(F(ap.QuantAp * 100, "0.0"));
+            }
+            table.AddRow(row.Select(Markup.Escape).ToArray());
+        }
+        console.Write(table);
+        console.WriteLine($"distortion: {Compiler.Metric}, measured on {first.Distortion.Samples} {(first.Distortion.HeldOut ? "held-out" : "calibration")} samples");
+        console.WriteLine("stages: " + string.Join(", ", result.Timings.Select(s => $"{s.Stage} {s.Seconds:0.0}s")));
+        foreach (var note in result.Targets.SelectMany(t => t.Report.Notes).Distinct())
+            console.WriteLine("note: " + (note.Length > 240 ? note[..237] + "..." : note));
+        console.WriteLine($"written: {Path.Combine(result.OutputDirectory, "manifest.json")}");
+    }
+
+    private static string F(double value, string format) => value.ToString(format, CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,199 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Data;
+
+namespace OnnxQuant.Passes.Calibration;
+
+/// <summary>A model input as calibration data must match it: name, element type and shape (null = symbolic).</summary>
+public sealed record InputSpec(string Name, DataType DataType, IReadOnlyList<long?> Shape)
+{
+    /// <summary>Rows of the first axis one sample occupies: the fixed batch size, or 1 when the batch is symbolic.</summary>
+    public long RowsPerSample => Shape.Count > 0 && Shape[0] is { } b && b > 0 ? b : 1;
+
+    /// <summary>True when several samples can be stacked into one run along the first axis.</summary>
+    public bool BatchIsSymbolic => Shape.Count > 0 && Shape[0] is null;
+
+    public override string ToString() =>
+        $"{Name} {DataType}[{string.Join(", ", Shape.Select(d => d?.ToString() ?? "?"))}]";
+}
+
+/// <summary>One input's values for a run of one or more samples stacked along the first axis.</summary>
+public sealed record InputBatch(string Name, DataType DataType, long[] Shape, byte[] Data);
+
+/// <summary>
+/// Calibration samples checked against the model's inputs: every input has the same number of samples, the model's
+/// element type, its fixed dimensions and no NaN or infinity. Samples are kept as the arrays they came in (one per
+/// input per file) and sliced on demand, so nothing is copied per sample until a batch is built.
+/// </summary>
+public sealed class CalibrationSet
+{
+    private readonly IReadOnlyList<InputSpec> _inputs;
+    // Per input: the source arrays in file order, and the first sample index each starts at.
+    private readonly List<(NpyArray Array, int FirstSample)>[] _chunks;
+
+    private CalibrationSet(IReadOnlyList<InputSpec> inputs, List<(NpyArray, int)>[] chunks, int count, string source)
+    {
+        _inputs = inputs;
+        _chunks = chunks;
+        Count = count;
+        Source = source;
+    }
+
+    public IReadOnlyList<InputSpec> Inputs => _inputs;
+    public int Count { get; }
+    public string Source { get; }
+
+    /// <summary>
+    /// Loads an .npz (arrays keyed by input name), an .npy (single-input models) or a folder of them (read in
+    /// ordinal file-name order, samples concatenated).
+    /// </summary>
+    /// <exception cref="CompileException">Missing, unknown or mismatched arrays; the message names the input.</exception>
+    /// <exception cref="DataFormatException">A file that is not valid NumPy data.</exception>
+    public static CalibrationSet Load(string path, IReadOnlyList<InputSpec> inputs)
+    {
+        if (inputs.Count == 0)
+            throw new CompileException("the model has no inputs to calibrate");
+        string[] files;
+        if (Directory.Exists(path))
+        {
+            files = Directory.GetFiles(path)
+                .Where(f => f.EndsWith(".npz", StringComparison.OrdinalIgnoreCase) || f.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
+                .OrderBy(f => f, StringComparer.Ordinal).ToArray();
+            if (files.Length == 0)
+                throw new CompileException($"{path}: folder holds no .npz or .npy files");
+        }
+        else if (File.Exists(path))
+        {
+            files = [path];
+        }
+        else
+        {
+            throw new CompileException($"{path}: calibration data not found (give an .npz, an .npy or a folder of them)");
+        }
+
+        var chunks = inputs.Select(_ => new List<(NpyArray, int)>()).ToArray();
+        var counts = new int[inputs.Count];
+        foreach (var file in files)
+        {
+            var arrays = ReadFile(file, inputs);
+            int? fileSamples = null;
+            for (var i = 0; i < inputs.Count; i++)
+            {
+                var array = arrays[i];
+                var samples = Check(file, inputs[i], array);
+                if (fileSamples is { } n && n != samples)
+                    throw new CompileException(
+                        $"{file}: input '{inputs[i].Name}' has {samples} samples but '{inputs[0].Name}' has {n}; every input needs the same number");
+                fileSamples = samples;
+                chunks[i].Add((array, counts[i]));
+                counts[i] += samples;
+            }
+        }
+        if (counts[0] == 0)
+            throw new CompileException($"{path}: calibration data holds no samples");
+        return new CalibrationSet(inputs, chunks, counts[0], path);
+    }
+
+    private static NpyArray[] ReadFile(string file, IReadOnlyList<InputSpec> inputs)
+    {
+        if (file.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
+        {
+            if (inputs.Count != 1)
+                throw new CompileException(
+                    $"{file}: an .npy file holds one array but the model has {inputs.Count} inputs ({string.Join(", ", inputs.Select(i => i.Name))}); use an .npz keyed by input name");
+            return [Npy.Read(file)];
+        }
+        var named = Npz.Read(file);
+        var byName = named.ToDictionary(a => a.Name, a => a.Array, StringComparer.Ordinal);
+        // Arrays that name no input (e.g. image ids stored beside the images) are ignored; missing inputs are errors.
+        return inputs.Select(i => byName.TryGetValue(i.Name, out var a)
+            ? a
+            : throw new CompileException($"{file}: no array for model input '{i.Name}' (the file holds {string.Join(", ", named.Select(n => $"'{n.Name}'"))})")).ToArray();
+    }
+
+    /// <summary>Validates one array against its input and returns its sample count.</summary>
+    private static int Check(string file, InputSpec input, NpyArray array)
+    {
+        var where = $"{file}: input '{input.Name}'";
+        if (array.DataType != input.DataType)
+            throw new CompileException($"{where} has element type {array.DataType}, the model expects {input.DataType}");
+        if (array.Shape.Length != input.Shape.Count)
+            throw new CompileException(
+                $"{where} has shape [{string.Join(", ", array.Shape)}], rank {array.Shape.Length}; the model expects rank {input.Shape.Count} {input}");
+        for (var d = 1; d < array.Shape.Length; d++)
+            if (input.Shape[d] is { } fixedDim && fixedDim != array.Shape[d])
+                throw new CompileException(
+                    $"{where} has shape [{string.Join(", ", array.Shape)}]; dimension {d} is {array.Shape[d]} but the model expects {fixedDim} {input}");
+        var rows = input.RowsPerSample;
+        if (array.Shape[0] % rows != 0)
+            throw new CompileException(
+                $"{where} has {array.Shape[0]} rows, not a multiple of the model's batch size {rows}");
+        if (input.DataType is DataType.Float or DataType.Double or DataType.Float16)
+        {
+            var values = array.ToFloats();
+            for (var k = 0; k < values.Length; k++)
+                if (!float.IsFinite(values[k]))
+                {
+                    var row = k / Math.Max(1, values.Length / Math.Max(1, array.Shape[0]));
+                    throw new CompileException($"{where} holds {(float.IsNaN(values[k]) ? "NaN" : "infinity")} in sample {row / rows} (row {row})");
+                }
+        }
+        return checked((int)(array.Shape[0] / rows));
+    }
+
+    /// <summary>
+    /// Samples [start, start+count) stacked along the first axis, one <see cref="InputBatch"/> per input. With a
+    /// fixed batch size, count must be 1.
+    /// </summary>
+    public IReadOnlyList<InputBatch> Batch(int start, int count)
+    {
+        if (start < 0 || count <= 0 || start + count > Count)
+            throw new ArgumentOutOfRangeException(nameof(start), $"samples {start}..{start + count} outside 0..{Count}");
+        var result = new InputBatch[_inputs.Count];
+        for (var i = 0; i < _inputs.Count; i++)
+        {
+            var input = _inputs[i];
+            var rows = input.RowsPerSample;
+            var pieces = new List<byte[]>();
+            long[]? shape = null;
+            for (var s = start; s < start + count;)
+            {
+                var (array, first) = _chunks[i].Last(c => c.FirstSample <= s);
+                var available = (int)(array.Shape[0] / rows) - (s - first);
+                var take = Math.Min(available, start + count - s);
+                var slice = array.SliceFirstAxis((s - first) * rows, take * rows);
+                pieces.Add(slice.RawBytes);
+                shape ??= (long[])slice.Shape.Clone();
+                s += take;
+            }
+            shape![0] = count * rows;
+            var data = pieces.Count == 1 ? pieces[0] : pieces.SelectMany(p => p).ToArray();
+            result[i] = new InputBatch(input.Name, input.DataType, shape, data);
+        }
+        return result;
+    }
+
+    /// <summary>SHA-256 of samples [0, count): input names, types, shapes and bytes, for cache keys and manifests.</summary>
+    public string Hash(int count)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        Span<byte> buffer = stackalloc byte[8];
+        for (var s = 0; s < count; s++)
+        {
+            foreach (var batch in Batch(s, 1))
+            {
+                sha.AppendData(System.Text.Encoding.UTF8.GetBytes(batch.Name));
+                BinaryPrimitives.WriteInt32LittleEndian(buffer, (int)batch.DataType);
+                sha.AppendData(buffer[..4]);
+                foreach (var d in batch.Shape)
+                {
+                    BinaryPrimitives.WriteInt64LittleEndian(buffer, d);
+                    sha.AppendData(buffer);
+                }
+                sha.AppendData(batch.Data);
+            }
+        }
+        return Convert.ToHexString(sha.GetHashAndReset()).ToLowerInvariant();
+    }
+}

@@ -1,0 +1,127 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Compile;
+using OnnxQuant.Runtime;
+
+namespace OnnxQuant.Passes.Calibration;
+
+/// <summary>The calibrated range of one activation tensor.</summary>
+public sealed record ActivationRange(string Tensor, float Min, float Max);
+
+/// <summary>Per-channel mean of x^2 of one activation tensor (for the fast curve proxy).</summary>
+public sealed record ChannelMoments(string Tensor, int ChannelAxis, double[] SecondMoments);
+
+/// <summary>Calibration result: a range per tensor, tagged with the method and sample count that produced it.</summary>
+public sealed record CalibrationTable(CalibrationMethod Method, int Samples, IReadOnlyList<ActivationRange> Ranges,
+    IReadOnlyList<ChannelMoments> Moments)
+{
+    public ActivationRange? Find(string tensor) => Ranges.FirstOrDefault(r => r.Tensor == tensor);
+    public ChannelMoments? FindMoments(string tensor) => Moments.FirstOrDefault(m => m.Tensor == tensor);
+}
+
+/// <summary>A tensor to calibrate and, when moments are wanted, the axis of its channels (-1 = last).</summary>
+public sealed record CalibrationTarget(string Tensor, int? MomentsAxis);
+
+/// <summary>
+/// Calibration in fixed steps: instrument the model (the tensors become graph outputs), stream the samples through
+/// ONNX Runtime with graph optimizations off (so every tensor name survives), feed each batch's values to one
+/// observer per tensor, then compute the table. Memory is one observer (bounded histogram) per tensor plus one batch.
+/// </summary>
+public static class Calibrator
+{
+    public static CalibrationTable Run(Model model, CalibrationSet data, int samples, IReadOnlyList<CalibrationTarget> targets,
+        CalibrationMethod method, int bits, SessionOptions sessionOptions, int runBatch, IStageProgress? progress = null)
+    {
+        var instrumented = model.Clone();
+        var graph = instrumented.Graph;
+        var inputNames = graph.Inputs.Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+        var outputs = new List<string>();
+        foreach (var target in targets)
+        {
+            if (inputNames.Contains(target.Tensor))
+                continue; // read straight from the data
+            var value = graph.FindValue(target.Tensor) ?? throw new InvalidOperationException($"tensor '{target.Tensor}' not in the model");
+            if (!value.IsGraphOutput)
+            {
+                value.Type ??= new TensorType(DataType.Float, null);
+                graph.AddOutput(value);
+            }
+            outputs.Add(target.Tensor);
+        }
+        var observers = targets.ToDictionary(t => t.Tensor, _ => Observers.Create(method, bits), StringComparer.Ordinal);
+        var moments = targets.Where(t => t.MomentsAxis is not null)
+            .ToDictionary(t => t.Tensor, t => new MomentAccumulator(t.MomentsAxis!.Value), StringComparer.Ordinal);
+        using var session = outputs.Count > 0 ? InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions) : null;
+        var step = data.Inputs.All(i => i.BatchIsSymbolic) ? Math.Max(1, runBatch) : 1;
+        for (var start = 0; start < samples; start += step)
+        {
+            var count = Math.Min(step, samples - start);
+            var batch = data.Batch(start, count);
+            foreach (var input in batch)
+                if (observers.TryGetValue(input.Name, out var o))
+                {
+                    var t = TensorData.FromBytes(input.DataType, input.Data, input.Shape);
+                    var values = t.ToFloats();
+                    o.Observe(values);
+                    if (moments.TryGetValue(input.Name, out var m))
+                        m.Add(values, input.Shape);
+                }
+            if (session is not null)
+            {
+                var result = session.Run(batch.Select(b => new NamedTensor(b.Name, TensorData.FromBytes(b.DataType, b.Data, b.Shape))).ToList(), outputs);
+                foreach (var output in result)
+                {
+                    var values = output.Data.ToFloats();
+                    foreach (var v in values)
+                        if (float.IsNaN(v))
+                            throw new CompileException($"tensor '{output.Name}' is NaN on calibration sample {start}; the model produces NaN on this data");
+                    observers[output.Name].Observe(values);
+                    if (moments.TryGetValue(output.Name, out var m))
+                        m.Add(values, output.Data.Shape);
+                }
+            }
+            progress?.Advance(count);
+        }
+        var ranges = targets.Select(t =>
+        {
+            var (min, max) = observers[t.Tensor].ComputeRange();
+            return new ActivationRange(t.Tensor, Round(min), Round(max));
+        }).ToList();
+        var momentList = targets.Where(t => moments.ContainsKey(t.Tensor))
+            .Select(t => new ChannelMoments(t.Tensor, t.MomentsAxis!.Value, moments[t.Tensor].Result())).ToList();
+        return new CalibrationTable(method, samples, ranges, momentList);
+    }
+
+    /// <summary>
+    /// Ranges are rounded to 6 significant digits so that the last-bit differences ONNX Runtime may show between
+    /// thread counts do not change the output model's bytes.
+    /// </summary>
+    internal static float Round(float value) =>
+        value == 0 || !float.IsFinite(value) ? value : (float)double.Parse(value.ToString("G6", System.Globalization.CultureInfo.InvariantCulture), System.Globalization.CultureInfo.InvariantCulture);
+
+    private sealed class MomentAccumulator(int axis)
+    {
+        private double[]? _sum;
+        private long _count;
+
+        public void Add(float[] values, long[] shape)
+        {
+            var rank = shape.Length;
+            var a = axis < 0 ? rank + axis : axis;
+            if (a < 0 || a >= rank)
+                return;
+            var channels = (int)shape[a];
+            var inner = shape.Skip(a + 1).Aggregate(1L, (x, y) => x * y);
+            _sum ??= new double[channels];
+            if (_sum.Length != channels)
+                return;
+            for (long i = 0; i < values.Length; i++)
+            {
+                var c = (int)(i / inner % channels);
+                _sum[c] += (double)values[i] * values[i];
+            }
+            _count += values.Length / channels;
+        }
+
+        public double[] Result() => _sum is null ? [] : _sum.Select(s => s / Math.Max(1, _count)).ToArray();
+    }
+}

@@ -1,0 +1,24 @@
+using OnnxQuant.Frontend;
+
+namespace OnnxQuant.Passes.Canonicalize;
+
+/// <summary>Small questions passes ask about values and nodes.</summary>
+internal static class GraphQueries
+{
+    /// <summary>The constant tensor behind a value: an initializer that is not also an overridable graph input.</summary>
+    public static Tensor? Constant(Value? value) =>
+        value is { IsInitializer: true, IsGraphInput: false } ? value.Initializer : null;
+
+    /// <summary>True when nothing reads the value and it is not a graph output.</summary>
+    public static bool IsUnused(Value value) => value.Uses.Count == 0 && !value.IsGraphOutput;
+
+    /// <summary>The value's only user, or null when it has none, several, or is a graph output.</summary>
+    public static Node? SoleUser(Value value) =>
+        value.Uses.Count == 1 && !value.IsGraphOutput ? value.Uses[0].Node : null;
+
+    public static bool IsDefaultDomain(Node node) => node.Domain is "" or "ai.onnx";
+
+    /// <summary>Adds a float initializer with a name derived from <paramref name="prefix"/>.</summary>
+    public static Value AddFloatInitializer(Graph graph, string prefix, long[] dims, float[] data) =>
+        graph.AddInitializer(graph.UniqueName(prefix), Tensor.FromFloats(prefix, dims, data));
+}

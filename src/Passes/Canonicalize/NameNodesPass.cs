@@ -1,0 +1,40 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Pipeline;
+
+namespace OnnxQuant.Passes.Canonicalize;
+
+/// <summary>
+/// Gives every unnamed node of the main graph a unique name (op type, then _1, _2, ... in node order), so units,
+/// reports and <c>--exclude</c> patterns can refer to every layer. Deterministic: names follow the node order.
+/// </summary>
+public sealed class NameNodesPass : IPass
+{
+    public string Name => "name-nodes";
+
+    public PassResult Run(Model model)
+    {
+        var named = 0;
+        foreach (var node in model.Graph.Nodes)
+        {
+            if (node.Name.Length > 0)
+                continue;
+            node.Name = model.Graph.UniqueName(node.OpType);
+            named++;
+        }
+        return PassResult.Changed(named);
+    }
+}
+
+/// <summary>The canonicalization every compile runs, in order.</summary>
+public static class Canonicalization
+{
+    public static IReadOnlyList<IPass> Passes() =>
+    [
+        new RemoveIdentityPass(),
+        new RemoveDropoutPass(),
+        new FoldWeightTransformsPass(),
+        new FoldBatchNormPass(),
+        new DeadNodeEliminationPass(),
+        new NameNodesPass(),
+    ];
+}

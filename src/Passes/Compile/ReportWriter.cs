@@ -1,0 +1,168 @@
+using System.Text.Json;
+using OnnxQuant.Solvers;
+
+namespace OnnxQuant.Passes.Compile;
+
+/// <summary>
+/// Writes reports, manifests and front summaries as JSON with a fixed key order, shortest round-trip numbers and
+/// "\n" line ends, so identical results give identical bytes. Only <c>timings_s</c> (wall time) varies run to run.
+/// </summary>
+public static class ReportWriter
+{
+    private static readonly JsonWriterOptions Options = new() { Indented = true, NewLine = "\n" };
+
+    public static byte[] Report(CompileReport r)
+    {
+        using var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream, Options))
+        {
+            w.WriteStartObject();
+            w.WriteString("schema", CompileReport.Schema);
+            w.WriteString("tool_version", r.ToolVersion);
+            w.WriteNumber("target_bits", r.TargetBits);
+            w.WriteNumber("rate", r.Rate);
+            w.WriteString("solver", r.Solver);
+            w.WriteNumber("min_bits", r.MinBits);
+            w.WriteStartArray("features");
+            foreach (var f in r.Features) w.WriteStringValue(f);
+            w.WriteEndArray();
+            w.WriteString("curve_mode", r.CurveMode.ToString().ToLowerInvariant());
+            w.WriteBoolean("curves_from_cache", r.CurvesFromCache);
+            w.WriteString("format", r.WeightFormat);
+            w.WriteNumber("act_bits", r.ActBits);
+            w.WriteString("act_calibration", r.ActCalibration);
+            w.WriteNumber("opset", r.Opset);
+
+            w.WriteStartObject("distortion");
+            w.WriteNumber("predicted", r.Distortion.Predicted);
+            w.WriteNumber("measured", r.Distortion.Measured);
+            w.WriteNumber("measured_over_predicted", r.Distortion.Predicted > 0 ? Math.Round(r.Distortion.Measured / r.Distortion.Predicted, 4) : 0);
+            w.WriteNumber("samples", r.Distortion.Samples);
+            w.WriteBoolean("held_out", r.Distortion.HeldOut);
+            w.WriteString("metric", r.Distortion.Metric);
+            w.WriteEndObject();
+
+            w.WriteStartObject("sizes");
+            w.WriteNumber("float_weight_bytes", r.Sizes.FloatWeightBytes);
+            w.WriteNumber("ideal_packed_bits", r.Sizes.IdealPackedBits);
+            w.WriteNumber("ideal_packed_bytes", (r.Sizes.IdealPackedBits + 7) / 8);
+            w.WriteNumber("quantized_weight_bytes", r.Sizes.QuantizedWeightBytes);
+            w.WriteNumber("model_bytes", r.Sizes.ModelBytes);
+            w.WriteEndObject();
+
+            w.WriteStartArray("units");
+            foreach (var u in r.Units)
+            {
+                w.WriteStartObject();
+                w.WriteString("name", u.Name);
+                w.WriteString("layer", u.Layer);
+                w.WriteString("op_type", u.OpType);
+                w.WriteNumber("channel_start", u.ChannelStart);
+                w.WriteNumber("channel_count", u.ChannelCount);
+                w.WriteNumber("size", u.Size);
+                w.WriteNumber("bits", u.Bits);
+                w.WriteNumber("predicted_distortion", u.PredictedDistortion);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+
+            w.WriteStartArray("heads");
+            foreach (var h in r.Heads)
+            {
+                w.WriteStartObject();
+                w.WriteString("layer", h.Layer);
+                w.WriteString("op_type", h.OpType);
+                w.WriteNumber("size", h.Size);
+                w.WriteNumber("bits", h.Bits);
+                w.WriteString("reason", h.Reason);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+
+            w.WriteStartArray("skipped");
+            foreach (var s in r.Skipped)
+            {
+                w.WriteStartObject();
+                w.WriteString("layer", s.Name);
+                w.WriteString("op_type", s.OpType);
+                w.WriteString("reason", s.Reason);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+
+            w.WriteStartArray("layers");
+            foreach (var l in r.Layers)
+            {
+                w.WriteStartObject();
+                w.WriteString("layer", l.Layer);
+                w.WriteString("format", l.Format);
+                w.WriteString("container", l.Container.ToString().ToUpperInvariant());
+                w.WriteNumber("max_bits", l.MaxBits);
+                w.WriteNumber("weights", l.Weights);
+                w.WriteNumber("ideal_bits", l.IdealBits);
+                w.WriteNumber("bytes", l.Bytes);
+                w.WriteNumber("float_bytes", l.FloatBytes);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+
+            w.WritePropertyName("curves");
+            using (var curves = new MemoryStream())
+            {
+                CurvesFile.Write(curves, r.Curves);
+                using var doc = JsonDocument.Parse(curves.ToArray());
+                doc.RootElement.WriteTo(w);
+            }
+
+            w.WriteStartArray("notes");
+            foreach (var n in r.Notes) w.WriteStringValue(n);
+            w.WriteEndArray();
+
+            w.WriteStartObject("timings_s");
+            foreach (var t in r.Timings)
+                w.WriteNumber(t.Stage, Math.Round(t.Seconds, 3));
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+        stream.WriteByte((byte)'\n');
+        return stream.ToArray();
+    }
+
+    /// <summary>A file the compile wrote, with its hash.</summary>
+    public sealed record OutputFile(string Path, string Sha256, long Bytes);
+
+    public static byte[] Manifest(string toolVersion, string modelFile, string modelSha256, string dataSha256, int samples,
+        IReadOnlyList<(string Key, string Value)> options, IReadOnlyList<OutputFile> outputs)
+    {
+        using var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream, Options))
+        {
+            w.WriteStartObject();
+            w.WriteString("schema", "onnxquant.manifest/1");
+            w.WriteString("tool_version", toolVersion);
+            w.WriteStartObject("input");
+            w.WriteString("model", modelFile);
+            w.WriteString("model_sha256", modelSha256);
+            w.WriteString("calibration_sha256", dataSha256);
+            w.WriteNumber("calibration_samples", samples);
+            w.WriteEndObject();
+            w.WriteStartObject("options");
+            foreach (var (k, v) in options)
+                w.WriteString(k, v);
+            w.WriteEndObject();
+            w.WriteStartArray("outputs");
+            foreach (var o in outputs)
+            {
+                w.WriteStartObject();
+                w.WriteString("path", o.Path);
+                w.WriteString("sha256", o.Sha256);
+                w.WriteNumber("bytes", o.Bytes);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        stream.WriteByte((byte)'\n');
+        return stream.ToArray();
+    }
+}

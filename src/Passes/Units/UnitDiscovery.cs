@@ -1,0 +1,220 @@
+using System.Text.RegularExpressions;
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Canonicalize;
+using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Quantization;
+
+namespace OnnxQuant.Passes.Units;
+
+/// <summary>
+/// A layer whose weight can be quantized: a Conv, Gemm or MatMul node reading a constant float weight. Axes are of
+/// the weight tensor; <see cref="ActivationChannelAxis"/> is the channel axis of the activation input (-1 = last).
+/// </summary>
+public sealed record QuantLayer(
+    string Name,
+    string OpType,
+    string WeightName,
+    long[] WeightShape,
+    int ChannelAxis,
+    int InputChannelAxis,
+    int Groups,
+    string Activation,
+    int ActivationChannelAxis,
+    bool ReachesFeature)
+{
+    public long Size => WeightShape.Aggregate(1L, (a, b) => a * b);
+    public int Channels => (int)WeightShape[ChannelAxis];
+
+    /// <summary>The weight layout quantization uses: per output channel, or blocked along K for MatMulNBits.</summary>
+    public WeightLayout Layout(WeightFormat format, int blockSize) =>
+        format == WeightFormat.MatMulNBits && OpType == "MatMul"
+            ? new WeightLayout(WeightShape, ChannelAxis, InputChannelAxis, blockSize)
+            : new WeightLayout(WeightShape, ChannelAxis);
+
+    /// <summary>For each weight element, the input channel of the activation it multiplies.</summary>
+    public int[] InputChannelOfElements()
+    {
+        var n = (int)Size;
+        var map = new int[n];
+        var strides = new long[WeightShape.Length];
+        long s = 1;
+        for (var d = WeightShape.Length - 1; d >= 0; d--) { strides[d] = s; s *= WeightShape[d]; }
+        var perGroupOut = Channels / Math.Max(1, Groups);
+        var inPerGroup = (int)WeightShape[InputChannelAxis];
+        for (var i = 0; i < n; i++)
+        {
+            var inCh = (int)(i / strides[InputChannelAxis] % WeightShape[InputChannelAxis]);
+            if (Groups > 1)
+            {
+                var outCh = (int)(i / strides[ChannelAxis] % WeightShape[ChannelAxis]);
+                inCh += outCh / perGroupOut * inPerGroup;
+            }
+            map[i] = inCh;
+        }
+        return map;
+    }
+
+    /// <summary>For each weight element, its output channel.</summary>
+    public int[] OutputChannelOfElements()
+    {
+        var n = (int)Size;
+        var stride = WeightShape.Skip(ChannelAxis + 1).Aggregate(1L, (a, b) => a * b);
+        var map = new int[n];
+        for (var i = 0; i < n; i++)
+            map[i] = (int)(i / stride % WeightShape[ChannelAxis]);
+        return map;
+    }
+}
+
+/// <summary>One allocation unit: output channels [ChannelStart, ChannelStart + ChannelCount) of a layer.</summary>
+public sealed record QuantUnit(string Name, QuantLayer Layer, int ChannelStart, int ChannelCount)
+{
+    public long Size => Layer.Size / Layer.Channels * ChannelCount;
+    public bool IsWholeLayer => ChannelStart == 0 && ChannelCount == Layer.Channels;
+}
+
+/// <summary>A Conv/Gemm/MatMul left in float, and why.</summary>
+public sealed record SkippedLayer(string Name, string OpType, string Reason);
+
+/// <summary>The layers found, the units the allocator distributes bits over, the head layers and what was skipped.</summary>
+public sealed record UnitDiscoveryResult(
+    IReadOnlyList<QuantLayer> Layers,
+    IReadOnlyList<QuantUnit> Units,
+    IReadOnlyList<QuantLayer> Heads,
+    IReadOnlyList<SkippedLayer> Skipped);
+
+/// <summary>
+/// Finds the quantizable layers of a canonicalized model. Conv, Gemm and MatMul with a constant float weight are
+/// layers (backbone convs, transformer projections, MLP heads); everything else (LayerNorm, Softmax, detection
+/// post-processing such as NMS, RoiAlign, TopK and box decoding arithmetic) stays float because it is not one of these
+/// ops. Layers whose weight is shared with other nodes, tiny (fewer than <see cref="MinimumWeights"/> weights) or
+/// excluded by name pattern / op type are skipped with a reason. Layers from which no feature tensor can be reached
+/// are heads: they cannot affect the feature, so their curves would be zero; they are kept at the head width
+/// outside the budget instead of being given the minimum bits for free.
+/// </summary>
+public static class UnitDiscovery
+{
+    public const int MinimumWeights = 64;
+
+    public static UnitDiscoveryResult Discover(Model model, IReadOnlyList<string> features, CompileOptions options)
+    {
+        var graph = model.Graph;
+        var featureValues = features.Select(f => graph.FindValue(f)
+            ?? throw new CompileException($"--feature '{f}' names no tensor of the model")).ToList();
+        var reaches = NodesReaching(featureValues);
+        var excludes = options.Exclude.Select(Glob).ToList();
+        var layers = new List<QuantLayer>();
+        var skipped = new List<SkippedLayer>();
+        foreach (var node in graph.Nodes)
+        {
+            if (node.OpType is not ("Conv" or "Gemm" or "MatMul") || !GraphQueries.IsDefaultDomain(node) || node.Inputs.Count < 2)
+                continue;
+            var layer = Describe(node, reaches.Contains(node), out var reason);
+            if (layer is null)
+            {
+                if (reason is not null)
+                    skipped.Add(new SkippedLayer(node.Name, node.OpType, reason));
+                continue;
+            }
+            if (options.Exclude.Contains(node.OpType, StringComparer.Ordinal) || excludes.Any(g => g.IsMatch(node.Name)))
+            {
+                skipped.Add(new SkippedLayer(node.Name, node.OpType, "excluded by --exclude"));
+                continue;
+            }
+            layers.Add(layer);
+        }
+        var units = new List<QuantUnit>();
+        foreach (var layer in layers.Where(l => l.ReachesFeature))
+        {
+            if (options.Granularity == Granularity.Layer || layer.Channels <= options.GroupSize)
+            {
+                units.Add(new QuantUnit(layer.Name, layer, 0, layer.Channels));
+                continue;
+            }
+            for (var c = 0; c < layer.Channels; c += options.GroupSize)
+            {
+                var count = Math.Min(options.GroupSize, layer.Channels - c);
+                units.Add(new QuantUnit($"{layer.Name}[{c}:{c + count}]", layer, c, count));
+            }
+        }
+        return new UnitDiscoveryResult(layers, units, layers.Where(l => !l.ReachesFeature).ToList(), skipped);
+    }
+
+    private static QuantLayer? Describe(Node node, bool reaches, out string? reason)
+    {
+        reason = null;
+        var weight = node.Inputs[1];
+        var tensor = GraphQueries.Constant(weight);
+        if (tensor is null || node.Inputs[0] is not { } activation)
+            return null; // activation x activation (e.g. attention scores): nothing to quantize
+        if (tensor.DataType != DataType.Float)
+        {
+            reason = $"weight is {tensor.DataType}, not float";
+            return null;
+        }
+        if (GraphQueries.Constant(activation) is not null)
+        {
+            reason = "both inputs are constant";
+            return null;
+        }
+        if (weight!.Uses.Count != 1)
+        {
+            reason = $"weight '{weight.Name}' is shared by {weight.Uses.Count} nodes";
+            return null;
+        }
+        if (tensor.ElementCount < MinimumWeights)
+        {
+            reason = $"weight has {tensor.ElementCount} elements (fewer than {MinimumWeights})";
+            return null;
+        }
+        var shape = tensor.GetDims();
+        switch (node.OpType)
+        {
+            case "Conv":
+                if (shape.Length < 3)
+                {
+                    reason = $"Conv weight of rank {shape.Length}";
+                    return null;
+                }
+                return new QuantLayer(node.Name, "Conv", weight.Name, shape, 0, 1, (int)node.GetInt("group", 1), activation.Name, 1, reaches);
+            case "Gemm":
+                if (shape.Length != 2)
+                    return null;
+                var transB = node.GetInt("transB", 0) != 0;
+                var transA = node.GetInt("transA", 0) != 0;
+                return new QuantLayer(node.Name, "Gemm", weight.Name, shape, transB ? 0 : 1, transB ? 1 : 0, 1, activation.Name, transA ? 0 : 1, reaches);
+            default:
+                if (shape.Length != 2)
+                {
+                    reason = $"MatMul weight of rank {shape.Length} (only 2-D weights are quantized)";
+                    return null;
+                }
+                return new QuantLayer(node.Name, "MatMul", weight.Name, shape, 1, 0, 1, activation.Name, -1, reaches);
+        }
+    }
+
+    /// <summary>Every node from which some feature value can be reached.</summary>
+    private static HashSet<Node> NodesReaching(IReadOnlyList<Value> features)
+    {
+        var set = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        var stack = new Stack<Node>();
+        foreach (var f in features)
+            if (f.Producer is { } p && set.Add(p))
+                stack.Push(p);
+        while (stack.Count > 0)
+        {
+            var node = stack.Pop();
+            foreach (var input in node.Inputs)
+                if (input?.Producer is { } p && set.Add(p))
+                    stack.Push(p);
+            foreach (var g in node.Subgraphs)
+                foreach (var outer in g.OuterReferences())
+                    if (outer.Producer is { } p && set.Add(p))
+                        stack.Push(p);
+        }
+        return set;
+    }
+
+    private static Regex Glob(string pattern) =>
+        new("^" + Regex.Escape(pattern).Replace("\\*", ".*").Replace("\\?", ".") + "$", RegexOptions.CultureInvariant);
+}

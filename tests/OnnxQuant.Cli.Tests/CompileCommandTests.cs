@@ -1,0 +1,146 @@
+using OnnxQuant.Cli;
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Data;
+using Attribute = OnnxQuant.Frontend.Attribute;
+
+namespace OnnxQuant.Cli.Tests;
+
+/// <summary>A small conv + MLP model with a symbolic batch, its calibration data and a scratch folder.</summary>
+public sealed class CompileCliFixture : IDisposable
+{
+    public CompileCliFixture()
+    {
+        Root = Path.Combine(Path.GetTempPath(), $"onnxquant-cli-compile-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(Root);
+        ModelPath = Path.Combine(Root, "model.onnx");
+        ModelIO.Save(BuildModel(), ModelPath);
+        DataPath = Path.Combine(Root, "calib.npz");
+        Npz.Write(DataPath, [new NamedArray("x", NpyArray.FromFloats(Random(40 * 2 * 8 * 8, 3), 40, 2, 8, 8))]);
+    }
+
+    public string Root { get; }
+    public string ModelPath { get; }
+    public string DataPath { get; }
+
+    private static float[] Random(int n, int seed, float scale = 1f)
+    {
+        var r = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => scale * (float)(r.NextDouble() * 2 - 1)).ToArray();
+    }
+
+    private static Model BuildModel()
+    {
+        var g = new Graph("cli");
+        var model = new Model(g) { IrVersion = 8 };
+        model.OpsetImports[""] = 17;
+        var x = new Value("x", new TensorType(DataType.Float, new Shape([Dim.Symbolic("N"), 2, 8, 8])));
+        g.AddInput(x);
+        Value Init(string name, long[] dims, float scale, int seed) =>
+            g.AddInitializer(name, Tensor.FromFloats(name, dims, Random((int)dims.Aggregate(1L, (a, b) => a * b), seed, scale)));
+        Value Op(string op, string name, Value[] inputs, params Attribute[] attributes)
+        {
+            var node = new Node(op, inputs, [name + "_out"], name: name, attributes: attributes);
+            g.AddNode(node);
+            return node.Outputs[0];
+        }
+        var conv = Op("Conv", "conv", [x, Init("conv.w", [8, 2, 3, 3], 0.4f, 1)], Attribute.FromInts("pads", [1, 1, 1, 1]));
+        var relu = Op("Relu", "relu", [conv]);
+        var flat = Op("Flatten", "flatten", [Op("GlobalAveragePool", "pool", [relu])]);
+        var fc1 = Op("Relu", "relu1", [Op("MatMul", "fc1", [flat, Init("fc1.w", [8, 32], 0.5f, 2)])]);
+        var fc2 = Op("MatMul", "fc2", [fc1, Init("fc2.w", [32, 16], 0.3f, 3)]);
+        fc2.Type = new TensorType(DataType.Float, null);
+        g.AddOutput(fc2);
+        return model;
+    }
+
+    public void Dispose() => Directory.Delete(Root, true);
+}
+
+public class CompileCommandTests(CompileCliFixture fixture) : IClassFixture<CompileCliFixture>
+{
+    private (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        var code = CliApp.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    private string Out(string name) => Path.Combine(fixture.Root, name);
+
+    [Fact]
+    public void CompilesAndPrintsTheSummary()
+    {
+        var dir = Out("ok");
+        var (code, stdout, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", dir, "--target-bits", "4,8",
+            "--calib-samples", "32", "--cache-dir", Out("cache"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains("3 units", stdout);
+        Assert.Contains("bits-4/model.onnx", stdout);
+        Assert.Contains("curves: 0/", stderr); // plain progress lines when redirected
+        Assert.True(File.Exists(Path.Combine(dir, "bits-4", "model.onnx")));
+        Assert.True(File.Exists(Path.Combine(dir, "bits-8", "report.json")));
+        Assert.True(File.Exists(Path.Combine(dir, "manifest.json")));
+    }
+
+    [Fact]
+    public void QuietPrintsNoProgress()
+    {
+        var (code, stdout, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", Out("quiet"), "--quiet",
+            "--calib-samples", "16", "--no-cache");
+        Assert.Equal(0, code);
+        Assert.Equal("", stderr);
+        Assert.Contains("4", stdout);
+    }
+
+    [Fact]
+    public void MaxDistortionGuardExitsThree()
+    {
+        var (code, _, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", Out("guard"), "--quiet",
+            "--target-bits", "2", "--calib-samples", "16", "--max-distortion", "1e-9", "--cache-dir", Out("cache"));
+        Assert.Equal(3, code);
+        Assert.StartsWith("error: accuracy guard failed", stderr);
+    }
+
+    public static TheoryData<string, string[], string> BadInputs => new()
+    {
+        { "missing-model", ["compile", "{root}/nope.onnx", "--calib", "{data}"], "nope.onnx" },
+        { "missing-data", ["compile", "{model}", "--calib", "{root}/nope.npz"], "nope.npz" },
+        { "wrong-name", ["compile", "{model}", "--calib", "{root}/wrong-name.npz"], "'y'" },
+        { "wrong-shape", ["compile", "{model}", "--calib", "{root}/wrong-shape.npz"], "input 'x'" },
+        { "wrong-dtype", ["compile", "{model}", "--calib", "{root}/wrong-dtype.npz"], "Double" },
+        { "nan", ["compile", "{model}", "--calib", "{root}/nan.npz"], "NaN in sample 3" },
+        { "corrupt-model", ["compile", "{root}/corrupt.onnx", "--calib", "{data}"], "corrupt.onnx" },
+        { "bad-target", ["compile", "{model}", "--calib", "{data}", "--target-bits", "four"], "--target-bits" },
+        { "infeasible", ["compile", "{model}", "--calib", "{data}", "--target-bits", "2.5", "--min-bits", "4"], "infeasible" },
+        { "bad-feature", ["compile", "{model}", "--calib", "{data}", "--feature", "nothing"], "'nothing'" },
+        { "act-bits", ["compile", "{model}", "--calib", "{data}", "--act-bits", "5"], "--act-bits 5" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadInputs))]
+    public void BadInputIsOneLineExitTwoAndNoOutput(string name, string[] template, string expected)
+    {
+        var root = fixture.Root;
+        Npz.Write(Path.Combine(root, "wrong-name.npz"), [new NamedArray("y", NpyArray.FromFloats(new float[2 * 2 * 8 * 8], 2, 2, 8, 8))]);
+        Npz.Write(Path.Combine(root, "wrong-shape.npz"), [new NamedArray("x", NpyArray.FromFloats(new float[2 * 3 * 8 * 8], 2, 3, 8, 8))]);
+        Npz.Write(Path.Combine(root, "wrong-dtype.npz"), [new NamedArray("x", NpyArray.FromDoubles(new double[2 * 2 * 8 * 8], 2, 2, 8, 8))]);
+        var nan = new float[5 * 2 * 8 * 8];
+        nan[3 * 128 + 5] = float.NaN;
+        Npz.Write(Path.Combine(root, "nan.npz"), [new NamedArray("x", NpyArray.FromFloats(nan, 5, 2, 8, 8))]);
+        File.WriteAllBytes(Path.Combine(root, "corrupt.onnx"), File.ReadAllBytes(fixture.ModelPath)[..40]);
+        var modelBytes = File.ReadAllBytes(fixture.ModelPath);
+        var outDir = Out("bad-" + name);
+        var args = template.Select(a => a.Replace("{root}", root).Replace("{model}", fixture.ModelPath).Replace("{data}", fixture.DataPath))
+            .Concat(["-o", outDir, "--no-cache", "--calib-samples", "8"]).ToArray();
+        var (code, stdout, stderr) = Run(args);
+        Assert.True(code == 2, $"{name}: exit {code}\n{stderr}");
+        var lines = stderr.TrimEnd().Split('\n');
+        Assert.Single(lines);
+        Assert.StartsWith("error: ", lines[0]);
+        Assert.Contains(expected, lines[0]);
+        Assert.False(Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any(), "partial output written");
+        Assert.Equal(modelBytes, File.ReadAllBytes(fixture.ModelPath));
+        _ = stdout;
+    }
+}

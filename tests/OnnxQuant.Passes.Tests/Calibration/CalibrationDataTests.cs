@@ -1,0 +1,96 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Data;
+using OnnxQuant.Runtime;
+
+namespace OnnxQuant.Passes.Tests.Calibration;
+
+public sealed class CalibrationDataTests : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), $"onnxquant-calib-{Guid.NewGuid():N}");
+
+    public CalibrationDataTests() => Directory.CreateDirectory(_dir);
+
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    private static readonly InputSpec Fixed = new("x", DataType.Float, [2, 3]);
+    private static readonly InputSpec Symbolic = new("x", DataType.Float, [null, 3]);
+
+    private string Write(string name, float[] data, params long[] shape)
+    {
+        var path = Path.Combine(_dir, name);
+        Npz.Write(path, [new NamedArray("x", NpyArray.FromFloats(data, shape))]);
+        return path;
+    }
+
+    [Fact]
+    public void FolderConcatenatesSamplesInNameOrder()
+    {
+        var folder = Path.Combine(_dir, "folder");
+        Directory.CreateDirectory(folder);
+        Npz.Write(Path.Combine(folder, "b.npz"), [new NamedArray("x", NpyArray.FromFloats([7, 8, 9], 1, 3))]);
+        Npz.Write(Path.Combine(folder, "a.npz"), [new NamedArray("x", NpyArray.FromFloats([1, 2, 3, 4, 5, 6], 2, 3))]);
+        var set = CalibrationSet.Load(folder, [Symbolic]);
+        Assert.Equal(3, set.Count);
+        var batch = set.Batch(1, 2).Single();
+        Assert.Equal([2L, 3], batch.Shape);
+        Assert.Equal([4f, 5, 6, 7, 8, 9], TensorData.FromBytes(DataType.Float, batch.Data, batch.Shape).ToFloats());
+    }
+
+    [Fact]
+    public void FixedBatchGroupsRowsIntoSamples()
+    {
+        var set = CalibrationSet.Load(Write("fixed.npz", new float[4 * 3], 4, 3), [Fixed]);
+        Assert.Equal(2, set.Count);
+        Assert.Equal([2L, 3], set.Batch(1, 1)[0].Shape);
+        Assert.NotEqual(set.Hash(1), set.Hash(2));
+        Assert.Equal(set.Hash(2), CalibrationSet.Load(Write("same.npz", new float[4 * 3], 4, 3), [Fixed]).Hash(2));
+    }
+
+    [Fact]
+    public void RowsNotAMultipleOfTheBatchAreRejected()
+    {
+        var error = Assert.Throws<CompileException>(() => CalibrationSet.Load(Write("odd.npz", new float[3 * 3], 3, 3), [Fixed]));
+        Assert.Contains("input 'x' has 3 rows, not a multiple of the model's batch size 2", error.Message);
+    }
+
+    [Fact]
+    public void InfinityIsRejectedWithTheSample()
+    {
+        var data = new float[6 * 3];
+        data[4 * 3 + 1] = float.PositiveInfinity;
+        var error = Assert.Throws<CompileException>(() => CalibrationSet.Load(Write("inf.npz", data, 6, 3), [Symbolic]));
+        Assert.Contains("infinity in sample 4", error.Message);
+    }
+
+    [Fact]
+    public void NpyNeedsASingleInputModel()
+    {
+        var path = Path.Combine(_dir, "x.npy");
+        Npy.Write(path, NpyArray.FromFloats(new float[3], 1, 3));
+        Assert.Equal(1, CalibrationSet.Load(path, [Symbolic]).Count);
+        var error = Assert.Throws<CompileException>(() => CalibrationSet.Load(path, [Symbolic, new InputSpec("y", DataType.Float, [null])]));
+        Assert.Contains("2 inputs", error.Message);
+    }
+
+    [Fact]
+    public void CalibratorRangesMatchTheTensorsInOrt()
+    {
+        var net = new Net();
+        var x = net.BatchInput("x", 4);
+        var relu = net.Op("Relu", [net.Op("MatMul", [x, net.Init("w", [4, 4], [1, 0, 0, 0, 0, 2, 0, 0, 0, 0, -1, 0, 0, 0, 0, 3])])]);
+        net.Output(net.Op("Neg", [relu]));
+        var data = new float[5 * 4];
+        for (var i = 0; i < data.Length; i++)
+            data[i] = i - 7;
+        var set = CalibrationSet.Load(Write("cal.npz", data, 5, 4), [new InputSpec("x", DataType.Float, [null, 4])]);
+        var table = Calibrator.Run(net.Model, set, 5, [new CalibrationTarget("x", -1), new CalibrationTarget(relu.Name, null)],
+            CalibrationMethod.MinMax, 8, SessionOptions.Calibration, runBatch: 2);
+        Assert.Equal(new ActivationRange("x", -7f, 12f), table.Find("x"));
+        // relu(x W): columns scaled by 1, 2, -1, 3 -> the largest value is 3 * 12 = 36.
+        Assert.Equal(new ActivationRange(relu.Name, 0f, 36f), table.Find(relu.Name));
+        var moments = table.FindMoments("x")!.SecondMoments;
+        Assert.Equal(4, moments.Length);
+        Assert.Equal(Enumerable.Range(0, 5).Average(r => Math.Pow(r * 4 - 7, 2)), moments[0], 6);
+    }
+}
