@@ -11,7 +11,6 @@ public static class RatioBenchmarks
         SolverRatio.Benchmark,
         new("frontend-io", "frontend-io [--mb 600]: load/save MB/s and peak memory / file size on a generated model",
             FrontendIoBenchmark.Run),
-        SolverRatio.Benchmark,
         CompileStagesBenchmark.Benchmark,
     ];
 
