@@ -12,6 +12,7 @@ import os
 import tempfile
 from typing import Dict, List, Sequence
 
+import onnx
 import torch
 from torch import nn
 
@@ -62,6 +63,24 @@ def learned_scales(model: nn.Module) -> Dict[str, object]:
     return {"schema": SCALES_SCHEMA, "layers": layers}
 
 
+def constants_to_initializers(graph: onnx.GraphProto) -> int:
+    """Turns Constant nodes holding a tensor into initializers, so integer weights sit where weight readers look for
+    them (initializer -> DequantizeLinear). Returns how many were moved."""
+    keep, moved = [], 0
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return moved
+
+
 def export_student(model: nn.Module, path: str, image_size: int, output_names: Sequence[str] = OUTPUT_NAMES,
                    input_name: str = "images", opset: int = 17, scales_path: str | None = None) -> None:
     """Writes the QDQ ONNX model (atomically) and, if asked, the learned-scales sidecar. Every quantizer must have
@@ -89,6 +108,10 @@ def export_student(model: nn.Module, path: str, image_size: int, output_names: S
         with torch.no_grad():
             torch.onnx.export(wrapper, dummy, tmp, opset_version=opset, input_names=[input_name],
                               output_names=list(output_names), do_constant_folding=True)
+        model_proto = onnx.load(tmp)
+        constants_to_initializers(model_proto.graph)
+        onnx.checker.check_model(model_proto)
+        onnx.save(model_proto, tmp)
         os.replace(tmp, path)
     finally:
         for _, q in quantizers:
