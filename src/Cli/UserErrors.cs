@@ -10,6 +10,10 @@ internal static class UserErrors
     {
         CliInputException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
+        // The ONNX Runtime library is missing or lacks the requested provider; the message says how to get one.
+        OnnxQuant.Runtime.RuntimeSetupException => ExitCodes.BadInput,
+        // ONNX Runtime refused the user's model or inputs.
+        OnnxQuant.Runtime.OrtException => ExitCodes.BadInput,
         _ => null,
     };
 }

@@ -1,0 +1,77 @@
+namespace OnnxQuant.Runtime;
+
+/// <summary>Where a session runs.</summary>
+public enum ExecutionProvider
+{
+    /// <summary>The CPU execution provider (always available).</summary>
+    Cpu,
+    /// <summary>The CUDA execution provider; session creation fails when the library or machine lacks it.</summary>
+    Cuda,
+    /// <summary>CUDA when it works, otherwise CPU with a one-line notice.</summary>
+    Auto,
+}
+
+/// <summary>ONNX Runtime's graph optimization levels.</summary>
+public enum GraphOptimization
+{
+    /// <summary>No graph rewriting: every node and tensor name of the model survives (calibration needs this).</summary>
+    Disabled = 0,
+    Basic = 1,
+    Extended = 2,
+    All = 99,
+}
+
+/// <summary>One ONNX Runtime session configuration entry (see onnxruntime_session_options_config_keys.h).</summary>
+public sealed record SessionConfigEntry(string Key, string Value);
+
+/// <summary>Well-known session configuration keys.</summary>
+public static class SessionConfigKeys
+{
+    /// <summary>
+    /// Accuracy level of the MatMulNBits kernels ORT fuses DequantizeLinear->MatMul into. ORT defaults to 4 (int8
+    /// activations, 0.3-0.6 % relative error); "0" keeps the float computation exact.
+    /// </summary>
+    public const string QdqMatMulNBitsAccuracyLevel = "session.qdq_matmulnbits_accuracy_level";
+}
+
+/// <summary>How a session is created. Immutable; derive variants with `with`.</summary>
+public sealed record SessionOptions
+{
+    public ExecutionProvider Provider { get; init; } = ExecutionProvider.Cpu;
+
+    /// <summary>CUDA device ordinal (ignored on CPU).</summary>
+    public int DeviceId { get; init; }
+
+    /// <summary>Intra-op threads; 0 lets ONNX Runtime choose (one per physical core).</summary>
+    public int IntraOpThreads { get; init; }
+
+    public GraphOptimization Optimization { get; init; } = GraphOptimization.All;
+
+    /// <summary>Session configuration entries, applied in order.</summary>
+    public IReadOnlyList<SessionConfigEntry> ConfigEntries { get; init; } = [];
+
+    /// <summary>
+    /// Bit-identical results across runs and machines with the same library: sequential execution and, when
+    /// <see cref="IntraOpThreads"/> is 0, one intra-op thread, since kernels split reductions by thread count.
+    /// </summary>
+    public bool Deterministic { get; init; }
+
+    /// <summary>Default CPU session with full optimization.</summary>
+    public static SessionOptions Default { get; } = new();
+
+    /// <summary>What calibration uses: optimizations off so every tensor name survives, deterministic.</summary>
+    public static SessionOptions Calibration { get; } = new() { Optimization = GraphOptimization.Disabled, Deterministic = true };
+
+    /// <summary>A copy with one more configuration entry.</summary>
+    public SessionOptions WithConfig(string key, string value) => this with { ConfigEntries = [.. ConfigEntries, new SessionConfigEntry(key, value)] };
+
+    /// <summary>Parses a provider name as the CLI spells it: cpu, cuda or auto.</summary>
+    /// <exception cref="ArgumentException">Any other name.</exception>
+    public static ExecutionProvider ParseProvider(string name) => name.Trim().ToLowerInvariant() switch
+    {
+        "cpu" => ExecutionProvider.Cpu,
+        "cuda" => ExecutionProvider.Cuda,
+        "auto" => ExecutionProvider.Auto,
+        _ => throw new ArgumentException($"unknown execution provider '{name}': use cpu, cuda or auto"),
+    };
+}
