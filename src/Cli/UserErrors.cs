@@ -9,6 +9,7 @@ internal static class UserErrors
     public static int? Classify(Exception ex) => ex switch
     {
         CliInputException => ExitCodes.BadInput,
+        OnnxQuant.QatBridge.QatBridgeException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
         // The ONNX Runtime library is missing or lacks the requested provider; the message says how to get one.
         OnnxQuant.Runtime.RuntimeSetupException => ExitCodes.BadInput,

@@ -112,6 +112,7 @@ def export_student(model: nn.Module, path: str, image_size: int, output_names: S
         constants_to_initializers(model_proto.graph)
         onnx.checker.check_model(model_proto)
         onnx.save(model_proto, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates it private; the artifact is meant to be shared
         os.replace(tmp, path)
     finally:
         for _, q in quantizers:
