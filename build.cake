@@ -102,12 +102,42 @@ Task("test-dotnet")
     .IsDependentOn("build")
     .Does(() =>
 {
-    DotNetTest("OnnxQuant.sln", new DotNetTestSettings
+    var results = System.IO.Path.GetFullPath("artifacts/test-results");
+    if (System.IO.Directory.Exists(results))
+        System.IO.Directory.Delete(results, true);
+    Exception failure = null;
+    try
     {
-        Configuration = configuration,
-        NoBuild = true,
-        Loggers = new[] { "console;verbosity=normal" },
-    });
+        DotNetTest("OnnxQuant.sln", new DotNetTestSettings
+        {
+            Configuration = configuration,
+            NoBuild = true,
+            ResultsDirectory = results,
+            Loggers = new[] { "console;verbosity=minimal", "trx" },
+        });
+    }
+    catch (Exception ex)
+    {
+        failure = ex;
+    }
+    // One closing line over all test projects, so a reader (or CI) sees the total at a glance.
+    long passed = 0, failed = 0, skipped = 0;
+    foreach (var trx in System.IO.Directory.Exists(results) ? System.IO.Directory.GetFiles(results, "*.trx", System.IO.SearchOption.AllDirectories) : Array.Empty<string>())
+    {
+        var counters = System.Xml.Linq.XDocument.Load(trx).Descendants().FirstOrDefault(e => e.Name.LocalName == "Counters");
+        if (counters == null)
+            continue;
+        long Count(string name) => long.TryParse((string)counters.Attribute(name), out var v) ? v : 0;
+        passed += Count("passed");
+        failed += Count("failed") + Count("error") + Count("timeout") + Count("aborted");
+        skipped += Count("notExecuted");
+    }
+    // Plain Console: Cake would colour the numbers, and the line must read the same on a terminal and in a log.
+    Console.WriteLine($"xunit: {passed} passed, {failed} failed, {skipped} skipped");
+    if (failure != null)
+        throw failure;
+    if (passed == 0)
+        throw new Exception("no xunit test ran");
 });
 
 Task("test-python")

@@ -21,9 +21,30 @@ public enum OrtErrorCode
 }
 
 /// <summary>ONNX Runtime refused a call (bad model, wrong input, unsupported operator); carries ORT's code and message.</summary>
-public sealed class OrtException(OrtErrorCode code, string message) : Exception(message)
+public sealed class OrtException(OrtErrorCode code, string message, string ortMessage) : Exception(message)
 {
     public OrtErrorCode ErrorCode { get; } = code;
+
+    /// <summary>ONNX Runtime's own message, without the operation this binding prefixes.</summary>
+    public string OrtMessage { get; } = ortMessage;
+
+    /// <summary>
+    /// The essential part of ORT's message: errors raised deep inside ORT carry a source location and an
+    /// "[ONNXRuntimeError] : code : NAME :" prefix that mean nothing to a user.
+    /// </summary>
+    public string ShortMessage
+    {
+        get
+        {
+            const string marker = "[ONNXRuntimeError] : ";
+            var at = OrtMessage.LastIndexOf(marker, StringComparison.Ordinal);
+            if (at < 0)
+                return OrtMessage.Trim();
+            var rest = OrtMessage[(at + marker.Length)..];
+            var parts = rest.Split(" : ", 3);
+            return (parts.Length == 3 ? parts[2] : rest).Trim();
+        }
+    }
 }
 
 /// <summary>

@@ -104,16 +104,21 @@ public sealed unsafe class InferenceSession : IDisposable
                     {
                         return new InferenceSession(runtime, CreateSession(runtime, options, cuda: true, create), options, ExecutionProvider.Cuda, null);
                     }
-                    catch (Exception ex) when (ex is OrtException or RuntimeSetupException)
+                    catch (RuntimeSetupException ex) when (ex.InnerException is OrtException ort)
                     {
-                        reason = ex.Message;
+                        reason = ort.ShortMessage;
+                    }
+                    catch (OrtException ex)
+                    {
+                        // A CUDA build can also fail only when the session initializes the provider (no driver, no GPU).
+                        reason = ex.ShortMessage;
                     }
                 }
                 else
                 {
                     reason = $"the library provides only {string.Join(", ", runtime.AvailableProviders)}";
                 }
-                var notice = $"notice: CUDA is not available ({OneLine(reason)}); running on CPU";
+                var notice = $"notice: --ep auto runs on CPU: CUDA is not available ({OneLine(reason)}); set ONNXQUANT_ORT_LIB to a CUDA-enabled ONNX Runtime to use the GPU";
                 var session = new InferenceSession(runtime, CreateSession(runtime, options, cuda: false, create), options, ExecutionProvider.Cpu, notice);
                 runtime.NotifyFallbackOnce(notice);
                 return session;
@@ -180,7 +185,7 @@ public sealed unsafe class InferenceSession : IDisposable
         }
         catch (OrtException ex)
         {
-            throw new RuntimeSetupException(OrtRuntime.CudaMissingMessage(runtime, ex.Message), ex);
+            throw new RuntimeSetupException(OrtRuntime.CudaMissingMessage(runtime, ex.ShortMessage), ex);
         }
     }
 

@@ -41,11 +41,21 @@ public sealed unsafe class OrtRuntime
     /// <summary>True when the library was built with the CUDA execution provider (its CUDA libraries may still be missing).</summary>
     public bool HasCudaProvider => AvailableProviders.Contains(CudaProviderName);
 
+    private Action<string> _notify = message => Console.Error.WriteLine(message);
+
     /// <summary>
-    /// Receives one-line notices (e.g. the `auto` provider falling back to CPU). Defaults to standard error; the CLI
-    /// and tests redirect it.
+    /// Receives one-line notices (e.g. the `auto` provider falling back to CPU), each kind at most once per receiver.
+    /// Defaults to standard error; the CLI points it at its own error writer.
     /// </summary>
-    public Action<string> Notify { get; set; } = message => Console.Error.WriteLine(message);
+    public Action<string> Notify
+    {
+        get => _notify;
+        set
+        {
+            _notify = value ?? throw new ArgumentNullException(nameof(value));
+            Interlocked.Exchange(ref _fallbackNoticeShown, 0);
+        }
+    }
 
     /// <summary>The process-wide runtime; loads the library from the default location on first use.</summary>
     /// <exception cref="RuntimeSetupException">No usable library.</exception>
@@ -144,7 +154,7 @@ public sealed unsafe class OrtRuntime
         return parts.Length >= 2 && parts[0] == "1" && int.TryParse(parts[1], out var minor) ? minor : TargetApiVersion;
     }
 
-    /// <summary>Reports a CPU fallback once per process, so calibration loops creating many sessions stay quiet.</summary>
+    /// <summary>Reports a CPU fallback once per receiver, so calibration loops creating many sessions stay quiet.</summary>
     internal void NotifyFallbackOnce(string message)
     {
         if (Interlocked.Exchange(ref _fallbackNoticeShown, 1) == 0)

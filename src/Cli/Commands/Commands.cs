@@ -10,5 +10,6 @@ internal static class Commands
         yield return VersionCommand.Create();
         yield return QatRecipeCommand.Create();
         yield return QatImportCommand.Create();
+        yield return BenchCommand.Create();
     }
 }

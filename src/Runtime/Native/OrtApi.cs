@@ -127,6 +127,6 @@ internal sealed unsafe class OrtApi
         var code = (OrtErrorCode)GetErrorCode(status);
         var message = Utf8.Read(GetErrorMessage(status)) ?? "(no message)";
         ReleaseStatus(status);
-        throw new OrtException(code, $"{operation}: {message}");
+        throw new OrtException(code, $"{operation}: {message}", message);
     }
 }

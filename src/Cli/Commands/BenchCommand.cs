@@ -1,0 +1,188 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using OnnxQuant.Runtime;
+using Spectre.Console;
+
+namespace OnnxQuant.Cli;
+
+/// <summary>
+/// `onnxquant bench`: latency of a model in ONNX Runtime on random inputs of its declared shapes, optionally against a
+/// second model run alternately in the same process (so both see the same machine state).
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var model = new Argument<string>("model") { Description = "The ONNX model to time" };
+        var ep = RuntimeCliOptions.ExecutionProvider();
+        var threads = RuntimeCliOptions.Threads();
+        var ortLib = RuntimeCliOptions.OrtLib();
+        var runs = new Option<int>("--runs") { Description = "Timed runs per model", DefaultValueFactory = _ => 50 };
+        var warmup = new Option<int>("--warmup") { Description = "Untimed runs per model before timing", DefaultValueFactory = _ => 5 };
+        var shapes = new Option<string[]>("--shape")
+        {
+            Description = "Shape of an input with symbolic dimensions, e.g. --shape images=1x3x512x512 (repeatable)",
+            HelpName = "NAME=DxDx...",
+        };
+        var vs = new Option<string?>("--vs") { Description = "A second model to time alternately; prints the latency ratio", HelpName = "OTHER.onnx" };
+        var seed = new Option<int>("--seed") { Description = "Seed of the random inputs", DefaultValueFactory = _ => 0 };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object instead of a table" };
+
+        var command = new Command("bench", "Time a model in ONNX Runtime: median and p90 latency after warm-up, and peak memory");
+        command.Arguments.Add(model);
+        foreach (var option in new Option[] { ep, threads, runs, warmup, shapes, vs, seed, json, ortLib })
+            command.Options.Add(option);
+        command.SetAction(parse =>
+        {
+            var runCount = parse.GetValue(runs);
+            var warmupCount = parse.GetValue(warmup);
+            if (runCount < 1)
+                throw new CliInputException($"--runs must be at least 1, got {runCount}");
+            if (warmupCount < 0)
+                throw new CliInputException($"--warmup must be >= 0, got {warmupCount}");
+            var shapeMap = ParseShapes(parse.GetValue(shapes) ?? []);
+            var options = RuntimeCliOptions.SessionOptions(parse, ep, threads);
+            var runtime = RuntimeCliOptions.Initialize(parse, ortLib);
+
+            var paths = new List<string> { parse.GetValue(model)! };
+            if (parse.GetValue(vs) is { } other)
+                paths.Add(other);
+            var sessions = new List<InferenceSession>();
+            try
+            {
+                foreach (var path in paths)
+                    sessions.Add(InferenceSession.Create(path, options));
+                var unused = shapeMap.Keys.Where(name => sessions.All(s => s.Inputs.All(i => i.Name != name))).ToList();
+                if (unused.Count > 0)
+                    throw new CliInputException(
+                        $"--shape names {string.Join(", ", unused)}, which is not an input of {string.Join(" or ", paths)}; inputs: {string.Join(", ", sessions.SelectMany(s => s.Inputs))}");
+                var feeds = new List<IReadOnlyList<NamedTensor>>();
+                for (var m = 0; m < sessions.Count; m++)
+                {
+                    // With --vs, each model takes the --shape values naming its own inputs.
+                    var own = shapeMap.Where(s => sessions[m].Inputs.Any(i => i.Name == s.Key)).ToDictionary(s => s.Key, s => s.Value);
+                    try
+                    {
+                        feeds.Add(RandomInputs.Create(RandomInputs.ResolveShapes(sessions[m].Inputs, own), parse.GetValue(seed)));
+                    }
+                    catch (Exception ex) when (ex is ArgumentException or NotSupportedException)
+                    {
+                        throw new CliInputException($"{paths[m]}: {ex.Message}");
+                    }
+                }
+
+                // Alternate the models run by run so drift in machine load affects both alike.
+                for (var i = 0; i < warmupCount; i++)
+                    for (var m = 0; m < sessions.Count; m++)
+                        sessions[m].Run(feeds[m]);
+                var samples = sessions.Select(_ => new List<double>(runCount)).ToList();
+                for (var i = 0; i < runCount; i++)
+                    for (var m = 0; m < sessions.Count; m++)
+                    {
+                        var (session, feed) = (sessions[m], feeds[m]);
+                        samples[m].Add(LatencyStats.TimeMs(() => session.Run(feed)));
+                    }
+
+                var results = sessions.Select((s, m) => new ModelResult(paths[m], LatencyStats.From(samples[m]), feeds[m])).ToList();
+                var report = new BenchReport(results, runCount, warmupCount, options.IntraOpThreads, sessions[0].ActiveProvider,
+                    options.Provider, ProcessMemory.PeakResidentBytes(), runtime.Version);
+                if (parse.GetValue(json))
+                    parse.InvocationConfiguration.Output.WriteLine(JsonSerializer.Serialize(report.ToJson(), JsonOptions));
+                else
+                    WriteTable(report, parse.InvocationConfiguration.Output);
+                return ExitCodes.Ok;
+            }
+            finally
+            {
+                foreach (var session in sessions)
+                    session.Dispose();
+            }
+        });
+        return command;
+    }
+
+    /// <summary>Parses repeated NAME=DxDx... values (dimensions also comma-separated); the last '=' splits, since input names may contain '='.</summary>
+    internal static IReadOnlyDictionary<string, long[]> ParseShapes(IEnumerable<string> values)
+    {
+        var result = new Dictionary<string, long[]>();
+        foreach (var value in values)
+        {
+            var split = value.LastIndexOf('=');
+            if (split <= 0)
+                throw new CliInputException($"--shape '{value}' is not NAME=DxDx... (e.g. images=1x3x512x512)");
+            var name = value[..split];
+            var text = value[(split + 1)..];
+            var dims = text.Length == 0 ? [] : text.Split('x', ',');
+            var shape = new long[dims.Length];
+            for (var k = 0; k < dims.Length; k++)
+                if (!long.TryParse(dims[k], NumberStyles.None, CultureInfo.InvariantCulture, out shape[k]))
+                    throw new CliInputException($"--shape '{value}': '{dims[k]}' is not a dimension (a whole number >= 0)");
+            if (!result.TryAdd(name, shape))
+                throw new CliInputException($"--shape gives input '{name}' twice");
+        }
+        return result;
+    }
+
+    private static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        WriteIndented = true,
+    };
+
+    private sealed record ModelResult(string Path, LatencyStats Latency, IReadOnlyList<NamedTensor> Inputs);
+
+    private sealed record BenchReport(IReadOnlyList<ModelResult> Models, int Runs, int Warmup, int Threads,
+        ExecutionProvider ActiveProvider, ExecutionProvider RequestedProvider, long PeakRssBytes, string OrtVersion)
+    {
+        /// <summary>Median latency of the --vs model divided by the first model's: below 1 means the other is faster.</summary>
+        public double? Ratio => Models.Count > 1 ? Models[1].Latency.MedianMs / Models[0].Latency.MedianMs : null;
+
+        public BenchJson ToJson()
+        {
+            var first = Models[0];
+            return new BenchJson(first.Path, Name(ActiveProvider), Name(RequestedProvider), Runs, Warmup, Threads,
+                Round(first.Latency.MedianMs), Round(first.Latency.P90Ms), Round(first.Latency.MeanMs), Round(first.Latency.MinMs),
+                Math.Round(PeakRssBytes / 1048576.0, 1), OrtVersion,
+                first.Inputs.Select(i => new InputJson(i.Name, i.Data.DataType.ToString(), i.Data.Shape)).ToList(),
+                Models.Count > 1 ? new VsJson(Models[1].Path, Round(Models[1].Latency.MedianMs), Round(Models[1].Latency.P90Ms), Round(Models[1].Latency.MeanMs)) : null,
+                Ratio is { } r ? Math.Round(r, 4) : null);
+        }
+    }
+
+    private static string Name(ExecutionProvider provider) => provider.ToString().ToLowerInvariant();
+
+    private static double Round(double ms) => Math.Round(ms, 4);
+
+    private sealed record InputJson(string Name, string Type, long[] Shape);
+
+    private sealed record VsJson(string Model, double MedianMs, double P90Ms, double MeanMs);
+
+    private sealed record BenchJson(string Model, string Ep, string EpRequested, int Runs, int Warmup, int Threads,
+        double MedianMs, double P90Ms, double MeanMs, double MinMs, double PeakRssMb, string OrtVersion,
+        IReadOnlyList<InputJson> Inputs, VsJson? Vs, double? Ratio);
+
+    private static void WriteTable(BenchReport report, TextWriter output)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(output),
+            Ansi = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+        });
+        var table = new Table().AddColumns("model", "ep", "median ms", "p90 ms", "mean ms", "min ms", "runs");
+        foreach (var m in report.Models)
+            table.AddRow(Markup.Escape(m.Path), Name(report.ActiveProvider), F(m.Latency.MedianMs), F(m.Latency.P90Ms), F(m.Latency.MeanMs),
+                F(m.Latency.MinMs), m.Latency.Runs.ToString(CultureInfo.InvariantCulture));
+        console.Write(table);
+        var threads = report.Threads == 0 ? "ONNX Runtime default" : report.Threads.ToString(CultureInfo.InvariantCulture);
+        console.WriteLine($"ONNX Runtime {report.OrtVersion}, threads: {threads}, warm-up runs: {report.Warmup}");
+        console.WriteLine($"peak resident memory: {report.PeakRssBytes / 1048576.0:F1} MiB");
+        if (report.Ratio is { } ratio)
+            console.WriteLine($"latency ratio (median {report.Models[1].Path} / {report.Models[0].Path}): {ratio:F3}");
+    }
+
+    private static string F(double ms) => ms.ToString("F3", CultureInfo.InvariantCulture);
+}

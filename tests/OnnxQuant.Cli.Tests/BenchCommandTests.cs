@@ -1,0 +1,143 @@
+using System.Text.Json;
+using OnnxQuant.Cli;
+
+namespace OnnxQuant.Cli.Tests;
+
+public sealed class BenchCommandTests : IDisposable
+{
+    private const string NodeTests = "/usr/share/libonnx-testdata/data/node";
+    private static readonly string Add = Path.Combine(NodeTests, "test_add", "model.onnx");
+    private static readonly string Conv = Path.Combine(NodeTests, "test_basic_conv_with_padding", "model.onnx");
+    private readonly string _dir = Directory.CreateTempSubdirectory("onnxquant-bench-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        var code = CliApp.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    [Fact]
+    public void JsonIsOneObjectWithTheLatencyFigures()
+    {
+        var (code, stdout, stderr) = Run("bench", Add, "--runs", "7", "--warmup", "2", "--threads", "1", "--json");
+        Assert.True(code == ExitCodes.Ok, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var root = doc.RootElement;
+        Assert.Equal(JsonValueKind.Object, root.ValueKind);
+        Assert.Equal(7, root.GetProperty("runs").GetInt32());
+        Assert.Equal("cpu", root.GetProperty("ep").GetString());
+        Assert.Equal(1, root.GetProperty("threads").GetInt32());
+        var median = root.GetProperty("median_ms").GetDouble();
+        var p90 = root.GetProperty("p90_ms").GetDouble();
+        Assert.True(median > 0 && p90 >= median && root.GetProperty("min_ms").GetDouble() <= median, stdout);
+        Assert.True(root.GetProperty("peak_rss_mb").GetDouble() > 10, stdout);
+        var inputs = root.GetProperty("inputs").EnumerateArray().Select(i => i.GetProperty("name").GetString()!).ToArray();
+        Assert.Equal(["x", "y"], inputs);
+        Assert.False(root.TryGetProperty("ratio", out _));
+    }
+
+    [Fact]
+    public void TablePrintsLatencyAndPeakMemory()
+    {
+        var (code, stdout, stderr) = Run("bench", Conv, "--runs", "3", "--warmup", "1", "--threads", "1");
+        Assert.True(code == ExitCodes.Ok, stderr);
+        Assert.Contains("median ms", stdout);
+        Assert.Contains("p90 ms", stdout);
+        Assert.Contains("peak resident memory:", stdout);
+        Assert.Contains("threads: 1", stdout);
+        Assert.DoesNotContain("\u001b[", stdout); // no escape codes when output is captured
+    }
+
+    [Fact]
+    public void VsRunsBothModelsAndPrintsTheRatio()
+    {
+        var (code, stdout, stderr) = Run("bench", Add, "--vs", Conv, "--runs", "5", "--warmup", "1", "--threads", "1", "--json");
+        Assert.True(code == ExitCodes.Ok, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var root = doc.RootElement;
+        var vs = root.GetProperty("vs");
+        Assert.Equal(Conv, vs.GetProperty("model").GetString());
+        var expected = vs.GetProperty("median_ms").GetDouble() / root.GetProperty("median_ms").GetDouble();
+        Assert.Equal(expected, root.GetProperty("ratio").GetDouble(), 0.01 * expected + 1e-3);
+
+        var table = Run("bench", Add, "--vs", Conv, "--runs", "3", "--warmup", "0", "--threads", "1");
+        Assert.Equal(ExitCodes.Ok, table.Code);
+        Assert.Contains("latency ratio (median", table.Out);
+    }
+
+    [Fact]
+    public void CudaOnACpuOnlyLibraryIsAUserErrorWithDirections()
+    {
+        var (code, _, stderr) = Run("bench", Add, "--ep", "cuda", "--runs", "1");
+        if (code == ExitCodes.Ok)
+            return; // a CUDA-enabled library on a GPU machine
+        Assert.Equal(ExitCodes.BadInput, code);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines);
+        Assert.StartsWith("error: ", lines[0]);
+        Assert.Contains("ONNXQUANT_ORT_LIB", lines[0]);
+        Assert.Contains("--ep cpu", lines[0]);
+    }
+
+    [Fact]
+    public void AutoFallsBackToCpuWithOneNotice()
+    {
+        var (code, stdout, stderr) = Run("bench", Add, "--ep", "auto", "--runs", "2", "--warmup", "0", "--json");
+        Assert.True(code == ExitCodes.Ok, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.Equal("auto", doc.RootElement.GetProperty("ep_requested").GetString());
+        if (doc.RootElement.GetProperty("ep").GetString() == "cuda")
+            return;
+        Assert.Equal("cpu", doc.RootElement.GetProperty("ep").GetString());
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines);
+        Assert.StartsWith("notice: --ep auto runs on CPU", lines[0]);
+    }
+
+    [Theory]
+    [InlineData("--runs", "0")]
+    [InlineData("--warmup", "-1")]
+    [InlineData("--threads", "-2")]
+    [InlineData("--shape", "x=3x4x")]
+    [InlineData("--shape", "nonexistent=1x2")]
+    [InlineData("--shape", "x=3x4x6")]
+    [InlineData("--shape", "x")]
+    public void BadOptionsAreUserErrors(string option, string value)
+    {
+        var (code, stdout, stderr) = Run("bench", Add, option, value);
+        Assert.Equal(ExitCodes.BadInput, code);
+        Assert.Equal("", stdout);
+        Assert.StartsWith("error: ", stderr);
+        Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+    }
+
+    [Fact]
+    public void MissingOrCorruptModelsAreUserErrors()
+    {
+        var missing = Run("bench", Path.Combine(_dir, "missing.onnx"));
+        Assert.Equal(ExitCodes.BadInput, missing.Code);
+        Assert.Contains("missing.onnx", missing.Err);
+
+        var corrupt = Path.Combine(_dir, "corrupt.onnx");
+        File.WriteAllBytes(corrupt, File.ReadAllBytes(Add)[..50]);
+        var (code, _, stderr) = Run("bench", corrupt);
+        Assert.Equal(ExitCodes.BadInput, code);
+        Assert.Contains("corrupt.onnx", stderr);
+        Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+    }
+
+    [Fact]
+    public void ParsesShapes()
+    {
+        var shapes = BenchCommand.ParseShapes(["images=1x3x512x512", "a=b=2,3", "scalar="]);
+        Assert.Equal([1L, 3, 512, 512], shapes["images"]);
+        Assert.Equal([2L, 3], shapes["a=b"]);
+        Assert.Empty(shapes["scalar"]);
+        Assert.Throws<CliInputException>(() => BenchCommand.ParseShapes(["x=1x2", "x=3"]));
+        Assert.Throws<CliInputException>(() => BenchCommand.ParseShapes(["x=1x-2"]));
+    }
+}
