@@ -46,6 +46,7 @@ public static class QatImporter
     public const string ManifestSchema = "onnxquant.manifest/1";
 
     /// <exception cref="FileNotFoundException">The student or the named scales file does not exist.</exception>
+    /// <exception cref="FrontendException">The student is not a valid ONNX model.</exception>
     /// <exception cref="QatBridgeException">ONNX Runtime refuses the student, an input cannot be synthesized, an
     /// output is not finite, or the scales file is malformed.</exception>
     public static QatImportResult Import(QatImportRequest request, string toolVersion)
@@ -63,10 +64,14 @@ public static class QatImporter
             throw new FileNotFoundException($"learned-scales file not found: {scalesPath}", scalesPath);
         var learned = scalesPath is null ? null : LearnedScales.Read(scalesPath);
 
+        // The frontend validates the file first, so a malformed student gets its message rather than ORT's.
+        var model = ModelIO.Load(bytes, Path.GetDirectoryName(Path.GetFullPath(request.StudentPath)));
+        var nodes = model.Graph.AllNodes().Where(n => n.Domain is "" or "ai.onnx").ToList();
+        var quantize = nodes.Count(n => n.OpType == "QuantizeLinear");
+        var dequantize = nodes.Count(n => n.OpType == "DequantizeLinear");
         var clock = Stopwatch.StartNew();
         var check = CheckInRuntime(bytes, request);
         var checkMs = clock.Elapsed.TotalMilliseconds;
-        var (quantize, dequantize) = OnnxOpCounter.CountQdq(bytes, request.StudentPath);
         if (dequantize == 0)
             throw new QatBridgeException($"{request.StudentPath}: has no DequantizeLinear node; export the student with " +
                 "onnxquant_qat.export (a float model is not a quantized artifact)");
