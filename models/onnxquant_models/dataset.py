@@ -250,3 +250,63 @@ def detr_targets(sample: Sample) -> Dict[str, np.ndarray]:
     cxcywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h,
                        (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], axis=1).astype(np.float32)
     return {"labels": sample.labels - 1, "boxes": cxcywh.reshape(-1, 4)}
+
+
+# ------------------------------------------------------------------------------------------------ training pool
+@dataclass(frozen=True)
+class SamplePool:
+    """A fixed set of training samples held in memory (generation costs ~50 ms per image, more than a training step
+    of the small models), sampled with the 8 flips/rotations of the square, which leave every class unchanged."""
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    object_image: np.ndarray  # int64 [M], index of the image of each object
+    labels: np.ndarray  # int64 [M]
+    masks: np.ndarray  # uint8 [M, H*W/8], np.packbits of the visible mask
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def sample(self, index: int, transform: int) -> Sample:
+        """Sample `index` under dihedral transform 0..7 (bit 0: transpose, bit 1: flip rows, bit 2: flip columns)."""
+        h, w = self.images.shape[1:3]
+        objects = np.nonzero(self.object_image == index)[0]
+        image = self.images[index]
+        masks = np.unpackbits(self.masks[objects], axis=1, count=h * w).reshape(-1, h, w).astype(bool)
+        image, masks = _dihedral(image, transform, (0, 1)), _dihedral(masks, transform, (1, 2))
+        boxes = np.array([_mask_box(m) for m in masks], np.float32).reshape(-1, 4)
+        return Sample(image=np.ascontiguousarray(image), masks=np.ascontiguousarray(masks),
+                      labels=self.labels[objects].copy(), boxes=boxes)
+
+
+def _dihedral(a: np.ndarray, transform: int, axes) -> np.ndarray:
+    if transform & 1:
+        a = np.swapaxes(a, *axes)
+    if transform & 2:
+        a = np.flip(a, axes[0])
+    if transform & 4:
+        a = np.flip(a, axes[1])
+    return a
+
+
+def build_pool(seed: int, count: int, config: ShapesConfig = ShapesConfig()) -> SamplePool:
+    samples = [generate_sample(seed, "train", i, config) for i in range(count)]
+    return SamplePool(
+        images=np.stack([s.image for s in samples]),
+        object_image=np.concatenate([np.full(len(s.labels), i, np.int64) for i, s in enumerate(samples)]),
+        labels=np.concatenate([s.labels for s in samples]),
+        masks=np.concatenate([np.packbits(s.masks.reshape(len(s.labels), -1), axis=1) for s in samples]),
+    )
+
+
+def load_or_build_pool(path: str, seed: int, count: int, config: ShapesConfig = ShapesConfig()) -> SamplePool:
+    """The pool is cached at `path` (outside git); a cache built with other parameters is rebuilt."""
+    key = np.array([seed, count, config.image_size, config.min_objects, config.max_objects, config.min_size,
+                    config.max_size, round(config.min_visible * 1000), round(config.max_overlap * 1000)], np.int64)
+    if os.path.exists(path):
+        with np.load(path) as f:
+            if np.array_equal(f["key"], key):
+                return SamplePool(f["images"], f["object_image"], f["labels"], f["masks"])
+    pool = build_pool(seed, count, config)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _atomic_write(path, lambda f: np.savez(f, key=key, images=pool.images, object_image=pool.object_image,
+                                           labels=pool.labels, masks=pool.masks))
+    return pool

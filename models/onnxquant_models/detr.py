@@ -137,12 +137,16 @@ def sine_position_encoding(h: int, w: int, d_model: int, temperature: float = 10
     return torch.cat((py, px), dim=2).reshape(h * w, d_model)
 
 
-def box_sine_embedding(boxes: Tensor, d_model: int, temperature: float = 10000.0) -> Tensor:
-    """Sine embedding of normalised (cx, cy, w, h) boxes: [..., 4] -> [..., 2 * d_model] (d_model/2 per coordinate)."""
+def sine_frequencies(d_model: int, temperature: float = 10000.0) -> Tensor:
     npf = d_model // 2
-    dim_t = torch.arange(npf, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / npf)
-    pos = boxes[..., None] * (2 * math.pi) / dim_t  # [..., 4, npf]
+    dim_t = torch.arange(npf, dtype=torch.float32)
+    return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / npf)
+
+
+def box_sine_embedding(boxes: Tensor, frequencies: Tensor) -> Tensor:
+    """Sine embedding of normalised (cx, cy, w, h) boxes: [..., 4] -> [..., 4 * len(frequencies)]
+    (frequencies = sine_frequencies(d_model), so d_model/2 values per coordinate)."""
+    pos = boxes[..., None] * (2 * math.pi) / frequencies  # [..., 4, npf]
     pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
     return pos.flatten(-2)
 
@@ -265,6 +269,8 @@ class DETR(nn.Module):
                 g = torch.Generator().manual_seed(0)
                 self.reference_boxes.weight[:, :2].uniform_(-2.0, 2.0, generator=g)
                 self.reference_boxes.weight[:, 2:].fill_(-1.0)
+            # A buffer rather than computed per call, so the export holds a constant instead of Range/Pow ops.
+            self.register_buffer("box_frequencies", sine_frequencies(d), persistent=False)
             for head in self.box_heads:
                 nn.init.zeros_(head.layers[-1].weight)
                 nn.init.zeros_(head.layers[-1].bias)
@@ -299,7 +305,7 @@ class DETR(nn.Module):
         if self.config.box_refine:
             ref = self.reference_boxes.weight.sigmoid()[None].expand(b, q, 4)
             for i, layer in enumerate(self.decoder):
-                query_pos = self.ref_point_head(box_sine_embedding(ref, d))
+                query_pos = self.ref_point_head(box_sine_embedding(ref, self.box_frequencies))
                 tgt = layer(tgt, memory, query_pos, pos)
                 hs = self.decoder_norm(tgt)
                 boxes = (self.box_heads[i](hs) + inverse_sigmoid(ref)).sigmoid()
