@@ -28,13 +28,22 @@ def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     return (x - x * g).detach() + x * g
 
 
+MSE_SAMPLE = 1 << 16
+
+
 def mse_scale(x: torch.Tensor, bits: int, signed: bool, axis: Optional[int] = None, steps: int = 20) -> torch.Tensor:
     """Step size minimizing the quantization MSE over clipping ratios 1, 1 - 1/steps, ... of the max (per channel
-    along `axis`, or per tensor). Used to initialize weight steps and, without a calibrated range, activation steps."""
+    along `axis`, or per tensor). Used to initialize weight steps and, without a calibrated range, activation steps.
+    A per-tensor search looks at an evenly strided sample of at most 65,536 values (plus the extreme) so that
+    initializing a large activation costs no more than a training step."""
     qmin, qmax = qrange(bits, signed)
     x = x.detach().float()
     if axis is None:
-        flat = x.reshape(1, -1)
+        flat = x.reshape(-1)
+        if flat.numel() > MSE_SAMPLE:
+            extreme = flat.abs().argmax() if signed else flat.argmax()
+            flat = torch.cat([flat[::flat.numel() // MSE_SAMPLE], flat[extreme].reshape(1)])
+        flat = flat.reshape(1, -1)
     else:
         flat = x.transpose(0, axis).reshape(x.shape[axis], -1)
     top = flat.abs().amax(dim=1) if signed else flat.clamp(min=0).amax(dim=1)

@@ -26,6 +26,9 @@ from .fqm import LAMBDA, TAU, fqm_distillation_loss
 from .recipe import Recipe
 
 BACKBONE_PREFIX = "backbone."
+# The outputs of the reference DETR's ONNX export (models/onnxquant_models/export.py), so `onnxquant eval` and
+# `compile` treat the student like the float model.
+DETR_OUTPUTS = ("pred_logits", "pred_boxes", "backbone_feature", "decoder_features")
 
 
 @dataclass(frozen=True)
@@ -129,9 +132,12 @@ def run_stage(student: nn.Module, teacher: nn.Module, criterion: nn.Module, batc
 
 def train_qdetr(teacher: nn.Module, make_model: Callable[[], nn.Module], criterion: nn.Module, recipe: Recipe,
                 batches: Batches, config: TrainConfig, device: torch.device, workdir: str,
-                log: Callable[[str], None] = print) -> tuple:
+                log: Callable[[str], None] = print, stage1_checkpoint: Optional[str] = None,
+                stage1_only: bool = False) -> tuple:
     """Runs both stages and returns (student, TrainResult). The stage-1 checkpoint is written to
-    <workdir>/stage1.pt and stage 2 is built from it, as the protocol prescribes."""
+    <workdir>/stage1.pt and stage 2 is built from it, as the protocol prescribes. With `stage1_checkpoint` (a
+    stage1.pt of an earlier run with the same recipe, e.g. shared by variants that differ only in stage 2) stage 1
+    is not trained again."""
     torch.manual_seed(config.seed)
     start = time.time()
     result = TrainResult()
@@ -143,15 +149,25 @@ def train_qdetr(teacher: nn.Module, make_model: Callable[[], nn.Module], criteri
     student = make_model()
     student.load_state_dict(teacher.state_dict())
     result.stage1 = quantize_model(student, recipe, scope=backbone)
-    student.to(device)
-    run_stage(student, teacher, criterion, batches, config.stage1_steps, 1, config, device, result, log)
-    os.makedirs(workdir, exist_ok=True)
-    stage1_path = os.path.join(workdir, "stage1.pt")
-    torch.save(student.state_dict(), stage1_path)
+    if stage1_checkpoint:
+        stage1_path = stage1_checkpoint
+        log(f"stage 1 from {stage1_checkpoint}")
+    else:
+        student.to(device)
+        run_stage(student, teacher, criterion, batches, config.stage1_steps, 1, config, device, result, log)
+        os.makedirs(workdir, exist_ok=True)
+        stage1_path = os.path.join(workdir, "stage1.pt")
+        torch.save(student.state_dict(), stage1_path)
+    if stage1_only:
+        result.seconds = time.time() - start
+        return student, result
 
     student = make_model()
     quantize_model(student, recipe, scope=backbone)
-    student.load_state_dict(torch.load(stage1_path, map_location="cpu"))
+    try:
+        student.load_state_dict(torch.load(stage1_path, map_location="cpu"))
+    except RuntimeError as e:
+        raise ValueError(f"{stage1_path} is not a stage-1 checkpoint of this model and recipe: {e}") from None
     result.stage2 = quantize_model(student, recipe, scope=lambda name: not backbone(name),
                                    align_query=config.distribution_alignment)
     student.to(device)
@@ -184,6 +200,8 @@ def main(argv=None) -> int:
     p.add_argument("--da", action="store_true", help="distribution alignment on the decoder co-attention queries")
     p.add_argument("--fqm", action="store_true", help="foreground-aware query matching distillation")
     p.add_argument("--stage1-steps", type=int, default=100)
+    p.add_argument("--stage1-only", action="store_true", help="train stage 1, write <out>/stage1.pt and stop")
+    p.add_argument("--stage1-from", help="reuse this stage1.pt (same teacher and recipe) instead of training stage 1")
     p.add_argument("--stage2-steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -201,6 +219,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if bool(args.recipe) == bool(args.bits):
         p.error("give exactly one of --recipe and --bits")
+    if args.stage1_only and args.stage1_from:
+        p.error("--stage1-only and --stage1-from exclude each other")
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe.uniform(args.bits, args.float)
     factory = getattr(detr_module, args.config, None)
     if factory is None:
@@ -218,14 +238,18 @@ def main(argv=None) -> int:
     log = lambda line: print(line, flush=True)
     log(f"recipe {recipe.label} ({recipe.source}), da={args.da}, fqm={args.fqm}, device {device}")
     student, result = train_qdetr(teacher, make_model, criterion.to(device), recipe, batches, config, device,
-                                  args.out, log)
-    unmatched = result.stage1.unmatched_recipe_layers
+                                  args.out, log, stage1_checkpoint=args.stage1_from,
+                                  stage1_only=args.stage1_only)
+    if args.stage1_only:
+        log(f"stage 1 done in {result.seconds:.0f} s: {args.out}/stage1.pt")
+        return 0
+    unmatched = result.stage1.unmatched_recipe_layers if result.stage1 else []
     if unmatched:
         log(f"warning: {len(unmatched)} recipe layers match no module (first: {unmatched[0]})")
     from .export import export_student
     torch.save(student.state_dict(), os.path.join(args.out, "student.pt"))
     export_student(student, os.path.join(args.out, "student.onnx"), args.image_size,
-                   scales_path=os.path.join(args.out, "scales.json"))
+                   output_names=DETR_OUTPUTS, scales_path=os.path.join(args.out, "scales.json"))
     summary = {
         "recipe": recipe.label, "distribution_alignment": args.da, "query_matching": args.fqm,
         "tau": args.tau, "lambda": args.lam, "stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
@@ -240,5 +264,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def _cli() -> int:
+    from .recipe import RecipeError
+    try:
+        return main()
+    except (RecipeError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli())
