@@ -40,7 +40,7 @@ fi
 /usr/bin/python3 -m onnxquant_qat.train --teacher "$TEACHER" --config detr_small --recipe "$RECIPE" \
   --out "$OUT/train" "${TRAIN_ARGS[@]}"
 dotnet "$CLI" qat-import "$OUT/train/student.onnx" -o "$OUT/artifact"
-if dotnet "$CLI" eval --help >/dev/null 2>&1; then
+if dotnet "$CLI" --help | grep -qE "^  eval( |$)"; then
   dotnet "$CLI" eval "$OUT/artifact/model.onnx" --data "$ROOT/models/data/eval.npz" \
     --annotations "$ROOT/models/data/eval.json" --json "$OUT/eval.json"
 fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from typing import Dict, List, Sequence
 
 import onnx
@@ -105,7 +106,10 @@ def export_student(model: nn.Module, path: str, image_size: int, output_names: S
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".student-", suffix=".onnx")
         os.close(fd)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Tracing warns about every Python float taken from a learned step; those are meant to be constants.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             torch.onnx.export(wrapper, dummy, tmp, opset_version=opset, input_names=[input_name],
                               output_names=list(output_names), do_constant_folding=True)
         model_proto = onnx.load(tmp)

@@ -210,6 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-images", type=int, default=512)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic train split")
+    p.add_argument("--pool-cache", help="file to keep the generated training images in between runs (.pt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     p.add_argument("--threads", type=int, default=2)
@@ -233,7 +234,15 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     config = TrainConfig(args.stage1_steps, args.stage2_steps, args.batch_size, args.lr, 1e-4, args.da, args.fqm,
                          args.tau, args.lam, args.seed)
-    images, targets = load_pool(args.data_seed, args.train_images, args.image_size)
+    key = (args.data_seed, args.train_images, args.image_size)
+    if args.pool_cache and os.path.exists(args.pool_cache) and torch.load(args.pool_cache)["key"] == key:
+        cached = torch.load(args.pool_cache)
+        images, targets = cached["images"], cached["targets"]
+    else:
+        images, targets = load_pool(*key)
+        if args.pool_cache:
+            torch.save({"key": key, "images": images, "targets": targets}, args.pool_cache + ".tmp")
+            os.replace(args.pool_cache + ".tmp", args.pool_cache)
     batches = Batches(images, targets, args.batch_size, args.seed)
     log = lambda line: print(line, flush=True)
     log(f"recipe {recipe.label} ({recipe.source}), da={args.da}, fqm={args.fqm}, device {device}")
