@@ -11,5 +11,6 @@ internal static class Commands
         yield return QatRecipeCommand.Create();
         yield return QatImportCommand.Create();
         yield return BenchCommand.Create();
+        yield return EvalCommand.Create();
     }
 }

@@ -14,13 +14,21 @@ internal static class EvalTestModels
     /// rows hold its C+1 class logits. Outputs pred_logits [N, Q, C+1], pred_boxes [N, Q, 4] and an exposed feature
     /// "backbone_feature" [N, 2, 8, 8] (which the decoder must ignore).
     /// </summary>
-    public static Model Detr(int queries, int classes)
+    /// <param name="cxShift">Added to every box's cx, to make a second, worse model for side-by-side tests.</param>
+    public static Model Detr(int queries, int classes, float cxShift = 0)
     {
         var g = new Graph("detr_like");
         var n = Dim.Symbolic("N");
         var images = new Value("images", new TensorType(DataType.Float, new Shape([n, 2, 8, 8])));
         g.AddInput(images);
-        var boxes = SliceSqueeze(g, images, [0, 0, 0], [1, queries, 4], [1, 2, 3], [1], "pred_boxes");
+        var boxes = SliceSqueeze(g, images, [0, 0, 0], [1, queries, 4], [1, 2, 3], [1], cxShift == 0 ? "pred_boxes" : "raw_boxes");
+        if (cxShift != 0)
+        {
+            var shift = g.AddInitializer("box_shift", Tensor.FromFloats("box_shift", [4], [cxShift, 0, 0, 0]));
+            var add = new Node("Add", [boxes, shift], ["pred_boxes"]);
+            g.AddNode(add);
+            boxes = add.Outputs[0];
+        }
         boxes.Type = new TensorType(DataType.Float, new Shape([n, queries, 4]));
         var logits = SliceSqueeze(g, images, [1, 0, 0], [2, queries, classes + 1], [1, 2, 3], [1], "pred_logits");
         logits.Type = new TensorType(DataType.Float, new Shape([n, queries, classes + 1]));
