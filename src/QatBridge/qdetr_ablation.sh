@@ -20,7 +20,7 @@ START=$(date +%s)
 mkdir -p "$OUT"
 COMMON=(--batch-size "$BATCH" --train-images 256 --seed 0 --pool-cache "$OUT/train_pool.pt")
 dotnet "$CLI" eval "$ROOT/models/fixtures/detr_small.onnx" --data "$ROOT/models/data/eval.npz" \
-  --annotations "$ROOT/models/data/eval.json" --json "$OUT/teacher_eval.json"
+  --annotations "$ROOT/models/data/eval.json" --json > "$OUT/teacher_eval.json"
 for BITS in 4-4-8 2-2-8; do
   D="$OUT/$BITS"
   mkdir -p "$D"

@@ -40,7 +40,9 @@ fi
 /usr/bin/python3 -m onnxquant_qat.train --teacher "$TEACHER" --config detr_small --recipe "$RECIPE" \
   --out "$OUT/train" "${TRAIN_ARGS[@]}"
 dotnet "$CLI" qat-import "$OUT/train/student.onnx" -o "$OUT/artifact"
-if dotnet "$CLI" --help | grep -qE "^  eval( |$)"; then
+if dotnet "$CLI" --help | grep -qE "^  eval( |$)"; then  # the eval command comes from the evaluation work
   dotnet "$CLI" eval "$OUT/artifact/model.onnx" --data "$ROOT/models/data/eval.npz" \
-    --annotations "$ROOT/models/data/eval.json" --json "$OUT/eval.json"
+    --annotations "$ROOT/models/data/eval.json" --json > "$OUT/eval.json.tmp"
+  mv "$OUT/eval.json.tmp" "$OUT/eval.json"
+  /usr/bin/python3 -c 'import json, sys; b = json.load(open(sys.argv[1]))["bbox"]; print("eval: AP %.1f AP50 %.1f AP75 %.1f" % (100 * b["AP"], 100 * b["AP50"], 100 * b["AP75"]))' "$OUT/eval.json"
 fi
