@@ -52,3 +52,17 @@ def test_distribution_alignment_normalizes_before_gamma_beta():
     out = da(q)
     assert torch.allclose(out.mean(dim=1), torch.full((2, 8), -2.0), atol=1e-4)
     assert torch.allclose(out.std(dim=1, unbiased=False), 3.0 * n.std(dim=1, unbiased=False), atol=1e-4)
+
+
+def test_quantized_multihead_attention_matches_float_at_high_bits():
+    from onnxquant_qat.modules import QuantMultiheadAttention
+    torch.manual_seed(0)
+    base = torch.nn.MultiheadAttention(16, 4).eval()
+    q, kv = torch.randn(5, 2, 16), torch.randn(7, 2, 16)
+    expected, expected_w = base(q, kv, kv)
+    quant = QuantMultiheadAttention(base, 16, 16, 16).eval()
+    out, w = quant(q, kv, kv)
+    assert out.shape == expected.shape and w.shape == expected_w.shape
+    assert torch.allclose(out, expected, atol=2e-3)
+    low, _ = QuantMultiheadAttention(base, 2, 2, 2).eval()(q, kv, kv)
+    assert (low - expected).abs().mean() > 10 * (out - expected).abs().mean()
