@@ -66,3 +66,9 @@ def test_quantized_multihead_attention_matches_float_at_high_bits():
     assert torch.allclose(out, expected, atol=2e-3)
     low, _ = QuantMultiheadAttention(base, 2, 2, 2).eval()(q, kv, kv)
     assert (low - expected).abs().mean() > 10 * (out - expected).abs().mean()
+
+
+def test_fast_round_equals_torch_round_including_ties():
+    from onnxquant_qat.lsq import fast_round
+    x = torch.cat([torch.randn(10000) * 300, torch.arange(-64, 64) + 0.5, torch.tensor([-0.5, 0.5, 1.5, 2.5, -2.5])])
+    assert torch.equal(fast_round(x), torch.round(x))
