@@ -1,52 +1,39 @@
 #!/usr/bin/env bash
 # Q-DETR ablation on the small DETR and the synthetic shapes set: at 4-4-8 and 2-2-8, the quantized student before
-# training, baseline QAT, +DA, +FQM and DA+FQM (Q-DETR), each imported with `onnxquant qat-import` and measured with
-# `onnxquant eval` on models/data/eval.{npz,json}; the real-valued teacher is measured the same way.
+# any training step, baseline QAT, +DA, +FQM and DA+FQM (Q-DETR), each imported with `onnxquant qat-import` and
+# measured with `onnxquant eval` on models/data/eval.{npz,json}; the real-valued teacher is measured the same way.
 #
 #   src/QatBridge/qdetr_ablation.sh OUT_DIR [STAGE1_STEPS] [STAGE2_STEPS] [BATCH]
 #
-# Variants that differ only in stage 2 share one stage-1 checkpoint (baseline and +DA: stage 1 without FQM;
-# +FQM and Q-DETR: stage 1 with FQM), as stage 1 keeps encoder and decoder real-valued and DA lives in the decoder.
-# Writes OUT_DIR/table.md and OUT_DIR/<bits>/<variant>/...; the log goes to stdout.
+# Recipes come from `onnxquant qat-recipe` (stem convolution and class/box heads float); training runs in one Python
+# process (onnxquant_qat.ablation), where variants that differ only in stage 2 share one stage-1 checkpoint.
+# Writes OUT_DIR/table.md and OUT_DIR/<bits>/<variant>/{train,artifact,eval.json}; the log goes to stdout.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${1:?usage: qdetr_ablation.sh OUT_DIR [STAGE1_STEPS] [STAGE2_STEPS] [BATCH]}
-S1=${2:-10}
-S2=${3:-40}
+S1=${2:-20}
+S2=${3:-30}
 BATCH=${4:-2}
-RT="$ROOT/src/QatBridge/qdetr_round_trip.sh"
 CLI="$ROOT/src/Cli/bin/Release/net10.0/onnxquant.dll"
+[ -f "$CLI" ] || dotnet build "$ROOT/src/Cli" -c Release -v q
+TEACHER=${QDETR_TEACHER:-$ROOT/models/fixtures/detr_small.pt}
+EVAL=(--data "$ROOT/models/data/eval.npz" --annotations "$ROOT/models/data/eval.json" --json)
 START=$(date +%s)
 mkdir -p "$OUT"
-COMMON=(--batch-size "$BATCH" --train-images 256 --seed 0 --pool-cache "$OUT/train_pool.pt")
-dotnet "$CLI" eval "$ROOT/models/fixtures/detr_small.onnx" --data "$ROOT/models/data/eval.npz" \
-  --annotations "$ROOT/models/data/eval.json" --json > "$OUT/teacher_eval.json"
+dotnet "$CLI" eval "$ROOT/models/fixtures/detr_small.onnx" "${EVAL[@]}" > "$OUT/teacher_eval.json"
 for BITS in 4-4-8 2-2-8; do
-  D="$OUT/$BITS"
-  mkdir -p "$D"
   dotnet "$CLI" qat-recipe --bits "$BITS" --float backbone.stem.0 --float class_heads --float box_heads \
-    --model "$ROOT/models/fixtures/detr_small.onnx" -o "$D/recipe.json"
-  echo "== $BITS: untrained student (initial scales, no QAT step)"
-  "$RT" "$D/untrained" --recipe "$D/recipe.json" "${COMMON[@]}" --stage1-steps 0 --stage2-steps 0
-  echo "== $BITS: stage 1 (backbone quantized, encoder/decoder real-valued), shared by two variants each"
-  for S1KIND in plain fqm; do
-    FLAGS=()
-    [ $S1KIND = fqm ] && FLAGS=(--fqm)
-    PYTHONPATH="$ROOT/src/QatBridge/python:$ROOT/models" OPENBLAS_NUM_THREADS=1 \
-    LD_LIBRARY_PATH="/usr/lib/x86_64-linux-gnu/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-      /usr/bin/python3 -m onnxquant_qat.train --teacher "$ROOT/models/fixtures/detr_small.pt" --recipe "$D/recipe.json" \
-      "${COMMON[@]}" "${FLAGS[@]}" --stage1-steps "$S1" --stage1-only --out "$D/stage1-$S1KIND"
-  done
-  for VARIANT in baseline da fqm qdetr; do
-    case $VARIANT in
-      baseline) FLAGS=(); FROM=plain ;;
-      da) FLAGS=(--da); FROM=plain ;;
-      fqm) FLAGS=(--fqm); FROM=fqm ;;
-      qdetr) FLAGS=(--da --fqm); FROM=fqm ;;
-    esac
-    echo "== $BITS: $VARIANT"
-    "$RT" "$D/$VARIANT" --recipe "$D/recipe.json" "${COMMON[@]}" "${FLAGS[@]}" --stage2-steps "$S2" \
-      --stage1-from "$D/stage1-$FROM/stage1.pt"
+    --model "$ROOT/models/fixtures/detr_small.onnx" -o "$OUT/$BITS/recipe.json"
+done
+PYTHONPATH="$ROOT/src/QatBridge/python:$ROOT/models" OPENBLAS_NUM_THREADS=1 \
+LD_LIBRARY_PATH="/usr/lib/x86_64-linux-gnu/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  /usr/bin/python3 -m onnxquant_qat.ablation --teacher "$TEACHER" --out "$OUT" --bits 4-4-8 2-2-8 \
+    --stage1-steps "$S1" --stage2-steps "$S2" --batch-size "$BATCH"
+for BITS in 4-4-8 2-2-8; do
+  for VARIANT in untrained baseline da fqm qdetr; do
+    D="$OUT/$BITS/$VARIANT"
+    dotnet "$CLI" qat-import "$D/train/student.onnx" -o "$D/artifact" | tail -1
+    dotnet "$CLI" eval "$D/artifact/model.onnx" "${EVAL[@]}" 2>/dev/null > "$D/eval.json"
   done
 done
 /usr/bin/python3 "$ROOT/src/QatBridge/python/onnxquant_qat/ablation_table.py" "$OUT" "$S1" "$S2" "$BATCH" \

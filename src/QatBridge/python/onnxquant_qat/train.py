@@ -189,6 +189,41 @@ def load_pool(seed: int, count: int, image_size: int):
     return torch.stack(images), targets
 
 
+def pool(key, cache: Optional[str] = None):
+    """load_pool(*key), kept in `cache` (a .pt file) between runs when given."""
+    if cache and os.path.exists(cache):
+        cached = torch.load(cache)
+        if cached["key"] == key:
+            return cached["images"], cached["targets"]
+    images, targets = load_pool(*key)
+    if cache:
+        torch.save({"key": key, "images": images, "targets": targets}, cache + ".tmp")
+        os.replace(cache + ".tmp", cache)
+    return images, targets
+
+
+def write_run(student: nn.Module, result: TrainResult, recipe: Recipe, config: TrainConfig, out: str,
+              image_size: int, device: torch.device) -> None:
+    """Writes <out>/student.pt, the QDQ export student.onnx with scales.json, and train.json (settings, layers,
+    per-step losses)."""
+    from .export import export_student
+    os.makedirs(out, exist_ok=True)
+    torch.save(student.state_dict(), os.path.join(out, "student.pt"))
+    export_student(student, os.path.join(out, "student.onnx"), image_size, output_names=DETR_OUTPUTS,
+                   scales_path=os.path.join(out, "scales.json"))
+    summary = {
+        "recipe": recipe.label, "distribution_alignment": config.distribution_alignment,
+        "query_matching": config.query_matching, "tau": config.tau, "lambda": config.lam,
+        "stage1_steps": config.stage1_steps, "stage2_steps": config.stage2_steps, "batch_size": config.batch_size,
+        "lr": config.lr, "device": str(device), "seconds": round(result.seconds, 1),
+        "quantized_layers": [asdict(c) for c in result.stage1.converted + result.stage2.converted],
+        "float_layers": sorted(set(result.stage1.kept_float + result.stage2.kept_float)),
+        "log": [asdict(l) for l in result.logs],
+    }
+    with open(os.path.join(out, "train.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True, help="state_dict of the real-valued DETR (.pt)")
@@ -234,15 +269,7 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     config = TrainConfig(args.stage1_steps, args.stage2_steps, args.batch_size, args.lr, 1e-4, args.da, args.fqm,
                          args.tau, args.lam, args.seed)
-    key = (args.data_seed, args.train_images, args.image_size)
-    if args.pool_cache and os.path.exists(args.pool_cache) and torch.load(args.pool_cache)["key"] == key:
-        cached = torch.load(args.pool_cache)
-        images, targets = cached["images"], cached["targets"]
-    else:
-        images, targets = load_pool(*key)
-        if args.pool_cache:
-            torch.save({"key": key, "images": images, "targets": targets}, args.pool_cache + ".tmp")
-            os.replace(args.pool_cache + ".tmp", args.pool_cache)
+    images, targets = pool((args.data_seed, args.train_images, args.image_size), args.pool_cache)
     batches = Batches(images, targets, args.batch_size, args.seed)
     log = lambda line: print(line, flush=True)
     log(f"recipe {recipe.label} ({recipe.source}), da={args.da}, fqm={args.fqm}, device {device}")
@@ -255,20 +282,7 @@ def main(argv=None) -> int:
     unmatched = result.stage1.unmatched_recipe_layers if result.stage1 else []
     if unmatched:
         log(f"warning: {len(unmatched)} recipe layers match no module (first: {unmatched[0]})")
-    from .export import export_student
-    torch.save(student.state_dict(), os.path.join(args.out, "student.pt"))
-    export_student(student, os.path.join(args.out, "student.onnx"), args.image_size,
-                   output_names=DETR_OUTPUTS, scales_path=os.path.join(args.out, "scales.json"))
-    summary = {
-        "recipe": recipe.label, "distribution_alignment": args.da, "query_matching": args.fqm,
-        "tau": args.tau, "lambda": args.lam, "stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
-        "batch_size": args.batch_size, "lr": args.lr, "device": str(device), "seconds": round(result.seconds, 1),
-        "quantized_layers": [asdict(c) for c in result.stage1.converted + result.stage2.converted],
-        "float_layers": sorted(set(result.stage1.kept_float + result.stage2.kept_float)),
-        "log": [asdict(l) for l in result.logs],
-    }
-    with open(os.path.join(args.out, "train.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_run(student, result, recipe, config, args.out, args.image_size, device)
     log(f"done in {result.seconds:.0f} s: {args.out}/student.onnx")
     return 0
 
