@@ -9,8 +9,8 @@ Steps (default: all, in this order):
   data      models/data/{calib,eval}.{npz,json}
   detr      trains the small DETR -> models/fixtures/detr_small.pt
   maskrcnn  trains the small Swin-T Mask-RCNN -> models/build/maskrcnn_swin_small.pt
-  export    models/fixtures/{detr_small,maskrcnn_swin_small}.onnx from the trained weights, each with
-            <name>.reference.npz (the first eval image and PyTorch's outputs under the graph's output names, for
+  export    (= export-detr,export-maskrcnn) models/fixtures/{detr_small,maskrcnn_swin_small}.onnx from the trained
+            weights, each with <name>.reference.npz (the first eval image and PyTorch's outputs under the graph's output names, for
             numerical checks of the graph in a runtime), plus a sanity metric of both on the eval split
             (models/build/sanity.json)
   full      full-size DETR-R50, Mask-RCNN Swin-T and ViT-B/16 (and the small ViT) exports, untrained, into models/build
@@ -39,7 +39,8 @@ DATA_SEED = 0
 POOL_SIZE = 4000
 CALIB_COUNT = 64
 EVAL_COUNT = 100
-STEPS = ("data", "detr", "maskrcnn", "export", "full")
+STEPS = ("data", "detr", "maskrcnn", "export-detr", "export-maskrcnn", "full")
+ALIASES = {"export": ("export-detr", "export-maskrcnn")}
 
 
 def log_to(path: str):
@@ -66,23 +67,24 @@ def pool():
 
 
 def step_detr(log) -> None:
-    from onnxquant_models.train_detr import DetrRecipe, train_detr
-    recipe = DetrRecipe()
+    from onnxquant_models.train_detr import DETR_PHASES, train_detr
     train_pool = pool()
-    start = time.time()
-    model = train_detr(train_pool, recipe, log=log)
-    log(f"detr: trained {recipe} in {time.time() - start:.0f} s wall")
-    os.makedirs(FIXTURES, exist_ok=True)
+    model = None
+    for k, recipe in enumerate(DETR_PHASES):
+        start = time.time()
+        model = train_detr(train_pool, recipe, log=log, model=model)
+        log(f"detr: phase {k + 1} {recipe} in {time.time() - start:.0f} s wall")
     _save_state(model, os.path.join(FIXTURES, "detr_small.pt"))
 
 
 def step_maskrcnn(log) -> None:
-    from onnxquant_models.train_maskrcnn import MaskRcnnRecipe, train_maskrcnn
-    recipe = MaskRcnnRecipe()
+    from onnxquant_models.train_maskrcnn import MASKRCNN_PHASES, train_maskrcnn
     train_pool = pool()
-    start = time.time()
-    model = train_maskrcnn(train_pool, recipe, log=log)
-    log(f"maskrcnn: trained {recipe} in {time.time() - start:.0f} s wall")
+    model = None
+    for k, recipe in enumerate(MASKRCNN_PHASES):
+        start = time.time()
+        model = train_maskrcnn(train_pool, recipe, log=log, model=model)
+        log(f"maskrcnn: phase {k + 1} {recipe} in {time.time() - start:.0f} s wall")
     _save_state(model, os.path.join(BUILD, "maskrcnn_swin_small.pt"))
 
 
@@ -93,38 +95,59 @@ def _save_state(model: torch.nn.Module, path: str) -> None:
     os.replace(tmp, path)
 
 
-def step_export(log) -> None:
-    from onnxquant_models import export
-    from onnxquant_models.detr import DETR, detr_small
-    from onnxquant_models.maskrcnn import build_maskrcnn, maskrcnn_swin_small
-    from onnxquant_models.sanity import detr_sanity, maskrcnn_sanity
-
+def _eval_split():
     with np.load(os.path.join(DATA_DIR, "eval.npz")) as f:
         images = f["images"]
     with open(os.path.join(DATA_DIR, "eval.json"), encoding="utf-8") as f:
         annotations = json.load(f)
-    example = torch.from_numpy(images[:1])
+    return images, annotations
 
+
+def _record_sanity(name: str, metrics) -> None:
+    path = os.path.join(BUILD, "sanity.json")
+    record = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    record[name] = vars(metrics)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+
+
+def step_export_detr(log) -> None:
+    from onnxquant_models import export
+    from onnxquant_models.detr import DETR, detr_small
+    from onnxquant_models.sanity import detr_sanity
+
+    images, annotations = _eval_split()
+    example = torch.from_numpy(images[:1])
     detr = DETR(detr_small())
     detr.load_state_dict(torch.load(os.path.join(FIXTURES, "detr_small.pt")))
     detr.eval()
     export.export_detr(detr, example, os.path.join(FIXTURES, "detr_small.onnx"))
     export.write_reference(export.reference_outputs(detr, example), export.DETR_OUTPUTS, example,
                            os.path.join(FIXTURES, "detr_small.reference.npz"))
-    detr_metrics = detr_sanity(detr, images, annotations)
-    log(f"detr_small on eval: {detr_metrics}")
+    metrics = detr_sanity(detr, images, annotations)
+    _record_sanity("detr_small", metrics)
+    log(f"detr_small on eval: {metrics}")
 
+
+def step_export_maskrcnn(log) -> None:
+    from onnxquant_models import export
+    from onnxquant_models.maskrcnn import build_maskrcnn, maskrcnn_swin_small
+    from onnxquant_models.sanity import maskrcnn_sanity
+
+    images, annotations = _eval_split()
+    example = torch.from_numpy(images[:1])
     mask = build_maskrcnn(maskrcnn_swin_small())
     mask.load_state_dict(torch.load(os.path.join(BUILD, "maskrcnn_swin_small.pt")))
     mask.eval()
     export.export_maskrcnn(mask, example, os.path.join(FIXTURES, "maskrcnn_swin_small.onnx"))
     export.write_reference(export.reference_outputs(mask, example), export.MASKRCNN_OUTPUTS, example,
                            os.path.join(FIXTURES, "maskrcnn_swin_small.reference.npz"))
-    mask_metrics = maskrcnn_sanity(mask, images, annotations)
-    log(f"maskrcnn_swin_small on eval: {mask_metrics}")
-
-    with open(os.path.join(BUILD, "sanity.json"), "w", encoding="utf-8") as f:
-        json.dump({"detr_small": vars(detr_metrics), "maskrcnn_swin_small": vars(mask_metrics)}, f, indent=2)
+    metrics = maskrcnn_sanity(mask, images, annotations)
+    _record_sanity("maskrcnn_swin_small", metrics)
+    log(f"maskrcnn_swin_small on eval: {metrics}")
 
 
 def step_full(log) -> None:
@@ -151,17 +174,18 @@ def step_full(log) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help=f"comma-separated subset of {','.join(STEPS)} ('export' means both exports)")
     args = parser.parse_args()
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    steps = [name for s in args.steps.split(",") if s.strip() for name in ALIASES.get(s.strip(), (s.strip(),))]
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step(s) {unknown}; expected a subset of {list(STEPS)}")
     # One thread keeps training bit-reproducible and leaves the other core to the rest of the machine.
     torch.set_num_threads(1)
     log = log_to(os.path.join(BUILD, "build_all.log"))
-    functions = {"data": step_data, "detr": step_detr, "maskrcnn": step_maskrcnn, "export": step_export,
-                 "full": step_full}
+    functions = {"data": step_data, "detr": step_detr, "maskrcnn": step_maskrcnn, "export-detr": step_export_detr,
+                 "export-maskrcnn": step_export_maskrcnn, "full": step_full}
     for step in STEPS:
         if step in steps:
             start = time.time()

@@ -24,6 +24,11 @@ class DetrRecipe:
     grad_clip: float = 0.1
 
 
+# Phase 2 continues from phase 1 with a fresh optimizer and its own batch stream: phase 1 learns localisation, the
+# classes need the extra iterations at a high learning rate.
+DETR_PHASES = (DetrRecipe(), DetrRecipe(seed=1, iterations=1000, lr=1e-4, warmup=50))
+
+
 def detr_batch(pool: SamplePool, rng: np.random.Generator, batch_size: int):
     idx = rng.integers(0, len(pool), batch_size)
     transforms = rng.integers(0, 8, batch_size)
@@ -37,11 +42,12 @@ def detr_batch(pool: SamplePool, rng: np.random.Generator, batch_size: int):
 
 
 def train_detr(pool: SamplePool, recipe: DetrRecipe = DetrRecipe(), config: DetrConfig | None = None,
-               log: Callable[[str], None] = print) -> DETR:
+               log: Callable[[str], None] = print,
+               model=None) -> DETR:
     config = config or detr_small()
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
-    model = DETR(config)
+    model = model if model is not None else DETR(config)
     model.train()
     criterion = SetCriterion(config.num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)

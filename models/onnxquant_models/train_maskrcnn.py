@@ -25,6 +25,10 @@ class MaskRcnnRecipe:
     grad_clip: float = 5.0
 
 
+# Phase 2 continues from phase 1 with a fresh optimizer and its own batch stream.
+MASKRCNN_PHASES = (MaskRcnnRecipe(), MaskRcnnRecipe(seed=1, iterations=600, lr=1e-4, warmup=50))
+
+
 def maskrcnn_batch(pool: SamplePool, rng: np.random.Generator, batch_size: int):
     idx = rng.integers(0, len(pool), batch_size)
     transforms = rng.integers(0, 8, batch_size)
@@ -38,11 +42,12 @@ def maskrcnn_batch(pool: SamplePool, rng: np.random.Generator, batch_size: int):
 
 
 def train_maskrcnn(pool: SamplePool, recipe: MaskRcnnRecipe = MaskRcnnRecipe(),
-                   config: MaskRcnnConfig | None = None, log: Callable[[str], None] = print) -> MaskRCNN:
+                   config: MaskRcnnConfig | None = None, log: Callable[[str], None] = print,
+               model=None) -> MaskRCNN:
     config = config or maskrcnn_swin_small()
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
-    model = build_maskrcnn(config)
+    model = model if model is not None else build_maskrcnn(config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     drop_at = int(recipe.iterations * recipe.lr_drop_fraction)
