@@ -5,6 +5,8 @@
 #
 #   src/QatBridge/qdetr_ablation.sh OUT_DIR [STAGE1_STEPS] [STAGE2_STEPS] [BATCH]
 #
+# QDETR_TEACHER / QDETR_TEACHER_ONNX choose another teacher (default models/fixtures/detr_small.{pt,onnx}).
+#
 # Recipes come from `onnxquant qat-recipe` (stem convolution and class/box heads float); training runs in one Python
 # process (onnxquant_qat.ablation), where variants that differ only in stage 2 share one stage-1 checkpoint.
 # Writes OUT_DIR/table.md and OUT_DIR/<bits>/<variant>/{train,artifact,eval.json}; the log goes to stdout.
@@ -16,14 +18,16 @@ S2=${3:-30}
 BATCH=${4:-2}
 CLI="$ROOT/src/Cli/bin/Release/net10.0/onnxquant.dll"
 [ -f "$CLI" ] || dotnet build "$ROOT/src/Cli" -c Release -v q
+# The teacher: its PyTorch state_dict and its ONNX export (the same weights), by default the committed fixtures.
 TEACHER=${QDETR_TEACHER:-$ROOT/models/fixtures/detr_small.pt}
+TEACHER_ONNX=${QDETR_TEACHER_ONNX:-$ROOT/models/fixtures/detr_small.onnx}
 EVAL=(--data "$ROOT/models/data/eval.npz" --annotations "$ROOT/models/data/eval.json" --json)
 START=$(date +%s)
 mkdir -p "$OUT"
-dotnet "$CLI" eval "$ROOT/models/fixtures/detr_small.onnx" "${EVAL[@]}" > "$OUT/teacher_eval.json"
+dotnet "$CLI" eval "$TEACHER_ONNX" "${EVAL[@]}" 2>/dev/null > "$OUT/teacher_eval.json"
 for BITS in 4-4-8 2-2-8; do
   dotnet "$CLI" qat-recipe --bits "$BITS" --float backbone.stem.0 --float class_heads --float box_heads \
-    --model "$ROOT/models/fixtures/detr_small.onnx" -o "$OUT/$BITS/recipe.json"
+    --model "$(basename "$TEACHER_ONNX")" -o "$OUT/$BITS/recipe.json"
 done
 PYTHONPATH="$ROOT/src/QatBridge/python:$ROOT/models" OPENBLAS_NUM_THREADS=1 \
 LD_LIBRARY_PATH="/usr/lib/x86_64-linux-gnu/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
