@@ -86,7 +86,10 @@ def _require_single(example: Tensor) -> None:
 def _export(module: nn.Module, example: Tensor, path: str, output_names: Sequence[str],
             dynamic_axes: Dict[str, Dict[int, str]]) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    with torch.no_grad():
+    # nn.MultiheadAttention (torchvision's ViT) takes a fused fast path without an ONNX symbolic when gradients are
+    # off; tracing with gradients on keeps its decomposed ops. Other models export without gradients.
+    uses_mha = any(isinstance(m, nn.MultiheadAttention) for m in module.modules())
+    with torch.set_grad_enabled(uses_mha):
         torch.onnx.export(module, (example,), buffer, opset_version=OPSET, input_names=[INPUT_NAME],
                           output_names=list(output_names), dynamic_axes=dynamic_axes, do_constant_folding=True)
     proto = onnx.load_from_string(buffer.getvalue())

@@ -24,9 +24,10 @@ class DetrRecipe:
     grad_clip: float = 0.1
 
 
-# Phase 2 continues from phase 1 with a fresh optimizer and its own batch stream: phase 1 learns localisation, the
-# classes need the extra iterations at a high learning rate.
-DETR_PHASES = (DetrRecipe(), DetrRecipe(seed=1, iterations=1000, lr=1e-4, warmup=50))
+# Phases 2 and 3 continue from the previous phase with a fresh optimizer and their own batch stream: phase 1 learns
+# localisation, the classes need the extra iterations at a high learning rate.
+DETR_PHASES = (DetrRecipe(), DetrRecipe(seed=1, iterations=1000, lr=1e-4, warmup=50),
+               DetrRecipe(seed=2, iterations=1000, lr=1e-4, warmup=50))
 
 
 def detr_batch(pool: SamplePool, rng: np.random.Generator, batch_size: int):
@@ -43,7 +44,8 @@ def detr_batch(pool: SamplePool, rng: np.random.Generator, batch_size: int):
 
 def train_detr(pool: SamplePool, recipe: DetrRecipe = DetrRecipe(), config: DetrConfig | None = None,
                log: Callable[[str], None] = print,
-               model=None) -> DETR:
+               model: DETR | None = None) -> DETR:
+    """Trains a new DETR(config), or continues training `model` when one is given."""
     config = config or detr_small()
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)

@@ -43,7 +43,8 @@ def maskrcnn_batch(pool: SamplePool, rng: np.random.Generator, batch_size: int):
 
 def train_maskrcnn(pool: SamplePool, recipe: MaskRcnnRecipe = MaskRcnnRecipe(),
                    config: MaskRcnnConfig | None = None, log: Callable[[str], None] = print,
-               model=None) -> MaskRCNN:
+                   model: MaskRCNN | None = None) -> MaskRCNN:
+    """Trains a new build_maskrcnn(config), or continues training `model` when one is given."""
     config = config or maskrcnn_swin_small()
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
