@@ -9,6 +9,7 @@ internal static class UserErrors
     public static int? Classify(Exception ex) => ex switch
     {
         CliInputException => ExitCodes.BadInput,
+        OnnxQuant.QatBridge.QatBridgeException => ExitCodes.BadInput,
         OnnxQuant.Passes.Data.DataFormatException => ExitCodes.BadInput,
         // The model, calibration data or compile options cannot be used as asked (names the input).
         OnnxQuant.Passes.CompileException => ExitCodes.BadInput,

@@ -7,11 +7,13 @@ internal static class Commands
     /// <summary>Every subcommand, in the order help lists them. Add a new command's factory here.</summary>
     public static IEnumerable<Command> All()
     {
-        yield return VersionCommand.Create();
         yield return CompileCommand.Create();
-        yield return SolveCommand.Create();
-        yield return BenchCommand.Create();
         yield return InspectCommand.Create();
         yield return EvalCommand.Create();
+        yield return SolveCommand.Create();
+        yield return BenchCommand.Create();
+        yield return QatRecipeCommand.Create();
+        yield return QatImportCommand.Create();
+        yield return VersionCommand.Create();
     }
 }

@@ -1,0 +1,61 @@
+"""Writes a small quantized DETR student for the C# tests of `onnxquant qat-import`:
+
+    python3 -m onnxquant_qat.fixture OUT_DIR
+
+OUT_DIR/float.onnx (the model before quantization), OUT_DIR/student.onnx (QDQ, 4-4-8 with distribution alignment, 64x64 input), scales.json, and the PyTorch reference
+for one fixed input: input.bin ([1,3,64,64] float32 little-endian), pred_logits.bin, pred_boxes.bin.
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+
+from .convert import quantize_model
+from .export import export_student
+from .recipe import LayerRecipe, Recipe
+
+SIZE = 64
+
+
+class _Outputs(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        out = self.model(images)
+        return out["pred_logits"], out["pred_boxes"]
+
+
+def main(argv) -> int:
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    out = argv[0]
+    os.makedirs(out, exist_ok=True)
+    from onnxquant_models.detr import build_detr, detr_tiny
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_detr(detr_tiny())
+    model.eval()
+    with torch.no_grad():  # the float model, for the test that refuses a non-quantized "student"
+        torch.onnx.export(_Outputs(model), torch.zeros(1, 3, SIZE, SIZE), os.path.join(out, "float.onnx"),
+                          opset_version=17, input_names=["images"], output_names=["pred_logits", "pred_boxes"])
+    quantize_model(model, Recipe(4, 4, 8, layers=(LayerRecipe("input_proj", 2, 8),), float_layers=("class_heads",)),
+                   align_query=True)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, SIZE, SIZE, generator=g)
+    with torch.no_grad():
+        model(torch.randn(4, 3, SIZE, SIZE, generator=g))  # initializes the activation steps
+        ref = model(x)
+    export_student(model, os.path.join(out, "student.onnx"), SIZE, scales_path=os.path.join(out, "scales.json"))
+    x.numpy().astype("<f4").tofile(os.path.join(out, "input.bin"))
+    for name in ("pred_logits", "pred_boxes"):
+        ref[name].numpy().astype("<f4").tofile(os.path.join(out, f"{name}.bin"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,234 @@
+"""Quantized drop-in replacements for nn.Linear, nn.Conv2d and nn.MultiheadAttention, and distribution alignment.
+
+Each replacement shares the original module's parameters, fake-quantizes its input activation per tensor and its
+weight per output channel. The attention replacement also quantizes q, k, v and the softmax output at the attention
+bits, and can align the query distribution before the query's quantizer (Q-DETR's DA).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lsq import LsqQuantizer, WeightDequant
+
+
+class AutoSignQuantizer(LsqQuantizer):
+    """Activation quantizer that picks signed or unsigned from the first data (or calibrated range) it sees: a
+    non-negative tensor (after ReLU, a softmax) gets all 2^b levels on [0, max]."""
+
+    def __init__(self, bits: int):
+        super().__init__(bits, signed=True)
+        self.register_buffer("is_signed", torch.tensor(True))
+
+    def _set_sign(self, signed: bool) -> None:
+        self.signed = signed
+        self.is_signed.fill_(signed)
+        from .lsq import qrange
+        self.qmin, self.qmax = qrange(self.bits, signed)
+
+    def init_from(self, x: torch.Tensor) -> None:
+        self._set_sign(bool(x.detach().min() < 0))
+        super().init_from(x)
+
+    def init_from_range(self, lo: float, hi: float) -> None:
+        self._set_sign(lo < 0)
+        super().init_from_range(lo, hi)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._set_sign(bool(self.is_signed))
+
+
+class _QuantWeightMixin:
+    """Shared weight handling: fake-quantized while training, integer initializer + DequantizeLinear on export."""
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.wq.export_mode:
+            return WeightDequant.apply(self.w_int, self.w_scale, self.w_zero, 0)
+        return self.wq(self.weight)
+
+    def prepare_export(self) -> None:
+        if not bool(self.wq.initialized):
+            self.wq.init_from(self.weight)
+        self.register_buffer("w_int", self.wq.integer_weight(self.weight), persistent=False)
+        self.register_buffer("w_scale", self.wq.scale.detach().abs().clamp(min=1e-8).clone(), persistent=False)
+        self.register_buffer("w_zero", torch.zeros(self.wq.channels, dtype=torch.int8), persistent=False)
+
+
+class QuantLinear(nn.Module, _QuantWeightMixin):
+    def __init__(self, base: nn.Linear, weight_bits: int, act_bits: int):
+        super().__init__()
+        self.weight = base.weight
+        self.bias = base.bias
+        self.weight_bits, self.act_bits = weight_bits, act_bits
+        self.wq = LsqQuantizer(weight_bits, signed=True, channels=base.out_features, axis=0)
+        self.aq = AutoSignQuantizer(act_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.aq(x), self.quantized_weight(), self.bias)
+
+
+class QuantConv2d(nn.Module, _QuantWeightMixin):
+    def __init__(self, base: nn.Conv2d, weight_bits: int, act_bits: int):
+        super().__init__()
+        if base.padding_mode != "zeros":
+            raise ValueError(f"Conv2d with padding_mode '{base.padding_mode}' is not supported; only 'zeros'")
+        self.weight = base.weight
+        self.bias = base.bias
+        self.stride, self.padding, self.dilation, self.groups = base.stride, base.padding, base.dilation, base.groups
+        self.weight_bits, self.act_bits = weight_bits, act_bits
+        self.wq = LsqQuantizer(weight_bits, signed=True, channels=base.out_channels, axis=0)
+        self.aq = AutoSignQuantizer(act_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.aq(x), self.quantized_weight(), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class DistributionAlignment(nn.Module):
+    """q* = gamma * (q - mean(q)) / sqrt(var(q) + eps) + beta, per channel, statistics over the query tokens of
+    each sample. Per-sample statistics need no running averages, so training and the exported graph agree."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def normalize(self, q: torch.Tensor) -> torch.Tensor:
+        """q is [batch, tokens, channels]; the result is zero-mean, unit-variance per (sample, channel)."""
+        mean = q.mean(dim=1, keepdim=True)
+        var = ((q - mean) ** 2).mean(dim=1, keepdim=True)
+        return (q - mean) / torch.sqrt(var + self.eps)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return self.normalize(q) * self.gamma + self.beta
+
+
+class QuantMultiheadAttention(nn.Module):
+    """nn.MultiheadAttention with quantized projections, q/k/v and softmax output. Same call signature and outputs
+    (attention output, attention weights averaged over heads or None)."""
+
+    def __init__(self, base: nn.MultiheadAttention, weight_bits: int, act_bits: int, attention_bits: int,
+                 align_query: bool = False, eps: float = 1e-5):
+        super().__init__()
+        if not base._qkv_same_embed_dim:
+            raise ValueError("MultiheadAttention with kdim/vdim different from embed_dim is not supported")
+        if base.bias_k is not None or base.add_zero_attn:
+            raise ValueError("MultiheadAttention with add_bias_kv or add_zero_attn is not supported")
+        e = base.embed_dim
+        self.embed_dim, self.num_heads, self.batch_first = e, base.num_heads, base.batch_first
+        self.head_dim = e // base.num_heads
+        self.dropout = base.dropout
+        self.in_proj_weight = base.in_proj_weight
+        self.in_proj_bias = base.in_proj_bias
+        self.weight_bits, self.act_bits, self.attention_bits = weight_bits, act_bits, attention_bits
+        self.in_wq = LsqQuantizer(weight_bits, signed=True, channels=3 * e, axis=0)
+        self.query_aq = AutoSignQuantizer(act_bits)
+        self.key_aq = AutoSignQuantizer(act_bits)
+        self.value_aq = AutoSignQuantizer(act_bits)
+        self.q_quant = LsqQuantizer(attention_bits, signed=True)
+        self.k_quant = LsqQuantizer(attention_bits, signed=True)
+        self.v_quant = LsqQuantizer(attention_bits, signed=True)
+        self.softmax_quant = LsqQuantizer(attention_bits, signed=False)
+        self.align = DistributionAlignment(e, eps) if align_query else None
+        self.out_proj = QuantLinear(base.out_proj, weight_bits, act_bits)
+
+    # The weight-export helpers of _QuantWeightMixin expect these names.
+    @property
+    def wq(self):
+        return self.in_wq
+
+    @property
+    def weight(self):
+        return self.in_proj_weight
+
+    def prepare_export(self) -> None:
+        _QuantWeightMixin.prepare_export(self)
+
+    def forward(self, query, key, value, key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True):
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        b, nq, e = query.shape
+        nk = key.shape[1]
+        w = _QuantWeightMixin.quantized_weight(self)
+        bias = self.in_proj_bias if self.in_proj_bias is not None else torch.zeros(3 * e, device=query.device)
+        q = F.linear(self.query_aq(query), w[:e], bias[:e])
+        k = F.linear(self.key_aq(key), w[e:2 * e], bias[e:2 * e])
+        v = F.linear(self.value_aq(value), w[2 * e:], bias[2 * e:])
+        if self.align is not None:
+            q = self.align(q)
+        q, k, v = self.q_quant(q), self.k_quant(k), self.v_quant(v)
+        h, d = self.num_heads, self.head_dim
+        q = q.reshape(b, nq, h, d).transpose(1, 2) * (d ** -0.5)
+        k = k.reshape(b, nk, h, d).transpose(1, 2)
+        v = v.reshape(b, nk, h, d).transpose(1, 2)
+        scores = q @ k.transpose(-2, -1)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(attn_mask.reshape(-1, h, nq, nk) if attn_mask.dim() == 3 else attn_mask,
+                                            float("-inf"))
+            else:
+                scores = scores + (attn_mask.reshape(-1, h, nq, nk) if attn_mask.dim() == 3 else attn_mask)
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask.bool()[:, None, None, :], float("-inf"))
+        attn = self.softmax_quant(torch.softmax(scores, dim=-1))
+        if self.training and self.dropout > 0:
+            attn = F.dropout(attn, self.dropout)
+        out = (attn @ v).transpose(1, 2).reshape(b, nq, e)
+        out = self.out_proj(out)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        weights = None
+        if need_weights:
+            weights = attn.mean(dim=1) if average_attn_weights else attn
+        return out, weights
+
+
+def is_split_projection_attention(module: nn.Module) -> bool:
+    """Attention written as four Linear projections (q_proj, k_proj, v_proj, out_proj) with a head count, called as
+    forward(q, k, v): the form DETR implementations use to keep every matmul visible."""
+    return (all(isinstance(getattr(module, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
+            and isinstance(getattr(module, "nhead", getattr(module, "num_heads", None)), int))
+
+
+class QuantSplitAttention(nn.Module):
+    """Quantized form of a split-projection attention: projections at the layer's W/A bits; q, k, v and the
+    softmax output at the attention bits; optional distribution alignment of q before its quantizer."""
+
+    def __init__(self, base: nn.Module, weight_bits: int, act_bits: int, attention_bits: int,
+                 align_query: bool = False, eps: float = 1e-5):
+        super().__init__()
+        self.nhead = int(getattr(base, "nhead", getattr(base, "num_heads", 0)))
+        d = base.q_proj.out_features
+        if d % self.nhead:
+            raise ValueError(f"attention width {d} is not divisible by its {self.nhead} heads")
+        self.head_dim = d // self.nhead
+        self.weight_bits, self.act_bits, self.attention_bits = weight_bits, act_bits, attention_bits
+        self.q_proj = QuantLinear(base.q_proj, weight_bits, act_bits)
+        self.k_proj = QuantLinear(base.k_proj, weight_bits, act_bits)
+        self.v_proj = QuantLinear(base.v_proj, weight_bits, act_bits)
+        self.out_proj = QuantLinear(base.out_proj, weight_bits, act_bits)
+        self.q_quant = LsqQuantizer(attention_bits, signed=True)
+        self.k_quant = LsqQuantizer(attention_bits, signed=True)
+        self.v_quant = LsqQuantizer(attention_bits, signed=True)
+        self.softmax_quant = LsqQuantizer(attention_bits, signed=False)
+        self.align = DistributionAlignment(d, eps) if align_query else None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, nq, d = q.shape
+        nk = k.shape[1]
+        q = self.q_proj(q)
+        if self.align is not None:
+            q = self.align(q)
+        q = self.q_quant(q).reshape(b, nq, self.nhead, self.head_dim).transpose(1, 2)
+        k = self.k_quant(self.k_proj(k)).reshape(b, nk, self.nhead, self.head_dim).transpose(1, 2)
+        v = self.v_quant(self.v_proj(v)).reshape(b, nk, self.nhead, self.head_dim).transpose(1, 2)
+        attn = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * (self.head_dim ** -0.5), dim=-1)
+        attn = self.softmax_quant(attn)
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(b, nq, d)
+        return self.out_proj(out)

@@ -1,0 +1,74 @@
+import torch
+
+from onnxquant_qat.lsq import LsqQuantizer, mse_scale
+from onnxquant_qat.modules import DistributionAlignment, QuantLinear
+
+
+def test_fake_quant_values_lie_on_the_grid_within_range():
+    torch.manual_seed(0)
+    q = LsqQuantizer(4, signed=True)
+    q.init_from_range(-1.0, 1.0)
+    x = torch.randn(1000) * 2
+    y = q(x)
+    levels = y / q.scale
+    assert torch.allclose(levels, levels.round(), atol=1e-5)
+    assert levels.min() >= -8 and levels.max() <= 7
+
+
+def test_ste_passes_gradient_inside_the_range_and_learns_the_step():
+    q = LsqQuantizer(4, signed=True)
+    q.init_from_range(-1.0, 1.0)
+    x = torch.tensor([0.03, 0.5, 5.0], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0]  # identity inside, zero where clamped
+    assert q.scale.grad is not None and q.scale.grad.abs() > 0
+
+
+def test_weight_steps_are_per_output_channel():
+    w = torch.tensor([[1.0, -0.5], [100.0, 20.0]])
+    s = mse_scale(w, 8, True, axis=0)
+    assert s.shape == (2,) and s[1] > 50 * s[0]
+
+
+def test_unsigned_activation_uses_all_levels_for_non_negative_input():
+    layer = QuantLinear(torch.nn.Linear(4, 3), 8, 4)
+    layer(torch.rand(16, 4))
+    assert not layer.aq.signed and (layer.aq.qmin, layer.aq.qmax) == (0, 15)
+
+
+def test_distribution_alignment_normalizes_before_gamma_beta():
+    torch.manual_seed(0)
+    da = DistributionAlignment(8)
+    q = torch.randn(2, 50, 8) * torch.linspace(0.1, 10, 8) + torch.linspace(-5, 5, 8)
+    n = da.normalize(q)
+    assert torch.allclose(n.mean(dim=1), torch.zeros(2, 8), atol=1e-5)
+    # unit variance up to eps: var(n) = var(q) / (var(q) + 1e-5)
+    v = q.var(dim=1, unbiased=False)
+    assert torch.allclose(n.var(dim=1, unbiased=False), v / (v + 1e-5), atol=1e-5)
+    assert torch.allclose(n.var(dim=1, unbiased=False)[:, 1:], torch.ones(2, 7), atol=1e-4)
+    with torch.no_grad():
+        da.gamma.fill_(3.0)
+        da.beta.fill_(-2.0)
+    out = da(q)
+    assert torch.allclose(out.mean(dim=1), torch.full((2, 8), -2.0), atol=1e-4)
+    assert torch.allclose(out.std(dim=1, unbiased=False), 3.0 * n.std(dim=1, unbiased=False), atol=1e-4)
+
+
+def test_quantized_multihead_attention_matches_float_at_high_bits():
+    from onnxquant_qat.modules import QuantMultiheadAttention
+    torch.manual_seed(0)
+    base = torch.nn.MultiheadAttention(16, 4).eval()
+    q, kv = torch.randn(5, 2, 16), torch.randn(7, 2, 16)
+    expected, expected_w = base(q, kv, kv)
+    quant = QuantMultiheadAttention(base, 16, 16, 16).eval()
+    out, w = quant(q, kv, kv)
+    assert out.shape == expected.shape and w.shape == expected_w.shape
+    assert torch.allclose(out, expected, atol=2e-3)
+    low, _ = QuantMultiheadAttention(base, 2, 2, 2).eval()(q, kv, kv)
+    assert (low - expected).abs().mean() > 10 * (out - expected).abs().mean()
+
+
+def test_fast_round_equals_torch_round_including_ties():
+    from onnxquant_qat.lsq import fast_round
+    x = torch.cat([torch.randn(10000) * 300, torch.arange(-64, 64) + 0.5, torch.tensor([-0.5, 0.5, 1.5, 2.5, -2.5])])
+    assert torch.equal(fast_round(x), torch.round(x))

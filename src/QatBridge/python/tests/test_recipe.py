@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from onnxquant_qat.recipe import ActivationRange, LayerRecipe, Recipe, RecipeError
+
+
+def test_uniform_spec_parses_w_a_attention():
+    r = Recipe.uniform("4-4-8", float_layers=["backbone.stem.0"])
+    assert (r.weight_bits, r.act_bits, r.attention_bits) == (4, 4, 8)
+    assert r.is_float("backbone.stem.0") and not r.is_float("backbone.stem.01")
+    assert r.label == "4-4-8"
+
+
+@pytest.mark.parametrize("spec", ["4-4", "4-x-8", "1-4-8", "4-4-17"])
+def test_bad_uniform_spec_is_refused(spec):
+    with pytest.raises(RecipeError):
+        Recipe.uniform(spec)
+
+
+def test_round_trip_through_json(tmp_path):
+    r = Recipe(4, 4, 8, layers=(LayerRecipe("input_proj", 2, 8, (0.5, 0.25), ActivationRange(-1.0, 3.0)),),
+               float_layers=("class_heads",), source_model="m.onnx", source="allocation")
+    path = tmp_path / "r.json"
+    r.save(str(path))
+    assert Recipe.load(str(path)) == r
+    assert json.loads(path.read_text())["schema"] == "onnxquant.qat-recipe/1"
+
+
+def test_errors_name_the_field(tmp_path):
+    doc = Recipe.uniform("4-4-8").to_json()
+    doc["layers"] = [{"name": "a", "weight_bits": 4, "act_bits": 40}]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RecipeError, match=r"layers\['a'\].act_bits"):
+        Recipe.load(str(path))
+    doc["schema"] = "other/1"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RecipeError, match="schema"):
+        Recipe.load(str(path))
