@@ -25,7 +25,8 @@ public sealed record BitWidths(int Weight, int Activation, int Attention)
         CheckBits(Attention, $"{where}: attention_bits");
     }
 
-    internal static void CheckBits(int bits, string what)
+    /// <exception cref="QatBridgeException">The width is outside 2..16; the message names <paramref name="what"/>.</exception>
+    public static void CheckBits(int bits, string what)
     {
         if (bits is < MinBits or > MaxBits)
             throw new QatBridgeException($"{what} is {bits}; bits must be an integer in {MinBits}..{MaxBits}");

@@ -102,6 +102,40 @@ public class CompileCommandTests(CompileCliFixture fixture) : IClassFixture<Comp
         Assert.StartsWith("error: accuracy guard failed", stderr);
     }
 
+    [Fact]
+    public void EmitsTheAllocationAsAQatRecipe()
+    {
+        var dir = Out("recipe");
+        var recipePath = Out("recipe.json");
+        var (code, stdout, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", dir, "--quiet",
+            "--target-bits", "4", "--calib-samples", "16", "--cache-dir", Out("cache"), "--emit-qat-recipe", recipePath,
+            "--qat-attention-bits", "6");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("QAT recipe, 3 layers", stdout);
+        var recipe = OnnxQuant.QatBridge.QatRecipeJson.Read(recipePath);
+        using var report = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Path.Combine(dir, "report.json")));
+        var allocated = report.RootElement.GetProperty("units").EnumerateArray()
+            .ToDictionary(u => u.GetProperty("layer").GetString()!, u => u.GetProperty("bits").GetInt32());
+        // Every allocated layer is in the recipe at its allocated width, with the compile's activation bits.
+        Assert.Equal(allocated.Keys.Order(StringComparer.Ordinal), recipe.Layers.Select(l => l.Name));
+        Assert.All(recipe.Layers, l => Assert.Equal(allocated[l.Name], l.WeightBits));
+        Assert.All(recipe.Layers, l => Assert.Equal(8, l.ActBits));
+        Assert.Equal(new OnnxQuant.QatBridge.BitWidths(4, 8, 6), recipe.Defaults);
+        Assert.Equal(OnnxQuant.QatBridge.RecipeSource.Allocation, recipe.Source);
+    }
+
+    [Fact]
+    public void QatRecipeNeedsOneTarget()
+    {
+        var recipePath = Out("recipe-front.json");
+        var (code, _, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", Out("recipe-front"), "--quiet",
+            "--target-bits", "3,4", "--emit-qat-recipe", recipePath);
+        Assert.Equal(2, code);
+        Assert.Contains("exactly one --target-bits", stderr);
+        Assert.False(File.Exists(recipePath));
+        Assert.False(Directory.Exists(Out("recipe-front")));
+    }
+
     public static TheoryData<string, string[], string> BadInputs => new()
     {
         { "missing-model", ["compile", "{root}/nope.onnx", "--calib", "{data}"], "nope.onnx" },

@@ -53,12 +53,14 @@ internal static class CompileCommand
         var threads = RuntimeCliOptions.Threads();
         var ortLib = RuntimeCliOptions.OrtLib();
         var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress, only errors and the summary" };
+        var emitRecipe = new Option<string?>("--emit-qat-recipe") { Description = "Also write a QAT recipe (onnxquant.qat-recipe/1) of the allocation, for the Q-DETR trainer (one target only)" };
+        var recipeAttentionBits = new Option<int>("--qat-attention-bits") { Description = "Attention q/k/v and softmax bits written into the QAT recipe", DefaultValueFactory = _ => 8 };
 
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
                      actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, cacheDir, noCache,
-                     maxDistortion, maxDrop, evalData, evalAnnotations, threads, ortLib, quiet })
+                     maxDistortion, maxDrop, evalData, evalAnnotations, threads, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
         command.SetAction(parse =>
@@ -100,6 +102,12 @@ internal static class CompileCommand
                 throw new CliInputException("--max-drop needs --eval-data and --eval-annotations");
             if (drop is < 0)
                 throw new CliInputException($"--max-drop {drop} is negative");
+            var recipePath = parse.GetValue(emitRecipe);
+            if (recipePath is not null && options.TargetBits.Count != 1)
+                throw new CliInputException("--emit-qat-recipe needs exactly one --target-bits value: a recipe describes one allocation");
+            var attentionBits = parse.GetValue(recipeAttentionBits);
+            if (recipePath is not null)
+                OnnxQuant.QatBridge.BitWidths.CheckBits(attentionBits, "--qat-attention-bits");
             // Check the evaluation inputs before any work, so a typo does not cost a whole compile.
             var evalArrays = evalDataPath is null ? null : Npz.Read(evalDataPath);
             var groundTruth = evalAnnotationsPath is null ? null : CocoDataset.Load(evalAnnotationsPath);
@@ -134,6 +142,12 @@ internal static class CompileCommand
             }
 
             WriteSummary(stdout, result, aps);
+            if (recipePath is not null)
+            {
+                var recipe = OnnxQuant.QatBridge.CompileRecipe.FromReport(result.Targets[0].Report, modelPath, attentionBits);
+                OnnxQuant.QatBridge.QatRecipeJson.Write(recipe, recipePath);
+                stdout.WriteLine($"written: {recipePath} (QAT recipe, {recipe.Layers.Count} layers, {recipe.FloatLayers.Count} float)");
+            }
             var guard = result.GuardMessage ?? dropMessage;
             if (result.GuardFailed && dropMessage is not null)
                 guard = result.GuardMessage + "; " + dropMessage;

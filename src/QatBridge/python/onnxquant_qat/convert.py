@@ -88,7 +88,8 @@ def quantize_model(model: nn.Module, recipe: Recipe, scope: Callable[[str], bool
             aq = new.query_aq if isinstance(new, QuantMultiheadAttention) else new.aq
             _init_from_recipe(new, aq, layer)
         _set_module(model, name, new.to(next(module.parameters()).device))
-    report.unmatched_recipe_layers = [l.name for l in recipe.layers if l.name not in names]
+    report.unmatched_recipe_layers = [l.name for l in recipe.layers
+                                      if not any(recipe.matches(l.name, n) for n in names if n)]
     return report
 
 

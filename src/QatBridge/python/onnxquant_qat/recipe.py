@@ -63,13 +63,21 @@ class Recipe:
         return f"{self.weight_bits}-{self.act_bits}-{self.attention_bits}"
 
     def layer(self, name: str) -> Optional[LayerRecipe]:
+        """The entry for module `name`. An exact match wins; otherwise the one entry whose name ends with
+        `.name`, because the compiler names layers by the exported module path, which carries the export wrapper's
+        attribute (e.g. `model.decoder.0.ffn.linear1` for the module `decoder.0.ffn.linear1`)."""
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        return None
+        suffixed = [layer for layer in self.layers if layer.name.endswith("." + name)]
+        return suffixed[0] if len(suffixed) == 1 else None
+
+    def matches(self, recipe_name: str, name: str) -> bool:
+        """Whether a recipe name refers to module `name` (exactly, or through a wrapper prefix)."""
+        return recipe_name == name or recipe_name.endswith("." + name)
 
     def is_float(self, name: str) -> bool:
-        return any(name == f or name.startswith(f + ".") for f in self.float_layers)
+        return any(self.matches(f, name) or name.startswith(f + ".") for f in self.float_layers)
 
     def validate(self) -> None:
         for what, bits in (("weight_bits", self.weight_bits), ("act_bits", self.act_bits),

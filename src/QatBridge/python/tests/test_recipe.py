@@ -38,3 +38,21 @@ def test_errors_name_the_field(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(RecipeError, match="schema"):
         Recipe.load(str(path))
+
+
+def test_compiler_layer_names_match_through_an_export_wrapper():
+    # The compiler names layers by exported module path, which includes the export wrapper's attribute.
+    recipe = Recipe.from_json({
+        "schema": "onnxquant.qat-recipe/1", "source": "allocation", "source_model": "m.onnx",
+        "defaults": {"weight_bits": 4, "act_bits": 8, "attention_bits": 8},
+        "layers": [{"name": "model.decoder.0.ffn.linear1", "weight_bits": 3, "act_bits": 8},
+                   {"name": "model.head", "weight_bits": 8, "act_bits": 8},
+                   {"name": "other.head", "weight_bits": 6, "act_bits": 8}],
+        "float_layers": ["model.backbone.stem"],
+    })
+    assert recipe.layer("decoder.0.ffn.linear1").weight_bits == 3
+    assert recipe.layer("model.head").weight_bits == 8
+    # Two entries end with ".head": ambiguous, so the defaults apply rather than a guess.
+    assert recipe.layer("head") is None
+    assert recipe.is_float("backbone.stem")
+    assert not recipe.is_float("backbone.stages")
