@@ -1,3 +1,4 @@
+using OnnxQuant.Frontend;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;

@@ -58,13 +58,7 @@ public sealed class CompileCliFixture : IDisposable
 
 public class CompileCommandTests(CompileCliFixture fixture) : IClassFixture<CompileCliFixture>
 {
-    private (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        var code = CliApp.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    private static (int Code, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
 
     private string Out(string name) => Path.Combine(fixture.Root, name);
 

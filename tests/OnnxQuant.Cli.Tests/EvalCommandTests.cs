@@ -17,13 +17,7 @@ public sealed class EvalCommandTests : IDisposable
 
     private string F(string name) => Path.Combine(_dir, name);
 
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        var code = CliApp.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    private static (int Code, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
 
     /// <summary>A DETR-like model, two 100x100 images with one object each, and data holding perfect detections.</summary>
     private void WriteDetrCase(float cxShift = 0, string model = "detr.onnx")

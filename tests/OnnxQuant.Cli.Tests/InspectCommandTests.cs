@@ -7,13 +7,7 @@ public class InspectCommandTests
 {
     private const string SuiteRoot = "/usr/share/libonnx-testdata/data";
 
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        var code = CliApp.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    private static (int Code, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
 
     [Fact]
     public void JsonWorksOnEverySuiteModelAndMatchesTheModel()

@@ -1,3 +1,4 @@
+using OnnxQuant.Frontend;
 using System.Security.Cryptography;
 using System.Text;
 using OnnxQuant.Passes.Data;

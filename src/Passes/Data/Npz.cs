@@ -1,3 +1,4 @@
+using OnnxQuant.Frontend;
 using System.IO.Compression;
 
 namespace OnnxQuant.Passes.Data;

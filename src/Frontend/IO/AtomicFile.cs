@@ -1,7 +1,10 @@
-namespace OnnxQuant.Passes.Data;
+namespace OnnxQuant.Frontend;
 
-/// <summary>Writes a file through a temporary sibling and a rename, so readers never see a half-written file.</summary>
-internal static class AtomicFile
+/// <summary>
+/// Writes a file through a temporary sibling and a rename, so readers never see a half-written file and a failed
+/// write leaves the previous file (or none) in place. Every artifact the tool writes goes through here.
+/// </summary>
+public static class AtomicFile
 {
     public static void Write(string path, Action<Stream> write)
     {
@@ -21,4 +24,6 @@ internal static class AtomicFile
                 File.Delete(temp);
         }
     }
+
+    public static void Write(string path, byte[] bytes) => Write(path, stream => stream.Write(bytes));
 }
