@@ -172,21 +172,30 @@ Task("test-python")
     .Does(() =>
 {
     // Debian's interpreter has torch and onnx; a python3 earlier on PATH may not.
-    var suites = new[] { "models/tests", "src/QatBridge/python/tests" }.Where(System.IO.Directory.Exists).ToList();
-    if (suites.Count == 0)
-        throw new Exception("no pytest suites found");
+    var suites = new[] { "models/tests", "src/QatBridge/python/tests" };
+    var missing = suites.Where(s => !System.IO.Directory.Exists(s)).ToList();
+    if (missing.Count > 0)
+        throw new Exception($"pytest suite folder missing: {string.Join(", ", missing)}");
     var env = new Dictionary<string, string>
     {
         ["OPENBLAS_NUM_THREADS"] = "1",
         ["LD_LIBRARY_PATH"] = "/usr/lib/x86_64-linux-gnu/openblas-pthread",
     };
-    var code = StartProcess("/usr/bin/python3", new ProcessSettings
+    // One pytest process per suite: each has its own conftest.py, and two top-level conftest modules cannot share
+    // one process. Every suite runs even when an earlier one fails, so one run shows all failures.
+    var failed = new List<string>();
+    foreach (var suite in suites)
     {
-        Arguments = $"-m pytest -q {string.Join(" ", suites)}",
-        EnvironmentVariables = env,
-    });
-    if (code != 0)
-        throw new Exception($"pytest failed with exit code {code}");
+        var code = StartProcess("/usr/bin/python3", new ProcessSettings
+        {
+            Arguments = $"-m pytest -q {suite}",
+            EnvironmentVariables = env,
+        });
+        if (code != 0)
+            failed.Add($"{suite} (exit code {code})");
+    }
+    if (failed.Count > 0)
+        throw new Exception($"pytest failed: {string.Join(", ", failed)}");
 });
 
 Task("test")
