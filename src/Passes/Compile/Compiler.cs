@@ -149,16 +149,31 @@ public static class Compiler
             var plans = BuildPlans(discovery, freeUnits, allocation, heads, options);
             var quantized = canonical.Clone();
             var rewrite = QdqRewriter.Apply(quantized, plans, calibration, options);
-            var bytes = ModelIO.ToBytes(quantized);
             var rewriteSeconds = watch.Elapsed.TotalSeconds;
             watch.Restart();
 
+            var targetNotes = new List<string>(notes);
             double measured;
             using (var stage = progress.Begin($"verify {Format(target)} bits", 1))
             {
-                measured = CurveMeasurer.RoundDistortion(verifier.Measure(quantized));
+                try
+                {
+                    measured = CurveMeasurer.RoundDistortion(verifier.Measure(quantized));
+                }
+                catch (OrtException ex) when (rewrite.Layers.Any(l => l.Container == DataType.Int2))
+                {
+                    // INT2 needs opset 25, where some ops resolve to versions ONNX Runtime has no kernel for (e.g.
+                    // RoiAlign-22 in 1.30). The same 2-bit values fit an INT4 container at opset 21.
+                    var failedOpset = rewrite.Opset;
+                    quantized = canonical.Clone();
+                    rewrite = QdqRewriter.Apply(quantized, plans, calibration, options, allowInt2: false);
+                    targetNotes.Add($"ONNX Runtime could not load the model with INT2 containers at opset {failedOpset} " +
+                                    $"({FirstLine(ex.Message)}); 2-bit weights are stored in INT4 containers instead (same values, larger file)");
+                    measured = CurveMeasurer.RoundDistortion(verifier.Measure(quantized));
+                }
                 stage.Advance();
             }
+            var bytes = ModelIO.ToBytes(quantized);
             var verifySeconds = watch.Elapsed.TotalSeconds;
 
             var unitReports = allocation.Units.Select(a =>
@@ -171,7 +186,6 @@ public static class Compiler
                 rewrite.Layers.Sum(l => l.IdealBits),
                 rewrite.Layers.Sum(l => l.Bytes),
                 bytes.LongLength);
-            var targetNotes = new List<string>(notes);
             targetNotes.AddRange(allocation.Warnings.Select(w => w.Message));
             if (options.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
                 targetNotes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
@@ -386,4 +400,7 @@ public static class Compiler
     internal static string Sha256(byte[] bytes) => Convert.ToHexString(SHA256.HashData(bytes)).ToLowerInvariant();
 
     internal static string Format(double bits) => bits.ToString("0.##", CultureInfo.InvariantCulture);
+
+    private static string FirstLine(string message) =>
+        message.ReplaceLineEndings("\n").Split('\n', StringSplitOptions.RemoveEmptyEntries).FirstOrDefault()?.Trim() ?? "";
 }

@@ -36,7 +36,12 @@ public static class QdqRewriter
 {
     public const string MicrosoftDomain = "com.microsoft";
 
-    public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, CompileOptions options)
+    /// <param name="allowInt2">
+    /// False keeps 2-bit weights in INT4 containers (same values, opset 21 instead of 25), for models with ops that
+    /// the runtime cannot load at opset 25.
+    /// </param>
+    public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, CompileOptions options,
+        bool allowInt2 = true)
     {
         var graph = model.Graph;
         var storage = new List<LayerStorage>();
@@ -65,6 +70,8 @@ public static class QdqRewriter
             else
             {
                 var container = Container(plan.MaxBits);
+                if (container == DataType.Int2 && !allowInt2)
+                    container = DataType.Int4;
                 // ONNX Runtime 1.30 fuses DequantizeLinear(INT2) -> MatMul/Gemm into MatMulNBits and gets the wrong
                 // answer when the output channels are not a multiple of 4 (checked by a test); such layers keep their
                 // 2-bit values in an INT4 container.

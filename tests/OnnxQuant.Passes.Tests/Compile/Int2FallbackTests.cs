@@ -1,0 +1,68 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Data;
+using OnnxQuant.Runtime;
+using Attribute = OnnxQuant.Frontend.Attribute;
+
+namespace OnnxQuant.Passes.Tests.Compile;
+
+/// <summary>
+/// INT2 containers need opset 25, where RoiAlign resolves to version 22, which ONNX Runtime 1.30 has no kernel for
+/// (as in every torchvision Mask-RCNN export). The compile must still succeed: same 2-bit values, INT4 containers at
+/// opset 21, and a note that says so.
+/// </summary>
+public sealed class Int2FallbackTests : IDisposable
+{
+    private readonly string _root = Path.Combine(Path.GetTempPath(), $"onnxquant-int2-{Guid.NewGuid():N}");
+
+    public void Dispose() => Directory.Delete(_root, true);
+
+    private static Model ConvThenRoiAlign()
+    {
+        var net = new Net(17, seed: 5);
+        var x = net.BatchInput("images", 3, 16, 16);
+        var conv = net.Op("Conv", [x, net.Random("backbone.conv.weight", [16, 3, 3, 3], 0.4f)], Attribute.FromInts("pads", [1, 1, 1, 1]));
+        var relu = net.Op("Relu", [conv]);
+        var rois = net.Init("rois", [2, 4], [0, 0, 8, 8, 4, 4, 15, 15]);
+        var batch = net.Graph.AddInitializer("roi_batch", Tensor.FromInt64s("roi_batch", [2], [0, 0]));
+        var pooled = net.Op("RoiAlign", [relu, rois, batch], Attribute.FromInt("output_height", 2), Attribute.FromInt("output_width", 2),
+            Attribute.FromString("coordinate_transformation_mode", "output_half_pixel"));
+        pooled.Name = "pooled";
+        net.Output(pooled);
+        return net.Model;
+    }
+
+    [Fact]
+    public void TwoBitLayersFallBackToInt4WhenTheRuntimeRefusesOpset25()
+    {
+        Directory.CreateDirectory(_root);
+        var modelPath = Path.Combine(_root, "roi.onnx");
+        ModelIO.Save(ConvThenRoiAlign(), modelPath);
+        var dataPath = Path.Combine(_root, "calib.npz");
+        Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(24, 3), 24, 3, 16, 16))]);
+
+        var result = Compiler.Run(modelPath, dataPath, Path.Combine(_root, "out"),
+            new CompileOptions { TargetBits = [2], CandidateBits = [2, 4], CalibSamples = 16, VerifySamples = 8, CacheDir = null },
+            "test", SilentProgress.Instance);
+
+        var report = result.Targets.Single().Report;
+        Assert.Equal(2, report.Units.Single().Bits);
+        Assert.Equal(21, report.Opset);
+        var layer = report.Layers.Single();
+        Assert.Equal(DataType.Int4, layer.Container);
+        Assert.Equal(2, layer.MaxBits);
+        Assert.Contains(report.Notes, n => n.Contains("INT4 containers instead") && n.Contains("RoiAlign"));
+
+        // The written model holds 2-bit values in its INT4 weight and runs.
+        var model = ModelIO.Load(result.Targets[0].ModelPath);
+        // The weight is the largest INT4 initializer (its zero point is INT4 too).
+        var weight = model.Graph.Initializers.Where(v => v.Initializer!.DataType == DataType.Int4)
+            .MaxBy(v => v.Initializer!.ElementCount)!.Initializer!.ToFloatArray();
+        Assert.Equal(16 * 3 * 3 * 3, weight.Length);
+        Assert.All(weight, v => Assert.InRange(v, -2, 1));
+        using var session = InferenceSession.Create(result.Targets[0].ModelPath);
+        var output = session.Run([new NamedTensor("images", TensorData.FromFloats(TestModels.Images(1, 9), [1, 3, 16, 16]))]).Single();
+        Assert.Equal([2L, 16, 2, 2], output.Data.Shape);
+        Assert.True(report.Distortion.Measured < 1, $"measured distortion {report.Distortion.Measured}");
+    }
+}
