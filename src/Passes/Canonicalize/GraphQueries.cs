@@ -21,4 +21,28 @@ internal static class GraphQueries
     /// <summary>Adds a float initializer with a name derived from <paramref name="prefix"/>.</summary>
     public static Value AddFloatInitializer(Graph graph, string prefix, long[] dims, float[] data) =>
         graph.AddInitializer(graph.UniqueName(prefix), Tensor.FromFloats(prefix, dims, data));
+
+    /// <summary>
+    /// Removes a pass-through node (its first output equals <paramref name="input"/>) and rewires its readers to the
+    /// input. When the output is a graph output its name is kept by renaming the producer's output instead, which is
+    /// impossible (and refused, returning false) for a graph input, another graph output or an outer-scope value.
+    /// </summary>
+    public static bool TryBypass(Graph graph, Node node, Value input)
+    {
+        var output = node.Outputs[0];
+        if (output.IsGraphOutput)
+        {
+            if (input.Producer is null || input.IsGraphOutput || input.Graph != graph)
+                return false;
+            graph.RemoveNode(node, force: true);
+            graph.ReplaceAllUsesWith(output, input, replaceGraphOutputs: true);
+            input.Name = output.Name;
+        }
+        else
+        {
+            graph.ReplaceAllUsesWith(output, input);
+            graph.RemoveNode(node);
+        }
+        return true;
+    }
 }

@@ -24,21 +24,8 @@ public sealed class RemoveDropoutPass : IPass
                     continue;
                 if (node.Outputs.Skip(1).Any(o => !o.IsOmitted && !GraphQueries.IsUnused(o)))
                     continue;
-                var output = node.Outputs[0];
-                if (output.IsGraphOutput)
-                {
-                    if (input.Producer is null || input.IsGraphOutput || input.Graph != graph)
-                        continue;
-                    graph.RemoveNode(node, force: true);
-                    graph.ReplaceAllUsesWith(output, input, replaceGraphOutputs: true);
-                    input.Name = output.Name;
-                }
-                else
-                {
-                    graph.ReplaceAllUsesWith(output, input);
-                    graph.RemoveNode(node);
-                }
-                removed++;
+                if (GraphQueries.TryBypass(graph, node, input))
+                    removed++;
             }
         }
         return PassResult.Changed(removed);

@@ -22,22 +22,8 @@ public sealed class RemoveIdentityPass : IPass
                 if (node.OpType != "Identity" || !GraphQueries.IsDefaultDomain(node) || node.Inputs.Count != 1 ||
                     node.Inputs[0] is not { } input || node.Outputs.Count != 1)
                     continue;
-                var output = node.Outputs[0];
-                if (output.IsGraphOutput)
-                {
-                    // Keep the graph output's name: only possible by renaming the producer's output.
-                    if (input.Producer is null || input.IsGraphOutput || input.Graph != graph)
-                        continue;
-                    graph.RemoveNode(node, force: true);
-                    graph.ReplaceAllUsesWith(output, input, replaceGraphOutputs: true);
-                    input.Name = output.Name;
-                }
-                else
-                {
-                    graph.ReplaceAllUsesWith(output, input);
-                    graph.RemoveNode(node);
-                }
-                removed++;
+                if (GraphQueries.TryBypass(graph, node, input))
+                    removed++;
             }
         }
         return PassResult.Changed(removed);
