@@ -8,6 +8,7 @@ from typing import Callable, List
 import numpy as np
 import torch
 
+from .schedule import apply_lr
 from .dataset import SamplePool, detr_targets, normalize
 from .detr import DETR, DetrConfig, SetCriterion, detr_small
 
@@ -53,13 +54,10 @@ def train_detr(pool: SamplePool, recipe: DetrRecipe = DetrRecipe(), config: Detr
     model.train()
     criterion = SetCriterion(config.num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    drop_at = int(recipe.iterations * recipe.lr_drop_fraction)
     start = time.time()
     window: List[float] = []
     for it in range(recipe.iterations):
-        lr = recipe.lr * min(1.0, (it + 1) / recipe.warmup) * (0.1 if it >= drop_at else 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = apply_lr(optimizer, recipe, it)
         images, targets = detr_batch(pool, rng, recipe.batch_size)
         loss, terms = criterion(model(images), targets)
         optimizer.zero_grad()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torchvision.models.detection.mask_rcnn import MaskRCNN
 
+from .schedule import apply_lr
 from .dataset import SamplePool, normalize
 from .maskrcnn import MaskRcnnConfig, build_maskrcnn, maskrcnn_swin_small
 
@@ -51,13 +52,10 @@ def train_maskrcnn(pool: SamplePool, recipe: MaskRcnnRecipe = MaskRcnnRecipe(),
     model = model if model is not None else build_maskrcnn(config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    drop_at = int(recipe.iterations * recipe.lr_drop_fraction)
     start = time.time()
     window: List[float] = []
     for it in range(recipe.iterations):
-        lr = recipe.lr * min(1.0, (it + 1) / recipe.warmup) * (0.1 if it >= drop_at else 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = apply_lr(optimizer, recipe, it)
         images, targets = maskrcnn_batch(pool, rng, recipe.batch_size)
         losses = model(images, targets)
         loss = sum(losses.values())
