@@ -4,6 +4,11 @@ using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Calibration;
 using OnnxQuant.Passes.Compile;
 using OnnxQuant.Runtime;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Curves;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Artifact;
 
 namespace OnnxQuant.Benchmarks;
 
@@ -59,7 +64,7 @@ public static class CompileStagesBenchmark
             {
                 clock.Restart();
                 var result = Compiler.Run(modelPath, calibPath, outDir,
-                    new CompileOptions { TargetBits = targets, CalibSamples = samples, CacheDir = null }, "bench", SilentProgress.Instance);
+                    new CompileOptions { Allocation = new() { TargetBits = targets }, Data = new() { CalibSamples = samples }, Curves = new() { CacheDir = null } }, "bench", SilentProgress.Instance);
                 var total = clock.Elapsed.TotalSeconds;
                 Console.WriteLine($"compile-stages: {Path.GetFileName(modelPath)}, {samples} calibration samples, target {string.Join(",", targets)} bits, " +
                                   $"{result.Units} units, {result.CurveRuns} curve runs");

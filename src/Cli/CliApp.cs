@@ -6,7 +6,10 @@ namespace OnnxQuant.Cli;
 public static class ExitCodes
 {
     public const int Ok = 0;
-    /// <summary>Internal error: a bug in the tool, always printed with its stack trace.</summary>
+    /// <summary>
+    /// Internal error: a bug in the tool, never the user's input (an unexpected exception, an invariant broken, or
+    /// ONNX Runtime rejecting a model the compiler wrote). Printed with what to attach to a bug report.
+    /// </summary>
     public const int InternalError = 1;
     /// <summary>Bad input: the file, data, options or budget the user gave cannot be used.</summary>
     public const int BadInput = 2;
@@ -76,7 +79,13 @@ public static class ErrorReporter
                 stderr.WriteLine(ex.ToString());
             return code;
         }
+        // Not the user's fault: say so, and say what a bug report needs.
         stderr.WriteLine($"internal error: {OneLine(ex.Message)}");
+        stderr.WriteLine($"This is a bug in onnxquant {VersionCommand.ToolVersion}, not a problem with your input. Please report it with:");
+        stderr.WriteLine($"  - the command line: onnxquant {string.Join(" ", Environment.GetCommandLineArgs().Skip(1))}");
+        if (ex is OnnxQuant.Passes.InternalFailureException { DebugDirectory: { } debug })
+            stderr.WriteLine($"  - the folder {debug} (the failing model and the error)");
+        stderr.WriteLine("  - the trace below");
         stderr.WriteLine(ex.ToString());
         return ExitCodes.InternalError;
     }

@@ -1,4 +1,4 @@
-using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Artifact;
 
 namespace OnnxQuant.QatBridge;
 

@@ -43,7 +43,7 @@ public sealed record QatImportResult(string ModelPath, string ReportPath, string
 public static class QatImporter
 {
     public const string ReportSchema = "onnxquant.qat-import-report/1";
-    public const string ManifestSchema = "onnxquant.manifest/1";
+    public const string ManifestSchema = "onnxquant.qat-manifest/1";
 
     /// <exception cref="FileNotFoundException">The student or the named scales file does not exist.</exception>
     /// <exception cref="FrontendException">The student is not a valid ONNX model.</exception>

@@ -57,7 +57,7 @@ public class QatImportTests(StudentFixture fixture) : IClassFixture<StudentFixtu
         Assert.Contains(result.Report.Learned.Attention, a => a is { Name: "decoder.0.cross_attn", Aligned: true, AttentionBits: 8 });
         Assert.Equal(["pred_logits", "pred_boxes"], result.Report.Check.Outputs.Select(o => o.Name));
         var manifest = File.ReadAllText(result.ManifestPath);
-        Assert.Contains("onnxquant.manifest/1", manifest);
+        Assert.Contains("onnxquant.qat-manifest/1", manifest);
         Assert.Contains("model.onnx", manifest);
         Assert.Contains("onnxquant.qat-import-report/1", File.ReadAllText(result.ReportPath));
     }

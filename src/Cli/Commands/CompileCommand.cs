@@ -1,10 +1,15 @@
 using System.CommandLine;
 using System.Globalization;
+using OnnxQuant.Passes.Allocate;
 using OnnxQuant.Passes.Calibration;
 using OnnxQuant.Passes.Compile;
-using OnnxQuant.Passes.Data;
-using OnnxQuant.Passes.Evaluation;
-using OnnxQuant.Runtime;
+using OnnxQuant.Passes.Curves;
+using OnnxQuant.Passes.Guards;
+using OnnxQuant.Passes.Load;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Rewrite;
+using OnnxQuant.Passes.Units;
 using Spectre.Console;
 
 namespace OnnxQuant.Cli;
@@ -42,6 +47,7 @@ internal static class CompileCommand
         var format = new Option<string>("--format") { Description = "qdq, or matmulnbits (MatMul weights packed weight-only)", DefaultValueFactory = _ => "qdq" };
         format.AcceptOnlyFromAmong("qdq", "matmulnbits");
         var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
+        var runBatch = new Option<int>("--run-batch") { Description = "Samples stacked into one ONNX Runtime run when the model's batch axis is symbolic", DefaultValueFactory = _ => 8 };
         var curves = new Option<string>("--curves") { Description = "exact (measured at every width) or fast (proxy scaled by one measured width)", DefaultValueFactory = _ => "exact" };
         curves.AcceptOnlyFromAmong("exact", "fast");
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Curve cache folder (default $XDG_CACHE_HOME/onnxquant/curves)" };
@@ -60,57 +66,75 @@ internal static class CompileCommand
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
                      actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, cacheDir, noCache,
-                     maxDistortion, maxDrop, evalData, evalAnnotations, threads, ortLib, quiet, emitRecipe, recipeAttentionBits })
+                     maxDistortion, maxDrop, evalData, evalAnnotations, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
         command.SetAction(parse =>
         {
             var options = new CompileOptions
             {
-                TargetBits = ParseList(parse.GetValue(targets)!, "--target-bits", s => double.Parse(s, CultureInfo.InvariantCulture)),
-                CalibSamples = parse.GetValue(calibSamples),
-                VerifySamples = parse.GetValue(verifySamples),
-                VerifyData = parse.GetValue(verifyData),
-                Features = SplitAll(parse.GetValue(feature)),
-                CandidateBits = ParseList(parse.GetValue(bits)!, "--bits", s => int.Parse(s, CultureInfo.InvariantCulture)),
-                MinBits = parse.GetValue(minBits),
-                Solver = parse.GetValue(solver) == "dp" ? SolverKind.Dp : SolverKind.Lagrangian,
-                Epsilon = parse.GetValue(epsilon),
-                ActBits = parse.GetValue(actBits),
-                ActCalibration = parse.GetValue(actCalibration) switch
+                Data = new DataOptions
                 {
-                    "percentile" => CalibrationMethod.Percentile,
-                    "entropy" => CalibrationMethod.Entropy,
-                    "mse" => CalibrationMethod.Mse,
-                    _ => CalibrationMethod.MinMax,
+                    CalibSamples = parse.GetValue(calibSamples),
+                    VerifySamples = parse.GetValue(verifySamples),
+                    VerifyData = parse.GetValue(verifyData),
                 },
-                Granularity = parse.GetValue(granularity) == "group" ? Granularity.Group : Granularity.Layer,
-                GroupSize = parse.GetValue(groupSize),
-                Exclude = SplitAll(parse.GetValue(exclude)),
-                HeadBits = parse.GetValue(headBits),
-                Format = parse.GetValue(format) == "matmulnbits" ? WeightFormat.MatMulNBits : WeightFormat.Qdq,
-                BlockSize = parse.GetValue(blockSize),
-                Curves = parse.GetValue(curves) == "fast" ? CurveMode.Fast : CurveMode.Exact,
-                CacheDir = parse.GetValue(noCache) ? null : parse.GetValue(cacheDir) ?? DefaultCacheDir(),
-                MaxDistortion = parse.GetValue(maxDistortion),
-                Threads = parse.GetValue(threads),
+                Features = new FeatureOptions { Features = SplitAll(parse.GetValue(feature)) },
+                Units = new UnitOptions
+                {
+                    Granularity = parse.GetValue(granularity) == "group" ? Granularity.Group : Granularity.Layer,
+                    GroupSize = parse.GetValue(groupSize),
+                    Exclude = SplitAll(parse.GetValue(exclude)),
+                    HeadBits = parse.GetValue(headBits),
+                },
+                Calibration = new CalibrationOptions
+                {
+                    ActBits = parse.GetValue(actBits),
+                    ActCalibration = parse.GetValue(actCalibration) switch
+                    {
+                        "percentile" => CalibrationMethod.Percentile,
+                        "entropy" => CalibrationMethod.Entropy,
+                        "mse" => CalibrationMethod.Mse,
+                        _ => CalibrationMethod.MinMax,
+                    },
+                },
+                Curves = new CurveOptions
+                {
+                    CandidateBits = ParseList(parse.GetValue(bits)!, "--bits", s => int.Parse(s, CultureInfo.InvariantCulture)),
+                    Mode = parse.GetValue(curves) == "fast" ? CurveMode.Fast : CurveMode.Exact,
+                    CacheDir = parse.GetValue(noCache) ? null : parse.GetValue(cacheDir) ?? DefaultCacheDir(),
+                },
+                Allocation = new AllocationOptions
+                {
+                    TargetBits = ParseList(parse.GetValue(targets)!, "--target-bits", s => double.Parse(s, CultureInfo.InvariantCulture)),
+                    MinBits = parse.GetValue(minBits),
+                    Solver = parse.GetValue(solver) == "dp" ? SolverKind.Dp : SolverKind.Lagrangian,
+                    Epsilon = parse.GetValue(epsilon),
+                },
+                Rewrite = new RewriteOptions
+                {
+                    Format = parse.GetValue(format) == "matmulnbits" ? WeightFormat.MatMulNBits : WeightFormat.Qdq,
+                    BlockSize = parse.GetValue(blockSize),
+                },
+                Guards = new GuardOptions
+                {
+                    MaxDistortion = parse.GetValue(maxDistortion),
+                    MaxDrop = parse.GetValue(maxDrop),
+                    EvalData = parse.GetValue(evalData),
+                    EvalAnnotations = parse.GetValue(evalAnnotations),
+                },
+                Execution = new ExecutionOptions
+                {
+                    Threads = parse.GetValue(threads),
+                    RunBatch = parse.GetValue(runBatch),
+                },
             };
-            var drop = parse.GetValue(maxDrop);
-            var evalDataPath = parse.GetValue(evalData);
-            var evalAnnotationsPath = parse.GetValue(evalAnnotations);
-            if (drop is not null && (evalDataPath is null || evalAnnotationsPath is null))
-                throw new CliInputException("--max-drop needs --eval-data and --eval-annotations");
-            if (drop is < 0)
-                throw new CliInputException($"--max-drop {drop} is negative");
             var recipePath = parse.GetValue(emitRecipe);
-            if (recipePath is not null && options.TargetBits.Count != 1)
+            if (recipePath is not null && options.Allocation.TargetBits.Count != 1)
                 throw new CliInputException("--emit-qat-recipe needs exactly one --target-bits value: a recipe describes one allocation");
             var attentionBits = parse.GetValue(recipeAttentionBits);
             if (recipePath is not null)
                 OnnxQuant.QatBridge.BitWidths.CheckBits(attentionBits, "--qat-attention-bits");
-            // Check the evaluation inputs before any work, so a typo does not cost a whole compile.
-            var evalArrays = evalDataPath is null ? null : Npz.Read(evalDataPath);
-            var groundTruth = evalAnnotationsPath is null ? null : CocoDataset.Load(evalAnnotationsPath);
             RuntimeCliOptions.Initialize(parse, ortLib);
 
             var error = parse.InvocationConfiguration.Error;
@@ -120,38 +144,14 @@ internal static class CompileCommand
             var result = WithProgress(error, parse.GetValue(quiet), sink =>
                 Compiler.Run(modelPath, parse.GetValue(calib)!, outDir, options, VersionCommand.ToolVersion, sink));
 
-            string? dropMessage = null;
-            IReadOnlyList<(double Target, double FloatAp, double QuantAp)>? aps = null;
-            if (evalArrays is not null && groundTruth is not null)
-            {
-                var sessionOptions = new SessionOptions { IntraOpThreads = options.Threads }
-                    .WithConfig(SessionConfigKeys.QdqMatMulNBitsAccuracyLevel, "0");
-                double Ap(string path)
-                {
-                    using var session = InferenceSession.Create(path, sessionOptions);
-                    return DetectionEvaluator.Evaluate(session, evalArrays, groundTruth).Bbox.AP ?? 0;
-                }
-                var floatAp = Ap(modelPath);
-                aps = result.Targets.Select(t => (t.Report.TargetBits, floatAp, Ap(t.ModelPath))).ToList();
-                if (drop is { } maxPoints)
-                {
-                    var failed = aps.Where(a => (a.FloatAp - a.QuantAp) * 100 > maxPoints).ToList();
-                    if (failed.Count > 0)
-                        dropMessage = $"accuracy guard failed: bbox AP drops {string.Join(", ", failed.Select(f => $"{((f.FloatAp - f.QuantAp) * 100).ToString("0.0", CultureInfo.InvariantCulture)} points at {f.Target.ToString(CultureInfo.InvariantCulture)} bits"))}, more than --max-drop {maxPoints.ToString(CultureInfo.InvariantCulture)}";
-                }
-            }
-
-            WriteSummary(stdout, result, aps);
+            WriteSummary(stdout, result, result.Guards.Accuracy);
             if (recipePath is not null)
             {
                 var recipe = OnnxQuant.QatBridge.CompileRecipe.FromReport(result.Targets[0].Report, modelPath, attentionBits);
                 OnnxQuant.QatBridge.QatRecipeJson.Write(recipe, recipePath);
                 stdout.WriteLine($"written: {recipePath} (QAT recipe, {recipe.Layers.Count} layers, {recipe.FloatLayers.Count} float)");
             }
-            var guard = result.GuardMessage ?? dropMessage;
-            if (result.GuardFailed && dropMessage is not null)
-                guard = result.GuardMessage + "; " + dropMessage;
-            if (guard is not null)
+            if (result.GuardMessage is { } guard)
             {
                 error.WriteLine($"error: {guard}");
                 return ExitCodes.AccuracyGuard;
@@ -227,7 +227,7 @@ internal static class CompileCommand
         }
     }
 
-    private static void WriteSummary(TextWriter output, CompileResult result, IReadOnlyList<(double Target, double FloatAp, double QuantAp)>? aps)
+    private static void WriteSummary(TextWriter output, CompileResult result, IReadOnlyList<TargetAccuracy>? aps)
     {
         var interactive = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected;
         var console = AnsiConsole.Create(new AnsiConsoleSettings
@@ -261,7 +261,7 @@ internal static class CompileCommand
             if (aps?.FirstOrDefault(a => a.Target == r.TargetBits) is { } ap)
             {
                 row.Add(F(ap.FloatAp * 100, "0.0"));
-                row.Add(F(ap.QuantAp * 100, "0.0"));
+                row.Add(F(ap.QuantizedAp * 100, "0.0"));
             }
             table.AddRow(row.Select(Markup.Escape).ToArray());
         }

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Security.Cryptography;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Data;
+using OnnxQuant.Runtime;
 
 namespace OnnxQuant.Passes.Calibration;
 
@@ -19,7 +20,11 @@ public sealed record InputSpec(string Name, DataType DataType, IReadOnlyList<lon
 }
 
 /// <summary>One input's values for a run of one or more samples stacked along the first axis.</summary>
-public sealed record InputBatch(string Name, DataType DataType, long[] Shape, byte[] Data);
+public sealed record InputBatch(string Name, DataType DataType, long[] Shape, byte[] Data)
+{
+    /// <summary>The batch as an ONNX Runtime input (the bytes are not copied).</summary>
+    public NamedTensor ToNamedTensor() => new(Name, TensorData.FromBytes(DataType, Data, Shape));
+}
 
 /// <summary>
 /// Calibration samples checked against the model's inputs: every input has the same number of samples, the model's
@@ -141,6 +146,24 @@ public sealed class CalibrationSet
         }
         return checked((int)(array.Shape[0] / rows));
     }
+
+    /// <summary>
+    /// The one batching rule of every stage that streams samples through ONNX Runtime: samples
+    /// [start, start + count) in runs of <paramref name="runBatch"/> stacked samples when every input's batch axis is
+    /// symbolic, one sample per run otherwise. Each run is returned with its first sample index and sample count.
+    /// </summary>
+    public IEnumerable<(int Start, int Count, IReadOnlyList<InputBatch> Inputs)> Runs(int start, int count, int runBatch)
+    {
+        var step = SamplesPerRun(runBatch);
+        for (var s = start; s < start + count; s += step)
+        {
+            var n = Math.Min(step, start + count - s);
+            yield return (s, n, Batch(s, n));
+        }
+    }
+
+    /// <summary>Samples stacked into one run: <paramref name="runBatch"/> when the batch axis is symbolic, else 1.</summary>
+    public int SamplesPerRun(int runBatch) => _inputs.All(i => i.BatchIsSymbolic) ? Math.Max(1, runBatch) : 1;
 
     /// <summary>
     /// Samples [start, start+count) stacked along the first axis, one <see cref="InputBatch"/> per input. With a

@@ -1,5 +1,6 @@
 using OnnxQuant.Frontend;
-using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Quantization;
 using OnnxQuant.Runtime;
 
 namespace OnnxQuant.Passes.Calibration;
@@ -51,11 +52,8 @@ public static class Calibrator
         var moments = targets.Where(t => t.MomentsAxis is not null)
             .ToDictionary(t => t.Tensor, t => new MomentAccumulator(t.MomentsAxis!.Value), StringComparer.Ordinal);
         using var session = outputs.Count > 0 ? InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions) : null;
-        var step = data.Inputs.All(i => i.BatchIsSymbolic) ? Math.Max(1, runBatch) : 1;
-        for (var start = 0; start < samples; start += step)
+        foreach (var (start, count, batch) in data.Runs(0, samples, runBatch))
         {
-            var count = Math.Min(step, samples - start);
-            var batch = data.Batch(start, count);
             foreach (var input in batch)
                 if (observers.TryGetValue(input.Name, out var o))
                 {
@@ -67,7 +65,7 @@ public static class Calibrator
                 }
             if (session is not null)
             {
-                var result = session.Run(batch.Select(b => new NamedTensor(b.Name, TensorData.FromBytes(b.DataType, b.Data, b.Shape))).ToList(), outputs);
+                var result = session.Run(batch.Select(b => b.ToNamedTensor()).ToList(), outputs);
                 foreach (var output in result)
                 {
                     var values = output.Data.ToFloats();
@@ -84,19 +82,12 @@ public static class Calibrator
         var ranges = targets.Select(t =>
         {
             var (min, max) = observers[t.Tensor].ComputeRange();
-            return new ActivationRange(t.Tensor, Round(min), Round(max));
+            return new ActivationRange(t.Tensor, StableRounding.Round(min), StableRounding.Round(max));
         }).ToList();
         var momentList = targets.Where(t => moments.ContainsKey(t.Tensor))
             .Select(t => new ChannelMoments(t.Tensor, t.MomentsAxis!.Value, moments[t.Tensor].Result())).ToList();
         return new CalibrationTable(method, samples, ranges, momentList);
     }
-
-    /// <summary>
-    /// Ranges are rounded to 6 significant digits so that the last-bit differences ONNX Runtime may show between
-    /// thread counts do not change the output model's bytes.
-    /// </summary>
-    internal static float Round(float value) =>
-        value == 0 || !float.IsFinite(value) ? value : (float)double.Parse(value.ToString("G6", System.Globalization.CultureInfo.InvariantCulture), System.Globalization.CultureInfo.InvariantCulture);
 
     private sealed class MomentAccumulator(int axis)
     {

@@ -1,7 +1,8 @@
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Calibration;
 using OnnxQuant.Passes.Canonicalize;
-using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Rewrite;
 using OnnxQuant.Passes.Quantization;
 using OnnxQuant.Passes.Units;
 using OnnxQuant.Runtime;
@@ -21,8 +22,8 @@ public sealed record CurveSet(IReadOnlyList<UnitCurve> Curves, CurveMode Mode, b
 public static class CurveMeasurer
 {
     public static CurveSet Measure(Model model, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features,
-        CalibrationSet data, int samples, CalibrationTable? calibration, CompileOptions options, SessionOptions sessionOptions,
-        IProgressSink progress)
+        CalibrationSet data, int samples, CalibrationTable? calibration, CurveOptions options, RewriteOptions storage, int runBatch,
+        SessionOptions sessionOptions, IProgressSink progress)
     {
         var bits = options.CandidateBits.OrderBy(b => b).ToArray();
         var layers = units.Select(u => u.Layer).Distinct().ToList();
@@ -30,23 +31,23 @@ public static class CurveMeasurer
         var weights = layers.Select(l => new WeightInput(l.WeightName, l.WeightShape,
             model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray())).ToList();
         var weightByLayer = layers.Zip(weights).ToDictionary(p => p.First, p => p.Second.Values);
-        using var distortion = new FeatureDistortion(ModelIO.ToBytes(curveModel), data, samples, features, weights, sessionOptions, options.RunBatch);
+        using var distortion = new FeatureDistortion(ModelIO.ToBytes(curveModel), data, samples, features, weights, sessionOptions, runBatch);
 
-        var measuredBits = options.Curves == CurveMode.Exact ? bits : [ReferenceBits(bits)];
+        var measuredBits = options.Mode == CurveMode.Exact ? bits : [ReferenceBits(bits)];
         var runs = 0;
         var fakeCache = new Dictionary<(QuantLayer, int), float[]>();
         float[] Fake(QuantLayer layer, int b)
         {
             if (!fakeCache.TryGetValue((layer, b), out var q))
             {
-                q = QuantMath.FakeQuantizeWeight(weightByLayer[layer], layer.Layout(options.Format, options.BlockSize), b);
+                q = QuantMath.FakeQuantizeWeight(weightByLayer[layer], layer.Layout(storage.Format, storage.BlockSize), b);
                 fakeCache[(layer, b)] = q;
             }
             return q;
         }
 
         var measured = new double[units.Count][];
-        using (var stage = progress.Begin(options.Curves == CurveMode.Exact ? "curves" : "curves (fast)", units.Count * measuredBits.Length))
+        using (var stage = progress.Begin(options.Mode == CurveMode.Exact ? "curves" : "curves (fast)", units.Count * measuredBits.Length))
         {
             var outputChannels = new Dictionary<QuantLayer, int[]>();
             for (var u = 0; u < units.Count; u++)
@@ -70,7 +71,7 @@ public static class CurveMeasurer
                             if (channelOf[i] >= unit.ChannelStart && channelOf[i] < unit.ChannelStart + unit.ChannelCount)
                                 replaced[i] = fake[i];
                     }
-                    measured[u][k] = RoundDistortion(distortion.Measure(new Dictionary<string, float[]> { [layer.WeightName] = replaced }));
+                    measured[u][k] = StableRounding.Round(distortion.Measure(new Dictionary<string, float[]> { [layer.WeightName] = replaced }));
                     runs += distortion.RunsPerMeasurement;
                     stage.Advance();
                 }
@@ -86,7 +87,7 @@ public static class CurveMeasurer
         {
             var unit = units[u];
             double[] values;
-            if (options.Curves == CurveMode.Exact)
+            if (options.Mode == CurveMode.Exact)
                 values = measured[u];
             else
             {
@@ -102,23 +103,16 @@ public static class CurveMeasurer
                     mask = Enumerable.Range(0, channelOf.Length)
                         .Where(i => channelOf[i] >= unit.ChannelStart && channelOf[i] < unit.ChannelStart + unit.ChannelCount).ToArray();
                 }
-                var proxy = FastCurveProxy.Proxy(weightByLayer[layer], layer.Layout(options.Format, options.BlockSize), inputChannel, moments, bits, mask);
-                values = FastCurveProxy.Calibrate(proxy, Array.IndexOf(bits, measuredBits[0]), measured[u][0]).Select(RoundDistortion).ToArray();
+                var proxy = FastCurveProxy.Proxy(weightByLayer[layer], layer.Layout(storage.Format, storage.BlockSize), inputChannel, moments, bits, mask);
+                values = FastCurveProxy.Calibrate(proxy, Array.IndexOf(bits, measuredBits[0]), measured[u][0]).Select(StableRounding.Round).ToArray();
             }
             curves.Add(new UnitCurve(unit.Name, unit.Size, bits, values));
         }
-        return new CurveSet(curves, options.Curves, false, runs);
+        return new CurveSet(curves, options.Mode, false, runs);
     }
 
     /// <summary>The width fast mode measures exactly: 4 bits when it is a candidate, else the middle candidate.</summary>
     public static int ReferenceBits(IReadOnlyList<int> bits) => bits.Contains(4) ? 4 : bits[bits.Count / 2];
-
-    /// <summary>
-    /// Distortions keep 6 significant digits: enough for the allocation, and robust to the last-bit differences
-    /// ONNX Runtime shows between thread counts, so allocations and outputs do not depend on the machine's cores.
-    /// </summary>
-    internal static double RoundDistortion(double value) =>
-        value == 0 || !double.IsFinite(value) ? value : double.Parse(value.ToString("G6", System.Globalization.CultureInfo.InvariantCulture), System.Globalization.CultureInfo.InvariantCulture);
 
     /// <summary>The model with the features as its only outputs, the layers' weights as graph inputs, dead nodes gone.</summary>
     internal static Model BuildCurveModel(Model model, IReadOnlyList<QuantLayer> layers, IReadOnlyList<string> features)

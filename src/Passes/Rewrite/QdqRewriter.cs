@@ -1,6 +1,5 @@
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Calibration;
-using OnnxQuant.Passes.Compile;
 using OnnxQuant.Passes.Quantization;
 using OnnxQuant.Passes.Units;
 using Attribute = OnnxQuant.Frontend.Attribute;
@@ -36,12 +35,13 @@ public static class QdqRewriter
 {
     public const string MicrosoftDomain = "com.microsoft";
 
+    /// <param name="actBits">Bits of the activations entering quantized layers (0 = weight-only).</param>
     /// <param name="allowInt2">
     /// False keeps 2-bit weights in INT4 containers (same values, opset 21 instead of 25), for models with ops that
     /// the runtime cannot load at opset 25.
     /// </param>
-    public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, CompileOptions options,
-        bool allowInt2 = true)
+    public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, RewriteOptions options,
+        int actBits, bool allowInt2 = true)
     {
         var graph = model.Graph;
         var storage = new List<LayerStorage>();
@@ -92,11 +92,11 @@ public static class QdqRewriter
         }
 
         var pairs = 0;
-        if (options.ActBits > 0 && calibration is not null)
+        if (actBits > 0 && calibration is not null)
         {
-            if (options.ActBits == 16)
+            if (actBits == 16)
                 requiredOpset = Math.Max(requiredOpset, 21);
-            pairs = InsertActivationQdq(graph, plans, quantizedNodes, calibration, options.ActBits);
+            pairs = InsertActivationQdq(graph, plans, quantizedNodes, calibration, actBits);
         }
         var opset = model.OpsetImports.Default ?? 1;
         if (opset < requiredOpset)

@@ -1,7 +1,6 @@
 using System.Text.RegularExpressions;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Canonicalize;
-using OnnxQuant.Passes.Compile;
 using OnnxQuant.Passes.Quantization;
 
 namespace OnnxQuant.Passes.Units;
@@ -96,7 +95,7 @@ public static class UnitDiscovery
 {
     public const int MinimumWeights = 64;
 
-    public static UnitDiscoveryResult Discover(Model model, IReadOnlyList<string> features, CompileOptions options)
+    public static UnitDiscoveryResult Discover(Model model, IReadOnlyList<string> features, UnitOptions options)
     {
         var graph = model.Graph;
         var featureValues = features.Select(f => graph.FindValue(f)
@@ -138,6 +137,21 @@ public static class UnitDiscovery
             }
         }
         return new UnitDiscoveryResult(layers, units, layers.Where(l => !l.ReachesFeature).ToList(), skipped);
+    }
+
+    /// <summary>
+    /// <see cref="Discover"/>, refusing a model in which nothing can be allocated: no quantizable layer at all, or
+    /// none that reaches the features.
+    /// </summary>
+    public static UnitDiscoveryResult DiscoverAllocatable(Model model, IReadOnlyList<string> features, UnitOptions options, string modelPath)
+    {
+        var discovery = Discover(model, features, options);
+        if (discovery.Units.Count > 0)
+            return discovery;
+        if (discovery.Layers.Count > 0)
+            throw new CompileException($"{modelPath}: none of the {discovery.Layers.Count} quantizable layers reaches the features {string.Join(", ", features)}");
+        var skipped = discovery.Skipped.Count > 0 ? $"; skipped: {string.Join("; ", discovery.Skipped.Select(s => $"{s.Name}: {s.Reason}"))}" : "";
+        throw new CompileException($"{modelPath}: no quantizable layer (Conv, Gemm or MatMul with a constant float weight) was found{skipped}");
     }
 
     private static QuantLayer? Describe(Node node, bool reaches, out string? reason)

@@ -2,6 +2,11 @@ using System.Text.Json;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Compile;
 using OnnxQuant.Runtime;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Curves;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Artifact;
 
 namespace OnnxQuant.Passes.Tests.Compile;
 
@@ -21,7 +26,7 @@ public sealed class CompileFixture : IDisposable
     public string Cache { get; }
 
     public CompileResult Compile(string name, CompileOptions options) =>
-        Compiler.Run(ModelPath, DataPath, Path.Combine(Root, name), options with { CacheDir = options.CacheDir ?? Cache }, "test", SilentProgress.Instance);
+        Compiler.Run(ModelPath, DataPath, Path.Combine(Root, name), options with { Curves = options.Curves with { CacheDir = options.Curves.CacheDir ?? Cache } }, "test", SilentProgress.Instance);
 
     public void Dispose() => Directory.Delete(Root, true);
 }
@@ -31,7 +36,7 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
     [Fact]
     public void FrontAt8643BitsRunsInOrtAndDistortionGrowsAsBitsDrop()
     {
-        var result = fixture.Compile("front", new CompileOptions { TargetBits = [8, 6, 4, 3] });
+        var result = fixture.Compile("front", new CompileOptions { Allocation = new() { TargetBits = [8, 6, 4, 3] } });
         Assert.Equal(4, result.Targets.Count);
         var measured = new List<double>();
         foreach (var target in result.Targets)
@@ -60,8 +65,8 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
     [Fact]
     public void MixedAllocationBeatsUniformAtTheSameSize()
     {
-        var mixed = fixture.Compile("mixed", new CompileOptions { TargetBits = [3] }).Targets[0].Report;
-        var uniform = fixture.Compile("uniform", new CompileOptions { TargetBits = [3], CandidateBits = [3], MinBits = 3 }).Targets[0].Report;
+        var mixed = fixture.Compile("mixed", new CompileOptions { Allocation = new() { TargetBits = [3] } }).Targets[0].Report;
+        var uniform = fixture.Compile("uniform", new CompileOptions { Allocation = new() { TargetBits = [3], MinBits = 3 }, Curves = new() { CandidateBits = [3] } }).Targets[0].Report;
         Assert.Equal(3.0, uniform.Rate, 9);
         Assert.True(mixed.Rate <= uniform.Rate + 1e-9);
         Assert.True(mixed.Units.Select(u => u.Bits).Distinct().Count() > 1, "the allocation is not mixed");
@@ -73,8 +78,8 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
     [Fact]
     public void CompilesAreByteIdenticalAcrossRunsAndThreadCounts()
     {
-        var a = fixture.Compile("det-a", new CompileOptions { TargetBits = [4], Threads = 1, CacheDir = Path.Combine(fixture.Root, "cache-a") });
-        var b = fixture.Compile("det-b", new CompileOptions { TargetBits = [4], Threads = 2, CacheDir = Path.Combine(fixture.Root, "cache-b") });
+        var a = fixture.Compile("det-a", new CompileOptions { Allocation = new() { TargetBits = [4] }, Execution = new() { Threads = 1 }, Curves = new() { CacheDir = Path.Combine(fixture.Root, "cache-a") } });
+        var b = fixture.Compile("det-b", new CompileOptions { Allocation = new() { TargetBits = [4] }, Execution = new() { Threads = 2 }, Curves = new() { CacheDir = Path.Combine(fixture.Root, "cache-b") } });
         Assert.False(a.Targets[0].Report.CurvesFromCache);
         Assert.False(b.Targets[0].Report.CurvesFromCache);
         Assert.Equal(File.ReadAllBytes(a.Targets[0].ModelPath), File.ReadAllBytes(b.Targets[0].ModelPath));
@@ -88,8 +93,8 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
     public void CurvesAreReusedFromTheCacheAtAnotherBudget()
     {
         var cache = Path.Combine(fixture.Root, "cache-reuse");
-        var first = fixture.Compile("reuse-4", new CompileOptions { TargetBits = [4], CacheDir = cache });
-        var second = fixture.Compile("reuse-5", new CompileOptions { TargetBits = [5], CacheDir = cache });
+        var first = fixture.Compile("reuse-4", new CompileOptions { Allocation = new() { TargetBits = [4] }, Curves = new() { CacheDir = cache } });
+        var second = fixture.Compile("reuse-5", new CompileOptions { Allocation = new() { TargetBits = [5] }, Curves = new() { CacheDir = cache } });
         Assert.False(first.Targets[0].Report.CurvesFromCache);
         Assert.True(second.Targets[0].Report.CurvesFromCache);
         Assert.Equal(0, second.CurveRuns);
@@ -100,7 +105,7 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
     [Fact]
     public void ReportHasTheIssueKeys()
     {
-        var result = fixture.Compile("report", new CompileOptions { TargetBits = [4] });
+        var result = fixture.Compile("report", new CompileOptions { Allocation = new() { TargetBits = [4] } });
         using var doc = JsonDocument.Parse(File.ReadAllBytes(result.Targets[0].ReportPath));
         var root = doc.RootElement;
         Assert.Equal("onnxquant.report/1", root.GetProperty("schema").GetString());
@@ -120,7 +125,7 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
     [Fact]
     public void LayersThatDoNotReachTheFeatureStayAtHeadBits()
     {
-        var result = fixture.Compile("heads", new CompileOptions { TargetBits = [3], Features = ["encoded"] });
+        var result = fixture.Compile("heads", new CompileOptions { Allocation = new() { TargetBits = [3] }, Features = new() { Features = ["encoded"] } });
         var r = result.Targets[0].Report;
         Assert.Equal(["box_head", "class_head"], r.Heads.Select(h => h.Layer).Order().ToList());
         Assert.All(r.Heads, h => Assert.Equal(8, h.Bits));
@@ -132,7 +137,7 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
     [Fact]
     public void GroupGranularityAndFastCurves()
     {
-        var result = fixture.Compile("groups", new CompileOptions { TargetBits = [4], Granularity = Granularity.Group, GroupSize = 16, Curves = CurveMode.Fast });
+        var result = fixture.Compile("groups", new CompileOptions { Allocation = new() { TargetBits = [4] }, Units = new() { Granularity = Granularity.Group, GroupSize = 16 }, Curves = new() { Mode = CurveMode.Fast } });
         var r = result.Targets[0].Report;
         Assert.Contains(r.Units, u => u.Name.EndsWith("[16:32]"));
         Assert.True(r.Units.Count > 5);
@@ -144,7 +149,7 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
     [Fact]
     public void MatMulNBitsFormatPacksMatMuls()
     {
-        var result = fixture.Compile("nbits", new CompileOptions { TargetBits = [4], Format = WeightFormat.MatMulNBits, BlockSize = 16 });
+        var result = fixture.Compile("nbits", new CompileOptions { Allocation = new() { TargetBits = [4] }, Rewrite = new() { Format = WeightFormat.MatMulNBits, BlockSize = 16 } });
         var model = ModelIO.Load(result.Targets[0].ModelPath);
         Assert.Equal(3, model.Graph.Nodes.Count(n => n.OpType == "MatMulNBits"));
         Assert.DoesNotContain(model.Graph.Nodes, n => n.OpType == "MatMul");

@@ -3,6 +3,11 @@ using OnnxQuant.Passes.Compile;
 using OnnxQuant.Passes.Data;
 using OnnxQuant.Runtime;
 using Attribute = OnnxQuant.Frontend.Attribute;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Curves;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Artifact;
 
 namespace OnnxQuant.Passes.Tests.Compile;
 
@@ -42,7 +47,7 @@ public sealed class Int2FallbackTests : IDisposable
         Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(24, 3), 24, 3, 16, 16))]);
 
         var result = Compiler.Run(modelPath, dataPath, Path.Combine(_root, "out"),
-            new CompileOptions { TargetBits = [2], CandidateBits = [2, 4], CalibSamples = 16, VerifySamples = 8, CacheDir = null },
+            new CompileOptions { Allocation = new() { TargetBits = [2] }, Curves = new() { CandidateBits = [2, 4], CacheDir = null }, Data = new() { CalibSamples = 16, VerifySamples = 8 } },
             "test", SilentProgress.Instance);
 
         var report = result.Targets.Single().Report;

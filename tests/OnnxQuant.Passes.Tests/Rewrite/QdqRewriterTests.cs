@@ -5,6 +5,9 @@ using OnnxQuant.Passes.Rewrite;
 using OnnxQuant.Passes.Units;
 using OnnxQuant.Runtime;
 using Attribute = OnnxQuant.Frontend.Attribute;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Curves;
+using OnnxQuant.Passes.Artifact;
 
 namespace OnnxQuant.Passes.Tests.Rewrite;
 
@@ -47,9 +50,9 @@ public class QdqRewriterTests
     public void WeightOnlyRewriteEqualsFakeQuantInOrt(int bits, WeightFormat format, GraphOptimization optimization, int n, DataType container)
     {
         var (model, weight) = MatMulModel(48, n);
-        var options = new CompileOptions { ActBits = 0, Format = format, BlockSize = 16 };
-        var layer = UnitDiscovery.Discover(model, ["matmul_out"], options).Layers.Single();
-        var result = QdqRewriter.Apply(model, [new LayerPlan(layer, Enumerable.Repeat(bits, n).ToArray())], null, options);
+        var options = new CompileOptions { Calibration = new() { ActBits = 0 }, Rewrite = new() { Format = format, BlockSize = 16 } };
+        var layer = UnitDiscovery.Discover(model, ["matmul_out"], options.Units).Layers.Single();
+        var result = QdqRewriter.Apply(model, [new LayerPlan(layer, Enumerable.Repeat(bits, n).ToArray())], null, options.Rewrite, options.Calibration.ActBits);
         Assert.Equal(container, result.Layers[0].Container);
         Assert.Equal(48L * n * bits, result.Layers[0].IdealBits);
         var fake = QuantMath.FakeQuantizeWeight(weight, layer.Layout(format, 16), bits);
@@ -65,10 +68,10 @@ public class QdqRewriterTests
     public void MixedChannelBitsShareOneContainer()
     {
         var (model, weight) = MatMulModel(48, 24);
-        var options = new CompileOptions { ActBits = 0 };
-        var layer = UnitDiscovery.Discover(model, ["matmul_out"], options).Layers.Single();
+        var options = new CompileOptions { Calibration = new() { ActBits = 0 } };
+        var layer = UnitDiscovery.Discover(model, ["matmul_out"], options.Units).Layers.Single();
         var bits = Enumerable.Range(0, 24).Select(c => c < 12 ? 2 : 4).ToArray();
-        var result = QdqRewriter.Apply(model, [new LayerPlan(layer, bits)], null, options);
+        var result = QdqRewriter.Apply(model, [new LayerPlan(layer, bits)], null, options.Rewrite, options.Calibration.ActBits);
         Assert.Equal(DataType.Int4, result.Layers[0].Container);
         Assert.Equal(48L * 12 * 2 + 48L * 12 * 4, result.Layers[0].IdealBits);
         var dq = model.Graph.Nodes.Single(n => n.OpType == "DequantizeLinear");
@@ -88,10 +91,10 @@ public class QdqRewriterTests
         var input = ("x", new long[] { 2, 32 }, Net.RandomData(64, 3));
         var before = Net.Run(net.Model, input);
         var options = new CompileOptions();
-        var layer = UnitDiscovery.Discover(net.Model, [net.Graph.Outputs[0].Name], options).Layers.Single();
+        var layer = UnitDiscovery.Discover(net.Model, [net.Graph.Outputs[0].Name], options.Units).Layers.Single();
         var table = new OnnxQuant.Passes.Calibration.CalibrationTable(OnnxQuant.Passes.Calibration.CalibrationMethod.MinMax, 1,
             [new("x", -1f, 1f)], []);
-        var result = QdqRewriter.Apply(net.Model, [new LayerPlan(layer, Enumerable.Repeat(4, 16).ToArray())], table, options);
+        var result = QdqRewriter.Apply(net.Model, [new LayerPlan(layer, Enumerable.Repeat(4, 16).ToArray())], table, options.Rewrite, options.Calibration.ActBits);
         Assert.Equal(21, result.Opset);
         Assert.Equal(1, result.ActivationPairs);
         Assert.Equal(1, net.Count("QuantizeLinear"));

@@ -1,7 +1,8 @@
 using System.Text.Json;
+using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Solvers;
 
-namespace OnnxQuant.Passes.Compile;
+namespace OnnxQuant.Passes.Artifact;
 
 /// <summary>
 /// Writes reports, manifests and front summaries as JSON with a fixed key order, shortest round-trip numbers and
@@ -131,14 +132,16 @@ public static class ReportWriter
     /// <summary>A file the compile wrote, with its hash.</summary>
     public sealed record OutputFile(string Path, string Sha256, long Bytes);
 
+    public const string ManifestSchema = "onnxquant.manifest/1";
+
     public static byte[] Manifest(string toolVersion, string modelFile, string modelSha256, string dataSha256, int samples,
-        IReadOnlyList<(string Key, string Value)> options, IReadOnlyList<OutputFile> outputs)
+        IReadOnlyList<OptionEntry> options, IReadOnlyList<OutputFile> outputs)
     {
         using var stream = new MemoryStream();
         using (var w = new Utf8JsonWriter(stream, Options))
         {
             w.WriteStartObject();
-            w.WriteString("schema", "onnxquant.manifest/1");
+            w.WriteString("schema", ManifestSchema);
             w.WriteString("tool_version", toolVersion);
             w.WriteStartObject("input");
             w.WriteString("model", modelFile);
@@ -147,8 +150,8 @@ public static class ReportWriter
             w.WriteNumber("calibration_samples", samples);
             w.WriteEndObject();
             w.WriteStartObject("options");
-            foreach (var (k, v) in options)
-                w.WriteString(k, v);
+            foreach (var option in options)
+                w.WriteString(option.Key, option.Value);
             w.WriteEndObject();
             w.WriteStartArray("outputs");
             foreach (var o in outputs)

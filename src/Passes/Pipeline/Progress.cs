@@ -1,4 +1,4 @@
-namespace OnnxQuant.Passes.Compile;
+namespace OnnxQuant.Passes.Pipeline;
 
 /// <summary>Where long stages report progress: a terminal progress bar, plain lines, or nothing.</summary>
 public interface IProgressSink

@@ -1,0 +1,45 @@
+using OnnxQuant.Passes.Allocate;
+using OnnxQuant.Passes.Curves;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Rewrite;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Solvers;
+
+namespace OnnxQuant.Passes.Artifact;
+
+/// <summary>One allocated unit in the report.</summary>
+public sealed record UnitReport(string Name, string Layer, string OpType, int ChannelStart, int ChannelCount, long Size, int Bits, double PredictedDistortion);
+
+/// <summary>Sizes of the quantized weights: ideal packed bits and actual bytes, against float.</summary>
+public sealed record SizeReport(long FloatWeightBytes, long IdealPackedBits, long QuantizedWeightBytes, long ModelBytes);
+
+/// <summary>Predicted (sum of curves) and measured distortion of the features.</summary>
+public sealed record DistortionReport(double Predicted, double Measured, int Samples, bool HeldOut, string Metric);
+
+/// <summary>Everything <c>report.json</c> (schema <c>onnxquant.report/1</c>) holds for one target.</summary>
+public sealed record CompileReport
+{
+    public const string Schema = "onnxquant.report/1";
+
+    public required string ToolVersion { get; init; }
+    public required double TargetBits { get; init; }
+    public required double Rate { get; init; }
+    public required string Solver { get; init; }
+    public required int MinBits { get; init; }
+    public required IReadOnlyList<string> Features { get; init; }
+    public required CurveMode CurveMode { get; init; }
+    public required bool CurvesFromCache { get; init; }
+    public required string WeightFormat { get; init; }
+    public required int ActBits { get; init; }
+    public required string ActCalibration { get; init; }
+    public required long Opset { get; init; }
+    public required IReadOnlyList<UnitReport> Units { get; init; }
+    public required IReadOnlyList<HeadReport> Heads { get; init; }
+    public required IReadOnlyList<SkippedLayer> Skipped { get; init; }
+    public required IReadOnlyList<UnitCurve> Curves { get; init; }
+    public required IReadOnlyList<LayerStorage> Layers { get; init; }
+    public required SizeReport Sizes { get; init; }
+    public required DistortionReport Distortion { get; init; }
+    public required IReadOnlyList<string> Notes { get; init; }
+    public IReadOnlyList<StageTime> Timings { get; init; } = [];
+}

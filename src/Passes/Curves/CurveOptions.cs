@@ -1,0 +1,40 @@
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Quantization;
+
+namespace OnnxQuant.Passes.Curves;
+
+/// <summary>How error curves are obtained.</summary>
+public enum CurveMode
+{
+    /// <summary>Measured in ONNX Runtime: units x bits x samples passes.</summary>
+    Exact,
+    /// <summary>Layer-output error from input second moments, scaled by a per-unit sensitivity measured once.</summary>
+    Fast,
+}
+
+/// <summary>Which widths the curves cover, how they are measured and where they are cached.</summary>
+public sealed record CurveOptions : IStageOptions
+{
+    /// <summary>Candidate weight bit widths (2..8).</summary>
+    public IReadOnlyList<int> CandidateBits { get; init; } = QuantMath.DefaultCandidateBits;
+
+    public CurveMode Mode { get; init; } = CurveMode.Exact;
+
+    /// <summary>Where curves are cached; null = no cache.</summary>
+    public string? CacheDir { get; init; }
+
+    public void Validate()
+    {
+        if (CandidateBits.Count == 0 || CandidateBits.Any(b => b is < 2 or > 8) || CandidateBits.Distinct().Count() != CandidateBits.Count)
+            throw new CompileException($"--bits {string.Join(",", CandidateBits)}: candidate widths must be distinct and between 2 and 8");
+    }
+
+    public IEnumerable<OptionEntry> Manifest() =>
+    [
+        new("bits", string.Join(",", CandidateBits)),
+        new("curves", Mode.ToString().ToLowerInvariant()),
+    ];
+
+    public IEnumerable<string> CurveKey() =>
+        ["bits=" + string.Join(",", CandidateBits.OrderBy(b => b)), "curves=" + Mode];
+}

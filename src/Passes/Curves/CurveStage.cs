@@ -1,0 +1,34 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Rewrite;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Runtime;
+
+namespace OnnxQuant.Passes.Curves;
+
+/// <summary>
+/// The curves of every unit: from the cache when the same canonical model, samples and curve-changing options were
+/// measured before, else measured (and stored).
+/// </summary>
+public static class CurveStage
+{
+    /// <param name="keyParts">Every option that changes a curve (<c>CompileOptions.CurveKey</c>).</param>
+    public static CurveSet Run(Model canonical, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features,
+        CalibrationSet data, int samples, string dataHash, CalibrationTable? calibration, CurveOptions options,
+        RewriteOptions storage, ExecutionOptions execution, IEnumerable<string> keyParts, IProgressSink progress)
+    {
+        CurveCache? cache = options.CacheDir is { } dir ? new CurveCache(dir) : null;
+        var key = CurveCache.Key(ContentHash.Sha256Hex(ModelIO.ToBytes(canonical)), dataHash, keyParts);
+        var unitKeys = units.Select(u => (u.Name, u.Size)).ToList();
+        if (cache?.TryLoad(key, unitKeys) is { } cached)
+        {
+            progress.Note($"curves: loaded from cache {cache.PathOf(key)}");
+            return new CurveSet(cached, options.Mode, true, 0);
+        }
+        var set = CurveMeasurer.Measure(canonical, units, features, data, samples, calibration, options, storage,
+            execution.RunBatch, execution.Measurement(), progress);
+        cache?.Store(key, set.Curves);
+        return set;
+    }
+}

@@ -1,0 +1,33 @@
+using System.Globalization;
+using OnnxQuant.Runtime;
+
+namespace OnnxQuant.Passes.Pipeline;
+
+/// <summary>How ONNX Runtime runs the compile's sessions.</summary>
+public sealed record ExecutionOptions : IStageOptions
+{
+    /// <summary>Threads ONNX Runtime may use per session (0 = its default). Never changes the output bytes.</summary>
+    public int Threads { get; init; }
+
+    /// <summary>Samples stacked into one run when the model's batch axis is symbolic.</summary>
+    public int RunBatch { get; init; } = 8;
+
+    public void Validate()
+    {
+        if (Threads < 0)
+            throw new CompileException($"--threads {Threads} is negative");
+        if (RunBatch < 1)
+            throw new CompileException($"--run-batch {RunBatch}: need at least one sample per run");
+    }
+
+    // Threads are left out on purpose: they never change what is written.
+    public IEnumerable<OptionEntry> Manifest() => [new("run_batch", RunBatch.ToString(CultureInfo.InvariantCulture))];
+
+    /// <summary>Sessions that expose intermediate tensors (calibration): no graph optimization, so names survive.</summary>
+    public SessionOptions Instrumentation() => new() { IntraOpThreads = Threads, Optimization = GraphOptimization.Disabled };
+
+    /// <summary>Sessions that measure features (curves, verification): every optimization, exact MatMulNBits.</summary>
+    public SessionOptions Measurement() =>
+        new SessionOptions { IntraOpThreads = Threads, Optimization = GraphOptimization.All }
+            .WithConfig(SessionConfigKeys.QdqMatMulNBitsAccuracyLevel, "0");
+}

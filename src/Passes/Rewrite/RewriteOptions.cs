@@ -1,0 +1,29 @@
+using System.Globalization;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Quantization;
+
+namespace OnnxQuant.Passes.Rewrite;
+
+/// <summary>How the quantized weights are written into the output graph.</summary>
+public sealed record RewriteOptions : IStageOptions
+{
+    public WeightFormat Format { get; init; } = WeightFormat.Qdq;
+
+    /// <summary>Block length along the reduction axis for MatMulNBits (16, 32, 64 or 128).</summary>
+    public int BlockSize { get; init; } = 32;
+
+    public void Validate()
+    {
+        if (BlockSize is not (16 or 32 or 64 or 128))
+            throw new CompileException($"--block-size {BlockSize}: MatMulNBits takes 16, 32, 64 or 128");
+    }
+
+    public IEnumerable<OptionEntry> Manifest() =>
+    [
+        new("format", Format.ToString().ToLowerInvariant()),
+        new("block_size", BlockSize.ToString(CultureInfo.InvariantCulture)),
+    ];
+
+    // The fake-quantized weights the curves measure follow the storage layout (blocked for MatMulNBits).
+    public IEnumerable<string> CurveKey() => ["format=" + Format, "block=" + BlockSize];
+}

@@ -1,0 +1,48 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Allocate;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Solvers;
+
+namespace OnnxQuant.Passes.Rewrite;
+
+/// <summary>A rewritten copy of the canonical model and what the rewrite did.</summary>
+public sealed record RewrittenModel(Model Model, RewriteResult Result);
+
+/// <summary>Turns one target's allocation into per-channel widths for every quantized layer and rewrites a copy.</summary>
+public static class RewriteStage
+{
+    /// <summary>
+    /// Per-channel widths of every layer: heads at their head width, allocated layers from their units; layers with
+    /// neither (no unit in the budget) stay float.
+    /// </summary>
+    public static IReadOnlyList<LayerPlan> Plans(UnitDiscoveryResult discovery, Partition partition, Allocation allocation)
+    {
+        var plans = new List<LayerPlan>();
+        var heads = partition.Heads.ToDictionary(h => h.Layer, h => h.Bits, StringComparer.Ordinal);
+        foreach (var layer in discovery.Layers)
+        {
+            var bits = new int[layer.Channels];
+            if (heads.TryGetValue(layer.Name, out var headBits))
+                Array.Fill(bits, headBits);
+            else
+            {
+                var units = partition.FreeUnits.Where(u => u.Layer == layer).ToList();
+                if (units.Count == 0)
+                    continue;
+                foreach (var u in units)
+                    Array.Fill(bits, allocation.BitsOf(u.Name), u.ChannelStart, u.ChannelCount);
+            }
+            plans.Add(new LayerPlan(layer, bits));
+        }
+        return plans;
+    }
+
+    public static RewrittenModel Run(Model canonical, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration,
+        RewriteOptions options, int actBits, bool allowInt2 = true)
+    {
+        var quantized = canonical.Clone();
+        var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, allowInt2);
+        return new RewrittenModel(quantized, result);
+    }
+}
