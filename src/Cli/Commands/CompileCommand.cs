@@ -1,9 +1,9 @@
 using System.CommandLine;
 using System.Globalization;
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
 using OnnxQuant.Passes.Calibration;
 using OnnxQuant.Passes.Compile;
-using OnnxQuant.Passes.Data;
-using OnnxQuant.Passes.Evaluation;
 using OnnxQuant.Runtime;
 using Spectre.Console;
 

@@ -5,7 +5,7 @@ using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Calibration;
 using OnnxQuant.Passes.Canonicalize;
 using OnnxQuant.Passes.Curves;
-using OnnxQuant.Passes.Data;
+using OnnxQuant.Data;
 using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Passes.Rewrite;
 using OnnxQuant.Passes.Units;

@@ -1,7 +1,7 @@
 using OnnxQuant.Frontend;
 using System.Security.Cryptography;
 using System.Text;
-using OnnxQuant.Passes.Data;
+using OnnxQuant.Data;
 using OnnxQuant.Solvers;
 
 namespace OnnxQuant.Passes.Curves;
