@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Security.Cryptography;
 using System.Text.Json;
 using OnnxQuant.Frontend;
 using OnnxQuant.Runtime;
@@ -76,7 +75,7 @@ public static class QatImporter
             throw new QatBridgeException($"{request.StudentPath}: has no DequantizeLinear node; export the student with " +
                 "onnxquant_qat.export (a float model is not a quantized artifact)");
 
-        var report = new QatImportReport(Path.GetFileName(request.StudentPath), Sha256(bytes), quantize, dequantize, learned, check);
+        var report = new QatImportReport(Path.GetFileName(request.StudentPath), Hashing.Sha256Hex(bytes), quantize, dequantize, learned, check);
         var reportBytes = SerializeReport(report, toolVersion);
         var outDir = Path.GetFullPath(request.OutputDirectory);
         var modelPath = Path.Combine(outDir, "model.onnx");
@@ -159,8 +158,6 @@ public static class QatImporter
         return inputs;
     }
 
-    private static string Sha256(byte[] bytes) => Convert.ToHexString(SHA256.HashData(bytes)).ToLowerInvariant();
-
     private static readonly JsonSerializerOptions JsonOptions = new()
     {
         WriteIndented = true,
@@ -180,7 +177,7 @@ public static class QatImporter
             Schema = ManifestSchema,
             Tool = $"onnxquant {toolVersion}",
             Command = "qat-import",
-            Files = files.Select(f => new { Path = f.Name, Bytes = f.Bytes.LongLength, Sha256 = Sha256(f.Bytes) }).ToList(),
+            Files = files.Select(f => new { Path = f.Name, Bytes = f.Bytes.LongLength, Sha256 = Hashing.Sha256Hex(f.Bytes) }).ToList(),
         };
         return JsonSerializer.SerializeToUtf8Bytes(doc, JsonOptions);
     }
