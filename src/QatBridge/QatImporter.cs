@@ -141,19 +141,8 @@ public static class QatImporter
                 throw new QatBridgeException($"{where}: input '{info.Name}' is {info.DataType}; only float inputs can be " +
                     "synthesized for the check, pass check inputs instead");
             var shape = info.Dims.Select(d => d < 0 ? 1L : d).ToArray();
-            var n = checked((int)shape.Aggregate(1L, (a, b) => a * b));
-            var data = new float[n];
-            for (var i = 0; i < n; i += 2)
-            {
-                // Box-Muller: a normal input resembles normalized images better than uniform noise.
-                var u1 = 1.0 - rng.NextDouble();
-                var u2 = rng.NextDouble();
-                var r = Math.Sqrt(-2 * Math.Log(u1));
-                data[i] = (float)(r * Math.Cos(2 * Math.PI * u2));
-                if (i + 1 < n)
-                    data[i + 1] = (float)(r * Math.Sin(2 * Math.PI * u2));
-            }
-            inputs.Add(new NamedTensor(info.Name, TensorData.FromFloats(data, shape)));
+            // A normal input resembles normalized images better than uniform noise.
+            inputs.Add(new NamedTensor(info.Name, RandomInputs.Normal(shape, rng)));
         }
         return inputs;
     }
