@@ -1,6 +1,6 @@
 using BenchmarkDotNet.Attributes;
-using OnnxQuant.Passes.Data;
-using OnnxQuant.Passes.Evaluation;
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
 
 namespace OnnxQuant.Benchmarks;
 

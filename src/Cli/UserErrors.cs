@@ -10,13 +10,13 @@ internal static class UserErrors
     {
         CliInputException => ExitCodes.BadInput,
         OnnxQuant.QatBridge.QatBridgeException => ExitCodes.BadInput,
-        OnnxQuant.Passes.Data.DataFormatException => ExitCodes.BadInput,
+        OnnxQuant.Data.DataFormatException => ExitCodes.BadInput,
         // The model, calibration data or compile options cannot be used as asked (names the input).
         OnnxQuant.Passes.CompileException => ExitCodes.BadInput,
         // An infeasible budget or invalid curves.
         OnnxQuant.Solvers.SolverException => ExitCodes.BadInput,
         // The model's outputs, the data and the annotations do not fit together for evaluation.
-        OnnxQuant.Passes.Evaluation.EvaluationException => ExitCodes.BadInput,
+        OnnxQuant.Evaluation.EvaluationException => ExitCodes.BadInput,
         OnnxQuant.Frontend.FrontendException => ExitCodes.BadInput,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
         // The ONNX Runtime library is missing or lacks the requested provider; the message says how to get one.

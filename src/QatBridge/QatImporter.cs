@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Security.Cryptography;
 using System.Text.Json;
 using OnnxQuant.Frontend;
 using OnnxQuant.Runtime;
@@ -76,7 +75,7 @@ public static class QatImporter
             throw new QatBridgeException($"{request.StudentPath}: has no DequantizeLinear node; export the student with " +
                 "onnxquant_qat.export (a float model is not a quantized artifact)");
 
-        var report = new QatImportReport(Path.GetFileName(request.StudentPath), Sha256(bytes), quantize, dequantize, learned, check);
+        var report = new QatImportReport(Path.GetFileName(request.StudentPath), Hashing.Sha256Hex(bytes), quantize, dequantize, learned, check);
         var reportBytes = SerializeReport(report, toolVersion);
         var outDir = Path.GetFullPath(request.OutputDirectory);
         var modelPath = Path.Combine(outDir, "model.onnx");
@@ -142,24 +141,11 @@ public static class QatImporter
                 throw new QatBridgeException($"{where}: input '{info.Name}' is {info.DataType}; only float inputs can be " +
                     "synthesized for the check, pass check inputs instead");
             var shape = info.Dims.Select(d => d < 0 ? 1L : d).ToArray();
-            var n = checked((int)shape.Aggregate(1L, (a, b) => a * b));
-            var data = new float[n];
-            for (var i = 0; i < n; i += 2)
-            {
-                // Box-Muller: a normal input resembles normalized images better than uniform noise.
-                var u1 = 1.0 - rng.NextDouble();
-                var u2 = rng.NextDouble();
-                var r = Math.Sqrt(-2 * Math.Log(u1));
-                data[i] = (float)(r * Math.Cos(2 * Math.PI * u2));
-                if (i + 1 < n)
-                    data[i + 1] = (float)(r * Math.Sin(2 * Math.PI * u2));
-            }
-            inputs.Add(new NamedTensor(info.Name, TensorData.FromFloats(data, shape)));
+            // A normal input resembles normalized images better than uniform noise.
+            inputs.Add(new NamedTensor(info.Name, RandomInputs.Normal(shape, rng)));
         }
         return inputs;
     }
-
-    private static string Sha256(byte[] bytes) => Convert.ToHexString(SHA256.HashData(bytes)).ToLowerInvariant();
 
     private static readonly JsonSerializerOptions JsonOptions = new()
     {
@@ -180,7 +166,7 @@ public static class QatImporter
             Schema = ManifestSchema,
             Tool = $"onnxquant {toolVersion}",
             Command = "qat-import",
-            Files = files.Select(f => new { Path = f.Name, Bytes = f.Bytes.LongLength, Sha256 = Sha256(f.Bytes) }).ToList(),
+            Files = files.Select(f => new { Path = f.Name, Bytes = f.Bytes.LongLength, Sha256 = Hashing.Sha256Hex(f.Bytes) }).ToList(),
         };
         return JsonSerializer.SerializeToUtf8Bytes(doc, JsonOptions);
     }

@@ -5,7 +5,8 @@ namespace OnnxQuant.Runtime;
 /// <summary>
 /// Random tensors matching a session's declared inputs, for benchmarks and smoke runs. Floating-point inputs are
 /// uniform in [0, 1) (image-like); integer inputs are uniform in [0, 4) so that index-like inputs stay in range for
-/// small dimensions; bools are fair coins. The same seed gives the same tensors.
+/// small dimensions; bools are fair coins. <see cref="Normal"/> gives standard normal floats instead. The same seed
+/// gives the same tensors.
 /// </summary>
 public static class RandomInputs
 {
@@ -57,10 +58,7 @@ public static class RandomInputs
     /// <exception cref="NotSupportedException">String and the packed/float8 types.</exception>
     public static TensorData Create(DataType type, long[] shape, Random rng)
     {
-        long count = 1;
-        foreach (var d in shape)
-            count = checked(count * d);
-        var n = checked((int)count);
+        var n = Count(shape);
         return type switch
         {
             DataType.Float => TensorData.FromFloats(Fill(n, () => rng.NextSingle()), shape),
@@ -78,6 +76,35 @@ public static class RandomInputs
             DataType.Bool => TensorData.FromBools(Fill(n, () => rng.Next(2) == 1), shape),
             _ => throw new NotSupportedException($"cannot generate random {type} inputs"),
         };
+    }
+
+    /// <summary>
+    /// A float tensor of standard normal values (Box-Muller: each pair of values from two uniforms drawn from
+    /// <paramref name="rng"/>); closer to normalized images than uniform noise. The same generator state gives the
+    /// same tensor.
+    /// </summary>
+    public static TensorData Normal(long[] shape, Random rng)
+    {
+        var n = Count(shape);
+        var data = new float[n];
+        for (var i = 0; i < n; i += 2)
+        {
+            var u1 = 1.0 - rng.NextDouble();
+            var u2 = rng.NextDouble();
+            var r = Math.Sqrt(-2 * Math.Log(u1));
+            data[i] = (float)(r * Math.Cos(2 * Math.PI * u2));
+            if (i + 1 < n)
+                data[i + 1] = (float)(r * Math.Sin(2 * Math.PI * u2));
+        }
+        return TensorData.FromFloats(data, shape);
+    }
+
+    private static int Count(long[] shape)
+    {
+        long count = 1;
+        foreach (var d in shape)
+            count = checked(count * d);
+        return checked((int)count);
     }
 
     private static T[] Fill<T>(int n, Func<T> next)

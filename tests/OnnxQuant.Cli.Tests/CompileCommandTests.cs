@@ -1,6 +1,6 @@
 using OnnxQuant.Cli;
+using OnnxQuant.Data;
 using OnnxQuant.Frontend;
-using OnnxQuant.Passes.Data;
 using Attribute = OnnxQuant.Frontend.Attribute;
 
 namespace OnnxQuant.Cli.Tests;

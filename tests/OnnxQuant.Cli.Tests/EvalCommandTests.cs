@@ -1,9 +1,9 @@
 using System.Text.Json;
 using OnnxQuant.Cli;
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
+using OnnxQuant.Evaluation.Tests;
 using OnnxQuant.Frontend;
-using OnnxQuant.Passes.Data;
-using OnnxQuant.Passes.Evaluation;
-using OnnxQuant.Passes.Tests.Evaluation;
 
 namespace OnnxQuant.Cli.Tests;
 

@@ -1,5 +1,5 @@
+using OnnxQuant.Data;
 using OnnxQuant.Frontend;
-using OnnxQuant.Passes.Data;
 using Attribute = OnnxQuant.Frontend.Attribute;
 
 namespace OnnxQuant.Passes.Tests;

@@ -41,4 +41,18 @@ public class MeasurementTests
         Assert.All(a[0].Data.GetArray<float>(), v => Assert.InRange(v, 0f, 1f));
         Assert.Equal([2L, 4, 8, 8], session.Run(a)[0].Data.Shape);
     }
+
+    [Fact]
+    public void NormalInputsAreStandardNormalAndSeeded()
+    {
+        var a = RandomInputs.Normal([3, 101, 101], new Random(0)).GetArray<float>();
+        var b = RandomInputs.Normal([3, 101, 101], new Random(0)).GetArray<float>();
+        Assert.Equal(3 * 101 * 101, a.Length); // odd: the last Box-Muller pair is half used
+        Assert.Equal(a, b);
+        Assert.All(a, v => Assert.True(float.IsFinite(v)));
+        var mean = a.Average(v => (double)v);
+        var variance = a.Average(v => (v - mean) * (v - mean));
+        Assert.InRange(mean, -0.03, 0.03);
+        Assert.InRange(variance, 0.95, 1.05);
+    }
 }

@@ -2,8 +2,8 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using OnnxQuant.Passes.Data;
-using OnnxQuant.Passes.Evaluation;
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
 using OnnxQuant.Runtime;
 using Spectre.Console;
 

@@ -46,7 +46,7 @@ public static class ArtifactStage
             var modelOut = Path.Combine(dir, "model.onnx");
             AtomicFile.Write(modelOut, s => s.Write(bytes));
             var relative = Path.GetRelativePath(outputDirectory, modelOut).Replace('\\', '/');
-            outputs.Add(new ReportWriter.OutputFile(relative, ContentHash.Sha256Hex(bytes), bytes.LongLength));
+            outputs.Add(new ReportWriter.OutputFile(relative, Hashing.Sha256Hex(bytes), bytes.LongLength));
             results.Add(new TargetResult(report, modelOut, Path.Combine(dir, "report.json")));
         }
         written = outputs;

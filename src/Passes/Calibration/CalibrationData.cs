@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
+using OnnxQuant.Data;
 using OnnxQuant.Frontend;
-using OnnxQuant.Passes.Data;
 using OnnxQuant.Runtime;
 
 namespace OnnxQuant.Passes.Calibration;

@@ -1,7 +1,5 @@
 using OnnxQuant.Frontend;
-using System.Security.Cryptography;
-using System.Text;
-using OnnxQuant.Passes.Data;
+using OnnxQuant.Data;
 using OnnxQuant.Solvers;
 
 namespace OnnxQuant.Passes.Curves;
@@ -19,7 +17,7 @@ public sealed class CurveCache(string directory)
     public static string Key(string modelHash, string dataHash, IEnumerable<string> optionParts)
     {
         var text = string.Join("\n", new[] { "onnxquant.curve-cache/1", modelHash, dataHash }.Concat(optionParts));
-        return Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(text))).ToLowerInvariant()[..32];
+        return Hashing.Sha256Hex(text)[..32];
     }
 
     public string PathOf(string key) => System.IO.Path.Combine(Directory, key + ".curves.json");

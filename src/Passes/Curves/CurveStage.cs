@@ -19,7 +19,7 @@ public static class CurveStage
         RewriteOptions storage, ExecutionOptions execution, IEnumerable<string> keyParts, IProgressSink progress)
     {
         CurveCache? cache = options.CacheDir is { } dir ? new CurveCache(dir) : null;
-        var key = CurveCache.Key(ContentHash.Sha256Hex(ModelIO.ToBytes(canonical)), dataHash, keyParts);
+        var key = CurveCache.Key(Hashing.Sha256Hex(ModelIO.ToBytes(canonical)), dataHash, keyParts);
         var unitKeys = units.Select(u => (u.Name, u.Size)).ToList();
         if (cache?.TryLoad(key, unitKeys) is { } cached)
         {

@@ -1,7 +1,7 @@
 using System.Globalization;
 using OnnxQuant.Passes.Artifact;
-using OnnxQuant.Passes.Data;
-using OnnxQuant.Passes.Evaluation;
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
 using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Runtime;
 

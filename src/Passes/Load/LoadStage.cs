@@ -29,7 +29,7 @@ public static class LoadStage
         if (!File.Exists(modelPath))
             throw new CompileException($"{modelPath}: model file not found");
         var model = ModelIO.Load(modelPath);
-        var modelHash = ContentHash.Sha256Hex(ModelIO.ToBytes(model));
+        var modelHash = Hashing.Sha256Hex(ModelIO.ToBytes(model));
         var inputs = model.Graph.Inputs.Where(v => !v.IsInitializer).Select(v => Spec(v, modelPath)).ToList();
         var data = CalibrationSet.Load(calibPath, inputs);
         var notes = new List<string>();

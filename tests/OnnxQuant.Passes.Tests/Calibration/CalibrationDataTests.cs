@@ -1,6 +1,6 @@
+using OnnxQuant.Data;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Calibration;
-using OnnxQuant.Passes.Data;
 using OnnxQuant.Runtime;
 
 namespace OnnxQuant.Passes.Tests.Calibration;

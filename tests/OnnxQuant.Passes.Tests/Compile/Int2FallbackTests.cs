@@ -1,6 +1,6 @@
+using OnnxQuant.Data;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Compile;
-using OnnxQuant.Passes.Data;
 using OnnxQuant.Runtime;
 using Attribute = OnnxQuant.Frontend.Attribute;
 using OnnxQuant.Passes.Pipeline;

@@ -1,7 +1,7 @@
 using OnnxQuant.Frontend;
 using Attribute = OnnxQuant.Frontend.Attribute;
 
-namespace OnnxQuant.Passes.Tests.Evaluation;
+namespace OnnxQuant.Evaluation.Tests;
 
 /// <summary>
 /// Tiny ONNX models whose "detections" are read straight out of their input, so a test controls every output value

@@ -1,4 +1,4 @@
-namespace OnnxQuant.Passes.Evaluation;
+namespace OnnxQuant.Evaluation;
 
 /// <summary>
 /// COCO's detection metrics, computed the way the published protocol defines them:

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 
-namespace OnnxQuant.Passes.Tests;
+namespace OnnxQuant.Data.Tests;
 
 /// <summary>Runs a Python script with Debian's interpreter (the one that has numpy) and fails the test on error.</summary>
 internal static class PythonScript

@@ -1,4 +1,4 @@
-namespace OnnxQuant.Passes.Evaluation;
+namespace OnnxQuant.Evaluation;
 
 /// <summary>
 /// The twelve COCO summary numbers. Each is null when it is undefined: no ground truth in that area range (or

@@ -1,8 +1,8 @@
-using OnnxQuant.Passes.Data;
-using OnnxQuant.Passes.Evaluation;
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
 using OnnxQuant.Runtime;
 
-namespace OnnxQuant.Passes.Tests.Evaluation;
+namespace OnnxQuant.Evaluation.Tests;
 
 /// <summary>
 /// The trained small reference models committed under models/fixtures, scored on the first images of the committed

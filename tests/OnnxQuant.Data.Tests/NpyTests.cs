@@ -1,8 +1,8 @@
 using System.Text;
+using OnnxQuant.Data;
 using OnnxQuant.Frontend;
-using OnnxQuant.Passes.Data;
 
-namespace OnnxQuant.Passes.Tests.Data;
+namespace OnnxQuant.Data.Tests;
 
 /// <summary>Fixtures written by numpy itself, once per test class.</summary>
 public sealed class NumpyFixtures : IDisposable

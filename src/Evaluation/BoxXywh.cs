@@ -1,4 +1,4 @@
-namespace OnnxQuant.Passes.Evaluation;
+namespace OnnxQuant.Evaluation;
 
 /// <summary>An axis-aligned box in pixels: top-left corner (X, Y), width W and height H, as COCO stores boxes.</summary>
 public readonly record struct BoxXywh(double X, double Y, double W, double H)

@@ -1,7 +1,8 @@
 using System.Text.Json;
-using OnnxQuant.Passes.Evaluation;
+using OnnxQuant.Data.Tests;
+using OnnxQuant.Evaluation;
 
-namespace OnnxQuant.Passes.Tests.Evaluation;
+namespace OnnxQuant.Evaluation.Tests;
 
 public sealed class CocoEvaluatorTests
 {
@@ -200,7 +201,7 @@ public sealed class CocoEvaluatorTests
             File.WriteAllText(dir.File($"dt{c}.json"), detJson);
             expected.Add(CocoEvaluator.Evaluate(gt, dets, segm ? IouType.Segm : IouType.Bbox));
         }
-        var script = Path.Combine(AppContext.BaseDirectory, "Evaluation", "coco_reference.py");
+        var script = Path.Combine(AppContext.BaseDirectory, "coco_reference.py");
         var output = PythonScript.Run($$"""
             import json, runpy, sys
             ref = runpy.run_path({{JsonSerializer.Serialize(script)}})

@@ -1,7 +1,7 @@
-using OnnxQuant.Passes.Data;
+using OnnxQuant.Data;
 using OnnxQuant.Runtime;
 
-namespace OnnxQuant.Passes.Tests.Evaluation;
+namespace OnnxQuant.Evaluation.Tests;
 
 /// <summary>
 /// The committed ONNX exports compute what PyTorch computed: each fixture ships the first eval image and PyTorch's

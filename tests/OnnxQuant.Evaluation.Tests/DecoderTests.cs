@@ -1,8 +1,8 @@
+using OnnxQuant.Evaluation;
 using OnnxQuant.Frontend;
-using OnnxQuant.Passes.Evaluation;
 using OnnxQuant.Runtime;
 
-namespace OnnxQuant.Passes.Tests.Evaluation;
+namespace OnnxQuant.Evaluation.Tests;
 
 public sealed class DecoderTests
 {

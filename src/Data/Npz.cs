@@ -1,7 +1,7 @@
 using OnnxQuant.Frontend;
 using System.IO.Compression;
 
-namespace OnnxQuant.Passes.Data;
+namespace OnnxQuant.Data;
 
 /// <summary>One array of an .npz archive with its name (the entry name without ".npy").</summary>
 public sealed record NamedArray(string Name, NpyArray Array);

@@ -1,8 +1,8 @@
+using OnnxQuant.Data;
 using OnnxQuant.Frontend;
-using OnnxQuant.Passes.Data;
 using OnnxQuant.Runtime;
 
-namespace OnnxQuant.Passes.Evaluation;
+namespace OnnxQuant.Evaluation;
 
 /// <summary>How to evaluate: the decoder (null = chosen from the outputs) and the batch size for batched models.</summary>
 public sealed record EvaluationOptions

@@ -1,4 +1,4 @@
-namespace OnnxQuant.Passes.Data;
+namespace OnnxQuant.Data;
 
 /// <summary>
 /// A data file (.npy, .npz, annotation JSON) that cannot be used: truncated, malformed, of an unsupported type, or

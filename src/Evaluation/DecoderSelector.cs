@@ -1,7 +1,7 @@
 using OnnxQuant.Frontend;
 using OnnxQuant.Runtime;
 
-namespace OnnxQuant.Passes.Evaluation;
+namespace OnnxQuant.Evaluation;
 
 /// <summary>
 /// Picks the decoder from a model's outputs. Roles are found by element type and rank, names break ties

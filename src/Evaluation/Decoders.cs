@@ -1,7 +1,7 @@
 using OnnxQuant.Frontend;
 using OnnxQuant.Runtime;
 
-namespace OnnxQuant.Passes.Evaluation;
+namespace OnnxQuant.Evaluation;
 
 /// <summary>The output conventions the evaluator can decode.</summary>
 public enum DecoderKind

@@ -1,8 +1,8 @@
 using System.Text;
-using OnnxQuant.Passes.Data;
-using OnnxQuant.Passes.Evaluation;
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
 
-namespace OnnxQuant.Passes.Tests.Evaluation;
+namespace OnnxQuant.Evaluation.Tests;
 
 public sealed class RleTests
 {

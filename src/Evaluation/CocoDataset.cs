@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace OnnxQuant.Passes.Evaluation;
+namespace OnnxQuant.Evaluation;
 
 /// <summary>An image entry of a COCO annotation file.</summary>
 public sealed record CocoImage(long Id, int Width, int Height, string FileName);

@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using OnnxQuant.Frontend;
 
-namespace OnnxQuant.Passes.Data;
+namespace OnnxQuant.Data;
 
 /// <summary>
 /// A dense C-order array as stored in a .npy file: element type, shape and the raw element bytes, always kept in

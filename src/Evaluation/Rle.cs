@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace OnnxQuant.Passes.Evaluation;
+namespace OnnxQuant.Evaluation;
 
 /// <summary>
 /// A binary mask of <see cref="Height"/> x <see cref="Width"/> pixels, run-length encoded the way COCO does it:

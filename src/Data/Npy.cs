@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Text;
 using OnnxQuant.Frontend;
 
-namespace OnnxQuant.Passes.Data;
+namespace OnnxQuant.Data;
 
 /// <summary>
 /// Reads and writes NumPy's .npy format (versions 1.0, 2.0 and 3.0): a magic string, a version, a header that is a

@@ -1,9 +1,9 @@
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
 using OnnxQuant.Frontend;
-using OnnxQuant.Passes.Data;
-using OnnxQuant.Passes.Evaluation;
 using OnnxQuant.Runtime;
 
-namespace OnnxQuant.Passes.Tests.Evaluation;
+namespace OnnxQuant.Evaluation.Tests;
 
 /// <summary>End to end: tiny models in ONNX Runtime, decoded and scored, against AP computed by hand.</summary>
 public sealed class DetectionEvaluatorTests
