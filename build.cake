@@ -11,8 +11,11 @@ const string OrtSha256 = "ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb
 var debianPackages = new[]
 {
     "libonnx-testdata", "python3-torch", "python3-torchvision", "python3-onnx", "python3-numpy", "python3-scipy",
-    "python3-pytest", "libopenblas0-pthread",
+    "python3-pytest", "python3-pip", "python3-setuptools", "python3-wheel", "libopenblas0-pthread",
 };
+
+// The two Python packages of this repository, installed in editable mode into Debian's interpreter (task setup-python).
+var pythonPackages = new[] { "models", "src/QatBridge/python" };
 
 string OrtCacheDir()
 {
@@ -114,8 +117,23 @@ Task("setup-ort-gpu")
     Information($"CUDA-enabled ONNX Runtime {OrtVersion}: export ONNXQUANT_ORT_LIB={native}");
 });
 
+Task("setup-python")
+    .Description("Installs onnxquant_models (models/) and onnxquant_qat (src/QatBridge/python) into Debian's Python in editable mode")
+    .IsDependentOn("setup-debian")
+    .Does(() =>
+{
+    // Offline and idempotent: Debian's setuptools (>= 64, PEP 660) builds both editable wheels without a build
+    // environment or dependency resolution (the dependencies are Debian packages). Rerunning replaces the install, so
+    // it always points at this checkout. Installs into /usr/local/lib/python3.*/dist-packages.
+    var editable = string.Join(" ", pythonPackages.Select(p => $"-e \"{System.IO.Path.GetFullPath(p)}\""));
+    Run("/usr/bin/python3", "-m pip install --quiet --no-index --no-build-isolation --no-deps --break-system-packages " +
+        "--disable-pip-version-check --root-user-action=ignore " + editable);
+    Information("Python packages: onnxquant_models and onnxquant_qat installed (editable)");
+});
+
 Task("setup")
     .IsDependentOn("setup-debian")
+    .IsDependentOn("setup-python")
     .IsDependentOn("setup-ort");
 
 Task("build")
@@ -205,7 +223,7 @@ Task("test")
 
 Task("models")
     .Description("Regenerates the reference data, trains the small models and exports every model (models/build_all.py)")
-    .IsDependentOn("setup-debian")
+    .IsDependentOn("setup-python")
     .Does(() =>
 {
     // Debian's interpreter has torch and onnx; OpenBLAS makes its CPU maths about 10x faster than the reference BLAS.

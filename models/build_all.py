@@ -24,13 +24,14 @@ import os
 import sys
 import time
 
+import numpy as np
+import torch
+
+# onnxquant_models is the installed package (`dotnet cake --target=setup-python`); run as a script, Python also puts
+# this folder first on the path, so it works before the install too.
+from onnxquant_models import dataset
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from onnxquant_models import dataset  # noqa: E402
 
 DATA_DIR = os.path.join(HERE, "data")
 FIXTURES = os.path.join(HERE, "fixtures")

@@ -29,20 +29,25 @@ from .maskrcnn import FEATURE_NAMES
 
 OPSET = 17
 INPUT_NAME = "images"
+# The one list of the DETR graph's outputs, in graph order (the QAT bridge's student export uses it too); the first two
+# are the detections.
 DETR_OUTPUTS = ("pred_logits", "pred_boxes", "backbone_feature", "decoder_features")
 MASKRCNN_OUTPUTS = ("boxes", "labels", "scores", "masks") + tuple(f"backbone.p{i + 2}" for i in range(len(FEATURE_NAMES)))
 
 
 class DetrExport(nn.Module):
-    def __init__(self, model: DETR):
+    """Returns the named tensors of a DETR's output dict (by default DETR_OUTPUTS), in that order, for tracing."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str] = DETR_OUTPUTS):
         super().__init__()
         self.model = model
+        self.names = tuple(names)
         # torch.onnx.export restores the wrapper's training flag afterwards, recursively: keep it in eval mode.
         self.eval()
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
         out = self.model(images)
-        return out["pred_logits"], out["pred_boxes"], out["backbone_feature"], out["decoder_features"]
+        return tuple(out[n] for n in self.names)
 
 
 class MaskRcnnExport(nn.Module):

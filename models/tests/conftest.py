@@ -1,10 +1,5 @@
-import os
-import sys
-
 import torch
 
-# The package lives in models/; tests run from the repository root or from models/.
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+# onnxquant_models is imported as an installed package (`dotnet cake --target=setup-python` installs models/ in
+# editable mode), so the suite runs from any directory.
 torch.set_num_threads(1)
-
-MODELS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

@@ -7,11 +7,12 @@ import onnx
 import pytest
 import torch
 
-from conftest import MODELS_DIR
 from onnxquant_models.dataset import CATEGORIES, rle_decode
 from onnxquant_models.detr import DETR, detr_small
 from onnxquant_models.export import DETR_OUTPUTS, MASKRCNN_OUTPUTS
 
+# The committed files sit beside this suite in models/, not in the package.
+MODELS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 FIXTURES = os.path.join(MODELS_DIR, "fixtures")
 DATA = os.path.join(MODELS_DIR, "data")
 COMMITTED = [os.path.join(DATA, f) for f in ("calib.npz", "calib.json", "eval.npz", "eval.json")] + [

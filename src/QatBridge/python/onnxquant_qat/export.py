@@ -15,6 +15,7 @@ from typing import Dict, List, Sequence
 
 import onnx
 import torch
+from onnxquant_models.export import DETR_OUTPUTS, INPUT_NAME, OPSET, DetrExport
 from torch import nn
 
 from .convert import quantized_modules
@@ -22,20 +23,8 @@ from .lsq import LsqQuantizer
 from .modules import QuantMultiheadAttention, QuantSplitAttention
 
 SCALES_SCHEMA = "onnxquant.qat-scales/1"
-OUTPUT_NAMES = ("pred_logits", "pred_boxes")
-
-
-class _DetectionOutputs(nn.Module):
-    """Returns only the named tensors of a DETR output dict, in a fixed order, for tracing."""
-
-    def __init__(self, model: nn.Module, names: Sequence[str]):
-        super().__init__()
-        self.model = model
-        self.names = tuple(names)
-
-    def forward(self, images):
-        out = self.model(images)
-        return tuple(out[n] for n in self.names)
+# The detections only (pred_logits, pred_boxes); train.py exports all of DETR_OUTPUTS, like the float model.
+OUTPUT_NAMES = DETR_OUTPUTS[:2]
 
 
 def learned_scales(model: nn.Module) -> Dict[str, object]:
@@ -83,7 +72,7 @@ def constants_to_initializers(graph: onnx.GraphProto) -> int:
 
 
 def export_student(model: nn.Module, path: str, image_size: int, output_names: Sequence[str] = OUTPUT_NAMES,
-                   input_name: str = "images", opset: int = 17, scales_path: str | None = None) -> None:
+                   input_name: str = INPUT_NAME, opset: int = OPSET, scales_path: str | None = None) -> None:
     """Writes the QDQ ONNX model (atomically) and, if asked, the learned-scales sidecar. Every quantizer must have
     been initialized (run at least one batch through the student first)."""
     model = model.eval()
@@ -100,7 +89,7 @@ def export_student(model: nn.Module, path: str, image_size: int, output_names: S
     for _, q in quantizers:
         q.export_mode = True
     try:
-        wrapper = _DetectionOutputs(model, output_names)
+        wrapper = DetrExport(model, output_names)
         dummy = torch.zeros(1, 3, image_size, image_size)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)

@@ -10,22 +10,13 @@ import sys
 
 import numpy as np
 import torch
+from onnxquant_models.export import INPUT_NAME, OPSET, DetrExport
 
 from .convert import quantize_model
-from .export import export_student
+from .export import OUTPUT_NAMES, export_student
 from .recipe import LayerRecipe, Recipe
 
 SIZE = 64
-
-
-class _Outputs(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images):
-        out = self.model(images)
-        return out["pred_logits"], out["pred_boxes"]
 
 
 def main(argv) -> int:
@@ -40,8 +31,9 @@ def main(argv) -> int:
     model = build_detr(detr_tiny())
     model.eval()
     with torch.no_grad():  # the float model, for the test that refuses a non-quantized "student"
-        torch.onnx.export(_Outputs(model), torch.zeros(1, 3, SIZE, SIZE), os.path.join(out, "float.onnx"),
-                          opset_version=17, input_names=["images"], output_names=["pred_logits", "pred_boxes"])
+        torch.onnx.export(DetrExport(model, OUTPUT_NAMES), torch.zeros(1, 3, SIZE, SIZE),
+                          os.path.join(out, "float.onnx"), opset_version=OPSET, input_names=[INPUT_NAME],
+                          output_names=list(OUTPUT_NAMES))
     quantize_model(model, Recipe(4, 4, 8, layers=(LayerRecipe("input_proj", 2, 8),), float_layers=("class_heads",)),
                    align_query=True)
     model.eval()
@@ -52,7 +44,7 @@ def main(argv) -> int:
         ref = model(x)
     export_student(model, os.path.join(out, "student.onnx"), SIZE, scales_path=os.path.join(out, "scales.json"))
     x.numpy().astype("<f4").tofile(os.path.join(out, "input.bin"))
-    for name in ("pred_logits", "pred_boxes"):
+    for name in OUTPUT_NAMES:
         ref[name].numpy().astype("<f4").tofile(os.path.join(out, f"{name}.bin"))
     return 0
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import List
 
 import torch
-
-from .boxes import cxcywh_to_xyxy, pairwise_giou
+from onnxquant_models.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 TAU = 0.6
 LAMBDA = 2.5
@@ -26,14 +25,14 @@ def select_foreground_queries(student_boxes: torch.Tensor, gt_boxes: torch.Tenso
     A ground truth whose best GIoU is not positive keeps nothing: tau * G_i would exceed G_i itself."""
     if gt_boxes.numel() == 0:
         return torch.zeros(student_boxes.shape[0], dtype=torch.bool, device=student_boxes.device)
-    giou = pairwise_giou(cxcywh_to_xyxy(gt_boxes), cxcywh_to_xyxy(student_boxes))  # [Ngt, Nq]
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(gt_boxes), box_cxcywh_to_xyxy(student_boxes))  # [Ngt, Nq]
     best = giou.max(dim=1, keepdim=True).values
     return ((giou > tau * best) & (best > 0)).any(dim=0)
 
 
 def match_teacher_queries(student_boxes: torch.Tensor, teacher_boxes: torch.Tensor) -> torch.Tensor:
     """For every student query, the index of the teacher query maximizing 2 GIoU - 5 L1 ([Nq] long)."""
-    giou = pairwise_giou(cxcywh_to_xyxy(student_boxes), cxcywh_to_xyxy(teacher_boxes))
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(student_boxes), box_cxcywh_to_xyxy(teacher_boxes))
     l1 = torch.cdist(student_boxes, teacher_boxes, p=1)
     return (GIOU_WEIGHT * giou - L1_WEIGHT * l1).argmax(dim=1)
 

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+from onnxquant_models.export import DETR_OUTPUTS
 from torch import nn
 
 from .convert import ConversionReport, quantize_model
@@ -26,9 +27,6 @@ from .fqm import LAMBDA, TAU, fqm_distillation_loss
 from .recipe import Recipe
 
 BACKBONE_PREFIX = "backbone."
-# The outputs of the reference DETR's ONNX export (models/onnxquant_models/export.py), so `onnxquant eval` and
-# `compile` treat the student like the float model.
-DETR_OUTPUTS = ("pred_logits", "pred_boxes", "backbone_feature", "decoder_features")
 
 
 @dataclass(frozen=True)
@@ -209,6 +207,8 @@ def write_run(student: nn.Module, result: TrainResult, recipe: Recipe, config: T
     from .export import export_student
     os.makedirs(out, exist_ok=True)
     torch.save(student.state_dict(), os.path.join(out, "student.pt"))
+    # The outputs of the reference DETR's ONNX export, so `onnxquant eval` and `compile` treat the student like the
+    # float model.
     export_student(student, os.path.join(out, "student.onnx"), image_size, output_names=DETR_OUTPUTS,
                    scales_path=os.path.join(out, "scales.json"))
     summary = {

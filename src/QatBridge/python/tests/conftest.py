@@ -1,9 +1,5 @@
-import os
-import sys
-
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "..", "..", "..", ".."))
-sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(ROOT, "models")]
+# onnxquant_qat and onnxquant_models are imported as installed packages (`dotnet cake --target=setup-python` installs
+# both in editable mode), so the suite runs from any directory.
 torch.set_num_threads(2)
