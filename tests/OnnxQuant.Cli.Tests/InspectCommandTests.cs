@@ -42,7 +42,7 @@ public class InspectCommandTests
     }
 
     [Fact]
-    public void JsonReportsQuantizableLayersShapesAndTypes()
+    public void JsonReportsWhatCompileWouldQuantize()
     {
         var (code, stdout, _) = Run("inspect", $"{SuiteRoot}/pytorch-converted/test_Conv2d_depthwise/model.onnx", "--json");
         Assert.Equal(0, code);
@@ -53,9 +53,11 @@ public class InspectCommandTests
         var input = root.GetProperty("inputs")[0];
         Assert.Equal("FLOAT", input.GetProperty("type").GetString());
         Assert.Equal([2, 4, 6, 6], input.GetProperty("shape").EnumerateArray().Select(d => d.GetInt32()));
-        var layer = root.GetProperty("quantizable").EnumerateArray().Single();
-        Assert.Equal("Conv", layer.GetProperty("op_type").GetString());
-        Assert.Equal([4, 1, 3, 3], layer.GetProperty("weight_shape").EnumerateArray().Select(d => d.GetInt32()));
+        // inspect shows what compile would do: this IR 3 export lists its weight among the graph inputs too.
+        Assert.Empty(root.GetProperty("quantizable").EnumerateArray());
+        var kept = root.GetProperty("not_quantized").EnumerateArray().Single();
+        Assert.Equal("Conv", kept.GetProperty("op_type").GetString());
+        Assert.Contains("also a graph input", kept.GetProperty("reason").GetString());
     }
 
     [Fact]

@@ -2,6 +2,9 @@ using System.CommandLine;
 using System.Text;
 using System.Text.Json;
 using OnnxQuant.Frontend;
+using OnnxQuant.Passes;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Units;
 using Spectre.Console;
 
 namespace OnnxQuant.Cli;
@@ -19,19 +22,36 @@ internal static class InspectCommand
         command.SetAction(parse =>
         {
             var path = parse.GetValue(model)!.FullName;
-            var summary = ModelSummary.Of(ModelIO.Load(path));
+            var loaded = ModelIO.Load(path);
+            var summary = ModelSummary.Of(loaded);
+            var layers = Quantizable(loaded);
             var output = parse.InvocationConfiguration.Output;
             if (parse.GetValue(json))
-                output.WriteLine(ToJson(summary));
+                output.WriteLine(ToJson(summary, layers));
             else
-                WriteTables(summary, path, output);
+                WriteTables(summary, layers, path, output);
             return ExitCodes.Ok;
         });
         return command;
     }
 
+    /// <summary>What compile would quantize (the same discovery compile runs), or why that cannot be told.</summary>
+    internal sealed record QuantizableView(UnitDiscoveryResult? Discovery, string? Unavailable);
+
+    private static QuantizableView Quantizable(Model model)
+    {
+        try
+        {
+            return new QuantizableView(UnitDiscovery.Preview(model), null);
+        }
+        catch (Exception ex) when (ex is CompileException or PassFailedException or FrontendException)
+        {
+            return new QuantizableView(null, ex.Message);
+        }
+    }
+
     /// <summary>The summary as one JSON object with stable key order.</summary>
-    internal static string ToJson(ModelSummary s)
+    internal static string ToJson(ModelSummary s, QuantizableView layers)
     {
         var buffer = new MemoryStream();
         using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
@@ -64,20 +84,33 @@ internal static class InspectCommand
             WriteIo(w, "inputs", s.Inputs);
             WriteIo(w, "outputs", s.Outputs);
             w.WriteStartArray("quantizable");
-            foreach (var q in s.Quantizable)
+            foreach (var q in layers.Discovery?.Layers ?? [])
             {
                 w.WriteStartObject();
-                w.WriteString("node", q.Node);
+                w.WriteString("node", q.Name);
                 w.WriteString("op_type", q.OpType);
-                w.WriteString("weight", q.Weight);
-                w.WriteString("weight_type", ModelSummary.TypeName(q.WeightType));
+                w.WriteString("weight", q.WeightName);
+                w.WriteString("weight_type", ModelSummary.TypeName(DataType.Float));
                 w.WriteStartArray("weight_shape");
-                foreach (var d in q.WeightDims) w.WriteNumberValue(d);
+                foreach (var d in q.WeightShape) w.WriteNumberValue(d);
                 w.WriteEndArray();
-                w.WriteNumber("parameters", q.Parameters);
+                w.WriteNumber("parameters", q.Size);
+                w.WriteBoolean("reaches_output", q.ReachesFeature);
                 w.WriteEndObject();
             }
             w.WriteEndArray();
+            w.WriteStartArray("not_quantized");
+            foreach (var q in layers.Discovery?.Skipped ?? [])
+            {
+                w.WriteStartObject();
+                w.WriteString("node", q.Name);
+                w.WriteString("op_type", q.OpType);
+                w.WriteString("reason", q.Reason);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            if (layers.Unavailable is { } why)
+                w.WriteString("quantizable_unavailable", why);
             w.WriteEndObject();
         }
         return Encoding.UTF8.GetString(buffer.ToArray());
@@ -114,7 +147,7 @@ internal static class InspectCommand
 
     private static string Shape(IReadOnlyList<Dim>? dims) => dims is null ? "?" : "[" + string.Join(", ", dims) + "]";
 
-    private static void WriteTables(ModelSummary s, string path, TextWriter output)
+    private static void WriteTables(ModelSummary s, QuantizableView layers, string path, TextWriter output)
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings
         {
@@ -149,10 +182,22 @@ internal static class InspectCommand
             console.Write(p);
         }
 
-        var q = new Table().Title($"quantizable layers: {s.Quantizable.Count}").AddColumns("node", "op", "weight", "shape", "parameters");
-        foreach (var l in s.Quantizable)
-            AddRow(q, l.Node.Length > 0 ? l.Node : "-", l.OpType, l.Weight, "[" + string.Join(", ", l.WeightDims) + "]", l.Parameters.ToString("N0"));
+        if (layers.Discovery is not { } found)
+        {
+            console.WriteLine($"quantizable layers: not determined ({layers.Unavailable})");
+            return;
+        }
+        var q = new Table().Title($"quantizable layers: {found.Layers.Count}").AddColumns("node", "op", "weight", "shape", "parameters");
+        foreach (var l in found.Layers)
+            AddRow(q, l.Name.Length > 0 ? l.Name : "-", l.OpType, l.WeightName, "[" + string.Join(", ", l.WeightShape) + "]", l.Size.ToString("N0"));
         console.Write(q);
+        if (found.Skipped.Count > 0)
+        {
+            var skipped = new Table().Title($"kept in float: {found.Skipped.Count}").AddColumns("node", "op", "reason");
+            foreach (var l in found.Skipped)
+                AddRow(skipped, l.Name, l.OpType, l.Reason);
+            console.Write(skipped);
+        }
     }
 
     /// <summary>Adds a row of plain text (names and shapes may contain Spectre markup characters such as '[').</summary>

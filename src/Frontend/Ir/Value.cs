@@ -73,9 +73,18 @@ public sealed class Value
         internal set => _initializer = value;
     }
 
-    /// <summary>The constant behind this value: its initializer, or the `value` tensor of the Constant node that
-    /// produces it; null otherwise.</summary>
-    public Tensor? ConstantValue => ModelSummary.ConstantOf(this);
+    /// <summary>
+    /// The one definition of "constant" every pass and summary uses: an initializer that no graph input can override
+    /// (an initializer also listed as a graph input is a default the caller may replace), or the `value` tensor of the
+    /// Constant node that produces this value; null otherwise.
+    /// </summary>
+    public Tensor? ConstantValue => this switch
+    {
+        { Initializer: { } t, IsGraphInput: false } => t,
+        { Initializer: null, Producer: { OpType: "Constant", Domain: "" or "ai.onnx" } p }
+            when p.GetAttribute("value") is { Kind: AttributeKind.Tensor, RefAttrName: null } a => a.AsTensor(),
+        _ => null,
+    };
 
     internal int GraphInputCount { get; set; }
     internal int GraphOutputCount { get; set; }

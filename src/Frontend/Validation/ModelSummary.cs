@@ -6,9 +6,6 @@ public sealed record IoSummary(string Name, string ElementType, IReadOnlyList<Di
 /// <summary>Initializer totals for one element type.</summary>
 public sealed record ParameterSummary(DataType DataType, int Tensors, long Elements, long Bytes);
 
-/// <summary>A Conv, Gemm or MatMul whose weight is a constant: what quantization works on.</summary>
-public sealed record QuantizableLayer(string Node, string OpType, string Weight, DataType WeightType, IReadOnlyList<long> WeightDims, long Parameters);
-
 /// <summary>What `onnxquant inspect` reports about a model; built by <see cref="Of"/>.</summary>
 public sealed record ModelSummary(
     long IrVersion,
@@ -21,19 +18,14 @@ public sealed record ModelSummary(
     int Subgraphs,
     int Functions,
     IReadOnlyList<KeyValuePair<string, int>> OpTypes,
-    IReadOnlyList<ParameterSummary> Parameters,
-    IReadOnlyList<QuantizableLayer> Quantizable)
+    IReadOnlyList<ParameterSummary> Parameters)
 {
     public long ParameterCount => Parameters.Sum(p => p.Elements);
     public long ParameterBytes => Parameters.Sum(p => p.Bytes);
 
-    /// <summary>Op types ("Conv", or "domain.Op" outside the default domain) that count as quantizable layers.</summary>
-    public static readonly IReadOnlySet<string> QuantizableOps = new HashSet<string> { "Conv", "Gemm", "MatMul" };
-
     /// <summary>
     /// Summarizes a model. Op type counts include subgraphs and function bodies; parameters count the elements of
-    /// every initializer (subgraphs included, sparse initializers excluded). A layer is quantizable when its weight
-    /// (input 1) is an initializer or the output of a Constant node.
+    /// every initializer (subgraphs included, sparse initializers excluded).
     /// </summary>
     public static ModelSummary Of(Model model)
     {
@@ -53,14 +45,6 @@ public sealed record ModelSummary(
             .OrderBy(g => g.Key)
             .Select(g => new ParameterSummary(g.Key, g.Count(), g.Sum(t => t.ElementCount), g.Sum(t => t.ByteSize)))
             .ToList();
-        var quantizable = new List<QuantizableLayer>();
-        foreach (var g in allGraphs)
-            foreach (var n in g.Nodes)
-            {
-                if (n.Domain is not ("" or "ai.onnx") || !QuantizableOps.Contains(n.OpType) || n.Inputs.Count < 2) continue;
-                if (ConstantOf(n.Inputs[1]) is { } w)
-                    quantizable.Add(new QuantizableLayer(n.Name, n.OpType, n.Inputs[1]!.Name, w.DataType, w.Dims, w.ElementCount));
-            }
         return new ModelSummary(
             model.IrVersion,
             model.OpsetImports.ToList(),
@@ -72,18 +56,8 @@ public sealed record ModelSummary(
             allGraphs.Count - 1 - model.Functions.Count,
             model.Functions.Count,
             ops.OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key, StringComparer.Ordinal).ToList(),
-            parameters,
-            quantizable);
+            parameters);
     }
-
-    /// <summary>The constant tensor behind a value: an initializer or a Constant node's `value`.</summary>
-    public static Tensor? ConstantOf(Value? v) => v switch
-    {
-        null => null,
-        { Initializer: { } t } => t,
-        { Producer: { OpType: "Constant", Domain: "" or "ai.onnx" } p } when p.GetAttribute("value") is { Kind: AttributeKind.Tensor, RefAttrName: null } a => a.AsTensor(),
-        _ => null,
-    };
 
     private static IoSummary Io(Value v) => v.FullType switch
     {

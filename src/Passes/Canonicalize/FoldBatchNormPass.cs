@@ -30,11 +30,11 @@ public sealed class FoldBatchNormPass : IPass
                 continue;
             if (!GraphQueries.IsDefaultDomain(conv) || conv.Inputs.Count < 2)
                 continue;
-            var weight = GraphQueries.Constant(conv.Inputs[1]);
-            var bias = conv.Inputs.Count > 2 && conv.Inputs[2] is { } b ? GraphQueries.Constant(b) : null;
+            var weight = conv.Inputs[1]?.ConstantValue;
+            var bias = conv.Inputs.Count > 2 && conv.Inputs[2] is { } b ? b?.ConstantValue : null;
             if (weight is null || weight.DataType != DataType.Float || (conv.Inputs.Count > 2 && conv.Inputs[2] is not null && bias is null))
                 continue;
-            var p = Enumerable.Range(1, 4).Select(i => GraphQueries.Constant(bn.Inputs[i])).ToArray();
+            var p = Enumerable.Range(1, 4).Select(i => bn.Inputs[i]?.ConstantValue).ToArray();
             if (p.Any(t => t is null || t.DataType != DataType.Float))
                 continue;
             var channels = (int)weight.Dims[0];

@@ -24,10 +24,10 @@ public sealed class FoldWeightTransformsPass : IPass
             Tensor? result = node.OpType switch
             {
                 "Constant" => FoldConstant(node),
-                "Transpose" => GraphQueries.Constant(node.Inputs[0]) is { } t && t.DataType != DataType.String && !DataTypes.IsSubByte(t.DataType)
+                "Transpose" => node.Inputs[0]?.ConstantValue is { } t && t.DataType != DataType.String && !DataTypes.IsSubByte(t.DataType)
                     ? Transpose(t, node.GetInts("perm")) : null,
                 "Reshape" => FoldReshape(node),
-                "Flatten" => GraphQueries.Constant(node.Inputs[0]) is { } t ? Reshaped(t, Flatten(t.Dims, node.GetInt("axis", 1))) : null,
+                "Flatten" => node.Inputs[0]?.ConstantValue is { } t ? Reshaped(t, Flatten(t.Dims, node.GetInt("axis", 1))) : null,
                 "Squeeze" or "Unsqueeze" => FoldSqueeze(node, model),
                 _ => null,
             };
@@ -51,8 +51,8 @@ public sealed class FoldWeightTransformsPass : IPass
 
     private static Tensor? FoldReshape(Node node)
     {
-        if (GraphQueries.Constant(node.Inputs[0]) is not { } data || node.Inputs.Count < 2 ||
-            GraphQueries.Constant(node.Inputs[1]) is not { } shapeTensor || data.DataType == DataType.String)
+        if (node.Inputs[0]?.ConstantValue is not { } data || node.Inputs.Count < 2 ||
+            node.Inputs[1]?.ConstantValue is not { } shapeTensor || data.DataType == DataType.String)
             return null;
         var shape = shapeTensor.ToInt64Array();
         var allowZero = node.GetInt("allowzero", 0) != 0;
@@ -82,11 +82,11 @@ public sealed class FoldWeightTransformsPass : IPass
 
     private static Tensor? FoldSqueeze(Node node, Model model)
     {
-        if (GraphQueries.Constant(node.Inputs[0]) is not { } data || data.DataType == DataType.String)
+        if (node.Inputs[0]?.ConstantValue is not { } data || data.DataType == DataType.String)
             return null;
         IReadOnlyList<long>? axes;
         if (node.Inputs.Count > 1 && node.Inputs[1] is { } axesValue)
-            axes = GraphQueries.Constant(axesValue)?.ToInt64Array();
+            axes = axesValue?.ConstantValue?.ToInt64Array();
         else
             axes = node.GetInts("axes");
         var squeeze = node.OpType == "Squeeze";

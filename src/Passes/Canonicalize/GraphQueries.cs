@@ -5,10 +5,6 @@ namespace OnnxQuant.Passes.Canonicalize;
 /// <summary>Small questions passes ask about values and nodes.</summary>
 internal static class GraphQueries
 {
-    /// <summary>The constant tensor behind a value: an initializer that is not also an overridable graph input.</summary>
-    public static Tensor? Constant(Value? value) =>
-        value is { IsInitializer: true, IsGraphInput: false } ? value.Initializer : null;
-
     /// <summary>True when nothing reads the value and it is not a graph output.</summary>
     public static bool IsUnused(Value value) => value.Uses.Count == 0 && !value.IsGraphOutput;
 

@@ -140,6 +140,18 @@ public static class UnitDiscovery
     }
 
     /// <summary>
+    /// What compile would find in <paramref name="model"/> with default options (what `inspect` shows): a copy is
+    /// canonicalized exactly as compile does, and layers are found against the model's float outputs.
+    /// </summary>
+    public static UnitDiscoveryResult Preview(Model model)
+    {
+        var canonical = model.Clone();
+        new Pipeline.PassManager(Canonicalization.Passes()).Run(canonical);
+        var outputs = canonical.Graph.Outputs.Where(o => o.Type?.ElementType == DataType.Float).Select(o => o.Name).ToList();
+        return Discover(canonical, outputs, new UnitOptions());
+    }
+
+    /// <summary>
     /// <see cref="Discover"/>, refusing a model in which nothing can be allocated: no quantizable layer at all, or
     /// none that reaches the features.
     /// </summary>
@@ -157,21 +169,24 @@ public static class UnitDiscovery
     private static QuantLayer? Describe(Node node, bool reaches, out string? reason)
     {
         reason = null;
-        var weight = node.Inputs[1];
-        var tensor = GraphQueries.Constant(weight);
-        if (tensor is null || node.Inputs[0] is not { } activation)
+        if (node.Inputs[1] is { IsInitializer: true, IsGraphInput: true } overridable)
+        {
+            reason = $"weight '{overridable.Name}' is also a graph input, so the caller may replace it at run time";
+            return null;
+        }
+        if (node.Inputs[1] is not { ConstantValue: { } tensor } weight || node.Inputs[0] is not { } activation)
             return null; // activation x activation (e.g. attention scores): nothing to quantize
         if (tensor.DataType != DataType.Float)
         {
             reason = $"weight is {tensor.DataType}, not float";
             return null;
         }
-        if (GraphQueries.Constant(activation) is not null)
+        if (activation.ConstantValue is not null)
         {
             reason = "both inputs are constant";
             return null;
         }
-        if (weight!.Uses.Count != 1)
+        if (weight.Uses.Count != 1)
         {
             reason = $"weight '{weight.Name}' is shared by {weight.Uses.Count} nodes";
             return null;
