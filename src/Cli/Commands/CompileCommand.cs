@@ -44,6 +44,8 @@ internal static class CompileCommand
         var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
         var curves = new Option<string>("--curves") { Description = "exact (measured at every width) or fast (proxy scaled by one measured width)", DefaultValueFactory = _ => "exact" };
         curves.AcceptOnlyFromAmong("exact", "fast");
+        var curvesFile = new Option<string?>("--curves-file") { Description = "Use these curves (onnxquant.curves/1, e.g. from --write-curves) instead of measuring; must match the model's units and --bits" };
+        var writeCurves = new Option<string?>("--write-curves") { Description = "Also write the curves used (onnxquant.curves/1) to this file, for --curves-file or onnxquant solve" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Curve cache folder (default $XDG_CACHE_HOME/onnxquant/curves)" };
         var noCache = new Option<bool>("--no-cache") { Description = "Measure curves without reading or writing the cache" };
         var maxDistortion = new Option<double?>("--max-distortion") { Description = "Exit 3 when the measured distortion exceeds this" };
@@ -59,7 +61,7 @@ internal static class CompileCommand
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
-                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, cacheDir, noCache,
+                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, curvesFile, writeCurves, cacheDir, noCache,
                      maxDistortion, maxDrop, evalData, evalAnnotations, threads, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
@@ -91,6 +93,7 @@ internal static class CompileCommand
                 Format = parse.GetValue(format) == "matmulnbits" ? WeightFormat.MatMulNBits : WeightFormat.Qdq,
                 BlockSize = parse.GetValue(blockSize),
                 Curves = parse.GetValue(curves) == "fast" ? CurveMode.Fast : CurveMode.Exact,
+                CurvesFile = parse.GetValue(curvesFile),
                 CacheDir = parse.GetValue(noCache) ? null : parse.GetValue(cacheDir) ?? DefaultCacheDir(),
                 MaxDistortion = parse.GetValue(maxDistortion),
                 Threads = parse.GetValue(threads),
@@ -142,6 +145,11 @@ internal static class CompileCommand
             }
 
             WriteSummary(stdout, result, aps);
+            if (parse.GetValue(writeCurves) is { } curvesOut)
+            {
+                OnnxQuant.Solvers.CurvesFile.WriteFile(curvesOut, result.Targets[0].Report.Curves);
+                stdout.WriteLine($"written: {curvesOut} (curves, {result.Targets[0].Report.Curves.Count} units)");
+            }
             if (recipePath is not null)
             {
                 var recipe = OnnxQuant.QatBridge.CompileRecipe.FromReport(result.Targets[0].Report, modelPath, attentionBits);
@@ -241,7 +249,7 @@ internal static class CompileCommand
             console.Profile.Width = 120;
         var first = result.Targets[0].Report;
         console.WriteLine($"{result.Units} units, {result.Heads} head layer(s) at {(first.Heads.Count > 0 ? first.Heads[0].Bits : 8)} bits, " +
-                          $"curves {first.CurveMode.ToString().ToLowerInvariant()}{(first.CurvesFromCache ? " (cache)" : $" ({result.CurveRuns} runs)")}, " +
+                          $"curves {first.CurveMode.ToString().ToLowerInvariant()}{(first.CurvesFromCache ? " (cache)" : result.CurveRuns == 0 ? " (curves file)" : $" ({result.CurveRuns} runs)")}, " +
                           $"activations {(first.ActBits == 0 ? "float" : $"{first.ActBits}-bit {first.ActCalibration}")}, format {first.WeightFormat}, opset {first.Opset}");
         var table = new Table().AddColumns("target", "rate", "bits used", "predicted", "measured", "weights", "vs float", "model");
         foreach (var column in table.Columns.Skip(1).Take(6))

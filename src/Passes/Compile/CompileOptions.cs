@@ -89,6 +89,9 @@ public sealed record CompileOptions
 
     public CurveMode Curves { get; init; } = CurveMode.Exact;
 
+    /// <summary>An onnxquant.curves/1 file used instead of measuring curves (checked against the units and widths); null = measure.</summary>
+    public string? CurvesFile { get; init; }
+
     /// <summary>Where curves are cached; null = no cache.</summary>
     public string? CacheDir { get; init; }
 

@@ -88,6 +88,7 @@ public static class Compiler
                 ? $"{modelPath}: no quantizable layer (Conv, Gemm or MatMul with a constant float weight) was found{(discovery.Skipped.Count > 0 ? $"; skipped: {string.Join("; ", discovery.Skipped.Select(s => $"{s.Name}: {s.Reason}"))}" : "")}"
                 : $"{modelPath}: none of the {discovery.Layers.Count} quantizable layers reaches the features {string.Join(", ", features)}");
         progress.Note($"units: {discovery.Units.Count} in {discovery.Layers.Count - discovery.Heads.Count} layers, {discovery.Heads.Count} head layer(s), {discovery.Skipped.Count} skipped");
+        var pinnedCurves = PinnedCurves.Load(options, discovery.Units, notes);
         Stage("discover");
 
         // ONNX Runtime's own thread count (0 = its default); results do not depend on it because curves and ranges are
@@ -107,7 +108,7 @@ public static class Compiler
         }
         Stage("calibrate");
 
-        var curveSet = LoadOrMeasureCurves(canonical, discovery.Units, features, data, samples, calibration, options, runOptions,
+        var curveSet = pinnedCurves?.ToCurveSet(options.Curves) ?? LoadOrMeasureCurves(canonical, discovery.Units, features, data, samples, calibration, options, runOptions,
             progress, modelHash, dataHash);
         Stage("curves");
 
@@ -138,7 +139,7 @@ public static class Compiler
         {
             var watch = Stopwatch.StartNew();
             var minBits = options.MinBitsFor(target);
-            var problem = new AllocationProblem(freeCurves, target, minBits, CurvePolicy.MakeMonotone);
+            var problem = new AllocationProblem(freeCurves, target, minBits, CurvePolicy.MakeMonotone, TieRule.DefaultTolerance);
             IBitAllocator allocator = options.Solver == SolverKind.Dp
                 ? new DpAllocator()
                 : new LagrangianAllocator(new LagrangianOptions(options.Epsilon));
@@ -187,6 +188,7 @@ public static class Compiler
                 rewrite.Layers.Sum(l => l.Bytes),
                 bytes.LongLength);
             targetNotes.AddRange(allocation.Warnings.Select(w => w.Message));
+            targetNotes.Add(TieRule.Describe(problem));
             if (options.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
                 targetNotes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
             var report = new CompileReport(toolVersion, target, allocation.Rate, options.Solver.ToString().ToLowerInvariant(), minBits,
@@ -227,7 +229,7 @@ public static class Compiler
             AtomicFile.Write(results[i].ReportPath, s => s.Write(json));
         }
         var manifest = ReportWriter.Manifest(toolVersion, Path.GetFileName(modelPath), modelHash, dataHash, samples,
-            ManifestOptions(options, features), outputs);
+            [.. ManifestOptions(options, features), .. PinnedCurves.ManifestEntries(pinnedCurves)], outputs);
         AtomicFile.Write(Path.Combine(outputDirectory, "manifest.json"), s => s.Write(manifest));
 
         string? guard = null;
