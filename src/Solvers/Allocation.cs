@@ -73,6 +73,12 @@ public sealed class Allocation
 public abstract record SolverStats(string Solver)
 {
     public TimeSpan Elapsed { get; init; }
+
+    /// <summary>The problem's <see cref="AllocationProblem.TieTolerance"/> (0 = no tie rule).</summary>
+    public double TieTolerance { get; init; }
+
+    /// <summary>The tie rule's grid step in sqrt(D) (<see cref="AllocationProblem.TieStep"/>).</summary>
+    public double TieStep { get; init; }
 }
 
 /// <param name="Cells">Budget-axis cells (W + 1).</param>
@@ -81,7 +87,7 @@ public abstract record SolverStats(string Solver)
 /// <param name="TableBytes">Size of the choice table (one byte per free unit and cell).</param>
 /// <param name="OptimalityGapBound">
 /// Upper bound on (this distortion - the exact optimum): 0 when exact; with bucketing, this distortion minus the
-/// linear-relaxation lower bound at the true budget.
+/// linear-relaxation lower bound at the true budget. With the tie rule on, both are of the snapped curves.
 /// </param>
 public sealed record DpStats(long Cells, long CostUnit, long BucketSize, long TableBytes, double OptimalityGapBound)
     : SolverStats("dp")

@@ -28,7 +28,8 @@ public sealed class AllocationProblem
         IReadOnlyList<UnitCurve> units,
         double targetBits,
         int minBits,
-        CurvePolicy curvePolicy = CurvePolicy.UseAsGiven)
+        CurvePolicy curvePolicy = CurvePolicy.UseAsGiven,
+        double tieTolerance = 0)
     {
         ArgumentNullException.ThrowIfNull(units);
         if (units.Count == 0)
@@ -37,6 +38,7 @@ public sealed class AllocationProblem
             throw new SolverException(SolverErrorKind.InvalidProblem,
                 $"minimum bits must be at least 1, got {minBits}");
         ValidateTarget(targetBits);
+        TieRule.Validate(tieTolerance);
 
         var warnings = new List<SolverWarning>();
         var names = new HashSet<string>(StringComparer.Ordinal);
@@ -70,6 +72,8 @@ public sealed class AllocationProblem
         Prepared = prepared;
         _warnings = warnings;
         BudgetBits = ComputeBudget(targetBits, total);
+        TieTolerance = tieTolerance;
+        TieStep = TieRule.Step(units, tieTolerance);
     }
 
     private AllocationProblem(AllocationProblem source, double targetBits)
@@ -83,6 +87,8 @@ public sealed class AllocationProblem
         Prepared = source.Prepared;
         _warnings = source._warnings;
         BudgetBits = ComputeBudget(targetBits, source.TotalSize);
+        TieTolerance = source.TieTolerance;
+        TieStep = source.TieStep;
     }
 
     /// <summary>The units as given, in the order allocations report them.</summary>
@@ -95,6 +101,16 @@ public sealed class AllocationProblem
     public int MinBits { get; }
 
     public CurvePolicy CurvePolicy { get; }
+
+    /// <summary>
+    /// Tolerance of the tie rule (<see cref="TieRule"/>): 0 (the default) solves on the curves to their last digit;
+    /// above 0 the solvers decide on curves snapped to a grid of this fraction of sqrt(max D) in sqrt(D), so
+    /// differences below it cannot change the allocation. Reported distortions always use the curves as given.
+    /// </summary>
+    public double TieTolerance { get; }
+
+    /// <summary>The tie rule's grid step in sqrt(D) (0 when the rule is off or every curve is zero).</summary>
+    public double TieStep { get; }
 
     /// <summary>Warnings found while validating the curves (rising curves, pinned units without distortion).</summary>
     public IReadOnlyList<SolverWarning> Warnings => _warnings;

@@ -30,7 +30,9 @@ public sealed record DpOptions(int MaxCells = 100_000, long MaxTableBytes = 128L
 /// </para>
 /// <para>
 /// Tie-break (deterministic): in each cell the candidate with fewer bits wins an exact tie, and the backtrack starts
-/// from the full budget, so among equal-distortion allocations the one the recurrence meets first is returned.
+/// from the full budget, so among equal-distortion allocations the one the recurrence meets first is returned. With
+/// the problem's tie rule on (<see cref="AllocationProblem.TieTolerance"/>), the DP runs on snapped curves with a
+/// preference for more weight-bits folded in (<see cref="TieRule"/>), so near-ties resolve the same way everywhere.
 /// </para>
 /// </summary>
 public sealed class DpAllocator(DpOptions? options = null) : IBitAllocator
@@ -119,10 +121,13 @@ public sealed class DpAllocator(DpOptions? options = null) : IBitAllocator
             free.GreedyFill(hull, free.Budget);
             if (free.Evaluate(hull).Distortion < free.Evaluate(choice).Distortion)
                 choice = hull;
-            gap = Math.Max(0.0, free.Evaluate(choice).Distortion - free.RelaxationLowerBound(free.Budget));
+            gap = Math.Max(0.0, free.Evaluate(choice).Distortion - free.RelaxationLowerBound(free.Budget)) * free.KeyScale;
         }
         var bits = free.ToBits(problem, choice);
-        var stats = new DpStats(cells, unit, bucket, tableBytes, gap) { Elapsed = clock.Elapsed };
+        var stats = new DpStats(cells, unit, bucket, tableBytes, gap)
+        {
+            Elapsed = clock.Elapsed, TieTolerance = problem.TieTolerance, TieStep = problem.TieStep,
+        };
         return new Allocation(problem, bits, stats, []);
     }
 

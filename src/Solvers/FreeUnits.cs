@@ -4,6 +4,10 @@ namespace OnnxQuant.Solvers;
 /// The free (non-pinned) units of a problem flattened for the solvers: candidate k of free unit j sits at
 /// Offsets[j] + k with its distortion and incremental cost n_u (b_k - b_0) in weight-bits above the unit's lowest
 /// candidate. Budget = what is left after pinned units and every free unit's lowest candidate.
+/// <para>
+/// <see cref="Distortion"/> holds the values the solvers decide on: the curves as given when the problem's tie rule is
+/// off, otherwise q^2 M - c / g (see <see cref="TieRule"/>), which <see cref="KeyScale"/> converts back to distortion.
+/// </para>
 /// </summary>
 internal sealed class FreeUnits
 {
@@ -28,12 +32,49 @@ internal sealed class FreeUnits
             }
         }
         Budget = problem.BudgetBits - baseCost;
+        KeyScale = 1;
+        if (problem.TieStep > 0)
+            KeyScale = ApplyTieRule(problem.TieStep);
+    }
+
+    /// <summary>
+    /// Replaces every distortion by its decision value q^2 M - c / g: q the level on the tie grid, c the incremental
+    /// cost, g the gcd of the costs and M one more than the largest sum of c / g, so the cost term only orders
+    /// allocations whose snapped distortion is equal (more weight-bits first). Returns distortion per decision unit.
+    /// </summary>
+    private double ApplyTieRule(double step)
+    {
+        long g = 0;
+        foreach (var c in Cost)
+            if (c > 0)
+                g = Gcd(g, c);
+        if (g == 0)
+            g = 1;
+        double most = 0;
+        for (var j = 0; j < Count; j++)
+            most += Cost[Offsets[j + 1] - 1] / g;
+        var m = most + 1;
+        for (var i = 0; i < Distortion.Length; i++)
+        {
+            var q = TieRule.Level(Distortion[i], step);
+            Distortion[i] = q * q * m - Cost[i] / g;
+        }
+        return step * step / m;
+    }
+
+    private static long Gcd(long a, long b)
+    {
+        while (b != 0)
+            (a, b) = (b, a % b);
+        return a;
     }
 
     public PreparedUnit[] Units { get; }
     public int[] Offsets { get; }
     public double[] Distortion { get; }
     public long[] Cost { get; }
+    /// <summary>Distortion per unit of <see cref="Distortion"/> (1 unless the tie rule is on).</summary>
+    public double KeyScale { get; }
     /// <summary>Weight-bits left for raising free units above their lowest candidate (non-negative when feasible).</summary>
     public long Budget { get; }
     public int Count => Units.Length;

@@ -24,7 +24,9 @@ public sealed record LagrangianOptions(double Epsilon = 0.02, bool AllowOvershoo
 /// If the hull jumps over the window [R - eps, R] (a step of the rate larger than eps), the search narrows to the
 /// break point and returns the best feasible hull point, flagged in the stats and warnings.
 /// </para>
-/// <para>Tie-break (deterministic): a unit whose objective ties between widths takes the fewer bits.</para>
+/// <para>Tie-break (deterministic): a unit whose objective ties between widths takes the fewer bits. With the
+/// problem's tie rule on, the search runs on snapped curves tilted towards more weight-bits (<see cref="TieRule"/>),
+/// so a flat stretch of a curve is taken when the budget allows and near-ties resolve the same way everywhere.</para>
 /// </summary>
 public sealed class LagrangianAllocator(LagrangianOptions? options = null) : IBitAllocator
 {
@@ -61,7 +63,10 @@ public sealed class LagrangianAllocator(LagrangianOptions? options = null) : IBi
                 $"(the convex hull steps from above the budget to {Fmt(rate)}); returned that best feasible hull point — " +
                 "the dp solver can use the remaining budget"));
         }
-        var stats = new LagrangianStats(search.Lambda, search.Iterations, eps, !converged, Options.AllowOvershoot) { Elapsed = clock.Elapsed };
+        var stats = new LagrangianStats(search.Lambda * free.KeyScale, search.Iterations, eps, !converged, Options.AllowOvershoot)
+        {
+            Elapsed = clock.Elapsed, TieTolerance = problem.TieTolerance, TieStep = problem.TieStep,
+        };
         return new Allocation(problem, free.ToBits(problem, best), stats, warnings);
     }
 

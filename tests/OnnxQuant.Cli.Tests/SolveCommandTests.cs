@@ -163,7 +163,12 @@ public sealed class SolveCommandTests : IDisposable
         var (monoCode, monoOut, monoErr) = Run("solve", Write(json), "--target-bits", "4", "--monotone", "--json");
         Assert.Equal(ExitCodes.Ok, monoCode);
         Assert.Contains("made monotone", monoErr);
-        Assert.Contains("\"bumpy\": 3", monoOut);
+        // 3 and 4 bits now tie (running minimum 1): the tie rule spends the budget, without it the tie goes to fewer bits.
+        Assert.Contains("\"bumpy\": 4", monoOut);
+        Assert.Contains("\"tie_tolerance\": 0.0001", monoOut);
+        var (_, exactOut, _) = Run("solve", Write(json), "--target-bits", "4", "--monotone", "--json", "--tie-tolerance", "0");
+        Assert.Contains("\"bumpy\": 3", exactOut);
+        Assert.Contains("\"tie_step\": 0", exactOut);
     }
 
     [Fact]

@@ -50,6 +50,8 @@ internal static class CompileCommand
         var runBatch = new Option<int>("--run-batch") { Description = "Samples stacked into one ONNX Runtime run when the model's batch axis is symbolic", DefaultValueFactory = _ => 8 };
         var curves = new Option<string>("--curves") { Description = "exact (measured at every width) or fast (proxy scaled by one measured width)", DefaultValueFactory = _ => "exact" };
         curves.AcceptOnlyFromAmong("exact", "fast");
+        var curvesFile = new Option<string?>("--curves-file") { Description = "Use these curves (onnxquant.curves/1, e.g. from --write-curves) instead of measuring; must match the model's units and --bits" };
+        var writeCurves = new Option<string?>("--write-curves") { Description = "Also write the curves used (onnxquant.curves/1) to this file, for --curves-file or onnxquant solve" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Curve cache folder (default $XDG_CACHE_HOME/onnxquant/curves)" };
         var noCache = new Option<bool>("--no-cache") { Description = "Measure curves without reading or writing the cache" };
         var maxDistortion = new Option<double?>("--max-distortion") { Description = "Exit 3 when the measured distortion exceeds this" };
@@ -65,7 +67,7 @@ internal static class CompileCommand
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
-                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, cacheDir, noCache,
+                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, curvesFile, writeCurves, cacheDir, noCache,
                      maxDistortion, maxDrop, evalData, evalAnnotations, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
@@ -103,6 +105,7 @@ internal static class CompileCommand
                     CandidateBits = ParseList(parse.GetValue(bits)!, "--bits", s => int.Parse(s, CultureInfo.InvariantCulture)),
                     Mode = parse.GetValue(curves) == "fast" ? CurveMode.Fast : CurveMode.Exact,
                     CacheDir = parse.GetValue(noCache) ? null : parse.GetValue(cacheDir) ?? DefaultCacheDir(),
+                    CurvesFile = parse.GetValue(curvesFile),
                 },
                 Allocation = new AllocationOptions
                 {
@@ -135,6 +138,9 @@ internal static class CompileCommand
             var attentionBits = parse.GetValue(recipeAttentionBits);
             if (recipePath is not null)
                 OnnxQuant.QatBridge.BitWidths.CheckBits(attentionBits, "--qat-attention-bits");
+            var curvesOut = parse.GetValue(writeCurves);
+            if (curvesOut is not null && Path.GetDirectoryName(Path.GetFullPath(curvesOut)) is { } curvesDir && !Directory.Exists(curvesDir))
+                throw new CliInputException($"--write-curves {curvesOut}: the folder {curvesDir} does not exist");
             RuntimeCliOptions.Initialize(parse, ortLib);
 
             var error = parse.InvocationConfiguration.Error;
@@ -145,6 +151,11 @@ internal static class CompileCommand
                 Compiler.Run(modelPath, parse.GetValue(calib)!, outDir, options, VersionCommand.ToolVersion, sink));
 
             WriteSummary(stdout, result, result.Guards.Accuracy);
+            if (curvesOut is not null)
+            {
+                OnnxQuant.Solvers.CurvesFile.WriteFile(curvesOut, result.Targets[0].Report.Curves);
+                stdout.WriteLine($"written: {curvesOut} (curves, {result.Targets[0].Report.Curves.Count} units)");
+            }
             if (recipePath is not null)
             {
                 var recipe = OnnxQuant.QatBridge.CompileRecipe.FromReport(result.Targets[0].Report, modelPath, attentionBits);
@@ -241,7 +252,7 @@ internal static class CompileCommand
             console.Profile.Width = 120;
         var first = result.Targets[0].Report;
         console.WriteLine($"{result.Units} units, {result.Heads} head layer(s) at {(first.Heads.Count > 0 ? first.Heads[0].Bits : 8)} bits, " +
-                          $"curves {first.CurveMode.ToString().ToLowerInvariant()}{(first.CurvesFromCache ? " (cache)" : $" ({result.CurveRuns} runs)")}, " +
+                          $"curves {first.CurveMode.ToString().ToLowerInvariant()}{(first.CurvesFromCache ? " (cache)" : result.CurveRuns == 0 ? " (curves file)" : $" ({result.CurveRuns} runs)")}, " +
                           $"activations {(first.ActBits == 0 ? "float" : $"{first.ActBits}-bit {first.ActCalibration}")}, format {first.WeightFormat}, opset {first.Opset}");
         var table = new Table().AddColumns("target", "rate", "bits used", "predicted", "measured", "weights", "vs float", "model");
         foreach (var column in table.Columns.Skip(1).Take(6))

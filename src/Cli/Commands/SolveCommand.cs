@@ -44,17 +44,22 @@ internal static class SolveCommand
             Description = "Replace curves that rise with more bits by their running minimum (default: use as given, with a warning)",
         };
         var json = new Option<bool>("--json") { Description = "Print JSON instead of a table" };
+        var tieTolerance = new Option<double>("--tie-tolerance")
+        {
+            Description = "Decide on curves snapped to a grid of this fraction of sqrt(max D) in sqrt(D), so differences below it cannot change the allocation (0 = curves to the last digit)",
+            DefaultValueFactory = _ => TieRule.DefaultTolerance,
+        };
 
         var command = new Command("solve", "Choose a bit width per unit from a curves file so the average meets the target with the least distortion");
         command.Arguments.Add(curves);
-        foreach (var option in new Option[] { targets, solver, minBits, epsilon, monotone, json })
+        foreach (var option in new Option[] { targets, solver, minBits, epsilon, monotone, json, tieTolerance })
             command.Options.Add(option);
         command.SetAction(parse =>
         {
             var targetList = ParseTargets(parse.GetValue(targets)!);
             var units = CurvesFile.Read(parse.GetValue(curves)!);
             var policy = parse.GetValue(monotone) ? CurvePolicy.MakeMonotone : CurvePolicy.UseAsGiven;
-            var problem = new AllocationProblem(units, targetList[0], parse.GetValue(minBits), policy);
+            var problem = new AllocationProblem(units, targetList[0], parse.GetValue(minBits), policy, parse.GetValue(tieTolerance));
             var solverName = parse.GetValue(solver)!;
             IBitAllocator allocator = solverName == "dp"
                 ? new DpAllocator()
@@ -161,7 +166,10 @@ internal static class SolveTable
         console.Write(bits);
     }
 
-    internal static string Describe(SolverStats stats) => stats switch
+    internal static string Describe(SolverStats stats) => DescribeSolver(stats) +
+        (stats.TieTolerance > 0 ? $", tie tolerance {G(stats.TieTolerance)} (step {G(stats.TieStep)} in sqrt(D))" : "");
+
+    private static string DescribeSolver(SolverStats stats) => stats switch
     {
         DpStats dp when dp.IsExact => $"dp: exact, {dp.Cells} budget cells of {dp.CostUnit} weight-bits, choice table {dp.TableBytes} bytes",
         DpStats dp => $"dp: bucketed, {dp.Cells} budget cells of {dp.BucketSize} weight-bits (exact cell {dp.CostUnit}), " +
@@ -251,6 +259,8 @@ internal static class SolveJson
                 w.WriteBoolean("window_missed", lg.WindowMissed);
                 break;
         }
+        w.WriteNumber("tie_tolerance", allocation.Stats.TieTolerance);
+        w.WriteNumber("tie_step", allocation.Stats.TieStep);
         w.WriteEndObject();
         w.WriteEndObject();
     }

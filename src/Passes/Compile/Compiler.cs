@@ -56,6 +56,8 @@ public static class Compiler
             progress.Note($"units: {found.Units.Count} in {found.Layers.Count - found.Heads.Count} layers, {found.Heads.Count} head layer(s), {found.Skipped.Count} skipped");
             return found;
         });
+        // A pinned curves file is checked against the units before any expensive stage.
+        var pinned = PinnedCurves.Load(options.Curves, discovery.Units);
 
         var calibration = clock.Time("calibrate", () => CalibrateStage.Run(canonical,
             discovery.Layers.Select(l => l.Activation).Distinct()
@@ -64,7 +66,7 @@ public static class Compiler
 
         var curves = clock.Time("curves", () => CurveStage.Run(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
-            options.CurveKey(), progress));
+            options.CurveKey(), progress, pinned));
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
         Verifier? verifier = null;
@@ -89,8 +91,8 @@ public static class Compiler
                 return result;
             });
             var bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
-            var notes = loaded.Notes.Concat(partition.Notes).Concat(verified.Notes)
-                .Concat(allocation.Allocation.Warnings.Select(w => w.Message)).ToList();
+            var notes = loaded.Notes.Concat(pinned is null ? [] : [pinned.Note]).Concat(partition.Notes).Concat(verified.Notes)
+                .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
             if (options.Calibration.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
                 notes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");

@@ -1,3 +1,4 @@
+using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Passes.Quantization;
 
@@ -20,6 +21,9 @@ public sealed record CurveOptions : IStageOptions
 
     public CurveMode Mode { get; init; } = CurveMode.Exact;
 
+    /// <summary>An onnxquant.curves/1 file used instead of measuring curves (checked against the units and widths); null = measure.</summary>
+    public string? CurvesFile { get; init; }
+
     /// <summary>Where curves are cached; null = no cache.</summary>
     public string? CacheDir { get; init; }
 
@@ -29,11 +33,17 @@ public sealed record CurveOptions : IStageOptions
             throw new CompileException($"--bits {string.Join(",", CandidateBits)}: candidate widths must be distinct and between 2 and 8");
     }
 
-    public IEnumerable<OptionEntry> Manifest() =>
-    [
-        new("bits", string.Join(",", CandidateBits)),
-        new("curves", Mode.ToString().ToLowerInvariant()),
-    ];
+    public IEnumerable<OptionEntry> Manifest()
+    {
+        yield return new("bits", string.Join(",", CandidateBits));
+        yield return new("curves", Mode.ToString().ToLowerInvariant());
+        // Only when given, so manifests of measured compiles keep their keys.
+        if (CurvesFile is { } path)
+        {
+            yield return new("curves_file", Path.GetFileName(path));
+            yield return new("curves_file_sha256", Hashing.Sha256Hex(File.ReadAllBytes(path)));
+        }
+    }
 
     public IEnumerable<string> CurveKey() =>
         ["bits=" + string.Join(",", CandidateBits.OrderBy(b => b)), "curves=" + Mode];

@@ -8,7 +8,7 @@ using OnnxQuant.Runtime;
 namespace OnnxQuant.Passes.Curves;
 
 /// <summary>
-/// The curves of every unit: from the cache when the same canonical model, samples and curve-changing options were
+/// The curves of every unit: from --curves-file when given, from the cache when the same canonical model, samples and curve-changing options were
 /// measured before, else measured (and stored).
 /// </summary>
 public static class CurveStage
@@ -16,8 +16,11 @@ public static class CurveStage
     /// <param name="keyParts">Every option that changes a curve (<c>CompileOptions.CurveKey</c>).</param>
     public static CurveSet Run(Model canonical, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features,
         CalibrationSet data, int samples, string dataHash, CalibrationTable? calibration, CurveOptions options,
-        RewriteOptions storage, ExecutionOptions execution, IEnumerable<string> keyParts, IProgressSink progress)
+        RewriteOptions storage, ExecutionOptions execution, IEnumerable<string> keyParts, IProgressSink progress,
+        PinnedCurves? pinned = null)
     {
+        if (pinned is not null)
+            return pinned.ToCurveSet(options.Mode);
         CurveCache? cache = options.CacheDir is { } dir ? new CurveCache(dir) : null;
         var key = CurveCache.Key(Hashing.Sha256Hex(ModelIO.ToBytes(canonical)), dataHash, keyParts);
         var unitKeys = units.Select(u => (u.Name, u.Size)).ToList();
