@@ -42,8 +42,8 @@ internal static class CompileCommand
         var format = new Option<string>("--format") { Description = "qdq, or matmulnbits (MatMul weights packed weight-only)", DefaultValueFactory = _ => "qdq" };
         format.AcceptOnlyFromAmong("qdq", "matmulnbits");
         var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
-        var curves = new Option<string>("--curves") { Description = "exact (measured at every width) or fast (proxy scaled by one measured width)", DefaultValueFactory = _ => "exact" };
-        curves.AcceptOnlyFromAmong("exact", "fast");
+        var curves = new Option<string>("--curves") { Description = "gain (closed-form local error x propagation gain measured on a few samples), exact (measured at every width on every sample) or fast (diagonal proxy scaled by one measured width)", DefaultValueFactory = _ => "gain" };
+        curves.AcceptOnlyFromAmong("gain", "exact", "fast");
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Curve cache folder (default $XDG_CACHE_HOME/onnxquant/curves)" };
         var noCache = new Option<bool>("--no-cache") { Description = "Measure curves without reading or writing the cache" };
         var maxDistortion = new Option<double?>("--max-distortion") { Description = "Exit 3 when the measured distortion exceeds this" };
@@ -90,7 +90,7 @@ internal static class CompileCommand
                 HeadBits = parse.GetValue(headBits),
                 Format = parse.GetValue(format) == "matmulnbits" ? WeightFormat.MatMulNBits : WeightFormat.Qdq,
                 BlockSize = parse.GetValue(blockSize),
-                Curves = parse.GetValue(curves) == "fast" ? CurveMode.Fast : CurveMode.Exact,
+                Curves = parse.GetValue(curves) switch { "fast" => CurveMode.Fast, "exact" => CurveMode.Exact, _ => CurveMode.Gain },
                 CacheDir = parse.GetValue(noCache) ? null : parse.GetValue(cacheDir) ?? DefaultCacheDir(),
                 MaxDistortion = parse.GetValue(maxDistortion),
                 Threads = parse.GetValue(threads),

@@ -28,6 +28,11 @@ public enum CurveMode
     Exact,
     /// <summary>Layer-output error from input second moments, scaled by a per-unit sensitivity measured once.</summary>
     Fast,
+    /// <summary>
+    /// Closed-form layer-local error at every width (full input second-moment matrix) times a propagation gain measured
+    /// on a few samples with an error bar, on graph cuts (see <see cref="Curves.CutCurveMeasurer"/>).
+    /// </summary>
+    Gain,
 }
 
 /// <summary>Which allocator solves the bit allocation.</summary>
@@ -87,7 +92,7 @@ public sealed record CompileOptions
     /// <summary>Block length along the reduction axis for MatMulNBits (16, 32, 64 or 128).</summary>
     public int BlockSize { get; init; } = 32;
 
-    public CurveMode Curves { get; init; } = CurveMode.Exact;
+    public CurveMode Curves { get; init; } = CurveMode.Gain;
 
     /// <summary>Where curves are cached; null = no cache.</summary>
     public string? CacheDir { get; init; }

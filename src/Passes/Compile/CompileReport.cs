@@ -44,4 +44,7 @@ public sealed record CompileReport(
     IReadOnlyList<StageTime> Timings)
 {
     public const string Schema = "onnxquant.report/1";
+
+    /// <summary>Per unit, the measured propagation gain behind its curve (gain curves measured in this compile).</summary>
+    public IReadOnlyList<Curves.UnitGain> CurveGains { get; init; } = [];
 }

@@ -96,19 +96,21 @@ public static class Compiler
         var runOptions = (threadsOptions with { Optimization = GraphOptimization.All })
             .WithConfig(SessionConfigKeys.QdqMatMulNBitsAccuracyLevel, "0");
         CalibrationTable? calibration = null;
-        if (options.ActBits > 0 || options.Curves == CurveMode.Fast)
+        var cutCurves = options.Curves == CurveMode.Fast ? null : new CutCurveMeasurer(canonical, discovery.Units, features, samples, options);
+        if (options.ActBits > 0 || options.Curves != CurveMode.Exact)
         {
             var targets = discovery.Layers.Select(l => l.Activation).Distinct()
                 .Select(a => new CalibrationTarget(a, options.Curves == CurveMode.Fast
                     ? discovery.Layers.First(l => l.Activation == a).ActivationChannelAxis : null)).ToList();
             using var stage = progress.Begin("calibrate", samples);
             calibration = Calibrator.Run(canonical, data, samples, targets, options.ActCalibration, Math.Max(2, options.ActBits == 0 ? 8 : options.ActBits),
-                threadsOptions, options.RunBatch, stage);
+                threadsOptions, options.RunBatch, stage, cutCurves);
         }
         Stage("calibrate");
 
         var curveSet = LoadOrMeasureCurves(canonical, discovery.Units, features, data, samples, calibration, options, runOptions,
-            progress, modelHash, dataHash);
+            progress, modelHash, dataHash, cutCurves);
+        notes.AddRange(curveSet.Notes);
         Stage("curves");
 
         // Units whose curve is zero everywhere cannot be seen at the feature: treat them like heads.
@@ -194,7 +196,7 @@ public static class Compiler
                 options.ActBits, options.ActCalibration.ToString().ToLowerInvariant(), rewrite.Opset,
                 unitReports, heads, discovery.Skipped, curveSet.Curves, rewrite.Layers, sizes,
                 new DistortionReport(allocation.PredictedDistortion, measured, verifier.Samples, heldOut, Metric),
-                targetNotes, []);
+                targetNotes, []) { CurveGains = curveSet.Gains };
             perTarget.Add((report, bytes, allocateSeconds, rewriteSeconds, verifySeconds));
         }
         timings.Add(new StageTime("allocate", perTarget.Sum(t => t.AllocateSeconds)));
@@ -323,7 +325,7 @@ public static class Compiler
 
     private static CurveSet LoadOrMeasureCurves(Model canonical, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features,
         CalibrationSet data, int samples, CalibrationTable? calibration, CompileOptions options, SessionOptions runOptions,
-        IProgressSink progress, string modelHash, string dataHash)
+        IProgressSink progress, string modelHash, string dataHash, CutCurveMeasurer? cutCurves)
     {
         CurveCache? cache = options.CacheDir is { } dir ? new CurveCache(dir) : null;
         var key = CurveCache.Key(Sha256(ModelIO.ToBytes(canonical)), dataHash, CurveOptionParts(options, features));
@@ -333,7 +335,8 @@ public static class Compiler
             progress.Note($"curves: loaded from cache {cache.PathOf(key)}");
             return new CurveSet(cached, options.Curves, true, 0);
         }
-        var set = CurveMeasurer.Measure(canonical, units, features, data, samples, calibration, options, runOptions, progress);
+        var set = cutCurves?.Measure(data, runOptions, progress)
+            ?? CurveMeasurer.Measure(canonical, units, features, data, samples, calibration, options, runOptions, progress);
         cache?.Store(key, set.Curves);
         return set;
     }
@@ -349,6 +352,7 @@ public static class Compiler
         "format=" + o.Format,
         "block=" + o.BlockSize,
         "curves=" + o.Curves,
+        .. o.Curves == CurveMode.Fast ? [] : CutCurveMeasurer.KeyParts(),
     ];
 
     private static IReadOnlyList<(string, string)> ManifestOptions(CompileOptions o, IReadOnlyList<string> features) =>

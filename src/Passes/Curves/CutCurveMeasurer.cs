@@ -1,0 +1,356 @@
+using System.Globalization;
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Runtime;
+using OnnxQuant.Solvers;
+
+namespace OnnxQuant.Passes.Curves;
+
+/// <summary>Parameters of the gain curves (part of the curve cache key).</summary>
+/// <param name="MinSamples">Samples every gain is measured on before the error bar is looked at.</param>
+/// <param name="MaxSamples">Most samples a gain is measured on.</param>
+/// <param name="RelativeError">Stop adding samples once the standard error of the gain is below this fraction of it.</param>
+/// <param name="LocalRows">Input rows per layer (spread over the calibration samples) behind the closed-form local error.</param>
+/// <param name="CacheMemoryBytes">Cut activations kept in memory; the rest is spilled to a temporary folder.</param>
+public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 8, double RelativeError = 0.1, int LocalRows = 512,
+    long CacheMemoryBytes = 512L << 20)
+{
+    public static GainSettings Default { get; } = new();
+
+    /// <summary>The parts of the curve cache key these settings add.</summary>
+    public IEnumerable<string> KeyParts() =>
+    [
+        "gain-samples=" + MinSamples + ".." + MaxSamples,
+        "gain-error=" + RelativeError.ToString(CultureInfo.InvariantCulture),
+        "gain-rows=" + LocalRows,
+    ];
+}
+
+/// <summary>
+/// How one unit's gain curve was obtained. <see cref="LocalMeasured"/> is the mean of ||dz||^2 (the layer-output
+/// change, measured in ONNX Runtime) over the gain samples, <see cref="LocalPredicted"/> the closed form for the same
+/// width over all calibration samples; their ratio checks the closed form.
+/// </summary>
+public sealed record UnitGain(string Unit, int ReferenceBits, double Gain, int Samples, double RelativeError,
+    double LocalMeasured, double LocalPredicted, string Local)
+{
+    public double MeasuredOverPredicted => LocalPredicted > 0 ? LocalMeasured / LocalPredicted : double.NaN;
+}
+
+/// <summary>
+/// Error curves on graph cuts. Each layer gets one ONNX Runtime session over its <see cref="GraphCut"/> (the layer and
+/// what lies between it and the features), fed with float activations at the cut that one instrumented float pass
+/// caches per sample (<see cref="ActivationCache"/>), so a measurement re-runs only the part of the model the weight
+/// can change.
+/// <para>
+/// Gain mode (the default): <c>D_u(b) = g_u * L_u(b)</c>. <c>L_u(b) = tr(dW_u(b) S dW_u(b)^T)</c> per sample is the
+/// closed-form layer-local error (<see cref="LayerInputRows"/>, from rows collected in the calibration pass through
+/// <see cref="ICalibrationTap"/>); <c>g_u = sum_s d_s / sum_s l_s</c> is the propagation gain measured by injecting the
+/// real 4-bit perturbation on samples 0, 1, 2, ... in order: d_s = sum_f ||y_f - y_f^float||^2 / E_f (E_f the mean
+/// per-sample feature energy over all calibration samples) and l_s = ||dW x_s||^2 (a bias-free copy of the layer fed
+/// dW). Samples are added from <see cref="GainSettings.MinSamples"/> until the standard error of the ratio estimator,
+/// sqrt(sum_s (d_s - g l_s)^2 / (n (n - 1))) / mean(l), is below <see cref="GainSettings.RelativeError"/> of g, or
+/// <see cref="GainSettings.MaxSamples"/> is reached. Layers whose rows cannot be formed (non-2-D convolutions, odd
+/// input layouts) are measured at every width on the gain samples instead, with a note.
+/// </para>
+/// <para>Exact mode: every width on every sample, <c>D_u(b) = sum_s sum_f ||dy_f||^2 / sum_s ||y_f||^2</c>, as before
+/// but on the cut.</para>
+/// </summary>
+public sealed class CutCurveMeasurer : ICalibrationTap
+{
+    private readonly Model _model;
+    private readonly IReadOnlyList<QuantUnit> _units;
+    private readonly IReadOnlyList<string> _features;
+    private readonly int _samples;
+    private readonly CompileOptions _options;
+    private readonly GainSettings _settings;
+    private readonly List<QuantLayer> _layers;
+    private readonly Dictionary<string, List<LayerInputRows>> _rowsByActivation = new(StringComparer.Ordinal);
+    private readonly Dictionary<QuantLayer, LayerInputRows> _rows = [];
+    private readonly double[] _energy;
+    private readonly int[] _energySamples;
+
+    /// <param name="model">The canonical model (not modified).</param>
+    public CutCurveMeasurer(Model model, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features, int samples,
+        CompileOptions options, GainSettings? settings = null)
+    {
+        _model = model;
+        _units = units;
+        _features = features;
+        _samples = samples;
+        _options = options;
+        _settings = settings ?? GainSettings.Default;
+        _layers = units.Select(u => u.Layer).Distinct().ToList();
+        _energy = new double[features.Count];
+        _energySamples = new int[features.Count];
+        if (options.Curves == CurveMode.Exact)
+            return;
+        var perSample = Math.Max(1, (_settings.LocalRows + samples - 1) / samples);
+        for (var i = 0; i < _layers.Count; i++)
+        {
+            var layer = _layers[i];
+            var node = model.Graph.FindInitializer(layer.WeightName)!.Uses[0].Node;
+            var rows = new LayerInputRows(layer, node, perSample, i + 1);
+            _rows[layer] = rows;
+            if (!_rowsByActivation.TryGetValue(layer.Activation, out var list))
+                _rowsByActivation[layer.Activation] = list = [];
+            list.Add(rows);
+        }
+    }
+
+    /// <summary>The features: their energy over all calibration samples normalizes the gain measurements.</summary>
+    public IReadOnlyCollection<string> ExtraTensors => _options.Curves == CurveMode.Exact ? [] : _features.ToList();
+
+    public void Observe(string tensor, int firstSample, int count, float[] values, long[] shape)
+    {
+        if (_rowsByActivation.TryGetValue(tensor, out var rows))
+            foreach (var r in rows)
+                r.Add(values, shape, firstSample, count);
+        for (var f = 0; f < _features.Count; f++)
+            if (_features[f] == tensor)
+            {
+                _energy[f] += SumOfSquares(values);
+                _energySamples[f] += count;
+            }
+    }
+
+    /// <summary>Measures every unit's curve. In gain mode the calibration pass must have run with this object as its tap.</summary>
+    public CurveSet Measure(CalibrationSet data, SessionOptions sessionOptions, IProgressSink progress)
+    {
+        var exact = _options.Curves == CurveMode.Exact;
+        var bits = _options.CandidateBits.OrderBy(b => b).ToArray();
+        var referenceBits = CurveMeasurer.ReferenceBits(bits);
+        var cacheSamples = exact ? _samples : Math.Min(_samples, _settings.MaxSamples);
+        var cuts = _layers.ToDictionary(l => l, l => GraphCut.Find(_model, l, _features));
+        using var cache = new ActivationCache(_settings.CacheMemoryBytes);
+        FillCache(cache, data, cacheSamples, cuts.Values, sessionOptions);
+
+        var energy = new double[_features.Count];
+        for (var f = 0; f < _features.Count; f++)
+        {
+            if (!exact && _energySamples[f] > 0)
+                energy[f] = _energy[f] / _energySamples[f];
+            else
+            {
+                for (var s = 0; s < cacheSamples; s++)
+                {
+                    var y = cache.Get(_features[f], s).ToFloats();
+                    energy[f] += SumOfSquares(y);
+                }
+                energy[f] /= cacheSamples;
+            }
+            if (energy[f] == 0)
+                energy[f] = 1; // an all-zero feature: fall back to the absolute squared error
+        }
+
+        var notes = new List<string>();
+        var gains = new List<UnitGain>();
+        var curves = new List<UnitCurve>(_units.Count);
+        var runs = 0;
+        double cutNodes = 0;
+        using (var stage = progress.Begin(exact ? "curves (exact, cut)" : "curves (gain)", _units.Count))
+        {
+            foreach (var layer in _layers)
+            {
+                var cut = cuts[layer];
+                cutNodes += cut.Nodes;
+                var rows = exact ? null : _rows[layer];
+                var local = rows is not null && rows.Fallback is null && rows.RowCount > 0;
+                var weight = _model.Graph.FindInitializer(layer.WeightName)!.Initializer!.ToFloatArray();
+                var layout = layer.Layout(_options.Format, _options.BlockSize);
+                var types = new Dictionary<string, DataType>(StringComparer.Ordinal);
+                foreach (var name in cut.CutValues)
+                    types[name] = cache.Get(name, 0).DataType;
+                var cutModel = cut.Build(_model, n => types[n], withDelta: !exact);
+                using var session = InferenceSession.Create(ModelIO.ToBytes(cutModel), sessionOptions);
+                var measurer = new CutRunner(session, cut, cache, _features, energy, layer.WeightShape);
+                var channelErrors = local ? rows!.ChannelErrors(weight, layout, bits, _options.Threads) : null;
+                if (!exact && !local)
+                    notes.Add($"layer '{layer.Name}': no closed-form local error ({rows!.Fallback ?? "no input rows"}); its curve is measured at every width on the gain samples");
+                var quantized = new Dictionary<int, float[]>();
+                float[] Quantized(int b) => quantized.TryGetValue(b, out var q) ? q : quantized[b] = QuantMath.FakeQuantizeWeight(weight, layout, b);
+                var channelOf = layer.OutputChannelOfElements();
+
+                foreach (var unit in _units.Where(u => u.Layer == layer))
+                {
+                    bool InUnit(int i) => channelOf[i] >= unit.ChannelStart && channelOf[i] < unit.ChannelStart + unit.ChannelCount;
+                    (float[] Weight, float[] Delta) Perturbed(int b)
+                    {
+                        var q = Quantized(b);
+                        var w = (float[])weight.Clone();
+                        var delta = new float[weight.Length];
+                        for (var i = 0; i < w.Length; i++)
+                            if (unit.IsWholeLayer || InUnit(i))
+                            {
+                                w[i] = q[i];
+                                delta[i] = q[i] - weight[i];
+                            }
+                        return (w, delta);
+                    }
+
+                    double[] values;
+                    if (exact)
+                    {
+                        values = new double[bits.Length];
+                        for (var k = 0; k < bits.Length; k++)
+                        {
+                            var (w, _) = Perturbed(bits[k]);
+                            double sum = 0;
+                            for (var s = 0; s < _samples; s++, runs++)
+                                sum += measurer.Run(s, w, null).Distortion;
+                            values[k] = CurveMeasurer.RoundDistortion(sum / _samples);
+                        }
+                    }
+                    else
+                    {
+                        // The gain at the reference width, with samples added until its error bar is tight.
+                        var (w, delta) = Perturbed(referenceBits);
+                        var d = new List<double>();
+                        var l = new List<double>();
+                        double gain = 0, relative = double.NaN;
+                        while (d.Count < cacheSamples)
+                        {
+                            var (ds, ls) = measurer.Run(d.Count, w, delta);
+                            runs++;
+                            d.Add(CurveMeasurer.RoundDistortion(ds));
+                            l.Add(CurveMeasurer.RoundDistortion(ls));
+                            if (d.Count < Math.Min(_settings.MinSamples, cacheSamples))
+                                continue;
+                            (gain, relative) = RatioEstimate(d, l);
+                            if (relative <= _settings.RelativeError)
+                                break;
+                        }
+                        if (local)
+                        {
+                            var unitLocal = channelErrors!.Select(e => e.Skip(unit.ChannelStart).Take(unit.ChannelCount).Sum()).ToArray();
+                            values = unitLocal.Select(v => CurveMeasurer.RoundDistortion(gain * v)).ToArray();
+                            gains.Add(new UnitGain(unit.Name, referenceBits, CurveMeasurer.RoundDistortion(gain), d.Count, Round3(relative),
+                                CurveMeasurer.RoundDistortion(l.Average()), CurveMeasurer.RoundDistortion(unitLocal[Array.IndexOf(bits, referenceBits)]), "full"));
+                        }
+                        else
+                        {
+                            values = new double[bits.Length];
+                            for (var k = 0; k < bits.Length; k++)
+                            {
+                                if (bits[k] == referenceBits)
+                                {
+                                    values[k] = CurveMeasurer.RoundDistortion(d.Average());
+                                    continue;
+                                }
+                                var (wk, _) = Perturbed(bits[k]);
+                                double sum = 0;
+                                for (var s = 0; s < d.Count; s++, runs++)
+                                    sum += CurveMeasurer.RoundDistortion(measurer.Run(s, wk, null).Distortion);
+                                values[k] = CurveMeasurer.RoundDistortion(sum / d.Count);
+                            }
+                            gains.Add(new UnitGain(unit.Name, referenceBits, CurveMeasurer.RoundDistortion(gain), d.Count, Round3(relative),
+                                CurveMeasurer.RoundDistortion(l.Average()), double.NaN, "measured"));
+                        }
+                    }
+                    curves.Add(new UnitCurve(unit.Name, unit.Size, bits, values));
+                    stage.Advance();
+                }
+            }
+        }
+        var modelNodes = _model.Graph.Nodes.Count;
+        notes.Insert(0, $"curves on graph cuts: a layer's cut holds {100 * cutNodes / Math.Max(1, _layers.Count) / Math.Max(1, modelNodes):0}% of the model's nodes on average; " +
+                        $"{cacheSamples} sample(s) of cut activations cached ({cache.MemoryBytes / (1 << 20)} MiB in memory, {cache.SpilledBytes / (1 << 20)} MiB spilled)");
+        if (!exact)
+            notes.Insert(1, $"gain curves: D_u(b) = g_u * L_u(b); gains measured at {referenceBits} bits on {gains.Min(g => g.Samples)}..{gains.Max(g => g.Samples)} samples " +
+                            $"(mean {gains.Average(g => g.Samples).ToString("0.0", CultureInfo.InvariantCulture)}), local errors from {_settings.LocalRows} input rows per layer");
+        return new CurveSet(curves, _options.Curves, false, runs) { Gains = gains, Notes = notes };
+    }
+
+    /// <summary>What the curve cache key adds for curves measured here (the engine, and the gain settings).</summary>
+    public static IEnumerable<string> KeyParts(GainSettings? settings = null) =>
+        new[] { "engine=cut/1" }.Concat((settings ?? GainSettings.Default).KeyParts());
+
+    /// <summary>g = sum d / sum l and the relative standard error of that ratio estimator (NaN with one sample).</summary>
+    internal static (double Gain, double Relative) RatioEstimate(IReadOnlyList<double> d, IReadOnlyList<double> l)
+    {
+        var n = d.Count;
+        double sd = d.Sum(), sl = l.Sum();
+        if (sl <= 0)
+            return (0, sd <= 0 ? 0 : double.PositiveInfinity);
+        var g = sd / sl;
+        if (n < 2)
+            return (g, double.NaN);
+        if (g == 0)
+            return (0, 0);
+        double residual = 0;
+        for (var i = 0; i < n; i++)
+            residual += (d[i] - g * l[i]) * (d[i] - g * l[i]);
+        var se = Math.Sqrt(residual / (n * (n - 1.0))) / (sl / n);
+        return (g, se / g);
+    }
+
+    private static double SumOfSquares(float[] values) => FeatureDistortion.SquaredDistance(values, new float[values.Length]);
+
+    private static double Round3(double v) => double.IsFinite(v) ? Math.Round(v, 3) : v;
+
+    /// <summary>Runs the model once per cached sample with every cut value and feature as an output.</summary>
+    private void FillCache(ActivationCache cache, CalibrationSet data, int samples, IEnumerable<GraphCut> cuts, SessionOptions sessionOptions)
+    {
+        var inputs = _model.Graph.Inputs.Where(v => !v.IsInitializer).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+        var wanted = cuts.SelectMany(c => c.CutValues).Concat(_features).Distinct().ToList();
+        var outputs = wanted.Where(n => !inputs.Contains(n)).ToList();
+        var instrumented = _model.Clone();
+        var graph = instrumented.Graph;
+        foreach (var name in outputs)
+        {
+            var value = graph.FindValue(name)!;
+            if (!value.IsGraphOutput)
+            {
+                value.Type ??= new TensorType(DataType.Float, null);
+                graph.AddOutput(value);
+            }
+        }
+        // Optimizations off so that every cut value keeps its name (as in calibration).
+        using var session = InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions with { Optimization = GraphOptimization.Disabled });
+        for (var s = 0; s < samples; s++)
+        {
+            var batch = data.Batch(s, 1).Select(b => new NamedTensor(b.Name, TensorData.FromBytes(b.DataType, b.Data, b.Shape))).ToList();
+            foreach (var input in batch)
+                if (wanted.Contains(input.Name))
+                    cache.Put(input.Name, s, input.Data);
+            foreach (var output in session.Run(batch, outputs))
+                cache.Put(output.Name, s, output.Data);
+        }
+    }
+
+    /// <summary>One run of a cut session on one cached sample.</summary>
+    private sealed class CutRunner(InferenceSession session, GraphCut cut, ActivationCache cache, IReadOnlyList<string> features,
+        double[] energy, long[] weightShape)
+    {
+        private readonly int[] _featureIndex = cut.Features.Select(f => features.ToList().IndexOf(f)).ToArray();
+
+        public (double Distortion, double Local) Run(int sample, float[] weight, float[]? delta)
+        {
+            var inputs = cut.CutValues.Select(n => new NamedTensor(n, cache.Get(n, sample))).ToList();
+            inputs.Add(new NamedTensor(cut.WeightInput, TensorData.FromFloats(weight, weightShape)));
+            var names = cut.Features.ToList();
+            if (delta is not null)
+            {
+                inputs.Add(new NamedTensor(GraphCut.DeltaInput, TensorData.FromFloats(delta, weightShape)));
+                names.Add(GraphCut.DeltaOutput);
+            }
+            var outputs = session.Run(inputs, names);
+            double distortion = 0;
+            for (var i = 0; i < cut.Features.Count; i++)
+            {
+                var reference = cache.Get(cut.Features[i], sample).ToFloats();
+                distortion += FeatureDistortion.SquaredDistance(outputs[i].Data.ToFloats(), reference) / energy[_featureIndex[i]];
+            }
+            double local = 0;
+            if (delta is not null)
+            {
+                var dz = outputs[^1].Data.ToFloats();
+                local = SumOfSquares(dz);
+            }
+            return (distortion, local);
+        }
+    }
+}
