@@ -15,8 +15,11 @@ namespace OnnxQuant.Passes.Curves;
 /// <param name="RelativeError">Stop adding samples once the standard error of the gain is below this fraction of it.</param>
 /// <param name="LocalRows">Input rows per layer (spread over the calibration samples) behind the closed-form local error.</param>
 /// <param name="CacheMemoryBytes">Cut activations kept in memory; the rest is spilled to a temporary folder.</param>
+/// <param name="SegmentLayers">Consecutive layers that share one cut session.</param>
+/// <param name="LowWidthGain">Also measure the gain at the lowest candidate width (on <paramref name="MinSamples"/>
+/// samples), for the widths below the reference.</param>
 public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 8, double RelativeError = 0.1, int LocalRows = 512,
-    long CacheMemoryBytes = 512L << 20)
+    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, bool LowWidthGain = true)
 {
     public static GainSettings Default { get; } = new();
 
@@ -26,6 +29,7 @@ public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 8, double
         "gain-samples=" + MinSamples + ".." + MaxSamples,
         "gain-error=" + RelativeError.ToString(CultureInfo.InvariantCulture),
         "gain-rows=" + LocalRows,
+        "gain-low=" + LowWidthGain,
     ];
 }
 
@@ -34,8 +38,10 @@ public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 8, double
 /// change, measured in ONNX Runtime) over the gain samples, <see cref="LocalPredicted"/> the closed form for the same
 /// width over all calibration samples; their ratio checks the closed form.
 /// </summary>
+/// <param name="LowWidthFactor">Gain at the lowest width over the gain at the reference width, on the first samples
+/// (1 when not measured): how much more than linearly a large perturbation propagates.</param>
 public sealed record UnitGain(string Unit, int ReferenceBits, double Gain, int Samples, double RelativeError,
-    double LocalMeasured, double LocalPredicted, string Local)
+    double LocalMeasured, double LocalPredicted, string Local, double LowWidthFactor = 1)
 {
     public double MeasuredOverPredicted => LocalPredicted > 0 ? LocalMeasured / LocalPredicted : double.NaN;
 }
@@ -124,9 +130,9 @@ public sealed class CutCurveMeasurer : ICalibrationTap
         var bits = _options.CandidateBits.OrderBy(b => b).ToArray();
         var referenceBits = CurveMeasurer.ReferenceBits(bits);
         var cacheSamples = exact ? _samples : Math.Min(_samples, _settings.MaxSamples);
-        var cuts = _layers.ToDictionary(l => l, l => GraphCut.Find(_model, l, _features));
+        var segments = _layers.Chunk(Math.Max(1, _settings.SegmentLayers)).Select(c => GraphCut.Find(_model, c, _features)).ToList();
         using var cache = new ActivationCache(_settings.CacheMemoryBytes);
-        FillCache(cache, data, cacheSamples, cuts.Values, sessionOptions);
+        FillCache(cache, data, cacheSamples, segments, withLayerOutputs: !exact, sessionOptions);
 
         var energy = new double[_features.Count];
         for (var f = 0; f < _features.Count; f++)
@@ -136,10 +142,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap
             else
             {
                 for (var s = 0; s < cacheSamples; s++)
-                {
-                    var y = cache.Get(_features[f], s).ToFloats();
-                    energy[f] += SumOfSquares(y);
-                }
+                    energy[f] += SumOfSquares(cache.Get(_features[f], s).ToFloats());
                 energy[f] /= cacheSamples;
             }
             if (energy[f] == 0)
@@ -153,115 +156,151 @@ public sealed class CutCurveMeasurer : ICalibrationTap
         double cutNodes = 0;
         using (var stage = progress.Begin(exact ? "curves (exact, cut)" : "curves (gain)", _units.Count))
         {
-            foreach (var layer in _layers)
+            foreach (var cut in segments)
             {
-                var cut = cuts[layer];
-                cutNodes += cut.Nodes;
-                var rows = exact ? null : _rows[layer];
-                var local = rows is not null && rows.Fallback is null && rows.RowCount > 0;
-                var weight = _model.Graph.FindInitializer(layer.WeightName)!.Initializer!.ToFloatArray();
-                var layout = layer.Layout(_options.Format, _options.BlockSize);
-                var types = new Dictionary<string, DataType>(StringComparer.Ordinal);
-                foreach (var name in cut.CutValues)
-                    types[name] = cache.Get(name, 0).DataType;
-                var cutModel = cut.Build(_model, n => types[n], withDelta: !exact);
+                cutNodes += cut.Nodes * cut.Layers.Count;
+                var types = cut.CutValues.ToDictionary(n => n, n => cache.Get(n, 0).DataType, StringComparer.Ordinal);
+                var cutModel = cut.Build(_model, n => types[n], withLayerOutputs: !exact);
                 using var session = InferenceSession.Create(ModelIO.ToBytes(cutModel), sessionOptions);
-                var measurer = new CutRunner(session, cut, cache, _features, energy, layer.WeightShape);
-                var channelErrors = local ? rows!.ChannelErrors(weight, layout, bits, _options.Threads) : null;
-                if (!exact && !local)
-                    notes.Add($"layer '{layer.Name}': no closed-form local error ({rows!.Fallback ?? "no input rows"}); its curve is measured at every width on the gain samples");
-                var quantized = new Dictionary<int, float[]>();
-                float[] Quantized(int b) => quantized.TryGetValue(b, out var q) ? q : quantized[b] = QuantMath.FakeQuantizeWeight(weight, layout, b);
-                var channelOf = layer.OutputChannelOfElements();
-
-                foreach (var unit in _units.Where(u => u.Layer == layer))
+                var floatWeights = cut.Layers.ToDictionary(l => l,
+                    l => _model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray());
+                var runner = new CutRunner(session, cut, cache, _features, energy, floatWeights);
+                foreach (var layer in cut.Layers)
                 {
-                    bool InUnit(int i) => channelOf[i] >= unit.ChannelStart && channelOf[i] < unit.ChannelStart + unit.ChannelCount;
-                    (float[] Weight, float[] Delta) Perturbed(int b)
-                    {
-                        var q = Quantized(b);
-                        var w = (float[])weight.Clone();
-                        var delta = new float[weight.Length];
-                        for (var i = 0; i < w.Length; i++)
-                            if (unit.IsWholeLayer || InUnit(i))
-                            {
-                                w[i] = q[i];
-                                delta[i] = q[i] - weight[i];
-                            }
-                        return (w, delta);
-                    }
+                    var rows = exact ? null : _rows[layer];
+                    var local = rows is not null && rows.Fallback is null && rows.RowCount > 0;
+                    var weight = floatWeights[layer];
+                    var layout = layer.Layout(_options.Format, _options.BlockSize);
+                    var channelErrors = local ? rows!.ChannelErrors(weight, layout, bits, _options.Threads) : null;
+                    if (!exact && !local)
+                        notes.Add($"layer '{layer.Name}': no closed-form local error ({rows!.Fallback ?? "no input rows"}); its curve is measured at every width on the gain samples");
+                    var quantized = new Dictionary<int, float[]>();
+                    float[] Quantized(int b) => quantized.TryGetValue(b, out var q) ? q : quantized[b] = QuantMath.FakeQuantizeWeight(weight, layout, b);
+                    var channelOf = layer.OutputChannelOfElements();
 
-                    double[] values;
-                    if (exact)
+                    foreach (var unit in _units.Where(u => u.Layer == layer))
                     {
-                        values = new double[bits.Length];
-                        for (var k = 0; k < bits.Length; k++)
+                        float[] Perturbed(int b)
                         {
-                            var (w, _) = Perturbed(bits[k]);
-                            double sum = 0;
-                            for (var s = 0; s < _samples; s++, runs++)
-                                sum += measurer.Run(s, w, null).Distortion;
-                            values[k] = CurveMeasurer.RoundDistortion(sum / _samples);
+                            var q = Quantized(b);
+                            if (unit.IsWholeLayer)
+                                return q;
+                            var w = (float[])weight.Clone();
+                            for (var i = 0; i < w.Length; i++)
+                                if (channelOf[i] >= unit.ChannelStart && channelOf[i] < unit.ChannelStart + unit.ChannelCount)
+                                    w[i] = q[i];
+                            return w;
                         }
-                    }
-                    else
-                    {
-                        // The gain at the reference width, with samples added until its error bar is tight.
-                        var (w, delta) = Perturbed(referenceBits);
-                        var d = new List<double>();
-                        var l = new List<double>();
-                        double gain = 0, relative = double.NaN;
-                        while (d.Count < cacheSamples)
-                        {
-                            var (ds, ls) = measurer.Run(d.Count, w, delta);
-                            runs++;
-                            d.Add(CurveMeasurer.RoundDistortion(ds));
-                            l.Add(CurveMeasurer.RoundDistortion(ls));
-                            if (d.Count < Math.Min(_settings.MinSamples, cacheSamples))
-                                continue;
-                            (gain, relative) = RatioEstimate(d, l);
-                            if (relative <= _settings.RelativeError)
-                                break;
-                        }
-                        if (local)
-                        {
-                            var unitLocal = channelErrors!.Select(e => e.Skip(unit.ChannelStart).Take(unit.ChannelCount).Sum()).ToArray();
-                            values = unitLocal.Select(v => CurveMeasurer.RoundDistortion(gain * v)).ToArray();
-                            gains.Add(new UnitGain(unit.Name, referenceBits, CurveMeasurer.RoundDistortion(gain), d.Count, Round3(relative),
-                                CurveMeasurer.RoundDistortion(l.Average()), CurveMeasurer.RoundDistortion(unitLocal[Array.IndexOf(bits, referenceBits)]), "full"));
-                        }
-                        else
+
+                        double[] values;
+                        if (exact)
                         {
                             values = new double[bits.Length];
                             for (var k = 0; k < bits.Length; k++)
                             {
-                                if (bits[k] == referenceBits)
-                                {
-                                    values[k] = CurveMeasurer.RoundDistortion(d.Average());
-                                    continue;
-                                }
-                                var (wk, _) = Perturbed(bits[k]);
+                                var w = Perturbed(bits[k]);
                                 double sum = 0;
-                                for (var s = 0; s < d.Count; s++, runs++)
-                                    sum += CurveMeasurer.RoundDistortion(measurer.Run(s, wk, null).Distortion);
-                                values[k] = CurveMeasurer.RoundDistortion(sum / d.Count);
+                                for (var s = 0; s < _samples; s++, runs++)
+                                    sum += runner.Run(s, layer, w, false).Distortion;
+                                values[k] = CurveMeasurer.RoundDistortion(sum / _samples);
                             }
-                            gains.Add(new UnitGain(unit.Name, referenceBits, CurveMeasurer.RoundDistortion(gain), d.Count, Round3(relative),
-                                CurveMeasurer.RoundDistortion(l.Average()), double.NaN, "measured"));
                         }
+                        else
+                        {
+                            // The gain at the reference width, with samples added until its error bar is tight.
+                            var reference = Perturbed(referenceBits);
+                            var d = new List<double>();
+                            var l = new List<double>();
+                            double gain = 0, relative = double.NaN;
+                            while (d.Count < cacheSamples)
+                            {
+                                var (ds, ls) = runner.Run(d.Count, layer, reference, true);
+                                runs++;
+                                d.Add(CurveMeasurer.RoundDistortion(ds));
+                                l.Add(CurveMeasurer.RoundDistortion(ls));
+                                if (d.Count < Math.Min(_settings.MinSamples, cacheSamples))
+                                    continue;
+                                (gain, relative) = RatioEstimate(d, l);
+                                if (relative <= _settings.RelativeError)
+                                    break;
+                            }
+                            if (local)
+                            {
+                                var unitLocal = channelErrors!.Select(e => e.Skip(unit.ChannelStart).Take(unit.ChannelCount).Sum()).ToArray();
+                                var refIndex = Array.IndexOf(bits, referenceBits);
+                                // Large perturbations propagate more than linearly: the gain at the lowest width, relative to
+                                // the reference gain on the same first samples, bends the curve below the reference width.
+                                var factor = 1.0;
+                                if (_settings.LowWidthGain && bits[0] < referenceBits && gain > 0)
+                                {
+                                    var low = Perturbed(bits[0]);
+                                    var m = Math.Min(_settings.MinSamples, d.Count);
+                                    double dl = 0, ll = 0;
+                                    for (var s = 0; s < m; s++, runs++)
+                                    {
+                                        var (ds, ls) = runner.Run(s, layer, low, true);
+                                        dl += CurveMeasurer.RoundDistortion(ds);
+                                        ll += CurveMeasurer.RoundDistortion(ls);
+                                    }
+                                    var (gRef, _) = RatioEstimate(d.Take(m).ToList(), l.Take(m).ToList());
+                                    if (ll > 0 && dl > 0 && gRef > 0)
+                                        factor = CurveMeasurer.RoundDistortion(dl / ll / gRef);
+                                }
+                                values = new double[bits.Length];
+                                for (var k = 0; k < bits.Length; k++)
+                                    values[k] = CurveMeasurer.RoundDistortion(gain * GainFactor(unitLocal, k, refIndex, factor) * unitLocal[k]);
+                                gains.Add(new UnitGain(unit.Name, referenceBits, CurveMeasurer.RoundDistortion(gain), d.Count, Round3(relative),
+                                    CurveMeasurer.RoundDistortion(l.Average()), CurveMeasurer.RoundDistortion(unitLocal[refIndex]), "full", factor));
+                            }
+                            else
+                            {
+                                values = new double[bits.Length];
+                                for (var k = 0; k < bits.Length; k++)
+                                {
+                                    if (bits[k] == referenceBits)
+                                    {
+                                        values[k] = CurveMeasurer.RoundDistortion(d.Average());
+                                        continue;
+                                    }
+                                    var wk = Perturbed(bits[k]);
+                                    double sum = 0;
+                                    for (var s = 0; s < d.Count; s++, runs++)
+                                        sum += CurveMeasurer.RoundDistortion(runner.Run(s, layer, wk, false).Distortion);
+                                    values[k] = CurveMeasurer.RoundDistortion(sum / d.Count);
+                                }
+                                gains.Add(new UnitGain(unit.Name, referenceBits, CurveMeasurer.RoundDistortion(gain), d.Count, Round3(relative),
+                                    CurveMeasurer.RoundDistortion(l.Average()), double.NaN, "measured"));
+                            }
+                        }
+                        curves.Add(new UnitCurve(unit.Name, unit.Size, bits, values));
+                        stage.Advance();
                     }
-                    curves.Add(new UnitCurve(unit.Name, unit.Size, bits, values));
-                    stage.Advance();
                 }
             }
         }
         var modelNodes = _model.Graph.Nodes.Count;
-        notes.Insert(0, $"curves on graph cuts: a layer's cut holds {100 * cutNodes / Math.Max(1, _layers.Count) / Math.Max(1, modelNodes):0}% of the model's nodes on average; " +
-                        $"{cacheSamples} sample(s) of cut activations cached ({cache.MemoryBytes / (1 << 20)} MiB in memory, {cache.SpilledBytes / (1 << 20)} MiB spilled)");
-        if (!exact)
-            notes.Insert(1, $"gain curves: D_u(b) = g_u * L_u(b); gains measured at {referenceBits} bits on {gains.Min(g => g.Samples)}..{gains.Max(g => g.Samples)} samples " +
+        notes.Insert(0, $"curves on graph cuts: {segments.Count} session(s) of up to {_settings.SegmentLayers} layers, each layer's cut holding " +
+                        $"{100 * cutNodes / Math.Max(1, _layers.Count) / Math.Max(1, modelNodes):0}% of the model's nodes on average; " +
+                        $"{cacheSamples} sample(s) of cut activations cached ({cache.MemoryBytes >> 20} MiB in memory, {cache.SpilledBytes >> 20} MiB spilled)");
+        if (!exact && gains.Count > 0)
+            notes.Insert(1, $"gain curves: D_u(b) = g_u(b) * L_u(b); gains measured at {referenceBits} bits on {gains.Min(g => g.Samples)}..{gains.Max(g => g.Samples)} samples " +
                             $"(mean {gains.Average(g => g.Samples).ToString("0.0", CultureInfo.InvariantCulture)}), local errors from {_settings.LocalRows} input rows per layer");
         return new CurveSet(curves, _options.Curves, false, runs) { Gains = gains, Notes = notes };
+    }
+
+    /// <summary>
+    /// g(b) / g(ref): 1 at and above the reference width; below it, log g moves linearly in log L from the reference
+    /// gain to <paramref name="lowFactor"/> times it at the lowest width.
+    /// </summary>
+    internal static double GainFactor(double[] local, int k, int refIndex, double lowFactor)
+    {
+        if (k >= refIndex || lowFactor == 1 || local[0] <= 0 || local[refIndex] <= 0 || local[k] <= 0)
+            return 1;
+        var span = Math.Log(local[0] / local[refIndex]);
+        if (span <= 0)
+            return 1;
+        var t = Math.Clamp(Math.Log(local[k] / local[refIndex]) / span, 0, 1);
+        return Math.Exp(t * Math.Log(lowFactor));
     }
 
     /// <summary>What the curve cache key adds for curves measured here (the engine, and the gain settings).</summary>
@@ -291,11 +330,14 @@ public sealed class CutCurveMeasurer : ICalibrationTap
 
     private static double Round3(double v) => double.IsFinite(v) ? Math.Round(v, 3) : v;
 
-    /// <summary>Runs the model once per cached sample with every cut value and feature as an output.</summary>
-    private void FillCache(ActivationCache cache, CalibrationSet data, int samples, IEnumerable<GraphCut> cuts, SessionOptions sessionOptions)
+    /// <summary>Runs the model once per cached sample with every cut value, feature and (gain mode) layer output as an output.</summary>
+    private void FillCache(ActivationCache cache, CalibrationSet data, int samples, IEnumerable<GraphCut> cuts, bool withLayerOutputs,
+        SessionOptions sessionOptions)
     {
         var inputs = _model.Graph.Inputs.Where(v => !v.IsInitializer).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
-        var wanted = cuts.SelectMany(c => c.CutValues).Concat(_features).Distinct().ToList();
+        var wanted = cuts.SelectMany(c => c.CutValues.Concat(withLayerOutputs ? c.OutputOf.Values : []))
+            .Concat(_features).Distinct().ToList();
+        var wantedSet = wanted.ToHashSet(StringComparer.Ordinal);
         var outputs = wanted.Where(n => !inputs.Contains(n)).ToList();
         var instrumented = _model.Clone();
         var graph = instrumented.Graph;
@@ -314,43 +356,48 @@ public sealed class CutCurveMeasurer : ICalibrationTap
         {
             var batch = data.Batch(s, 1).Select(b => new NamedTensor(b.Name, TensorData.FromBytes(b.DataType, b.Data, b.Shape))).ToList();
             foreach (var input in batch)
-                if (wanted.Contains(input.Name))
+                if (wantedSet.Contains(input.Name))
                     cache.Put(input.Name, s, input.Data);
             foreach (var output in session.Run(batch, outputs))
                 cache.Put(output.Name, s, output.Data);
         }
     }
 
-    /// <summary>One run of a cut session on one cached sample.</summary>
+    /// <summary>One run of a segment's cut session on one cached sample, one layer's weight replaced.</summary>
     private sealed class CutRunner(InferenceSession session, GraphCut cut, ActivationCache cache, IReadOnlyList<string> features,
-        double[] energy, long[] weightShape)
+        double[] energy, IReadOnlyDictionary<QuantLayer, float[]> floatWeights)
     {
-        private readonly int[] _featureIndex = cut.Features.Select(f => features.ToList().IndexOf(f)).ToArray();
+        private readonly Dictionary<QuantLayer, TensorData> _float = floatWeights.ToDictionary(p => p.Key, p => TensorData.FromFloats(p.Value, p.Key.WeightShape));
 
-        public (double Distortion, double Local) Run(int sample, float[] weight, float[]? delta)
+        /// <summary>Feature distortion d_s and, with <paramref name="local"/>, ||z - z_float||^2 at the layer's output.</summary>
+        public (double Distortion, double Local) Run(int sample, QuantLayer layer, float[] weight, bool local)
         {
             var inputs = cut.CutValues.Select(n => new NamedTensor(n, cache.Get(n, sample))).ToList();
-            inputs.Add(new NamedTensor(cut.WeightInput, TensorData.FromFloats(weight, weightShape)));
-            var names = cut.Features.ToList();
-            if (delta is not null)
-            {
-                inputs.Add(new NamedTensor(GraphCut.DeltaInput, TensorData.FromFloats(delta, weightShape)));
-                names.Add(GraphCut.DeltaOutput);
-            }
+            foreach (var l in cut.Layers)
+                inputs.Add(new NamedTensor(l.WeightName, l == layer ? TensorData.FromFloats(weight, l.WeightShape) : _float[l]));
+            var names = cut.FeaturesOf[layer].ToList();
+            if (local)
+                names.Add(cut.OutputOf[layer]);
             var outputs = session.Run(inputs, names);
             double distortion = 0;
-            for (var i = 0; i < cut.Features.Count; i++)
+            for (var i = 0; i < cut.FeaturesOf[layer].Count; i++)
             {
-                var reference = cache.Get(cut.Features[i], sample).ToFloats();
-                distortion += FeatureDistortion.SquaredDistance(outputs[i].Data.ToFloats(), reference) / energy[_featureIndex[i]];
+                var name = cut.FeaturesOf[layer][i];
+                var reference = cache.Get(name, sample).ToFloats();
+                distortion += FeatureDistortion.SquaredDistance(outputs[i].Data.ToFloats(), reference) / energy[IndexOf(features, name)];
             }
-            double local = 0;
-            if (delta is not null)
-            {
-                var dz = outputs[^1].Data.ToFloats();
-                local = SumOfSquares(dz);
-            }
-            return (distortion, local);
+            double change = 0;
+            if (local)
+                change = FeatureDistortion.SquaredDistance(outputs[^1].Data.ToFloats(), cache.Get(cut.OutputOf[layer], sample).ToFloats());
+            return (distortion, change);
+        }
+
+        private static int IndexOf(IReadOnlyList<string> list, string name)
+        {
+            for (var i = 0; i < list.Count; i++)
+                if (list[i] == name)
+                    return i;
+            return -1;
         }
     }
 }

@@ -5,38 +5,32 @@ using OnnxQuant.Passes.Units;
 namespace OnnxQuant.Passes.Curves;
 
 /// <summary>
-/// The part of the model a perturbation of one layer's weight can change: the layer's node and every node downstream
-/// of it that leads to a feature. Everything it reads from the rest of the model (the layer's input, skip connections,
-/// positional encodings, shapes computed upstream) is a cut value, fed from float activations cached once.
+/// The part of the model a perturbation of some layers' weights can change: the layers' nodes and every node
+/// downstream of them that leads to a feature. Everything it reads from the rest of the model (the layers' inputs,
+/// skip connections, positional encodings, shapes computed upstream) is a cut value, fed from float activations cached
+/// once. One cut serves a segment of consecutive layers (one ONNX Runtime session for all of them): measuring a later
+/// layer of the segment re-runs the few nodes between the segment's start and that layer with float weights.
 /// </summary>
-public sealed record GraphCut(QuantLayer Layer, IReadOnlyList<string> CutValues, IReadOnlyList<string> Features, int Nodes, int ModelNodes)
+public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<string> CutValues, IReadOnlyList<string> Features,
+    IReadOnlyDictionary<QuantLayer, IReadOnlyList<string>> FeaturesOf, IReadOnlyDictionary<QuantLayer, string> OutputOf, int Nodes)
 {
-    /// <summary>Name of the graph input that takes the layer's (perturbed) weight.</summary>
-    public string WeightInput => Layer.WeightName;
-
-    /// <summary>Graph input that takes the weight change dW alone (a copy of the layer without bias reads it).</summary>
-    public const string DeltaInput = "onnxquant.cut.delta_weight";
-
-    /// <summary>Output of that copy: dW x, the change of the layer output.</summary>
-    public const string DeltaOutput = "onnxquant.cut.delta_output";
-
-    /// <summary>Finds the cut of <paramref name="layer"/> in <paramref name="model"/> (not modified).</summary>
-    public static GraphCut Find(Model model, QuantLayer layer, IReadOnlyList<string> features)
+    /// <summary>Finds the cut of <paramref name="layers"/> in <paramref name="model"/> (not modified).</summary>
+    public static GraphCut Find(Model model, IReadOnlyList<QuantLayer> layers, IReadOnlyList<string> features)
     {
-        var (keep, cut, reached) = Analyse(model.Graph, layer, features);
-        return new GraphCut(layer, cut.Select(v => v.Name).ToList(), reached, keep.Count, model.Graph.Nodes.Count);
+        var a = Analyse(model.Graph, layers, features);
+        return new GraphCut(layers, a.Cut.Select(v => v.Name).ToList(), a.Features, a.FeaturesOf, a.OutputOf, a.Keep.Count);
     }
 
     /// <summary>
-    /// The cut as a model: cut values are graph inputs (typed from <paramref name="typeOf"/>), the layer's weight is
-    /// the input <see cref="WeightInput"/>, outputs are the reachable features and, with <paramref name="withDelta"/>,
-    /// <see cref="DeltaOutput"/>.
+    /// The cut as a model: cut values are graph inputs (typed from <paramref name="typeOf"/>), the layers' weights are
+    /// graph inputs of the same names, outputs are the reachable features and, with <paramref name="withLayerOutputs"/>,
+    /// each layer's output (so the change a perturbation makes there can be measured).
     /// </summary>
-    public Model Build(Model model, Func<string, DataType> typeOf, bool withDelta)
+    public Model Build(Model model, Func<string, DataType> typeOf, bool withLayerOutputs)
     {
         var clone = model.Clone();
         var graph = clone.Graph;
-        var (keep, cut, reached) = Analyse(graph, Layer, Features);
+        var (keep, cut, reached, _, _) = Analyse(graph, Layers, Features);
         while (graph.Outputs.Count > 0)
             graph.RemoveOutput(graph.Outputs.Count - 1);
         var renames = new List<(Value Input, string Name)>();
@@ -59,50 +53,55 @@ public sealed record GraphCut(QuantLayer Layer, IReadOnlyList<string> CutValues,
             if (!input.IsInitializer && !cutNames.Contains(input.Name))
                 graph.RemoveInput(input);
 
-        var node = graph.FindInitializer(Layer.WeightName)!.Uses[0].Node;
-        var init = graph.FindInitializer(Layer.WeightName)!;
-        graph.RemoveInitializer(init, force: true);
-        var weight = new Value(Layer.WeightName, new TensorType(DataType.Float, Shape.Of(Layer.WeightShape)));
-        graph.AddInput(weight);
-        graph.ReplaceAllUsesWith(init, weight);
-        foreach (var f in reached)
+        var outputs = new List<string>(reached);
+        foreach (var layer in Layers)
         {
-            var value = graph.FindValue(f)!;
+            var init = graph.FindInitializer(layer.WeightName)!;
+            if (withLayerOutputs)
+                outputs.Add(init.Uses[0].Node.Outputs[0].Name);
+            graph.RemoveInitializer(init, force: true);
+            var weight = new Value(layer.WeightName, new TensorType(DataType.Float, Shape.Of(layer.WeightShape)));
+            graph.AddInput(weight);
+            graph.ReplaceAllUsesWith(init, weight);
+        }
+        foreach (var name in outputs.Distinct())
+        {
+            var value = graph.FindValue(name)!;
             value.Type ??= new TensorType(DataType.Float, null);
             graph.AddOutput(value);
-        }
-        if (withDelta)
-        {
-            var delta = new Value(DeltaInput, new TensorType(DataType.Float, Shape.Of(Layer.WeightShape)));
-            graph.AddInput(delta);
-            var attributes = node.Attributes.Where(a => a.Name != "beta");
-            var copy = new Node(node.OpType, [node.Inputs[0], delta], [DeltaOutput], node.Domain, graph.UniqueName("onnxquant.cut.delta"), attributes);
-            graph.AddNode(copy);
-            copy.Outputs[0].Type = new TensorType(DataType.Float, null);
-            graph.AddOutput(copy.Outputs[0]);
         }
         new DeadNodeEliminationPass().Run(clone);
         return clone;
     }
 
-    private static (HashSet<Node> Keep, List<Value> Cut, List<string> Features) Analyse(Graph graph, QuantLayer layer, IReadOnlyList<string> features)
+    private static (HashSet<Node> Keep, List<Value> Cut, List<string> Features, Dictionary<QuantLayer, IReadOnlyList<string>> FeaturesOf,
+        Dictionary<QuantLayer, string> OutputOf) Analyse(Graph graph, IReadOnlyList<QuantLayer> layers, IReadOnlyList<string> features)
     {
-        var node = graph.FindInitializer(layer.WeightName)?.Uses.Single().Node
-            ?? throw new InvalidOperationException($"layer '{layer.Name}': weight '{layer.WeightName}' not found");
         var reaching = Reaching(graph, features);
-        // Forward closure of the layer's outputs, restricted to what reaches a feature.
-        var keep = new HashSet<Node>(ReferenceEqualityComparer.Instance) { node };
-        var stack = new Stack<Node>();
-        stack.Push(node);
-        while (stack.Count > 0)
+        var keep = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        var featuresOf = new Dictionary<QuantLayer, IReadOnlyList<string>>();
+        var outputOf = new Dictionary<QuantLayer, string>();
+        foreach (var layer in layers)
         {
-            foreach (var output in stack.Pop().Outputs)
-                foreach (var use in output.Uses)
-                {
-                    var user = TopLevel(graph, use.Node);
-                    if (user is not null && reaching.Contains(user) && keep.Add(user))
-                        stack.Push(user);
-                }
+            var node = graph.FindInitializer(layer.WeightName)?.Uses.Single().Node
+                ?? throw new InvalidOperationException($"layer '{layer.Name}': weight '{layer.WeightName}' not found");
+            // Forward closure of the layer's outputs, restricted to what reaches a feature.
+            var own = new HashSet<Node>(ReferenceEqualityComparer.Instance) { node };
+            var stack = new Stack<Node>();
+            stack.Push(node);
+            while (stack.Count > 0)
+            {
+                foreach (var output in stack.Pop().Outputs)
+                    foreach (var use in output.Uses)
+                    {
+                        var user = TopLevel(graph, use.Node);
+                        if (user is not null && reaching.Contains(user) && own.Add(user))
+                            stack.Push(user);
+                    }
+            }
+            keep.UnionWith(own);
+            featuresOf[layer] = features.Where(f => graph.FindValue(f)?.Producer is { } p && own.Contains(p)).ToList();
+            outputOf[layer] = node.Outputs[0].Name;
         }
         var cut = new List<Value>();
         var seen = new HashSet<Value>(ReferenceEqualityComparer.Instance);
@@ -119,7 +118,7 @@ public sealed record GraphCut(QuantLayer Layer, IReadOnlyList<string> CutValues,
             }
         }
         var reached = features.Where(f => graph.FindValue(f)?.Producer is { } p && keep.Contains(p)).ToList();
-        return (keep, cut, reached);
+        return (keep, cut, reached, featuresOf, outputOf);
     }
 
     private static IEnumerable<Value> Dependencies(Node node)
