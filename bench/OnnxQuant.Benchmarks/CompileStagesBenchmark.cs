@@ -12,21 +12,29 @@ namespace OnnxQuant.Benchmarks;
 /// the whole compile to one float forward pass over the calibration samples (fastest of three; same session options, one sample per
 /// run, as the compile runs a model with a fixed batch). Usage:
 /// compile-stages [model=models/fixtures/detr_small.onnx] [calib=models/data/calib.npz] [--calib-samples 64] [--target-bits 4]
+/// [--curves gain|exact|fast] [--feature NAME ...] [--verify-data FILE]. Also prints the peak resident memory of the
+/// process against the bound 2 x model file + 1 GiB.
 /// </summary>
 public static class CompileStagesBenchmark
 {
     public static RatioBenchmark Benchmark { get; } = new("compile-stages",
-        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4]: stage times and compile / float-forward ratio", Run);
+        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--curves gain|exact|fast] [--feature F]... [--verify-data F]: stage times, compile / float-forward ratio, peak memory", Run);
 
     private static int Run(string[] args)
     {
         var positional = new List<string>();
         var samples = 64;
         var targets = new List<double> { 4 };
+        var curves = CurveMode.Gain;
+        var features = new List<string>();
+        string? verifyData = null;
         for (var i = 0; i < args.Length; i++)
         {
             if (args[i] == "--calib-samples") samples = int.Parse(args[++i], CultureInfo.InvariantCulture);
             else if (args[i] == "--target-bits") targets = args[++i].Split(',').Select(s => double.Parse(s, CultureInfo.InvariantCulture)).ToList();
+            else if (args[i] == "--curves") curves = Enum.Parse<CurveMode>(args[++i], ignoreCase: true);
+            else if (args[i] == "--feature") features.Add(args[++i]);
+            else if (args[i] == "--verify-data") verifyData = args[++i];
             else positional.Add(args[i]);
         }
         var modelPath = positional.ElementAtOrDefault(0) ?? "models/fixtures/detr_small.onnx";
@@ -59,17 +67,20 @@ public static class CompileStagesBenchmark
             {
                 clock.Restart();
                 var result = Compiler.Run(modelPath, calibPath, outDir,
-                    new CompileOptions { TargetBits = targets, CalibSamples = samples, CacheDir = null }, "bench", SilentProgress.Instance);
+                    new CompileOptions { TargetBits = targets, CalibSamples = samples, CacheDir = null, Curves = curves, Features = features, VerifyData = verifyData }, "bench", SilentProgress.Instance);
                 var total = clock.Elapsed.TotalSeconds;
                 Console.WriteLine($"compile-stages: {Path.GetFileName(modelPath)}, {samples} calibration samples, target {string.Join(",", targets)} bits, " +
-                                  $"{result.Units} units, {result.CurveRuns} curve runs");
+                                  $"{result.Units} units, curves {curves.ToString().ToLowerInvariant()}, {result.CurveRuns} curve runs");
                 Console.WriteLine($"{"stage",-14}{"seconds",10}{"share",9}");
                 foreach (var stage in result.Timings)
                     Console.WriteLine($"{stage.Stage,-14}{stage.Seconds,10:0.00}{100 * stage.Seconds / total,8:0.0}%");
                 Console.WriteLine($"{"total",-14}{total,10:0.00}");
                 Console.WriteLine($"float forward over {samples} samples: {forward:0.000} s ({1000 * forward / samples:0.0} ms/sample)");
                 Console.WriteLine($"ratio compile / float forward: {total / forward:0.0}x " +
-                                  $"(curve runs / samples = {(double)result.CurveRuns / samples:0.0} forward-equivalents)");
+                                  $"(curve runs / samples = {(double)result.CurveRuns / samples:0.0} cut runs per sample)");
+                var peak = ProcessMemory.PeakResidentBytes();
+                var bound = 2 * new FileInfo(modelPath).Length + (1L << 30);
+                Console.WriteLine($"peak resident memory: {peak / (double)(1 << 20):0} MiB (bound 2 x model + 1 GiB = {bound / (double)(1 << 20):0} MiB)");
             }
             finally
             {
