@@ -154,7 +154,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap
         var curves = new List<UnitCurve>(_units.Count);
         var runs = 0;
         double cutNodes = 0;
-        using (var stage = progress.Begin(exact ? "curves (exact, cut)" : "curves (gain)", _units.Count))
+        using (var stage = progress.Begin("curves", _units.Count))
         {
             foreach (var cut in segments)
             {
