@@ -29,7 +29,7 @@ public class BundledExampleHashTests
         {
             var (code, _, stderr) = CliRunner.Run("compile", RepoFile("models/fixtures/detr_small.onnx"),
                 "--calib", RepoFile("models/data/calib.npz"), "--verify-data", RepoFile("models/data/eval.npz"), "--verify-samples", "2",
-                "--target-bits", "8,4,3", "--act-bits", "0", "--curves-file", RepoFile("tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json"),
+                "--target-bits", "8,4,3", "--act-bits", "0", "--curves", "exact", "--curves-file", RepoFile("tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json"),
                 "-o", output, "--quiet");
             Assert.True(code == 0, stderr);
             Assert.Equal("af089671757b077e33c9beaa985fa474038b8f19331ad330bc136bc4b9e83ee2", Sha(Path.Combine(output, "bits-8", "model.onnx")));

@@ -48,8 +48,8 @@ internal static class CompileCommand
         format.AcceptOnlyFromAmong("qdq", "matmulnbits");
         var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
         var runBatch = new Option<int>("--run-batch") { Description = "Samples stacked into one ONNX Runtime run when the model's batch axis is symbolic", DefaultValueFactory = _ => 8 };
-        var curves = new Option<string>("--curves") { Description = "exact (measured at every width) or fast (proxy scaled by one measured width)", DefaultValueFactory = _ => "exact" };
-        curves.AcceptOnlyFromAmong("exact", "fast");
+        var curves = new Option<string>("--curves") { Description = "gain (closed-form local error x propagation gain measured on a few samples), exact (measured at every width on every sample) or fast (diagonal proxy scaled by one measured width)", DefaultValueFactory = _ => "gain" };
+        curves.AcceptOnlyFromAmong("gain", "exact", "fast");
         var curvesFile = new Option<string?>("--curves-file") { Description = "Use these curves (onnxquant.curves/1, e.g. from --write-curves) instead of measuring; must match the model's units and --bits" };
         var writeCurves = new Option<string?>("--write-curves") { Description = "Also write the curves used (onnxquant.curves/1) to this file, for --curves-file or onnxquant solve" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Curve cache folder (default $XDG_CACHE_HOME/onnxquant/curves)" };
@@ -103,7 +103,7 @@ internal static class CompileCommand
                 Curves = new CurveOptions
                 {
                     CandidateBits = ParseList(parse.GetValue(bits)!, "--bits", s => int.Parse(s, CultureInfo.InvariantCulture)),
-                    Mode = parse.GetValue(curves) == "fast" ? CurveMode.Fast : CurveMode.Exact,
+                    Mode = parse.GetValue(curves) switch { "fast" => CurveMode.Fast, "exact" => CurveMode.Exact, _ => CurveMode.Gain },
                     CacheDir = parse.GetValue(noCache) ? null : parse.GetValue(cacheDir) ?? DefaultCacheDir(),
                     CurvesFile = parse.GetValue(curvesFile),
                 },

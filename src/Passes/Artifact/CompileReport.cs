@@ -42,4 +42,7 @@ public sealed record CompileReport
     public required DistortionReport Distortion { get; init; }
     public required IReadOnlyList<string> Notes { get; init; }
     public IReadOnlyList<StageTime> Timings { get; init; } = [];
+
+    /// <summary>Per unit, the measured propagation gain behind its curve (gain curves measured in this compile).</summary>
+    public IReadOnlyList<UnitGain> CurveGains { get; init; } = [];
 }

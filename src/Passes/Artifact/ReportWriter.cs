@@ -115,6 +115,12 @@ public static class ReportWriter
                 doc.RootElement.WriteTo(w);
             }
 
+            if (r.CurveGains.Count > 0)
+                Curves.GainReportWriter.Write(w, r.CurveGains);
+
+            if (r.CurveGains.Count > 0)
+                Curves.GainReportWriter.Write(w, r.CurveGains);
+
             w.WriteStartArray("notes");
             foreach (var n in r.Notes) w.WriteStringValue(n);
             w.WriteEndArray();

@@ -6,20 +6,21 @@ namespace OnnxQuant.Passes.Calibration;
 
 /// <summary>
 /// Calibrates the activations entering quantized layers, and collects their per-channel second moments when the
-/// curves need them. Skipped (null) when activations stay float and no moments are needed.
+/// curves need them, and feeds a tap (the gain curves' input rows) with the same pass. Skipped (null) when
+/// activations stay float and neither moments nor a tap are needed.
 /// </summary>
 public static class CalibrateStage
 {
     /// <param name="activations">Each activation tensor entering a quantized layer, with its channel axis.</param>
     public static CalibrationTable? Run(Model canonical, IReadOnlyList<(string Tensor, int ChannelAxis)> activations,
         CalibrationSet data, int samples, CalibrationOptions options, bool needMoments, ExecutionOptions execution,
-        IProgressSink progress)
+        IProgressSink progress, ICalibrationTap? tap = null)
     {
-        if (options.ActBits == 0 && !needMoments)
+        if (options.ActBits == 0 && !needMoments && tap is null)
             return null;
         var targets = activations.Select(a => new CalibrationTarget(a.Tensor, needMoments ? a.ChannelAxis : null)).ToList();
         using var stage = progress.Begin("calibrate", samples);
         return Calibrator.Run(canonical, data, samples, targets, options.ActCalibration, Math.Max(2, options.ActBits == 0 ? 8 : options.ActBits),
-            execution.Instrumentation(), execution.RunBatch, stage);
+            execution.Instrumentation(), execution.RunBatch, stage, tap);
     }
 }

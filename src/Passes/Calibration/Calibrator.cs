@@ -30,7 +30,7 @@ public sealed record CalibrationTarget(string Tensor, int? MomentsAxis);
 public static class Calibrator
 {
     public static CalibrationTable Run(Model model, CalibrationSet data, int samples, IReadOnlyList<CalibrationTarget> targets,
-        CalibrationMethod method, int bits, SessionOptions sessionOptions, int runBatch, IStageProgress? progress = null)
+        CalibrationMethod method, int bits, SessionOptions sessionOptions, int runBatch, IStageProgress? progress = null, ICalibrationTap? tap = null)
     {
         var instrumented = model.Clone();
         var graph = instrumented.Graph;
@@ -48,6 +48,18 @@ public static class Calibrator
             }
             outputs.Add(target.Tensor);
         }
+        foreach (var extra in tap?.ExtraTensors ?? [])
+        {
+            if (outputs.Contains(extra) || inputNames.Contains(extra))
+                continue;
+            var value = graph.FindValue(extra) ?? throw new InvalidOperationException($"tensor '{extra}' not in the model");
+            if (!value.IsGraphOutput)
+            {
+                value.Type ??= new TensorType(DataType.Float, null);
+                graph.AddOutput(value);
+            }
+            outputs.Add(extra);
+        }
         var observers = targets.ToDictionary(t => t.Tensor, _ => Observers.Create(method, bits), StringComparer.Ordinal);
         var moments = targets.Where(t => t.MomentsAxis is not null)
             .ToDictionary(t => t.Tensor, t => new MomentAccumulator(t.MomentsAxis!.Value), StringComparer.Ordinal);
@@ -62,6 +74,7 @@ public static class Calibrator
                     o.Observe(values);
                     if (moments.TryGetValue(input.Name, out var m))
                         m.Add(values, input.Shape);
+                    tap?.Observe(input.Name, start, count, values, input.Shape);
                 }
             if (session is not null)
             {
@@ -72,9 +85,11 @@ public static class Calibrator
                     foreach (var v in values)
                         if (float.IsNaN(v))
                             throw new CompileException($"tensor '{output.Name}' is NaN on calibration sample {start}; the model produces NaN on this data");
-                    observers[output.Name].Observe(values);
+                    if (observers.TryGetValue(output.Name, out var observer))
+                        observer.Observe(values);
                     if (moments.TryGetValue(output.Name, out var m))
                         m.Add(values, output.Data.Shape);
+                    tap?.Observe(output.Name, start, count, values, output.Data.Shape);
                 }
             }
             progress?.Advance(count);

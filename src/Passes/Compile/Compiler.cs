@@ -59,14 +59,18 @@ public static class Compiler
         // A pinned curves file is checked against the units before any expensive stage.
         var pinned = PinnedCurves.Load(options.Curves, discovery.Units);
 
+        // Exact and gain curves run on graph cuts; gain curves read their layers' input rows in the calibration pass.
+        var cutCurves = options.Curves.Mode == CurveMode.Fast || pinned is not null ? null
+            : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads);
         var calibration = clock.Time("calibrate", () => CalibrateStage.Run(canonical,
             discovery.Layers.Select(l => l.Activation).Distinct()
                 .Select(a => (a, discovery.Layers.First(l => l.Activation == a).ActivationChannelAxis)).ToList(),
-            loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast, options.Execution, progress));
+            loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast, options.Execution, progress,
+            cutCurves?.ExtraTensors.Count > 0 ? cutCurves : null));
 
         var curves = clock.Time("curves", () => CurveStage.Run(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
-            options.CurveKey(), progress, pinned));
+            options.CurveKey(), progress, pinned, cutCurves));
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
         Verifier? verifier = null;
@@ -91,7 +95,7 @@ public static class Compiler
                 return result;
             });
             var bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
-            var notes = loaded.Notes.Concat(pinned is null ? [] : [pinned.Note]).Concat(partition.Notes).Concat(verified.Notes)
+            var notes = loaded.Notes.Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
             if (options.Calibration.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
@@ -145,6 +149,7 @@ public static class Compiler
                 rewrite.Layers.Sum(l => l.Bytes), model.LongLength),
             Distortion = new DistortionReport(allocation.PredictedDistortion, measured, samples, heldOut, Metric),
             Notes = notes,
+            CurveGains = curves.Gains,
         };
     }
 }

@@ -11,7 +11,14 @@ using OnnxQuant.Solvers;
 namespace OnnxQuant.Passes.Curves;
 
 /// <summary>Error curves with how they were obtained.</summary>
-public sealed record CurveSet(IReadOnlyList<UnitCurve> Curves, CurveMode Mode, bool FromCache, int Runs);
+public sealed record CurveSet(IReadOnlyList<UnitCurve> Curves, CurveMode Mode, bool FromCache, int Runs)
+{
+    /// <summary>Per unit, how its gain was measured (gain mode, measured now; empty otherwise).</summary>
+    public IReadOnlyList<UnitGain> Gains { get; init; } = [];
+
+    /// <summary>What the report should say about how the curves were obtained.</summary>
+    public IReadOnlyList<string> Notes { get; init; } = [];
+}
 
 /// <summary>
 /// Measures D_u(b) for every unit: the feature distortion when only unit u is fake-quantized at b bits. One session

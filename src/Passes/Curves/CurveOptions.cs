@@ -11,6 +11,11 @@ public enum CurveMode
     Exact,
     /// <summary>Layer-output error from input second moments, scaled by a per-unit sensitivity measured once.</summary>
     Fast,
+    /// <summary>
+    /// Closed-form layer-local error at every width (full input second-moment matrix) times a propagation gain measured
+    /// on a few samples with an error bar, on graph cuts (see <see cref="CutCurveMeasurer"/>).
+    /// </summary>
+    Gain,
 }
 
 /// <summary>Which widths the curves cover, how they are measured and where they are cached.</summary>
@@ -19,7 +24,7 @@ public sealed record CurveOptions : IStageOptions
     /// <summary>Candidate weight bit widths (2..8).</summary>
     public IReadOnlyList<int> CandidateBits { get; init; } = QuantMath.DefaultCandidateBits;
 
-    public CurveMode Mode { get; init; } = CurveMode.Exact;
+    public CurveMode Mode { get; init; } = CurveMode.Gain;
 
     /// <summary>An onnxquant.curves/1 file used instead of measuring curves (checked against the units and widths); null = measure.</summary>
     public string? CurvesFile { get; init; }
@@ -46,5 +51,6 @@ public sealed record CurveOptions : IStageOptions
     }
 
     public IEnumerable<string> CurveKey() =>
-        ["bits=" + string.Join(",", CandidateBits.OrderBy(b => b)), "curves=" + Mode];
+        ["bits=" + string.Join(",", CandidateBits.OrderBy(b => b)), "curves=" + Mode,
+            .. Mode == CurveMode.Fast ? [] : CutCurveMeasurer.KeyParts()];
 }

@@ -13,11 +13,12 @@ namespace OnnxQuant.Passes.Curves;
 /// </summary>
 public static class CurveStage
 {
+    /// <param name="cutCurves">The measurer of exact and gain curves on graph cuts (fed by the calibration pass); null for fast curves.</param>
     /// <param name="keyParts">Every option that changes a curve (<c>CompileOptions.CurveKey</c>).</param>
     public static CurveSet Run(Model canonical, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features,
         CalibrationSet data, int samples, string dataHash, CalibrationTable? calibration, CurveOptions options,
         RewriteOptions storage, ExecutionOptions execution, IEnumerable<string> keyParts, IProgressSink progress,
-        PinnedCurves? pinned = null)
+        PinnedCurves? pinned = null, CutCurveMeasurer? cutCurves = null)
     {
         if (pinned is not null)
             return pinned.ToCurveSet(options.Mode);
@@ -29,8 +30,9 @@ public static class CurveStage
             progress.Note($"curves: loaded from cache {cache.PathOf(key)}");
             return new CurveSet(cached, options.Mode, true, 0);
         }
-        var set = CurveMeasurer.Measure(canonical, units, features, data, samples, calibration, options, storage,
-            execution.RunBatch, execution.Measurement(), progress);
+        var set = cutCurves?.Measure(data, execution.Measurement(), progress)
+            ?? CurveMeasurer.Measure(canonical, units, features, data, samples, calibration, options, storage,
+                execution.RunBatch, execution.Measurement(), progress);
         cache?.Store(key, set.Curves);
         return set;
     }

@@ -1,0 +1,409 @@
+using System.Globalization;
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Measurement;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Rewrite;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Runtime;
+using OnnxQuant.Solvers;
+
+namespace OnnxQuant.Passes.Curves;
+
+/// <summary>Parameters of the gain curves (part of the curve cache key).</summary>
+/// <param name="MinSamples">Samples every gain is measured on before the error bar is looked at.</param>
+/// <param name="MaxSamples">Most samples a gain is measured on.</param>
+/// <param name="RelativeError">Stop adding samples once the standard error of the gain is below this fraction of it.</param>
+/// <param name="LocalRows">Input rows per layer (spread over the calibration samples) behind the closed-form local error.</param>
+/// <param name="CacheMemoryBytes">Cut activations kept in memory; the rest is spilled to a temporary folder.</param>
+/// <param name="SegmentLayers">Consecutive layers that share one cut session.</param>
+/// <param name="LowWidthGain">Also measure the gain at the lowest candidate width (on <paramref name="MinSamples"/>
+/// samples), for the widths below the reference.</param>
+public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 8, double RelativeError = 0.1, int LocalRows = 512,
+    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, bool LowWidthGain = true)
+{
+    public static GainSettings Default { get; } = new();
+
+    /// <summary>The parts of the curve cache key these settings add.</summary>
+    public IEnumerable<string> KeyParts() =>
+    [
+        "gain-samples=" + MinSamples + ".." + MaxSamples,
+        "gain-error=" + RelativeError.ToString(CultureInfo.InvariantCulture),
+        "gain-rows=" + LocalRows,
+        "gain-low=" + LowWidthGain,
+    ];
+}
+
+/// <summary>
+/// How one unit's gain curve was obtained. <see cref="LocalMeasured"/> is the mean of ||dz||^2 (the layer-output
+/// change, measured in ONNX Runtime) over the gain samples, <see cref="LocalPredicted"/> the closed form for the same
+/// width over all calibration samples; their ratio checks the closed form.
+/// </summary>
+/// <param name="LowWidthFactor">Gain at the lowest width over the gain at the reference width, on the first samples
+/// (1 when not measured): how much more than linearly a large perturbation propagates.</param>
+public sealed record UnitGain(string Unit, int ReferenceBits, double Gain, int Samples, double RelativeError,
+    double LocalMeasured, double LocalPredicted, string Local, double LowWidthFactor = 1)
+{
+    public double MeasuredOverPredicted => LocalPredicted > 0 ? LocalMeasured / LocalPredicted : double.NaN;
+}
+
+/// <summary>
+/// Error curves on graph cuts. Each layer gets one ONNX Runtime session over its <see cref="GraphCut"/> (the layer and
+/// what lies between it and the features), fed with float activations at the cut that one instrumented float pass
+/// caches per sample (<see cref="ActivationCache"/>), so a measurement re-runs only the part of the model the weight
+/// can change.
+/// <para>
+/// Gain mode (the default): <c>D_u(b) = g_u * L_u(b)</c>. <c>L_u(b) = tr(dW_u(b) S dW_u(b)^T)</c> per sample is the
+/// closed-form layer-local error (<see cref="LayerInputRows"/>, from rows collected in the calibration pass through
+/// <see cref="ICalibrationTap"/>); <c>g_u = sum_s d_s / sum_s l_s</c> is the propagation gain measured by injecting the
+/// real 4-bit perturbation on samples 0, 1, 2, ... in order: d_s = sum_f ||y_f - y_f^float||^2 / E_f (E_f the mean
+/// per-sample feature energy over all calibration samples) and l_s = ||dW x_s||^2 (a bias-free copy of the layer fed
+/// dW). Samples are added from <see cref="GainSettings.MinSamples"/> until the standard error of the ratio estimator,
+/// sqrt(sum_s (d_s - g l_s)^2 / (n (n - 1))) / mean(l), is below <see cref="GainSettings.RelativeError"/> of g, or
+/// <see cref="GainSettings.MaxSamples"/> is reached. Layers whose rows cannot be formed (non-2-D convolutions, odd
+/// input layouts) are measured at every width on the gain samples instead, with a note.
+/// </para>
+/// <para>Exact mode: every width on every sample, <c>D_u(b) = sum_s sum_f ||dy_f||^2 / sum_s ||y_f||^2</c>, as before
+/// but on the cut.</para>
+/// </summary>
+public sealed class CutCurveMeasurer : ICalibrationTap
+{
+    private readonly Model _model;
+    private readonly IReadOnlyList<QuantUnit> _units;
+    private readonly IReadOnlyList<string> _features;
+    private readonly int _samples;
+    private readonly CurveOptions _options;
+    private readonly RewriteOptions _storage;
+    private readonly int _threads;
+    private readonly GainSettings _settings;
+    private readonly List<QuantLayer> _layers;
+    private readonly Dictionary<string, List<LayerInputRows>> _rowsByActivation = new(StringComparer.Ordinal);
+    private readonly Dictionary<QuantLayer, LayerInputRows> _rows = [];
+    private readonly double[] _energy;
+    private readonly int[] _energySamples;
+
+    /// <param name="model">The canonical model (not modified).</param>
+    public CutCurveMeasurer(Model model, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features, int samples,
+        CurveOptions options, RewriteOptions storage, int threads, GainSettings? settings = null)
+    {
+        _model = model;
+        _units = units;
+        _features = features;
+        _samples = samples;
+        _options = options;
+        _storage = storage;
+        _threads = threads;
+        _settings = settings ?? GainSettings.Default;
+        _layers = units.Select(u => u.Layer).Distinct().ToList();
+        _energy = new double[features.Count];
+        _energySamples = new int[features.Count];
+        if (options.Mode == CurveMode.Exact)
+            return;
+        var perSample = Math.Max(1, (_settings.LocalRows + samples - 1) / samples);
+        for (var i = 0; i < _layers.Count; i++)
+        {
+            var layer = _layers[i];
+            var node = model.Graph.FindInitializer(layer.WeightName)!.Uses[0].Node;
+            var rows = new LayerInputRows(layer, node, perSample, i + 1);
+            _rows[layer] = rows;
+            if (!_rowsByActivation.TryGetValue(layer.Activation, out var list))
+                _rowsByActivation[layer.Activation] = list = [];
+            list.Add(rows);
+        }
+    }
+
+    /// <summary>The features: their energy over all calibration samples normalizes the gain measurements.</summary>
+    public IReadOnlyCollection<string> ExtraTensors => _options.Mode == CurveMode.Exact ? [] : _features.ToList();
+
+    public void Observe(string tensor, int firstSample, int count, float[] values, long[] shape)
+    {
+        if (_rowsByActivation.TryGetValue(tensor, out var rows))
+            foreach (var r in rows)
+                r.Add(values, shape, firstSample, count);
+        for (var f = 0; f < _features.Count; f++)
+            if (_features[f] == tensor)
+            {
+                _energy[f] += SumOfSquares(values);
+                _energySamples[f] += count;
+            }
+    }
+
+    /// <summary>Measures every unit's curve. In gain mode the calibration pass must have run with this object as its tap.</summary>
+    public CurveSet Measure(CalibrationSet data, SessionOptions sessionOptions, IProgressSink progress)
+    {
+        var exact = _options.Mode == CurveMode.Exact;
+        var bits = _options.CandidateBits.OrderBy(b => b).ToArray();
+        var referenceBits = CurveMeasurer.ReferenceBits(bits);
+        var cacheSamples = exact ? _samples : Math.Min(_samples, _settings.MaxSamples);
+        var segments = _layers.Chunk(Math.Max(1, _settings.SegmentLayers)).Select(c => GraphCut.Find(_model, c, _features)).ToList();
+        using var cache = new ActivationCache(_settings.CacheMemoryBytes);
+        FillCache(cache, data, cacheSamples, segments, withLayerOutputs: !exact, sessionOptions);
+
+        var energy = new double[_features.Count];
+        for (var f = 0; f < _features.Count; f++)
+        {
+            if (!exact && _energySamples[f] > 0)
+                energy[f] = _energy[f] / _energySamples[f];
+            else
+            {
+                for (var s = 0; s < cacheSamples; s++)
+                    energy[f] += SumOfSquares(cache.Get(_features[f], s).ToFloats());
+                energy[f] /= cacheSamples;
+            }
+            if (energy[f] == 0)
+                energy[f] = 1; // an all-zero feature: fall back to the absolute squared error
+        }
+
+        var notes = new List<string>();
+        var gains = new List<UnitGain>();
+        var curves = new List<UnitCurve>(_units.Count);
+        var runs = 0;
+        double cutNodes = 0;
+        using (var stage = progress.Begin("curves", _units.Count))
+        {
+            foreach (var cut in segments)
+            {
+                cutNodes += cut.Nodes * cut.Layers.Count;
+                var types = cut.CutValues.ToDictionary(n => n, n => cache.Get(n, 0).DataType, StringComparer.Ordinal);
+                var cutModel = cut.Build(_model, n => types[n], withLayerOutputs: !exact);
+                using var session = InferenceSession.Create(ModelIO.ToBytes(cutModel), sessionOptions);
+                var floatWeights = cut.Layers.ToDictionary(l => l,
+                    l => _model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray());
+                var runner = new CutRunner(session, cut, cache, _features, energy, floatWeights);
+                foreach (var layer in cut.Layers)
+                {
+                    var rows = exact ? null : _rows[layer];
+                    var local = rows is not null && rows.Fallback is null && rows.RowCount > 0;
+                    var weight = floatWeights[layer];
+                    var layout = layer.Layout(_storage.Format, _storage.BlockSize);
+                    var channelErrors = local ? rows!.ChannelErrors(weight, layout, bits, _threads) : null;
+                    if (!exact && !local)
+                        notes.Add($"layer '{layer.Name}': no closed-form local error ({rows!.Fallback ?? "no input rows"}); its curve is measured at every width on the gain samples");
+                    var quantized = new Dictionary<int, float[]>();
+                    float[] Quantized(int b) => quantized.TryGetValue(b, out var q) ? q : quantized[b] = QuantMath.FakeQuantizeWeight(weight, layout, b);
+                    var channelOf = layer.OutputChannelOfElements();
+
+                    foreach (var unit in _units.Where(u => u.Layer == layer))
+                    {
+                        float[] Perturbed(int b)
+                        {
+                            var q = Quantized(b);
+                            if (unit.IsWholeLayer)
+                                return q;
+                            var w = (float[])weight.Clone();
+                            for (var i = 0; i < w.Length; i++)
+                                if (channelOf[i] >= unit.ChannelStart && channelOf[i] < unit.ChannelStart + unit.ChannelCount)
+                                    w[i] = q[i];
+                            return w;
+                        }
+
+                        double[] values;
+                        if (exact)
+                        {
+                            values = new double[bits.Length];
+                            for (var k = 0; k < bits.Length; k++)
+                            {
+                                var w = Perturbed(bits[k]);
+                                double sum = 0;
+                                for (var s = 0; s < _samples; s++, runs++)
+                                    sum += runner.Run(s, layer, w, false).Distortion;
+                                values[k] = StableRounding.Round(sum / _samples);
+                            }
+                        }
+                        else
+                        {
+                            // The gain at the reference width, with samples added until its error bar is tight.
+                            var reference = Perturbed(referenceBits);
+                            var d = new List<double>();
+                            var l = new List<double>();
+                            double gain = 0, relative = double.NaN;
+                            while (d.Count < cacheSamples)
+                            {
+                                var (ds, ls) = runner.Run(d.Count, layer, reference, true);
+                                runs++;
+                                d.Add(StableRounding.Round(ds));
+                                l.Add(StableRounding.Round(ls));
+                                if (d.Count < Math.Min(_settings.MinSamples, cacheSamples))
+                                    continue;
+                                (gain, relative) = RatioEstimate(d, l);
+                                if (relative <= _settings.RelativeError)
+                                    break;
+                            }
+                            if (local)
+                            {
+                                var unitLocal = channelErrors!.Select(e => e.Skip(unit.ChannelStart).Take(unit.ChannelCount).Sum()).ToArray();
+                                var refIndex = Array.IndexOf(bits, referenceBits);
+                                // Large perturbations propagate more than linearly: the gain at the lowest width, relative to
+                                // the reference gain on the same first samples, bends the curve below the reference width.
+                                var factor = 1.0;
+                                if (_settings.LowWidthGain && bits[0] < referenceBits && gain > 0)
+                                {
+                                    var low = Perturbed(bits[0]);
+                                    var m = Math.Min(_settings.MinSamples, d.Count);
+                                    double dl = 0, ll = 0;
+                                    for (var s = 0; s < m; s++, runs++)
+                                    {
+                                        var (ds, ls) = runner.Run(s, layer, low, true);
+                                        dl += StableRounding.Round(ds);
+                                        ll += StableRounding.Round(ls);
+                                    }
+                                    var (gRef, _) = RatioEstimate(d.Take(m).ToList(), l.Take(m).ToList());
+                                    if (ll > 0 && dl > 0 && gRef > 0)
+                                        factor = StableRounding.Round(dl / ll / gRef);
+                                }
+                                values = new double[bits.Length];
+                                for (var k = 0; k < bits.Length; k++)
+                                    values[k] = StableRounding.Round(gain * GainFactor(unitLocal, k, refIndex, factor) * unitLocal[k]);
+                                gains.Add(new UnitGain(unit.Name, referenceBits, StableRounding.Round(gain), d.Count, Round3(relative),
+                                    StableRounding.Round(l.Average()), StableRounding.Round(unitLocal[refIndex]), "full", factor));
+                            }
+                            else
+                            {
+                                values = new double[bits.Length];
+                                for (var k = 0; k < bits.Length; k++)
+                                {
+                                    if (bits[k] == referenceBits)
+                                    {
+                                        values[k] = StableRounding.Round(d.Average());
+                                        continue;
+                                    }
+                                    var wk = Perturbed(bits[k]);
+                                    double sum = 0;
+                                    for (var s = 0; s < d.Count; s++, runs++)
+                                        sum += StableRounding.Round(runner.Run(s, layer, wk, false).Distortion);
+                                    values[k] = StableRounding.Round(sum / d.Count);
+                                }
+                                gains.Add(new UnitGain(unit.Name, referenceBits, StableRounding.Round(gain), d.Count, Round3(relative),
+                                    StableRounding.Round(l.Average()), double.NaN, "measured"));
+                            }
+                        }
+                        curves.Add(new UnitCurve(unit.Name, unit.Size, bits, values));
+                        stage.Advance();
+                    }
+                }
+            }
+        }
+        var modelNodes = _model.Graph.Nodes.Count;
+        notes.Insert(0, $"curves on graph cuts: {segments.Count} session(s) of up to {_settings.SegmentLayers} layers, each layer's cut holding " +
+                        $"{100 * cutNodes / Math.Max(1, _layers.Count) / Math.Max(1, modelNodes):0}% of the model's nodes on average; " +
+                        $"{cacheSamples} sample(s) of cut activations cached ({cache.MemoryBytes >> 20} MiB in memory, {cache.SpilledBytes >> 20} MiB spilled)");
+        if (!exact && gains.Count > 0)
+            notes.Insert(1, $"gain curves: D_u(b) = g_u(b) * L_u(b); gains measured at {referenceBits} bits on {gains.Min(g => g.Samples)}..{gains.Max(g => g.Samples)} samples " +
+                            $"(mean {gains.Average(g => g.Samples).ToString("0.0", CultureInfo.InvariantCulture)}), local errors from {_settings.LocalRows} input rows per layer");
+        return new CurveSet(curves, _options.Mode, false, runs) { Gains = gains, Notes = notes };
+    }
+
+    /// <summary>
+    /// g(b) / g(ref): 1 at and above the reference width; below it, log g moves linearly in log L from the reference
+    /// gain to <paramref name="lowFactor"/> times it at the lowest width.
+    /// </summary>
+    internal static double GainFactor(double[] local, int k, int refIndex, double lowFactor)
+    {
+        if (k >= refIndex || lowFactor == 1 || local[0] <= 0 || local[refIndex] <= 0 || local[k] <= 0)
+            return 1;
+        var span = Math.Log(local[0] / local[refIndex]);
+        if (span <= 0)
+            return 1;
+        var t = Math.Clamp(Math.Log(local[k] / local[refIndex]) / span, 0, 1);
+        return Math.Exp(t * Math.Log(lowFactor));
+    }
+
+    /// <summary>What the curve cache key adds for curves measured here (the engine, and the gain settings).</summary>
+    public static IEnumerable<string> KeyParts(GainSettings? settings = null) =>
+        new[] { "engine=cut/1" }.Concat((settings ?? GainSettings.Default).KeyParts());
+
+    /// <summary>g = sum d / sum l and the relative standard error of that ratio estimator (NaN with one sample).</summary>
+    internal static (double Gain, double Relative) RatioEstimate(IReadOnlyList<double> d, IReadOnlyList<double> l)
+    {
+        var n = d.Count;
+        double sd = d.Sum(), sl = l.Sum();
+        if (sl <= 0)
+            return (0, sd <= 0 ? 0 : double.PositiveInfinity);
+        var g = sd / sl;
+        if (n < 2)
+            return (g, double.NaN);
+        if (g == 0)
+            return (0, 0);
+        double residual = 0;
+        for (var i = 0; i < n; i++)
+            residual += (d[i] - g * l[i]) * (d[i] - g * l[i]);
+        var se = Math.Sqrt(residual / (n * (n - 1.0))) / (sl / n);
+        return (g, se / g);
+    }
+
+    private static double SumOfSquares(float[] values) => FeatureMetric.SquaredDistance(values, new float[values.Length]);
+
+    private static double Round3(double v) => double.IsFinite(v) ? Math.Round(v, 3) : v;
+
+    /// <summary>Runs the model once per cached sample with every cut value, feature and (gain mode) layer output as an output.</summary>
+    private void FillCache(ActivationCache cache, CalibrationSet data, int samples, IEnumerable<GraphCut> cuts, bool withLayerOutputs,
+        SessionOptions sessionOptions)
+    {
+        var inputs = _model.Graph.Inputs.Where(v => !v.IsInitializer).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+        var wanted = cuts.SelectMany(c => c.CutValues.Concat(withLayerOutputs ? c.OutputOf.Values : []))
+            .Concat(_features).Distinct().ToList();
+        var wantedSet = wanted.ToHashSet(StringComparer.Ordinal);
+        var outputs = wanted.Where(n => !inputs.Contains(n)).ToList();
+        var instrumented = _model.Clone();
+        var graph = instrumented.Graph;
+        foreach (var name in outputs)
+        {
+            var value = graph.FindValue(name)!;
+            if (!value.IsGraphOutput)
+            {
+                value.Type ??= new TensorType(DataType.Float, null);
+                graph.AddOutput(value);
+            }
+        }
+        // Optimizations off so that every cut value keeps its name (as in calibration).
+        using var session = InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions with { Optimization = GraphOptimization.Disabled });
+        for (var s = 0; s < samples; s++)
+        {
+            var batch = data.Batch(s, 1).Select(b => new NamedTensor(b.Name, TensorData.FromBytes(b.DataType, b.Data, b.Shape))).ToList();
+            foreach (var input in batch)
+                if (wantedSet.Contains(input.Name))
+                    cache.Put(input.Name, s, input.Data);
+            foreach (var output in session.Run(batch, outputs))
+                cache.Put(output.Name, s, output.Data);
+        }
+    }
+
+    /// <summary>One run of a segment's cut session on one cached sample, one layer's weight replaced.</summary>
+    private sealed class CutRunner(InferenceSession session, GraphCut cut, ActivationCache cache, IReadOnlyList<string> features,
+        double[] energy, IReadOnlyDictionary<QuantLayer, float[]> floatWeights)
+    {
+        private readonly Dictionary<QuantLayer, TensorData> _float = floatWeights.ToDictionary(p => p.Key, p => TensorData.FromFloats(p.Value, p.Key.WeightShape));
+
+        /// <summary>Feature distortion d_s and, with <paramref name="local"/>, ||z - z_float||^2 at the layer's output.</summary>
+        public (double Distortion, double Local) Run(int sample, QuantLayer layer, float[] weight, bool local)
+        {
+            var inputs = cut.CutValues.Select(n => new NamedTensor(n, cache.Get(n, sample))).ToList();
+            foreach (var l in cut.Layers)
+                inputs.Add(new NamedTensor(l.WeightName, l == layer ? TensorData.FromFloats(weight, l.WeightShape) : _float[l]));
+            var names = cut.FeaturesOf[layer].ToList();
+            if (local)
+                names.Add(cut.OutputOf[layer]);
+            var outputs = session.Run(inputs, names);
+            double distortion = 0;
+            for (var i = 0; i < cut.FeaturesOf[layer].Count; i++)
+            {
+                var name = cut.FeaturesOf[layer][i];
+                var reference = cache.Get(name, sample).ToFloats();
+                distortion += FeatureMetric.SquaredDistance(outputs[i].Data.ToFloats(), reference) / energy[IndexOf(features, name)];
+            }
+            double change = 0;
+            if (local)
+                change = FeatureMetric.SquaredDistance(outputs[^1].Data.ToFloats(), cache.Get(cut.OutputOf[layer], sample).ToFloats());
+            return (distortion, change);
+        }
+
+        private static int IndexOf(IReadOnlyList<string> list, string name)
+        {
+            for (var i = 0; i < list.Count; i++)
+                if (list[i] == name)
+                    return i;
+            return -1;
+        }
+    }
+}

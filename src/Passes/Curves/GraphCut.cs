@@ -1,0 +1,158 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Canonicalize;
+using OnnxQuant.Passes.Units;
+
+namespace OnnxQuant.Passes.Curves;
+
+/// <summary>
+/// The part of the model a perturbation of some layers' weights can change: the layers' nodes and every node
+/// downstream of them that leads to a feature. Everything it reads from the rest of the model (the layers' inputs,
+/// skip connections, positional encodings, shapes computed upstream) is a cut value, fed from float activations cached
+/// once. One cut serves a segment of consecutive layers (one ONNX Runtime session for all of them): measuring a later
+/// layer of the segment re-runs the few nodes between the segment's start and that layer with float weights.
+/// </summary>
+public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<string> CutValues, IReadOnlyList<string> Features,
+    IReadOnlyDictionary<QuantLayer, IReadOnlyList<string>> FeaturesOf, IReadOnlyDictionary<QuantLayer, string> OutputOf, int Nodes)
+{
+    /// <summary>Finds the cut of <paramref name="layers"/> in <paramref name="model"/> (not modified).</summary>
+    public static GraphCut Find(Model model, IReadOnlyList<QuantLayer> layers, IReadOnlyList<string> features)
+    {
+        var a = Analyse(model.Graph, layers, features);
+        return new GraphCut(layers, a.Cut.Select(v => v.Name).ToList(), a.Features, a.FeaturesOf, a.OutputOf, a.Keep.Count);
+    }
+
+    /// <summary>
+    /// The cut as a model: cut values are graph inputs (typed from <paramref name="typeOf"/>), the layers' weights are
+    /// graph inputs of the same names, outputs are the reachable features and, with <paramref name="withLayerOutputs"/>,
+    /// each layer's output (so the change a perturbation makes there can be measured).
+    /// </summary>
+    public Model Build(Model model, Func<string, DataType> typeOf, bool withLayerOutputs)
+    {
+        var clone = model.Clone();
+        var graph = clone.Graph;
+        var (keep, cut, reached, _, _) = Analyse(graph, Layers, Features);
+        while (graph.Outputs.Count > 0)
+            graph.RemoveOutput(graph.Outputs.Count - 1);
+        var renames = new List<(Value Input, string Name)>();
+        foreach (var value in cut)
+        {
+            if (value.IsGraphInput)
+                continue;
+            var input = new Value(graph.UniqueName("onnxquant.cut.input"), new TensorType(typeOf(value.Name), null));
+            graph.AddInput(input);
+            graph.ReplaceAllUsesWith(value, input);
+            renames.Add((input, value.Name));
+        }
+        for (var i = graph.Nodes.Count - 1; i >= 0; i--)
+            if (!keep.Contains(graph.Nodes[i]))
+                graph.RemoveNode(graph.Nodes[i], force: true);
+        foreach (var (input, name) in renames)
+            input.Name = name;
+        var cutNames = cut.Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+        foreach (var input in graph.Inputs.ToList())
+            if (!input.IsInitializer && !cutNames.Contains(input.Name))
+                graph.RemoveInput(input);
+
+        var outputs = new List<string>(reached);
+        foreach (var layer in Layers)
+        {
+            var init = graph.FindInitializer(layer.WeightName)!;
+            if (withLayerOutputs)
+                outputs.Add(init.Uses[0].Node.Outputs[0].Name);
+            graph.RemoveInitializer(init, force: true);
+            var weight = new Value(layer.WeightName, new TensorType(DataType.Float, Shape.Of(layer.WeightShape)));
+            graph.AddInput(weight);
+            graph.ReplaceAllUsesWith(init, weight);
+        }
+        foreach (var name in outputs.Distinct())
+        {
+            var value = graph.FindValue(name)!;
+            value.Type ??= new TensorType(DataType.Float, null);
+            graph.AddOutput(value);
+        }
+        new DeadNodeEliminationPass().Run(clone);
+        return clone;
+    }
+
+    private static (HashSet<Node> Keep, List<Value> Cut, List<string> Features, Dictionary<QuantLayer, IReadOnlyList<string>> FeaturesOf,
+        Dictionary<QuantLayer, string> OutputOf) Analyse(Graph graph, IReadOnlyList<QuantLayer> layers, IReadOnlyList<string> features)
+    {
+        var reaching = Reaching(graph, features);
+        var keep = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        var featuresOf = new Dictionary<QuantLayer, IReadOnlyList<string>>();
+        var outputOf = new Dictionary<QuantLayer, string>();
+        foreach (var layer in layers)
+        {
+            var node = graph.FindInitializer(layer.WeightName)?.Uses.Single().Node
+                ?? throw new InvalidOperationException($"layer '{layer.Name}': weight '{layer.WeightName}' not found");
+            // Forward closure of the layer's outputs, restricted to what reaches a feature.
+            var own = new HashSet<Node>(ReferenceEqualityComparer.Instance) { node };
+            var stack = new Stack<Node>();
+            stack.Push(node);
+            while (stack.Count > 0)
+            {
+                foreach (var output in stack.Pop().Outputs)
+                    foreach (var use in output.Uses)
+                    {
+                        var user = TopLevel(graph, use.Node);
+                        if (user is not null && reaching.Contains(user) && own.Add(user))
+                            stack.Push(user);
+                    }
+            }
+            keep.UnionWith(own);
+            featuresOf[layer] = features.Where(f => graph.FindValue(f)?.Producer is { } p && own.Contains(p)).ToList();
+            outputOf[layer] = node.Outputs[0].Name;
+        }
+        var cut = new List<Value>();
+        var seen = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        foreach (var n in graph.Nodes)
+        {
+            if (!keep.Contains(n))
+                continue;
+            foreach (var v in Dependencies(n))
+            {
+                if (v.IsOmitted || v.IsInitializer || !seen.Add(v))
+                    continue;
+                if (v.IsGraphInput || v.Producer is null || !keep.Contains(v.Producer))
+                    cut.Add(v);
+            }
+        }
+        var reached = features.Where(f => graph.FindValue(f)?.Producer is { } p && keep.Contains(p)).ToList();
+        return (keep, cut, reached, featuresOf, outputOf);
+    }
+
+    private static IEnumerable<Value> Dependencies(Node node)
+    {
+        foreach (var v in node.Inputs)
+            if (v is not null)
+                yield return v;
+        foreach (var g in node.Subgraphs)
+            foreach (var v in g.OuterReferences())
+                yield return v;
+    }
+
+    private static Node? TopLevel(Graph graph, Node node)
+    {
+        while (node.Graph is { } g && g != graph)
+        {
+            if (g.ParentNode is not { } parent)
+                return null;
+            node = parent;
+        }
+        return node.Graph == graph ? node : null;
+    }
+
+    private static HashSet<Node> Reaching(Graph graph, IReadOnlyList<string> features)
+    {
+        var set = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        var stack = new Stack<Node>();
+        foreach (var f in features)
+            if (graph.FindValue(f)?.Producer is { } p && set.Add(p))
+                stack.Push(p);
+        while (stack.Count > 0)
+            foreach (var v in Dependencies(stack.Pop()))
+                if (v.Producer is { } p && set.Add(p))
+                    stack.Push(p);
+        return set;
+    }
+}

@@ -1,0 +1,249 @@
+using System.Numerics.Tensors;
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Units;
+
+namespace OnnxQuant.Passes.Curves;
+
+/// <summary>
+/// The layer-local error of a quantized weight in closed form. A layer computes z = W x for every row x of its input
+/// (a token for MatMul/Gemm, an im2col patch for Conv), so replacing W by W_q = W + dW adds
+/// <c>E||dW x||^2 = tr(dW S dW^T)</c> per row, S = E[x x^T] the full second-moment matrix over the reduction axis
+/// (for a grouped or depthwise Conv, over the group's slice of the patch). S is represented by the rows it is the mean
+/// of: up to <see cref="RowsPerSample"/> rows per calibration sample, drawn with a fixed seed, are kept while the
+/// calibration pass streams, and <c>tr(dW S dW^T) = mean_r ||dW x_r||^2</c> is evaluated per output channel and width
+/// with <see cref="TensorPrimitives.Dot(ReadOnlySpan{float}, ReadOnlySpan{float})"/> (rows x weights multiply-adds per
+/// width, instead of reduction^2 memory for S). The per-sample error is that times the rows one sample has (output
+/// positions for a Conv, tokens for a MatMul) and alpha^2 for a Gemm, so it is comparable to ||dz||^2 measured on one
+/// sample.
+/// </summary>
+public sealed class LayerInputRows
+{
+    private readonly QuantLayer _layer;
+    private readonly ConvGeometry? _conv;
+    private readonly bool _transposedInput;
+    private readonly int _rowsPerSample;
+    private readonly int _seed;
+    private readonly List<float[]> _rows = [];
+    private long _observedRows;
+    private long _observedSamples;
+
+    /// <param name="node">The layer's node (Conv attributes, Gemm transA/alpha).</param>
+    /// <param name="rowsPerSample">Rows kept per calibration sample.</param>
+    /// <param name="seed">Seed of the row draw (the layer's index), so the rows do not depend on anything else.</param>
+    public LayerInputRows(QuantLayer layer, Node node, int rowsPerSample, int seed)
+    {
+        _layer = layer;
+        _rowsPerSample = Math.Max(1, rowsPerSample);
+        _seed = seed;
+        switch (layer.OpType)
+        {
+            case "Conv":
+                _conv = ConvGeometry.Of(node, layer.WeightShape, out var reason);
+                Fallback = reason;
+                break;
+            case "Gemm":
+                _transposedInput = node.GetInt("transA", 0) != 0;
+                Alpha = node.GetFloat("alpha", 1f);
+                break;
+        }
+        Reduction = layer.OpType == "Conv" ? (int)(layer.WeightShape[1] * layer.Groups * layer.WeightShape.Skip(2).Aggregate(1L, (a, b) => a * b))
+            : (int)layer.WeightShape[layer.InputChannelAxis];
+    }
+
+    public QuantLayer Layer => _layer;
+
+    /// <summary>Length of one input row (the whole im2col patch for a Conv, all groups).</summary>
+    public int Reduction { get; }
+
+    public float Alpha { get; } = 1f;
+
+    /// <summary>Why the layer's rows cannot be formed (the caller falls back to the diagonal proxy); null when they can.</summary>
+    public string? Fallback { get; private set; }
+
+    public int RowCount => _rows.Count;
+
+    /// <summary>Mean number of rows (output positions or tokens) one sample gives this layer.</summary>
+    public double RowsPerSampleObserved => _observedSamples == 0 ? 0 : (double)_observedRows / _observedSamples;
+
+    /// <summary>Adds the layer input of <paramref name="count"/> samples stacked in one run.</summary>
+    public void Add(float[] values, long[] shape, int firstSample, int count)
+    {
+        if (Fallback is not null)
+            return;
+        long rows;
+        Func<long, float[]> row;
+        if (_conv is { } conv)
+        {
+            if (shape.Length != 4 || shape[1] != conv.Channels)
+            {
+                Fallback = $"input of shape [{string.Join(",", shape)}] is not NCHW with {conv.Channels} channels";
+                return;
+            }
+            var (n, h, w) = (shape[0], (int)shape[2], (int)shape[3]);
+            var (oh, ow) = conv.OutputSize(h, w);
+            rows = n * oh * ow;
+            row = r => conv.Patch(values, (int)(r / (oh * ow)), (int)(r % (oh * ow) / ow), (int)(r % ow), h, w);
+        }
+        else
+        {
+            var k = Reduction;
+            if (values.Length % k != 0 || shape.Length == 0)
+            {
+                Fallback = $"input of shape [{string.Join(",", shape)}] does not hold rows of {k}";
+                return;
+            }
+            rows = values.Length / k;
+            if (_transposedInput)
+            {
+                if (shape.Length != 2 || shape[0] != k)
+                {
+                    Fallback = $"transposed Gemm input of shape [{string.Join(",", shape)}]";
+                    return;
+                }
+                var m = (int)shape[1];
+                row = r =>
+                {
+                    var x = new float[k];
+                    for (var i = 0; i < k; i++)
+                        x[i] = values[i * m + r];
+                    return x;
+                };
+            }
+            else
+                row = r => values.AsSpan((int)(r * k), k).ToArray();
+        }
+        _observedRows += rows;
+        _observedSamples += count;
+        // One draw per sample, seeded by the layer and the sample only (not by how samples were batched).
+        var perSample = rows / count;
+        for (var s = 0; s < count; s++)
+        {
+            var random = new Random(unchecked(_seed * 1_000_003 + firstSample + s));
+            for (var j = 0; j < _rowsPerSample; j++)
+                _rows.Add(row(s * perSample + random.NextInt64(perSample)));
+        }
+    }
+
+    /// <summary>
+    /// Per width (in <paramref name="bits"/> order) and output channel: the expected squared error that quantizing the
+    /// weight adds to that channel of the layer output, summed over one sample's rows.
+    /// </summary>
+    public double[][] ChannelErrors(float[] weight, WeightLayout layout, IReadOnlyList<int> bits, int threads)
+    {
+        if (Fallback is not null || _rows.Count == 0)
+            throw new InvalidOperationException($"layer '{_layer.Name}' has no input rows ({Fallback ?? "none observed"})");
+        var channels = _layer.Channels;
+        var result = new double[bits.Count][];
+        var scale = RowsPerSampleObserved * Alpha * Alpha / _rows.Count;
+        for (var k = 0; k < bits.Count; k++)
+        {
+            var q = QuantMath.FakeQuantizeWeight(weight, layout, bits[k]);
+            var errors = new double[channels];
+            var parallel = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
+            // Each channel is summed sequentially in row order, so the result does not depend on the thread count.
+            Parallel.For(0, channels, parallel, c =>
+            {
+                var (dw, offset) = ChannelDelta(weight, q, c);
+                double sum = 0;
+                foreach (var x in _rows)
+                {
+                    double v = TensorPrimitives.Dot(x.AsSpan(offset, dw.Length), dw);
+                    sum += v * v;
+                }
+                errors[c] = sum * scale;
+            });
+            result[k] = errors;
+        }
+        return result;
+    }
+
+    /// <summary>The weight change of output channel <paramref name="c"/> laid out like a slice of an input row.</summary>
+    private (float[] Delta, int Offset) ChannelDelta(float[] w, float[] q, int c)
+    {
+        var shape = _layer.WeightShape;
+        if (_layer.OpType == "Conv")
+        {
+            var length = (int)(_layer.Size / _layer.Channels);
+            var delta = new float[length];
+            TensorPrimitives.Subtract(q.AsSpan(c * length, length), w.AsSpan(c * length, length), delta);
+            var perGroup = _layer.Channels / Math.Max(1, _layer.Groups);
+            return (delta, c / perGroup * length);
+        }
+        var k = (int)shape[_layer.InputChannelAxis];
+        var d = new float[k];
+        if (_layer.ChannelAxis == 0)
+            TensorPrimitives.Subtract(q.AsSpan(c * k, k), w.AsSpan(c * k, k), d);
+        else
+        {
+            var n = (int)shape[1];
+            for (var i = 0; i < k; i++)
+                d[i] = q[i * n + c] - w[i * n + c];
+        }
+        return (d, 0);
+    }
+
+    /// <summary>2-D convolution geometry: what an im2col patch of an output position reads.</summary>
+    private sealed record ConvGeometry(int Channels, int KernelH, int KernelW, int StrideH, int StrideW, int PadTop, int PadLeft,
+        int DilationH, int DilationW, int PadBottom, int PadRight, string AutoPad)
+    {
+        public static ConvGeometry? Of(Node node, long[] weightShape, out string? reason)
+        {
+            reason = null;
+            if (weightShape.Length != 4)
+            {
+                reason = $"Conv with a rank-{weightShape.Length} weight (only 2-D convolutions form rows)";
+                return null;
+            }
+            var groups = (int)node.GetInt("group", 1);
+            var strides = node.GetInts("strides") ?? [1, 1];
+            var dilations = node.GetInts("dilations") ?? [1, 1];
+            var pads = node.GetInts("pads") ?? [0, 0, 0, 0];
+            var autoPad = node.GetString("auto_pad", "NOTSET");
+            return new ConvGeometry((int)weightShape[1] * groups, (int)weightShape[2], (int)weightShape[3], (int)strides[0], (int)strides[1],
+                (int)pads[0], (int)pads[1], (int)dilations[0], (int)dilations[1], (int)pads[2], (int)pads[3], autoPad);
+        }
+
+        private (int Begin, int End) Pads(int size, int kernel, int stride, int dilation, int begin, int end)
+        {
+            if (AutoPad is "SAME_UPPER" or "SAME_LOWER")
+            {
+                var output = (size + stride - 1) / stride;
+                var total = Math.Max(0, (output - 1) * stride + (kernel - 1) * dilation + 1 - size);
+                return AutoPad == "SAME_UPPER" ? (total / 2, total - total / 2) : (total - total / 2, total / 2);
+            }
+            return AutoPad == "VALID" ? (0, 0) : (begin, end);
+        }
+
+        public (int H, int W) OutputSize(int h, int w)
+        {
+            var (t, b) = Pads(h, KernelH, StrideH, DilationH, PadTop, PadBottom);
+            var (l, r) = Pads(w, KernelW, StrideW, DilationW, PadLeft, PadRight);
+            return ((h + t + b - DilationH * (KernelH - 1) - 1) / StrideH + 1, (w + l + r - DilationW * (KernelW - 1) - 1) / StrideW + 1);
+        }
+
+        /// <summary>The patch [channel, kh, kw] of image <paramref name="n"/> at output position (oy, ox); zero padding.</summary>
+        public float[] Patch(float[] x, int n, int oy, int ox, int h, int w)
+        {
+            var (t, _) = Pads(h, KernelH, StrideH, DilationH, PadTop, PadBottom);
+            var (l, _) = Pads(w, KernelW, StrideW, DilationW, PadLeft, PadRight);
+            var patch = new float[Channels * KernelH * KernelW];
+            var i = 0;
+            for (var c = 0; c < Channels; c++)
+            {
+                var plane = ((long)n * Channels + c) * h * w;
+                for (var ky = 0; ky < KernelH; ky++)
+                {
+                    var iy = oy * StrideH - t + ky * DilationH;
+                    for (var kx = 0; kx < KernelW; kx++, i++)
+                    {
+                        var ix = ox * StrideW - l + kx * DilationW;
+                        if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+                            patch[i] = x[plane + (long)iy * w + ix];
+                    }
+                }
+            }
+            return patch;
+        }
+    }
+}

@@ -1,0 +1,199 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Curves;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Rewrite;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Runtime;
+using Attribute = OnnxQuant.Frontend.Attribute;
+
+namespace OnnxQuant.Passes.Tests.Curves;
+
+public class GainCurveTests
+{
+    private static string RepoFile(string relative)
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
+                return Path.Combine(dir.FullName, relative);
+        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
+    }
+
+    private static readonly int[] Bits = [2, 3, 4, 8];
+
+    /// <summary>
+    /// The closed form tr(dW S dW^T) per sample, from sampled input rows, against ||z_q - z||^2 measured in ONNX Runtime
+    /// on the same samples with the float and the fake-quantized weight. Rows are drawn with replacement, so with 400
+    /// rows per sample the estimate is within a few percent: tolerance 6 %.
+    /// </summary>
+    [Theory]
+    [InlineData("conv")]
+    [InlineData("grouped-conv")]
+    [InlineData("matmul")]
+    [InlineData("gemm")]
+    public void ClosedFormLocalErrorMatchesTheMeasuredLayerOutputError(string kind)
+    {
+        var net = new Net(seed: 3);
+        Value input;
+        long[] inputShape;
+        switch (kind)
+        {
+            case "conv":
+                inputShape = [1, 4, 10, 10];
+                input = net.Input("x", inputShape);
+                net.Output(net.Op("Conv", [input, net.Random("w", [6, 4, 3, 3], 0.3f), net.Random("b", [6], 0.1f)],
+                    Attribute.FromInts("pads", [1, 0, 1, 2]), Attribute.FromInts("strides", [2, 1]), Attribute.FromInts("dilations", [1, 2])));
+                break;
+            case "grouped-conv":
+                inputShape = [1, 4, 9, 9];
+                input = net.Input("x", inputShape);
+                net.Output(net.Op("Conv", [input, net.Random("w", [8, 2, 3, 3], 0.3f)], Attribute.FromInt("group", 2),
+                    Attribute.FromInts("pads", [1, 1, 1, 1]), Attribute.FromInts("strides", [2, 2])));
+                break;
+            case "matmul":
+                inputShape = [1, 12, 16];
+                input = net.Input("x", inputShape);
+                net.Output(net.Op("MatMul", [input, net.Random("w", [16, 24], 0.3f)]));
+                break;
+            default:
+                inputShape = [5, 16];
+                input = net.Input("x", inputShape);
+                net.Output(net.Op("Gemm", [input, net.Random("w", [24, 16], 0.3f), net.Random("b", [24], 0.1f)],
+                    Attribute.FromInt("transB", 1), Attribute.FromFloat("alpha", 0.7f)));
+                break;
+        }
+        var model = net.Model;
+        var features = new[] { model.Graph.Outputs[0].Name };
+        var layer = UnitDiscovery.Discover(model, features, new UnitOptions()).Layers.Single();
+        var node = model.Graph.FindInitializer(layer.WeightName)!.Uses[0].Node;
+        var rows = new LayerInputRows(layer, node, rowsPerSample: 400, seed: 1);
+        var weight = model.Graph.FindInitializer(layer.WeightName)!.Initializer!.ToFloatArray();
+        var layout = layer.Layout(WeightFormat.Qdq, 32);
+
+        const int samples = 8;
+        var n = (int)inputShape.Aggregate(1L, (a, b) => a * b);
+        var inputs = Enumerable.Range(0, samples).Select(s => Net.RandomData(n, 100 + s).Select(v => v + 0.3f).ToArray()).ToList();
+        for (var s = 0; s < samples; s++)
+            rows.Add(inputs[s], inputShape, s, 1);
+        var predicted = rows.ChannelErrors(weight, layout, Bits, threads: 1).Select(c => c.Sum()).ToArray();
+
+        // Direct: the model with the weight as an input, run with the float and the quantized weights.
+        var measuredModel = CurveMeasurer.BuildCurveModel(model, [layer], features);
+        using var session = InferenceSession.Create(ModelIO.ToBytes(measuredModel), SessionOptions.Calibration);
+        float[] Run(float[] x, float[] w) => session.Run([new NamedTensor("x", TensorData.FromFloats(x, inputShape)),
+            new NamedTensor(layer.WeightName, TensorData.FromFloats(w, layer.WeightShape))])[0].Data.ToFloats();
+        for (var k = 0; k < Bits.Length; k++)
+        {
+            var q = QuantMath.FakeQuantizeWeight(weight, layout, Bits[k]);
+            var measured = inputs.Average(x => OnnxQuant.Passes.Measurement.FeatureMetric.SquaredDistance(Run(x, q), Run(x, weight)));
+            Assert.True(measured > 0);
+            Assert.InRange(predicted[k] / measured, 0.94, 1.06);
+        }
+    }
+
+    /// <summary>
+    /// Gain curves against exact curves on the small multi-layer detector (convs, Gemm, MatMuls, LayerNorm, Softmax):
+    /// at the reference width (4 bits) within 25 % per unit, at the other widths within a factor 8, and the measured
+    /// distortion of the allocation at 4 bits within 25 % of the exact curves' allocation. The wide per-width
+    /// bound is what one gain per unit can promise on this random, untrained model: ReLUs after BN-folded convs gate
+    /// whole channels off, so the share of a width's error that reaches the feature differs between widths (the
+    /// second conv's exact curve drops 30x from 4 to 5 bits, its layer-local error 5x).
+    /// </summary>
+    [Fact]
+    public void GainCurvesFollowExactCurvesOnASmallMultiLayerGraph()
+    {
+        var root = Path.Combine(Path.GetTempPath(), $"onnxquant-gain-{Guid.NewGuid():N}");
+        try
+        {
+            var (modelPath, dataPath) = TestModels.WriteDetector(Path.Combine(root, "in"));
+            CompileResult Compile(string name, CurveMode mode) => Compiler.Run(modelPath, dataPath, Path.Combine(root, name),
+                new CompileOptions { Allocation = new() { TargetBits = [4, 3] }, Curves = new() { Mode = mode }, Data = new() { CalibSamples = 32 } }, "test", SilentProgress.Instance);
+            var exact = Compile("exact", CurveMode.Exact);
+            var gain = Compile("gain", CurveMode.Gain);
+            var exactCurves = exact.Targets[0].Report.Curves.ToDictionary(c => c.Name);
+            var gainReport = gain.Targets[0].Report;
+            Assert.Equal(CurveMode.Gain, gainReport.CurveMode);
+            Assert.Equal(exactCurves.Count, gainReport.CurveGains.Count);
+            foreach (var curve in gainReport.Curves)
+            {
+                var reference = exactCurves[curve.Name];
+                for (var k = 0; k < curve.Bits.Count; k++)
+                {
+                    var ratio = curve.Distortion[k] / reference.Distortion[k];
+                    var (low, high) = curve.Bits[k] == 4 ? (0.75, 1.25) : (0.125, 8.0);
+                    Assert.True(ratio >= low && ratio <= high,
+                        $"{curve.Name} at {curve.Bits[k]} bits: gain {string.Join(" ", curve.Distortion)} vs exact {string.Join(" ", reference.Distortion)}");
+                }
+            }
+            foreach (var g in gainReport.CurveGains)
+            {
+                Assert.InRange(g.Samples, 2, 8);
+                Assert.Equal("full", g.Local);
+                Assert.InRange(g.MeasuredOverPredicted, 0.5, 2);
+            }
+            // Only the 4-bit allocation is held to 25 %: at 3 bits the gain allocation of this toy model measures 0.00113
+            // against the exact allocation's 0.000125 (a known shortfall of one gain per unit on channel-gated layers;
+            // on the trained DETR below the two agree within 10 %).
+            foreach (var (e, g) in exact.Targets.Zip(gain.Targets).Where(p => p.First.Report.TargetBits == 4))
+                Assert.True(g.Report.Distortion.Measured <= 1.25 * e.Report.Distortion.Measured,
+                    $"at {g.Report.TargetBits} bits: gain allocation {g.Report.Distortion.Measured}, exact {e.Report.Distortion.Measured}");
+            // Far fewer runs than exact curves (6 widths x 32 samples per unit).
+            Assert.True(gain.CurveRuns * 10 < exact.CurveRuns, $"{gain.CurveRuns} gain runs vs {exact.CurveRuns} exact");
+        }
+        finally
+        {
+            Directory.Delete(root, true);
+        }
+    }
+
+    [Fact]
+    public void RatioEstimatorStandardError()
+    {
+        var (g, rel) = CutCurveMeasurer.RatioEstimate([2, 4, 6], [1, 2, 3]);
+        Assert.Equal(2, g, 12);
+        Assert.Equal(0, rel, 12);
+        (g, rel) = CutCurveMeasurer.RatioEstimate([1, 3], [1, 1]);
+        Assert.Equal(2, g, 12);
+        // residuals -1, +1: sqrt(2 / (2 * 1)) / mean(l) = 1, relative 0.5
+        Assert.Equal(0.5, rel, 12);
+        Assert.True(double.IsNaN(CutCurveMeasurer.RatioEstimate([1], [1]).Relative));
+    }
+
+    /// <summary>
+    /// The quality regression of the issue on the bundled trained DETR: the allocation from gain curves (the default)
+    /// has a held-out measured distortion within 10 % of the allocation from exact curves at 4 and 3 bits, and over the
+    /// budgets 8, 6, 5, 4, 3 its predicted and measured distortions rank alike (Spearman >= 0.95). Both use the first 16
+    /// calibration samples so the exact curves stay affordable in a test.
+    /// </summary>
+    [Fact]
+    public void GainAllocationOnDetrSmallIsAsGoodAsExact()
+    {
+        var model = RepoFile("models/fixtures/detr_small.onnx");
+        var calib = RepoFile("models/data/calib.npz");
+        var eval = RepoFile("models/data/eval.npz");
+        var root = Path.Combine(Path.GetTempPath(), $"onnxquant-detr-gain-{Guid.NewGuid():N}");
+        try
+        {
+            CompileResult Compile(string name, CurveMode mode, IReadOnlyList<double> targets) => Compiler.Run(model, calib, Path.Combine(root, name),
+                new CompileOptions { Allocation = new() { TargetBits = targets }, Curves = new() { Mode = mode }, Data = new() { CalibSamples = 16, VerifyData = eval } }, "test", SilentProgress.Instance);
+            var exact = Compile("exact", CurveMode.Exact, [4, 3]);
+            var gain = Compile("gain", CurveMode.Gain, [8, 6, 5, 4, 3]);
+            foreach (var target in new[] { 4.0, 3.0 })
+            {
+                var e = exact.Targets.Single(t => t.Report.TargetBits == target).Report.Distortion.Measured;
+                var g = gain.Targets.Single(t => t.Report.TargetBits == target).Report.Distortion.Measured;
+                Assert.True(g <= 1.10 * e, $"at {target} bits the gain allocation measures {g}, the exact one {e}");
+            }
+            var predicted = gain.Targets.Select(t => t.Report.Distortion.Predicted).ToList();
+            var measured = gain.Targets.Select(t => t.Report.Distortion.Measured).ToList();
+            Assert.True(FastCurveProxy.RankCorrelation(predicted, measured) >= 0.95,
+                $"predicted {string.Join(", ", predicted)} vs measured {string.Join(", ", measured)}");
+        }
+        finally
+        {
+            if (Directory.Exists(root))
+                Directory.Delete(root, true);
+        }
+    }
+}
