@@ -41,8 +41,7 @@ public static class GuardStage
         IReadOnlyList<TargetAccuracy>? accuracy = null;
         if (guards is { EvalData: { } data, GroundTruth: { } truth })
         {
-            var sessionOptions = new SessionOptions { IntraOpThreads = execution.Threads }
-                .WithConfig(SessionConfigKeys.QdqMatMulNBitsAccuracyLevel, "0");
+            var sessionOptions = execution.Measurement();
             double Ap(string path)
             {
                 using var session = InferenceSession.Create(path, sessionOptions);
