@@ -50,6 +50,14 @@ public static class CliApp
             Output = stdout,
             Error = stderr,
         };
+        // A malformed command line is the user's to fix: one line naming the option, exit 2, no help screen.
+        if (parse.Errors.Count > 0)
+        {
+            var command = parse.CommandResult.Command;
+            var name = command is RootCommand ? "onnxquant" : $"onnxquant {command.Name}";
+            stderr.WriteLine($"error: {ErrorReporter.OneLine(parse.Errors[0].Message)} (`{name} --help` lists the options)");
+            return ExitCodes.BadInput;
+        }
         try
         {
             return parse.Invoke(config);
@@ -62,8 +70,9 @@ public static class CliApp
 }
 
 /// <summary>
-/// Turns exceptions into one line on stderr and an exit code. Errors about the user's input (files, data, options,
-/// budgets) exit 2 without a stack trace; anything else is a bug and exits 1 with its trace.
+/// Turns exceptions into one line on stderr and an exit code. Errors about the user's input or environment (files,
+/// data, options, budgets, permissions, a full disk, missing or looping paths) exit 2 without a stack trace; anything
+/// else is a bug and exits 1 with its trace.
 /// </summary>
 public static class ErrorReporter
 {
@@ -90,6 +99,6 @@ public static class ErrorReporter
         return ExitCodes.InternalError;
     }
 
-    private static string OneLine(string message) =>
-        message.ReplaceLineEndings(" ").Trim();
+    internal static string OneLine(string message) =>
+        string.Join(' ', message.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries));
 }

@@ -45,13 +45,28 @@ internal static class RuntimeCliOptions
         return runtime;
     }
 
-    /// <summary>Session options from --ep and --threads.</summary>
+    /// <summary>
+    /// --threads, at most the machine's cores: more only adds threads that wait on each other (and their stacks), so
+    /// a larger value is capped with a note on stderr.
+    /// </summary>
     /// <exception cref="CliInputException">A negative thread count.</exception>
-    public static SessionOptions SessionOptions(ParseResult parse, Option<string> ep, Option<int> threads)
+    public static int ThreadCount(ParseResult parse, Option<int> threads)
     {
         var count = parse.GetValue(threads);
         if (count < 0)
             throw new CliInputException($"--threads must be >= 0 (0 lets ONNX Runtime choose), got {count}");
+        var cores = Environment.ProcessorCount;
+        if (count <= cores)
+            return count;
+        parse.InvocationConfiguration.Error.WriteLine($"note: --threads {count} is more than the {cores} cores of this machine; using {cores}");
+        return cores;
+    }
+
+    /// <summary>Session options from --ep and --threads.</summary>
+    /// <exception cref="CliInputException">A negative thread count.</exception>
+    public static SessionOptions SessionOptions(ParseResult parse, Option<string> ep, Option<int> threads)
+    {
+        var count = ThreadCount(parse, threads);
         return new SessionOptions
         {
             Provider = OnnxQuant.Runtime.SessionOptions.ParseProvider(parse.GetValue(ep) ?? "cpu"),

@@ -1,7 +1,7 @@
 namespace OnnxQuant.Cli;
 
 /// <summary>
-/// The exception types that mean "the user's input is wrong", mapped to exit codes. Each component throws its own
+/// The exception types that mean "the user's input or environment is wrong", mapped to exit codes. Each component throws its own
 /// type (the frontend, the solvers, the runtime binding, the passes); this is the one place that lists them.
 /// </summary>
 internal static class UserErrors
@@ -18,7 +18,8 @@ internal static class UserErrors
         // The model's outputs, the data and the annotations do not fit together for evaluation.
         OnnxQuant.Evaluation.EvaluationException => ExitCodes.BadInput,
         OnnxQuant.Frontend.FrontendException => ExitCodes.BadInput,
-        FileNotFoundException or DirectoryNotFoundException => ExitCodes.BadInput,
+        // The environment, not a bug: missing or looping paths, permissions, a full disk. .NET's messages name the path.
+        IOException or UnauthorizedAccessException => ExitCodes.BadInput,
         // The ONNX Runtime library is missing or lacks the requested provider; the message says how to get one.
         OnnxQuant.Runtime.RuntimeSetupException => ExitCodes.BadInput,
         // ONNX Runtime refused the user's model or inputs.

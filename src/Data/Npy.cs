@@ -143,6 +143,9 @@ public static class Npy
             throw new DataFormatException($"{path}: is a directory, expected a file");
         if (!File.Exists(path))
             throw new FileNotFoundException($"{path}: file not found", path);
+        // A FIFO would block the open until a writer comes; a device could be endless.
+        if (FileIdentity.Stat(path).Kind is var kind && kind != FileKind.Regular)
+            throw new DataFormatException($"{path}: is a {FileIdentity.Describe(kind)}, not a regular file; refused");
         return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
     }
 

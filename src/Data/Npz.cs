@@ -23,8 +23,23 @@ public static class Npz
         return Read(stream, path);
     }
 
+    /// <summary>
+    /// Reads only the arrays <paramref name="wanted"/> names (in the archive's order) and lists every entry's name:
+    /// an array nobody asked for is never decompressed, so a small archive of huge unused entries costs nothing.
+    /// </summary>
+    public static IReadOnlyList<NamedArray> Read(string path, Func<string, bool> wanted, out IReadOnlyList<string> names)
+    {
+        using var stream = Npy.OpenRead(path);
+        var all = new List<string>();
+        var result = Read(stream, path, wanted, all);
+        names = all;
+        return result;
+    }
+
     /// <summary>Reads every array of an .npz archive held in <paramref name="stream"/>.</summary>
-    public static IReadOnlyList<NamedArray> Read(Stream stream, string source = "<stream>")
+    public static IReadOnlyList<NamedArray> Read(Stream stream, string source = "<stream>") => Read(stream, source, _ => true, null);
+
+    private static IReadOnlyList<NamedArray> Read(Stream stream, string source, Func<string, bool> wanted, List<string>? names)
     {
         ZipArchive zip;
         try
@@ -46,6 +61,9 @@ public static class Npz
                 var name = entry.FullName.EndsWith(".npy", StringComparison.Ordinal) ? entry.FullName[..^4] : entry.FullName;
                 if (!seen.Add(name))
                     throw new DataFormatException($"{source}: two entries are named '{name}'");
+                names?.Add(name);
+                if (!wanted(name))
+                    continue;
                 var entrySource = $"{source}:{entry.FullName}";
                 try
                 {

@@ -55,6 +55,7 @@ public sealed class CocoDataset
     {
         if (!File.Exists(path))
             throw new FileNotFoundException($"{path}: annotation file not found", path);
+        OnnxQuant.Frontend.FileIdentity.RequireRegularFile(path, "annotation file");
         using var stream = File.OpenRead(path);
         return Load(stream, path);
     }
@@ -95,6 +96,10 @@ public sealed class CocoDataset
         var categories = Array("categories", root).Select((e, i) => new CocoCategory(
             Long(e, "id", $"categories[{i}]"),
             e.TryGetProperty("name", out var n) && n.ValueKind == JsonValueKind.String ? n.GetString()! : "")).ToList();
+        // Masks are rasterized at the image's size: a size or coordinate far outside it would cost unbounded memory.
+        foreach (var (image, i) in images.Select((im, i) => (im, i)))
+            if (image.Width is < 1 or > MaxSide || image.Height is < 1 or > MaxSide)
+                throw new FormatException($"images[{i}] (id {image.Id}) is {image.Width}x{image.Height}; width and height must be 1..{MaxSide}");
         var imageSizes = images.GroupBy(im => im.Id).ToDictionary(g => g.Key, g => g.First());
         var annotations = new List<CocoAnnotation>();
         var index = 0;
@@ -104,7 +109,7 @@ public sealed class CocoDataset
             var imageId = Long(e, "image_id", where);
             if (!imageSizes.TryGetValue(imageId, out var image))
                 throw new FormatException($"{where} refers to image {imageId}, which is not in the images list");
-            var box = ReadBox(e, where);
+            var box = ReadBox(e, where, image);
             var isCrowd = e.TryGetProperty("iscrowd", out var c) && c.ValueKind == JsonValueKind.Number && c.GetInt32() != 0;
             Rle? segmentation = null;
             if (e.TryGetProperty("segmentation", out var seg) && seg.ValueKind != JsonValueKind.Null)
@@ -113,18 +118,50 @@ public sealed class CocoDataset
             var area = e.TryGetProperty("area", out var a) && a.ValueKind == JsonValueKind.Number
                 ? a.GetDouble()
                 : segmentation?.Area ?? box.Area;
+            if (!double.IsFinite(area) || area < 0)
+                throw new FormatException($"{where} has area {area.ToString(System.Globalization.CultureInfo.InvariantCulture)}; an area is a finite number >= 0");
             var id = e.TryGetProperty("id", out var idEl) && idEl.ValueKind == JsonValueKind.Number ? idEl.GetInt64() : index;
             annotations.Add(new CocoAnnotation(id, imageId, Long(e, "category_id", where), box, area, isCrowd, segmentation));
         }
         return new CocoDataset(images, categories, annotations);
     }
 
-    private static BoxXywh ReadBox(JsonElement e, string where)
+    /// <summary>The largest image side accepted (masks are rasterized at the image's size).</summary>
+    public const int MaxSide = 16384;
+
+    /// <summary>How far (in pixels) a box or polygon may reach outside its image, for coordinates rounded outward.</summary>
+    private const double Slack = 1.0;
+
+    private static BoxXywh ReadBox(JsonElement e, string where, CocoImage image)
     {
         if (!e.TryGetProperty("bbox", out var b) || b.ValueKind != JsonValueKind.Array || b.GetArrayLength() != 4)
             throw new FormatException($"{where} has no \"bbox\" of 4 numbers [x, y, width, height]");
         var v = b.EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        if (v.Any(x => !double.IsFinite(x)) || v[2] < 0 || v[3] < 0)
+            throw new FormatException($"{where} has bbox [{string.Join(", ", v.Select(F))}]; width and height must be finite and >= 0");
+        if (v[0] < -Slack || v[1] < -Slack || v[0] + v[2] > image.Width + Slack || v[1] + v[3] > image.Height + Slack)
+            throw new FormatException($"{where} has bbox [{string.Join(", ", v.Select(F))}] outside its {image.Width}x{image.Height} image {image.Id}");
         return new BoxXywh(v[0], v[1], v[2], v[3]);
+    }
+
+    private static string F(double x) => x.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>A polygon of at least 3 points inside the image (with <see cref="Slack"/>) that encloses some area.</summary>
+    private static void CheckPolygon(IReadOnlyList<double> xy, int height, int width, string where)
+    {
+        if (xy.Count < 6 || xy.Count % 2 != 0)
+            throw new FormatException($"{where}: a segmentation polygon has {xy.Count} coordinates; it needs x,y pairs of at least 3 points");
+        var twiceArea = 0.0;
+        for (var k = 0; k < xy.Count; k += 2)
+        {
+            double x = xy[k], y = xy[k + 1];
+            if (!double.IsFinite(x) || !double.IsFinite(y) || x < -Slack || y < -Slack || x > width + Slack || y > height + Slack)
+                throw new FormatException($"{where}: polygon point ({F(x)}, {F(y)}) lies outside its {width}x{height} image");
+            var next = (k + 2) % xy.Count;
+            twiceArea += x * xy[next + 1] - xy[next] * y;
+        }
+        if (twiceArea == 0)
+            throw new FormatException($"{where}: a segmentation polygon is degenerate (its points enclose no area)");
     }
 
     /// <summary>Polygons ([[x, y, ...], ...]), uncompressed RLE ({"counts": [..], "size": [h, w]}) or compressed RLE.</summary>
@@ -136,8 +173,10 @@ public sealed class CocoDataset
             {
                 if (p.ValueKind != JsonValueKind.Array)
                     throw new FormatException($"{where}: segmentation polygons must be arrays of numbers");
-                return (IReadOnlyList<double>)p.EnumerateArray().Select(x => x.GetDouble()).ToList();
-            }).Where(p => p.Count >= 6).ToList();
+                var xy = (IReadOnlyList<double>)p.EnumerateArray().Select(x => x.GetDouble()).ToList();
+                CheckPolygon(xy, height, width, where);
+                return xy;
+            }).ToList();
             if (polygons.Count == 0)
                 return new Rle(height, width, [(uint)(height * width)]);
             return Rle.FromPolygons(polygons, height, width);

@@ -13,6 +13,8 @@ namespace OnnxQuant.Cli;
 /// </summary>
 internal static class BenchCommand
 {
+    private const int MaxRuns = 100_000;
+
     public static Command Create()
     {
         var model = new Argument<string>("model") { Description = "The ONNX model to time" };
@@ -38,10 +40,11 @@ internal static class BenchCommand
         {
             var runCount = parse.GetValue(runs);
             var warmupCount = parse.GetValue(warmup);
-            if (runCount < 1)
-                throw new CliInputException($"--runs must be at least 1, got {runCount}");
-            if (warmupCount < 0)
-                throw new CliInputException($"--warmup must be >= 0, got {warmupCount}");
+            // Each timed run keeps its latency: the bounds keep memory and time finite.
+            if (runCount is < 1 or > MaxRuns)
+                throw new CliInputException($"--runs must be 1..{MaxRuns}, got {runCount}");
+            if (warmupCount is < 0 or > MaxRuns)
+                throw new CliInputException($"--warmup must be 0..{MaxRuns}, got {warmupCount}");
             var shapeMap = ParseShapes(parse.GetValue(shapes) ?? []);
             var options = RuntimeCliOptions.SessionOptions(parse, ep, threads);
             var runtime = RuntimeCliOptions.Initialize(parse, ortLib);

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using OnnxQuant.Passes.Allocate;
+using OnnxQuant.Passes.Artifact;
 using OnnxQuant.Passes.Calibration;
 using OnnxQuant.Passes.Compile;
 using OnnxQuant.Passes.Curves;
@@ -128,7 +129,7 @@ internal static class CompileCommand
                 },
                 Execution = new ExecutionOptions
                 {
-                    Threads = parse.GetValue(threads),
+                    Threads = RuntimeCliOptions.ThreadCount(parse, threads),
                     RunBatch = parse.GetValue(runBatch),
                 },
             };
@@ -139,14 +140,22 @@ internal static class CompileCommand
             if (recipePath is not null)
                 OnnxQuant.QatBridge.BitWidths.CheckBits(attentionBits, "--qat-attention-bits");
             var curvesOut = parse.GetValue(writeCurves);
-            if (curvesOut is not null && Path.GetDirectoryName(Path.GetFullPath(curvesOut)) is { } curvesDir && !Directory.Exists(curvesDir))
-                throw new CliInputException($"--write-curves {curvesOut}: the folder {curvesDir} does not exist");
+            var modelPath = parse.GetValue(model)!;
+            var outDir = parse.GetValue(output)!;
+            // Files written beside the artifact are checked before any work: never an input, a folder, or inside the
+            // artifact folder (which the next compile replaces whole).
+            var inputs = ArtifactStage.Inputs(modelPath, parse.GetValue(calib)!, options.Data.VerifyData, options.Curves.CurvesFile,
+                options.Guards.EvalData, options.Guards.EvalAnnotations);
+            if (curvesOut is not null)
+                OutputFolder.CheckFileOutput("--write-curves", curvesOut, inputs, outDir);
+            if (recipePath is not null)
+                OutputFolder.CheckFileOutput("--emit-qat-recipe", recipePath, inputs, outDir);
+            if (curvesOut is not null && recipePath is not null && Path.GetFullPath(curvesOut) == Path.GetFullPath(recipePath))
+                throw new CliInputException($"--write-curves and --emit-qat-recipe both name {curvesOut}; give two files");
             RuntimeCliOptions.Initialize(parse, ortLib);
 
             var error = parse.InvocationConfiguration.Error;
             var stdout = parse.InvocationConfiguration.Output;
-            var modelPath = parse.GetValue(model)!;
-            var outDir = parse.GetValue(output)!;
             var result = WithProgress(error, parse.GetValue(quiet), sink =>
                 Compiler.Run(modelPath, parse.GetValue(calib)!, outDir, options, VersionCommand.ToolVersion, sink));
 

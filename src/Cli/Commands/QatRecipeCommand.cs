@@ -40,6 +40,8 @@ internal static class QatRecipeCommand
                 ? QatRecipe.Uniform(widths, floatLayers, source)
                 : QatRecipe.FromAllocation(source, widths, overrides, floatLayers);
             var path = parse.GetValue(output)!;
+            OnnxQuant.Passes.Artifact.OutputFolder.CheckFileOutput("-o", path,
+                parse.GetValue(model) is { Length: > 0 } m ? [new("model", m)] : []);
             QatRecipeJson.Write(recipe, path);
             parse.InvocationConfiguration.Output.WriteLine(
                 $"wrote {path}: {widths} ({recipe.Layers.Count} layer overrides, {recipe.FloatLayers.Count} float)");

@@ -26,6 +26,8 @@ internal sealed class ExternalDataFile
     {
         try
         {
+            // A FIFO would block the open until a writer comes; a device could be endless.
+            FileIdentity.RequireRegularFile(fullPath, $"external data file of tensor '{tensorName}'");
             var handle = File.OpenHandle(fullPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
             return new ExternalDataFile(baseDirectory, fullPath, handle, RandomAccess.GetLength(handle));
         }

@@ -66,6 +66,7 @@ public static class ModelIO
         FileStream stream;
         try
         {
+            FileIdentity.RequireRegularFile(fullPath, "model");
             stream = new FileStream(fullPath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)

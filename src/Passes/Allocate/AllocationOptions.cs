@@ -36,9 +36,13 @@ public sealed record AllocationOptions : IStageOptions
                 throw new CompileException($"--target-bits {t.ToString(CultureInfo.InvariantCulture)} is outside 1..8 average bits per weight");
         if (TargetBits.Distinct().Count() != TargetBits.Count)
             throw new CompileException("--target-bits lists a value twice");
+        // Each target writes bits-<formatted target>/: two targets with one folder name would overwrite each other.
+        foreach (var clash in TargetBits.GroupBy(FormatBits).Where(g => g.Count() > 1))
+            throw new CompileException(
+                $"--target-bits {string.Join(" and ", clash.Select(t => t.ToString(CultureInfo.InvariantCulture)))} would both write bits-{clash.Key}/; give targets that differ within two decimals");
         if (MinBits is { } m && (m < 2 || m > 8))
             throw new CompileException($"--min-bits {m} is outside 2..8");
-        if (Epsilon is <= 0 or > 1)
+        if (!double.IsFinite(Epsilon) || Epsilon is <= 0 or > 1)
             throw new CompileException($"--epsilon {Epsilon.ToString(CultureInfo.InvariantCulture)} must be in (0, 1]");
     }
 

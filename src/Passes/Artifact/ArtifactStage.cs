@@ -15,54 +15,61 @@ public sealed record ManifestInputs(string ToolVersion, string ModelFile, string
     IReadOnlyList<OptionEntry> Options);
 
 /// <summary>
-/// Writes the artifacts only after everything was computed: each model, then each report, then the manifest last
-/// (each file atomically). One target goes straight into the output folder; several go into <c>bits-&lt;target&gt;/</c>.
+/// Writes the artifacts only after everything was computed, all into the staging folder of an
+/// <see cref="OutputFolder"/>: each model, then each report, then the manifest; the caller then publishes the folder
+/// as one unit. One target goes straight into the output folder; several go into <c>bits-&lt;target&gt;/</c>.
 /// </summary>
 public static class ArtifactStage
 {
-    /// <summary>Checked before any work: the output folder must be a folder and must not overwrite the input.</summary>
-    public static void CheckDestination(string modelPath, string outputDirectory, IReadOnlyList<double> targets)
-    {
-        if (File.Exists(outputDirectory))
-            throw new CompileException($"{outputDirectory}: the output path is a file; -o names a folder");
-        var modelFull = Path.GetFullPath(modelPath);
-        if (targets.Select(t => Path.GetFullPath(ModelPath(outputDirectory, t, targets.Count == 1))).Contains(modelFull))
-            throw new CompileException($"{modelPath}: the output would overwrite the input model; choose another -o folder");
-    }
+    /// <summary>The inputs a compile reads; the output folder and every file output are checked against them.</summary>
+    public static IReadOnlyList<InputPath> Inputs(string modelPath, string calibPath, string? verifyData, string? curvesFile,
+        string? evalData, string? evalAnnotations) =>
+        new (string Label, string? Path)[]
+        {
+            ("input model", modelPath), ("calibration data", calibPath), ("verification data", verifyData),
+            ("curves file", curvesFile), ("evaluation data", evalData), ("evaluation annotations", evalAnnotations),
+        }.Where(p => !string.IsNullOrWhiteSpace(p.Path)).Select(p => new InputPath(p.Label, p.Path!)).ToList();
 
     public static string ModelPath(string outputDirectory, double target, bool single) =>
         Path.Combine(TargetDirectory(outputDirectory, target, single), "model.onnx");
 
-    public static IReadOnlyList<TargetResult> WriteModels(string outputDirectory, IReadOnlyList<TargetArtifact> targets,
+    public static IReadOnlyList<TargetResult> WriteModels(OutputFolder folder, IReadOnlyList<TargetArtifact> targets,
         out IReadOnlyList<ReportWriter.OutputFile> written)
     {
-        Directory.CreateDirectory(outputDirectory);
         var single = targets.Count == 1;
         var results = new List<TargetResult>();
         var outputs = new List<ReportWriter.OutputFile>();
         foreach (var (report, bytes) in targets)
         {
-            var dir = TargetDirectory(outputDirectory, report.TargetBits, single);
-            var modelOut = Path.Combine(dir, "model.onnx");
-            AtomicFile.Write(modelOut, s => s.Write(bytes));
-            var relative = Path.GetRelativePath(outputDirectory, modelOut).Replace('\\', '/');
+            var dir = TargetDirectory("", report.TargetBits, single);
+            var relative = Path.Combine(dir, "model.onnx").Replace('\\', '/');
+            FaultPoints.Reach("write:model", folder.FinalPath(relative));
+            folder.WriteFile(relative, bytes);
             outputs.Add(new ReportWriter.OutputFile(relative, Hashing.Sha256Hex(bytes), bytes.LongLength));
-            results.Add(new TargetResult(report, modelOut, Path.Combine(dir, "report.json")));
+            results.Add(new TargetResult(report, folder.FinalPath(relative), folder.FinalPath(Path.Combine(dir, "report.json"))));
         }
         written = outputs;
         return results;
     }
 
-    /// <summary>Each report with the final timings, then the manifest.</summary>
-    public static IReadOnlyList<TargetResult> WriteReports(string outputDirectory, IReadOnlyList<TargetResult> targets,
+    /// <summary>
+    /// Each report with the final timings, then the manifest. Every report file of the artifact is written here, into
+    /// the staging folder, so it is published with the models; another report format belongs beside report.json.
+    /// </summary>
+    public static IReadOnlyList<TargetResult> WriteReports(OutputFolder folder, IReadOnlyList<TargetResult> targets,
         IReadOnlyList<StageTime> timings, ManifestInputs inputs, IReadOnlyList<ReportWriter.OutputFile> outputs)
     {
         var results = targets.Select(t => t with { Report = t.Report with { Timings = timings } }).ToList();
         foreach (var r in results)
-            AtomicFile.Write(r.ReportPath, s => s.Write(ReportWriter.Report(r.Report)));
+        {
+            var relative = Path.GetRelativePath(folder.Requested, r.ReportPath);
+            FaultPoints.Reach("write:report", r.ReportPath);
+            folder.WriteFile(relative, ReportWriter.Report(r.Report));
+        }
         var manifest = ReportWriter.Manifest(inputs.ToolVersion, inputs.ModelFile, inputs.ModelHash, inputs.DataHash,
             inputs.Samples, inputs.Options, outputs);
-        AtomicFile.Write(Path.Combine(outputDirectory, "manifest.json"), s => s.Write(manifest));
+        FaultPoints.Reach("write:manifest", folder.FinalPath("manifest.json"));
+        folder.WriteFile("manifest.json", manifest);
         return results;
     }
 

@@ -109,12 +109,13 @@ public sealed class CalibrationSet
                     $"{file}: an .npy file holds one array but the model has {inputs.Count} inputs ({string.Join(", ", inputs.Select(i => i.Name))}); use an .npz keyed by input name");
             return [Npy.Read(file)];
         }
-        var named = Npz.Read(file);
+        // Arrays that name no input (e.g. image ids stored beside the images) are skipped unread; missing inputs are errors.
+        var inputNames = inputs.Select(i => i.Name).ToHashSet(StringComparer.Ordinal);
+        var named = Npz.Read(file, inputNames.Contains, out var all);
         var byName = named.ToDictionary(a => a.Name, a => a.Array, StringComparer.Ordinal);
-        // Arrays that name no input (e.g. image ids stored beside the images) are ignored; missing inputs are errors.
         return inputs.Select(i => byName.TryGetValue(i.Name, out var a)
             ? a
-            : throw new CompileException($"{file}: no array for model input '{i.Name}' (the file holds {string.Join(", ", named.Select(n => $"'{n.Name}'"))})")).ToArray();
+            : throw new CompileException($"{file}: no array for model input '{i.Name}' (the file holds {string.Join(", ", all.Select(n => $"'{n}'"))})")).ToArray();
     }
 
     /// <summary>Validates one array against its input and returns its sample count.</summary>

@@ -25,8 +25,8 @@ public sealed record CompileResult(IReadOnlyList<TargetResult> Targets, string O
 /// <summary>
 /// The whole compile as a list of stages, each with typed inputs and outputs: load, canonicalize, discover,
 /// calibrate, curves, partition, then per target allocate, rewrite and verify; only then the artifacts are written
-/// (atomically) and the guards checked. A bad input stops the compile before anything is written, and the input
-/// files are only ever read.
+/// into a staging folder, published as one unit, and the guards checked. A bad input stops the compile before
+/// anything is written, and the input files are only ever read.
 /// </summary>
 public static class Compiler
 {
@@ -36,7 +36,16 @@ public static class Compiler
         string toolVersion, IProgressSink progress)
     {
         options.Validate();
-        ArtifactStage.CheckDestination(modelPath, outputDirectory, options.Allocation.TargetBits);
+        // The output folder is checked, locked and staged before any expensive stage, so a folder that cannot be
+        // written or is busy fails in a second, not after the whole compile.
+        using var output = OutputFolder.Open(outputDirectory, ArtifactStage.Inputs(modelPath, calibPath,
+            options.Data.VerifyData, options.Curves.CurvesFile, options.Guards.EvalData, options.Guards.EvalAnnotations));
+        // The cache only saves time: a cache folder that cannot be used is skipped with a note, never an error.
+        if (options.Curves.CacheDir is { } cacheDir && options.Curves.CurvesFile is null && CurveCache.Unusable(cacheDir) is { } unusable)
+        {
+            progress.Note(unusable);
+            options = options with { Curves = options.Curves with { CacheDir = null } };
+        }
         var guards = GuardStage.Prepare(options.Guards);
         var clock = new StageClock();
 
@@ -74,7 +83,8 @@ public static class Compiler
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
         Verifier? verifier = null;
-        var debugDirectory = Path.Combine(outputDirectory, "debug");
+        // Beside the artifact, not in it: a model ONNX Runtime rejects is never published.
+        var debugDirectory = Path.TrimEndingDirectorySeparator(outputDirectory) + ".debug";
 
         var artifacts = new List<TargetArtifact>();
         foreach (var target in options.Allocation.TargetBits)
@@ -105,12 +115,13 @@ public static class Compiler
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];
-        var written = clock.Time("write", () => ArtifactStage.WriteModels(outputDirectory, artifacts, out outputs));
+        var written = clock.Time("write", () => ArtifactStage.WriteModels(output, artifacts, out outputs));
         var manifest = new ManifestInputs(toolVersion, Path.GetFileName(modelPath), loaded.ModelHash, loaded.DataHash,
             loaded.Samples, options.Manifest());
         // The reports carry the timings up to here, so writing them is the one stage they cannot include.
         var timings = clock.Timings;
-        var results = ArtifactStage.WriteReports(outputDirectory, written, timings, manifest, outputs);
+        var results = ArtifactStage.WriteReports(output, written, timings, manifest, outputs);
+        output.Publish();
 
         var verdict = GuardStage.Check(guards, modelPath, results, options.Execution);
         return new CompileResult(results, outputDirectory, verdict, timings, partition.FreeUnits.Count, partition.Heads.Count, curves.Runs);

@@ -25,15 +25,19 @@ public static class CurveStage
         CurveCache? cache = options.CacheDir is { } dir ? new CurveCache(dir) : null;
         var key = CurveCache.Key(Hashing.Sha256Hex(ModelIO.ToBytes(canonical)), dataHash, keyParts);
         var unitKeys = units.Select(u => (u.Name, u.Size)).ToList();
-        if (cache?.TryLoad(key, unitKeys) is { } cached)
+        string? note = null;
+        if (cache?.TryLoad(key, unitKeys, options.CandidateBits, out note) is { } cached)
         {
             progress.Note($"curves: loaded from cache {cache.PathOf(key)}");
             return new CurveSet(cached, options.Mode, true, 0);
         }
+        if (note is not null)
+            progress.Note(note);
         var set = cutCurves?.Measure(data, execution.Measurement(), progress)
             ?? CurveMeasurer.Measure(canonical, units, features, data, samples, calibration, options, storage,
                 execution.RunBatch, execution.Measurement(), progress);
-        cache?.Store(key, set.Curves);
+        if (cache is not null && !cache.TryStore(key, set.Curves, out var stored))
+            progress.Note(stored!);
         return set;
     }
 }

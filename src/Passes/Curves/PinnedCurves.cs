@@ -32,6 +32,7 @@ public sealed record PinnedCurves(string Path, string Sha256, IReadOnlyList<Unit
         byte[] bytes;
         try
         {
+            FileIdentity.RequireRegularFile(path, "--curves-file");
             bytes = File.ReadAllBytes(path);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)

@@ -24,8 +24,8 @@ public sealed record GuardOptions : IStageOptions
     {
         if (MaxDrop is not null && !MeasuresAp)
             throw new CompileException("--max-drop needs --eval-data and --eval-annotations");
-        if (MaxDrop is < 0)
-            throw new CompileException($"--max-drop {MaxDrop.Value.ToString(CultureInfo.InvariantCulture)} is negative");
+        if (MaxDrop is { } drop && (!double.IsFinite(drop) || drop < 0))
+            throw new CompileException($"--max-drop {drop.ToString(CultureInfo.InvariantCulture)} must be a non-negative number of AP points");
         if (MaxDistortion is { } d && (!double.IsFinite(d) || d < 0))
             throw new CompileException($"--max-distortion {d.ToString(CultureInfo.InvariantCulture)} must be a non-negative number");
     }

@@ -16,6 +16,7 @@ public sealed class StageClock
 
     public T Time<T>(string stage, Func<T> work)
     {
+        FaultPoints.Reach("stage:" + stage);
         var watch = Stopwatch.StartNew();
         try
         {
