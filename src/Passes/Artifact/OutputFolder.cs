@@ -279,6 +279,13 @@ public sealed class OutputFolder : IDisposable
         var (kind, id) = FileIdentity.Stat(full);
         if (kind is not (FileKind.Missing or FileKind.Regular))
             throw new CompileException($"{option} {path}: is a {FileIdentity.Describe(kind)}; {option} names a file");
+        if (artifactFolder is not null && !string.IsNullOrWhiteSpace(artifactFolder))
+        {
+            var artifact = FileIdentity.RealPath(Path.GetFullPath(artifactFolder));
+            var real = FileIdentity.RealPath(full);
+            if (real == artifact || real.StartsWith(artifact + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                throw new CompileException($"{option} {path}: lies inside the output folder {artifactFolder}, which a compile replaces as a whole; write it elsewhere");
+        }
         var folder = Path.GetDirectoryName(full)!;
         if (FileIdentity.Stat(folder).Kind != FileKind.Directory)
             throw new CompileException($"{option} {path}: the folder {folder} does not exist");
@@ -287,13 +294,6 @@ public sealed class OutputFolder : IDisposable
             var (inputKind, inputId) = FileIdentity.Stat(Path.GetFullPath(input.Path));
             if (kind == FileKind.Regular && inputKind == FileKind.Regular && inputId == id)
                 throw new CompileException($"{option} {path}: is the {input.Label} {input.Path}; inputs are never written, choose another file");
-        }
-        if (artifactFolder is not null && !string.IsNullOrWhiteSpace(artifactFolder))
-        {
-            var artifact = FileIdentity.RealPath(Path.GetFullPath(artifactFolder));
-            var real = FileIdentity.RealPath(full);
-            if (real == artifact || real.StartsWith(artifact + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-                throw new CompileException($"{option} {path}: lies inside the output folder {artifactFolder}, which a compile replaces as a whole; write it elsewhere");
         }
     }
 }
