@@ -328,3 +328,35 @@ public sealed class NpzTests(NumpyFixtures fx) : IClassFixture<NumpyFixtures>
         Assert.Contains("corrupt.npz:images.npy", ex.Message);
     }
 }
+
+/// <summary>Only the arrays a caller names are decompressed: an unused entry costs nothing, even a broken one.</summary>
+public sealed class NpzSelectiveReadTests
+{
+    [Fact]
+    public void UnwantedEntriesAreListedButNeverDecoded()
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"onnxquant-npz-{Guid.NewGuid():N}.npz");
+        try
+        {
+            using (var stream = File.Create(path))
+            using (var zip = new System.IO.Compression.ZipArchive(stream, System.IO.Compression.ZipArchiveMode.Create))
+            {
+                using (var x = zip.CreateEntry("x.npy").Open())
+                    Npy.Write(x, NpyArray.FromFloats([1f, 2f, 3f], 3));
+                // Not an .npy at all: decoding it fails, so reading it would show.
+                using (var junk = zip.CreateEntry("junk.npy", System.IO.Compression.CompressionLevel.Optimal).Open())
+                    junk.Write(new byte[1 << 20]);
+            }
+            Assert.Throws<DataFormatException>(() => Npz.Read(path));
+            var arrays = Npz.Read(path, name => name == "x", out var names);
+            Assert.Equal(["x", "junk"], names);
+            var only = Assert.Single(arrays);
+            Assert.Equal("x", only.Name);
+            Assert.Equal([1f, 2f, 3f], only.Array.ToFloats());
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+}

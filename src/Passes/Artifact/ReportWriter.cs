@@ -118,9 +118,6 @@ public static class ReportWriter
             if (r.CurveGains.Count > 0)
                 Curves.GainReportWriter.Write(w, r.CurveGains);
 
-            if (r.CurveGains.Count > 0)
-                Curves.GainReportWriter.Write(w, r.CurveGains);
-
             w.WriteStartArray("notes");
             foreach (var n in r.Notes) w.WriteStringValue(n);
             w.WriteEndArray();
