@@ -62,6 +62,9 @@ public static class QatImporter
         else if (!File.Exists(scalesPath))
             throw new FileNotFoundException($"learned-scales file not found: {scalesPath}", scalesPath);
         var learned = scalesPath is null ? null : LearnedScales.Read(scalesPath);
+        // The output folder is checked and locked before the runtime check, and published as one unit at the end.
+        using var output = OnnxQuant.Passes.Artifact.OutputFolder.Open(request.OutputDirectory,
+            [new("student model", request.StudentPath), .. scalesPath is null ? Array.Empty<OnnxQuant.Passes.Artifact.InputPath>() : [new("learned-scales file", scalesPath)]]);
 
         // The frontend validates the file first, so a malformed student gets its message rather than ORT's.
         var model = ModelIO.Load(bytes, Path.GetDirectoryName(Path.GetFullPath(request.StudentPath)));
@@ -82,10 +85,10 @@ public static class QatImporter
         var reportPath = Path.Combine(outDir, "report.json");
         var manifestPath = Path.Combine(outDir, "manifest.json");
         var manifestBytes = SerializeManifest(toolVersion, [("model.onnx", bytes), ("report.json", reportBytes)]);
-        AtomicFile.Write(modelPath, bytes);
-        AtomicFile.Write(reportPath, reportBytes);
-        // The manifest goes last: its presence says the folder is complete.
-        AtomicFile.Write(manifestPath, manifestBytes);
+        output.WriteFile("model.onnx", bytes);
+        output.WriteFile("report.json", reportBytes);
+        output.WriteFile("manifest.json", manifestBytes);
+        output.Publish();
         return new QatImportResult(modelPath, reportPath, manifestPath, report, Math.Round(checkMs, 1));
     }
 

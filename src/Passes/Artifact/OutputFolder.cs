@@ -18,6 +18,8 @@ public sealed record InputPath(string Label, string Path);
 public sealed class OutputFolder : IDisposable
 {
     private const string Marker = ".onnxquant-";
+    // The manifest of `qat-import`'s artifact, which is published the same way.
+    private const string QatManifestSchema = "onnxquant.qat-manifest/1";
     // .NET reports a lock held elsewhere as an IOException carrying errno EWOULDBLOCK.
     private const int EWouldBlock = 11;
     private readonly FileStream _lock;
@@ -217,7 +219,7 @@ public sealed class OutputFolder : IDisposable
             using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("schema", out var schema)
-                || schema.ValueKind != JsonValueKind.String || schema.GetString() != ReportWriter.ManifestSchema)
+                || schema.ValueKind != JsonValueKind.String || schema.GetString() is not (ReportWriter.ManifestSchema or QatManifestSchema))
                 return false;
             if (root.TryGetProperty("outputs", out var outputs) && outputs.ValueKind == JsonValueKind.Array)
                 foreach (var o in outputs.EnumerateArray())

@@ -71,7 +71,8 @@ public sealed class CurveCache(string directory)
             }
             return curves;
         }
-        catch (Exception ex) when (ex is SolverException or JsonException or IOException or UnauthorizedAccessException or FrontendException)
+        catch (Exception ex) when (ex is SolverException or JsonException or IOException or UnauthorizedAccessException or FrontendException
+            or InvalidOperationException or FormatException or ArgumentException)
         {
             return Reject(path, $"cannot be read ({ex.Message})", out note);
         }
