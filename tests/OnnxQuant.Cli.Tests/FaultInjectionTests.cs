@@ -46,7 +46,7 @@ public sealed class FaultFixture : IDisposable
     private string Reference(string name, string targets)
     {
         var dir = Path.Combine(Root, "ref", name);
-        var (code, _, stderr) = FaultInjectionTests.Cli(null, Args(dir, targets));
+        var (code, _, stderr) = FaultTests.Cli(null, Args(dir, targets));
         Assert.True(code == 0, stderr);
         return dir;
     }
@@ -84,9 +84,9 @@ public sealed class FaultFixture : IDisposable
 /// (every file equal to a reference compile's, manifest hashes matching, timings aside), the documented exit code, and
 /// one line on stderr for an error.
 /// </summary>
-public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
+public abstract class FaultTests(FaultFixture fx)
 {
-    private const int Killed = 137; // 128 + SIGKILL, as a shell reports kill -9
+    protected const int Killed = 137; // 128 + SIGKILL, as a shell reports kill -9
 
     internal static (int Code, string Out, string Err) Cli(string? fault, params string[] args)
     {
@@ -108,7 +108,7 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
     }
 
     /// <summary>Every file of an artifact folder by relative path; report.json without its wall-time timings.</summary>
-    private static SortedDictionary<string, string> Contents(string dir)
+    protected static SortedDictionary<string, string> Contents(string dir)
     {
         var files = new SortedDictionary<string, string>(StringComparer.Ordinal);
         foreach (var file in Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories))
@@ -127,7 +127,7 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
     }
 
     /// <summary>The manifest's hashes match the model files beside it.</summary>
-    private static void AssertManifestMatches(string dir)
+    protected static void AssertManifestMatches(string dir)
     {
         var manifest = JsonNode.Parse(File.ReadAllBytes(Path.Combine(dir, "manifest.json")))!;
         var outputs = manifest["outputs"]!.AsArray();
@@ -141,7 +141,7 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
     }
 
     /// <summary>The folder is one whole artifact: exactly one of the references, file for file.</summary>
-    private static string AssertWhole(string dir, params string[] references)
+    protected static string AssertWhole(string dir, params string[] references)
     {
         Assert.True(Directory.Exists(dir), $"{dir} is missing");
         AssertManifestMatches(dir);
@@ -151,9 +151,9 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
         return match[0];
     }
 
-    private void AssertInputsUntouched() => Assert.Equal(fx.InputHashes, fx.Hashes());
+    protected void AssertInputsUntouched() => Assert.Equal(fx.InputHashes, fx.Hashes());
 
-    private static void AssertNoLeftovers(string output)
+    protected static void AssertNoLeftovers(string output)
     {
         var parent = Path.GetDirectoryName(Path.GetFullPath(output))!;
         var name = Path.GetFileName(Path.GetFullPath(output));
@@ -162,7 +162,7 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
         Assert.True(left.Count == 0, $"left beside {output}: {string.Join(", ", left)}");
     }
 
-    private static void AssertOneErrorLine(string stderr, string contains)
+    protected static void AssertOneErrorLine(string stderr, string contains)
     {
         var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.True(lines.Length == 1, $"expected one line on stderr, got {lines.Length}:\n{stderr}");
@@ -170,14 +170,14 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
         Assert.Contains(contains, lines[0]);
     }
 
-    private string Fresh(string name)
+    protected string Fresh(string name)
     {
         var dir = Path.Combine(fx.Root, "runs", $"{name}-{Guid.NewGuid():N}"[..(name.Length + 9)]);
         Directory.CreateDirectory(Path.GetDirectoryName(dir)!);
         return dir;
     }
 
-    private static void CopyTree(string from, string to)
+    protected static void CopyTree(string from, string to)
     {
         Directory.CreateDirectory(to);
         foreach (var file in Directory.EnumerateFiles(from, "*", SearchOption.AllDirectories))
@@ -190,6 +190,12 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
 
     // 20 points of a single-target compile: the start of every stage, the lock, and every step of the write and the
     // publish (write:half#n stops with half of the n-th file written: model, report, manifest).
+    protected FaultFixture Fx => fx;
+}
+
+/// <summary>SIGKILL at 26 named points of single- and multi-target compiles.</summary>
+public class KillPointTests(FaultFixture fx) : FaultTests(fx), IClassFixture<FaultFixture>
+{
     public static TheoryData<string> SinglePoints() => new(
         "stage:load", "stage:canonicalize", "stage:discover", "stage:calibrate", "stage:curves", "stage:allocate",
         "stage:rewrite", "stage:verify", "stage:write", "output:locked", "write:model", "write:half", "write:report",
@@ -203,56 +209,61 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
     [Theory]
     [MemberData(nameof(SinglePoints))]
     public void KilledSingleTargetCompileLeavesThePreviousOrTheNewArtifact(string point) =>
-        KillAt(point, "4", fx.Single);
+        KillAt(point, "4", Fx.Single);
 
     [Theory]
     [MemberData(nameof(MultiPoints))]
     public void KilledMultiTargetCompileLeavesThePreviousOrTheNewArtifact(string point) =>
-        KillAt(point, "8,4", fx.Multi);
+        KillAt(point, "8,4", Fx.Multi);
 
     private void KillAt(string point, string targets, string expected)
     {
         var output = Fresh("kill");
-        CopyTree(fx.Previous, output);
-        var (code, _, stderr) = Cli("kill@" + point, fx.Args(output, targets));
+        CopyTree(Fx.Previous, output);
+        var (code, _, stderr) = Cli("kill@" + point, Fx.Args(output, targets));
         Assert.True(code == Killed, $"the compile was not killed at {point} (exit {code}): {stderr}");
         AssertInputsUntouched();
-        var found = AssertWhole(output, fx.Previous, expected);
+        var found = AssertWhole(output, Fx.Previous, expected);
         // Before the swap the previous artifact stays; from the swap on the new one is there.
         var published = point.StartsWith("publish:swapped", StringComparison.Ordinal) || point.StartsWith("publish:done", StringComparison.Ordinal);
-        Assert.Equal(published ? expected : fx.Previous, found);
+        Assert.Equal(published ? expected : Fx.Previous, found);
 
         // The next compile clears what the killed one left and publishes the new artifact.
-        (code, _, stderr) = Cli(null, fx.Args(output, targets));
+        (code, _, stderr) = Cli(null, Fx.Args(output, targets));
         Assert.True(code == 0, stderr);
         AssertWhole(output, expected);
         AssertNoLeftovers(output);
         AssertInputsUntouched();
     }
 
+}
+
+/// <summary>A full disk, two compiles into one folder, links onto inputs, special files.</summary>
+public class FaultCaseTests(FaultFixture fx) : FaultTests(fx), IClassFixture<FaultFixture>
+{
     [Fact]
     public void FullDiskFailsWithExit2AndKeepsThePreviousArtifact()
     {
         // A real full disk: a small tmpfs where the mount is allowed (root in CI's container), else the injected
         // ENOSPC of the write path (the same IOException the kernel's error becomes).
-        var disk = Path.Combine(fx.Root, "disk");
+        var disk = Path.Combine(Fx.Root, "disk");
         Directory.CreateDirectory(disk);
         var mounted = TryMountTmpfs(disk, "4m");
         if (mounted)
-            fx.Mounts.Add(disk);
+            Fx.Mounts.Add(disk);
         var output = Path.Combine(disk, "out");
-        CopyTree(fx.Previous, output);
+        CopyTree(Fx.Previous, output);
         if (mounted)
         {
             // Leave less room than the new model needs.
             var free = new DriveInfo(disk).AvailableFreeSpace;
             File.WriteAllBytes(Path.Combine(disk, "filler"), new byte[Math.Max(0, free - 256 * 1024)]);
         }
-        var (code, _, stderr) = Cli(mounted ? null : "enospc@write:half", fx.Args(output, "8,4"));
+        var (code, _, stderr) = Cli(mounted ? null : "enospc@write:half", Fx.Args(output, "8,4"));
         Assert.Equal(2, code);
         AssertOneErrorLine(stderr, "No space left on device");
         Assert.Contains("previous contents", stderr);
-        AssertWhole(output, fx.Previous);
+        AssertWhole(output, Fx.Previous);
         AssertNoLeftovers(output);
         AssertInputsUntouched();
     }
@@ -274,8 +285,8 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
     public async Task SecondCompileIntoTheSameFolderIsRefusedWhileTheFirstRuns()
     {
         var output = Fresh("concurrent");
-        CopyTree(fx.Previous, output);
-        var first = Task.Run(() => Cli("pause@stage:calibrate", fx.Args(output, "4")));
+        CopyTree(Fx.Previous, output);
+        var first = Task.Run(() => Cli("pause@stage:calibrate", Fx.Args(output, "4")));
         // The first holds the lock once its staging folder exists.
         var parent = Path.GetDirectoryName(output)!;
         var deadline = DateTime.UtcNow.AddSeconds(60);
@@ -284,12 +295,12 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
             Assert.True(DateTime.UtcNow < deadline, "the first compile never staged");
             Thread.Sleep(50);
         }
-        var (code, _, stderr) = Cli(null, fx.Args(output, "8,4"));
+        var (code, _, stderr) = Cli(null, Fx.Args(output, "8,4"));
         Assert.Equal(2, code);
         AssertOneErrorLine(stderr, "another onnxquant compile is writing this folder");
         var (firstCode, _, firstErr) = await first;
         Assert.True(firstCode == 0, firstErr);
-        AssertWhole(output, fx.Single);
+        AssertWhole(output, Fx.Single);
         AssertNoLeftovers(output);
         AssertInputsUntouched();
     }
@@ -298,13 +309,13 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
     public void SymlinkedOutputFolderIsPublishedThroughTheLink()
     {
         var real = Fresh("real");
-        CopyTree(fx.Previous, real);
+        CopyTree(Fx.Previous, real);
         var link = Fresh("link");
         Directory.CreateSymbolicLink(link, real);
-        var (code, _, stderr) = Cli(null, fx.Args(link, "4"));
+        var (code, _, stderr) = Cli(null, Fx.Args(link, "4"));
         Assert.True(code == 0, stderr);
         Assert.NotNull(new DirectoryInfo(link).LinkTarget);
-        AssertWhole(real, fx.Single);
+        AssertWhole(real, Fx.Single);
         AssertNoLeftovers(real);
         AssertInputsUntouched();
     }
@@ -329,44 +340,44 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
         Directory.CreateDirectory(scratch);
         var calibDir = Path.Combine(scratch, "calibdir");
         Directory.CreateDirectory(calibDir);
-        var args = fx.Args(Path.Combine(scratch, "out"), "4").ToList();
+        var args = Fx.Args(Path.Combine(scratch, "out"), "4").ToList();
         void Set(string option, string value) => args[args.IndexOf(option) + 1] = value;
         switch (name)
         {
             case "output-is-input-folder-by-link":
                 var link = Path.Combine(scratch, "inputs-link");
-                Directory.CreateSymbolicLink(link, fx.Inputs);
+                Directory.CreateSymbolicLink(link, Fx.Inputs);
                 Set("-o", link);
                 break;
             case "output-holds-hard-link-of-input":
                 var artifact = Path.Combine(scratch, "artifact");
-                CopyTree(fx.Single, artifact);
+                CopyTree(Fx.Single, artifact);
                 File.Delete(Path.Combine(artifact, "model.onnx"));
-                Assert.Equal(0, Link(fx.Model, Path.Combine(artifact, "model.onnx")));
+                Assert.Equal(0, Link(Fx.Model, Path.Combine(artifact, "model.onnx")));
                 Set("-o", artifact);
                 break;
             case "output-inside-calibration-folder":
-                File.Copy(fx.Calib, Path.Combine(calibDir, "calib.npz"));
+                File.Copy(Fx.Calib, Path.Combine(calibDir, "calib.npz"));
                 Set("--calib", calibDir);
                 Set("-o", Path.Combine(calibDir, "out"));
                 break;
             case "recipe-onto-input-model":
-                args.AddRange(["--emit-qat-recipe", fx.Model]);
+                args.AddRange(["--emit-qat-recipe", Fx.Model]);
                 break;
             case "recipe-onto-calibration-through-link":
                 var calibLink = Path.Combine(scratch, "calib-link.npz");
-                File.CreateSymbolicLink(calibLink, fx.Calib);
+                File.CreateSymbolicLink(calibLink, Fx.Calib);
                 args.AddRange(["--emit-qat-recipe", calibLink]);
                 break;
             case "recipe-into-artifact":
                 args.AddRange(["--emit-qat-recipe", Path.Combine(scratch, "out", "model.onnx")]);
                 break;
             case "curves-onto-curves-file":
-                args.AddRange(["--write-curves", fx.Curves]);
+                args.AddRange(["--write-curves", Fx.Curves]);
                 break;
             case "output-inside-artifact":
                 var outer = Path.Combine(scratch, "outer");
-                CopyTree(fx.Multi, outer);
+                CopyTree(Fx.Multi, outer);
                 Set("-o", Path.Combine(outer, "bits-4", "again"));
                 break;
         }
@@ -382,6 +393,38 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "link", SetLastError = true)]
     private static extern int Link(string existing, string created);
 
+    [Fact]
+    public void SpecialFilesAndLinkLoopsAreRefusedWithoutBlocking()
+    {
+        var scratch = Fresh("special");
+        Directory.CreateDirectory(scratch);
+        var fifo = Path.Combine(scratch, "calib.npz");
+        using (var mkfifo = Process.Start("mkfifo", [fifo])!)
+        {
+            mkfifo.WaitForExit();
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+        var loop = Path.Combine(scratch, "loop");
+        File.CreateSymbolicLink(loop, loop);
+        foreach (var (option, value, message) in new[]
+                 {
+                     ("--calib", fifo, "FIFO"), ("--curves-file", fifo, "FIFO"), ("--calib", Path.Combine(loop, "x.npz"), "symbolic links"),
+                     ("-o", Path.Combine(loop, "out"), "symbolic links"),
+                 })
+        {
+            var args = Fx.Args(Path.Combine(scratch, "out"), "4").ToList();
+            args[args.IndexOf(option) + 1] = value;
+            var (code, _, stderr) = Cli(null, [.. args]);
+            Assert.True(code == 2, $"{option} {value}: exit {code}: {stderr}");
+            AssertOneErrorLine(stderr, message);
+        }
+        AssertInputsUntouched();
+    }
+}
+
+/// <summary>Every compile option with a value it cannot take, and the command line's own errors.</summary>
+public class MalformedOptionTests(FaultFixture fx) : FaultTests(fx), IClassFixture<FaultFixture>
+{
     // Every compile option with a value it cannot take (and the command line's own errors): exit 2, one line naming
     // the option, nothing written. In process, since nothing here needs a kill.
     public static TheoryData<string[], string> Malformed() => new()
@@ -431,7 +474,7 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
     public void MalformedOptionValuesExit2WithOneLine(string[] bad, string names)
     {
         var output = Fresh("malformed");
-        var args = fx.Args(output, "4").ToList();
+        var args = Fx.Args(output, "4").ToList();
         // A later value of an option wins over the default given by Args, except for options parsed as lists.
         foreach (var option in bad.Where(b => b.StartsWith('-')))
             if (args.IndexOf(option) is var at and >= 0)
@@ -446,31 +489,4 @@ public class FaultInjectionTests(FaultFixture fx) : IClassFixture<FaultFixture>
         AssertInputsUntouched();
     }
 
-    [Fact]
-    public void SpecialFilesAndLinkLoopsAreRefusedWithoutBlocking()
-    {
-        var scratch = Fresh("special");
-        Directory.CreateDirectory(scratch);
-        var fifo = Path.Combine(scratch, "calib.npz");
-        using (var mkfifo = Process.Start("mkfifo", [fifo])!)
-        {
-            mkfifo.WaitForExit();
-            Assert.Equal(0, mkfifo.ExitCode);
-        }
-        var loop = Path.Combine(scratch, "loop");
-        File.CreateSymbolicLink(loop, loop);
-        foreach (var (option, value, message) in new[]
-                 {
-                     ("--calib", fifo, "FIFO"), ("--curves-file", fifo, "FIFO"), ("--calib", Path.Combine(loop, "x.npz"), "symbolic links"),
-                     ("-o", Path.Combine(loop, "out"), "symbolic links"),
-                 })
-        {
-            var args = fx.Args(Path.Combine(scratch, "out"), "4").ToList();
-            args[args.IndexOf(option) + 1] = value;
-            var (code, _, stderr) = Cli(null, [.. args]);
-            Assert.True(code == 2, $"{option} {value}: exit {code}: {stderr}");
-            AssertOneErrorLine(stderr, message);
-        }
-        AssertInputsUntouched();
-    }
 }
