@@ -55,7 +55,8 @@ public static class CliApp
         {
             var command = parse.CommandResult.Command;
             var name = command is RootCommand ? "onnxquant" : $"onnxquant {command.Name}";
-            stderr.WriteLine($"error: {ErrorReporter.OneLine(parse.Errors[0].Message)} (`{name} --help` lists the options)");
+            var messages = string.Join("; ", parse.Errors.Select(e => e.Message.TrimEnd('.')).Distinct());
+            stderr.WriteLine($"error: {ErrorReporter.OneLine(messages)} (`{name} --help` lists the options)");
             return ExitCodes.BadInput;
         }
         try

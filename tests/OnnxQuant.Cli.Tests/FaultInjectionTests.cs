@@ -268,11 +268,11 @@ public class FaultCaseTests(FaultFixture fx) : FaultTests(fx), IClassFixture<Fau
         AssertInputsUntouched();
     }
 
-    private static bool TryMountTmpfs(string dir, string size)
+    private static bool TryMountTmpfs(string dir, string size, bool readOnly = false)
     {
         try
         {
-            using var mount = Process.Start("mount", ["-t", "tmpfs", "-o", $"size={size}", "tmpfs", dir])!;
+            using var mount = Process.Start("mount", ["-t", "tmpfs", "-o", $"size={size}{(readOnly ? ",ro" : "")}", "tmpfs", dir])!;
             return mount.WaitForExit(10_000) && mount.ExitCode == 0;
         }
         catch (System.ComponentModel.Win32Exception)
@@ -392,6 +392,47 @@ public class FaultCaseTests(FaultFixture fx) : FaultTests(fx), IClassFixture<Fau
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "link", SetLastError = true)]
     private static extern int Link(string existing, string created);
+
+    [Fact]
+    public void UnwritableOutputParentFailsBeforeAnyStage()
+    {
+        // A read-only file system where mount is allowed (root ignores file modes), else a folder without write permission.
+        var parent = Fresh("readonly");
+        Directory.CreateDirectory(parent);
+        if (TryMountTmpfs(parent, "1m", readOnly: true))
+            Fx.Mounts.Add(parent);
+        else if (!OperatingSystem.IsWindows())
+            File.SetUnixFileMode(parent, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+        var (code, _, stderr) = Cli(null, Fx.Args(Path.Combine(parent, "out"), "4"));
+        Assert.Equal(2, code);
+        AssertOneErrorLine(stderr, $"cannot write in {parent}");
+        Assert.Empty(Directory.EnumerateFileSystemEntries(parent));
+        AssertInputsUntouched();
+    }
+
+    [Fact]
+    public void OtherCommandsRefuseBadOutputsAndBoundsWithOneLine()
+    {
+        var scratch = Fresh("other");
+        Directory.CreateDirectory(scratch);
+        var cases = new (string[] Args, string Message)[]
+        {
+            (["bench", Fx.Model, "--runs", "2147483647"], "--runs must be 1..100000"),
+            (["bench", Fx.Model, "--warmup", "-1"], "--warmup must be 0..100000"),
+            (["qat-recipe", "-o", scratch], "is a folder"),
+            (["qat-recipe", "--model", Fx.Model, "-o", Fx.Model], "is the model"),
+            (["frobnicate"], "frobnicate"),
+            (["compile"], "'model'"),
+        };
+        foreach (var (args, message) in cases)
+        {
+            var (code, _, stderr) = Cli(null, args);
+            Assert.True(code == 2, $"{string.Join(" ", args)}: exit {code}: {stderr}");
+            AssertOneErrorLine(stderr, message);
+        }
+        Assert.Empty(Directory.EnumerateFileSystemEntries(scratch));
+        AssertInputsUntouched();
+    }
 
     [Fact]
     public void SpecialFilesAndLinkLoopsAreRefusedWithoutBlocking()
