@@ -422,7 +422,7 @@ public class FaultCaseTests(FaultFixture fx) : FaultTests(fx), IClassFixture<Fau
             (["qat-recipe", "-o", scratch], "is a folder"),
             (["qat-recipe", "--model", Fx.Model, "-o", Fx.Model], "is the model"),
             (["frobnicate"], "frobnicate"),
-            (["compile"], "'model'"),
+            (["compile"], "Required argument missing for command: 'compile'"),
         };
         foreach (var (args, message) in cases)
         {
