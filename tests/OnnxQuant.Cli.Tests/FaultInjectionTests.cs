@@ -447,14 +447,30 @@ public class FaultCaseTests(FaultFixture fx) : FaultTests(fx), IClassFixture<Fau
         }
         var loop = Path.Combine(scratch, "loop");
         File.CreateSymbolicLink(loop, loop);
+        // A model whose external data file is a FIFO: opening it would block until a writer came.
+        var external = Path.Combine(scratch, "external");
+        Directory.CreateDirectory(external);
+        var externalModel = Path.Combine(external, "m.onnx");
+        OnnxQuant.Frontend.ModelIO.Save(OnnxQuant.Frontend.ModelIO.Load(Fx.Model), externalModel,
+            new OnnxQuant.Frontend.SaveOptions { ExternalData = OnnxQuant.Frontend.ExternalDataMode.Always });
+        File.Delete(externalModel + ".data");
+        using (var mkfifo = Process.Start("mkfifo", [externalModel + ".data"])!)
+            mkfifo.WaitForExit();
+        // A calibration folder holding a link to itself.
+        var calibDir = Path.Combine(scratch, "calib-dir");
+        Directory.CreateDirectory(calibDir);
+        File.Copy(Fx.Calib, Path.Combine(calibDir, "a.npz"));
+        File.CreateSymbolicLink(Path.Combine(calibDir, "b.npz"), Path.Combine(calibDir, "b.npz"));
         foreach (var (option, value, message) in new[]
                  {
                      ("--calib", fifo, "FIFO"), ("--curves-file", fifo, "FIFO"), ("--calib", Path.Combine(loop, "x.npz"), "symbolic links"),
                      ("-o", Path.Combine(loop, "out"), "symbolic links"),
+                     ("--calib", calibDir, "link loop"), (Fx.Model, externalModel, "FIFO"),
                  })
         {
             var args = Fx.Args(Path.Combine(scratch, "out"), "4").ToList();
-            args[args.IndexOf(option) + 1] = value;
+            var at = args.IndexOf(option);
+            args[option == Fx.Model ? at : at + 1] = value; // the model is an argument, the rest are options
             var (code, _, stderr) = Cli(null, [.. args]);
             Assert.True(code == 2, $"{option} {value}: exit {code}: {stderr}");
             AssertOneErrorLine(stderr, message);
