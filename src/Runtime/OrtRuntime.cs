@@ -188,15 +188,7 @@ public sealed unsafe class OrtRuntime
     }
 
     /// <summary>Turns a returned OrtStatus of a <see cref="Native"/> call into an <see cref="OrtException"/>.</summary>
-    internal void Check(nint status, string operation)
-    {
-        if (status == 0)
-            return;
-        var code = (OrtErrorCode)Native.GetErrorCode(status);
-        var message = Utf8.Read(Native.GetErrorMessage(status)) ?? "(no message)";
-        Native.ReleaseStatus(status);
-        throw new OrtException(code, $"{operation}: {message}", message);
-    }
+    internal void Check(nint status, string operation) => Native.Check(status, operation);
 
     /// <summary>Reports a CPU fallback once per receiver, so calibration loops creating many sessions stay quiet.</summary>
     internal void NotifyFallbackOnce(string message)
