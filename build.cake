@@ -2,9 +2,8 @@
 var target = Argument("target", "test");
 var configuration = Argument("configuration", "Release");
 
-const string OrtVersion = "1.30.0";
-// SHA-256 of bin/napi-v6/linux/x64/libonnxruntime.so.1 inside the npm package onnxruntime-node@1.30.0.
-const string OrtSha256 = "ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23";
+// ONNX Runtime needs no set-up task: the official NuGet packages (version in Directory.Build.props) bring the native
+// library with every build; `-p:OnnxQuantCuda=true` swaps in the CUDA build.
 
 // Debian packages: the ONNX backend test suite for conformance tests, PyTorch and ONNX for models/ and the QAT
 // bridge, OpenBLAS because Debian's torch is about 10x slower on the reference BLAS.
@@ -17,14 +16,6 @@ var debianPackages = new[]
 // The two Python packages of this repository, installed in editable mode into Debian's interpreter (task setup-python).
 var pythonPackages = new[] { "models", "src/QatBridge/python" };
 
-string OrtCacheDir()
-{
-    var cacheHome = EnvironmentVariable("XDG_CACHE_HOME");
-    if (string.IsNullOrEmpty(cacheHome))
-        cacheHome = System.IO.Path.Combine(EnvironmentVariable("HOME") ?? "/root", ".cache");
-    return System.IO.Path.Combine(cacheHome, "onnxquant", "ort", OrtVersion);
-}
-
 int Run(string tool, string arguments, string workingDirectory = null, bool check = true)
 {
     var settings = new ProcessSettings { Arguments = arguments };
@@ -34,12 +25,6 @@ int Run(string tool, string arguments, string workingDirectory = null, bool chec
     if (check && code != 0)
         throw new Exception($"'{tool} {arguments}' failed with exit code {code}");
     return code;
-}
-
-string Sha256(string path)
-{
-    using var stream = System.IO.File.OpenRead(path);
-    return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(stream)).ToLowerInvariant();
 }
 
 Task("setup-debian")
@@ -55,66 +40,6 @@ Task("setup-debian")
     Information($"Installing Debian packages: {string.Join(" ", missing)}");
     Run("apt-get", "update -qq");
     Run("bash", $"-c \"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {string.Join(" ", missing)} >/dev/null\"");
-});
-
-Task("setup-ort")
-    .Description("Fetches libonnxruntime.so.1 from the npm package onnxruntime-node into the cache (checksum-verified)")
-    .Does(() =>
-{
-    var dir = OrtCacheDir();
-    var lib = System.IO.Path.Combine(dir, "libonnxruntime.so.1");
-    if (System.IO.File.Exists(lib) && Sha256(lib) == OrtSha256)
-    {
-        Information($"ONNX Runtime {OrtVersion}: {lib}");
-        return;
-    }
-    var temp = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"onnxquant-ort-{Guid.NewGuid():N}");
-    System.IO.Directory.CreateDirectory(temp);
-    try
-    {
-        Run("npm", $"pack onnxruntime-node@{OrtVersion} --silent", temp);
-        Run("tar", $"xzf onnxruntime-node-{OrtVersion}.tgz package/bin/napi-v6/linux/x64/libonnxruntime.so.1", temp);
-        var extracted = System.IO.Path.Combine(temp, "package/bin/napi-v6/linux/x64/libonnxruntime.so.1");
-        var actual = Sha256(extracted);
-        if (actual != OrtSha256)
-            throw new Exception($"libonnxruntime.so.1 checksum mismatch: expected {OrtSha256}, got {actual}");
-        System.IO.Directory.CreateDirectory(dir);
-        var staging = lib + ".tmp";
-        System.IO.File.Copy(extracted, staging, true);
-        System.IO.File.Move(staging, lib, true);
-        Information($"ONNX Runtime {OrtVersion} installed: {lib}");
-    }
-    finally
-    {
-        System.IO.Directory.Delete(temp, true);
-    }
-});
-
-Task("setup-ort-gpu")
-    .Description("Fetches the CUDA-enabled ONNX Runtime (NuGet Microsoft.ML.OnnxRuntime.Gpu.Linux) and prints how to use it")
-    .Does(() =>
-{
-    // Optional and large (about 520 MB): the CPU library above is all the tests need. NuGet verifies the package
-    // signature; the native folder lands in the NuGet package cache.
-    var temp = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"onnxquant-ort-gpu-{Guid.NewGuid():N}");
-    System.IO.Directory.CreateDirectory(temp);
-    try
-    {
-        System.IO.File.WriteAllText(System.IO.Path.Combine(temp, "fetch.csproj"),
-            "<Project Sdk=\"Microsoft.NET.Sdk\"><PropertyGroup><TargetFramework>net10.0</TargetFramework>"
-            + "<ManagePackageVersionsCentrally>false</ManagePackageVersionsCentrally></PropertyGroup><ItemGroup>"
-            + $"<PackageDownload Include=\"Microsoft.ML.OnnxRuntime.Gpu.Linux\" Version=\"[{OrtVersion}]\" /></ItemGroup></Project>");
-        Run("dotnet", "restore fetch.csproj", temp);
-    }
-    finally
-    {
-        System.IO.Directory.Delete(temp, true);
-    }
-    var packages = EnvironmentVariable("NUGET_PACKAGES");
-    if (string.IsNullOrEmpty(packages))
-        packages = System.IO.Path.Combine(EnvironmentVariable("HOME") ?? "/root", ".nuget", "packages");
-    var native = System.IO.Path.Combine(packages, "microsoft.ml.onnxruntime.gpu.linux", OrtVersion, "runtimes", "linux-x64", "native");
-    Information($"CUDA-enabled ONNX Runtime {OrtVersion}: export ONNXQUANT_ORT_LIB={native}");
 });
 
 Task("setup-python")
@@ -133,8 +58,7 @@ Task("setup-python")
 
 Task("setup")
     .IsDependentOn("setup-debian")
-    .IsDependentOn("setup-python")
-    .IsDependentOn("setup-ort");
+    .IsDependentOn("setup-python");
 
 Task("build")
     .Does(() =>
@@ -216,8 +140,58 @@ Task("test-python")
         throw new Exception($"pytest failed: {string.Join(", ", failed)}");
 });
 
+Task("pack")
+    .Description("Packs the onnxquant dotnet tool for linux-x64 (with its ONNX Runtime library) into artifacts/packages")
+    .Does(() =>
+{
+    var output = System.IO.Path.GetFullPath("artifacts/packages");
+    if (System.IO.Directory.Exists(output))
+        System.IO.Directory.Delete(output, true);
+    DotNetPack("src/Cli/OnnxQuant.Cli.csproj", new DotNetPackSettings { Configuration = configuration, OutputDirectory = output });
+});
+
+Task("test-tool")
+    .Description("Installs the packed tool into a temporary tool path, as a user would, and compiles the bundled example with it")
+    .IsDependentOn("pack")
+    .Does(() =>
+{
+    var temp = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"onnxquant-tool-{Guid.NewGuid():N}");
+    var tools = System.IO.Path.Combine(temp, "tools");
+    var output = System.IO.Path.Combine(temp, "out");
+    System.IO.Directory.CreateDirectory(temp);
+    try
+    {
+        // Only the packed folder as a source: a package of the same name elsewhere must not be installed instead.
+        var config = System.IO.Path.Combine(temp, "nuget.config");
+        System.IO.File.WriteAllText(config, "<configuration><packageSources><clear /><add key=\"packed\" value=\""
+            + System.IO.Path.GetFullPath("artifacts/packages") + "\" /></packageSources></configuration>");
+        Run("dotnet", $"tool install --tool-path \"{tools}\" --configfile \"{config}\" OnnxQuant");
+        // No ONNXQUANT_ORT_LIB and an empty HOME: the tool must bring everything it needs.
+        var code = StartProcess(System.IO.Path.Combine(tools, "onnxquant"), new ProcessSettings
+        {
+            Arguments = "compile models/fixtures/detr_small.onnx --calib models/data/calib.npz --target-bits 8 "
+                + $"--curves-file tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json -o \"{output}\"",
+            EnvironmentVariables = new Dictionary<string, string> { ["ONNXQUANT_ORT_LIB"] = "", ["HOME"] = temp, ["XDG_CACHE_HOME"] = "" },
+        });
+        if (code != 0)
+            throw new Exception($"the installed onnxquant compile exited with {code}");
+        foreach (var file in new[] { "model.onnx", "report.json", "manifest.json" })
+        {
+            var path = System.IO.Path.Combine(output, file);
+            if (!System.IO.File.Exists(path) || new System.IO.FileInfo(path).Length == 0)
+                throw new Exception($"the installed onnxquant compile did not write {path}");
+        }
+        Information($"installed tool: compile exit 0, wrote model.onnx, report.json, manifest.json ({output})");
+    }
+    finally
+    {
+        System.IO.Directory.Delete(temp, true);
+    }
+});
+
 Task("test")
-    .Description("Every test: xunit for the C# projects, pytest for models/ and the QAT bridge")
+    .Description("Every test: the installed tool, xunit for the C# projects, pytest for models/ and the QAT bridge")
+    .IsDependentOn("test-tool")
     .IsDependentOn("test-dotnet")
     .IsDependentOn("test-python");
 

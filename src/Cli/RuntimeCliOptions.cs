@@ -11,7 +11,7 @@ internal static class RuntimeCliOptions
 {
     public static Option<string?> OrtLib() => new("--ort-lib")
     {
-        Description = "Path to libonnxruntime.so (or its folder) to use instead of $ONNXQUANT_ORT_LIB or the cached 1.30.0 library",
+        Description = "Path to libonnxruntime.so (or its folder) to use instead of $ONNXQUANT_ORT_LIB or the ONNX Runtime that ships with the tool",
         HelpName = "PATH",
     };
 
@@ -19,7 +19,7 @@ internal static class RuntimeCliOptions
     {
         var option = new Option<string>("--ep")
         {
-            Description = "Execution provider: cpu, cuda (needs a CUDA-enabled library) or auto (CUDA when it works, else CPU)",
+            Description = "Execution provider: cpu, cuda (needs a CUDA build: -p:OnnxQuantCuda=true, or --ort-lib) or auto (CUDA when it works, else CPU)",
             DefaultValueFactory = _ => "cpu",
         };
         option.AcceptOnlyFromAmong("cpu", "cuda", "auto");

@@ -1,3 +1,5 @@
+using Ort = Microsoft.ML.OnnxRuntime;
+
 namespace OnnxQuant.Runtime;
 
 /// <summary>Error codes of ONNX Runtime's OrtErrorCode, in the C API's order.</summary>
@@ -45,6 +47,42 @@ public sealed class OrtException(OrtErrorCode code, string message, string ortMe
             return (parts.Length == 3 ? parts[2] : rest).Trim();
         }
     }
+}
+
+/// <summary>Turns the managed API's exceptions into <see cref="OrtException"/>, keeping ORT's code and message.</summary>
+internal static class OrtErrors
+{
+    private const string CodePrefix = "[ErrorCode:";
+
+    /// <summary>
+    /// The managed API carries the code only in its message ("[ErrorCode:InvalidArgument] ..."), named after its own
+    /// internal enum, whose names for codes 11 and 12 lag behind the C API's; those are mapped back to the number ORT
+    /// returned.
+    /// </summary>
+    public static OrtException From(Ort.OnnxRuntimeException ex, string operation)
+    {
+        var message = ex.Message;
+        var code = OrtErrorCode.Fail;
+        if (message.StartsWith(CodePrefix, StringComparison.Ordinal) && message.IndexOf(']', StringComparison.Ordinal) is var end and > 0)
+        {
+            var name = message[CodePrefix.Length..end];
+            code = name switch
+            {
+                "ShapeInferenceNotRegistered" => OrtErrorCode.EpFail,
+                "RequirementNotRegistered" => OrtErrorCode.ModelLoadCanceled,
+                _ => Enum.TryParse<OrtErrorCode>(name, out var parsed) ? parsed : OrtErrorCode.Fail,
+            };
+            message = message[(end + 1)..].TrimStart();
+        }
+        return new OrtException(code, $"{operation}: {message}", message);
+    }
+
+    /// <summary>
+    /// True when the managed session refused a model only because a graph input or output has an element type its
+    /// enum lacks (INT4, UINT4, INT2, UINT2, the FLOAT8 and FLOAT4 kinds): ORT itself accepts such models.
+    /// </summary>
+    public static bool IsUnregisteredElementType(Ort.OnnxRuntimeException ex) =>
+        ex.Message.Contains("Unregistered TensorElementType", StringComparison.Ordinal);
 }
 
 /// <summary>

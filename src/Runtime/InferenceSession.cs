@@ -1,7 +1,5 @@
-using System.Runtime.InteropServices;
-using System.Text;
-using OnnxQuant.Frontend;
 using OnnxQuant.Runtime.Native;
+using Ort = Microsoft.ML.OnnxRuntime;
 
 namespace OnnxQuant.Runtime;
 
@@ -9,20 +7,23 @@ namespace OnnxQuant.Runtime;
 /// A model loaded into ONNX Runtime, ready to run. Runs are thread-safe; inputs are read in place (pinned for the call)
 /// and outputs are copied into managed arrays before the native values are released.
 /// </summary>
-public sealed unsafe class InferenceSession : IDisposable
+/// <remarks>
+/// Sessions run through ONNX Runtime's managed API. The one exception is a model whose graph inputs or outputs carry an
+/// element type the managed API has no enum value for (INT4, UINT4, INT2, UINT2, FLOAT8*, FLOAT4E2M1): the managed
+/// session refuses to open it, so such a model runs through the few C functions in <see cref="NativeSessionCore"/>.
+/// </remarks>
+public sealed class InferenceSession : IDisposable
 {
-    private readonly OrtRuntime _runtime;
-    private readonly OrtHandle _session;
-    private readonly Utf8StringArray _inputNames;
-    private readonly Utf8StringArray _outputNames;
+    private readonly ISessionCore _core;
     private readonly Dictionary<string, int> _inputIndex;
-    private readonly Dictionary<string, int> _outputIndex;
+    private readonly HashSet<string> _outputNames;
+    private bool _disposed;
 
     /// <summary>Graph inputs that must or may be fed (initializers are not listed).</summary>
-    public IReadOnlyList<TensorInfo> Inputs { get; }
+    public IReadOnlyList<TensorInfo> Inputs => _core.Inputs;
 
     /// <summary>Graph outputs, in graph order.</summary>
-    public IReadOnlyList<TensorInfo> Outputs { get; }
+    public IReadOnlyList<TensorInfo> Outputs => _core.Outputs;
 
     /// <summary>The provider the session actually runs on (never <see cref="ExecutionProvider.Auto"/>).</summary>
     public ExecutionProvider ActiveProvider { get; }
@@ -33,19 +34,14 @@ public sealed unsafe class InferenceSession : IDisposable
     /// <summary>The options the session was created with.</summary>
     public SessionOptions Options { get; }
 
-    private InferenceSession(OrtRuntime runtime, OrtHandle session, SessionOptions options, ExecutionProvider active, string? notice)
+    private InferenceSession(ISessionCore core, SessionOptions options, ExecutionProvider active, string? notice)
     {
-        _runtime = runtime;
-        _session = session;
+        _core = core;
         Options = options;
         ActiveProvider = active;
         ProviderNotice = notice;
-        Inputs = ReadInfos(isInput: true);
-        Outputs = ReadInfos(isInput: false);
-        _inputNames = new Utf8StringArray(Inputs.Select(i => i.Name).ToList());
-        _outputNames = new Utf8StringArray(Outputs.Select(o => o.Name).ToList());
-        _inputIndex = Inputs.Select((info, i) => (info.Name, i)).ToDictionary(p => p.Name, p => p.i);
-        _outputIndex = Outputs.Select((info, i) => (info.Name, i)).ToDictionary(p => p.Name, p => p.i);
+        _inputIndex = core.Inputs.Select((info, i) => (info.Name, i)).ToDictionary(p => p.Name, p => p.i);
+        _outputNames = core.Outputs.Select(o => o.Name).ToHashSet();
     }
 
     /// <summary>Loads a model file (external data is resolved next to it).</summary>
@@ -56,15 +52,11 @@ public sealed unsafe class InferenceSession : IDisposable
     {
         if (!File.Exists(modelPath))
             throw new FileNotFoundException($"model not found: {modelPath}", modelPath);
-        var path = Utf8.Encode(Path.GetFullPath(modelPath));
+        var fullPath = Path.GetFullPath(modelPath);
         var runtime = OrtRuntime.Shared;
-        return CreateWith(runtime, options ?? SessionOptions.Default, sessionOptions =>
-        {
-            nint session;
-            fixed (byte* p = path)
-                runtime.Api.Check(runtime.Api.CreateSession(runtime.Env, p, sessionOptions, &session), $"loading {modelPath}");
-            return session;
-        });
+        return CreateWith(runtime, options ?? SessionOptions.Default, $"loading {modelPath}", nativeOptions =>
+            ManagedOrNative(runtime, () => new Ort.InferenceSession(fullPath, nativeOptions),
+                () => NativeSessionCore.FromPath(runtime, fullPath, nativeOptions), $"loading {modelPath}"));
     }
 
     /// <summary>Loads a serialized model from memory (external data paths resolve against the working directory).</summary>
@@ -74,35 +66,46 @@ public sealed unsafe class InferenceSession : IDisposable
     {
         ArgumentNullException.ThrowIfNull(model);
         var runtime = OrtRuntime.Shared;
-        return CreateWith(runtime, options ?? SessionOptions.Default, sessionOptions =>
-        {
-            nint session;
-            // Pinned for the duration of the call only: ORT parses the bytes into its own graph.
-            fixed (byte* p = model)
-                runtime.Api.Check(
-                    runtime.Api.CreateSessionFromArray(runtime.Env, p, (nuint)model.Length, sessionOptions, &session),
-                    "loading the model from memory");
-            return session;
-        });
+        const string operation = "loading the model from memory";
+        return CreateWith(runtime, options ?? SessionOptions.Default, operation, nativeOptions =>
+            ManagedOrNative(runtime, () => new Ort.InferenceSession(model, nativeOptions),
+                () => NativeSessionCore.FromBytes(runtime, model, nativeOptions), operation));
     }
 
-    private static InferenceSession CreateWith(OrtRuntime runtime, SessionOptions options, Func<nint, nint> create)
+    private static ISessionCore ManagedOrNative(OrtRuntime runtime, Func<Ort.InferenceSession> managed, Func<ISessionCore> native, string operation)
+    {
+        try
+        {
+            return new ManagedSessionCore(managed());
+        }
+        catch (Ort.OnnxRuntimeException ex) when (OrtErrors.IsUnregisteredElementType(ex))
+        {
+            // ORT opened the model; only the managed metadata reader refused an INT4/INT2/FLOAT8... input or output.
+            return native();
+        }
+        catch (Ort.OnnxRuntimeException ex)
+        {
+            throw OrtErrors.From(ex, operation);
+        }
+    }
+
+    private static InferenceSession CreateWith(OrtRuntime runtime, SessionOptions options, string operation, Func<Ort.SessionOptions, ISessionCore> create)
     {
         switch (options.Provider)
         {
             case ExecutionProvider.Cpu:
-                return new InferenceSession(runtime, CreateSession(runtime, options, cuda: false, create), options, ExecutionProvider.Cpu, null);
+                return new InferenceSession(CreateCore(runtime, options, cuda: false, create), options, ExecutionProvider.Cpu, null);
             case ExecutionProvider.Cuda:
                 if (!runtime.HasCudaProvider)
                     throw new RuntimeSetupException(OrtRuntime.CudaMissingMessage(runtime, null));
-                return new InferenceSession(runtime, CreateSession(runtime, options, cuda: true, create), options, ExecutionProvider.Cuda, null);
+                return new InferenceSession(CreateCore(runtime, options, cuda: true, create), options, ExecutionProvider.Cuda, null);
             default:
                 string reason;
                 if (runtime.HasCudaProvider)
                 {
                     try
                     {
-                        return new InferenceSession(runtime, CreateSession(runtime, options, cuda: true, create), options, ExecutionProvider.Cuda, null);
+                        return new InferenceSession(CreateCore(runtime, options, cuda: true, create), options, ExecutionProvider.Cuda, null);
                     }
                     catch (RuntimeSetupException ex) when (ex.InnerException is OrtException ort)
                     {
@@ -118,142 +121,80 @@ public sealed unsafe class InferenceSession : IDisposable
                 {
                     reason = $"the library provides only {string.Join(", ", runtime.AvailableProviders)}";
                 }
-                var notice = $"notice: --ep auto runs on CPU: CUDA is not available ({OneLine(reason)}); set ONNXQUANT_ORT_LIB to a CUDA-enabled ONNX Runtime to use the GPU";
-                var session = new InferenceSession(runtime, CreateSession(runtime, options, cuda: false, create), options, ExecutionProvider.Cpu, notice);
+                var notice = $"notice: --ep auto runs on CPU: CUDA is not available ({OneLine(reason)}); {OrtRuntime.CudaDirections} to use the GPU";
+                var session = new InferenceSession(CreateCore(runtime, options, cuda: false, create), options, ExecutionProvider.Cpu, notice);
                 runtime.NotifyFallbackOnce(notice);
                 return session;
         }
     }
 
-    private static OrtHandle CreateSession(OrtRuntime runtime, SessionOptions options, bool cuda, Func<nint, nint> create)
+    private static ISessionCore CreateCore(OrtRuntime runtime, SessionOptions options, bool cuda, Func<Ort.SessionOptions, ISessionCore> create)
     {
         using var native = BuildOptions(runtime, options, cuda);
-        return new OrtHandle(create(native.DangerousGetHandle()), runtime.Api.ReleaseSession);
+        return create(native);
     }
 
-    private static OrtHandle BuildOptions(OrtRuntime runtime, SessionOptions options, bool cuda)
+    private static Ort.SessionOptions BuildOptions(OrtRuntime runtime, SessionOptions options, bool cuda)
     {
-        var api = runtime.Api;
-        nint raw;
-        api.Check(api.CreateSessionOptions(&raw), "CreateSessionOptions");
-        var handle = new OrtHandle(raw, api.ReleaseSessionOptions);
+        var threads = options.IntraOpThreads;
+        if (threads < 0)
+            throw new ArgumentException($"IntraOpThreads must be >= 0 (0 = ONNX Runtime's default), got {threads}");
+        var native = new Ort.SessionOptions();
         try
         {
-            api.Check(api.SetSessionGraphOptimizationLevel(raw, (int)options.Optimization), "SetSessionGraphOptimizationLevel");
-            var threads = options.IntraOpThreads;
-            if (threads < 0)
-                throw new ArgumentException($"IntraOpThreads must be >= 0 (0 = ONNX Runtime's default), got {threads}");
+            try
+            {
+                // Same numbers as ORT's GraphOptimizationLevel; ORT itself refuses a value it does not know.
+                native.GraphOptimizationLevel = (Ort.GraphOptimizationLevel)(int)options.Optimization;
+            }
+            catch (Ort.OnnxRuntimeException ex)
+            {
+                throw OrtErrors.From(ex, "SetSessionGraphOptimizationLevel");
+            }
             if (options.Deterministic)
             {
-                api.Check(api.SetSessionExecutionMode(raw, 0 /* ORT_SEQUENTIAL */), "SetSessionExecutionMode");
-                api.Check(api.SetInterOpNumThreads(raw, 1), "SetInterOpNumThreads");
+                native.ExecutionMode = Ort.ExecutionMode.ORT_SEQUENTIAL;
+                native.InterOpNumThreads = 1;
                 if (threads == 0)
                     threads = 1;
             }
             if (threads > 0)
-                api.Check(api.SetIntraOpNumThreads(raw, threads), "SetIntraOpNumThreads");
+                native.IntraOpNumThreads = threads;
             foreach (var entry in options.ConfigEntries)
             {
-                var key = Utf8.Encode(entry.Key);
-                var value = Utf8.Encode(entry.Value);
-                fixed (byte* k = key, v = value)
-                    api.Check(api.AddSessionConfigEntry(raw, k, v), $"session config entry {entry.Key}={entry.Value}");
+                try
+                {
+                    native.AddSessionConfigEntry(entry.Key, entry.Value);
+                }
+                catch (Ort.OnnxRuntimeException ex)
+                {
+                    throw OrtErrors.From(ex, $"session config entry {entry.Key}={entry.Value}");
+                }
             }
             if (cuda)
-                AppendCuda(runtime, raw, options.DeviceId);
-            return handle;
+                AppendCuda(runtime, native, options.DeviceId);
+            return native;
         }
         catch
         {
-            handle.Dispose();
+            native.Dispose();
             throw;
         }
     }
 
-    private static void AppendCuda(OrtRuntime runtime, nint sessionOptions, int deviceId)
+    private static void AppendCuda(OrtRuntime runtime, Ort.SessionOptions native, int deviceId)
     {
-        var api = runtime.Api;
-        nint cudaOptions;
-        api.Check(api.CreateCUDAProviderOptions(&cudaOptions), "CreateCUDAProviderOptions");
-        using var owner = new OrtHandle(cudaOptions, api.ReleaseCUDAProviderOptions);
-        using var keys = new Utf8StringArray(["device_id"]);
-        using var values = new Utf8StringArray([deviceId.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         try
         {
-            api.Check(api.UpdateCUDAProviderOptions(cudaOptions, keys.Pointers, values.Pointers, 1), "UpdateCUDAProviderOptions");
-            api.Check(api.SessionOptionsAppendExecutionProvider_CUDA_V2(sessionOptions, cudaOptions), "appending the CUDA execution provider");
+            using var cuda = new Ort.OrtCUDAProviderOptions();
+            cuda.UpdateOptions(new Dictionary<string, string> { ["device_id"] = deviceId.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+            native.AppendExecutionProvider_CUDA(cuda);
         }
-        catch (OrtException ex)
+        catch (Ort.OnnxRuntimeException ex)
         {
-            throw new RuntimeSetupException(OrtRuntime.CudaMissingMessage(runtime, ex.ShortMessage), ex);
+            var error = OrtErrors.From(ex, "appending the CUDA execution provider");
+            throw new RuntimeSetupException(OrtRuntime.CudaMissingMessage(runtime, error.ShortMessage), error);
         }
-    }
-
-    private IReadOnlyList<TensorInfo> ReadInfos(bool isInput)
-    {
-        var api = _runtime.Api;
-        var session = _session.DangerousGetHandle();
-        nuint count;
-        api.Check(isInput ? api.SessionGetInputCount(session, &count) : api.SessionGetOutputCount(session, &count), "SessionGetInputCount");
-        var infos = new TensorInfo[(int)count];
-        for (nuint i = 0; i < count; i++)
-        {
-            byte* namePtr;
-            api.Check(isInput
-                ? api.SessionGetInputName(session, i, _runtime.DefaultAllocator, &namePtr)
-                : api.SessionGetOutputName(session, i, _runtime.DefaultAllocator, &namePtr), "SessionGetName");
-            string name;
-            try
-            {
-                name = Utf8.Read(namePtr) ?? "";
-            }
-            finally
-            {
-                // The name was allocated with the allocator we passed, and goes back to it.
-                api.Check(api.AllocatorFree(_runtime.DefaultAllocator, namePtr), "AllocatorFree");
-            }
-            nint typeInfo;
-            api.Check(isInput
-                ? api.SessionGetInputTypeInfo(session, i, &typeInfo)
-                : api.SessionGetOutputTypeInfo(session, i, &typeInfo), "SessionGetTypeInfo");
-            try
-            {
-                infos[(int)i] = DescribeTypeInfo(name, typeInfo);
-            }
-            finally
-            {
-                api.ReleaseTypeInfo(typeInfo);
-            }
-        }
-        return infos;
-    }
-
-    private TensorInfo DescribeTypeInfo(string name, nint typeInfo)
-    {
-        var api = _runtime.Api;
-        int onnxType;
-        api.Check(api.GetOnnxTypeFromTypeInfo(typeInfo, &onnxType), "GetOnnxTypeFromTypeInfo");
-        if ((ValueKind)onnxType != ValueKind.Tensor)
-            return new TensorInfo(name, (ValueKind)onnxType, DataType.Undefined, [], []);
-        nint tensorInfo; // borrowed from typeInfo: not released here
-        api.Check(api.CastTypeInfoToTensorInfo(typeInfo, &tensorInfo), "CastTypeInfoToTensorInfo");
-        int elementType;
-        api.Check(api.GetTensorElementType(tensorInfo, &elementType), "GetTensorElementType");
-        nuint rank;
-        api.Check(api.GetDimensionsCount(tensorInfo, &rank), "GetDimensionsCount");
-        var dims = new long[(int)rank];
-        var symbolic = new string[(int)rank];
-        if (rank > 0)
-        {
-            var symbols = new nint[(int)rank];
-            fixed (long* d = dims)
-                api.Check(api.GetDimensions(tensorInfo, d, rank), "GetDimensions");
-            fixed (nint* s = symbols)
-                api.Check(api.GetSymbolicDimensions(tensorInfo, (byte**)s, rank), "GetSymbolicDimensions");
-            for (var k = 0; k < symbolic.Length; k++)
-                symbolic[k] = Utf8.Read((byte*)symbols[k]) ?? "";
-        }
-        return new TensorInfo(name, ValueKind.Tensor, (DataType)elementType, dims, symbolic);
     }
 
     /// <summary>
@@ -264,60 +205,21 @@ public sealed unsafe class InferenceSession : IDisposable
     /// <exception cref="OrtException">ONNX Runtime refuses the inputs (missing input, wrong type or shape) or fails.</exception>
     public IReadOnlyList<NamedTensor> Run(IReadOnlyList<NamedTensor> inputs, IReadOnlyList<string>? outputNames = null)
     {
-        ObjectDisposedException.ThrowIf(_session.IsClosed, this);
+        ObjectDisposedException.ThrowIf(_disposed, this);
         ArgumentNullException.ThrowIfNull(inputs);
-        var api = _runtime.Api;
-        var inputNamePtrs = new nint[inputs.Count];
         var seen = new HashSet<string>();
-        for (var i = 0; i < inputs.Count; i++)
+        foreach (var input in inputs)
         {
-            var name = inputs[i].Name;
-            if (!_inputIndex.TryGetValue(name, out var index))
-                throw new ArgumentException($"the model has no input '{name}'; its inputs are: {string.Join(", ", Inputs.Select(x => x.ToString()))}");
-            if (!seen.Add(name))
-                throw new ArgumentException($"input '{name}' is given twice");
-            inputNamePtrs[i] = (nint)_inputNames.Pointers[index];
+            if (!_inputIndex.ContainsKey(input.Name))
+                throw new ArgumentException($"the model has no input '{input.Name}'; its inputs are: {string.Join(", ", Inputs.Select(x => x.ToString()))}");
+            if (!seen.Add(input.Name))
+                throw new ArgumentException($"input '{input.Name}' is given twice");
         }
-        var outputs = outputNames is null ? Outputs.Select(o => o.Name).ToList() : outputNames;
-        var outputNamePtrs = new nint[outputs.Count];
-        for (var i = 0; i < outputs.Count; i++)
-        {
-            if (!_outputIndex.TryGetValue(outputs[i], out var index))
-                throw new ArgumentException($"the model has no output '{outputs[i]}'; its outputs are: {string.Join(", ", Outputs.Select(o => o.Name))}");
-            outputNamePtrs[i] = (nint)_outputNames.Pointers[index];
-        }
-
-        var inputValues = new nint[inputs.Count];
-        var pins = new GCHandle[inputs.Count];
-        var outputValues = new nint[outputs.Count];
-        try
-        {
-            for (var i = 0; i < inputs.Count; i++)
-                inputValues[i] = CreateValue(inputs[i], ref pins[i]);
-            fixed (nint* inNames = inputNamePtrs, inValues = inputValues, outNames = outputNamePtrs, outValues = outputValues)
-            {
-                // NULL output values: ORT allocates them; they are copied out below and released in finally.
-                api.Check(api.Run(_session.DangerousGetHandle(), 0, inNames, inValues, (nuint)inputs.Count,
-                    outNames, (nuint)outputs.Count, outValues), "Run");
-            }
-            var results = new NamedTensor[outputs.Count];
-            for (var i = 0; i < outputs.Count; i++)
-                results[i] = new NamedTensor(outputs[i], CopyOut(outputs[i], outputValues[i]));
-            return results;
-        }
-        finally
-        {
-            foreach (var value in outputValues)
-                if (value != 0)
-                    api.ReleaseValue(value);
-            foreach (var value in inputValues)
-                if (value != 0)
-                    api.ReleaseValue(value);
-            // Unpinned only after ReleaseValue: the values point into these arrays.
-            foreach (var pin in pins)
-                if (pin.IsAllocated)
-                    pin.Free();
-        }
+        var outputs = outputNames ?? Outputs.Select(o => o.Name).ToList();
+        foreach (var name in outputs)
+            if (!_outputNames.Contains(name))
+                throw new ArgumentException($"the model has no output '{name}'; its outputs are: {string.Join(", ", Outputs.Select(o => o.Name))}");
+        return _core.Run(inputs, outputs);
     }
 
     /// <summary>Runs one batch after another, yielding each batch's outputs before the next runs, so a caller that
@@ -329,114 +231,21 @@ public sealed unsafe class InferenceSession : IDisposable
             yield return Run(batch, outputNames);
     }
 
-    private nint CreateValue(NamedTensor input, ref GCHandle pin)
-    {
-        var api = _runtime.Api;
-        var data = input.Data;
-        var shape = data.Shape;
-        nint value;
-        if (data.DataType == DataType.String)
-        {
-            fixed (long* s = shape)
-                api.Check(api.CreateTensorAsOrtValue(_runtime.DefaultAllocator, s, (nuint)shape.Length, (int)DataType.String, &value),
-                    $"creating input '{input.Name}'");
-            try
-            {
-                using var strings = new Utf8StringArray((string[])data.Elements);
-                api.Check(api.FillStringTensor(value, strings.Pointers, (nuint)strings.Count), $"filling input '{input.Name}'");
-            }
-            catch
-            {
-                api.ReleaseValue(value);
-                throw;
-            }
-            return value;
-        }
-        // Not copied by ORT: the array stays pinned until the value is released after the run.
-        pin = GCHandle.Alloc(data.Elements, GCHandleType.Pinned);
-        var bytes = DataTypes.ByteCount(data.DataType, data.ElementCount);
-        fixed (long* s = shape)
-            api.Check(api.CreateTensorWithDataAsOrtValue(_runtime.CpuMemoryInfo, (void*)pin.AddrOfPinnedObject(), (nuint)bytes,
-                s, (nuint)shape.Length, (int)data.DataType, &value), $"creating input '{input.Name}' ({data})");
-        return value;
-    }
-
-    private TensorData CopyOut(string name, nint value)
-    {
-        var api = _runtime.Api;
-        int valueType;
-        api.Check(api.GetValueType(value, &valueType), "GetValueType");
-        if ((ValueKind)valueType != ValueKind.Tensor)
-            throw new NotSupportedException($"output '{name}' is a {(ValueKind)valueType}; only tensor outputs are supported");
-        nint info;
-        api.Check(api.GetTensorTypeAndShape(value, &info), "GetTensorTypeAndShape");
-        int elementType;
-        long[] shape;
-        try
-        {
-            api.Check(api.GetTensorElementType(info, &elementType), "GetTensorElementType");
-            nuint rank;
-            api.Check(api.GetDimensionsCount(info, &rank), "GetDimensionsCount");
-            shape = new long[(int)rank];
-            fixed (long* d = shape)
-                api.Check(api.GetDimensions(info, d, rank), "GetDimensions");
-        }
-        finally
-        {
-            api.ReleaseTensorTypeAndShapeInfo(info);
-        }
-        var type = (DataType)elementType;
-        long count = 1;
-        foreach (var d in shape)
-            count *= d;
-        if (type == DataType.String)
-            return TensorData.FromStrings(ReadStrings(value, count), shape);
-        var clr = TensorData.ElementClrType(type);
-        var bytes = DataTypes.ByteCount(type, count);
-        var elements = Array.CreateInstance(clr, clr == typeof(byte) ? bytes : count);
-        if (bytes > 0)
-        {
-            void* source;
-            api.Check(api.GetTensorMutableData(value, &source), "GetTensorMutableData");
-            var destination = TensorData.RawSpan(elements);
-            new ReadOnlySpan<byte>(source, checked((int)bytes)).CopyTo(destination);
-            // ORT leaves the unused bits of a packed tensor's last byte uninitialized; zero them so equal tensors
-            // have equal bytes.
-            var usedBits = (int)(count * DataTypes.BitWidth(type) % 8);
-            if (DataTypes.IsSubByte(type) && usedBits != 0)
-                destination[^1] &= (byte)((1 << usedBits) - 1);
-        }
-        return TensorData.Create(type, elements, shape);
-    }
-
-    private string[] ReadStrings(nint value, long count)
-    {
-        var api = _runtime.Api;
-        var result = new string[count];
-        if (count == 0)
-            return result;
-        nuint length;
-        api.Check(api.GetStringTensorDataLength(value, &length), "GetStringTensorDataLength");
-        var buffer = new byte[Math.Max(1, (long)length)];
-        var offsets = new nuint[count];
-        fixed (byte* b = buffer)
-        fixed (nuint* o = offsets)
-            api.Check(api.GetStringTensorContent(value, b, length, o, (nuint)count), "GetStringTensorContent");
-        for (var i = 0; i < count; i++)
-        {
-            var start = (int)offsets[i];
-            var end = i + 1 < count ? (int)offsets[i + 1] : (int)length;
-            result[i] = Encoding.UTF8.GetString(buffer, start, end - start);
-        }
-        return result;
-    }
-
     private static string OneLine(string text) => text.ReplaceLineEndings(" ").Trim();
 
     public void Dispose()
     {
-        _session.Dispose();
-        _inputNames.Dispose();
-        _outputNames.Dispose();
+        if (_disposed)
+            return;
+        _disposed = true;
+        _core.Dispose();
     }
+}
+
+/// <summary>One loaded model behind <see cref="InferenceSession"/>; names are checked before <see cref="Run"/>.</summary>
+internal interface ISessionCore : IDisposable
+{
+    IReadOnlyList<TensorInfo> Inputs { get; }
+    IReadOnlyList<TensorInfo> Outputs { get; }
+    NamedTensor[] Run(IReadOnlyList<NamedTensor> inputs, IReadOnlyList<string> outputNames);
 }

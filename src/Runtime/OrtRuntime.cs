@@ -1,37 +1,44 @@
 using System.Runtime.InteropServices;
 using OnnxQuant.Runtime.Native;
+using Ort = Microsoft.ML.OnnxRuntime;
 
 namespace OnnxQuant.Runtime;
 
 /// <summary>
-/// The loaded ONNX Runtime library and its one environment. ONNX Runtime allows one environment per process and a
-/// library cannot be unloaded safely, so there is one process-wide instance, created on first use from the default
-/// location (<see cref="OrtLibraryLocator"/>) or earlier through <see cref="Initialize"/>.
+/// The loaded ONNX Runtime library and its one environment (the managed API's <see cref="Ort.OrtEnv"/>). ONNX Runtime
+/// allows one environment per process and a library cannot be unloaded safely, so there is one process-wide instance,
+/// created on first use from the default location (<see cref="OrtLibraryLocator"/>) or earlier through
+/// <see cref="Initialize"/>.
 /// </summary>
 public sealed unsafe class OrtRuntime
 {
-    /// <summary>The API version this binding programs against; older libraries are asked for their own version.</summary>
-    public const int TargetApiVersion = 30;
-
-    /// <summary>The oldest library whose table has every slot the binding reads (CUDA V2 options arrived in 1.11).</summary>
-    public const int MinimumApiVersion = 16;
+    /// <summary>
+    /// The oldest library the managed API works with: Microsoft.ML.OnnxRuntime.Managed 1.32 asks the library for the
+    /// OrtApi table of version 31 when it starts.
+    /// </summary>
+    public const int MinimumMinorVersion = 31;
 
     private const string CudaProviderName = "CUDAExecutionProvider";
+    private const string NativeLibraryName = "onnxruntime";
     private static readonly object Gate = new();
     private static OrtRuntime? _shared;
+    private static nint _resolvedLibrary;
+    private static bool _resolverRegistered;
 
-    private readonly OrtHandle _env;
     private readonly OrtHandle _cpuMemoryInfo;
 
-    internal OrtApi Api { get; }
-    internal nint Env => _env.DangerousGetHandle();
+    /// <summary>The managed API's environment; every managed session belongs to it.</summary>
+    internal Ort.OrtEnv Env { get; }
+
+    /// <summary>The C functions the managed API lacks (see <see cref="Native.OrtApi"/>), from the same library.</summary>
+    internal OrtApi Native { get; }
     internal nint CpuMemoryInfo => _cpuMemoryInfo.DangerousGetHandle();
     internal nint DefaultAllocator { get; }
 
     /// <summary>Where the library was loaded from and why that path was chosen.</summary>
     public OrtLibraryLocation Library { get; }
 
-    /// <summary>The library's version string, e.g. "1.30.0".</summary>
+    /// <summary>The library's version string, e.g. "1.32.0".</summary>
     public string Version { get; }
 
     /// <summary>Execution providers compiled into the library, e.g. CPUExecutionProvider, CUDAExecutionProvider.</summary>
@@ -102,61 +109,86 @@ public sealed unsafe class OrtRuntime
     private OrtRuntime(OrtLibraryLocation location)
     {
         Library = location;
-        nint library;
+        var library = LoadLibrary(location);
+        Native = ReadApiTable(location, library);
+        RouteManagedApiTo(library);
         try
         {
-            library = NativeLibrary.Load(location.Path);
+            // Log level ERROR: ORT's warnings (e.g. about unused initializers) are not the user's business.
+            var options = new Ort.EnvironmentCreationOptions { logId = "onnxquant", logLevel = Ort.OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+            Env = Ort.OrtEnv.CreateInstanceWithOptions(ref options);
+            Version = Env.GetVersionString();
+            AvailableProviders = Env.GetAvailableProviders();
+        }
+        catch (Exception ex) when (ex is TypeInitializationException or Ort.OnnxRuntimeException or EntryPointNotFoundException)
+        {
+            var reason = ex is TypeInitializationException { InnerException: { } inner } ? inner.Message : ex.Message;
+            throw new RuntimeSetupException(
+                $"ONNX Runtime's managed API cannot start on {location.Path}: {reason}. {OrtLibraryLocator.SetupHint}", ex);
+        }
+
+        nint memoryInfo;
+        Check(Native.CreateCpuMemoryInfo(1 /* OrtArenaAllocator */, 0 /* OrtMemTypeDefault */, &memoryInfo), "CreateCpuMemoryInfo");
+        _cpuMemoryInfo = new OrtHandle(memoryInfo, Native.ReleaseMemoryInfo);
+        nint allocator;
+        Check(Native.GetAllocatorWithDefaultOptions(&allocator), "GetAllocatorWithDefaultOptions");
+        DefaultAllocator = allocator; // owned by ORT: never released
+    }
+
+    private static nint LoadLibrary(OrtLibraryLocation location)
+    {
+        try
+        {
+            return NativeLibrary.Load(location.Path);
         }
         catch (Exception ex) when (ex is DllNotFoundException or BadImageFormatException)
         {
             throw new RuntimeSetupException(
                 $"cannot load the ONNX Runtime library {location.Path}: {ex.Message}. {OrtLibraryLocator.SetupHint}", ex);
         }
+    }
+
+    /// <summary>Checks the version before the managed API does (it fails with a bare type-initializer error).</summary>
+    private static OrtApi ReadApiTable(OrtLibraryLocation location, nint library)
+    {
         if (!NativeLibrary.TryGetExport(library, "OrtGetApiBase", out var getApiBase))
             throw new RuntimeSetupException(
                 $"{location.Path} is not an ONNX Runtime library (it exports no OrtGetApiBase). {OrtLibraryLocator.SetupHint}");
-
         // OrtApiBase is { const OrtApi* (*GetApi)(uint32_t); const char* (*GetVersionString)(void); }.
         var apiBase = ((delegate* unmanaged<nint**>)getApiBase)();
         var getApi = (delegate* unmanaged<uint, void**>)apiBase[0];
-        var getVersion = (delegate* unmanaged<byte*>)apiBase[1];
-        Version = Utf8.Read(getVersion()) ?? "unknown";
-        var apiVersion = Math.Min(TargetApiVersion, MinorVersion(Version));
-        var table = apiVersion >= MinimumApiVersion ? getApi((uint)apiVersion) : null;
+        var version = Utf8.Read(((delegate* unmanaged<byte*>)apiBase[1])()) ?? "unknown";
+        var table = MinorVersion(version) >= MinimumMinorVersion ? getApi(MinimumMinorVersion) : null;
         if (table == null)
             throw new RuntimeSetupException(
-                $"the ONNX Runtime library {location.Path} is version {Version}; OnnxQuant needs 1.{MinimumApiVersion} or newer. {OrtLibraryLocator.SetupHint}");
-        Api = new OrtApi(table);
+                $"the ONNX Runtime library {location.Path} is version {version}; OnnxQuant needs 1.{MinimumMinorVersion} or newer. {OrtLibraryLocator.SetupHint}");
+        return new OrtApi(table);
+    }
 
-        nint env;
-        fixed (byte* logId = "onnxquant"u8)
-            // Log level ERROR: ORT's warnings (e.g. about unused initializers) are not the user's business.
-            Api.Check(Api.CreateEnv(3, logId, &env), "CreateEnv");
-        _env = new OrtHandle(env, Api.ReleaseEnv);
-
-        nint memoryInfo;
-        Api.Check(Api.CreateCpuMemoryInfo(1 /* OrtArenaAllocator */, 0 /* OrtMemTypeDefault */, &memoryInfo), "CreateCpuMemoryInfo");
-        _cpuMemoryInfo = new OrtHandle(memoryInfo, Api.ReleaseMemoryInfo);
-
-        nint allocator;
-        Api.Check(Api.GetAllocatorWithDefaultOptions(&allocator), "GetAllocatorWithDefaultOptions");
-        DefaultAllocator = allocator; // owned by ORT: never released
-
-        byte** names;
-        int count;
-        Api.Check(Api.GetAvailableProviders(&names, &count), "GetAvailableProviders");
-        var providers = new string[count];
-        for (var i = 0; i < count; i++)
-            providers[i] = Utf8.Read(names[i]) ?? "";
-        Api.Check(Api.ReleaseAvailableProviders(names, count), "ReleaseAvailableProviders");
-        AvailableProviders = providers;
+    /// <summary>
+    /// Makes the managed API's P/Invokes ("onnxruntime") bind to the library loaded here, so an override and the
+    /// packaged library go through one path and the managed API and <see cref="Native"/> share one library. Must run
+    /// before the managed API's first native call, which is why <see cref="Shared"/> comes first everywhere.
+    /// </summary>
+    private static void RouteManagedApiTo(nint library)
+    {
+        _resolvedLibrary = library;
+        if (_resolverRegistered)
+            return;
+        Ort.OrtEnv.DisableDllImportResolver = true; // the package's own resolver would search on its own
+        NativeLibrary.SetDllImportResolver(typeof(Ort.OrtEnv).Assembly,
+            (name, _, _) => name == NativeLibraryName ? _resolvedLibrary : 0);
+        _resolverRegistered = true;
     }
 
     private static int MinorVersion(string version)
     {
         var parts = version.Split('.');
-        return parts.Length >= 2 && parts[0] == "1" && int.TryParse(parts[1], out var minor) ? minor : TargetApiVersion;
+        return parts.Length >= 2 && parts[0] == "1" && int.TryParse(parts[1], out var minor) ? minor : 0;
     }
+
+    /// <summary>Turns a returned OrtStatus of a <see cref="Native"/> call into an <see cref="OrtException"/>.</summary>
+    internal void Check(nint status, string operation) => Native.Check(status, operation);
 
     /// <summary>Reports a CPU fallback once per receiver, so calibration loops creating many sessions stay quiet.</summary>
     internal void NotifyFallbackOnce(string message)
@@ -165,6 +197,10 @@ public sealed unsafe class OrtRuntime
         if (Interlocked.Exchange(ref sink.FallbackShown, 1) == 0)
             sink.Write(message);
     }
+
+    internal const string CudaDirections =
+        "build OnnxQuant with `-p:OnnxQuantCuda=true` (it then uses the Microsoft.ML.OnnxRuntime.Gpu.Linux package) or point "
+        + OrtLibraryLocator.EnvironmentVariable + " or --ort-lib at the runtimes/linux-x64/native folder of that package";
 
     internal static string CudaMissingMessage(OrtRuntime runtime, string? detail)
     {
@@ -176,7 +212,6 @@ public sealed unsafe class OrtRuntime
                 + "was made for (make them findable through LD_LIBRARY_PATH) on a machine with an NVIDIA GPU, or use --ep cpu";
         return prefix
             + (detail is null ? $" (it provides only {string.Join(", ", runtime.AvailableProviders)})" : $": {detail}")
-            + ". Point ONNXQUANT_ORT_LIB or --ort-lib at a CUDA-enabled libonnxruntime.so, e.g. the runtimes/linux-x64/native "
-            + "folder of the Microsoft.ML.OnnxRuntime.Gpu.Linux package (`dotnet cake --target=setup-ort-gpu` fetches it), or use --ep cpu";
+            + $". For CUDA, {CudaDirections}; or use --ep cpu";
     }
 }

@@ -132,31 +132,64 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(ExitCodes.BadInput, code);
         Assert.Equal("", stdout);
         Assert.Contains(missing, stderr);
-        Assert.Contains("dotnet cake --target=setup-ort", stderr);
+        Assert.Contains("ONNXQUANT_ORT_LIB", stderr);
     }
 
     [Fact]
-    public async Task WithoutAnyLibraryTheToolSaysHowToGetOne()
+    public async Task WithoutAnOverrideTheToolRunsOnItsPackagedLibrary()
     {
-        // A fresh process: the runtime is loaded once per process, so "nothing found" needs one that never loaded it.
+        // A fresh process with no override and an empty HOME: the ONNX Runtime of the NuGet package, nothing else.
         var tool = Path.Combine(AppContext.BaseDirectory, "onnxquant.dll");
         var start = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in new[] { tool, "bench", Add })
+        foreach (var arg in new[] { tool, "bench", Add, "--runs", "1", "--warmup", "0", "--json" })
             start.ArgumentList.Add(arg);
         start.Environment["HOME"] = _dir;
         start.Environment.Remove("XDG_CACHE_HOME");
         start.Environment.Remove("ONNXQUANT_ORT_LIB");
         using var process = System.Diagnostics.Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = await process.StandardError.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        var stdout = await process.StandardOutput.ReadToEndAsync();
         await process.WaitForExitAsync();
-        Assert.Equal(ExitCodes.BadInput, process.ExitCode);
-        Assert.Equal("", await stdout);
+        Assert.True(process.ExitCode == ExitCodes.Ok, await stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.Equal(OnnxQuant.Runtime.OrtLibraryLocator.PackagedVersion, doc.RootElement.GetProperty("ort_version").GetString());
+    }
+
+    [Fact]
+    public async Task AnOrtLibOverrideIsLoadedInsteadOfThePackagedLibrary()
+    {
+        // A copy of the packaged library in another folder: the override must load it (a fresh process, since a
+        // process loads one library), and a file that is no library must be refused with a user error.
+        var packaged = OnnxQuant.Runtime.OrtLibraryLocator.Resolve(null, _ => null).Path;
+        var copy = Directory.CreateDirectory(Path.Combine(_dir, "custom-ort")).FullName;
+        File.Copy(packaged, Path.Combine(copy, "libonnxruntime.so"));
+        var (code, stdout, stderr) = await RunFresh("bench", Add, "--runs", "1", "--warmup", "0", "--json", "--ort-lib", copy);
+        Assert.True(code == ExitCodes.Ok, stderr);
+        using (var doc = JsonDocument.Parse(stdout))
+            Assert.Equal(OnnxQuant.Runtime.OrtLibraryLocator.PackagedVersion, doc.RootElement.GetProperty("ort_version").GetString());
+
+        var broken = Path.Combine(_dir, "broken", "libonnxruntime.so");
+        Directory.CreateDirectory(Path.GetDirectoryName(broken)!);
+        File.WriteAllText(broken, "not a shared library");
+        (code, stdout, stderr) = await RunFresh("bench", Add, "--ort-lib", broken);
+        Assert.Equal(ExitCodes.BadInput, code);
+        Assert.Equal("", stdout);
         var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
-        Assert.StartsWith("error: ONNX Runtime library not found", line);
-        Assert.Contains(Path.Combine(_dir, ".cache", "onnxquant", "ort", "1.30.0", "libonnxruntime.so.1"), line);
-        Assert.Contains("dotnet cake --target=setup-ort", line);
-        Assert.Contains("ONNXQUANT_ORT_LIB", line);
+        Assert.StartsWith($"error: cannot load the ONNX Runtime library {broken}", line);
+    }
+
+    private async Task<(int Code, string Out, string Err)> RunFresh(params string[] args)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "onnxquant.dll"));
+        foreach (var arg in args)
+            start.ArgumentList.Add(arg);
+        start.Environment.Remove("ONNXQUANT_ORT_LIB");
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stderr = process.StandardError.ReadToEndAsync();
+        var stdout = await process.StandardOutput.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        return (process.ExitCode, stdout, await stderr);
     }
 
     [Fact]

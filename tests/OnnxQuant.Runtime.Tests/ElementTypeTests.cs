@@ -20,6 +20,7 @@ public class ElementTypeTests
     [InlineData(DataType.UInt64)]
     [InlineData(DataType.Bool)]
     [InlineData(DataType.Float8E4M3FN)]
+    [InlineData(DataType.Float8E5M2)]
     public void RoundTripsThroughIdentity(DataType type)
     {
         using var session = InferenceSession.Create(TestGraphs.Identity(type), NodeModels.Options);
@@ -55,9 +56,11 @@ public class ElementTypeTests
     [Theory]
     [InlineData(DataType.Int4)]
     [InlineData(DataType.UInt4)]
-    public void CarriesPackedFourBitTensorsInAndOut(DataType type)
+    [InlineData(DataType.Int2)]
+    [InlineData(DataType.UInt2)]
+    public void CarriesPackedSubByteTensorsInAndOut(DataType type)
     {
-        // ORT has no 4-bit Identity; DequantizeLinear reads a 4-bit input and QuantizeLinear writes a 4-bit output.
+        // ORT has no sub-byte Identity; DequantizeLinear reads a packed input and QuantizeLinear writes a packed output.
         var g = new Graph("q4");
         var q = new Value("q", new TensorType(type, Shape.Of(5, 3)));
         g.AddInput(q);
@@ -71,14 +74,18 @@ public class ElementTypeTests
         requant.Outputs[0].Type = new TensorType(type, Shape.Of(5, 3));
         g.AddOutput(dq.Outputs[0]);
         g.AddOutput(requant.Outputs[0]);
-        var model = new Model(g) { IrVersion = 10 };
-        model.OpsetImports.Default = 21;
-        // Unoptimized: ORT 1.30's QDQ cleanup turns a DQ -> Q pair into a 4-bit Identity, for which it has no kernel.
+        var twoBit = DataTypes.BitWidth(type) == 2;
+        var model = new Model(g) { IrVersion = twoBit ? 12 : 10 }; // INT2/UINT2 arrived with opset 25 and IR 12
+        model.OpsetImports.Default = twoBit ? 25 : 21;
+        // Unoptimized: ORT's QDQ cleanup turns a DQ -> Q pair into a sub-byte Identity, for which it has no kernel.
         using var session = InferenceSession.Create(ModelIO.ToBytes(model), NodeModels.Options with { Optimization = GraphOptimization.Disabled });
+        Assert.Equal(type, session.Inputs[0].DataType);
+        Assert.Equal(type, session.Outputs[1].DataType);
 
-        var raw = new byte[8];
+        var raw = new byte[DataTypes.ByteCount(type, 15)];
         new Random(4).NextBytes(raw);
-        raw[7] &= 0x0F; // 15 elements: the unused high nibble of the last byte stays zero
+        // 15 elements: the unused high bits of the last byte stay zero (4 of 8 at 4 bits, 2 of 8 at 2 bits).
+        raw[^1] &= (byte)((1 << (int)(15 * DataTypes.BitWidth(type) % 8)) - 1);
         var input = TensorData.FromBytes(type, raw, [5, 3]);
         var outputs = session.Run([new("q", input)]);
         Assert.Equal(input.ToFloats().Select(v => v * 0.5f).ToArray(), outputs[0].Data.GetArray<float>());

@@ -21,20 +21,33 @@ public sealed class OrtLibraryLocatorTests : IDisposable
     }
 
     [Fact]
-    public void UsesTheEnvironmentVariableThenTheCache()
+    public void UsesTheEnvironmentVariableThenThePackagedLibrary()
     {
         var envLib = Path.Combine(_dir, "env.so");
         File.WriteAllText(envLib, "");
         Assert.Equal(OrtLibrarySource.EnvironmentVariable,
-            OrtLibraryLocator.Resolve(null, Env((OrtLibraryLocator.EnvironmentVariable, envLib), ("HOME", _dir))).Source);
+            OrtLibraryLocator.Resolve(null, Env((OrtLibraryLocator.EnvironmentVariable, envLib)), _dir).Source);
 
-        var cached = Path.Combine(_dir, "xdg", "onnxquant", "ort", "1.30.0", "libonnxruntime.so.1");
-        Directory.CreateDirectory(Path.GetDirectoryName(cached)!);
-        File.WriteAllText(cached, "");
-        var location = OrtLibraryLocator.Resolve(null, Env(("XDG_CACHE_HOME", Path.Combine(_dir, "xdg")), ("HOME", "/nowhere")));
-        Assert.Equal(new OrtLibraryLocation(cached, OrtLibrarySource.Cache), location);
-        Assert.Equal(Path.Combine(_dir, ".cache", "onnxquant", "ort", "1.30.0", "libonnxruntime.so.1"),
-            OrtLibraryLocator.CachePath(Env(("HOME", _dir))));
+        // A portable deployment keeps NuGet's runtimes/RID/native layout; a RID-specific one (the tool) is flat.
+        var portable = Path.Combine(_dir, "runtimes", "linux-x64", "native", "libonnxruntime.so");
+        Directory.CreateDirectory(Path.GetDirectoryName(portable)!);
+        File.WriteAllText(portable, "");
+        Assert.Equal(new OrtLibraryLocation(portable, OrtLibrarySource.Package), OrtLibraryLocator.Resolve(null, Env(), _dir));
+        var flat = Path.Combine(_dir, "libonnxruntime.so");
+        File.WriteAllText(flat, "");
+        Assert.Equal(new OrtLibraryLocation(flat, OrtLibrarySource.Package), OrtLibraryLocator.Resolve(null, Env(), _dir));
+    }
+
+    [Fact]
+    public void TheTestsRunOnThePackagedLibraryOfThePinnedVersion()
+    {
+        // No override in CI: the library is the official package's native asset that NuGet copied to the output.
+        var runtime = OrtRuntime.Shared;
+        if (runtime.Library.Source != OrtLibrarySource.Package)
+            return; // a developer pointed ONNXQUANT_ORT_LIB at another build on purpose
+        Assert.Equal(OrtLibraryLocator.PackagedVersion, runtime.Version);
+        Assert.StartsWith(AppContext.BaseDirectory, runtime.Library.Path);
+        Assert.Equal("libonnxruntime.so", Path.GetFileName(runtime.Library.Path));
     }
 
     [Fact]
@@ -48,11 +61,11 @@ public sealed class OrtLibraryLocatorTests : IDisposable
     [Fact]
     public void SaysHowToGetALibraryWhenNoneIsFound()
     {
-        var ex = Assert.Throws<RuntimeSetupException>(() => OrtLibraryLocator.Resolve(null, Env(("HOME", _dir))));
+        var ex = Assert.Throws<RuntimeSetupException>(() => OrtLibraryLocator.Resolve(null, Env(), _dir));
         Assert.Contains("ONNX Runtime library not found", ex.Message);
-        Assert.Contains("dotnet cake --target=setup-ort", ex.Message);
+        Assert.Contains($"ONNX Runtime {OrtLibraryLocator.PackagedVersion}", ex.Message);
         Assert.Contains("ONNXQUANT_ORT_LIB", ex.Message);
-        Assert.Contains(Path.Combine(_dir, ".cache"), ex.Message);
+        Assert.Contains(Path.Combine(_dir, "libonnxruntime.so"), ex.Message);
     }
 
     [Fact]

@@ -13,7 +13,7 @@ internal static class QatImportCommand
         var student = new Argument<string>("student") { Description = "The trained student: QDQ ONNX written by the trainer (student.onnx)" };
         var scales = new Option<string>("--scales") { Description = "Learned-scales file (default: scales.json beside the student, if present)" };
         var output = new Option<string>("--output", "-o") { Description = "Output folder", Required = true };
-        var ortLib = new Option<string>("--ort-lib") { Description = "Path to libonnxruntime (default: ONNXQUANT_ORT_LIB or the cached 1.30.0)" };
+        var ortLib = new Option<string>("--ort-lib") { Description = "Path to libonnxruntime.so (default: ONNXQUANT_ORT_LIB or the ONNX Runtime that ships with the tool)" };
         var command = new Command("qat-import", "Check a QAT-trained student in ONNX Runtime and write it as a deployable artifact")
         {
             student, scales, output, ortLib,
