@@ -73,7 +73,11 @@ public static class Preconditions
     {
         var dir = Path.GetFullPath(outputDirectory);
         while (!Directory.Exists(dir) && Path.GetDirectoryName(dir) is { } parent)
+        {
+            if (File.Exists(dir))
+                throw new CompileException($"{outputDirectory}: '{dir}' is a file, so the output folder cannot be created; choose another -o folder");
             dir = parent;
+        }
         var probe = Path.Combine(dir, $".onnxquant-probe-{Guid.NewGuid():N}");
         try
         {
