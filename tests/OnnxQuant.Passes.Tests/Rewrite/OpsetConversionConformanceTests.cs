@@ -30,6 +30,8 @@ public class OpsetConversionConformanceTests(ITestOutputHelper output)
             var noKernel = counted.Count(r => r.Outcome == ConversionOutcome.NoKernel);
             output.WriteLine($"opset {target}: {matches} of {counted.Count} converted and matching; {noKernel} without an ONNX Runtime kernel at {target}; "
                 + $"{results.Count(r => r.Outcome == ConversionOutcome.BaselineFails)} not counted (ONNX Runtime fails them at their own opset)");
+            foreach (var r in counted.Where(r => r.Outcome == ConversionOutcome.NoKernel))
+                output.WriteLine($"  {r.Name}: no kernel at {target}: {r.Detail}");
             foreach (var r in counted.Where(r => r.Outcome is ConversionOutcome.Refused or ConversionOutcome.Mismatch))
             {
                 output.WriteLine($"  {r.Name}: {r.Outcome}: {r.Detail}");
