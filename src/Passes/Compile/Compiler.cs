@@ -24,7 +24,8 @@ public sealed record CompileResult(IReadOnlyList<TargetResult> Targets, string O
 
 /// <summary>
 /// The whole compile as a list of stages, each with typed inputs and outputs: load, canonicalize, discover,
-/// calibrate, curves, partition, then per target allocate, rewrite and verify; only then the artifacts are written
+/// preconditions (everything that could fail the compile at the end, checked before the expensive stages), calibrate,
+/// curves, partition, then per target allocate, rewrite and verify; only then the artifacts are written
 /// (atomically) and the guards checked. A bad input stops the compile before anything is written, and the input
 /// files are only ever read.
 /// </summary>
@@ -102,7 +103,7 @@ public static class Compiler
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
             if (initializerInputs.Count > 0)
-                notes.Add($"--keep-initializer-inputs: {relisted} of {initializerInputs.Count} initializer inputs listed again (the others are quantized weights)");
+                notes.Add($"--keep-initializer-inputs: {relisted} of {initializerInputs.Count} initializer inputs listed again (the others were quantized or folded away)");
             if (options.Calibration.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
                 notes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
