@@ -171,4 +171,17 @@ public class CompileCommandTests(CompileCliFixture fixture) : IClassFixture<Comp
         Assert.Equal(modelBytes, File.ReadAllBytes(fixture.ModelPath));
         _ = stdout;
     }
+
+    [Fact]
+    public void UnwritableOutputFolderExitsTwoBeforeCalibration()
+    {
+        // The folder would be created under a file: known at the start, so the compile must not calibrate first.
+        var outDir = Path.Combine(fixture.ModelPath, "out");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var (code, _, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "--target-bits", "4", "-o", outDir, "--quiet");
+        Assert.Equal(2, code);
+        Assert.Contains("is a file, so the output folder cannot be created", stderr);
+        Assert.Single(stderr.Trim().Split('\n'));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"took {clock.Elapsed}");
+    }
 }

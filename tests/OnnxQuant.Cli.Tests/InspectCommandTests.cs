@@ -53,11 +53,18 @@ public class InspectCommandTests
         var input = root.GetProperty("inputs")[0];
         Assert.Equal("FLOAT", input.GetProperty("type").GetString());
         Assert.Equal([2, 4, 6, 6], input.GetProperty("shape").EnumerateArray().Select(d => d.GetInt32()));
-        // inspect shows what compile would do: this IR 3 export lists its weight among the graph inputs too.
+        // This IR 3 export lists its weight among the graph inputs too: inspect shows compile takes it as a weight
+        // (kept in float only for its size), and says so.
         Assert.Empty(root.GetProperty("quantizable").EnumerateArray());
         var kept = root.GetProperty("not_quantized").EnumerateArray().Single();
-        Assert.Equal("Conv", kept.GetProperty("op_type").GetString());
-        Assert.Contains("also a graph input", kept.GetProperty("reason").GetString());
+        Assert.Contains("fewer than 64", kept.GetProperty("reason").GetString());
+        var (code2, stdout2, _) = Run("inspect", $"{SuiteRoot}/pytorch-converted/test_Conv2d/model.onnx", "--json");
+        Assert.Equal(0, code2);
+        var layer = JsonDocument.Parse(stdout2).RootElement.GetProperty("quantizable").EnumerateArray().Single();
+        Assert.Equal("1", layer.GetProperty("weight").GetString());
+        var warnings = root.GetProperty("warnings").EnumerateArray().Select(w => w.GetString()!).ToList();
+        Assert.Contains(warnings, w => w.Contains("also graph inputs") && w.Contains("treated as weights"));
+        Assert.Contains(warnings, w => w.Contains("IR version 3 is written back as IR version 10"));
     }
 
     [Fact]

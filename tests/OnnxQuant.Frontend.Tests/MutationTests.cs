@@ -105,7 +105,6 @@ public class MutationTests
                 return m.ToByteArray();
             }
 
-            yield return new Mutation($"{name}: IR version 99", With(m => m.IrVersion = 99), "IR version 99");
             yield return new Mutation($"{name}: IR version 0", With(m => m.IrVersion = 0), "IR version 0");
             yield return new Mutation($"{name}: no opset import", With(m => m.OpsetImport.Clear()), "imports no operator set");
             yield return new Mutation($"{name}: opset imported twice", With(m => m.OpsetImport.Add(m.OpsetImport[0].Clone())), "more than once");

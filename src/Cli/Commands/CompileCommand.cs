@@ -48,6 +48,7 @@ internal static class CompileCommand
         var format = new Option<string>("--format") { Description = "qdq, or matmulnbits (MatMul weights packed weight-only)", DefaultValueFactory = _ => "qdq" };
         format.AcceptOnlyFromAmong("qdq", "matmulnbits");
         var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
+        var keepInitializerInputs = new Option<bool>("--keep-initializer-inputs") { Description = "List initializers that the model also has as graph inputs among the quantized model's inputs again (those left in float; quantized weights cannot be overridden)" };
         var runBatch = new Option<int>("--run-batch") { Description = "Samples stacked into one ONNX Runtime run when the model's batch axis is symbolic", DefaultValueFactory = _ => 8 };
         var curves = new Option<string>("--curves") { Description = "gain (closed-form local error x propagation gain measured on a few samples), exact (measured at every width on every sample) or fast (diagonal proxy scaled by one measured width)", DefaultValueFactory = _ => "gain" };
         curves.AcceptOnlyFromAmong("gain", "exact", "fast");
@@ -68,7 +69,7 @@ internal static class CompileCommand
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
-                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, curvesFile, writeCurves, cacheDir, noCache,
+                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, keepInitializerInputs, curves, curvesFile, writeCurves, cacheDir, noCache,
                      maxDistortion, maxDrop, evalData, evalAnnotations, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
@@ -119,6 +120,7 @@ internal static class CompileCommand
                 {
                     Format = parse.GetValue(format) == "matmulnbits" ? WeightFormat.MatMulNBits : WeightFormat.Qdq,
                     BlockSize = parse.GetValue(blockSize),
+                    KeepInitializerInputs = parse.GetValue(keepInitializerInputs),
                 },
                 Guards = new GuardOptions
                 {

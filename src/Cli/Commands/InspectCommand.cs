@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes;
+using OnnxQuant.Passes.Canonicalize;
 using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Passes.Units;
 using Spectre.Console;
@@ -25,11 +26,12 @@ internal static class InspectCommand
             var loaded = ModelIO.Load(path);
             var summary = ModelSummary.Of(loaded);
             var layers = Quantizable(loaded);
+            var notes = Intake.Notes(loaded);
             var output = parse.InvocationConfiguration.Output;
             if (parse.GetValue(json))
-                output.WriteLine(ToJson(summary, layers));
+                output.WriteLine(ToJson(summary, layers, notes));
             else
-                WriteTables(summary, layers, path, output);
+                WriteTables(summary, layers, notes, path, output);
             return ExitCodes.Ok;
         });
         return command;
@@ -51,7 +53,7 @@ internal static class InspectCommand
     }
 
     /// <summary>The summary as one JSON object with stable key order.</summary>
-    internal static string ToJson(ModelSummary s, QuantizableView layers)
+    internal static string ToJson(ModelSummary s, QuantizableView layers, IReadOnlyList<string> notes)
     {
         var buffer = new MemoryStream();
         using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
@@ -111,6 +113,9 @@ internal static class InspectCommand
             w.WriteEndArray();
             if (layers.Unavailable is { } why)
                 w.WriteString("quantizable_unavailable", why);
+            w.WriteStartArray("warnings");
+            foreach (var n in notes) w.WriteStringValue(n);
+            w.WriteEndArray();
             w.WriteEndObject();
         }
         return Encoding.UTF8.GetString(buffer.ToArray());
@@ -147,7 +152,7 @@ internal static class InspectCommand
 
     private static string Shape(IReadOnlyList<Dim>? dims) => dims is null ? "?" : "[" + string.Join(", ", dims) + "]";
 
-    private static void WriteTables(ModelSummary s, QuantizableView layers, string path, TextWriter output)
+    private static void WriteTables(ModelSummary s, QuantizableView layers, IReadOnlyList<string> notes, string path, TextWriter output)
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings
         {
@@ -164,6 +169,8 @@ internal static class InspectCommand
         AddRow(header, "nodes", $"{s.TopLevelNodes} top-level; {s.AllNodes} counting {s.Subgraphs} subgraph(s) and {s.Functions} function(s), as op types do");
         AddRow(header, "parameters", $"{s.ParameterCount:N0} ({FormatBytes(s.ParameterBytes)})");
         console.Write(header);
+        foreach (var n in notes)
+            console.WriteLine("warning: " + n);
 
         var io = new Table().Title("inputs and outputs").AddColumns("kind", "name", "type", "shape");
         foreach (var v in s.Inputs) AddRow(io, "input", v.Name, v.ElementType, Shape(v.Shape));

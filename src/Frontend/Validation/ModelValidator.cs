@@ -18,6 +18,7 @@ public sealed record ValidationIssue(IssueSeverity Severity, string Where, strin
 public sealed record ValidationResult(IReadOnlyList<ValidationIssue> Issues)
 {
     public IEnumerable<ValidationIssue> Errors => Issues.Where(i => i.Severity == IssueSeverity.Error);
+    public IEnumerable<ValidationIssue> Warnings => Issues.Where(i => i.Severity == IssueSeverity.Warning);
     public bool IsValid => !Errors.Any();
 
     /// <summary>Throws a <see cref="FrontendException"/> naming the first error (and how many more there are).</summary>
@@ -31,9 +32,11 @@ public sealed record ValidationResult(IReadOnlyList<ValidationIssue> Issues)
 }
 
 /// <summary>
-/// Checks a model for the problems that make it unusable: unsupported IR version, missing opset imports, cycles,
-/// inputs nobody defines, names defined twice, initializers an old IR version does not list as inputs, tensor data
-/// whose size does not match its dims, and external data outside the model's folder.
+/// Checks a model for the problems that make it unusable: IR version below 1, missing opset imports, cycles,
+/// inputs nobody defines, names defined twice, tensor data whose size does not match its dims, and external data
+/// outside the model's folder. Rules of the ONNX specification that ONNX Runtime does not enforce are warnings, so
+/// every model the runtime runs loads: an IR version newer than this tool knows, initializers that an IR version
+/// below 4 should also list as graph inputs, nodes out of topological order.
 /// </summary>
 public static class ModelValidator
 {
@@ -42,8 +45,11 @@ public static class ModelValidator
         var issues = new List<ValidationIssue>();
         void Error(string where, string message) => issues.Add(new(IssueSeverity.Error, where, message));
 
-        if (model.IrVersion < 1 || model.IrVersion > ModelIO.NewestIrVersion)
+        if (model.IrVersion < 1)
             Error("model", $"IR version {model.IrVersion} is not supported (this tool reads 1 to {ModelIO.NewestIrVersion})");
+        else if (model.IrVersion > ModelIO.NewestIrVersion)
+            issues.Add(new(IssueSeverity.Warning, "model",
+                $"IR version {model.IrVersion} is newer than this tool knows ({ModelIO.NewestIrVersion}); fields it does not know are kept as they are"));
         if (model.IrVersion >= 3 && model.OpsetImports.Count == 0)
             Error("model", "the model imports no operator set (opset_import is empty)");
 
@@ -88,7 +94,13 @@ public static class ModelValidator
         if (model.IrVersion is > 0 and < 4 && !isFunction && graph.ParentNode is null)
             foreach (var v in graph.Initializers)
                 if (!v.IsGraphInput)
-                    Error(where, $"initializer '{v.Name}' is not listed among the graph inputs, which IR version {model.IrVersion} requires");
+                {
+                    // ONNX Runtime runs such files; counted once rather than listed per initializer.
+                    var missing = graph.Initializers.Count(i => !i.IsGraphInput);
+                    issues.Add(new(IssueSeverity.Warning, where,
+                        $"{missing} initializer(s) (first '{v.Name}') are not listed among the graph inputs, which IR version {model.IrVersion} requires; ONNX Runtime runs the model all the same, and the output is written at a current IR version"));
+                    break;
+                }
 
         foreach (var v in graph.Initializers)
             CheckTensor(v.Initializer!, $"{where} > initializer '{v.Name}'", issues);

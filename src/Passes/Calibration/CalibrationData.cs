@@ -28,7 +28,10 @@ public sealed record InputBatch(string Name, DataType DataType, long[] Shape, by
 
 /// <summary>
 /// Calibration samples checked against the model's inputs: every input has the same number of samples, the model's
-/// element type, its fixed dimensions and no NaN or infinity. Samples are kept as the arrays they came in (one per
+/// element type, its fixed dimensions and no NaN or infinity. An array of the input's rank stacks samples along the
+/// first axis (the input's batch axis: its fixed size is the rows of one sample, a symbolic one takes any number); an
+/// array of one more rank than an input without a batch axis (e.g. [N, 3, H, W] for an input [3, H, W]) holds one
+/// sample per entry of its first axis, fed one per run. Samples are kept as the arrays they came in (one per
 /// input per file) and sliced on demand, so nothing is copied per sample until a batch is built.
 /// </summary>
 public sealed class CalibrationSet
@@ -36,11 +39,14 @@ public sealed class CalibrationSet
     private readonly IReadOnlyList<InputSpec> _inputs;
     // Per input: the source arrays in file order, and the first sample index each starts at.
     private readonly List<(NpyArray Array, int FirstSample)>[] _chunks;
+    // Per input: true when its arrays carry an extra leading sample axis the model's input does not have.
+    private readonly bool[] _stacked;
 
-    private CalibrationSet(IReadOnlyList<InputSpec> inputs, List<(NpyArray, int)>[] chunks, int count, string source)
+    private CalibrationSet(IReadOnlyList<InputSpec> inputs, List<(NpyArray, int)>[] chunks, bool[] stacked, int count, string source)
     {
         _inputs = inputs;
         _chunks = chunks;
+        _stacked = stacked;
         Count = count;
         Source = source;
     }
@@ -79,6 +85,7 @@ public sealed class CalibrationSet
 
         var chunks = inputs.Select(_ => new List<(NpyArray, int)>()).ToArray();
         var counts = new int[inputs.Count];
+        var stacked = new bool?[inputs.Count];
         foreach (var file in files)
         {
             var arrays = ReadFile(file, inputs);
@@ -86,7 +93,11 @@ public sealed class CalibrationSet
             for (var i = 0; i < inputs.Count; i++)
             {
                 var array = arrays[i];
-                var samples = Check(file, inputs[i], array);
+                var samples = Check(file, inputs[i], array, out var extraAxis);
+                if (stacked[i] is { } before && before != extraAxis)
+                    throw new CompileException(
+                        $"{file}: input '{inputs[i].Name}' has rank {array.Shape.Length} here but {array.Shape.Length + (extraAxis ? -1 : 1)} in an earlier file; use one layout");
+                stacked[i] = extraAxis;
                 if (fileSamples is { } n && n != samples)
                     throw new CompileException(
                         $"{file}: input '{inputs[i].Name}' has {samples} samples but '{inputs[0].Name}' has {n}; every input needs the same number");
@@ -97,7 +108,7 @@ public sealed class CalibrationSet
         }
         if (counts[0] == 0)
             throw new CompileException($"{path}: calibration data holds no samples");
-        return new CalibrationSet(inputs, chunks, counts[0], path);
+        return new CalibrationSet(inputs, chunks, stacked.Select(x => x ?? false).ToArray(), counts[0], path);
     }
 
     private static NpyArray[] ReadFile(string file, IReadOnlyList<InputSpec> inputs)
@@ -119,19 +130,22 @@ public sealed class CalibrationSet
     }
 
     /// <summary>Validates one array against its input and returns its sample count.</summary>
-    private static int Check(string file, InputSpec input, NpyArray array)
+    private static int Check(string file, InputSpec input, NpyArray array, out bool extraAxis)
     {
         var where = $"{file}: input '{input.Name}'";
         if (array.DataType != input.DataType)
             throw new CompileException($"{where} has element type {array.DataType}, the model expects {input.DataType}");
-        if (array.Shape.Length != input.Shape.Count)
+        extraAxis = array.Shape.Length == input.Shape.Count + 1;
+        if (array.Shape.Length != input.Shape.Count && !extraAxis)
             throw new CompileException(
-                $"{where} has shape [{string.Join(", ", array.Shape)}], rank {array.Shape.Length}; the model expects rank {input.Shape.Count} {input}");
+                $"{where} has shape [{string.Join(", ", array.Shape)}], rank {array.Shape.Length}; the model expects rank {input.Shape.Count} {input} "
+                + $"(or rank {input.Shape.Count + 1}: samples stacked on a new first axis)");
+        var offset = extraAxis ? 1 : 0;
         for (var d = 1; d < array.Shape.Length; d++)
-            if (input.Shape[d] is { } fixedDim && fixedDim != array.Shape[d])
+            if (input.Shape[d - offset] is { } fixedDim && fixedDim != array.Shape[d])
                 throw new CompileException(
                     $"{where} has shape [{string.Join(", ", array.Shape)}]; dimension {d} is {array.Shape[d]} but the model expects {fixedDim} {input}");
-        var rows = input.RowsPerSample;
+        var rows = extraAxis ? 1 : input.RowsPerSample;
         if (array.Shape[0] % rows != 0)
             throw new CompileException(
                 $"{where} has {array.Shape[0]} rows, not a multiple of the model's batch size {rows}");
@@ -164,7 +178,8 @@ public sealed class CalibrationSet
     }
 
     /// <summary>Samples stacked into one run: <paramref name="runBatch"/> when the batch axis is symbolic, else 1.</summary>
-    public int SamplesPerRun(int runBatch) => _inputs.All(i => i.BatchIsSymbolic) ? Math.Max(1, runBatch) : 1;
+    public int SamplesPerRun(int runBatch) =>
+        _inputs.All(i => i.BatchIsSymbolic) && !_stacked.Any(x => x) ? Math.Max(1, runBatch) : 1;
 
     /// <summary>
     /// Samples [start, start+count) stacked along the first axis, one <see cref="InputBatch"/> per input. With a
@@ -175,10 +190,12 @@ public sealed class CalibrationSet
         if (start < 0 || count <= 0 || start + count > Count)
             throw new ArgumentOutOfRangeException(nameof(start), $"samples {start}..{start + count} outside 0..{Count}");
         var result = new InputBatch[_inputs.Count];
+        if (count > 1 && _stacked.Any(x => x))
+            throw new ArgumentOutOfRangeException(nameof(count), "an input without a batch axis takes one sample per run");
         for (var i = 0; i < _inputs.Count; i++)
         {
             var input = _inputs[i];
-            var rows = input.RowsPerSample;
+            var rows = _stacked[i] ? 1 : input.RowsPerSample;
             var pieces = new List<byte[]>();
             long[]? shape = null;
             for (var s = start; s < start + count;)
@@ -192,6 +209,8 @@ public sealed class CalibrationSet
                 s += take;
             }
             shape![0] = count * rows;
+            if (_stacked[i])
+                shape = shape[1..];
             var data = pieces.Count == 1 ? pieces[0] : pieces.SelectMany(p => p).ToArray();
             result[i] = new InputBatch(input.Name, input.DataType, shape, data);
         }

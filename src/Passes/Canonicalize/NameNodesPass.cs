@@ -30,6 +30,7 @@ public static class Canonicalization
 {
     public static IReadOnlyList<IPass> Passes() =>
     [
+        new DetachInitializerInputsPass(),
         new RemoveIdentityPass(),
         new RemoveDropoutPass(),
         new FoldWeightTransformsPass(),

@@ -24,9 +24,10 @@ public sealed record CompileResult(IReadOnlyList<TargetResult> Targets, string O
 
 /// <summary>
 /// The whole compile as a list of stages, each with typed inputs and outputs: load, canonicalize, discover,
-/// calibrate, curves, partition, then per target allocate, rewrite and verify; only then the artifacts are written
-/// into a staging folder, published as one unit, and the guards checked. A bad input stops the compile before
-/// anything is written, and the input files are only ever read.
+/// preconditions (everything that could fail the compile at the end, checked before the expensive stages), calibrate,
+/// curves, partition, then per target allocate, rewrite and verify; only then the artifacts are written into a staging
+/// folder, published as one unit, and the guards checked. A bad input stops the compile before anything is written, and
+/// the input files are only ever read.
 /// </summary>
 public static class Compiler
 {
@@ -67,6 +68,8 @@ public static class Compiler
         });
         // A pinned curves file is checked against the units before any expensive stage.
         var pinned = PinnedCurves.Load(options.Curves, discovery.Units);
+        var intake = Intake.Notes(loaded.Model).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded, options, outputDirectory))).ToList();
+        var initializerInputs = options.Rewrite.KeepInitializerInputs ? DetachInitializerInputsPass.InitializerInputs(loaded.Model) : [];
 
         // Exact and gain curves run on graph cuts; gain curves read their layers' input rows in the calibration pass.
         var cutCurves = options.Curves.Mode == CurveMode.Fast || pinned is not null ? null
@@ -104,10 +107,13 @@ public static class Compiler
                 stage.Advance();
                 return result;
             });
+            var relisted = DetachInitializerInputsPass.Relist(verified.Rewritten.Model, initializerInputs);
             var bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
-            var notes = loaded.Notes.Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
+            var notes = loaded.Notes.Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
+            if (initializerInputs.Count > 0)
+                notes.Add($"--keep-initializer-inputs: {relisted} of {initializerInputs.Count} initializer inputs listed again (the others were quantized or folded away)");
             if (options.Calibration.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
                 notes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,

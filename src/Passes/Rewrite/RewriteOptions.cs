@@ -12,6 +12,12 @@ public sealed record RewriteOptions : IStageOptions
     /// <summary>Block length along the reduction axis for MatMulNBits (16, 32, 64 or 128).</summary>
     public int BlockSize { get; init; } = 32;
 
+    /// <summary>
+    /// List the initializers that the source model also had as graph inputs among the output's inputs again (only
+    /// those left in float: a quantized weight's float tensor is gone). Off by default: they are weights.
+    /// </summary>
+    public bool KeepInitializerInputs { get; init; }
+
     public void Validate()
     {
         if (BlockSize is not (16 or 32 or 64 or 128))
@@ -22,6 +28,7 @@ public sealed record RewriteOptions : IStageOptions
     [
         new("format", Format.ToString().ToLowerInvariant()),
         new("block_size", BlockSize.ToString(CultureInfo.InvariantCulture)),
+        new("keep_initializer_inputs", KeepInitializerInputs ? "true" : "false"),
     ];
 
     // The fake-quantized weights the curves measure follow the storage layout (blocked for MatMulNBits).

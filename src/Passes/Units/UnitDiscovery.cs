@@ -169,11 +169,6 @@ public static class UnitDiscovery
     private static QuantLayer? Describe(Node node, bool reaches, out string? reason)
     {
         reason = null;
-        if (node.Inputs[1] is { IsInitializer: true, IsGraphInput: true } overridable)
-        {
-            reason = $"weight '{overridable.Name}' is also a graph input, so the caller may replace it at run time";
-            return null;
-        }
         if (node.Inputs[1] is not { ConstantValue: { } tensor } weight || node.Inputs[0] is not { } activation)
             return null; // activation x activation (e.g. attention scores): nothing to quantize
         if (tensor.DataType != DataType.Float)

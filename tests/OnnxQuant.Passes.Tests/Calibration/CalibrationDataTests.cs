@@ -24,6 +24,23 @@ public sealed class CalibrationDataTests : IDisposable
     }
 
     [Fact]
+    public void ArrayOfOneMoreRankFeedsAnInputWithoutBatchAxisOneSamplePerRun()
+    {
+        // The input [3, 2] has no batch axis; [N, 3, 2] holds N samples.
+        var image = new InputSpec("x", DataType.Float, [3, 2]);
+        var set = CalibrationSet.Load(Write("stacked.npz", Enumerable.Range(0, 24).Select(i => (float)i).ToArray(), 4, 3, 2), [image]);
+        Assert.Equal(4, set.Count);
+        Assert.Equal(1, set.SamplesPerRun(8));
+        var runs = set.Runs(0, 4, 8).ToList();
+        Assert.Equal(4, runs.Count);
+        var third = runs[2].Inputs.Single();
+        Assert.Equal([3L, 2], third.Shape);
+        Assert.Equal([12f, 13, 14, 15, 16, 17], TensorData.FromBytes(DataType.Float, third.Data, third.Shape).ToFloats());
+        // A fixed first dimension the array's second axis contradicts is still refused.
+        Assert.Throws<CompileException>(() => CalibrationSet.Load(Write("wrong.npz", new float[16], 2, 4, 2), [image]));
+    }
+
+    [Fact]
     public void FolderConcatenatesSamplesInNameOrder()
     {
         var folder = Path.Combine(_dir, "folder");

@@ -192,12 +192,33 @@ public class OpsetConverterTests
     }
 
     [Fact]
-    public void OpsetsOlderThanElevenAreRefused()
+    public void UnconvertibleOperatorIsRefusedNamingItBeforeAnythingChanges()
     {
-        var net = new Net(opset: 10);
-        var x = net.Input("x", 2, 3);
-        net.Output(net.Op("Relu", [x]));
-        var error = Assert.Throws<CompileException>(() => OpsetConverter.Raise(net.Model, 13));
-        Assert.Contains("opset 10", error.Message);
+        var net = new Net(opset: 8);
+        var x = net.Input("x", 1, 2, 3, 3);
+        var relu = net.Op("Relu", [x]);
+        net.Output(net.Op("Unsqueeze", [net.OpMulti("BatchNormalization", [relu, net.Random("s", [2]), net.Random("b", [2]),
+            net.Random("m", [2]), net.Random("v", [2], 0.1f, 1f)], 1, Attribute.FromInt("spatial", 0))[0]], Attribute.FromInts("axes", [0])));
+        var before = ModelIO.ToBytes(net.Model);
+        var error = Assert.Throws<CompileException>(() => OpsetConverter.Raise(net.Model, 21));
+        Assert.Contains("BatchNormalization", error.Message);
+        Assert.Contains("opset 8", error.Message);
+        Assert.Contains("spatial = 0", error.Message);
+        Assert.Equal(before, ModelIO.ToBytes(net.Model));
+    }
+
+    [Fact]
+    public void Opset7UpsampleBecomesAnAsymmetricResizeWithTheSameOutput()
+    {
+        var net = new Net(opset: 7);
+        var x = net.Input("x", 1, 1, 2, 3);
+        net.Output(net.Op("Upsample", [x], Attribute.FromString("mode", "nearest"), Attribute.FromFloats("scales", [1f, 1f, 2f, 3f])));
+        var data = Net.RandomData(6, 4);
+        var expected = Net.Run(net.Model, ("x", [1, 1, 2, 3], data))[0];
+        OpsetConverter.Raise(net.Model, 21);
+        var resize = Assert.Single(net.Graph.Nodes);
+        Assert.Equal("Resize", resize.OpType);
+        Assert.Equal("asymmetric", resize.GetString("coordinate_transformation_mode", ""));
+        Assert.Equal(expected, Net.Run(net.Model, ("x", [1, 1, 2, 3], data))[0]);
     }
 }

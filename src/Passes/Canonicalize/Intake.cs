@@ -1,0 +1,29 @@
+using OnnxQuant.Frontend;
+
+namespace OnnxQuant.Passes.Canonicalize;
+
+/// <summary>
+/// What the compile accepts although the ONNX specification or this tool's knowledge would not, and how it handles
+/// it: the loader's warnings (rules ONNX Runtime does not enforce), initializers also listed as graph inputs (taken
+/// as weights), operator sets newer than this tool knows. <c>inspect</c> shows these notes and the report records
+/// them.
+/// </summary>
+public static class Intake
+{
+    /// <summary>The newest default-domain opset whose operator changes this tool knows (ONNX 1.19).</summary>
+    public const long NewestKnownOpset = 25;
+
+    public static IReadOnlyList<string> Notes(Model model)
+    {
+        var notes = ModelValidator.Validate(model).Warnings.Select(w => w.ToString()).ToList();
+        var initializerInputs = DetachInitializerInputsPass.InitializerInputs(model);
+        if (initializerInputs.Count > 0)
+            notes.Add($"{initializerInputs.Count} initializer(s) are also graph inputs (first '{initializerInputs[0]}'): they are treated as weights "
+                + "and dropped from the quantized model's inputs (--keep-initializer-inputs lists the unquantized ones again)");
+        if (model.IrVersion is > 0 and < 4)
+            notes.Add($"IR version {model.IrVersion} is written back as IR version {ModelIO.DefaultIrVersion} or newer");
+        if (model.OpsetImports.Default is { } opset && opset > NewestKnownOpset)
+            notes.Add($"opset {opset} is newer than this tool knows ({NewestKnownOpset}); its operators are taken as the newest ones it knows");
+        return notes;
+    }
+}
