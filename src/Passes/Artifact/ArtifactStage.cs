@@ -15,7 +15,7 @@ public sealed record ManifestInputs(string ToolVersion, string ModelFile, string
     IReadOnlyList<OptionEntry> Options);
 
 /// <summary>
-/// Writes the artifacts only after everything was computed: each model, then each report, then the manifest last
+/// Writes the artifacts only after everything was computed: each model, then each report and report.html, then the manifest last
 /// (each file atomically). One target goes straight into the output folder; several go into <c>bits-&lt;target&gt;/</c>.
 /// </summary>
 public static class ArtifactStage
@@ -58,10 +58,17 @@ public static class ArtifactStage
         IReadOnlyList<StageTime> timings, ManifestInputs inputs, IReadOnlyList<ReportWriter.OutputFile> outputs)
     {
         var results = targets.Select(t => t with { Report = t.Report with { Timings = timings } }).ToList();
+        var reports = new List<(string, byte[])>();
         foreach (var r in results)
-            AtomicFile.Write(r.ReportPath, s => s.Write(ReportWriter.Report(r.Report)));
+        {
+            var json = ReportWriter.Report(r.Report);
+            AtomicFile.Write(r.ReportPath, s => s.Write(json));
+            reports.Add((Path.GetRelativePath(outputDirectory, r.ReportPath).Replace('\\', '/'), json));
+        }
         var manifest = ReportWriter.Manifest(inputs.ToolVersion, inputs.ModelFile, inputs.ModelHash, inputs.DataHash,
             inputs.Samples, inputs.Options, outputs);
+        // The page is rendered from the JSON bytes, as `onnxquant report` renders it from the files; the manifest stays last.
+        HtmlReportWriter.Write(outputDirectory, manifest, reports);
         AtomicFile.Write(Path.Combine(outputDirectory, "manifest.json"), s => s.Write(manifest));
         return results;
     }
