@@ -360,7 +360,7 @@ public static class HtmlReport
                 h.Append($"<text class=\"tick\" x=\"{N(Px(b))}\" y=\"{H - 5}\" text-anchor=\"middle\">{b}</text>");
             h.Append($"<polyline fill=\"none\" stroke=\"#555\" stroke-width=\"1.2\" points=\"{string.Join(" ", points.Select(p => $"{N(Px(p.First))},{N(Py(p.Second))}"))}\"/>");
             foreach (var (b, d) in points)
-                h.Append($"<circle cx=\"{N(Px(b))}\" cy=\"{N(Py(d))}\" r=\"1.8\" fill=\"#555\" data-tip=\"{E($"{u.Name}\n{b} bits: D_u {G(d)}")}\"/>");
+                h.Append($"<circle cx=\"{N(Px(b))}\" cy=\"{N(Py(d))}\" r=\"1.8\" fill=\"#555\" data-tip=\"{b} bits: D_u {G(d)}\"/>");
             for (var k = 0; k < targets.Count; k++)
             {
                 if (!chosen[k].TryGetValue(u.Name, out var bits))
