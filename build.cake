@@ -6,11 +6,12 @@ var configuration = Argument("configuration", "Release");
 // library with every build; `-p:OnnxQuantCuda=true` swaps in the CUDA build.
 
 // Debian packages: the ONNX backend test suite for conformance tests, PyTorch and ONNX for models/ and the QAT
-// bridge, OpenBLAS because Debian's torch is about 10x slower on the reference BLAS.
+// bridge, OpenBLAS because Debian's torch is about 10x slower on the reference BLAS, chromium for the report.html tests
+// (Playwright drives /usr/bin/chromium; it cannot download its own browser here).
 var debianPackages = new[]
 {
     "libonnx-testdata", "python3-torch", "python3-torchvision", "python3-onnx", "python3-numpy", "python3-scipy",
-    "python3-pytest", "python3-pip", "python3-setuptools", "python3-wheel", "libopenblas0-pthread",
+    "python3-pytest", "python3-pip", "python3-setuptools", "python3-wheel", "libopenblas0-pthread", "chromium",
 };
 
 // The two Python packages of this repository, installed in editable mode into Debian's interpreter (task setup-python).
@@ -218,7 +219,7 @@ Task("models")
 });
 
 Task("example")
-    .Description("Compiles the bundled example (small DETR) at 8, 4 and 3 bits from one calibration and prints the summary")
+    .Description("Compiles the bundled example (small DETR) at 8, 4 and 3 bits from one calibration, prints the summary and writes out/example/report.html")
     .IsDependentOn("setup")
     .IsDependentOn("build")
     .Does(() =>

@@ -107,7 +107,10 @@ public abstract class FaultTests(FaultFixture fx)
         return (process.ExitCode, stdout.Result, stderr.Result);
     }
 
-    /// <summary>Every file of an artifact folder by relative path; report.json without its wall-time timings.</summary>
+    /// <summary>
+    /// Every file of an artifact folder by relative path; report.json without its wall-time timings; report.html (which
+    /// shows the timings) checked to be the page its own manifest and reports render to.
+    /// </summary>
     protected static SortedDictionary<string, string> Contents(string dir)
     {
         var files = new SortedDictionary<string, string>(StringComparer.Ordinal);
@@ -120,6 +123,12 @@ public abstract class FaultTests(FaultFixture fx)
                 var json = JsonNode.Parse(bytes)!.AsObject();
                 json.Remove("timings_s");
                 bytes = System.Text.Encoding.UTF8.GetBytes(json.ToJsonString());
+            }
+            else if (relative == OnnxQuant.Passes.Artifact.HtmlReportWriter.FileName)
+            {
+                Assert.True(bytes.AsSpan().SequenceEqual(OnnxQuant.Passes.Artifact.HtmlReportWriter.RenderFolder(dir)),
+                    $"{file} is not the page of the reports beside it");
+                bytes = [];
             }
             files[relative] = Convert.ToHexString(SHA256.HashData(bytes));
         }

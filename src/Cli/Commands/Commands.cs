@@ -10,6 +10,7 @@ internal static class Commands
         yield return CompileCommand.Create();
         yield return InspectCommand.Create();
         yield return EvalCommand.Create();
+        yield return ReportCommand.Create();
         yield return SolveCommand.Create();
         yield return BenchCommand.Create();
         yield return QatRecipeCommand.Create();

@@ -60,6 +60,7 @@ internal static class CompileCommand
         var maxDrop = new Option<double?>("--max-drop") { Description = "Exit 3 when bbox AP drops by more than this many points (needs --eval-data and --eval-annotations)" };
         var evalData = new Option<string?>("--eval-data") { Description = "Evaluation .npz for --max-drop" };
         var evalAnnotations = new Option<string?>("--eval-annotations") { Description = "COCO annotations JSON for --max-drop" };
+        var noBaseline = new Option<bool>("--no-baseline") { Description = "Do not measure the uniform baseline (every unit at the width nearest each target; one more verification per width)" };
         var threads = RuntimeCliOptions.Threads();
         var ortLib = RuntimeCliOptions.OrtLib();
         var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress, only errors and the summary" };
@@ -70,7 +71,7 @@ internal static class CompileCommand
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
                      actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, keepInitializerInputs, curves, curvesFile, writeCurves, cacheDir, noCache,
-                     maxDistortion, maxDrop, evalData, evalAnnotations, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
+                     maxDistortion, maxDrop, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
         command.SetAction(parse =>
@@ -129,6 +130,7 @@ internal static class CompileCommand
                     EvalData = parse.GetValue(evalData),
                     EvalAnnotations = parse.GetValue(evalAnnotations),
                 },
+                Baseline = new OnnxQuant.Passes.Verify.BaselineOptions { Uniform = !parse.GetValue(noBaseline) },
                 Execution = new ExecutionOptions
                 {
                     Threads = RuntimeCliOptions.ThreadCount(parse, threads),
@@ -265,8 +267,8 @@ internal static class CompileCommand
         console.WriteLine($"{result.Units} units, {result.Heads} head layer(s) at {(first.Heads.Count > 0 ? first.Heads[0].Bits : 8)} bits, " +
                           $"curves {first.CurveMode.ToString().ToLowerInvariant()}{(first.CurvesFromCache ? " (cache)" : result.CurveRuns == 0 ? " (curves file)" : $" ({result.CurveRuns} runs)")}, " +
                           $"activations {(first.ActBits == 0 ? "float" : $"{first.ActBits}-bit {first.ActCalibration}")}, format {first.WeightFormat}, opset {first.Opset}");
-        var table = new Table().AddColumns("target", "rate", "bits used", "predicted", "measured", "weights", "vs float", "model");
-        foreach (var column in table.Columns.Skip(1).Take(6))
+        var table = new Table().AddColumns("target", "rate", "bits used", "predicted", "measured", "uniform", "weights", "vs float", "model");
+        foreach (var column in table.Columns.Skip(1).Take(7))
             column.RightAligned();
         if (aps is not null)
             table.AddColumns("AP float", "AP quant");
@@ -277,6 +279,7 @@ internal static class CompileCommand
             var row = new List<string>
             {
                 F(r.TargetBits, "0.##"), F(r.Rate, "0.000"), used, F(r.Distortion.Predicted, "G3"), F(r.Distortion.Measured, "G3"),
+                r.Baseline is { Skipped: null } b ? $"{b.Bits}b: {F(b.Measured, "G3")}" : "-",
                 $"{r.Sizes.QuantizedWeightBytes / 1024.0:0.0} KiB", $"{(double)r.Sizes.FloatWeightBytes / Math.Max(1, r.Sizes.QuantizedWeightBytes):0.0}x",
                 Path.GetRelativePath(result.OutputDirectory, t.ModelPath),
             };
@@ -288,7 +291,8 @@ internal static class CompileCommand
             table.AddRow(row.Select(Markup.Escape).ToArray());
         }
         console.Write(table);
-        console.WriteLine($"distortion: {Compiler.Metric}, measured on {first.Distortion.Samples} {(first.Distortion.HeldOut ? "held-out" : "calibration")} samples");
+        console.WriteLine($"distortion: {Compiler.Metric}, measured on {first.Distortion.Samples} {(first.Distortion.HeldOut ? "held-out" : "calibration")} samples; " +
+                          (first.Baseline is { Skipped: { } skipped } ? $"uniform baseline {skipped}" : "uniform: every unit at the width nearest the target, measured the same way"));
         console.WriteLine("stages: " + string.Join(", ", result.Timings.Select(s => $"{s.Stage} {s.Seconds:0.0}s")));
         foreach (var note in result.Targets.SelectMany(t => t.Report.Notes).Distinct())
             console.WriteLine("note: " + (note.Length > 240 ? note[..237] + "..." : note));

@@ -16,7 +16,7 @@ public sealed record ManifestInputs(string ToolVersion, string ModelFile, string
 
 /// <summary>
 /// Writes the artifacts only after everything was computed, all into the staging folder of an
-/// <see cref="OutputFolder"/>: each model, then each report, then the manifest; the caller then publishes the folder
+/// <see cref="OutputFolder"/>: each model, then each report and report.html, then the manifest; the caller then publishes the folder
 /// as one unit. One target goes straight into the output folder; several go into <c>bits-&lt;target&gt;/</c>.
 /// </summary>
 public static class ArtifactStage
@@ -60,14 +60,19 @@ public static class ArtifactStage
         IReadOnlyList<StageTime> timings, ManifestInputs inputs, IReadOnlyList<ReportWriter.OutputFile> outputs)
     {
         var results = targets.Select(t => t with { Report = t.Report with { Timings = timings } }).ToList();
+        var reports = new List<(string, byte[])>();
         foreach (var r in results)
         {
             var relative = Path.GetRelativePath(folder.Requested, r.ReportPath);
             FaultPoints.Reach("write:report", r.ReportPath);
-            folder.WriteFile(relative, ReportWriter.Report(r.Report));
+            var json = ReportWriter.Report(r.Report);
+            folder.WriteFile(relative, json);
+            reports.Add((relative.Replace('\\', '/'), json));
         }
         var manifest = ReportWriter.Manifest(inputs.ToolVersion, inputs.ModelFile, inputs.ModelHash, inputs.DataHash,
             inputs.Samples, inputs.Options, outputs);
+        // The page is rendered from the JSON bytes, as `onnxquant report` renders it from the files; the manifest stays last.
+        folder.WriteFile(HtmlReportWriter.FileName, HtmlReportWriter.Render(manifest, reports));
         FaultPoints.Reach("write:manifest", folder.FinalPath("manifest.json"));
         folder.WriteFile("manifest.json", manifest);
         return results;

@@ -3,6 +3,7 @@ using OnnxQuant.Passes.Curves;
 using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Passes.Rewrite;
 using OnnxQuant.Passes.Units;
+using OnnxQuant.Passes.Verify;
 using OnnxQuant.Solvers;
 
 namespace OnnxQuant.Passes.Artifact;
@@ -15,6 +16,9 @@ public sealed record SizeReport(long FloatWeightBytes, long IdealPackedBits, lon
 
 /// <summary>Predicted (sum of curves) and measured distortion of the features.</summary>
 public sealed record DistortionReport(double Predicted, double Measured, int Samples, bool HeldOut, string Metric);
+
+/// <summary>Box AP (0..1) of the float model and of this target's model on the evaluation set (<c>--eval-data</c>).</summary>
+public sealed record AccuracyReport(double FloatAp, double QuantizedAp);
 
 /// <summary>Everything <c>report.json</c> (schema <c>onnxquant.report/1</c>) holds for one target.</summary>
 public sealed record CompileReport
@@ -45,4 +49,10 @@ public sealed record CompileReport
 
     /// <summary>Per unit, the measured propagation gain behind its curve (gain curves measured in this compile).</summary>
     public IReadOnlyList<UnitGain> CurveGains { get; init; } = [];
+
+    /// <summary>Uniform widths at the same size, measured on the same samples; null when the compile had none.</summary>
+    public UniformBaseline? Baseline { get; init; }
+
+    /// <summary>AP figures when the compile evaluated (<c>--eval-data</c>); null otherwise.</summary>
+    public AccuracyReport? Accuracy { get; init; }
 }

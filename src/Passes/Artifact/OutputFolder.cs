@@ -105,6 +105,9 @@ public sealed class OutputFolder : IDisposable
     /// <summary>The path a file of the artifact will have once published, as the user named the folder.</summary>
     public string FinalPath(string relative) => Path.Combine(Requested, relative);
 
+    /// <summary>Where a file given by its final path (<see cref="FinalPath"/>) lies until the folder is published.</summary>
+    public string StagedPath(string finalPath) => Path.Combine(Staging, Path.GetRelativePath(Requested, finalPath));
+
     /// <summary>Writes one file of the artifact into the staging folder and flushes it to disk.</summary>
     public void WriteFile(string relative, ReadOnlySpan<byte> bytes)
     {

@@ -43,6 +43,31 @@ public static class ReportWriter
             w.WriteString("metric", r.Distortion.Metric);
             w.WriteEndObject();
 
+            if (r.Baseline is { } b)
+            {
+                w.WriteStartObject("uniform_baseline");
+                if (b.Skipped is { } reason)
+                    w.WriteString("skipped", reason);
+                else
+                {
+                    w.WriteNumber("bits", b.Bits);
+                    w.WriteNumber("rate", b.Rate);
+                    w.WriteNumber("predicted", b.Predicted);
+                    w.WriteNumber("measured", b.Measured);
+                    w.WriteBoolean("same_as_mixed", b.SameAsMixed);
+                }
+                w.WriteEndObject();
+            }
+
+            if (r.Accuracy is { } a)
+            {
+                w.WriteStartObject("accuracy");
+                w.WriteString("metric", "bbox AP (COCO, IoU 0.50:0.95)");
+                w.WriteNumber("float_ap", a.FloatAp);
+                w.WriteNumber("quantized_ap", a.QuantizedAp);
+                w.WriteEndObject();
+            }
+
             w.WriteStartObject("sizes");
             w.WriteNumber("float_weight_bytes", r.Sizes.FloatWeightBytes);
             w.WriteNumber("ideal_packed_bits", r.Sizes.IdealPackedBits);

@@ -6,6 +6,7 @@ using OnnxQuant.Passes.Load;
 using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Passes.Rewrite;
 using OnnxQuant.Passes.Units;
+using OnnxQuant.Passes.Verify;
 
 namespace OnnxQuant.Passes.Compile;
 
@@ -23,10 +24,11 @@ public sealed record CompileOptions
     public AllocationOptions Allocation { get; init; } = new();
     public RewriteOptions Rewrite { get; init; } = new();
     public GuardOptions Guards { get; init; } = new();
+    public BaselineOptions Baseline { get; init; } = new();
     public ExecutionOptions Execution { get; init; } = new();
 
     /// <summary>Every stage's options, in pipeline order.</summary>
-    public IEnumerable<IStageOptions> Stages => [Data, Features, Units, Calibration, Curves, Allocation, Rewrite, Guards, Execution];
+    public IEnumerable<IStageOptions> Stages => [Data, Features, Units, Calibration, Curves, Allocation, Rewrite, Baseline, Guards, Execution];
 
     public void Validate()
     {

@@ -26,7 +26,8 @@ public sealed record CompileResult(IReadOnlyList<TargetResult> Targets, string O
 /// The whole compile as a list of stages, each with typed inputs and outputs: load, canonicalize, discover,
 /// preconditions (everything that could fail the compile at the end, checked before the expensive stages), calibrate,
 /// curves, partition, then per target allocate, rewrite and verify; only then the artifacts are written into a staging
-/// folder, published as one unit, and the guards checked. A bad input stops the compile before anything is written, and
+/// folder, the guards checked on the staged models (their AP goes into the reports), and the folder published as one
+/// unit. A bad input stops the compile before anything is written, and
 /// the input files are only ever read.
 /// </summary>
 public static class Compiler
@@ -89,6 +90,31 @@ public static class Compiler
         // Beside the artifact, not in it: a model ONNX Runtime rejects is never published.
         var debugDirectory = Path.TrimEndingDirectorySeparator(outputDirectory) + ".debug";
 
+        // Uniform widths at each target's size, measured once per distinct width on the same verification samples.
+        var uniformMeasured = new Dictionary<int, double>();
+        UniformBaseline Baseline(double target, TargetAllocation allocation, double mixedMeasured)
+        {
+            if (!options.Baseline.Uniform)
+                return UniformBaseline.NotMeasured("--no-baseline: not measured");
+            var width = UniformBaseline.WidthFor(target, options.Curves.CandidateBits);
+            var predicted = partition.FreeCurves.Sum(c => c.Distortion[c.Bits.ToList().IndexOf(width)]);
+            var sameAsMixed = allocation.Allocation.Units.All(u => u.Bits == width);
+            if (sameAsMixed)
+                uniformMeasured.TryAdd(width, mixedMeasured);
+            if (!uniformMeasured.TryGetValue(width, out var measured))
+            {
+                using var stage = progress.Begin($"uniform baseline {width} bits", 1);
+                var plans = RewriteStage.Plans(discovery, partition, _ => width);
+                var rewritten = RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits);
+                measured = VerifyStage.Run(rewritten,
+                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false),
+                    verifier!, debugDirectory, $"uniform-{width}").Measured;
+                uniformMeasured[width] = measured;
+                stage.Advance();
+            }
+            return new UniformBaseline(width, width, predicted, measured, sameAsMixed, null);
+        }
+
         var artifacts = new List<TargetArtifact>();
         foreach (var target in options.Allocation.TargetBits)
         {
@@ -108,6 +134,7 @@ public static class Compiler
                 return result;
             });
             var relisted = DetachInitializerInputsPass.Relist(verified.Rewritten.Model, initializerInputs);
+            var baseline = clock.Time("baseline", () => Baseline(target, allocation, verified.Measured));
             var bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
             var notes = loaded.Notes.Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
@@ -117,19 +144,26 @@ public static class Compiler
             if (options.Calibration.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
                 notes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes), bytes));
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes) with { Baseline = baseline }, bytes));
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];
         var written = clock.Time("write", () => ArtifactStage.WriteModels(output, artifacts, out outputs));
         var manifest = new ManifestInputs(toolVersion, Path.GetFileName(modelPath), loaded.ModelHash, loaded.DataHash,
             loaded.Samples, options.Manifest());
+        // The guards run on the staged models before the reports are written, so the reports carry the AP figures.
+        var staged = written.Select(t => t with { ModelPath = output.StagedPath(t.ModelPath) }).ToList();
+        var verdict = options.Guards.MeasuresAp
+            ? clock.Time("evaluate", () => GuardStage.Check(guards, modelPath, staged, options.Execution))
+            : GuardStage.Check(guards, modelPath, staged, options.Execution);
+        if (verdict.Accuracy is { } accuracy)
+            written = written.Select(t => accuracy.FirstOrDefault(a => a.Target == t.Report.TargetBits) is { } ap
+                ? t with { Report = t.Report with { Accuracy = new AccuracyReport(ap.FloatAp, ap.QuantizedAp) } }
+                : t).ToList();
         // The reports carry the timings up to here, so writing them is the one stage they cannot include.
         var timings = clock.Timings;
         var results = ArtifactStage.WriteReports(output, written, timings, manifest, outputs);
         output.Publish();
-
-        var verdict = GuardStage.Check(guards, modelPath, results, options.Execution);
         return new CompileResult(results, outputDirectory, verdict, timings, partition.FreeUnits.Count, partition.Heads.Count, curves.Runs);
     }
 

@@ -16,7 +16,11 @@ public static class RewriteStage
     /// Per-channel widths of every layer: heads at their head width, allocated layers from their units; layers with
     /// neither (no unit in the budget) stay float.
     /// </summary>
-    public static IReadOnlyList<LayerPlan> Plans(UnitDiscoveryResult discovery, Partition partition, Allocation allocation)
+    public static IReadOnlyList<LayerPlan> Plans(UnitDiscoveryResult discovery, Partition partition, Allocation allocation) =>
+        Plans(discovery, partition, allocation.BitsOf);
+
+    /// <summary>The same with every free unit's width given by <paramref name="bitsOf"/> (e.g. one width for all).</summary>
+    public static IReadOnlyList<LayerPlan> Plans(UnitDiscoveryResult discovery, Partition partition, Func<string, int> bitsOf)
     {
         var plans = new List<LayerPlan>();
         var heads = partition.Heads.ToDictionary(h => h.Layer, h => h.Bits, StringComparer.Ordinal);
@@ -31,7 +35,7 @@ public static class RewriteStage
                 if (units.Count == 0)
                     continue;
                 foreach (var u in units)
-                    Array.Fill(bits, allocation.BitsOf(u.Name), u.ChannelStart, u.ChannelCount);
+                    Array.Fill(bits, bitsOf(u.Name), u.ChannelStart, u.ChannelCount);
             }
             plans.Add(new LayerPlan(layer, bits));
         }
