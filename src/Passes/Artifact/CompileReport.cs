@@ -16,6 +16,16 @@ public sealed record SizeReport(long FloatWeightBytes, long IdealPackedBits, lon
 /// <summary>Predicted (sum of curves) and measured distortion of the features.</summary>
 public sealed record DistortionReport(double Predicted, double Measured, int Samples, bool HeldOut, string Metric);
 
+/// <summary>One width the repair raised: a unit from one width to another (32 = restored to float).</summary>
+public sealed record RaisedUnit(string Unit, int FromBits, int ToBits);
+
+/// <summary>
+/// What the accuracy guard's repair did: the measured distortion (and AP drop, when measured) before and after, the
+/// rate before and after (float weights count 32 bits), the rounds of rewrite and verify, and the units raised.
+/// </summary>
+public sealed record RepairReport(string Guard, double InitialMeasured, double FinalMeasured, double? InitialDrop, double? FinalDrop,
+    double InitialRate, double FinalRate, int Rounds, bool Met, IReadOnlyList<RaisedUnit> Raised);
+
 /// <summary>Everything <c>report.json</c> (schema <c>onnxquant.report/1</c>) holds for one target.</summary>
 public sealed record CompileReport
 {
@@ -45,4 +55,12 @@ public sealed record CompileReport
 
     /// <summary>Per unit, the measured propagation gain behind its curve (gain curves measured in this compile).</summary>
     public IReadOnlyList<UnitGain> CurveGains { get; init; } = [];
+
+    /// <summary>--compensation, and what each quantized layer got (empty when none).</summary>
+    public string Compensation { get; init; } = "none";
+
+    public IReadOnlyList<LayerCompensation> Compensated { get; init; } = [];
+
+    /// <summary>What the accuracy guard's repair raised (null when no repair ran).</summary>
+    public RepairReport? Repair { get; init; }
 }

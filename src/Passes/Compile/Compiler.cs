@@ -60,17 +60,19 @@ public static class Compiler
         var pinned = PinnedCurves.Load(options.Curves, discovery.Units);
 
         // Exact and gain curves run on graph cuts; gain curves read their layers' input rows in the calibration pass.
-        var cutCurves = options.Curves.Mode == CurveMode.Fast || pinned is not null ? null
+        // Compensation reads the same rows, whatever the curves.
+        var cutCurves = (options.Curves.Mode == CurveMode.Fast || pinned is not null) && options.Rewrite.Compensation == Quantization.Compensation.None ? null
             : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads);
         var calibration = clock.Time("calibrate", () => CalibrateStage.Run(canonical,
             discovery.Layers.Select(l => l.Activation).Distinct()
                 .Select(a => (a, discovery.Layers.First(l => l.Activation == a).ActivationChannelAxis)).ToList(),
             loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast, options.Execution, progress,
-            cutCurves?.ExtraTensors.Count > 0 ? cutCurves : null));
+            cutCurves is { } tap && (tap.ExtraTensors.Count > 0 || tap.CollectsRows) ? tap : null));
 
         var curves = clock.Time("curves", () => CurveStage.Run(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
-            options.CurveKey(), progress, pinned, cutCurves));
+            options.CurveKey(), progress, pinned, options.Curves.Mode == CurveMode.Fast ? null : cutCurves));
+        var statistics = cutCurves?.Statistics();
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
         Verifier? verifier = null;
@@ -81,7 +83,7 @@ public static class Compiler
         {
             var allocation = clock.Time("allocate", () => AllocateStage.Run(partition, target, options.Allocation));
             var plans = RewriteStage.Plans(discovery, partition, allocation.Allocation);
-            var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits));
+            var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics));
             var verified = clock.Time("verify", () =>
             {
                 var split = loaded.Verification;
@@ -89,7 +91,7 @@ public static class Compiler
                     options.Execution.Measurement(), options.Execution.RunBatch);
                 using var stage = progress.Begin($"verify {AllocationOptions.FormatBits(target)} bits", 1);
                 var result = VerifyStage.Run(rewritten,
-                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false),
+                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics),
                     verifier, debugDirectory, $"bits-{AllocationOptions.FormatBits(target)}");
                 stage.Advance();
                 return result;
@@ -150,6 +152,8 @@ public static class Compiler
             Distortion = new DistortionReport(allocation.PredictedDistortion, measured, samples, heldOut, Metric),
             Notes = notes,
             CurveGains = curves.Gains,
+            Compensation = Quantization.Compensator.Name(options.Rewrite.Compensation),
+            Compensated = rewrite.Compensated ?? [],
         };
     }
 }

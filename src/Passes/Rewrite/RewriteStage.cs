@@ -1,6 +1,7 @@
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Allocate;
 using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Quantization;
 using OnnxQuant.Passes.Units;
 using OnnxQuant.Solvers;
 
@@ -39,10 +40,10 @@ public static class RewriteStage
     }
 
     public static RewrittenModel Run(Model canonical, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration,
-        RewriteOptions options, int actBits, bool allowInt2 = true)
+        RewriteOptions options, int actBits, bool allowInt2 = true, IReadOnlyDictionary<string, InputStatistics>? statistics = null)
     {
         var quantized = canonical.Clone();
-        var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, allowInt2);
+        var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, allowInt2, statistics);
         return new RewrittenModel(quantized, result);
     }
 }
