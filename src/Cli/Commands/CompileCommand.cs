@@ -56,8 +56,9 @@ internal static class CompileCommand
         var writeCurves = new Option<string?>("--write-curves") { Description = "Also write the curves used (onnxquant.curves/1) to this file, for --curves-file or onnxquant solve" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Curve cache folder (default $XDG_CACHE_HOME/onnxquant/curves)" };
         var noCache = new Option<bool>("--no-cache") { Description = "Measure curves without reading or writing the cache" };
-        var maxDistortion = new Option<double?>("--max-distortion") { Description = "Exit 3 when the measured distortion exceeds this" };
-        var maxDrop = new Option<double?>("--max-drop") { Description = "Exit 3 when bbox AP drops by more than this many points (needs --eval-data and --eval-annotations)" };
+        var maxDistortion = new Option<double?>("--max-distortion") { Description = "Keep the measured distortion at most this: raise widths where the curves gain most per bit (float when 8 bits is not enough) until it holds; exit 3 when even that fails" };
+        var maxDrop = new Option<double?>("--max-drop") { Description = "Keep the bbox AP drop at most this many points (needs --eval-data and --eval-annotations), repaired as --max-distortion; exit 3 when even that fails" };
+        var maxRepairRate = new Option<double?>("--max-repair-rate") { Description = "Average weight bits the guard repair may reach (float counts 32; default: no limit)" };
         var evalData = new Option<string?>("--eval-data") { Description = "Evaluation .npz for --max-drop" };
         var evalAnnotations = new Option<string?>("--eval-annotations") { Description = "COCO annotations JSON for --max-drop" };
         var threads = RuntimeCliOptions.Threads();
@@ -70,7 +71,7 @@ internal static class CompileCommand
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
                      actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, compensation, curves, curvesFile, writeCurves, cacheDir, noCache,
-                     maxDistortion, maxDrop, evalData, evalAnnotations, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
+                     maxDistortion, maxDrop, maxRepairRate, evalData, evalAnnotations, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
         command.SetAction(parse =>
@@ -126,6 +127,7 @@ internal static class CompileCommand
                 {
                     MaxDistortion = parse.GetValue(maxDistortion),
                     MaxDrop = parse.GetValue(maxDrop),
+                    MaxRepairRate = parse.GetValue(maxRepairRate),
                     EvalData = parse.GetValue(evalData),
                     EvalAnnotations = parse.GetValue(evalAnnotations),
                 },

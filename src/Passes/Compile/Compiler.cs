@@ -79,31 +79,69 @@ public static class Compiler
         var debugDirectory = Path.Combine(outputDirectory, "debug");
 
         var artifacts = new List<TargetArtifact>();
+        double? floatAp = null;
         foreach (var target in options.Allocation.TargetBits)
         {
             var allocation = clock.Time("allocate", () => AllocateStage.Run(partition, target, options.Allocation));
-            var plans = RewriteStage.Plans(discovery, partition, allocation.Allocation);
-            var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics));
-            var verified = clock.Time("verify", () =>
+            VerifiedModel RewriteAndVerify(Func<string, int> bitsOf)
             {
-                var split = loaded.Verification;
-                verifier ??= new Verifier(canonical, features, split.Data, split.Start, split.Count,
-                    options.Execution.Measurement(), options.Execution.RunBatch);
-                using var stage = progress.Begin($"verify {AllocationOptions.FormatBits(target)} bits", 1);
-                var result = VerifyStage.Run(rewritten,
-                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics),
-                    verifier, debugDirectory, $"bits-{AllocationOptions.FormatBits(target)}");
-                stage.Advance();
-                return result;
-            });
+                var plans = RewriteStage.Plans(discovery, partition, bitsOf);
+                var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics));
+                return clock.Time("verify", () =>
+                {
+                    var split = loaded.Verification;
+                    verifier ??= new Verifier(canonical, features, split.Data, split.Start, split.Count,
+                        options.Execution.Measurement(), options.Execution.RunBatch);
+                    using var stage = progress.Begin($"verify {AllocationOptions.FormatBits(target)} bits", 1);
+                    var result = VerifyStage.Run(rewritten,
+                        () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics),
+                        verifier, debugDirectory, $"bits-{AllocationOptions.FormatBits(target)}");
+                    stage.Advance();
+                    return result;
+                });
+            }
+            var verified = RewriteAndVerify(allocation.Allocation.BitsOf);
             var bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
+
+            // A failing accuracy guard is repaired first: widths raised where the curves promise the most per bit.
+            RepairOutcome? repair = null;
+            if (options.Guards.MaxDistortion is not null || options.Guards.MaxDrop is not null)
+            {
+                GuardMeasurement Measure(VerifiedModel v, byte[] model)
+                {
+                    if (options.Guards.MaxDrop is null)
+                        return new GuardMeasurement(v.Measured, null);
+                    floatAp ??= clock.Time("guards", () => GuardStage.Ap(guards, File.ReadAllBytes(modelPath), options.Execution));
+                    var ap = clock.Time("guards", () => GuardStage.Ap(guards, model, options.Execution));
+                    return new GuardMeasurement(v.Measured, (floatAp - ap) * 100);
+                }
+                var first = Measure(verified, bytes);
+                if (!GuardRepair.Holds(options.Guards, first))
+                {
+                    var curveOf = partition.FreeCurves.ToDictionary(c => c.Name, StringComparer.Ordinal);
+                    var units = partition.FreeUnits.Select(u => new RepairUnit(u.Name, u.Layer.Name, u.Size,
+                        curveOf[u.Name].Bits.ToList(), curveOf[u.Name].Distortion.ToList())).ToList();
+                    var initial = allocation.Allocation.Units.ToDictionary(u => u.Name, u => u.Bits, StringComparer.Ordinal);
+                    repair = GuardRepair.Run(options.Guards, units, initial, first, widths =>
+                    {
+                        verified = RewriteAndVerify(n => widths[n]);
+                        bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
+                        return Measure(verified, bytes);
+                    });
+                    progress.Note($"guard repair at {AllocationOptions.FormatBits(target)} bits: {repair.Report.Raised.Count} unit(s) raised in {repair.Report.Rounds} round(s), " +
+                                  $"rate {repair.Report.InitialRate:0.000} -> {repair.Report.FinalRate:0.000}, measured {repair.Report.InitialMeasured:G4} -> {repair.Report.FinalMeasured:G4}" +
+                                  (repair.Report.Met ? "" : " (the guard still fails)"));
+                }
+            }
             var notes = loaded.Notes.Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
             if (options.Calibration.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
                 notes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
+            if (repair is not null)
+                notes.Add($"accuracy guard repair ({repair.Report.Guard}): {repair.Report.Raised.Count} unit(s) raised above the allocation, rate {repair.Report.InitialRate:0.000} -> {repair.Report.FinalRate:0.000} (float layers count 32 bits)");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes), bytes));
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair), bytes));
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];
@@ -115,20 +153,34 @@ public static class Compiler
         var results = ArtifactStage.WriteReports(outputDirectory, written, timings, manifest, outputs);
 
         var verdict = GuardStage.Check(guards, modelPath, results, options.Execution);
+        var repairs = artifacts.Select(a => a.Report.Repair).OfType<RepairReport>().ToList();
+        if (verdict.Failed && repairs.Count > 0)
+            verdict = verdict with
+            {
+                Failure = verdict.Failure + $" (after the repair raised widths to rate {string.Join(", ", repairs.Select(r => r.FinalRate.ToString("0.000", System.Globalization.CultureInfo.InvariantCulture)))}" +
+                          (options.Guards.MaxRepairRate is { } cap ? $", the most --max-repair-rate {cap.ToString(System.Globalization.CultureInfo.InvariantCulture)} allows" : "") + ")",
+            };
         return new CompileResult(results, outputDirectory, verdict, timings, partition.FreeUnits.Count, partition.Heads.Count, curves.Runs);
     }
 
     private static CompileReport Report(string toolVersion, CompileOptions options, IReadOnlyList<string> features,
         UnitDiscoveryResult discovery, Partition partition, CurveSet curves, TargetAllocation target, RewriteResult rewrite,
-        byte[] model, double measured, int samples, bool heldOut, IReadOnlyList<string> notes)
+        byte[] model, double measured, int samples, bool heldOut, IReadOnlyList<string> notes, RepairOutcome? repair = null)
     {
         var allocation = target.Allocation;
+        var repaired = repair?.Bits;
+        double RepairedDistortion(string name)
+        {
+            var curve = partition.FreeCurves.First(c => c.Name == name);
+            var b = repaired![name];
+            return b == GuardRepair.FloatBits ? 0 : curve.Distortion[curve.Bits.ToList().IndexOf(b)];
+        }
         var units = partition.FreeUnits.ToDictionary(u => u.Name, StringComparer.Ordinal);
         return new CompileReport
         {
             ToolVersion = toolVersion,
             TargetBits = target.Target,
-            Rate = allocation.Rate,
+            Rate = repair?.Report.FinalRate ?? allocation.Rate,
             Solver = options.Allocation.Solver.ToString().ToLowerInvariant(),
             MinBits = target.MinBits,
             Features = features,
@@ -141,6 +193,9 @@ public static class Compiler
             Units = allocation.Units.Select(a =>
             {
                 var unit = units[a.Name];
+                if (repaired is not null && repaired[a.Name] != a.Bits)
+                    return new UnitReport(a.Name, unit.Layer.Name, unit.Layer.OpType, unit.ChannelStart, unit.ChannelCount, a.Size,
+                        repaired[a.Name], RepairedDistortion(a.Name));
                 return new UnitReport(a.Name, unit.Layer.Name, unit.Layer.OpType, unit.ChannelStart, unit.ChannelCount, a.Size, a.Bits, a.Distortion);
             }).ToList(),
             Heads = partition.Heads,
@@ -149,11 +204,12 @@ public static class Compiler
             Layers = rewrite.Layers,
             Sizes = new SizeReport(rewrite.Layers.Sum(l => l.FloatBytes), rewrite.Layers.Sum(l => l.IdealBits),
                 rewrite.Layers.Sum(l => l.Bytes), model.LongLength),
-            Distortion = new DistortionReport(allocation.PredictedDistortion, measured, samples, heldOut, Metric),
+            Distortion = new DistortionReport(repaired is null ? allocation.PredictedDistortion : allocation.Units.Sum(u => RepairedDistortion(u.Name)), measured, samples, heldOut, Metric),
             Notes = notes,
             CurveGains = curves.Gains,
             Compensation = Quantization.Compensator.Name(options.Rewrite.Compensation),
             Compensated = rewrite.Compensated ?? [],
+            Repair = repair?.Report,
         };
     }
 }

@@ -13,11 +13,19 @@ public sealed record RewrittenModel(Model Model, RewriteResult Result);
 /// <summary>Turns one target's allocation into per-channel widths for every quantized layer and rewrites a copy.</summary>
 public static class RewriteStage
 {
+    /// <summary>The width that means "keep this unit's layer float" (the accuracy guard's repair restores layers).</summary>
+    public const int FloatBits = 32;
+
     /// <summary>
     /// Per-channel widths of every layer: heads at their head width, allocated layers from their units; layers with
     /// neither (no unit in the budget) stay float.
     /// </summary>
-    public static IReadOnlyList<LayerPlan> Plans(UnitDiscoveryResult discovery, Partition partition, Allocation allocation)
+    public static IReadOnlyList<LayerPlan> Plans(UnitDiscoveryResult discovery, Partition partition, Allocation allocation) =>
+        Plans(discovery, partition, allocation.BitsOf);
+
+    /// <summary>As above with the widths of <paramref name="bitsOf"/>; a layer all of whose units get
+    /// <see cref="FloatBits"/> stays float.</summary>
+    public static IReadOnlyList<LayerPlan> Plans(UnitDiscoveryResult discovery, Partition partition, Func<string, int> bitsOf)
     {
         var plans = new List<LayerPlan>();
         var heads = partition.Heads.ToDictionary(h => h.Layer, h => h.Bits, StringComparer.Ordinal);
@@ -29,10 +37,10 @@ public static class RewriteStage
             else
             {
                 var units = partition.FreeUnits.Where(u => u.Layer == layer).ToList();
-                if (units.Count == 0)
+                if (units.Count == 0 || units.All(u => bitsOf(u.Name) == FloatBits))
                     continue;
                 foreach (var u in units)
-                    Array.Fill(bits, allocation.BitsOf(u.Name), u.ChannelStart, u.ChannelCount);
+                    Array.Fill(bits, bitsOf(u.Name), u.ChannelStart, u.ChannelCount);
             }
             plans.Add(new LayerPlan(layer, bits));
         }
