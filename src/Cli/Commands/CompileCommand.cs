@@ -47,7 +47,7 @@ internal static class CompileCommand
         var format = new Option<string>("--format") { Description = "qdq, or matmulnbits (MatMul weights packed weight-only)", DefaultValueFactory = _ => "qdq" };
         format.AcceptOnlyFromAmong("qdq", "matmulnbits");
         var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
-        var compensation = new Option<string>("--compensation") { Description = "What compensates the weights' rounding error: none, bias (mean output shift folded into the bias), gptq (second-order rounding through the inverse input second moments) or all", DefaultValueFactory = _ => "none" };
+        var compensation = new Option<string?>("--compensation") { Description = "What compensates the weights' rounding error: none, bias (mean output shift folded into the bias), gptq (second-order rounding through the inverse input second moments) or all (default; none with --curves fast, whose proxy prices rounding to nearest)" };
         compensation.AcceptOnlyFromAmong("none", "bias", "gptq", "all");
         var runBatch = new Option<int>("--run-batch") { Description = "Samples stacked into one ONNX Runtime run when the model's batch axis is symbolic", DefaultValueFactory = _ => 8 };
         var curves = new Option<string>("--curves") { Description = "gain (closed-form local error x propagation gain measured on a few samples), exact (measured at every width on every sample) or fast (diagonal proxy scaled by one measured width)", DefaultValueFactory = _ => "gain" };
@@ -121,7 +121,8 @@ internal static class CompileCommand
                 {
                     Format = parse.GetValue(format) == "matmulnbits" ? WeightFormat.MatMulNBits : WeightFormat.Qdq,
                     BlockSize = parse.GetValue(blockSize),
-                    Compensation = Compensator.Parse(parse.GetValue(compensation)!),
+                    Compensation = parse.GetValue(compensation) is { } named ? Compensator.Parse(named)
+                        : parse.GetValue(curves) == "fast" ? Compensation.None : Compensation.All,
                 },
                 Guards = new GuardOptions
                 {

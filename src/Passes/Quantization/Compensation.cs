@@ -48,7 +48,10 @@ public sealed record InputStatistics(int Reduction, double[] Second, double[] Me
         var x = Matrix<double>.Build.Dense(rows.Count, reduction, (r, i) => rows[r][i]);
         var second = x.TransposeThisAndMultiply(x).Divide(rows.Count);
         var mean = x.ColumnSums().Divide(rows.Count);
-        return new InputStatistics(reduction, second.ToRowMajorArray(), mean.ToArray(), rowLength, channelsPerGroup, rows.Count);
+        // 6 significant digits, as every measured number that drives a decision: the rows come from ONNX Runtime, whose
+        // last bits differ between thread counts and CPUs.
+        return new InputStatistics(reduction, second.ToRowMajorArray().Select(StableRounding.Round).ToArray(),
+            mean.Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
     }
 }
 
