@@ -72,7 +72,7 @@ public static class Compiler
         var curves = clock.Time("curves", () => CurveStage.Run(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
             options.CurveKey(), progress, pinned, options.Curves.Mode == CurveMode.Fast ? null : cutCurves));
-        var statistics = cutCurves?.Statistics();
+        Func<string, Quantization.InputStatistics?>? statistics = cutCurves is null ? null : cutCurves.Statistics;
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
         Verifier? verifier = null;

@@ -117,20 +117,18 @@ public sealed class CutCurveMeasurer : ICalibrationTap
     /// <summary>Whether the calibration pass must feed this object (input rows, feature energy).</summary>
     public bool CollectsRows => _rows.Count > 0;
 
-    /// <summary>Input statistics per layer name for compensation, from the rows the calibration pass fed (computed once).</summary>
-    public IReadOnlyDictionary<string, InputStatistics> Statistics()
+    /// <summary>Input statistics of a layer (by name) for compensation, from the rows the calibration pass fed; null
+    /// without compensation or rows. Computed on demand and kept up to 1 GiB.</summary>
+    public InputStatistics? Statistics(string layer)
     {
-        if (_statistics is not null)
-            return _statistics;
-        var result = new Dictionary<string, InputStatistics>(StringComparer.Ordinal);
-        if (_storage.Compensation != Compensation.None)
-            foreach (var (layer, rows) in _rows)
-                if (rows.Statistics() is { } s)
-                    result[layer.Name] = s;
-        return _statistics = result;
+        if (_storage.Compensation == Compensation.None)
+            return null;
+        _statistics ??= new InputStatisticsCache(
+            name => _rows.FirstOrDefault(p => p.Key.Name == name).Value?.Statistics(), 1L << 30);
+        return _statistics.Find(layer);
     }
 
-    private Dictionary<string, InputStatistics>? _statistics;
+    private InputStatisticsCache? _statistics;
 
     /// <summary>The features: their energy over all calibration samples normalizes the gain measurements.</summary>
     public IReadOnlyCollection<string> ExtraTensors => _options.Mode == CurveMode.Exact ? [] : _features.ToList();
@@ -196,7 +194,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap
                     var local = rows is not null && rows.Fallback is null && rows.RowCount > 0;
                     var weight = floatWeights[layer];
                     var layout = layer.Layout(_storage.Format, _storage.BlockSize);
-                    var statistics = Statistics().GetValueOrDefault(layer.Name);
+                    var statistics = Statistics(layer.Name);
                     var gptq = _storage.Compensation.HasFlag(Compensation.Gptq);
                     var quantized = new Dictionary<int, float[]>();
                     // The same quantizer as the rewrite, so the curves price the weights that are written.

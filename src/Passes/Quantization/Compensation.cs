@@ -56,6 +56,46 @@ public sealed record InputStatistics(int Reduction, double[] Second, double[] Me
 }
 
 /// <summary>
+/// Input statistics computed on demand per layer and kept up to a memory budget: S and its inverse factor are
+/// reduction^2 doubles each (170 MB for a 3x3 Conv over 512 channels), too much to hold for every layer of a large
+/// model at once. The least recently used layers are dropped first and recomputed when asked for again.
+/// </summary>
+public sealed class InputStatisticsCache(Func<string, InputStatistics?> compute, long budgetBytes)
+{
+    private readonly Dictionary<string, InputStatistics?> _entries = new(StringComparer.Ordinal);
+    private readonly LinkedList<string> _order = new();
+    private long _bytes;
+
+    public InputStatistics? Find(string layer)
+    {
+        lock (_entries)
+        {
+            if (_entries.TryGetValue(layer, out var found))
+            {
+                _order.Remove(layer);
+                _order.AddLast(layer);
+                return found;
+            }
+            var statistics = compute(layer);
+            var size = Size(statistics);
+            while (_order.First is { } oldest && _bytes + size > budgetBytes)
+            {
+                _bytes -= Size(_entries[oldest.Value]);
+                _entries.Remove(oldest.Value);
+                _order.RemoveFirst();
+            }
+            _entries[layer] = statistics;
+            _order.AddLast(layer);
+            _bytes += size;
+            return statistics;
+        }
+    }
+
+    // S and, once second-order rounding ran, its factor.
+    private static long Size(InputStatistics? s) => s is null ? 0 : 2L * s.Second.Length * sizeof(double);
+}
+
+/// <summary>
 /// Weight quantization with error compensation, shared by the curves and the rewrite so the solver sees the cost of the
 /// weights that are written.
 /// <list type="bullet">

@@ -48,7 +48,7 @@ public static class QdqRewriter
     /// <param name="statistics">Input statistics per layer name, for <see cref="RewriteOptions.Compensation"/>; layers
     /// without them are rounded to nearest.</param>
     public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, RewriteOptions options,
-        int actBits, bool allowInt2 = true, IReadOnlyDictionary<string, InputStatistics>? statistics = null)
+        int actBits, bool allowInt2 = true, Func<string, InputStatistics?>? statistics = null)
     {
         var compensated = new List<LayerCompensation>();
         var graph = model.Graph;
@@ -66,7 +66,7 @@ public static class QdqRewriter
             var weights = weightValue.Initializer!.ToFloatArray();
             var floatBytes = weightValue.Initializer.ByteSize;
             var layout = layer.Layout(options.Format, options.BlockSize);
-            var stats = statistics?.GetValueOrDefault(layer.Name);
+            var stats = statistics?.Invoke(layer.Name);
             var gptq = stats is not null && options.Compensation.HasFlag(Compensation.Gptq);
             var quantized = Compensator.Quantize(weights, layout, plan.ChannelBits, stats, gptq);
             if (stats is not null && options.Compensation != Compensation.None)

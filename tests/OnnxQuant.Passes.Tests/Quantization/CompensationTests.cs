@@ -105,7 +105,7 @@ public class CompensationTests
         {
             var model = net.Model.Clone();
             var result = QdqRewriter.Apply(model, [new LayerPlan(layer, Enumerable.Repeat(3, n).ToArray())], null,
-                options.Rewrite with { Compensation = compensation }, 0, statistics: statistics);
+                options.Rewrite with { Compensation = compensation }, 0, statistics: statistics.GetValueOrDefault);
             Assert.Equal(compensation.HasFlag(Compensation.Bias), result.Compensated!.SingleOrDefault()?.BiasCorrected ?? false);
             var output = Net.Run(model, input)[0];
             var shift = new double[n];
@@ -135,10 +135,27 @@ public class CompensationTests
         var rows = CorrelatedRows(100, 36, 3);
         var statistics = new Dictionary<string, InputStatistics> { [layer.Name] = InputStatistics.FromRows(rows, 36, 36, 8) };
         var result = QdqRewriter.Apply(net.Model, [new LayerPlan(layer, Enumerable.Repeat(3, 8).ToArray())], null,
-            options.Rewrite with { Compensation = Compensation.All }, 0, statistics: statistics);
+            options.Rewrite with { Compensation = Compensation.All }, 0, statistics: statistics.GetValueOrDefault);
         var conv = net.Graph.Nodes.Single(n => n.OpType == "Conv");
         Assert.Equal(3, conv.Inputs.Count);
         Assert.Equal(8, conv.Inputs[2]!.Initializer!.ElementCount);
         Assert.True(result.Compensated!.Single() is { Gptq: true, BiasCorrected: true });
+    }
+
+    [Fact]
+    public void StatisticsCacheKeepsWithinItsBudgetAndRecomputesWhatItDropped()
+    {
+        var rows = CorrelatedRows(16, 8, 1);
+        var computed = new List<string>();
+        // One entry is 2 x 8 x 8 doubles = 1 KiB: a 2.5 KiB budget holds two.
+        var cache = new InputStatisticsCache(name => { computed.Add(name); return InputStatistics.FromRows(rows, 8, 8, 4); }, 2560);
+        var a = cache.Find("a");
+        Assert.Same(a, cache.Find("a"));
+        cache.Find("b");
+        cache.Find("a"); // a is now the most recent
+        cache.Find("c"); // drops b
+        cache.Find("a");
+        cache.Find("b");
+        Assert.Equal(["a", "b", "c", "b"], computed);
     }
 }
