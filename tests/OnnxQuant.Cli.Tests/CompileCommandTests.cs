@@ -88,12 +88,77 @@ public class CompileCommandTests(CompileCliFixture fixture) : IClassFixture<Comp
     }
 
     [Fact]
-    public void MaxDistortionGuardExitsThree()
+    public void MaxDistortionGuardExitsThreeWhenTheRepairCannotMeetIt()
     {
+        // 1e-9 needs every layer float; --max-repair-rate 3 stops the repair long before.
         var (code, _, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", Out("guard"), "--quiet",
-            "--target-bits", "2", "--calib-samples", "16", "--max-distortion", "1e-9", "--cache-dir", Out("cache"));
+            "--target-bits", "2", "--calib-samples", "16", "--max-distortion", "1e-9", "--max-repair-rate", "3", "--cache-dir", Out("cache"));
         Assert.Equal(3, code);
         Assert.StartsWith("error: accuracy guard failed", stderr);
+        Assert.Contains("after the repair raised widths to rate", stderr);
+        using var report = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Path.Combine(Out("guard"), "report.json")));
+        var repair = report.RootElement.GetProperty("repair");
+        Assert.False(repair.GetProperty("met").GetBoolean());
+        Assert.InRange(repair.GetProperty("final_rate").GetDouble(), 2.0, 3.0);
+    }
+
+    private static double Measured(string dir) =>
+        System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Path.Combine(dir, "report.json"))).RootElement
+            .GetProperty("distortion").GetProperty("measured").GetDouble();
+
+    [Fact]
+    public void FailingGuardIsRepairedByRaisingWidths()
+    {
+        var plain = Out("unguarded");
+        var (code, _, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", plain, "--quiet",
+            "--target-bits", "2", "--calib-samples", "16", "--cache-dir", Out("cache"));
+        Assert.True(code == 0, stderr);
+        var unguarded = Measured(plain);
+        Assert.True(unguarded > 0);
+
+        // A guard the 2-bit allocation fails: a quarter of what it measured.
+        var limit = unguarded / 4;
+        var dir = Out("repaired");
+        (code, _, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", dir, "--quiet",
+            "--target-bits", "2", "--calib-samples", "16", "--cache-dir", Out("cache"),
+            "--max-distortion", limit.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
+        Assert.True(code == 0, stderr);
+        using var report = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Path.Combine(dir, "report.json")));
+        var root = report.RootElement;
+        var repair = root.GetProperty("repair");
+        Assert.True(repair.GetProperty("met").GetBoolean());
+        Assert.Equal(unguarded, repair.GetProperty("initial_measured").GetDouble(), 6);
+        Assert.True(repair.GetProperty("final_measured").GetDouble() <= limit);
+        Assert.Equal(root.GetProperty("distortion").GetProperty("measured").GetDouble(), repair.GetProperty("final_measured").GetDouble());
+        var raised = repair.GetProperty("raised").EnumerateArray().ToList();
+        Assert.NotEmpty(raised);
+        Assert.All(raised, r => Assert.True(r.GetProperty("to_bits").GetInt32() > r.GetProperty("from_bits").GetInt32()));
+        // The rate grew above the 2-bit target and the report's units carry the raised widths.
+        Assert.True(repair.GetProperty("final_rate").GetDouble() > 2.0);
+        Assert.Equal(repair.GetProperty("final_rate").GetDouble(), root.GetProperty("rate").GetDouble());
+        var units = root.GetProperty("units").EnumerateArray().ToDictionary(u => u.GetProperty("name").GetString()!, u => u.GetProperty("bits").GetInt32());
+        Assert.All(raised, r => Assert.Equal(r.GetProperty("to_bits").GetInt32(), units[r.GetProperty("unit").GetString()!]));
+    }
+
+    [Fact]
+    public void CompensationLowersTheMeasuredDistortion()
+    {
+        // Verification runs the written model in ONNX Runtime; the same allocation options with and without compensation.
+        double Compile(string compensation)
+        {
+            var dir = Out("compensation-" + compensation);
+            var (code, _, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", dir, "--quiet",
+                "--target-bits", "3", "--calib-samples", "32", "--no-cache", "--compensation", compensation);
+            Assert.True(code == 0, stderr);
+            return Measured(dir);
+        }
+        var none = Compile("none");
+        var all = Compile("all");
+        Assert.True(all < 0.9 * none, $"with compensation {all}, without {none}");
+        using var report = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Path.Combine(Out("compensation-all"), "report.json")));
+        var layers = report.RootElement.GetProperty("compensation").GetProperty("layers").EnumerateArray().ToList();
+        Assert.Equal(3, layers.Count);
+        Assert.All(layers, l => Assert.True(l.GetProperty("gptq").GetBoolean()));
     }
 
     [Fact]

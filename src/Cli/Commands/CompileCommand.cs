@@ -49,6 +49,8 @@ internal static class CompileCommand
         format.AcceptOnlyFromAmong("qdq", "matmulnbits");
         var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
         var keepInitializerInputs = new Option<bool>("--keep-initializer-inputs") { Description = "List initializers that the model also has as graph inputs among the quantized model's inputs again (those left in float; quantized weights cannot be overridden)" };
+        var compensation = new Option<string?>("--compensation") { Description = "What compensates the weights' rounding error: none, bias (mean output shift folded into the bias), gptq (second-order rounding through the inverse input second moments) or all (default; none with --curves fast, whose proxy prices rounding to nearest)" };
+        compensation.AcceptOnlyFromAmong("none", "bias", "gptq", "all");
         var runBatch = new Option<int>("--run-batch") { Description = "Samples stacked into one ONNX Runtime run when the model's batch axis is symbolic", DefaultValueFactory = _ => 8 };
         var curves = new Option<string>("--curves") { Description = "gain (closed-form local error x propagation gain measured on a few samples), exact (measured at every width on every sample) or fast (diagonal proxy scaled by one measured width)", DefaultValueFactory = _ => "gain" };
         curves.AcceptOnlyFromAmong("gain", "exact", "fast");
@@ -56,8 +58,9 @@ internal static class CompileCommand
         var writeCurves = new Option<string?>("--write-curves") { Description = "Also write the curves used (onnxquant.curves/1) to this file, for --curves-file or onnxquant solve" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Curve cache folder (default $XDG_CACHE_HOME/onnxquant/curves)" };
         var noCache = new Option<bool>("--no-cache") { Description = "Measure curves without reading or writing the cache" };
-        var maxDistortion = new Option<double?>("--max-distortion") { Description = "Exit 3 when the measured distortion exceeds this" };
-        var maxDrop = new Option<double?>("--max-drop") { Description = "Exit 3 when bbox AP drops by more than this many points (needs --eval-data and --eval-annotations)" };
+        var maxDistortion = new Option<double?>("--max-distortion") { Description = "Keep the measured distortion at most this: raise widths where the curves gain most per bit (float when 8 bits is not enough) until it holds; exit 3 when even that fails" };
+        var maxDrop = new Option<double?>("--max-drop") { Description = "Keep the bbox AP drop at most this many points (needs --eval-data and --eval-annotations), repaired as --max-distortion; exit 3 when even that fails" };
+        var maxRepairRate = new Option<double?>("--max-repair-rate") { Description = "Average weight bits the guard repair may reach (float counts 32; default: no limit)" };
         var evalData = new Option<string?>("--eval-data") { Description = "Evaluation .npz for --max-drop" };
         var evalAnnotations = new Option<string?>("--eval-annotations") { Description = "COCO annotations JSON for --max-drop" };
         var noBaseline = new Option<bool>("--no-baseline") { Description = "Do not measure the uniform baseline (every unit at the width nearest each target; one more verification per width)" };
@@ -70,8 +73,8 @@ internal static class CompileCommand
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
-                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, keepInitializerInputs, curves, curvesFile, writeCurves, cacheDir, noCache,
-                     maxDistortion, maxDrop, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
+                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, keepInitializerInputs, compensation, curves, curvesFile, writeCurves, cacheDir, noCache,
+                     maxDistortion, maxDrop, maxRepairRate, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
         command.SetAction(parse =>
@@ -122,11 +125,14 @@ internal static class CompileCommand
                     Format = parse.GetValue(format) == "matmulnbits" ? WeightFormat.MatMulNBits : WeightFormat.Qdq,
                     BlockSize = parse.GetValue(blockSize),
                     KeepInitializerInputs = parse.GetValue(keepInitializerInputs),
+                    Compensation = parse.GetValue(compensation) is { } named ? Compensator.Parse(named)
+                        : parse.GetValue(curves) == "fast" ? Compensation.None : Compensation.All,
                 },
                 Guards = new GuardOptions
                 {
                     MaxDistortion = parse.GetValue(maxDistortion),
                     MaxDrop = parse.GetValue(maxDrop),
+                    MaxRepairRate = parse.GetValue(maxRepairRate),
                     EvalData = parse.GetValue(evalData),
                     EvalAnnotations = parse.GetValue(evalAnnotations),
                 },

@@ -20,6 +20,16 @@ public sealed record DistortionReport(double Predicted, double Measured, int Sam
 /// <summary>Box AP (0..1) of the float model and of this target's model on the evaluation set (<c>--eval-data</c>).</summary>
 public sealed record AccuracyReport(double FloatAp, double QuantizedAp);
 
+/// <summary>One width the repair raised: a unit from one width to another (32 = restored to float).</summary>
+public sealed record RaisedUnit(string Unit, int FromBits, int ToBits);
+
+/// <summary>
+/// What the accuracy guard's repair did: the measured distortion (and AP drop, when measured) before and after, the
+/// rate before and after (float weights count 32 bits), the rounds of rewrite and verify, and the units raised.
+/// </summary>
+public sealed record RepairReport(string Guard, double InitialMeasured, double FinalMeasured, double? InitialDrop, double? FinalDrop,
+    double InitialRate, double FinalRate, int Rounds, bool Met, IReadOnlyList<RaisedUnit> Raised);
+
 /// <summary>Everything <c>report.json</c> (schema <c>onnxquant.report/1</c>) holds for one target.</summary>
 public sealed record CompileReport
 {
@@ -55,4 +65,12 @@ public sealed record CompileReport
 
     /// <summary>AP figures when the compile evaluated (<c>--eval-data</c>); null otherwise.</summary>
     public AccuracyReport? Accuracy { get; init; }
+
+    /// <summary>--compensation, and what each quantized layer got (empty when none).</summary>
+    public string Compensation { get; init; } = "none";
+
+    public IReadOnlyList<LayerCompensation> Compensated { get; init; } = [];
+
+    /// <summary>What the accuracy guard's repair raised (null when no repair ran).</summary>
+    public RepairReport? Repair { get; init; }
 }

@@ -143,6 +143,52 @@ public static class ReportWriter
             if (r.CurveGains.Count > 0)
                 Curves.GainReportWriter.Write(w, r.CurveGains);
 
+            if (r.Compensated.Count > 0)
+            {
+                w.WriteStartObject("compensation");
+                w.WriteString("mode", r.Compensation);
+                w.WriteStartArray("layers");
+                foreach (var c in r.Compensated)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("layer", c.Layer);
+                    w.WriteBoolean("gptq", c.Gptq);
+                    w.WriteBoolean("bias_corrected", c.BiasCorrected);
+                    if (c.BiasNote is { } note)
+                        w.WriteString("bias_note", note);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+
+            if (r.Repair is { } repair)
+            {
+                w.WriteStartObject("repair");
+                w.WriteString("guard", repair.Guard);
+                w.WriteBoolean("met", repair.Met);
+                w.WriteNumber("rounds", repair.Rounds);
+                w.WriteNumber("initial_measured", repair.InitialMeasured);
+                w.WriteNumber("final_measured", repair.FinalMeasured);
+                if (repair.InitialDrop is { } d0)
+                    w.WriteNumber("initial_ap_drop_points", d0);
+                if (repair.FinalDrop is { } d1)
+                    w.WriteNumber("final_ap_drop_points", d1);
+                w.WriteNumber("initial_rate", repair.InitialRate);
+                w.WriteNumber("final_rate", repair.FinalRate);
+                w.WriteStartArray("raised");
+                foreach (var u in repair.Raised)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("unit", u.Unit);
+                    w.WriteNumber("from_bits", u.FromBits);
+                    w.WriteNumber("to_bits", u.ToBits);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+
             w.WriteStartArray("notes");
             foreach (var n in r.Notes) w.WriteStringValue(n);
             w.WriteEndArray();

@@ -35,6 +35,8 @@ public sealed record CompileOptions
         foreach (var stage in Stages)
             stage.Validate();
         Allocation.ValidateFeasible(Curves.CandidateBits);
+        if (Curves.Mode == CurveMode.Fast && Rewrite.Compensation != Quantization.Compensation.None)
+            throw new CompileException("--curves fast prices weights rounded to nearest: use --compensation none with it, or --curves gain or exact");
     }
 
     /// <summary>

@@ -73,17 +73,19 @@ public static class Compiler
         var initializerInputs = options.Rewrite.KeepInitializerInputs ? DetachInitializerInputsPass.InitializerInputs(loaded.Model) : [];
 
         // Exact and gain curves run on graph cuts; gain curves read their layers' input rows in the calibration pass.
-        var cutCurves = options.Curves.Mode == CurveMode.Fast || pinned is not null ? null
+        // Compensation reads the same rows, whatever the curves.
+        var cutCurves = (options.Curves.Mode == CurveMode.Fast || pinned is not null) && options.Rewrite.Compensation == Quantization.Compensation.None ? null
             : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads);
         var calibration = clock.Time("calibrate", () => CalibrateStage.Run(canonical,
             discovery.Layers.Select(l => l.Activation).Distinct()
                 .Select(a => (a, discovery.Layers.First(l => l.Activation == a).ActivationChannelAxis)).ToList(),
             loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast, options.Execution, progress,
-            cutCurves?.ExtraTensors.Count > 0 ? cutCurves : null));
+            cutCurves is { } tap && (tap.ExtraTensors.Count > 0 || tap.CollectsRows) ? tap : null));
 
         var curves = clock.Time("curves", () => CurveStage.Run(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
-            options.CurveKey(), progress, pinned, cutCurves));
+            options.CurveKey(), progress, pinned, options.Curves.Mode == CurveMode.Fast ? null : cutCurves));
+        Func<string, Quantization.InputStatistics?>? statistics = cutCurves is null ? null : cutCurves.Statistics;
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
         Verifier? verifier = null;
@@ -105,9 +107,9 @@ public static class Compiler
             {
                 using var stage = progress.Begin($"uniform baseline {width} bits", 1);
                 var plans = RewriteStage.Plans(discovery, partition, _ => width);
-                var rewritten = RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits);
+                var rewritten = RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics);
                 measured = VerifyStage.Run(rewritten,
-                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false),
+                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics),
                     verifier!, debugDirectory, $"uniform-{width}").Measured;
                 uniformMeasured[width] = measured;
                 stage.Advance();
@@ -116,26 +118,62 @@ public static class Compiler
         }
 
         var artifacts = new List<TargetArtifact>();
+        double? floatAp = null;
         foreach (var target in options.Allocation.TargetBits)
         {
             var allocation = clock.Time("allocate", () => AllocateStage.Run(partition, target, options.Allocation));
-            var plans = RewriteStage.Plans(discovery, partition, allocation.Allocation);
-            var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits));
-            var verified = clock.Time("verify", () =>
+            VerifiedModel RewriteAndVerify(Func<string, int> bitsOf)
             {
-                var split = loaded.Verification;
-                verifier ??= new Verifier(canonical, features, split.Data, split.Start, split.Count,
-                    options.Execution.Measurement(), options.Execution.RunBatch);
-                using var stage = progress.Begin($"verify {AllocationOptions.FormatBits(target)} bits", 1);
-                var result = VerifyStage.Run(rewritten,
-                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false),
-                    verifier, debugDirectory, $"bits-{AllocationOptions.FormatBits(target)}");
-                stage.Advance();
-                return result;
-            });
+                var plans = RewriteStage.Plans(discovery, partition, bitsOf);
+                var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics));
+                return clock.Time("verify", () =>
+                {
+                    var split = loaded.Verification;
+                    verifier ??= new Verifier(canonical, features, split.Data, split.Start, split.Count,
+                        options.Execution.Measurement(), options.Execution.RunBatch);
+                    using var stage = progress.Begin($"verify {AllocationOptions.FormatBits(target)} bits", 1);
+                    var result = VerifyStage.Run(rewritten,
+                        () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics),
+                        verifier, debugDirectory, $"bits-{AllocationOptions.FormatBits(target)}");
+                    stage.Advance();
+                    return result;
+                });
+            }
+            var verified = RewriteAndVerify(allocation.Allocation.BitsOf);
+            var bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
+
+            // A failing accuracy guard is repaired first: widths raised where the curves promise the most per bit.
+            RepairOutcome? repair = null;
+            if (options.Guards.MaxDistortion is not null || options.Guards.MaxDrop is not null)
+            {
+                GuardMeasurement Measure(VerifiedModel v, byte[] model)
+                {
+                    if (options.Guards.MaxDrop is null)
+                        return new GuardMeasurement(v.Measured, null);
+                    floatAp ??= clock.Time("guards", () => GuardStage.Ap(guards, File.ReadAllBytes(modelPath), options.Execution));
+                    var ap = clock.Time("guards", () => GuardStage.Ap(guards, model, options.Execution));
+                    return new GuardMeasurement(v.Measured, (floatAp - ap) * 100);
+                }
+                var first = Measure(verified, bytes);
+                if (!GuardRepair.Holds(options.Guards, first))
+                {
+                    var curveOf = partition.FreeCurves.ToDictionary(c => c.Name, StringComparer.Ordinal);
+                    var units = partition.FreeUnits.Select(u => new RepairUnit(u.Name, u.Layer.Name, u.Size,
+                        curveOf[u.Name].Bits.ToList(), curveOf[u.Name].Distortion.ToList())).ToList();
+                    var initial = allocation.Allocation.Units.ToDictionary(u => u.Name, u => u.Bits, StringComparer.Ordinal);
+                    repair = GuardRepair.Run(options.Guards, units, initial, first, widths =>
+                    {
+                        verified = RewriteAndVerify(n => widths[n]);
+                        bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
+                        return Measure(verified, bytes);
+                    });
+                    progress.Note($"guard repair at {AllocationOptions.FormatBits(target)} bits: {repair.Report.Raised.Count} unit(s) raised in {repair.Report.Rounds} round(s), " +
+                                  $"rate {repair.Report.InitialRate:0.000} -> {repair.Report.FinalRate:0.000}, measured {repair.Report.InitialMeasured:G4} -> {repair.Report.FinalMeasured:G4}" +
+                                  (repair.Report.Met ? "" : " (the guard still fails)"));
+                }
+            }
             var relisted = DetachInitializerInputsPass.Relist(verified.Rewritten.Model, initializerInputs);
             var baseline = clock.Time("baseline", () => Baseline(target, allocation, verified.Measured));
-            var bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
             var notes = loaded.Notes.Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
@@ -143,8 +181,10 @@ public static class Compiler
                 notes.Add($"--keep-initializer-inputs: {relisted} of {initializerInputs.Count} initializer inputs listed again (the others were quantized or folded away)");
             if (options.Calibration.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
                 notes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
+            if (repair is not null)
+                notes.Add($"accuracy guard repair ({repair.Report.Guard}): {repair.Report.Raised.Count} unit(s) raised above the allocation, rate {repair.Report.InitialRate:0.000} -> {repair.Report.FinalRate:0.000} (float layers count 32 bits)");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes) with { Baseline = baseline }, bytes));
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair) with { Baseline = baseline }, bytes));
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];
@@ -160,6 +200,13 @@ public static class Compiler
             written = written.Select(t => accuracy.FirstOrDefault(a => a.Target == t.Report.TargetBits) is { } ap
                 ? t with { Report = t.Report with { Accuracy = new AccuracyReport(ap.FloatAp, ap.QuantizedAp) } }
                 : t).ToList();
+        var repairs = artifacts.Select(a => a.Report.Repair).OfType<RepairReport>().ToList();
+        if (verdict.Failed && repairs.Count > 0)
+            verdict = verdict with
+            {
+                Failure = verdict.Failure + $" (after the repair raised widths to rate {string.Join(", ", repairs.Select(r => r.FinalRate.ToString("0.000", System.Globalization.CultureInfo.InvariantCulture)))}" +
+                          (options.Guards.MaxRepairRate is { } cap ? $", the most --max-repair-rate {cap.ToString(System.Globalization.CultureInfo.InvariantCulture)} allows" : "") + ")",
+            };
         // The reports carry the timings up to here, so writing them is the one stage they cannot include.
         var timings = clock.Timings;
         var results = ArtifactStage.WriteReports(output, written, timings, manifest, outputs);
@@ -169,15 +216,22 @@ public static class Compiler
 
     private static CompileReport Report(string toolVersion, CompileOptions options, IReadOnlyList<string> features,
         UnitDiscoveryResult discovery, Partition partition, CurveSet curves, TargetAllocation target, RewriteResult rewrite,
-        byte[] model, double measured, int samples, bool heldOut, IReadOnlyList<string> notes)
+        byte[] model, double measured, int samples, bool heldOut, IReadOnlyList<string> notes, RepairOutcome? repair = null)
     {
         var allocation = target.Allocation;
+        var repaired = repair?.Bits;
+        double RepairedDistortion(string name)
+        {
+            var curve = partition.FreeCurves.First(c => c.Name == name);
+            var b = repaired![name];
+            return b == GuardRepair.FloatBits ? 0 : curve.Distortion[curve.Bits.ToList().IndexOf(b)];
+        }
         var units = partition.FreeUnits.ToDictionary(u => u.Name, StringComparer.Ordinal);
         return new CompileReport
         {
             ToolVersion = toolVersion,
             TargetBits = target.Target,
-            Rate = allocation.Rate,
+            Rate = repair?.Report.FinalRate ?? allocation.Rate,
             Solver = options.Allocation.Solver.ToString().ToLowerInvariant(),
             MinBits = target.MinBits,
             Features = features,
@@ -190,6 +244,9 @@ public static class Compiler
             Units = allocation.Units.Select(a =>
             {
                 var unit = units[a.Name];
+                if (repaired is not null && repaired[a.Name] != a.Bits)
+                    return new UnitReport(a.Name, unit.Layer.Name, unit.Layer.OpType, unit.ChannelStart, unit.ChannelCount, a.Size,
+                        repaired[a.Name], RepairedDistortion(a.Name));
                 return new UnitReport(a.Name, unit.Layer.Name, unit.Layer.OpType, unit.ChannelStart, unit.ChannelCount, a.Size, a.Bits, a.Distortion);
             }).ToList(),
             Heads = partition.Heads,
@@ -198,9 +255,12 @@ public static class Compiler
             Layers = rewrite.Layers,
             Sizes = new SizeReport(rewrite.Layers.Sum(l => l.FloatBytes), rewrite.Layers.Sum(l => l.IdealBits),
                 rewrite.Layers.Sum(l => l.Bytes), model.LongLength),
-            Distortion = new DistortionReport(allocation.PredictedDistortion, measured, samples, heldOut, Metric),
+            Distortion = new DistortionReport(repaired is null ? allocation.PredictedDistortion : allocation.Units.Sum(u => RepairedDistortion(u.Name)), measured, samples, heldOut, Metric),
             Notes = notes,
             CurveGains = curves.Gains,
+            Compensation = Quantization.Compensator.Name(options.Rewrite.Compensation),
+            Compensated = rewrite.Compensated ?? [],
+            Repair = repair?.Report,
         };
     }
 }

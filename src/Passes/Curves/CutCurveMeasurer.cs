@@ -98,7 +98,8 @@ public sealed class CutCurveMeasurer : ICalibrationTap
         _layers = units.Select(u => u.Layer).Distinct().ToList();
         _energy = new double[features.Count];
         _energySamples = new int[features.Count];
-        if (options.Mode == CurveMode.Exact)
+        // Rows also feed compensation (second-order rounding, bias correction), whatever the curve mode.
+        if (options.Mode == CurveMode.Exact && storage.Compensation == Compensation.None)
             return;
         var perSample = Math.Max(1, (_settings.LocalRows + samples - 1) / samples);
         for (var i = 0; i < _layers.Count; i++)
@@ -112,6 +113,22 @@ public sealed class CutCurveMeasurer : ICalibrationTap
             list.Add(rows);
         }
     }
+
+    /// <summary>Whether the calibration pass must feed this object (input rows, feature energy).</summary>
+    public bool CollectsRows => _rows.Count > 0;
+
+    /// <summary>Input statistics of a layer (by name) for compensation, from the rows the calibration pass fed; null
+    /// without compensation or rows. Computed on demand and kept up to 1 GiB.</summary>
+    public InputStatistics? Statistics(string layer)
+    {
+        if (_storage.Compensation == Compensation.None)
+            return null;
+        _statistics ??= new InputStatisticsCache(
+            name => _rows.FirstOrDefault(p => p.Key.Name == name).Value?.Statistics(), 1L << 30);
+        return _statistics.Find(layer);
+    }
+
+    private InputStatisticsCache? _statistics;
 
     /// <summary>The features: their energy over all calibration samples normalizes the gain measurements.</summary>
     public IReadOnlyCollection<string> ExtraTensors => _options.Mode == CurveMode.Exact ? [] : _features.ToList();
@@ -177,11 +194,15 @@ public sealed class CutCurveMeasurer : ICalibrationTap
                     var local = rows is not null && rows.Fallback is null && rows.RowCount > 0;
                     var weight = floatWeights[layer];
                     var layout = layer.Layout(_storage.Format, _storage.BlockSize);
-                    var channelErrors = local ? rows!.ChannelErrors(weight, layout, bits, _threads) : null;
+                    var statistics = Statistics(layer.Name);
+                    var gptq = _storage.Compensation.HasFlag(Compensation.Gptq);
+                    var quantized = new Dictionary<int, float[]>();
+                    // The same quantizer as the rewrite, so the curves price the weights that are written.
+                    float[] Quantized(int b) => quantized.TryGetValue(b, out var q) ? q : quantized[b] = Compensator.FakeQuantize(weight, layout, b, statistics, gptq);
+                    var channelErrors = local ? rows!.ChannelErrors(weight, Quantized, bits,
+                        statistics is not null && _storage.Compensation.HasFlag(Compensation.Bias), _threads) : null;
                     if (!exact && !local)
                         notes.Add($"layer '{layer.Name}': no closed-form local error ({rows!.Fallback ?? "no input rows"}); its curve is measured at every width on the gain samples");
-                    var quantized = new Dictionary<int, float[]>();
-                    float[] Quantized(int b) => quantized.TryGetValue(b, out var q) ? q : quantized[b] = QuantMath.FakeQuantizeWeight(weight, layout, b);
                     var channelOf = layer.OutputChannelOfElements();
 
                     foreach (var unit in _units.Where(u => u.Layer == layer))

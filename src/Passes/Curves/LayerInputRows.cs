@@ -127,28 +127,37 @@ public sealed class LayerInputRows
 
     /// <summary>
     /// Per width (in <paramref name="bits"/> order) and output channel: the expected squared error that quantizing the
-    /// weight adds to that channel of the layer output, summed over one sample's rows.
+    /// weight (round to nearest) adds to that channel of the layer output, summed over one sample's rows.
     /// </summary>
-    public double[][] ChannelErrors(float[] weight, WeightLayout layout, IReadOnlyList<int> bits, int threads)
+    public double[][] ChannelErrors(float[] weight, WeightLayout layout, IReadOnlyList<int> bits, int threads) =>
+        ChannelErrors(weight, b => QuantMath.FakeQuantizeWeight(weight, layout, b), bits, false, threads);
+
+    /// <summary>
+    /// As above for the weights <paramref name="quantize"/> gives per width (the compensated ones); with
+    /// <paramref name="centered"/>, the error left once the bias absorbs the mean shift: <c>(dW (x - mean x))^2</c>.
+    /// </summary>
+    public double[][] ChannelErrors(float[] weight, Func<int, float[]> quantize, IReadOnlyList<int> bits, bool centered, int threads)
     {
         if (Fallback is not null || _rows.Count == 0)
             throw new InvalidOperationException($"layer '{_layer.Name}' has no input rows ({Fallback ?? "none observed"})");
         var channels = _layer.Channels;
         var result = new double[bits.Count][];
         var scale = RowsPerSampleObserved * Alpha * Alpha / _rows.Count;
+        var mean = centered ? Mean() : null;
         for (var k = 0; k < bits.Count; k++)
         {
-            var q = QuantMath.FakeQuantizeWeight(weight, layout, bits[k]);
+            var q = quantize(bits[k]);
             var errors = new double[channels];
             var parallel = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
             // Each channel is summed sequentially in row order, so the result does not depend on the thread count.
             Parallel.For(0, channels, parallel, c =>
             {
                 var (dw, offset) = ChannelDelta(weight, q, c);
+                double shift = mean is null ? 0 : TensorPrimitives.Dot(mean.AsSpan(offset, dw.Length), dw);
                 double sum = 0;
                 foreach (var x in _rows)
                 {
-                    double v = TensorPrimitives.Dot(x.AsSpan(offset, dw.Length), dw);
+                    double v = TensorPrimitives.Dot(x.AsSpan(offset, dw.Length), dw) - shift;
                     sum += v * v;
                 }
                 errors[c] = sum * scale;
@@ -156,6 +165,25 @@ public sealed class LayerInputRows
             result[k] = errors;
         }
         return result;
+    }
+
+    private float[] Mean()
+    {
+        var sum = new double[Reduction];
+        foreach (var x in _rows)
+            for (var i = 0; i < Reduction; i++)
+                sum[i] += x[i];
+        return sum.Select(v => (float)(v / _rows.Count)).ToArray();
+    }
+
+    /// <summary>S = E[x x^T] and E[x] of the kept rows, for compensation; null when no rows could be formed.</summary>
+    public InputStatistics? Statistics()
+    {
+        if (Fallback is not null || _rows.Count == 0)
+            return null;
+        var rowLength = _layer.OpType == "Conv" ? (int)(_layer.Size / _layer.Channels) : Reduction;
+        var perGroup = _layer.OpType == "Conv" ? _layer.Channels / Math.Max(1, _layer.Groups) : _layer.Channels;
+        return InputStatistics.FromRows(_rows, Reduction, rowLength, perGroup);
     }
 
     /// <summary>The weight change of output channel <paramref name="c"/> laid out like a slice of an input row.</summary>

@@ -18,6 +18,10 @@ public sealed record GuardOptions : IStageOptions
     /// <summary>COCO annotations JSON matching <see cref="EvalData"/>.</summary>
     public string? EvalAnnotations { get; init; }
 
+    /// <summary>Highest average weight width the repair of a failing guard may reach (float weights count 32 bits);
+    /// null = up to float everywhere.</summary>
+    public double? MaxRepairRate { get; init; }
+
     public bool MeasuresAp => EvalData is not null && EvalAnnotations is not null;
 
     public void Validate()
@@ -26,6 +30,8 @@ public sealed record GuardOptions : IStageOptions
             throw new CompileException("--max-drop needs --eval-data and --eval-annotations");
         if (MaxDrop is { } drop && (!double.IsFinite(drop) || drop < 0))
             throw new CompileException($"--max-drop {drop.ToString(CultureInfo.InvariantCulture)} must be a non-negative number of AP points");
+        if (MaxRepairRate is { } r && (!double.IsFinite(r) || r < 2 || r > 32))
+            throw new CompileException($"--max-repair-rate {r.ToString(CultureInfo.InvariantCulture)} must be between 2 and 32 bits");
         if (MaxDistortion is { } d && (!double.IsFinite(d) || d < 0))
             throw new CompileException($"--max-distortion {d.ToString(CultureInfo.InvariantCulture)} must be a non-negative number");
     }
@@ -34,5 +40,6 @@ public sealed record GuardOptions : IStageOptions
     [
         new("max_distortion", MaxDistortion?.ToString(CultureInfo.InvariantCulture) ?? "none"),
         new("max_drop", MaxDrop?.ToString(CultureInfo.InvariantCulture) ?? "none"),
+        .. MaxRepairRate is { } r ? [new OptionEntry("max_repair_rate", r.ToString(CultureInfo.InvariantCulture))] : Array.Empty<OptionEntry>(),
     ];
 }

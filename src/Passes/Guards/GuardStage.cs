@@ -29,6 +29,15 @@ public static class GuardStage
         options.MeasuresAp ? Npz.Read(options.EvalData!) : null,
         options.MeasuresAp ? CocoDataset.Load(options.EvalAnnotations!) : null);
 
+    /// <summary>Box AP of a model held in memory on the evaluation set (null when AP is not measured).</summary>
+    public static double? Ap(PreparedGuards guards, byte[] model, ExecutionOptions execution)
+    {
+        if (guards is not { EvalData: { } data, GroundTruth: { } truth })
+            return null;
+        using var session = InferenceSession.Create(model, execution.Measurement());
+        return DetectionEvaluator.Evaluate(session, data, truth).Bbox.AP ?? 0;
+    }
+
     public static GuardResult Check(PreparedGuards guards, string floatModelPath, IReadOnlyList<TargetResult> targets, ExecutionOptions execution)
     {
         var failures = new List<string>();

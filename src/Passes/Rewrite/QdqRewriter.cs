@@ -18,8 +18,13 @@ public sealed record LayerStorage(string Layer, string Format, DataType Containe
 
 /// <summary>What the rewrite produced.</summary>
 /// <param name="WeightOnlyLayers">Quantized layers left without activation Q/DQ (INT2 containers).</param>
+/// <param name="Compensated">What compensated each layer's rounding (layers without input statistics get none).</param>
 public sealed record RewriteResult(IReadOnlyList<LayerStorage> Layers, long Opset, long IrVersion, int ActivationPairs,
-    IReadOnlyList<string> WeightOnlyLayers);
+    IReadOnlyList<string> WeightOnlyLayers, IReadOnlyList<LayerCompensation>? Compensated = null);
+
+/// <summary>The compensation one layer got: second-order rounding, and whether its bias absorbed the mean output shift
+/// (<see cref="BiasNote"/> says why not when it could not).</summary>
+public sealed record LayerCompensation(string Layer, bool Gptq, bool BiasCorrected, string? BiasNote);
 
 /// <summary>
 /// Rewrites a model to QDQ form. Weights: each quantized layer's float initializer becomes a signed integer
@@ -40,9 +45,12 @@ public static class QdqRewriter
     /// False keeps 2-bit weights in INT4 containers (same values, opset 21 instead of 25), for models with ops that
     /// the runtime cannot load at opset 25.
     /// </param>
+    /// <param name="statistics">Input statistics per layer name, for <see cref="RewriteOptions.Compensation"/>; layers
+    /// without them are rounded to nearest.</param>
     public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, RewriteOptions options,
-        int actBits, bool allowInt2 = true)
+        int actBits, bool allowInt2 = true, Func<string, InputStatistics?>? statistics = null)
     {
+        var compensated = new List<LayerCompensation>();
         var graph = model.Graph;
         var storage = new List<LayerStorage>();
         long requiredOpset = 13; // per-axis DequantizeLinear
@@ -58,7 +66,16 @@ public static class QdqRewriter
             var weights = weightValue.Initializer!.ToFloatArray();
             var floatBytes = weightValue.Initializer.ByteSize;
             var layout = layer.Layout(options.Format, options.BlockSize);
-            var quantized = QuantizePerChannel(weights, layout, plan.ChannelBits);
+            var stats = statistics?.Invoke(layer.Name);
+            var gptq = stats is not null && options.Compensation.HasFlag(Compensation.Gptq);
+            var quantized = Compensator.Quantize(weights, layout, plan.ChannelBits, stats, gptq);
+            if (stats is not null && options.Compensation != Compensation.None)
+            {
+                string? biasNote = null;
+                if (options.Compensation.HasFlag(Compensation.Bias))
+                    biasNote = CorrectBias(graph, node, layer, Compensator.OutputShift(weights, quantized.Dequantize(), layout, stats));
+                compensated.Add(new LayerCompensation(layer.Name, gptq, options.Compensation.HasFlag(Compensation.Bias) && biasNote is null, biasNote));
+            }
             var ideal = IdealBits(layer, plan.ChannelBits);
             if (options.Format == WeightFormat.MatMulNBits && layer.OpType == "MatMul")
             {
@@ -106,7 +123,7 @@ public static class QdqRewriter
         var finalOpset = model.OpsetImports.Default ?? requiredOpset;
         model.IrVersion = Math.Max(model.IrVersion, finalOpset >= 25 ? 12 : finalOpset >= 21 ? 10 : finalOpset >= 19 ? 9 : 7);
         graph.TopologicalSort();
-        return new RewriteResult(storage, finalOpset, model.IrVersion, pairs, weightOnly);
+        return new RewriteResult(storage, finalOpset, model.IrVersion, pairs, weightOnly, compensated);
     }
 
     /// <summary>Signed container for a width: INT2, INT4 or INT8.</summary>
@@ -123,29 +140,75 @@ public static class QdqRewriter
     public static long IdealBits(QuantLayer layer, int[] channelBits) =>
         channelBits.Sum(b => (long)b) * (layer.Size / layer.Channels);
 
-    /// <summary>Quantizes each channel at its own width (one pass per distinct width).</summary>
-    internal static WeightQuantization QuantizePerChannel(float[] weights, WeightLayout layout, int[] channelBits)
+    /// <summary>Quantizes each channel at its own width, rounding to nearest.</summary>
+    internal static WeightQuantization QuantizePerChannel(float[] weights, WeightLayout layout, int[] channelBits) =>
+        Compensator.Quantize(weights, layout, channelBits, null, false);
+
+    /// <summary>
+    /// Subtracts the mean output shift from the layer's bias: Conv's B and Gemm's C (added when absent, C divided by
+    /// beta, the shift scaled by alpha), or the constant [N] addend of an Add that alone consumes a MatMul. Returns why
+    /// not when the layer has no such bias (then nothing changes).
+    /// </summary>
+    private static string? CorrectBias(Graph graph, Node node, QuantLayer layer, double[] shift)
     {
-        var distinct = channelBits.Distinct().OrderBy(b => b).ToArray();
-        if (distinct.Length == 1)
-            return QuantMath.QuantizeWeight(weights, layout, distinct[0]);
-        var byBits = distinct.ToDictionary(b => b, b => QuantMath.QuantizeWeight(weights, layout, b));
-        var values = new sbyte[weights.Length];
-        var scales = new float[layout.Channels * layout.BlocksPerChannel];
-        var buffer = new float[layout.BlockLength];
-        var indices = new int[layout.BlockLength];
-        for (var c = 0; c < layout.Channels; c++)
+        var n = shift.Length;
+        switch (node.OpType)
         {
-            var q = byBits[channelBits[c]];
-            for (var blk = 0; blk < layout.BlocksPerChannel; blk++)
+            case "Conv":
+                return Fold(graph, node, 2, layer, shift, 1.0);
+            case "Gemm":
             {
-                scales[c * layout.BlocksPerChannel + blk] = q.Scales[c * layout.BlocksPerChannel + blk];
-                var n = layout.GatherBlock(weights, c, blk, buffer, indices);
-                for (var i = 0; i < n; i++)
-                    values[indices[i]] = q.Values[indices[i]];
+                var beta = node.GetFloat("beta", 1f);
+                if (beta == 0f && node.Inputs.Count > 2 && node.Inputs[2] is not null)
+                    return "Gemm with beta 0";
+                var alpha = node.GetFloat("alpha", 1f);
+                if (node.Inputs.Count <= 2 || node.Inputs[2] is null)
+                    node.SetAttribute(Attribute.FromFloat("beta", 1f));
+                return Fold(graph, node, 2, layer, shift, alpha / (node.Inputs.Count > 2 && node.Inputs[2] is not null ? beta : 1f));
             }
+            case "MatMul":
+            {
+                var output = node.Outputs[0];
+                if (output.Uses.Count != 1 || output.IsGraphOutput || output.Uses[0].Node is not { OpType: "Add" } add)
+                    return "MatMul without a bias Add";
+                var other = add.Inputs[1 - output.Uses[0].InputIndex];
+                if (other is not { IsInitializer: true } || other.Uses.Count != 1 || other.Initializer!.DataType != DataType.Float
+                    || other.Initializer.ElementCount != n || other.Initializer.Dims[^1] != n)
+                    return "MatMul whose Add does not take a constant of its own per output channel";
+                return Fold(graph, add, 1 - output.Uses[0].InputIndex, layer, shift, 1.0);
+            }
+            default:
+                return $"{node.OpType} has no bias";
         }
-        return new WeightQuantization(channelBits.Max(), layout, values, scales);
+    }
+
+    private static string? Fold(Graph graph, Node node, int index, QuantLayer layer, double[] shift, double factor)
+    {
+        var n = shift.Length;
+        var current = node.Inputs.Count > index ? node.Inputs[index] : null;
+        if (current is null)
+        {
+            var bias = shift.Select(s => (float)(-s * factor)).ToArray();
+            while (node.Inputs.Count < index)
+                node.AppendInput(null);
+            var value = graph.AddInitializer(graph.UniqueName(layer.Name + "_bias_correction"), Tensor.FromFloats("b", [n], bias));
+            if (node.Inputs.Count == index)
+                node.AppendInput(value);
+            else
+                node.ReplaceInput(index, value);
+            return null;
+        }
+        if (!current.IsInitializer || current.Initializer!.DataType != DataType.Float || current.Initializer.ElementCount != n)
+            return "bias is not a constant with one value per output channel";
+        var values = current.Initializer.ToFloatArray();
+        for (var c = 0; c < n; c++)
+            values[c] = (float)(values[c] - shift[c] * factor);
+        var replacement = Tensor.FromFloats(current.Name, current.Initializer.GetDims(), values);
+        if (current.Uses.Count == 1)
+            graph.SetInitializer(current, replacement);
+        else
+            node.ReplaceInput(index, graph.AddInitializer(graph.UniqueName(layer.Name + "_bias_corrected"), replacement));
+        return null;
     }
 
     private static long ReplaceWithDequantize(Graph graph, Value weightValue, QuantLayer layer, WeightQuantization q, DataType container)

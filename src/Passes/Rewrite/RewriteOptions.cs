@@ -18,19 +18,26 @@ public sealed record RewriteOptions : IStageOptions
     /// </summary>
     public bool KeepInitializerInputs { get; init; }
 
+    /// <summary>What compensates the weights' rounding error (the curves are measured with the same).</summary>
+    public Compensation Compensation { get; init; } = Compensation.None;
+
     public void Validate()
     {
         if (BlockSize is not (16 or 32 or 64 or 128))
             throw new CompileException($"--block-size {BlockSize}: MatMulNBits takes 16, 32, 64 or 128");
     }
 
+    // Compensation only when used, so manifests of uncompensated compiles keep their bytes.
     public IEnumerable<OptionEntry> Manifest() =>
     [
         new("format", Format.ToString().ToLowerInvariant()),
         new("block_size", BlockSize.ToString(CultureInfo.InvariantCulture)),
         new("keep_initializer_inputs", KeepInitializerInputs ? "true" : "false"),
+        .. Compensation == Compensation.None ? Array.Empty<OptionEntry>() : [new("compensation", Compensator.Name(Compensation))],
     ];
 
-    // The fake-quantized weights the curves measure follow the storage layout (blocked for MatMulNBits).
-    public IEnumerable<string> CurveKey() => ["format=" + Format, "block=" + BlockSize];
+    // The fake-quantized weights the curves measure follow the storage layout (blocked for MatMulNBits) and the
+    // compensation (absent when none, so curves cached before compensation existed stay valid).
+    public IEnumerable<string> CurveKey() =>
+        ["format=" + Format, "block=" + BlockSize, .. Compensation == Compensation.None ? Array.Empty<string>() : ["compensation=" + Compensator.Name(Compensation)]];
 }

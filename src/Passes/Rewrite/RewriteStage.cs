@@ -1,6 +1,7 @@
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Allocate;
 using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Quantization;
 using OnnxQuant.Passes.Units;
 using OnnxQuant.Solvers;
 
@@ -12,6 +13,9 @@ public sealed record RewrittenModel(Model Model, RewriteResult Result);
 /// <summary>Turns one target's allocation into per-channel widths for every quantized layer and rewrites a copy.</summary>
 public static class RewriteStage
 {
+    /// <summary>The width that means "keep this unit's layer float" (the accuracy guard's repair restores layers).</summary>
+    public const int FloatBits = 32;
+
     /// <summary>
     /// Per-channel widths of every layer: heads at their head width, allocated layers from their units; layers with
     /// neither (no unit in the budget) stay float.
@@ -19,7 +23,8 @@ public static class RewriteStage
     public static IReadOnlyList<LayerPlan> Plans(UnitDiscoveryResult discovery, Partition partition, Allocation allocation) =>
         Plans(discovery, partition, allocation.BitsOf);
 
-    /// <summary>The same with every free unit's width given by <paramref name="bitsOf"/> (e.g. one width for all).</summary>
+    /// <summary>As above with the widths of <paramref name="bitsOf"/>; a layer all of whose units get
+    /// <see cref="FloatBits"/> stays float.</summary>
     public static IReadOnlyList<LayerPlan> Plans(UnitDiscoveryResult discovery, Partition partition, Func<string, int> bitsOf)
     {
         var plans = new List<LayerPlan>();
@@ -32,7 +37,7 @@ public static class RewriteStage
             else
             {
                 var units = partition.FreeUnits.Where(u => u.Layer == layer).ToList();
-                if (units.Count == 0)
+                if (units.Count == 0 || units.All(u => bitsOf(u.Name) == FloatBits))
                     continue;
                 foreach (var u in units)
                     Array.Fill(bits, bitsOf(u.Name), u.ChannelStart, u.ChannelCount);
@@ -43,10 +48,10 @@ public static class RewriteStage
     }
 
     public static RewrittenModel Run(Model canonical, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration,
-        RewriteOptions options, int actBits, bool allowInt2 = true)
+        RewriteOptions options, int actBits, bool allowInt2 = true, Func<string, InputStatistics?>? statistics = null)
     {
         var quantized = canonical.Clone();
-        var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, allowInt2);
+        var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, allowInt2, statistics);
         return new RewrittenModel(quantized, result);
     }
 }

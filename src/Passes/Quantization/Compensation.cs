@@ -1,0 +1,307 @@
+using System.Numerics.Tensors;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace OnnxQuant.Passes.Quantization;
+
+/// <summary>What compensates the rounding error of quantized weights (the curves and the rewrite apply the same).</summary>
+[Flags]
+public enum Compensation
+{
+    /// <summary>Round to nearest with the MSE-chosen scale.</summary>
+    None = 0,
+    /// <summary>The expected output shift <c>(W_q - W) E[x]</c> folded into the layer's bias.</summary>
+    Bias = 1,
+    /// <summary>Second-order rounding: columns quantized in order, each error pushed onto the rest through S^-1.</summary>
+    Gptq = 2,
+    /// <summary>Both.</summary>
+    All = Bias | Gptq,
+}
+
+/// <summary>
+/// The statistics of a layer's input rows (a token for MatMul/Gemm, an im2col patch for Conv) that compensation needs:
+/// the second-moment matrix <c>S = E[x x^T]</c> (row-major, <see cref="Reduction"/>^2) and the mean <c>E[x]</c>. Output
+/// channel c reads the slice [<see cref="Offset"/>(c), + <see cref="RowLength"/>) of a row (a group's slice for a
+/// grouped Conv; the whole row otherwise).
+/// </summary>
+public sealed record InputStatistics(int Reduction, double[] Second, double[] Mean, int RowLength, int ChannelsPerGroup, int Rows)
+{
+    public int Offset(int channel) => channel / ChannelsPerGroup * RowLength;
+
+    private readonly Dictionary<int, double[]?> _factors = [];
+
+    /// <summary>The inverse factor of the slice at <paramref name="offset"/>, computed once (every width reuses it).</summary>
+    internal double[]? Factor(int offset, Func<double[]?> compute)
+    {
+        lock (_factors)
+        {
+            if (!_factors.TryGetValue(offset, out var u))
+                _factors[offset] = u = compute();
+            return u;
+        }
+    }
+
+    /// <summary>S and the mean of <paramref name="rows"/> (each <paramref name="reduction"/> long).</summary>
+    public static InputStatistics FromRows(IReadOnlyList<float[]> rows, int reduction, int rowLength, int channelsPerGroup)
+    {
+        if (rows.Count == 0)
+            throw new ArgumentException("no input rows", nameof(rows));
+        var x = Matrix<double>.Build.Dense(rows.Count, reduction, (r, i) => rows[r][i]);
+        var second = x.TransposeThisAndMultiply(x).Divide(rows.Count);
+        var mean = x.ColumnSums().Divide(rows.Count);
+        // 6 significant digits, as every measured number that drives a decision: the rows come from ONNX Runtime, whose
+        // last bits differ between thread counts and CPUs.
+        return new InputStatistics(reduction, second.ToRowMajorArray().Select(StableRounding.Round).ToArray(),
+            mean.Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
+    }
+}
+
+/// <summary>
+/// Input statistics computed on demand per layer and kept up to a memory budget: S and its inverse factor are
+/// reduction^2 doubles each (170 MB for a 3x3 Conv over 512 channels), too much to hold for every layer of a large
+/// model at once. The least recently used layers are dropped first and recomputed when asked for again.
+/// </summary>
+public sealed class InputStatisticsCache(Func<string, InputStatistics?> compute, long budgetBytes)
+{
+    private readonly Dictionary<string, InputStatistics?> _entries = new(StringComparer.Ordinal);
+    private readonly LinkedList<string> _order = new();
+    private long _bytes;
+
+    public InputStatistics? Find(string layer)
+    {
+        lock (_entries)
+        {
+            if (_entries.TryGetValue(layer, out var found))
+            {
+                _order.Remove(layer);
+                _order.AddLast(layer);
+                return found;
+            }
+            var statistics = compute(layer);
+            var size = Size(statistics);
+            while (_order.First is { } oldest && _bytes + size > budgetBytes)
+            {
+                _bytes -= Size(_entries[oldest.Value]);
+                _entries.Remove(oldest.Value);
+                _order.RemoveFirst();
+            }
+            _entries[layer] = statistics;
+            _order.AddLast(layer);
+            _bytes += size;
+            return statistics;
+        }
+    }
+
+    // S and, once second-order rounding ran, its factor.
+    private static long Size(InputStatistics? s) => s is null ? 0 : 2L * s.Second.Length * sizeof(double);
+}
+
+/// <summary>
+/// Weight quantization with error compensation, shared by the curves and the rewrite so the solver sees the cost of the
+/// weights that are written.
+/// <list type="bullet">
+/// <item>Second-order rounding (GPTQ, Frantar et al. 2023): for every output channel, the weights w_0..w_{L-1} of its
+/// input slice are quantized in order; after w_j, the error e = (w_j - Q(w_j)) / U_jj is subtracted from the later
+/// weights as <c>w_t -= e * U_jt</c>, U the upper Cholesky factor of <c>(S + lambda I)^-1</c> over the slice,
+/// <c>lambda = 0.01 * mean(diag S)</c>. This minimises the layer-output error <c>tr(dW S dW^T)</c> greedily instead
+/// of the weight error. Per-channel scales come from the float weights (MSE clipping, as without compensation); blocked
+/// scales are chosen when their block is reached, from the updated weights. Channels are independent, so each keeps
+/// its own width.</item>
+/// <item>Bias correction: <see cref="OutputShift"/> is <c>(W_q - W) E[x]</c> per output channel; subtracting it
+/// from the bias removes the mean output error, leaving <c>E||dW (x - E[x])||^2</c>.</item>
+/// </list>
+/// </summary>
+public static class Compensator
+{
+    /// <summary>GPTQ's dampening, a fraction of the mean diagonal of S.</summary>
+    public const double Dampening = 0.01;
+
+    public static string Name(Compensation c) => c switch
+    {
+        Compensation.None => "none",
+        Compensation.Bias => "bias",
+        Compensation.Gptq => "gptq",
+        Compensation.All => "all",
+        _ => c.ToString().ToLowerInvariant(),
+    };
+
+    public static Compensation Parse(string text) => text.ToLowerInvariant() switch
+    {
+        "none" => Compensation.None,
+        "bias" => Compensation.Bias,
+        "gptq" => Compensation.Gptq,
+        "all" => Compensation.All,
+        _ => throw new ArgumentException($"--compensation {text}: expected none, bias, gptq or all"),
+    };
+
+    /// <summary>
+    /// Quantizes every output channel at its own width (<paramref name="channelBits"/>), with second-order rounding when
+    /// <paramref name="gptq"/> and <paramref name="statistics"/> are given, else round to nearest.
+    /// </summary>
+    public static WeightQuantization Quantize(float[] weight, WeightLayout layout, int[] channelBits, InputStatistics? statistics, bool gptq)
+    {
+        if (channelBits.Length != layout.Channels)
+            throw new ArgumentException($"{channelBits.Length} widths for {layout.Channels} channels", nameof(channelBits));
+        if (!gptq || statistics is null)
+            return RoundToNearest(weight, layout, channelBits);
+        var rowLayout = new WeightLayout(layout.Shape, layout.ChannelAxis);
+        if (rowLayout.BlockLength != statistics.RowLength)
+            throw new ArgumentException($"a channel holds {rowLayout.BlockLength} weights, the input statistics slices of {statistics.RowLength}");
+        if (layout.BlockSize > 0 && layout.Shape.Length != 2)
+            throw new ArgumentException("blocked second-order rounding needs a 2-D weight");
+        var values = new sbyte[weight.Length];
+        var scales = new float[layout.Channels * layout.BlocksPerChannel];
+        var length = statistics.RowLength;
+        // The factors first, outside the parallel loop: MathNet parallelizes inside, and pool threads blocked on a
+        // shared factor would starve it.
+        var factors = Enumerable.Range(0, layout.Channels).Select(statistics.Offset).Distinct()
+            .ToDictionary(o => o, o => statistics.Factor(o, () => InverseFactor(statistics, o, length)) ?? []);
+        // Each channel is computed on its own in a fixed order, so the result does not depend on the thread count.
+        Parallel.For(0, layout.Channels, c =>
+        {
+            var u = factors[statistics.Offset(c)];
+            var row = new float[length];
+            var indices = new int[length];
+            rowLayout.GatherBlock(weight, c, 0, row, indices);
+            var bits = channelBits[c];
+            int qmin = QuantMath.SignedMin(bits), qmax = QuantMath.SignedMax(bits);
+            var w = Array.ConvertAll(row, v => (double)v);
+            var blocked = layout.BlockSize > 0;
+            var scale = blocked ? 0f : QuantMath.MseOptimalScale(row, bits);
+            if (!blocked)
+                scales[c] = scale;
+            for (var j = 0; j < length; j++)
+            {
+                if (blocked && j % layout.BlockSize == 0)
+                {
+                    var end = Math.Min(length, j + layout.BlockSize);
+                    var block = new float[end - j];
+                    for (var t = j; t < end; t++)
+                        block[t - j] = (float)w[t];
+                    scale = QuantMath.MseOptimalScale(block, bits);
+                    scales[c * layout.BlocksPerChannel + j / layout.BlockSize] = scale;
+                }
+                var q = Math.Clamp(MathF.Round((float)w[j] / scale, MidpointRounding.ToEven), qmin, qmax);
+                values[indices[j]] = (sbyte)q;
+                if (u.Length == 0)
+                    continue;
+                var error = (w[j] - q * (double)scale) / u[j * length + j];
+                var rest = w.AsSpan(j + 1);
+                TensorPrimitives.MultiplyAdd(u.AsSpan(j * length + j + 1, length - j - 1), -error, rest, rest);
+            }
+        });
+        return new WeightQuantization(channelBits.Max(), layout, values, scales);
+    }
+
+    /// <summary>Fake quantization (quantize, dequantize) of every channel at <paramref name="bits"/>.</summary>
+    public static float[] FakeQuantize(float[] weight, WeightLayout layout, int bits, InputStatistics? statistics, bool gptq) =>
+        Quantize(weight, layout, Enumerable.Repeat(bits, layout.Channels).ToArray(), statistics, gptq).Dequantize();
+
+    /// <summary>Per output channel: <c>(W_q - W) E[x]</c>, the mean change of that output the quantization causes.</summary>
+    public static double[] OutputShift(float[] weight, float[] dequantized, WeightLayout layout, InputStatistics statistics)
+    {
+        var rowLayout = new WeightLayout(layout.Shape, layout.ChannelAxis);
+        var shift = new double[layout.Channels];
+        var length = rowLayout.BlockLength;
+        var row = new float[length];
+        var quantized = new float[length];
+        var indices = new int[length];
+        for (var c = 0; c < layout.Channels; c++)
+        {
+            rowLayout.GatherBlock(weight, c, 0, row, indices);
+            rowLayout.GatherBlock(dequantized, c, 0, quantized, indices);
+            var offset = statistics.Offset(c);
+            double sum = 0;
+            for (var j = 0; j < length; j++)
+                sum += ((double)quantized[j] - row[j]) * statistics.Mean[offset + j];
+            shift[c] = sum;
+        }
+        return shift;
+    }
+
+    /// <summary><c>tr(dW S dW^T)</c> (over all channels) for the error dW = <paramref name="dequantized"/> - <paramref name="weight"/>;
+    /// with <paramref name="centered"/>, the covariance instead of S (the error left after bias correction).</summary>
+    public static double LocalError(float[] weight, float[] dequantized, WeightLayout layout, InputStatistics statistics, bool centered)
+    {
+        var rowLayout = new WeightLayout(layout.Shape, layout.ChannelAxis);
+        var length = rowLayout.BlockLength;
+        var row = new float[length];
+        var quantized = new float[length];
+        var indices = new int[length];
+        var n = statistics.Reduction;
+        double total = 0;
+        for (var c = 0; c < layout.Channels; c++)
+        {
+            rowLayout.GatherBlock(weight, c, 0, row, indices);
+            rowLayout.GatherBlock(dequantized, c, 0, quantized, indices);
+            var offset = statistics.Offset(c);
+            var d = new double[length];
+            for (var j = 0; j < length; j++)
+                d[j] = (double)quantized[j] - row[j];
+            double sum = 0, mean = 0;
+            for (var i = 0; i < length; i++)
+            {
+                double inner = 0;
+                for (var j = 0; j < length; j++)
+                    inner += statistics.Second[(offset + i) * n + offset + j] * d[j];
+                sum += d[i] * inner;
+                mean += d[i] * statistics.Mean[offset + i];
+            }
+            total += centered ? sum - mean * mean : sum;
+        }
+        return total;
+    }
+
+    /// <summary>Upper Cholesky factor U of (S + lambda I)^-1 over one slice (row-major), or null when S is zero there.</summary>
+    private static double[]? InverseFactor(InputStatistics statistics, int offset, int length)
+    {
+        var n = statistics.Reduction;
+        var h = Matrix<double>.Build.Dense(length, length, (i, j) => statistics.Second[(offset + i) * n + offset + j]);
+        var meanDiagonal = h.Diagonal().Average();
+        if (!(meanDiagonal > 0) || !double.IsFinite(meanDiagonal))
+            return null;
+        // A column whose input is always zero carries no error; a unit diagonal keeps the factor defined.
+        for (var i = 0; i < length; i++)
+            if (h[i, i] <= 0)
+                h[i, i] = meanDiagonal;
+        var damped = h + Matrix<double>.Build.DenseIdentity(length) * (Dampening * meanDiagonal);
+        try
+        {
+            var inverse = damped.Cholesky().Solve(Matrix<double>.Build.DenseIdentity(length));
+            inverse = (inverse + inverse.Transpose()) * 0.5;
+            var lower = inverse.Cholesky().Factor;
+            var u = new double[length * length];
+            for (var j = 0; j < length; j++)
+                for (var t = j; t < length; t++)
+                    u[j * length + t] = lower[t, j];
+            return u;
+        }
+        catch (ArgumentException)
+        {
+            return null; // not positive definite even damped: round to nearest
+        }
+    }
+
+    private static WeightQuantization RoundToNearest(float[] weights, WeightLayout layout, int[] channelBits)
+    {
+        var distinct = channelBits.Distinct().OrderBy(b => b).ToArray();
+        if (distinct.Length == 1)
+            return QuantMath.QuantizeWeight(weights, layout, distinct[0]);
+        var byBits = distinct.ToDictionary(b => b, b => QuantMath.QuantizeWeight(weights, layout, b));
+        var values = new sbyte[weights.Length];
+        var scales = new float[layout.Channels * layout.BlocksPerChannel];
+        var buffer = new float[layout.BlockLength];
+        var indices = new int[layout.BlockLength];
+        for (var c = 0; c < layout.Channels; c++)
+        {
+            var q = byBits[channelBits[c]];
+            for (var blk = 0; blk < layout.BlocksPerChannel; blk++)
+            {
+                scales[c * layout.BlocksPerChannel + blk] = q.Scales[c * layout.BlocksPerChannel + blk];
+                var n = layout.GatherBlock(weights, c, blk, buffer, indices);
+                for (var i = 0; i < n; i++)
+                    values[indices[i]] = q.Values[indices[i]];
+            }
+        }
+        return new WeightQuantization(channelBits.Max(), layout, values, scales);
+    }
+}
