@@ -172,7 +172,10 @@ public static class Compiler
                                   (repair.Report.Met ? "" : " (the guard still fails)"));
                 }
             }
+            // Relisted after any repair, so the written bytes carry them.
             var relisted = DetachInitializerInputsPass.Relist(verified.Rewritten.Model, initializerInputs);
+            if (relisted > 0)
+                bytes = ModelIO.ToBytes(verified.Rewritten.Model);
             var baseline = clock.Time("baseline", () => Baseline(target, allocation, verified.Measured));
             var notes = loaded.Notes.Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
