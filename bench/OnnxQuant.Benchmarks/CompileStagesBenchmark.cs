@@ -17,23 +17,36 @@ namespace OnnxQuant.Benchmarks;
 /// the whole compile to one float forward pass over the calibration samples (fastest of three; same session options, one sample per
 /// run, as the compile runs a model with a fixed batch). Usage:
 /// compile-stages [model=models/fixtures/detr_small.onnx] [calib=models/data/calib.npz] [--calib-samples 64] [--target-bits 4]
+/// [--verify-data eval.npz] [--curves gain|exact|fast] [--compensation none|bias|gptq|all] [--feature name,...]. The
+/// compile's options are the CLI's defaults otherwise (compensation all, none with fast curves). Peak resident memory
+/// is the process's high-water mark (VmHWM), which includes the float pass's session.
 /// </summary>
 public static class CompileStagesBenchmark
 {
     public static RatioBenchmark Benchmark { get; } = new("compile-stages",
-        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4]: stage times and compile / float-forward ratio", Run);
+        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--verify-data F] [--curves gain|exact|fast] [--compensation M] [--feature a,b]: " +
+        "stage times, compile / float-forward ratio, peak memory", Run);
 
     private static int Run(string[] args)
     {
         var positional = new List<string>();
         var samples = 64;
         var targets = new List<double> { 4 };
+        string? verifyData = null, compensation = null;
+        var curveMode = CurveMode.Gain;
+        IReadOnlyList<string> features = [];
         for (var i = 0; i < args.Length; i++)
         {
             if (args[i] == "--calib-samples") samples = int.Parse(args[++i], CultureInfo.InvariantCulture);
             else if (args[i] == "--target-bits") targets = args[++i].Split(',').Select(s => double.Parse(s, CultureInfo.InvariantCulture)).ToList();
+            else if (args[i] == "--verify-data") verifyData = args[++i];
+            else if (args[i] == "--curves") curveMode = Enum.Parse<CurveMode>(args[++i], ignoreCase: true);
+            else if (args[i] == "--compensation") compensation = args[++i];
+            else if (args[i] == "--feature") features = args[++i].Split(',');
             else positional.Add(args[i]);
         }
+        var compensate = compensation is not null ? Compensator.Parse(compensation)
+            : curveMode == CurveMode.Fast ? Compensation.None : Compensation.All;
         var modelPath = positional.ElementAtOrDefault(0) ?? "models/fixtures/detr_small.onnx";
         var calibPath = positional.ElementAtOrDefault(1) ?? "models/data/calib.npz";
 
@@ -64,17 +77,31 @@ public static class CompileStagesBenchmark
             {
                 clock.Restart();
                 var result = Compiler.Run(modelPath, calibPath, outDir,
-                    new CompileOptions { Allocation = new() { TargetBits = targets }, Data = new() { CalibSamples = samples }, Curves = new() { CacheDir = null } }, "bench", SilentProgress.Instance);
+                    new CompileOptions
+                    {
+                        Allocation = new() { TargetBits = targets },
+                        Data = new() { CalibSamples = samples, VerifyData = verifyData },
+                        Features = new() { Features = features },
+                        Curves = new() { CacheDir = null, Mode = curveMode },
+                        Rewrite = new() { Compensation = compensate },
+                    }, "bench", SilentProgress.Instance);
                 var total = clock.Elapsed.TotalSeconds;
                 Console.WriteLine($"compile-stages: {Path.GetFileName(modelPath)}, {samples} calibration samples, target {string.Join(",", targets)} bits, " +
-                                  $"{result.Units} units, {result.CurveRuns} curve runs");
+                                  $"{result.Units} units, curves {curveMode.ToString().ToLowerInvariant()}, compensation {Compensator.Name(compensate)}, {result.CurveRuns} curve runs");
                 Console.WriteLine($"{"stage",-14}{"seconds",10}{"share",9}");
                 foreach (var stage in result.Timings)
                     Console.WriteLine($"{stage.Stage,-14}{stage.Seconds,10:0.00}{100 * stage.Seconds / total,8:0.0}%");
                 Console.WriteLine($"{"total",-14}{total,10:0.00}");
                 Console.WriteLine($"float forward over {samples} samples: {forward:0.000} s ({1000 * forward / samples:0.0} ms/sample)");
                 Console.WriteLine($"ratio compile / float forward: {total / forward:0.0}x " +
-                                  $"(curve runs / samples = {(double)result.CurveRuns / samples:0.0} forward-equivalents)");
+                                  $"(curve runs / samples = {(double)result.CurveRuns / samples:0.0})");
+                var modelBytes = new FileInfo(modelPath).Length;
+                Console.WriteLine($"peak resident memory: {PeakResidentBytes() >> 20} MiB (bound 2 x model + 1 GiB = {(2 * modelBytes + (1L << 30)) >> 20} MiB)");
+                if (result.CurveTiming is { } t)
+                    Console.WriteLine($"curves: cache fill {t.CacheFill:0.00} s, sessions {t.Sessions:0.00} s, quantize {t.Quantize:0.00} s, " +
+                                      $"local errors {t.LocalErrors:0.00} s, cut runs {t.Runs:0.00} s");
+                foreach (var note in result.Targets[0].Report.Notes.Where(n => n.StartsWith("curve", StringComparison.Ordinal)))
+                    Console.WriteLine("note: " + note);
             }
             finally
             {
@@ -83,6 +110,16 @@ public static class CompileStagesBenchmark
             }
         }
         return 0;
+    }
+
+    /// <summary>The process's resident high-water mark (Linux VmHWM); 0 where /proc is not available.</summary>
+    private static long PeakResidentBytes()
+    {
+        const string status = "/proc/self/status";
+        if (!File.Exists(status))
+            return 0;
+        var line = File.ReadLines(status).FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+        return line is null ? 0 : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
     }
 
     private static void Forward(InferenceSession session, CalibrationSet data, int samples)

@@ -18,6 +18,9 @@ namespace OnnxQuant.Passes.Compile;
 public sealed record CompileResult(IReadOnlyList<TargetResult> Targets, string OutputDirectory, GuardResult Guards,
     IReadOnlyList<StageTime> Timings, int Units, int Heads, int CurveRuns)
 {
+    /// <summary>Where the curve stage's time went, when the curves were measured on graph cuts.</summary>
+    public Curves.CurveTiming? CurveTiming { get; init; }
+
     public bool GuardFailed => Guards.Failed;
     public string? GuardMessage => Guards.Failure;
 }
@@ -214,7 +217,10 @@ public static class Compiler
         var timings = clock.Timings;
         var results = ArtifactStage.WriteReports(output, written, timings, manifest, outputs);
         output.Publish();
-        return new CompileResult(results, outputDirectory, verdict, timings, partition.FreeUnits.Count, partition.Heads.Count, curves.Runs);
+        return new CompileResult(results, outputDirectory, verdict, timings, partition.FreeUnits.Count, partition.Heads.Count, curves.Runs)
+        {
+            CurveTiming = curves.Timing,
+        };
     }
 
     private static CompileReport Report(string toolVersion, CompileOptions options, IReadOnlyList<string> features,

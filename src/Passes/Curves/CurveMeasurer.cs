@@ -18,6 +18,9 @@ public sealed record CurveSet(IReadOnlyList<UnitCurve> Curves, CurveMode Mode, b
 
     /// <summary>What the report should say about how the curves were obtained.</summary>
     public IReadOnlyList<string> Notes { get; init; } = [];
+
+    /// <summary>Where the measuring time went (curves measured on graph cuts in this process); null otherwise.</summary>
+    public CurveTiming? Timing { get; init; }
 }
 
 /// <summary>

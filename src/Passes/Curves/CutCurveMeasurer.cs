@@ -36,6 +36,13 @@ public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 8, double
 }
 
 /// <summary>
+/// Where the curve stage's time went (seconds; wall time, so not part of any file the compile writes): the float pass
+/// that caches cut activations, building the cut sessions, quantizing the weights at every width (compensation
+/// included), the closed-form local errors, and the cut runs.
+/// </summary>
+public sealed record CurveTiming(double CacheFill, double Sessions, double Quantize, double LocalErrors, double Runs);
+
+/// <summary>
 /// How one unit's gain curve was obtained. <see cref="LocalMeasured"/> is the mean of ||dz||^2 (the layer-output
 /// change, measured in ONNX Runtime) over the gain samples, <see cref="LocalPredicted"/> the closed form for the same
 /// width over all calibration samples; their ratio checks the closed form.
@@ -154,9 +161,15 @@ public sealed class CutCurveMeasurer : ICalibrationTap
         var referenceBits = CurveMeasurer.ReferenceBits(bits);
         var cacheSamples = exact ? _samples : Math.Min(_samples, _settings.MaxSamples);
         var segments = _layers.Chunk(Math.Max(1, _settings.SegmentLayers)).Select(c => GraphCut.Find(_model, c, _features)).ToList();
+        var fillClock = System.Diagnostics.Stopwatch.StartNew();
         using var cache = new ActivationCache(_settings.CacheMemoryBytes);
         FillCache(cache, data, cacheSamples, segments, withLayerOutputs: !exact, sessionOptions);
 
+        fillClock.Stop();
+        var sessionClock = new System.Diagnostics.Stopwatch();
+        var quantizeClock = new System.Diagnostics.Stopwatch();
+        var localClock = new System.Diagnostics.Stopwatch();
+        var runClock = new System.Diagnostics.Stopwatch();
         var energy = new double[_features.Count];
         for (var f = 0; f < _features.Count; f++)
         {
@@ -183,11 +196,13 @@ public sealed class CutCurveMeasurer : ICalibrationTap
             {
                 cutNodes += cut.Nodes * cut.Layers.Count;
                 var types = cut.CutValues.ToDictionary(n => n, n => cache.Get(n, 0).DataType, StringComparer.Ordinal);
+                sessionClock.Start();
                 var cutModel = cut.Build(_model, n => types[n], withLayerOutputs: !exact);
                 using var session = InferenceSession.Create(ModelIO.ToBytes(cutModel), sessionOptions);
+                sessionClock.Stop();
                 var floatWeights = cut.Layers.ToDictionary(l => l,
                     l => _model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray());
-                var runner = new CutRunner(session, cut, cache, _features, energy, floatWeights);
+                var runner = new CutRunner(session, cut, cache, _features, energy, floatWeights, runClock);
                 foreach (var layer in cut.Layers)
                 {
                     var rows = exact ? null : _rows[layer];
@@ -198,9 +213,22 @@ public sealed class CutCurveMeasurer : ICalibrationTap
                     var gptq = _storage.Compensation.HasFlag(Compensation.Gptq);
                     var quantized = new Dictionary<int, float[]>();
                     // The same quantizer as the rewrite, so the curves price the weights that are written.
-                    float[] Quantized(int b) => quantized.TryGetValue(b, out var q) ? q : quantized[b] = Compensator.FakeQuantize(weight, layout, b, statistics, gptq);
+                    float[] Quantized(int b)
+                    {
+                        if (quantized.TryGetValue(b, out var q))
+                            return q;
+                        quantizeClock.Start();
+                        q = quantized[b] = Compensator.FakeQuantize(weight, layout, b, statistics, gptq);
+                        quantizeClock.Stop();
+                        return q;
+                    }
+                    if (local)
+                        foreach (var b in bits)
+                            Quantized(b);
+                    localClock.Start();
                     var channelErrors = local ? rows!.ChannelErrors(weight, Quantized, bits,
                         statistics is not null && _storage.Compensation.HasFlag(Compensation.Bias), _threads) : null;
+                    localClock.Stop();
                     if (!exact && !local)
                         notes.Add($"layer '{layer.Name}': no closed-form local error ({rows!.Fallback ?? "no input rows"}); its curve is measured at every width on the gain samples");
                     var channelOf = layer.OutputChannelOfElements();
@@ -306,13 +334,15 @@ public sealed class CutCurveMeasurer : ICalibrationTap
             }
         }
         var modelNodes = _model.Graph.Nodes.Count;
+        var timing = new CurveTiming(fillClock.Elapsed.TotalSeconds, sessionClock.Elapsed.TotalSeconds, quantizeClock.Elapsed.TotalSeconds,
+            localClock.Elapsed.TotalSeconds, runClock.Elapsed.TotalSeconds);
         notes.Insert(0, $"curves on graph cuts: {segments.Count} session(s) of up to {_settings.SegmentLayers} layers, each layer's cut holding " +
                         $"{100 * cutNodes / Math.Max(1, _layers.Count) / Math.Max(1, modelNodes):0}% of the model's nodes on average; " +
                         $"{cacheSamples} sample(s) of cut activations cached ({cache.MemoryBytes >> 20} MiB in memory, {cache.SpilledBytes >> 20} MiB spilled)");
         if (!exact && gains.Count > 0)
             notes.Insert(1, $"gain curves: D_u(b) = g_u(b) * L_u(b); gains measured at {referenceBits} bits on {gains.Min(g => g.Samples)}..{gains.Max(g => g.Samples)} samples " +
                             $"(mean {gains.Average(g => g.Samples).ToString("0.0", CultureInfo.InvariantCulture)}), local errors from {_settings.LocalRows} input rows per layer");
-        return new CurveSet(curves, _options.Mode, false, runs) { Gains = gains, Notes = notes };
+        return new CurveSet(curves, _options.Mode, false, runs) { Gains = gains, Notes = notes, Timing = timing };
     }
 
     /// <summary>
@@ -392,12 +422,25 @@ public sealed class CutCurveMeasurer : ICalibrationTap
 
     /// <summary>One run of a segment's cut session on one cached sample, one layer's weight replaced.</summary>
     private sealed class CutRunner(InferenceSession session, GraphCut cut, ActivationCache cache, IReadOnlyList<string> features,
-        double[] energy, IReadOnlyDictionary<QuantLayer, float[]> floatWeights)
+        double[] energy, IReadOnlyDictionary<QuantLayer, float[]> floatWeights, System.Diagnostics.Stopwatch clock)
     {
         private readonly Dictionary<QuantLayer, TensorData> _float = floatWeights.ToDictionary(p => p.Key, p => TensorData.FromFloats(p.Value, p.Key.WeightShape));
 
         /// <summary>Feature distortion d_s and, with <paramref name="local"/>, ||z - z_float||^2 at the layer's output.</summary>
         public (double Distortion, double Local) Run(int sample, QuantLayer layer, float[] weight, bool local)
+        {
+            clock.Start();
+            try
+            {
+                return RunOnce(sample, layer, weight, local);
+            }
+            finally
+            {
+                clock.Stop();
+            }
+        }
+
+        private (double Distortion, double Local) RunOnce(int sample, QuantLayer layer, float[] weight, bool local)
         {
             var inputs = cut.CutValues.Select(n => new NamedTensor(n, cache.Get(n, sample))).ToList();
             foreach (var l in cut.Layers)
