@@ -1,12 +1,15 @@
+using OnnxQuant.Runtime;
+
 namespace OnnxQuant.Passes.Calibration;
 
 /// <summary>
-/// Sees the values that stream through the calibration pass, so that statistics other passes need (the input rows of
-/// quantized layers, the energy of the features) are collected in the pass that already runs instead of another one.
+/// Sees the values that stream through the calibration pass, so that what other passes need (the input rows of
+/// quantized layers, the energy of the features, float activations at graph cuts) is collected in the pass that
+/// already runs instead of another one.
 /// </summary>
 public interface ICalibrationTap
 {
-    /// <summary>Tensors wanted besides the calibration targets; they become outputs of the calibration session.</summary>
+    /// <summary>Float tensors wanted besides the calibration targets, in every run; they become outputs of the calibration session.</summary>
     IReadOnlyCollection<string> ExtraTensors { get; }
 
     /// <summary>
@@ -14,4 +17,13 @@ public interface ICalibrationTap
     /// [<paramref name="firstSample"/>, <paramref name="firstSample"/> + <paramref name="count"/>) stacked in it.
     /// </summary>
     void Observe(string tensor, int firstSample, int count, float[] values, long[] shape);
+
+    /// <summary>Samples [0, LeadingSamples) run one per run, and their <see cref="CapturedTensors"/> are handed over whole.</summary>
+    int LeadingSamples { get; }
+
+    /// <summary>Tensors of any type wanted as they are on the leading samples (graph inputs included).</summary>
+    IReadOnlyCollection<string> CapturedTensors { get; }
+
+    /// <summary>Called once per leading sample for every captured tensor.</summary>
+    void Capture(string tensor, int sample, TensorData value);
 }

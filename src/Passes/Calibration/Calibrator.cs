@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Passes.Quantization;
@@ -24,7 +25,8 @@ public sealed record CalibrationTarget(string Tensor, int? MomentsAxis);
 
 /// <summary>
 /// Calibration in fixed steps: instrument the model (the tensors become graph outputs), stream the samples through
-/// ONNX Runtime with graph optimizations off (so every tensor name survives), feed each batch's values to one
+/// ONNX Runtime (graph optimizations on: ONNX Runtime keeps every graph output's value, so the instrumented
+/// tensors survive fusion), feed each batch's values to one
 /// observer per tensor, then compute the table. Memory is one observer (bounded histogram) per tensor plus one batch.
 /// </summary>
 public static class Calibrator
@@ -60,31 +62,66 @@ public static class Calibrator
             }
             outputs.Add(extra);
         }
+        // Captured tensors are outputs only of the leading runs (ONNX Runtime computes just what a run asks for).
+        var captured = new List<string>();
+        var leading = tap is { LeadingSamples: > 0 } ? Math.Min(tap.LeadingSamples, samples) : 0;
+        if (leading > 0)
+            foreach (var name in tap!.CapturedTensors)
+            {
+                if (inputNames.Contains(name) || outputs.Contains(name) || captured.Contains(name))
+                    continue;
+                var value = graph.FindValue(name) ?? throw new InvalidOperationException($"tensor '{name}' not in the model");
+                if (!value.IsGraphOutput)
+                {
+                    value.Type ??= new TensorType(DataType.Float, null);
+                    graph.AddOutput(value);
+                }
+                captured.Add(name);
+            }
+        var capturedSet = (tap?.CapturedTensors ?? []).ToHashSet(StringComparer.Ordinal);
         var observers = targets.ToDictionary(t => t.Tensor, _ => Observers.Create(method, bits), StringComparer.Ordinal);
         var moments = targets.Where(t => t.MomentsAxis is not null)
             .ToDictionary(t => t.Tensor, t => new MomentAccumulator(t.MomentsAxis!.Value), StringComparer.Ordinal);
-        using var session = outputs.Count > 0 ? InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions) : null;
-        foreach (var (start, count, batch) in data.Runs(0, samples, runBatch))
+        using var session = outputs.Count + captured.Count > 0 ? InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions) : null;
+        var allOutputs = outputs.Concat(captured).ToList();
+        var floatOutputs = outputs.ToHashSet(StringComparer.Ordinal);
+        var runs = data.Runs(0, leading, 1).Concat(data.Runs(leading, samples - leading, runBatch));
+        foreach (var (start, count, batch) in runs)
         {
+            var isLeading = start < leading;
             foreach (var input in batch)
-                if (observers.TryGetValue(input.Name, out var o))
-                {
-                    var t = TensorData.FromBytes(input.DataType, input.Data, input.Shape);
-                    var values = t.ToFloats();
-                    o.Observe(values);
-                    if (moments.TryGetValue(input.Name, out var m))
-                        m.Add(values, input.Shape);
-                    tap?.Observe(input.Name, start, count, values, input.Shape);
-                }
+            {
+                var observed = observers.TryGetValue(input.Name, out var o);
+                var capture = isLeading && capturedSet.Contains(input.Name);
+                if (!observed && !capture)
+                    continue;
+                var t = TensorData.FromBytes(input.DataType, input.Data, input.Shape);
+                if (capture)
+                    tap!.Capture(input.Name, start, t);
+                if (!observed)
+                    continue;
+                var values = t.ToFloats();
+                o!.Observe(values);
+                if (moments.TryGetValue(input.Name, out var m))
+                    m.Add(values, input.Shape);
+                tap?.Observe(input.Name, start, count, values, input.Shape);
+            }
             if (session is not null)
             {
-                var result = session.Run(batch.Select(b => b.ToNamedTensor()).ToList(), outputs);
+                var wanted = isLeading ? allOutputs : outputs;
+                if (wanted.Count == 0)
+                    continue;
+                var result = session.Run(batch.Select(b => b.ToNamedTensor()).ToList(), wanted);
                 foreach (var output in result)
                 {
+                    if (isLeading && capturedSet.Contains(output.Name))
+                        tap!.Capture(output.Name, start, output.Data);
+                    if (!floatOutputs.Contains(output.Name))
+                        continue;
                     var values = output.Data.ToFloats();
-                    foreach (var v in values)
-                        if (float.IsNaN(v))
-                            throw new CompileException($"tensor '{output.Name}' is NaN on calibration sample {start}; the model produces NaN on this data");
+                    // Min propagates NaN, so one vectorized pass finds it.
+                    if (values.Length > 0 && float.IsNaN(TensorPrimitives.Min(values)))
+                        throw new CompileException($"tensor '{output.Name}' is NaN on calibration sample {start}; the model produces NaN on this data");
                     if (observers.TryGetValue(output.Name, out var observer))
                         observer.Observe(values);
                     if (moments.TryGetValue(output.Name, out var m))

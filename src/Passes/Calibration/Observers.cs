@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using OnnxQuant.Passes.Quantization;
 
 namespace OnnxQuant.Passes.Calibration;
@@ -45,11 +46,10 @@ public sealed class MinMaxObserver : IActivationObserver
 
     public void Observe(ReadOnlySpan<float> values)
     {
-        foreach (var v in values)
-        {
-            if (v < _min) _min = v;
-            if (v > _max) _max = v;
-        }
+        if (values.IsEmpty)
+            return;
+        _min = MathF.Min(_min, TensorPrimitives.Min(values));
+        _max = MathF.Max(_max, TensorPrimitives.Max(values));
     }
 
     public (float Min, float Max) ComputeRange()

@@ -75,19 +75,24 @@ public static class Compiler
         var intake = Intake.Notes(loaded.Model).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded, options, outputDirectory))).ToList();
         var initializerInputs = options.Rewrite.KeepInitializerInputs ? DetachInitializerInputsPass.InitializerInputs(loaded.Model) : [];
 
-        // Exact and gain curves run on graph cuts; gain curves read their layers' input rows in the calibration pass.
-        // Compensation reads the same rows, whatever the curves.
-        var cutCurves = (options.Curves.Mode == CurveMode.Fast || pinned is not null) && options.Rewrite.Compensation == Quantization.Compensation.None ? null
-            : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads);
+        // Pinned or cached curves are known before calibration, which then only collects what compensation needs.
+        var known = clock.Time("curves", () => CurveStage.Lookup(canonical, discovery.Units, loaded.DataHash, options.Curves,
+            options.CurveKey(), progress, pinned));
+        var measureOnCuts = known is null && options.Curves.Mode != CurveMode.Fast;
+        // Exact and gain curves run on graph cuts, fed by the calibration pass (input rows, feature energy, cut
+        // activations of the first samples); compensation reads the same rows, whatever the curves.
+        using var cutCurves = !measureOnCuts && options.Rewrite.Compensation == Quantization.Compensation.None ? null
+            : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads,
+                options.Curves.Gain, measure: measureOnCuts);
         var calibration = clock.Time("calibrate", () => CalibrateStage.Run(canonical,
             discovery.Layers.Select(l => l.Activation).Distinct()
                 .Select(a => (a, discovery.Layers.First(l => l.Activation == a).ActivationChannelAxis)).ToList(),
-            loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast, options.Execution, progress,
+            loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast && known is null, options.Execution, progress,
             cutCurves is { } tap && (tap.ExtraTensors.Count > 0 || tap.CollectsRows) ? tap : null));
 
-        var curves = clock.Time("curves", () => CurveStage.Run(canonical, discovery.Units, features, loaded.Data,
+        var curves = known ?? clock.Time("curves", () => CurveStage.Measure(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
-            options.CurveKey(), progress, pinned, options.Curves.Mode == CurveMode.Fast ? null : cutCurves));
+            options.CurveKey(), progress, measureOnCuts ? cutCurves : null));
         Func<string, Quantization.InputStatistics?>? statistics = cutCurves is null ? null : cutCurves.Statistics;
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);

@@ -29,6 +29,9 @@ public sealed record CurveOptions : IStageOptions
     /// <summary>An onnxquant.curves/1 file used instead of measuring curves (checked against the units and widths); null = measure.</summary>
     public string? CurvesFile { get; init; }
 
+    /// <summary>How gain curves sample (not a command-line option: the defaults are what the quality tests pin).</summary>
+    public GainSettings Gain { get; init; } = GainSettings.Default;
+
     /// <summary>Where curves are cached; null = no cache.</summary>
     public string? CacheDir { get; init; }
 
@@ -52,5 +55,5 @@ public sealed record CurveOptions : IStageOptions
 
     public IEnumerable<string> CurveKey() =>
         ["bits=" + string.Join(",", CandidateBits.OrderBy(b => b)), "curves=" + Mode,
-            .. Mode == CurveMode.Fast ? [] : CutCurveMeasurer.KeyParts()];
+            .. Mode == CurveMode.Fast ? [] : CutCurveMeasurer.KeyParts(Gain)];
 }

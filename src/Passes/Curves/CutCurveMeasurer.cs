@@ -18,10 +18,10 @@ namespace OnnxQuant.Passes.Curves;
 /// <param name="LocalRows">Input rows per layer (spread over the calibration samples) behind the closed-form local error.</param>
 /// <param name="CacheMemoryBytes">Cut activations kept in memory; the rest is spilled to a temporary folder.</param>
 /// <param name="SegmentLayers">Consecutive layers that share one cut session.</param>
-/// <param name="LowWidthGain">Also measure the gain at the lowest candidate width (on <paramref name="MinSamples"/>
-/// samples), for the widths below the reference.</param>
+/// <param name="LowWidthSamples">Samples the gain at the lowest candidate width is also measured on (0 = not
+/// measured), for the widths below the reference; at most the samples of the reference gain.</param>
 public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 8, double RelativeError = 0.1, int LocalRows = 512,
-    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, bool LowWidthGain = true)
+    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 2)
 {
     public static GainSettings Default { get; } = new();
 
@@ -31,7 +31,7 @@ public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 8, double
         "gain-samples=" + MinSamples + ".." + MaxSamples,
         "gain-error=" + RelativeError.ToString(CultureInfo.InvariantCulture),
         "gain-rows=" + LocalRows,
-        "gain-low=" + LowWidthGain,
+        "gain-low=" + LowWidthSamples.ToString(CultureInfo.InvariantCulture),
     ];
 }
 
@@ -74,7 +74,7 @@ public sealed record UnitGain(string Unit, int ReferenceBits, double Gain, int S
 /// <para>Exact mode: every width on every sample, <c>D_u(b) = sum_s sum_f ||dy_f||^2 / sum_s ||y_f||^2</c>, as before
 /// but on the cut.</para>
 /// </summary>
-public sealed class CutCurveMeasurer : ICalibrationTap
+public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 {
     private readonly Model _model;
     private readonly IReadOnlyList<QuantUnit> _units;
@@ -89,10 +89,16 @@ public sealed class CutCurveMeasurer : ICalibrationTap
     private readonly Dictionary<QuantLayer, LayerInputRows> _rows = [];
     private readonly double[] _energy;
     private readonly int[] _energySamples;
+    private readonly bool _measure;
+    private readonly int _cacheSamples;
+    private readonly IReadOnlyList<GraphCut> _segments = [];
+    private readonly IReadOnlyList<string> _cached = [];
+    private readonly ActivationCache _cache;
 
     /// <param name="model">The canonical model (not modified).</param>
+    /// <param name="measure">Whether curves will be measured (false: only compensation statistics are collected).</param>
     public CutCurveMeasurer(Model model, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features, int samples,
-        CurveOptions options, RewriteOptions storage, int threads, GainSettings? settings = null)
+        CurveOptions options, RewriteOptions storage, int threads, GainSettings? settings = null, bool measure = true)
     {
         _model = model;
         _units = units;
@@ -105,6 +111,17 @@ public sealed class CutCurveMeasurer : ICalibrationTap
         _layers = units.Select(u => u.Layer).Distinct().ToList();
         _energy = new double[features.Count];
         _energySamples = new int[features.Count];
+        _measure = measure;
+        _cache = new ActivationCache(_settings.CacheMemoryBytes);
+        if (measure)
+        {
+            var exactMode = options.Mode == CurveMode.Exact;
+            _cacheSamples = exactMode ? samples : Math.Min(samples, _settings.MaxSamples);
+            _segments = _layers.Chunk(Math.Max(1, _settings.SegmentLayers)).Select(c => GraphCut.Find(model, c, features)).ToList();
+            // What the cut runs read: the cut values, the float features and (gain mode) each layer's float output.
+            _cached = _segments.SelectMany(c => c.CutValues.Concat(exactMode ? [] : c.OutputOf.Values)).Concat(features)
+                .Distinct(StringComparer.Ordinal).ToList();
+        }
         // Rows also feed compensation (second-order rounding, bias correction), whatever the curve mode.
         if (options.Mode == CurveMode.Exact && storage.Compensation == Compensation.None)
             return;
@@ -121,8 +138,21 @@ public sealed class CutCurveMeasurer : ICalibrationTap
         }
     }
 
-    /// <summary>Whether the calibration pass must feed this object (input rows, feature energy).</summary>
-    public bool CollectsRows => _rows.Count > 0;
+    /// <summary>Whether the calibration pass must feed this object (input rows, feature energy, cut activations).</summary>
+    public bool CollectsRows => _rows.Count > 0 || _cached.Count > 0;
+
+    /// <summary>The samples whose cut activations the calibration pass hands over (one per run).</summary>
+    public int LeadingSamples => _cacheSamples;
+
+    public IReadOnlyCollection<string> CapturedTensors => _cached;
+
+    public void Capture(string tensor, int sample, TensorData value)
+    {
+        if (sample < _cacheSamples && !_cache.Contains(tensor, sample))
+            _cache.Put(tensor, sample, value);
+    }
+
+    public void Dispose() => _cache.Dispose();
 
     /// <summary>Input statistics of a layer (by name) for compensation, from the rows the calibration pass fed; null
     /// without compensation or rows. Computed on demand and kept up to 1 GiB.</summary>
@@ -138,7 +168,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap
     private InputStatisticsCache? _statistics;
 
     /// <summary>The features: their energy over all calibration samples normalizes the gain measurements.</summary>
-    public IReadOnlyCollection<string> ExtraTensors => _options.Mode == CurveMode.Exact ? [] : _features.ToList();
+    public IReadOnlyCollection<string> ExtraTensors => !_measure || _options.Mode == CurveMode.Exact ? [] : _features.ToList();
 
     public void Observe(string tensor, int firstSample, int count, float[] values, long[] shape)
     {
@@ -159,12 +189,16 @@ public sealed class CutCurveMeasurer : ICalibrationTap
         var exact = _options.Mode == CurveMode.Exact;
         var bits = _options.CandidateBits.OrderBy(b => b).ToArray();
         var referenceBits = CurveMeasurer.ReferenceBits(bits);
-        var cacheSamples = exact ? _samples : Math.Min(_samples, _settings.MaxSamples);
-        var segments = _layers.Chunk(Math.Max(1, _settings.SegmentLayers)).Select(c => GraphCut.Find(_model, c, _features)).ToList();
+        if (!_measure)
+            throw new InvalidOperationException("this measurer was created to collect statistics only");
+        var cacheSamples = _cacheSamples;
+        var segments = _segments;
+        var cache = _cache;
         var fillClock = System.Diagnostics.Stopwatch.StartNew();
-        using var cache = new ActivationCache(_settings.CacheMemoryBytes);
-        FillCache(cache, data, cacheSamples, segments, withLayerOutputs: !exact, sessionOptions);
-
+        // Normally the calibration pass captured everything; a sample it did not (no calibration pass) is run here.
+        var missing = Enumerable.Range(0, cacheSamples).Where(smp => _cached.Any(n => !cache.Contains(n, smp))).ToList();
+        if (missing.Count > 0)
+            FillCache(cache, data, missing, sessionOptions);
         fillClock.Stop();
         var sessionClock = new System.Diagnostics.Stopwatch();
         var quantizeClock = new System.Diagnostics.Stopwatch();
@@ -286,10 +320,10 @@ public sealed class CutCurveMeasurer : ICalibrationTap
                                 // Large perturbations propagate more than linearly: the gain at the lowest width, relative to
                                 // the reference gain on the same first samples, bends the curve below the reference width.
                                 var factor = 1.0;
-                                if (_settings.LowWidthGain && bits[0] < referenceBits && gain > 0)
+                                if (_settings.LowWidthSamples > 0 && bits[0] < referenceBits && gain > 0)
                                 {
                                     var low = Perturbed(bits[0]);
-                                    var m = Math.Min(_settings.MinSamples, d.Count);
+                                    var m = Math.Min(_settings.LowWidthSamples, d.Count);
                                     double dl = 0, ll = 0;
                                     for (var s = 0; s < m; s++, runs++)
                                     {
@@ -387,15 +421,12 @@ public sealed class CutCurveMeasurer : ICalibrationTap
 
     private static double Round3(double v) => double.IsFinite(v) ? Math.Round(v, 3) : v;
 
-    /// <summary>Runs the model once per cached sample with every cut value, feature and (gain mode) layer output as an output.</summary>
-    private void FillCache(ActivationCache cache, CalibrationSet data, int samples, IEnumerable<GraphCut> cuts, bool withLayerOutputs,
-        SessionOptions sessionOptions)
+    /// <summary>Runs the model once per missing sample with every cached tensor as an output.</summary>
+    private void FillCache(ActivationCache cache, CalibrationSet data, IReadOnlyList<int> samples, SessionOptions sessionOptions)
     {
         var inputs = _model.Graph.Inputs.Where(v => !v.IsInitializer).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
-        var wanted = cuts.SelectMany(c => c.CutValues.Concat(withLayerOutputs ? c.OutputOf.Values : []))
-            .Concat(_features).Distinct().ToList();
-        var wantedSet = wanted.ToHashSet(StringComparer.Ordinal);
-        var outputs = wanted.Where(n => !inputs.Contains(n)).ToList();
+        var wantedSet = _cached.ToHashSet(StringComparer.Ordinal);
+        var outputs = _cached.Where(n => !inputs.Contains(n)).ToList();
         var instrumented = _model.Clone();
         var graph = instrumented.Graph;
         foreach (var name in outputs)
@@ -407,9 +438,9 @@ public sealed class CutCurveMeasurer : ICalibrationTap
                 graph.AddOutput(value);
             }
         }
-        // Optimizations off so that every cut value keeps its name (as in calibration).
-        using var session = InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions with { Optimization = GraphOptimization.Disabled });
-        for (var s = 0; s < samples; s++)
+        // ONNX Runtime keeps every graph output's value through its optimizations, as in calibration.
+        using var session = InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions);
+        foreach (var s in samples)
         {
             var batch = data.Batch(s, 1).Select(b => new NamedTensor(b.Name, TensorData.FromBytes(b.DataType, b.Data, b.Shape))).ToList();
             foreach (var input in batch)

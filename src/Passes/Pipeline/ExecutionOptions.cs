@@ -23,8 +23,11 @@ public sealed record ExecutionOptions : IStageOptions
     // Threads are left out on purpose: they never change what is written.
     public IEnumerable<OptionEntry> Manifest() => [new("run_batch", RunBatch.ToString(CultureInfo.InvariantCulture))];
 
-    /// <summary>Sessions that expose intermediate tensors (calibration): no graph optimization, so names survive.</summary>
-    public SessionOptions Instrumentation() => new() { IntraOpThreads = Threads, Optimization = GraphOptimization.Disabled };
+    /// <summary>
+    /// Sessions that expose intermediate tensors (calibration): every optimization, since ONNX Runtime never fuses away a
+    /// node output that is a graph output, so the instrumented tensors keep their names and values.
+    /// </summary>
+    public SessionOptions Instrumentation() => new() { IntraOpThreads = Threads, Optimization = GraphOptimization.All };
 
     /// <summary>Sessions that measure features (curves, verification): every optimization, exact MatMulNBits.</summary>
     public SessionOptions Measurement() =>

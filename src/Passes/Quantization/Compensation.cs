@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using MathNet.Numerics.LinearAlgebra;
 
 namespace OnnxQuant.Passes.Quantization;
 
@@ -45,12 +44,10 @@ public sealed record InputStatistics(int Reduction, double[] Second, double[] Me
     {
         if (rows.Count == 0)
             throw new ArgumentException("no input rows", nameof(rows));
-        var x = Matrix<double>.Build.Dense(rows.Count, reduction, (r, i) => rows[r][i]);
-        var second = x.TransposeThisAndMultiply(x).Divide(rows.Count);
-        var mean = x.ColumnSums().Divide(rows.Count);
+        var (second, mean) = DenseSpd.Moments(rows, reduction, threads: 0);
         // 6 significant digits, as every measured number that drives a decision: the rows come from ONNX Runtime, whose
         // last bits differ between thread counts and CPUs.
-        return new InputStatistics(reduction, second.ToRowMajorArray().Select(StableRounding.Round).ToArray(),
+        return new InputStatistics(reduction, second.Select(StableRounding.Round).ToArray(),
             mean.Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
     }
 }
@@ -151,7 +148,7 @@ public static class Compensator
         var values = new sbyte[weight.Length];
         var scales = new float[layout.Channels * layout.BlocksPerChannel];
         var length = statistics.RowLength;
-        // The factors first, outside the parallel loop: MathNet parallelizes inside, and pool threads blocked on a
+        // The factors first, outside the parallel loop: the factorization parallelizes inside, and pool threads blocked on a
         // shared factor would starve it.
         var factors = Enumerable.Range(0, layout.Channels).Select(statistics.Offset).Distinct()
             .ToDictionary(o => o, o => statistics.Factor(o, () => InverseFactor(statistics, o, length)) ?? []);
@@ -255,30 +252,23 @@ public static class Compensator
     private static double[]? InverseFactor(InputStatistics statistics, int offset, int length)
     {
         var n = statistics.Reduction;
-        var h = Matrix<double>.Build.Dense(length, length, (i, j) => statistics.Second[(offset + i) * n + offset + j]);
-        var meanDiagonal = h.Diagonal().Average();
+        var h = new double[(long)length * length];
+        double trace = 0;
+        for (var i = 0; i < length; i++)
+            trace += statistics.Second[(long)(offset + i) * n + offset + i];
+        var meanDiagonal = trace / length;
         if (!(meanDiagonal > 0) || !double.IsFinite(meanDiagonal))
             return null;
-        // A column whose input is always zero carries no error; a unit diagonal keeps the factor defined.
         for (var i = 0; i < length; i++)
-            if (h[i, i] <= 0)
-                h[i, i] = meanDiagonal;
-        var damped = h + Matrix<double>.Build.DenseIdentity(length) * (Dampening * meanDiagonal);
-        try
         {
-            var inverse = damped.Cholesky().Solve(Matrix<double>.Build.DenseIdentity(length));
-            inverse = (inverse + inverse.Transpose()) * 0.5;
-            var lower = inverse.Cholesky().Factor;
-            var u = new double[length * length];
-            for (var j = 0; j < length; j++)
-                for (var t = j; t < length; t++)
-                    u[j * length + t] = lower[t, j];
-            return u;
+            Array.Copy(statistics.Second, (long)(offset + i) * n + offset, h, (long)i * length, length);
+            // A column whose input is always zero carries no error; a unit diagonal keeps the factor defined.
+            if (h[(long)i * length + i] <= 0)
+                h[(long)i * length + i] = meanDiagonal;
+            h[(long)i * length + i] += Dampening * meanDiagonal;
         }
-        catch (ArgumentException)
-        {
-            return null; // not positive definite even damped: round to nearest
-        }
+        // Not positive definite even damped: null, and the caller rounds to nearest.
+        return DenseSpd.InverseUpperFactor(h, length, threads: 0);
     }
 
     private static WeightQuantization RoundToNearest(float[] weights, WeightLayout layout, int[] channelBits)
