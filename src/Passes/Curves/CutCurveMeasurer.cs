@@ -94,6 +94,10 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     private readonly IReadOnlyList<GraphCut> _segments = [];
     private readonly IReadOnlyList<string> _cached = [];
     private readonly ActivationCache _cache;
+    private readonly HashSet<string> _sampledOutputs = [];
+
+    /// <summary>Most elements of a layer output kept for ||dz||^2 (a fixed stride over the tensor).</summary>
+    internal const int OutputSampleElements = 1 << 16;
 
     /// <param name="model">The canonical model (not modified).</param>
     /// <param name="measure">Whether curves will be measured (false: only compensation statistics are collected).</param>
@@ -121,6 +125,8 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             // What the cut runs read: the cut values, the float features and (gain mode) each layer's float output.
             _cached = _segments.SelectMany(c => c.CutValues.Concat(exactMode ? [] : c.OutputOf.Values)).Concat(features)
                 .Distinct(StringComparer.Ordinal).ToList();
+            _sampledOutputs = exactMode ? [] : _segments.SelectMany(c => c.OutputOf.Values)
+                .Where(n => !_segments.Any(c => c.CutValues.Contains(n)) && !features.Contains(n)).ToHashSet(StringComparer.Ordinal);
         }
         // Rows also feed compensation (second-order rounding, bias correction), whatever the curve mode.
         if (options.Mode == CurveMode.Exact && storage.Compensation == Compensation.None)
@@ -148,9 +154,33 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 
     public void Capture(string tensor, int sample, TensorData value)
     {
-        if (sample < _cacheSamples && !_cache.Contains(tensor, sample))
-            _cache.Put(tensor, sample, value);
+        if (sample >= _cacheSamples || _cache.Contains(tensor, sample))
+            return;
+        // A layer output only serves ||dz||^2, which a fixed stride of its elements estimates (quantization noise is
+        // spread over the whole tensor): the cache keeps at most OutputSampleElements of it.
+        _cache.Put(tensor, sample, _sampledOutputs.Contains(tensor) ? Sampled(value) : value);
     }
+
+    /// <summary>Every stride-th element, the stride chosen from the length alone; the squared norm of what is kept times
+    /// <see cref="StrideOf"/> estimates the whole.</summary>
+    internal static float[] Strided(float[] values)
+    {
+        var stride = StrideOf(values.Length);
+        if (stride == 1)
+            return values;
+        var kept = new float[(values.Length + stride - 1) / stride];
+        for (var i = 0; i < kept.Length; i++)
+            kept[i] = values[i * stride];
+        return kept;
+    }
+
+    private static TensorData Sampled(TensorData value)
+    {
+        var kept = Strided(value.ToFloats());
+        return TensorData.FromFloats(kept, [kept.Length]);
+    }
+
+    internal static int StrideOf(int length) => Math.Max(1, (length + OutputSampleElements - 1) / OutputSampleElements);
 
     public void Dispose() => _cache.Dispose();
 
@@ -445,9 +475,9 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             var batch = data.Batch(s, 1).Select(b => new NamedTensor(b.Name, TensorData.FromBytes(b.DataType, b.Data, b.Shape))).ToList();
             foreach (var input in batch)
                 if (wantedSet.Contains(input.Name))
-                    cache.Put(input.Name, s, input.Data);
+                    Capture(input.Name, s, input.Data);
             foreach (var output in session.Run(batch, outputs))
-                cache.Put(output.Name, s, output.Data);
+                Capture(output.Name, s, output.Data);
         }
     }
 
@@ -489,7 +519,12 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             }
             double change = 0;
             if (local)
-                change = FeatureMetric.SquaredDistance(outputs[^1].Data.ToFloats(), cache.Get(cut.OutputOf[layer], sample).ToFloats());
+            {
+                var full = outputs[^1].Data.ToFloats();
+                var reference = cache.Get(cut.OutputOf[layer], sample).ToFloats();
+                var perturbed = reference.Length == full.Length ? full : Strided(full);
+                change = FeatureMetric.SquaredDistance(perturbed, reference) * (full.Length / (double)reference.Length);
+            }
             return (distortion, change);
         }
 

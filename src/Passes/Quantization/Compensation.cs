@@ -152,39 +152,26 @@ public static class Compensator
         // shared factor would starve it.
         var factors = Enumerable.Range(0, layout.Channels).Select(statistics.Offset).Distinct()
             .ToDictionary(o => o, o => statistics.Factor(o, () => InverseFactor(statistics, o, length)) ?? []);
-        // Each channel is computed on its own in a fixed order, so the result does not depend on the thread count.
-        Parallel.For(0, layout.Channels, c =>
+        // Each channel is computed on its own in a fixed order, so the result does not depend on the thread count. A
+        // group of channels walks the columns together, so each row of the factor is read from memory once per group
+        // instead of once per channel (the factor of a 3x3 Conv over 512 channels is 170 MB).
+        const int group = 16;
+        Parallel.For(0, (layout.Channels + group - 1) / group, g =>
         {
-            var u = factors[statistics.Offset(c)];
-            var row = new float[length];
-            var indices = new int[length];
-            rowLayout.GatherBlock(weight, c, 0, row, indices);
-            var bits = channelBits[c];
-            int qmin = QuantMath.SignedMin(bits), qmax = QuantMath.SignedMax(bits);
-            var w = Array.ConvertAll(row, v => (double)v);
-            var blocked = layout.BlockSize > 0;
-            var scale = blocked ? 0f : QuantMath.MseOptimalScale(row, bits);
-            if (!blocked)
-                scales[c] = scale;
-            for (var j = 0; j < length; j++)
+            var first = g * group;
+            var channels = Enumerable.Range(first, Math.Min(group, layout.Channels - first)).Select(c =>
             {
-                if (blocked && j % layout.BlockSize == 0)
-                {
-                    var end = Math.Min(length, j + layout.BlockSize);
-                    var block = new float[end - j];
-                    for (var t = j; t < end; t++)
-                        block[t - j] = (float)w[t];
-                    scale = QuantMath.MseOptimalScale(block, bits);
-                    scales[c * layout.BlocksPerChannel + j / layout.BlockSize] = scale;
-                }
-                var q = Math.Clamp(MathF.Round((float)w[j] / scale, MidpointRounding.ToEven), qmin, qmax);
-                values[indices[j]] = (sbyte)q;
-                if (u.Length == 0)
-                    continue;
-                var error = (w[j] - q * (double)scale) / u[j * length + j];
-                var rest = w.AsSpan(j + 1);
-                TensorPrimitives.MultiplyAdd(u.AsSpan(j * length + j + 1, length - j - 1), -error, rest, rest);
-            }
+                var row = new float[length];
+                var indices = new int[length];
+                rowLayout.GatherBlock(weight, c, 0, row, indices);
+                var scale = layout.BlockSize > 0 ? 0f : QuantMath.MseOptimalScale(row, channelBits[c]);
+                if (layout.BlockSize == 0)
+                    scales[c] = scale;
+                return new ChannelState(c, factors[statistics.Offset(c)], Array.ConvertAll(row, v => (double)v), indices, channelBits[c], scale);
+            }).ToList();
+            for (var j = 0; j < length; j++)
+                foreach (var state in channels)
+                    state.Step(j, layout, values, scales);
         });
         return new WeightQuantization(channelBits.Max(), layout, values, scales);
     }
@@ -269,6 +256,34 @@ public static class Compensator
         }
         // Not positive definite even damped: null, and the caller rounds to nearest.
         return DenseSpd.InverseUpperFactor(h, length, threads: 0);
+    }
+
+    /// <summary>One output channel's second-order rounding, one column at a time.</summary>
+    private sealed class ChannelState(int channel, double[] u, double[] w, int[] indices, int bits, float scale)
+    {
+        private readonly int _qmin = QuantMath.SignedMin(bits), _qmax = QuantMath.SignedMax(bits);
+        private float _scale = scale;
+
+        public void Step(int j, WeightLayout layout, sbyte[] values, float[] scales)
+        {
+            var length = w.Length;
+            if (layout.BlockSize > 0 && j % layout.BlockSize == 0)
+            {
+                var end = Math.Min(length, j + layout.BlockSize);
+                var block = new float[end - j];
+                for (var t = j; t < end; t++)
+                    block[t - j] = (float)w[t];
+                _scale = QuantMath.MseOptimalScale(block, bits);
+                scales[channel * layout.BlocksPerChannel + j / layout.BlockSize] = _scale;
+            }
+            var q = Math.Clamp(MathF.Round((float)w[j] / _scale, MidpointRounding.ToEven), _qmin, _qmax);
+            values[indices[j]] = (sbyte)q;
+            if (u.Length == 0)
+                return;
+            var error = (w[j] - q * (double)_scale) / u[j * length + j];
+            var rest = w.AsSpan(j + 1);
+            TensorPrimitives.MultiplyAdd(u.AsSpan(j * length + j + 1, length - j - 1), -error, rest, rest);
+        }
     }
 
     private static WeightQuantization RoundToNearest(float[] weights, WeightLayout layout, int[] channelBits)
