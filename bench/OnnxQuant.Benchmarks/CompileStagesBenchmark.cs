@@ -95,11 +95,11 @@ public static class CompileStagesBenchmark
                 Console.WriteLine($"float forward over {samples} samples: {forward:0.000} s ({1000 * forward / samples:0.0} ms/sample)");
                 Console.WriteLine($"ratio compile / float forward: {total / forward:0.0}x " +
                                   $"(curve runs / samples = {(double)result.CurveRuns / samples:0.0})");
-                var modelBytes = new FileInfo(modelPath).Length;
-                Console.WriteLine($"peak resident memory: {PeakResidentBytes() >> 20} MiB (bound 2 x model + 1 GiB = {(2 * modelBytes + (1L << 30)) >> 20} MiB)");
                 if (result.CurveTiming is { } t)
                     Console.WriteLine($"curves: cache fill {t.CacheFill:0.00} s, sessions {t.Sessions:0.00} s, quantize {t.Quantize:0.00} s, " +
                                       $"local errors {t.LocalErrors:0.00} s, cut runs {t.Runs:0.00} s");
+                var modelBytes = new FileInfo(modelPath).Length;
+                Console.WriteLine($"peak resident memory: {PeakResidentBytes() >> 20} MiB (bound 2 x model + 1 GiB = {(2 * modelBytes + (1L << 30)) >> 20} MiB)");
                 foreach (var note in result.Targets[0].Report.Notes.Where(n => n.StartsWith("curve", StringComparison.Ordinal)))
                     Console.WriteLine("note: " + note);
             }
@@ -119,7 +119,7 @@ public static class CompileStagesBenchmark
         if (!File.Exists(status))
             return 0;
         var line = File.ReadLines(status).FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
-        return line is null ? 0 : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+        return line is null ? 0 : long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
     }
 
     private static void Forward(InferenceSession session, CalibrationSet data, int samples)

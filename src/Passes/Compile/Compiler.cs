@@ -115,9 +115,9 @@ public static class Compiler
             {
                 using var stage = progress.Begin($"uniform baseline {width} bits", 1);
                 var plans = RewriteStage.Plans(discovery, partition, _ => width);
-                var rewritten = RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics);
+                var rewritten = RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics, memo: cutCurves?.Memo);
                 measured = VerifyStage.Run(rewritten,
-                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics),
+                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics, memo: cutCurves?.Memo),
                     verifier!, debugDirectory, $"uniform-{width}").Measured;
                 uniformMeasured[width] = measured;
                 stage.Advance();
@@ -133,7 +133,7 @@ public static class Compiler
             VerifiedModel RewriteAndVerify(Func<string, int> bitsOf)
             {
                 var plans = RewriteStage.Plans(discovery, partition, bitsOf);
-                var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics));
+                var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics, memo: cutCurves?.Memo));
                 return clock.Time("verify", () =>
                 {
                     var split = loaded.Verification;
@@ -141,7 +141,7 @@ public static class Compiler
                         options.Execution.Measurement(), options.Execution.RunBatch);
                     using var stage = progress.Begin($"verify {AllocationOptions.FormatBits(target)} bits", 1);
                     var result = VerifyStage.Run(rewritten,
-                        () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics),
+                        () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics, memo: cutCurves?.Memo),
                         verifier, debugDirectory, $"bits-{AllocationOptions.FormatBits(target)}");
                     stage.Advance();
                     return result;

@@ -37,6 +37,10 @@ public sealed class ActivationCache(long memoryBudgetBytes) : IDisposable
         SpilledBytes += bytes.LongLength;
     }
 
+    /// <summary>Element type and shape of a cached value, without reading a spilled one back.</summary>
+    public (DataType Type, long[] Shape) Describe(string tensor, int sample) =>
+        _memory.TryGetValue((tensor, sample), out var data) ? (data.DataType, data.Shape) : (_disk[(tensor, sample)].Type, _disk[(tensor, sample)].Shape);
+
     public TensorData Get(string tensor, int sample)
     {
         if (_memory.TryGetValue((tensor, sample), out var data))

@@ -20,8 +20,8 @@ namespace OnnxQuant.Passes.Curves;
 /// <param name="SegmentLayers">Consecutive layers that share one cut session.</param>
 /// <param name="LowWidthSamples">Samples the gain at the lowest candidate width is also measured on (0 = not
 /// measured), for the widths below the reference; at most the samples of the reference gain.</param>
-public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 8, double RelativeError = 0.1, int LocalRows = 512,
-    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 2)
+public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double RelativeError = 0.25, int LocalRows = 512,
+    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 1)
 {
     public static GainSettings Default { get; } = new();
 
@@ -197,6 +197,9 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 
     private InputStatisticsCache? _statistics;
 
+    /// <summary>The compensated weights the curves measured, for the rewrites to reuse (they are the same).</summary>
+    public CompensationMemo Memo { get; } = new(512L << 20);
+
     /// <summary>The features: their energy over all calibration samples normalizes the gain measurements.</summary>
     public IReadOnlyCollection<string> ExtraTensors => !_measure || _options.Mode == CurveMode.Exact ? [] : _features.ToList();
 
@@ -259,8 +262,14 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             foreach (var cut in segments)
             {
                 cutNodes += cut.Nodes * cut.Layers.Count;
-                var types = cut.CutValues.ToDictionary(n => n, n => cache.Get(n, 0).DataType, StringComparer.Ordinal);
-                sessionClock.Start();
+                // Every cached sample gives the same shape to a cut value when the model has a fixed batch; a shape
+                // that varies is left unknown.
+                var types = cut.CutValues.ToDictionary(n => n, n =>
+                {
+                    var (type, shape) = cache.Describe(n, 0);
+                    var fixedShape = Enumerable.Range(1, cacheSamples - 1).All(smp => cache.Describe(n, smp).Shape.SequenceEqual(shape));
+                    return (type, fixedShape ? shape : (long[]?)null);
+                }, StringComparer.Ordinal);
                 var cutModel = cut.Build(_model, n => types[n], withLayerOutputs: !exact);
                 using var session = InferenceSession.Create(ModelIO.ToBytes(cutModel), sessionOptions);
                 sessionClock.Stop();
@@ -282,7 +291,8 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                         if (quantized.TryGetValue(b, out var q))
                             return q;
                         quantizeClock.Start();
-                        q = quantized[b] = Compensator.FakeQuantize(weight, layout, b, statistics, gptq);
+                        q = quantized[b] = Memo.Quantize(layer.Name, weight, layout, Enumerable.Repeat(b, layout.Channels).ToArray(),
+                            () => statistics, gptq).Dequantize();
                         quantizeClock.Stop();
                         return q;
                     }

@@ -22,11 +22,12 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
     }
 
     /// <summary>
-    /// The cut as a model: cut values are graph inputs (typed from <paramref name="typeOf"/>), the layers' weights are
+    /// The cut as a model: cut values are graph inputs (typed from <paramref name="typeOf"/>, with the shape it gives:
+    /// ONNX Runtime's layout and fusion passes need known shapes downstream), the layers' weights are
     /// graph inputs of the same names, outputs are the reachable features and, with <paramref name="withLayerOutputs"/>,
     /// each layer's output (so the change a perturbation makes there can be measured).
     /// </summary>
-    public Model Build(Model model, Func<string, DataType> typeOf, bool withLayerOutputs)
+    public Model Build(Model model, Func<string, (DataType Type, long[]? Shape)> typeOf, bool withLayerOutputs)
     {
         var clone = model.Clone();
         var graph = clone.Graph;
@@ -38,7 +39,8 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
         {
             if (value.IsGraphInput)
                 continue;
-            var input = new Value(graph.UniqueName("onnxquant.cut.input"), new TensorType(typeOf(value.Name), null));
+            var (type, shape) = typeOf(value.Name);
+            var input = new Value(graph.UniqueName("onnxquant.cut.input"), new TensorType(type, shape is null ? null : Shape.Of(shape)));
             graph.AddInput(input);
             graph.ReplaceAllUsesWith(value, input);
             renames.Add((input, value.Name));

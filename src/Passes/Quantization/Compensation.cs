@@ -20,10 +20,38 @@ public enum Compensation
 /// The statistics of a layer's input rows (a token for MatMul/Gemm, an im2col patch for Conv) that compensation needs:
 /// the second-moment matrix <c>S = E[x x^T]</c> (row-major, <see cref="Reduction"/>^2) and the mean <c>E[x]</c>. Output
 /// channel c reads the slice [<see cref="Offset"/>(c), + <see cref="RowLength"/>) of a row (a group's slice for a
-/// grouped Conv; the whole row otherwise).
+/// grouped Conv; the whole row otherwise). The mean is computed at once; S, the expensive part, when first read.
 /// </summary>
-public sealed record InputStatistics(int Reduction, double[] Second, double[] Mean, int RowLength, int ChannelsPerGroup, int Rows)
+public sealed class InputStatistics
 {
+    private readonly Func<double[]> _computeSecond;
+    private double[]? _second;
+
+    public InputStatistics(int reduction, Func<double[]> second, double[] mean, int rowLength, int channelsPerGroup, int rows)
+    {
+        Reduction = reduction;
+        _computeSecond = second;
+        Mean = mean;
+        RowLength = rowLength;
+        ChannelsPerGroup = channelsPerGroup;
+        Rows = rows;
+    }
+
+    public int Reduction { get; }
+    public double[] Mean { get; }
+    public int RowLength { get; }
+    public int ChannelsPerGroup { get; }
+    public int Rows { get; }
+
+    public double[] Second
+    {
+        get
+        {
+            lock (_computeSecond)
+                return _second ??= _computeSecond();
+        }
+    }
+
     public int Offset(int channel) => channel / ChannelsPerGroup * RowLength;
 
     private readonly Dictionary<int, double[]?> _factors = [];
@@ -44,11 +72,47 @@ public sealed record InputStatistics(int Reduction, double[] Second, double[] Me
     {
         if (rows.Count == 0)
             throw new ArgumentException("no input rows", nameof(rows));
-        var (second, mean) = DenseSpd.Moments(rows, reduction, threads: 0);
         // 6 significant digits, as every measured number that drives a decision: the rows come from ONNX Runtime, whose
         // last bits differ between thread counts and CPUs.
-        return new InputStatistics(reduction, second.Select(StableRounding.Round).ToArray(),
-            mean.Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
+        return new InputStatistics(reduction, () => DenseSpd.Moments(rows, reduction, threads: 0).Second.Select(StableRounding.Round).ToArray(),
+            DenseSpd.Mean(rows, reduction).Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
+    }
+}
+
+/// <summary>
+/// Each layer's weight quantized at each width, computed once and shared by the curves (every width) and every rewrite
+/// (the allocated widths, the uniform baseline, repairs), up to a memory budget: second-order rounding of a large layer
+/// costs seconds, picking its channels from stored widths nothing. Channels are quantized independently, so a mix of
+/// widths is exactly the stored widths' channels side by side.
+/// </summary>
+public sealed class CompensationMemo(long budgetBytes)
+{
+    private readonly Dictionary<(string Layer, int Bits, string Layout, bool Gptq), WeightQuantization> _entries = [];
+    private long _bytes;
+
+    public WeightQuantization Quantize(string layer, float[] weight, WeightLayout layout, int[] channelBits, Func<InputStatistics?> statistics, bool gptq)
+    {
+        var distinct = channelBits.Distinct().Order().ToArray();
+        var byBits = distinct.ToDictionary(b => b, b => Uniform(layer, weight, layout, b, statistics, gptq));
+        return distinct.Length == 1 ? byBits[distinct[0]] : Compensator.Compose(weight, layout, channelBits, byBits);
+    }
+
+    private WeightQuantization Uniform(string layer, float[] weight, WeightLayout layout, int bits, Func<InputStatistics?> statistics, bool gptq)
+    {
+        var key = (layer, bits, $"{string.Join("x", layout.Shape)}/{layout.ChannelAxis}/{layout.BlockSize}", gptq);
+        lock (_entries)
+        {
+            if (_entries.TryGetValue(key, out var found))
+                return found;
+        }
+        var computed = Compensator.Quantize(weight, layout, Enumerable.Repeat(bits, layout.Channels).ToArray(), gptq ? statistics() : null, gptq);
+        lock (_entries)
+        {
+            var size = computed.Values.LongLength + computed.Scales.LongLength * sizeof(float);
+            if (_bytes + size <= budgetBytes && _entries.TryAdd(key, computed))
+                _bytes += size;
+        }
+        return computed;
     }
 }
 
@@ -89,7 +153,7 @@ public sealed class InputStatisticsCache(Func<string, InputStatistics?> compute,
     }
 
     // S and, once second-order rounding ran, its factor.
-    private static long Size(InputStatistics? s) => s is null ? 0 : 2L * s.Second.Length * sizeof(double);
+    private static long Size(InputStatistics? s) => s is null ? 0 : 2L * s.Reduction * s.Reduction * sizeof(double);
 }
 
 /// <summary>
@@ -291,7 +355,12 @@ public static class Compensator
         var distinct = channelBits.Distinct().OrderBy(b => b).ToArray();
         if (distinct.Length == 1)
             return QuantMath.QuantizeWeight(weights, layout, distinct[0]);
-        var byBits = distinct.ToDictionary(b => b, b => QuantMath.QuantizeWeight(weights, layout, b));
+        return Compose(weights, layout, channelBits, distinct.ToDictionary(b => b, b => QuantMath.QuantizeWeight(weights, layout, b)));
+    }
+
+    /// <summary>Every channel's values and scales taken from the quantization at its own width.</summary>
+    internal static WeightQuantization Compose(float[] weights, WeightLayout layout, int[] channelBits, IReadOnlyDictionary<int, WeightQuantization> byBits)
+    {
         var values = new sbyte[weights.Length];
         var scales = new float[layout.Channels * layout.BlocksPerChannel];
         var buffer = new float[layout.BlockLength];

@@ -41,6 +41,20 @@ public static class DenseSpd
         return sum;
     }
 
+    /// <summary><c>E[x]</c> of <paramref name="rows"/>: per column, the rows summed in order, over m.</summary>
+    public static double[] Mean(IReadOnlyList<float[]> rows, int n)
+    {
+        var mean = new double[n];
+        for (var i = 0; i < n; i++)
+        {
+            double s = 0;
+            foreach (var row in rows)
+                s += row[i];
+            mean[i] = s / rows.Count;
+        }
+        return mean;
+    }
+
     /// <summary>
     /// <c>S = X^T X / m</c> and <c>E[x] = X^T 1 / m</c> of <paramref name="rows"/> (m rows of length n), S row-major.
     /// </summary>

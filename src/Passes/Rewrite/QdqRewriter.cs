@@ -47,8 +47,9 @@ public static class QdqRewriter
     /// </param>
     /// <param name="statistics">Input statistics per layer name, for <see cref="RewriteOptions.Compensation"/>; layers
     /// without them are rounded to nearest.</param>
+    /// <param name="memo">Weights already quantized at each width (by the curves); null = quantize here.</param>
     public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, RewriteOptions options,
-        int actBits, bool allowInt2 = true, Func<string, InputStatistics?>? statistics = null)
+        int actBits, bool allowInt2 = true, Func<string, InputStatistics?>? statistics = null, CompensationMemo? memo = null)
     {
         var compensated = new List<LayerCompensation>();
         var graph = model.Graph;
@@ -68,7 +69,8 @@ public static class QdqRewriter
             var layout = layer.Layout(options.Format, options.BlockSize);
             var stats = statistics?.Invoke(layer.Name);
             var gptq = stats is not null && options.Compensation.HasFlag(Compensation.Gptq);
-            var quantized = Compensator.Quantize(weights, layout, plan.ChannelBits, stats, gptq);
+            var quantized = memo?.Quantize(layer.Name, weights, layout, plan.ChannelBits, () => stats, gptq)
+                ?? Compensator.Quantize(weights, layout, plan.ChannelBits, stats, gptq);
             if (stats is not null && options.Compensation != Compensation.None)
             {
                 string? biasNote = null;
