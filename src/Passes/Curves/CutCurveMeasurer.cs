@@ -40,7 +40,8 @@ public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double
 /// that caches cut activations, building the cut sessions, quantizing the weights at every width (compensation
 /// included), the closed-form local errors, and the cut runs.
 /// </summary>
-public sealed record CurveTiming(double CacheFill, double Sessions, double Quantize, double LocalErrors, double Runs);
+/// <param name="FillRuns">Float runs made to cache cut activations the calibration pass did not hand over (0 normally).</param>
+public sealed record CurveTiming(double CacheFill, double Sessions, double Quantize, double LocalErrors, double Runs, int FillRuns);
 
 /// <summary>
 /// How one unit's gain curve was obtained. <see cref="LocalMeasured"/> is the mean of ||dz||^2 (the layer-output
@@ -409,7 +410,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         }
         var modelNodes = _model.Graph.Nodes.Count;
         var timing = new CurveTiming(fillClock.Elapsed.TotalSeconds, sessionClock.Elapsed.TotalSeconds, quantizeClock.Elapsed.TotalSeconds,
-            localClock.Elapsed.TotalSeconds, runClock.Elapsed.TotalSeconds);
+            localClock.Elapsed.TotalSeconds, runClock.Elapsed.TotalSeconds, missing.Count);
         notes.Insert(0, $"curves on graph cuts: {segments.Count} session(s) of up to {_settings.SegmentLayers} layers, each layer's cut holding " +
                         $"{100 * cutNodes / Math.Max(1, _layers.Count) / Math.Max(1, modelNodes):0}% of the model's nodes on average; " +
                         $"{cacheSamples} sample(s) of cut activations cached ({cache.MemoryBytes >> 20} MiB in memory, {cache.SpilledBytes >> 20} MiB spilled)");

@@ -50,6 +50,37 @@ public class CompensationTests
         Assert.All(q.Values, v => Assert.InRange(v, QuantMath.SignedMin(bits), QuantMath.SignedMax(bits)));
     }
 
+    /// <summary>
+    /// The memo the curves fill and the rewrites read gives exactly what quantizing directly gives, for one width and
+    /// for a mix (bit for bit), with second-order rounding and without, and blocked; after the first call nothing is
+    /// recomputed (the statistics are not asked for again).
+    /// </summary>
+    [Theory]
+    [InlineData(true, 0)]
+    [InlineData(false, 0)]
+    [InlineData(true, 16)]
+    public void CompensationMemoEqualsDirectQuantization(bool gptq, int blockSize)
+    {
+        const int k = 48, n = 8;
+        var rows = CorrelatedRows(256, k, 4);
+        var statistics = InputStatistics.FromRows(rows, k, k, n);
+        var weight = Net.RandomData(k * n, 6);
+        var layout = blockSize > 0 ? new WeightLayout([k, n], channelAxis: 1, blockAxis: 0, blockSize: blockSize) : new WeightLayout([n, k], channelAxis: 0);
+        var memo = new CompensationMemo(1 << 20);
+        var asked = 0;
+        InputStatistics Statistics() { asked++; return statistics; }
+        foreach (var bits in new[] { new[] { 4, 4, 4, 4, 4, 4, 4, 4 }, new[] { 2, 2, 3, 3, 4, 4, 8, 8 }, new[] { 8, 3, 2, 4, 4, 2, 3, 8 } })
+        {
+            var direct = Compensator.Quantize(weight, layout, bits, statistics, gptq);
+            var memoized = memo.Quantize("layer", weight, layout, bits, Statistics, gptq);
+            Assert.Equal(direct.Values, memoized.Values);
+            Assert.Equal(direct.Scales, memoized.Scales);
+            Assert.Equal(direct.Bits, memoized.Bits);
+        }
+        // Widths 2, 3, 4 and 8 were each computed once.
+        Assert.Equal(gptq ? 4 : 0, asked);
+    }
+
     [Fact]
     public void SecondOrderRoundingKeepsEachChannelsWidthAndIsDeterministic()
     {
