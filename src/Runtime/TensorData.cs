@@ -134,6 +134,9 @@ public sealed class TensorData
     /// and doubles, bool as 0/1, sub-byte integers unpacked (signed ones sign-extended).
     /// </summary>
     /// <exception cref="NotSupportedException">STRING and the FLOAT8/FLOAT4 kinds.</exception>
+    /// <summary>The values as floats, without a copy when they are floats already: read-only use only.</summary>
+    public float[] AsFloats() => DataType == DataType.Float ? (float[])Elements : ToFloats();
+
     public float[] ToFloats()
     {
         var n = checked((int)ElementCount);

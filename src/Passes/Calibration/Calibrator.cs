@@ -118,7 +118,8 @@ public static class Calibrator
                         tap!.Capture(output.Name, start, output.Data);
                     if (!floatOutputs.Contains(output.Name))
                         continue;
-                    var values = output.Data.ToFloats();
+                    // Read only here (observers, rows, energy), so no copy of each output.
+                    var values = output.Data.AsFloats();
                     // Min propagates NaN, so one vectorized pass finds it.
                     if (values.Length > 0 && float.IsNaN(TensorPrimitives.Min(values)))
                         throw new CompileException($"tensor '{output.Name}' is NaN on calibration sample {start}; the model produces NaN on this data");

@@ -263,6 +263,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             foreach (var cut in segments)
             {
                 cutNodes += cut.Nodes * cut.Layers.Count;
+                sessionClock.Start();
                 // Every cached sample gives the same shape to a cut value when the model has a fixed batch; a shape
                 // that varies is left unknown.
                 var types = cut.CutValues.ToDictionary(n => n, n =>
