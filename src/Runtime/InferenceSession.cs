@@ -152,6 +152,18 @@ public sealed unsafe class InferenceSession : IDisposable
             }
             if (threads > 0)
                 api.Check(api.SetIntraOpNumThreads(raw, threads), "SetIntraOpNumThreads");
+            if (options.OptimizedModelPath is { } optimized)
+            {
+                var path = Utf8.Encode(Path.GetFullPath(optimized));
+                fixed (byte* p = path)
+                    api.Check(api.SetOptimizedModelFilePath(raw, p), "SetOptimizedModelFilePath");
+            }
+            if (options.ProfilePrefix is { } prefix)
+            {
+                var bytes = Utf8.Encode(prefix);
+                fixed (byte* p = bytes)
+                    api.Check(api.EnableProfiling(raw, p), "EnableProfiling");
+            }
             foreach (var entry in options.ConfigEntries)
             {
                 var key = Utf8.Encode(entry.Key);
@@ -254,6 +266,29 @@ public sealed unsafe class InferenceSession : IDisposable
                 symbolic[k] = Utf8.Read((byte*)symbols[k]) ?? "";
         }
         return new TensorInfo(name, ValueKind.Tensor, (DataType)elementType, dims, symbolic);
+    }
+
+    /// <summary>
+    /// Stops the profiler of a session created with <see cref="SessionOptions.ProfilePrefix"/> and returns the path of
+    /// the JSON trace it wrote (read it with <see cref="OpProfile.Read"/>).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The session was created without profiling.</exception>
+    public string EndProfiling()
+    {
+        ObjectDisposedException.ThrowIf(_session.IsClosed, this);
+        if (Options.ProfilePrefix is null)
+            throw new InvalidOperationException("the session was created without profiling (SessionOptions.ProfilePrefix)");
+        var api = _runtime.Api;
+        byte* path;
+        api.Check(api.SessionEndProfiling(_session.DangerousGetHandle(), _runtime.DefaultAllocator, &path), "SessionEndProfiling");
+        try
+        {
+            return Utf8.Read(path) ?? "";
+        }
+        finally
+        {
+            api.Check(api.AllocatorFree(_runtime.DefaultAllocator, path), "AllocatorFree");
+        }
     }
 
     /// <summary>

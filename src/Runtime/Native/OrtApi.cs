@@ -15,7 +15,9 @@ internal sealed unsafe class OrtApi
     public readonly delegate* unmanaged<nint, void*, nuint, nint, nint*, nint> CreateSessionFromArray;
     public readonly delegate* unmanaged<nint, nint, nint*, nint*, nuint, nint*, nuint, nint*, nint> Run;
     public readonly delegate* unmanaged<nint*, nint> CreateSessionOptions;
+    public readonly delegate* unmanaged<nint, byte*, nint> SetOptimizedModelFilePath;
     public readonly delegate* unmanaged<nint, int, nint> SetSessionExecutionMode;
+    public readonly delegate* unmanaged<nint, byte*, nint> EnableProfiling;
     public readonly delegate* unmanaged<nint, int, nint> SetSessionGraphOptimizationLevel;
     public readonly delegate* unmanaged<nint, int, nint> SetIntraOpNumThreads;
     public readonly delegate* unmanaged<nint, int, nint> SetInterOpNumThreads;
@@ -51,6 +53,7 @@ internal sealed unsafe class OrtApi
     public readonly delegate* unmanaged<nint, void> ReleaseTypeInfo;
     public readonly delegate* unmanaged<nint, void> ReleaseTensorTypeAndShapeInfo;
     public readonly delegate* unmanaged<nint, void> ReleaseSessionOptions;
+    public readonly delegate* unmanaged<nint, nint, byte**, nint> SessionEndProfiling;
     public readonly delegate* unmanaged<byte***, int*, nint> GetAvailableProviders;
     public readonly delegate* unmanaged<byte**, int, nint> ReleaseAvailableProviders;
     public readonly delegate* unmanaged<nint, byte*, byte*, nint> AddSessionConfigEntry;
@@ -71,7 +74,9 @@ internal sealed unsafe class OrtApi
         CreateSessionFromArray = (delegate* unmanaged<nint, void*, nuint, nint, nint*, nint>)table[8];
         Run = (delegate* unmanaged<nint, nint, nint*, nint*, nuint, nint*, nuint, nint*, nint>)table[9];
         CreateSessionOptions = (delegate* unmanaged<nint*, nint>)table[10];
+        SetOptimizedModelFilePath = (delegate* unmanaged<nint, byte*, nint>)table[11];
         SetSessionExecutionMode = (delegate* unmanaged<nint, int, nint>)table[13];
+        EnableProfiling = (delegate* unmanaged<nint, byte*, nint>)table[14];
         SetSessionGraphOptimizationLevel = (delegate* unmanaged<nint, int, nint>)table[23];
         SetIntraOpNumThreads = (delegate* unmanaged<nint, int, nint>)table[24];
         SetInterOpNumThreads = (delegate* unmanaged<nint, int, nint>)table[25];
@@ -107,6 +112,7 @@ internal sealed unsafe class OrtApi
         ReleaseTypeInfo = (delegate* unmanaged<nint, void>)table[98];
         ReleaseTensorTypeAndShapeInfo = (delegate* unmanaged<nint, void>)table[99];
         ReleaseSessionOptions = (delegate* unmanaged<nint, void>)table[100];
+        SessionEndProfiling = (delegate* unmanaged<nint, nint, byte**, nint>)table[110];
         GetAvailableProviders = (delegate* unmanaged<byte***, int*, nint>)table[125];
         ReleaseAvailableProviders = (delegate* unmanaged<byte**, int, nint>)table[126];
         AddSessionConfigEntry = (delegate* unmanaged<nint, byte*, byte*, nint>)table[130];
