@@ -46,6 +46,12 @@ internal static class CompileCommand
         var headBits = new Option<int>("--head-bits") { Description = "Width of layers that do not reach the feature, kept outside the budget", DefaultValueFactory = _ => 8 };
         var format = new Option<string>("--format") { Description = "qdq, or matmulnbits (MatMul weights packed weight-only)", DefaultValueFactory = _ => "qdq" };
         format.AcceptOnlyFromAmong("qdq", "matmulnbits");
+        var deploy = new Option<string>("--deploy")
+        {
+            Description = "size (smallest file) or speed (Q/DQ placed for ONNX Runtime's integer CPU kernels, INT8 and MatMulNBits containers)",
+            DefaultValueFactory = _ => "size",
+        };
+        deploy.AcceptOnlyFromAmong("size", "speed");
         var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
         var runBatch = new Option<int>("--run-batch") { Description = "Samples stacked into one ONNX Runtime run when the model's batch axis is symbolic", DefaultValueFactory = _ => 8 };
         var curves = new Option<string>("--curves") { Description = "gain (closed-form local error x propagation gain measured on a few samples), exact (measured at every width on every sample) or fast (diagonal proxy scaled by one measured width)", DefaultValueFactory = _ => "gain" };
@@ -67,7 +73,7 @@ internal static class CompileCommand
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
-                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, curves, curvesFile, writeCurves, cacheDir, noCache,
+                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, deploy, blockSize, curves, curvesFile, writeCurves, cacheDir, noCache,
                      maxDistortion, maxDrop, evalData, evalAnnotations, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
@@ -118,6 +124,7 @@ internal static class CompileCommand
                 {
                     Format = parse.GetValue(format) == "matmulnbits" ? WeightFormat.MatMulNBits : WeightFormat.Qdq,
                     BlockSize = parse.GetValue(blockSize),
+                    Deploy = parse.GetValue(deploy) == "speed" ? DeployTarget.Speed : DeployTarget.Size,
                 },
                 Guards = new GuardOptions
                 {

@@ -16,6 +16,16 @@ public sealed record SizeReport(long FloatWeightBytes, long IdealPackedBits, lon
 /// <summary>Predicted (sum of curves) and measured distortion of the features.</summary>
 public sealed record DistortionReport(double Predicted, double Measured, int Samples, bool HeldOut, string Metric);
 
+/// <summary>
+/// What the speed target did and cost: the same allocation rewritten for size, measured on the same samples, gives
+/// the distortion the extra activation quantization adds; the fusion check says what ONNX Runtime runs.
+/// </summary>
+public sealed record DeployReport(string Target, double SizeMeasured, int QuantizedTensors, IReadOnlyDictionary<string, int> IntegerOps,
+    IReadOnlyList<string> NBitsLayers, int WeightDequantizeLeft, int IntegerKernels, IReadOnlyDictionary<string, int> OptimizedOpTypes)
+{
+    public double ActivationCost(double measured) => measured - SizeMeasured;
+}
+
 /// <summary>Everything <c>report.json</c> (schema <c>onnxquant.report/1</c>) holds for one target.</summary>
 public sealed record CompileReport
 {
@@ -45,4 +55,7 @@ public sealed record CompileReport
 
     /// <summary>Per unit, the measured propagation gain behind its curve (gain curves measured in this compile).</summary>
     public IReadOnlyList<UnitGain> CurveGains { get; init; } = [];
+
+    /// <summary>The speed target's placement, cost and fusion check; null for the size target.</summary>
+    public DeployReport? Deploy { get; init; }
 }

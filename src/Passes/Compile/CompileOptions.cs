@@ -33,6 +33,7 @@ public sealed record CompileOptions
         foreach (var stage in Stages)
             stage.Validate();
         Allocation.ValidateFeasible(Curves.CandidateBits);
+        Rewrite.ValidateWith(Calibration.ActBits);
     }
 
     /// <summary>

@@ -62,11 +62,14 @@ public static class Compiler
         // Exact and gain curves run on graph cuts; gain curves read their layers' input rows in the calibration pass.
         var cutCurves = options.Curves.Mode == CurveMode.Fast || pinned is not null ? null
             : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads);
+        // The speed target also quantizes layer outputs and the tensors between integer layers.
+        var speed = options.Rewrite.Deploy == DeployTarget.Speed;
         var calibration = clock.Time("calibrate", () => CalibrateStage.Run(canonical,
             discovery.Layers.Select(l => l.Activation).Distinct()
                 .Select(a => (a, discovery.Layers.First(l => l.Activation == a).ActivationChannelAxis)).ToList(),
             loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast, options.Execution, progress,
-            cutCurves?.ExtraTensors.Count > 0 ? cutCurves : null));
+            cutCurves?.ExtraTensors.Count > 0 ? cutCurves : null,
+            speed ? SpeedRewriter.CalibrationTensors(canonical, discovery.Layers) : null));
 
         var curves = clock.Time("curves", () => CurveStage.Run(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
@@ -94,14 +97,30 @@ public static class Compiler
                 stage.Advance();
                 return result;
             });
+            var deploy = speed ? clock.Time("verify", () =>
+            {
+                var label = $"bits-{AllocationOptions.FormatBits(target)}";
+                var fusion = VerifyStage.CheckFusion(verified.Rewritten.Model, options.Execution.Measurement(), debugDirectory, label);
+                var sizeOptions = options.Rewrite with { Deploy = DeployTarget.Size };
+                var size = VerifyStage.Run(RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits),
+                    () => RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, allowInt2: false),
+                    verifier!, debugDirectory, label + "-size");
+                var placement = verified.Rewritten.Result.Speed!;
+                return new DeployReport("speed", size.Measured, placement.QuantizedTensors, placement.IntegerOps, placement.NBitsLayers,
+                    fusion.WeightDequantizeLeft, fusion.IntegerKernels, fusion.OpTypes);
+            }) : null;
             var bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
             var notes = loaded.Notes.Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
             if (options.Calibration.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
                 notes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
+            if (deploy is not null)
+                notes.Add($"deploy speed: {deploy.QuantizedTensors} activation tensors quantized, {deploy.IntegerKernels} integer kernels after ONNX Runtime's fusions, " +
+                          $"{deploy.WeightDequantizeLeft} DequantizeLinear left on weight paths; the activation quantization adds " +
+                          $"{Quantization.StableRounding.Round(verified.Measured - deploy.SizeMeasured):G4} to the measured distortion of the size target ({deploy.SizeMeasured:G4})");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes), bytes));
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes) with { Deploy = deploy }, bytes));
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];

@@ -19,7 +19,11 @@ public sealed record LayerStorage(string Layer, string Format, DataType Containe
 /// <summary>What the rewrite produced.</summary>
 /// <param name="WeightOnlyLayers">Quantized layers left without activation Q/DQ (INT2 containers).</param>
 public sealed record RewriteResult(IReadOnlyList<LayerStorage> Layers, long Opset, long IrVersion, int ActivationPairs,
-    IReadOnlyList<string> WeightOnlyLayers);
+    IReadOnlyList<string> WeightOnlyLayers)
+{
+    /// <summary>What the speed target placed; null for the size target.</summary>
+    public SpeedPlacement? Speed { get; init; }
+}
 
 /// <summary>
 /// Rewrites a model to QDQ form. Weights: each quantized layer's float initializer becomes a signed integer
@@ -43,6 +47,9 @@ public static class QdqRewriter
     public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, RewriteOptions options,
         int actBits, bool allowInt2 = true)
     {
+        if (options.Deploy == DeployTarget.Speed)
+            return SpeedRewriter.Apply(model, plans, calibration
+                ?? throw new InvalidOperationException("the speed target needs calibrated activations"), options.BlockSize).Result;
         var graph = model.Graph;
         var storage = new List<LayerStorage>();
         long requiredOpset = 13; // per-axis DequantizeLinear
@@ -148,7 +155,7 @@ public static class QdqRewriter
         return new WeightQuantization(channelBits.Max(), layout, values, scales);
     }
 
-    private static long ReplaceWithDequantize(Graph graph, Value weightValue, QuantLayer layer, WeightQuantization q, DataType container)
+    internal static long ReplaceWithDequantize(Graph graph, Value weightValue, QuantLayer layer, WeightQuantization q, DataType container)
     {
         var shape = layer.WeightShape;
         var raw = Pack(q.Values, container);
