@@ -260,7 +260,7 @@ internal static class CompileCommand
         var first = result.Targets[0].Report;
         console.WriteLine($"{result.Units} units, {result.Heads} head layer(s) at {(first.Heads.Count > 0 ? first.Heads[0].Bits : 8)} bits, " +
                           $"curves {first.CurveMode.ToString().ToLowerInvariant()}{(first.CurvesFromCache ? " (cache)" : result.CurveRuns == 0 ? " (curves file)" : $" ({result.CurveRuns} runs)")}, " +
-                          $"activations {(first.ActBits == 0 ? "float" : $"{first.ActBits}-bit {first.ActCalibration}")}, format {first.WeightFormat}, opset {first.Opset}");
+                          $"activations {(first.ActBits == 0 ? "float" : $"{first.ActBits}-bit {first.ActCalibration}")}, format {first.WeightFormat}{(first.Deploy is null ? "" : ", deploy speed")}, opset {first.Opset}");
         var table = new Table().AddColumns("target", "rate", "bits used", "predicted", "measured", "weights", "vs float", "model");
         foreach (var column in table.Columns.Skip(1).Take(6))
             column.RightAligned();
