@@ -46,7 +46,7 @@ public static class DeploySpeedBenchmark
                 case "--no-detr": detr = false; break;
                 case "--model":
                     var path = args[++i];
-                    if (i + 2 >= args.Length + 1 || args[i + 1] != "--calib")
+                    if (i + 2 >= args.Length || args[i + 1] != "--calib")
                         throw new ArgumentException("--model PATH must be followed by --calib PATH");
                     i++;
                     models.Add((Path.GetFileNameWithoutExtension(path), path, args[++i]));
@@ -100,7 +100,8 @@ public static class DeploySpeedBenchmark
             var options = new CompileOptions
             {
                 Data = new() { CalibSamples = samples, VerifySamples = 8 },
-                Curves = new() { Mode = CurveMode.Fast, CacheDir = null },
+                // One curve cache per model: both targets share the curves (they do not depend on the deploy target).
+                Curves = new() { Mode = CurveMode.Fast, CacheDir = Path.Combine(outDir, "curves") },
                 Allocation = new() { TargetBits = [8, 4] },
                 Rewrite = new() { Deploy = deploy },
             };
