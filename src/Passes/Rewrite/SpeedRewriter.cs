@@ -20,7 +20,7 @@ public sealed record SpeedPlacement(int QuantizedTensors, IReadOnlyDictionary<st
 /// <list type="bullet">
 /// <item>Conv, and MatMul/Gemm above 4 bits: INT8 weight with per-channel DequantizeLinear, the bias as INT32 with
 /// scale s_x * s_w (every input of the node must come from a DequantizeLinear), and a QuantizeLinear on the output
-/// (after a Relu/Clip that the output's zero point makes redundant): QLinearConv, QLinearMatMul, QGemm.</item>
+/// (after a Relu, which the output's zero point 0 makes redundant): QLinearConv, QLinearMatMul, QGemm.</item>
 /// <item>MatMul/Gemm at 4 bits or fewer: com.microsoft MatMulNBits (4-bit container, per-channel scales repeated per
 /// block) with accuracy_level 4, whose kernel quantizes the activation to int8 itself, so it needs no Q/DQ.</item>
 /// <item>Between integer layers: Add and Concat (QLinearAdd, QLinearConcat) and AveragePool/GlobalAveragePool get
@@ -150,7 +150,7 @@ public static class SpeedRewriter
     private sealed record IntegerRegion(List<Node> Nodes, List<Value> Tensors, Dictionary<Value, Value> SharesParameters);
 
     /// <summary>
-    /// Walks the graph in order: an integer layer quantizes its input and its output (after a single Relu/Clip
+    /// Walks the graph in order: an integer layer quantizes its input and its output (after a single Relu
     /// consumer, which the output's zero point makes redundant); a requantizing or pass-through op joins when every
     /// float input it reads is already quantized and (requantizing) its output has a range.
     /// </summary>
@@ -213,10 +213,14 @@ public static class SpeedRewriter
 
     private static bool IsFloat(Value v) => v.Type?.ElementType == DataType.Float;
 
-    /// <summary>The value to quantize for a node's output: through a sole Relu/Clip consumer, else the output.</summary>
+    /// <summary>
+    /// The value to quantize for a node's output: through a sole Relu consumer, else the output. After a Relu the
+    /// calibrated minimum is 0, so the zero point is exactly 0 and ONNX Runtime drops the Relu as redundant; a Clip is
+    /// not absorbed, since whether the quantized range sits inside its bounds is a float comparison on the edge.
+    /// </summary>
     private static Value Tail(Value output)
     {
-        if (output.Uses.Count == 1 && !output.IsGraphOutput && output.Uses[0].Node is { OpType: "Relu" or "Clip" } act
+        if (output.Uses.Count == 1 && !output.IsGraphOutput && output.Uses[0].Node is { OpType: "Relu" } act
             && GraphQueries.IsDefaultDomain(act) && act.Outputs.Count == 1)
             return act.Outputs[0];
         return output;
