@@ -12,6 +12,7 @@ public static class RatioBenchmarks
         new("frontend-io", "frontend-io [--mb 600]: load/save MB/s and peak memory / file size on a generated model",
             FrontendIoBenchmark.Run),
         CompileStagesBenchmark.Benchmark,
+        DeploySpeedBenchmark.Benchmark,
     ];
 
     public static RatioBenchmark? Find(string name) => All.FirstOrDefault(b => b.Name == name);
