@@ -4,6 +4,7 @@ using OnnxQuant.Passes.Calibration;
 using OnnxQuant.Passes.Compile;
 using OnnxQuant.Passes.Curves;
 using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Quantization;
 using OnnxQuant.Passes.Rewrite;
 using OnnxQuant.Passes.Units;
 using OnnxQuant.Passes.Verify;
@@ -97,6 +98,73 @@ public class SpeedRewriterTests
         // (1.7e-4 with 8-bit weights and activations, 1.5e-2 with 4-bit weights).
         var error = RelativeError(model, speed, data);
         Assert.InRange(error, 0, bits == 8 ? 1e-3 : 7.5e-2);
+    }
+
+    /// <summary>Statistics of correlated random input rows per layer (each row = a shared part + noise), so that
+    /// second-order rounding moves values away from rounding to nearest.</summary>
+    private static Func<string, InputStatistics?> RandomStatistics(IReadOnlyList<QuantLayer> layers)
+    {
+        var random = new Random(5);
+        var byName = layers.ToDictionary(l => l.Name, l =>
+        {
+            var reduction = (int)(l.Size / l.Channels);
+            var shared = Enumerable.Range(0, reduction).Select(_ => (float)random.NextDouble() * 2 - 1).ToArray();
+            var rows = Enumerable.Range(0, 4 * reduction).Select(_ =>
+            {
+                var t = (float)random.NextDouble() * 2 - 1;
+                return shared.Select(s => s * t + 0.3f * ((float)random.NextDouble() * 2 - 1)).ToArray();
+            }).ToList();
+            return InputStatistics.FromRows(rows, reduction, reduction, l.Channels);
+        }, StringComparer.Ordinal);
+        return name => byName.GetValueOrDefault(name);
+    }
+
+    [Fact]
+    public void SpeedTargetWritesTheSizeTargetsCompensatedValues()
+    {
+        // With compensation (GPTQ and bias correction, the command line's default), the speed target must ship the
+        // weight values and corrected biases the size target ships; only their containers and the Q/DQ differ.
+        var (model, layers, calibration, data) = Prepared();
+        var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(8, l.Channels).ToArray())).ToList();
+        var statistics = RandomStatistics(layers);
+        var size = model.Clone();
+        var sizeResult = QdqRewriter.Apply(size, plans, calibration, new RewriteOptions { Compensation = Compensation.All }, actBits: 8, statistics: statistics);
+        var speed = model.Clone();
+        var speedResult = QdqRewriter.Apply(speed, plans, calibration, new RewriteOptions { Compensation = Compensation.All, Deploy = DeployTarget.Speed },
+            actBits: 8, statistics: statistics);
+        var plain = model.Clone();
+        QdqRewriter.Apply(plain, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed }, actBits: 8);
+
+        Assert.NotNull(speedResult.Speed);
+        Assert.Equal(sizeResult.Compensated, speedResult.Compensated);
+        Assert.Equal(4, speedResult.Compensated!.Count);
+        Assert.All(speedResult.Compensated, c => Assert.True(c.Gptq && c.BiasCorrected, $"{c.Layer}: {c.BiasNote}"));
+        var changed = 0;
+        foreach (var layer in layers)
+        {
+            var name = layer.WeightName + "_quantized";
+            var expected = size.Graph.FindInitializer(name)!.Initializer!;
+            var actual = speed.Graph.FindInitializer(name)!.Initializer!;
+            Assert.Equal(DataType.Int8, actual.DataType);
+            Assert.Equal(expected.RawData.ToArray(), actual.RawData.ToArray());
+            if (!plain.Graph.FindInitializer(name)!.Initializer!.RawData.Span.SequenceEqual(actual.RawData.Span))
+                changed++;
+        }
+        // Not vacuous: second-order rounding changed the values of at least one layer.
+        Assert.True(changed > 0, "compensation changed no weight value");
+
+        // The convolutions' corrected float biases, as the speed target's INT32 biases: within half a step s_x * s_w.
+        foreach (var bias in new[] { "c1.b", "c2.b" })
+        {
+            var corrected = size.Graph.FindInitializer(bias)!.Initializer!.ToFloatArray();
+            var q = speed.Graph.FindInitializer(bias + "_quantized")!.Initializer!.ToInt64Array();
+            var step = speed.Graph.FindInitializer(bias + "_scale")!.Initializer!.ToFloatArray();
+            for (var c = 0; c < corrected.Length; c++)
+                Assert.InRange(Math.Abs(q[c] * (double)step[c] - corrected[c]), 0, 0.5 * step[c] + 1e-6 * Math.Abs(corrected[c]));
+        }
+        Assert.Equal(0, FusionCheck.Run(speed, SessionOptions.Default).WeightDequantizeLeft);
+        // Same tolerance as the uncompensated W8A8 case above: the statistics are random, not this net's inputs.
+        Assert.InRange(RelativeError(model, speed, data), 0, 1e-3);
     }
 
     [Fact]
