@@ -38,6 +38,42 @@ public class OpProfileTests
     }
 
     [Fact]
+    public void ProfilesAModelWithAnInt4InputThroughTheCApiSession()
+    {
+        // An INT4 graph input makes the session open through the C API (the managed API has no INT4 element type):
+        // its profiler is switched on by the same options and stopped through SessionEndProfiling.
+        var g = new Graph("int4_in");
+        var q = new Value("q", new TensorType(DataType.Int4, Shape.Of(4, 4)));
+        g.AddInput(q);
+        var scale = g.AddInitializer("scale", Tensor.FromFloats("scale", [], [0.5f]));
+        var dq = new Node("DequantizeLinear", [q, scale], ["x"], name: "dq");
+        g.AddNode(dq);
+        var relu = new Node("Relu", [dq.Outputs[0]], ["y"], name: "relu");
+        g.AddNode(relu);
+        dq.Outputs[0].Type = new TensorType(DataType.Float, Shape.Of(4, 4));
+        relu.Outputs[0].Type = new TensorType(DataType.Float, Shape.Of(4, 4));
+        g.AddOutput(relu.Outputs[0]);
+        var model = new Model(g) { IrVersion = 10 };
+        model.OpsetImports.Default = 21;
+        var dir = Directory.CreateTempSubdirectory("onnxquant-profile-int4-").FullName;
+        try
+        {
+            var path = Path.Combine(dir, "int4_in.onnx");
+            ModelIO.Save(model, path);
+            var input = new NamedTensor("q", TensorData.FromBytes(DataType.Int4, Enumerable.Range(0, 8).Select(i => (byte)(i * 37)).ToArray(), [4, 4]));
+            var options = NodeModels.Options with { Optimization = GraphOptimization.Disabled };
+            var profile = Assert.Single(OpProfile.Measure([path], options, [[input]], runs: 3, warmup: 1));
+            Assert.Equal(3, profile.Runs);
+            Assert.Equal(["DequantizeLinear", "Relu"], profile.Ops.Select(o => o.OpType).Order());
+            Assert.All(profile.Ops, o => Assert.Equal(1.0, o.NodesPerRun));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
     public void OptimizedModelFileShowsTheFusedGraph()
     {
         var dir = Directory.CreateTempSubdirectory("onnxquant-optimized-").FullName;
