@@ -13,6 +13,7 @@ public static class RatioBenchmarks
             FrontendIoBenchmark.Run),
         CompileStagesBenchmark.Benchmark,
         CurveQualityBenchmark.Benchmark,
+        DeploySpeedBenchmark.Benchmark,
     ];
 
     public static RatioBenchmark? Find(string name) => All.FirstOrDefault(b => b.Name == name);

@@ -160,6 +160,13 @@ public sealed class InferenceSession : IDisposable
             }
             if (threads > 0)
                 native.IntraOpNumThreads = threads;
+            if (options.OptimizedModelPath is { } optimized)
+                native.OptimizedModelFilePath = Path.GetFullPath(optimized);
+            if (options.ProfilePrefix is { } prefix)
+            {
+                native.ProfileOutputPathPrefix = prefix;
+                native.EnableProfiling = true;
+            }
             foreach (var entry in options.ConfigEntries)
             {
                 try
@@ -195,6 +202,19 @@ public sealed class InferenceSession : IDisposable
             var error = OrtErrors.From(ex, "appending the CUDA execution provider");
             throw new RuntimeSetupException(OrtRuntime.CudaMissingMessage(runtime, error.ShortMessage), error);
         }
+    }
+
+    /// <summary>
+    /// Stops the profiler of a session created with <see cref="SessionOptions.ProfilePrefix"/> and returns the path of
+    /// the JSON trace it wrote (read it with <see cref="OpProfile.Read"/>).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The session was created without profiling.</exception>
+    public string EndProfiling()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (Options.ProfilePrefix is null)
+            throw new InvalidOperationException("the session was created without profiling (SessionOptions.ProfilePrefix)");
+        return _core.EndProfiling();
     }
 
     /// <summary>
@@ -248,4 +268,7 @@ internal interface ISessionCore : IDisposable
     IReadOnlyList<TensorInfo> Inputs { get; }
     IReadOnlyList<TensorInfo> Outputs { get; }
     NamedTensor[] Run(IReadOnlyList<NamedTensor> inputs, IReadOnlyList<string> outputNames);
+
+    /// <summary>Stops the profiler and returns the path of the trace it wrote.</summary>
+    string EndProfiling();
 }

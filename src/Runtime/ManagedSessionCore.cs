@@ -111,6 +111,18 @@ internal sealed class ManagedSessionCore : ISessionCore
         return TensorData.Create(type, elements, shape);
     }
 
+    public string EndProfiling()
+    {
+        try
+        {
+            return _session.EndProfiling();
+        }
+        catch (Ort.OnnxRuntimeException ex)
+        {
+            throw OrtErrors.From(ex, "EndProfiling");
+        }
+    }
+
     public void Dispose()
     {
         _session.Dispose();

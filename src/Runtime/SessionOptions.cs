@@ -56,6 +56,18 @@ public sealed record SessionOptions
     /// </summary>
     public bool Deterministic { get; init; }
 
+    /// <summary>
+    /// Where ONNX Runtime writes the model after its graph optimizations (fusions included) when the session is
+    /// created; null writes nothing. The file shows which kernels the session really runs.
+    /// </summary>
+    public string? OptimizedModelPath { get; init; }
+
+    /// <summary>
+    /// Turns on ONNX Runtime's profiler: every node run is recorded with its op type and duration into a JSON trace
+    /// whose file name starts with this prefix; <see cref="InferenceSession.EndProfiling"/> closes it. Null = off.
+    /// </summary>
+    public string? ProfilePrefix { get; init; }
+
     /// <summary>Default CPU session with full optimization.</summary>
     public static SessionOptions Default { get; } = new();
 

@@ -57,10 +57,24 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(Conv, vs.GetProperty("model").GetString());
         var expected = vs.GetProperty("median_ms").GetDouble() / root.GetProperty("median_ms").GetDouble();
         Assert.Equal(expected, root.GetProperty("ratio").GetDouble(), 0.01 * expected + 1e-3);
+        // The op-type profile of both models: the Add model runs one Add per run, the Conv model one Conv.
+        var profiles = root.GetProperty("profiles").EnumerateArray().ToList();
+        Assert.Equal([Add, Conv], profiles.Select(p => p.GetProperty("model").GetString()));
+        Assert.Equal(10, profiles[0].GetProperty("runs").GetInt32());
+        var addOps = profiles[0].GetProperty("ops").EnumerateArray().ToList();
+        Assert.Equal("Add", Assert.Single(addOps).GetProperty("op_type").GetString());
+        Assert.Equal(1.0, addOps[0].GetProperty("nodes_per_run").GetDouble());
+        Assert.Contains(profiles[1].GetProperty("ops").EnumerateArray(), o => o.GetProperty("op_type").GetString()!.Contains("Conv"));
 
-        var table = Run("bench", Add, "--vs", Conv, "--runs", "3", "--warmup", "0", "--threads", "1");
+        var table = Run("bench", Add, "--vs", Conv, "--runs", "3", "--warmup", "0", "--threads", "1", "--profile-runs", "2");
         Assert.Equal(ExitCodes.Ok, table.Code);
         Assert.Contains("latency ratio (median", table.Out);
+        Assert.Contains("time per op type (ONNX Runtime profiler, 2 runs per model", table.Out);
+        Assert.Contains("│ Add ", table.Out);
+
+        var none = Run("bench", Add, "--vs", Conv, "--runs", "2", "--warmup", "0", "--threads", "1", "--profile-runs", "0", "--json");
+        Assert.Equal(ExitCodes.Ok, none.Code);
+        Assert.DoesNotContain("\"profiles\"", none.Out);
     }
 
     [Fact]

@@ -208,6 +208,8 @@ public class CompileCommandTests(CompileCliFixture fixture) : IClassFixture<Comp
         { "infeasible", ["compile", "{model}", "--calib", "{data}", "--target-bits", "2.5", "--min-bits", "4"], "infeasible" },
         { "bad-feature", ["compile", "{model}", "--calib", "{data}", "--feature", "nothing"], "'nothing'" },
         { "act-bits", ["compile", "{model}", "--calib", "{data}", "--act-bits", "5"], "--act-bits 5" },
+        { "speed-act-bits", ["compile", "{model}", "--calib", "{data}", "--deploy", "speed", "--act-bits", "16"], "--deploy speed" },
+        { "speed-format", ["compile", "{model}", "--calib", "{data}", "--deploy", "speed", "--format", "matmulnbits"], "--deploy speed" },
     };
 
     [Theory]

@@ -31,10 +31,15 @@ internal static class BenchCommand
         var vs = new Option<string?>("--vs") { Description = "A second model to time alternately; prints the latency ratio", HelpName = "OTHER.onnx" };
         var seed = new Option<int>("--seed") { Description = "Seed of the random inputs", DefaultValueFactory = _ => 0 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of a table" };
+        var profileRuns = new Option<int>("--profile-runs")
+        {
+            Description = "With --vs: runs per model under ONNX Runtime's profiler after the timed runs, for the time per op type (0 = no profile)",
+            DefaultValueFactory = _ => 10,
+        };
 
         var command = new Command("bench", "Time a model in ONNX Runtime: median and p90 latency after warm-up, and peak memory");
         command.Arguments.Add(model);
-        foreach (var option in new Option[] { ep, threads, runs, warmup, shapes, vs, seed, json, ortLib })
+        foreach (var option in new Option[] { ep, threads, runs, warmup, shapes, vs, seed, json, profileRuns, ortLib })
             command.Options.Add(option);
         command.SetAction(parse =>
         {
@@ -45,6 +50,9 @@ internal static class BenchCommand
                 throw new CliInputException($"--runs must be 1..{MaxRuns}, got {runCount}");
             if (warmupCount is < 0 or > MaxRuns)
                 throw new CliInputException($"--warmup must be 0..{MaxRuns}, got {warmupCount}");
+            var profileCount = parse.GetValue(profileRuns);
+            if (profileCount is < 0 or > MaxRuns)
+                throw new CliInputException($"--profile-runs must be 0..{MaxRuns}, got {profileCount}");
             var shapeMap = ParseShapes(parse.GetValue(shapes) ?? []);
             var options = RuntimeCliOptions.SessionOptions(parse, ep, threads);
             var runtime = RuntimeCliOptions.Initialize(parse, ortLib);
@@ -88,7 +96,11 @@ internal static class BenchCommand
                         samples[m].Add(LatencyStats.TimeMs(() => session.Run(feed)));
                     }
 
-                var results = sessions.Select((s, m) => new ModelResult(paths[m], LatencyStats.From(samples[m]), feeds[m])).ToList();
+                // The profiler costs time per node, so its runs come after the timed ones, in sessions of their own.
+                var profiles = sessions.Count > 1 && profileCount > 0
+                    ? OpProfile.Measure(paths, options, feeds, profileCount, Math.Min(warmupCount, 2))
+                    : null;
+                var results = sessions.Select((s, m) => new ModelResult(paths[m], LatencyStats.From(samples[m]), feeds[m], profiles?[m])).ToList();
                 var report = new BenchReport(results, runCount, warmupCount, options.IntraOpThreads, sessions[0].ActiveProvider,
                     options.Provider, ProcessMemory.PeakResidentBytes(), runtime.Version);
                 if (parse.GetValue(json))
@@ -135,7 +147,7 @@ internal static class BenchCommand
         WriteIndented = true,
     };
 
-    private sealed record ModelResult(string Path, LatencyStats Latency, IReadOnlyList<NamedTensor> Inputs);
+    private sealed record ModelResult(string Path, LatencyStats Latency, IReadOnlyList<NamedTensor> Inputs, OpProfile? Profile);
 
     private sealed record BenchReport(IReadOnlyList<ModelResult> Models, int Runs, int Warmup, int Threads,
         ExecutionProvider ActiveProvider, ExecutionProvider RequestedProvider, long PeakRssBytes, string OrtVersion)
@@ -151,7 +163,11 @@ internal static class BenchCommand
                 Math.Round(PeakRssBytes / 1048576.0, 1), OrtVersion,
                 first.Inputs.Select(i => new InputJson(i.Name, i.Data.DataType.ToString(), i.Data.Shape)).ToList(),
                 Models.Count > 1 ? new VsJson(Models[1].Path, Round(Models[1].Latency.MedianMs), Round(Models[1].Latency.P90Ms), Round(Models[1].Latency.MeanMs)) : null,
-                Ratio is { } r ? Math.Round(r, 4) : null);
+                Ratio is { } r ? Math.Round(r, 4) : null,
+                Models.All(m => m.Profile is not null)
+                    ? Models.Select(m => new ProfileJson(m.Path, m.Profile!.Runs, Round(m.Profile.MsPerRun),
+                        m.Profile.Ops.Select(o => new OpJson(o.OpType, Round(o.MsPerRun), Math.Round(o.NodesPerRun, 2))).ToList())).ToList()
+                    : null);
         }
     }
 
@@ -163,9 +179,13 @@ internal static class BenchCommand
 
     private sealed record VsJson(string Model, double MedianMs, double P90Ms, double MeanMs);
 
+    private sealed record OpJson(string OpType, double MsPerRun, double NodesPerRun);
+
+    private sealed record ProfileJson(string Model, int Runs, double MsPerRun, IReadOnlyList<OpJson> Ops);
+
     private sealed record BenchJson(string Model, string Ep, string EpRequested, int Runs, int Warmup, int Threads,
         double MedianMs, double P90Ms, double MeanMs, double MinMs, double PeakRssMb, string OrtVersion,
-        IReadOnlyList<InputJson> Inputs, VsJson? Vs, double? Ratio);
+        IReadOnlyList<InputJson> Inputs, VsJson? Vs, double? Ratio, IReadOnlyList<ProfileJson>? Profiles);
 
     private static void WriteTable(BenchReport report, TextWriter output)
     {
@@ -187,7 +207,32 @@ internal static class BenchCommand
         console.WriteLine($"peak resident memory: {report.PeakRssBytes / 1048576.0:F1} MiB");
         if (report.Ratio is { } ratio)
             console.WriteLine($"latency ratio (median {report.Models[1].Path} / {report.Models[0].Path}): {ratio:F3}");
+        if (report.Models.All(m => m.Profile is not null) && report.Models.Count > 1)
+            WriteProfile(console, report.Models[0], report.Models[1]);
     }
+
+    /// <summary>Time per op type of both models side by side, op types ordered by the larger of the two times.</summary>
+    private static void WriteProfile(IAnsiConsole console, ModelResult first, ModelResult second)
+    {
+        var a = first.Profile!.Ops.ToDictionary(o => o.OpType, StringComparer.Ordinal);
+        var b = second.Profile!.Ops.ToDictionary(o => o.OpType, StringComparer.Ordinal);
+        var table = new Table().AddColumns("op type", "ms/run (model)", "nodes", "ms/run (--vs)", "nodes");
+        foreach (var op in a.Keys.Union(b.Keys).OrderByDescending(k => Math.Max(a.GetValueOrDefault(k)?.MsPerRun ?? 0, b.GetValueOrDefault(k)?.MsPerRun ?? 0))
+                     .ThenBy(k => k, StringComparer.Ordinal))
+        {
+            var x = a.GetValueOrDefault(op);
+            var y = b.GetValueOrDefault(op);
+            table.AddRow(Markup.Escape(op), x is null ? "-" : F(x.MsPerRun), x is null ? "-" : N(x.NodesPerRun),
+                y is null ? "-" : F(y.MsPerRun), y is null ? "-" : N(y.NodesPerRun));
+        }
+        table.AddRow("(all nodes)", F(first.Profile.Ops.Sum(o => o.MsPerRun)), N(first.Profile.Ops.Sum(o => o.NodesPerRun)),
+            F(second.Profile.Ops.Sum(o => o.MsPerRun)), N(second.Profile.Ops.Sum(o => o.NodesPerRun)));
+        console.WriteLine($"time per op type (ONNX Runtime profiler, {first.Profile.Runs} runs per model after the timed runs; " +
+                          "kernel time only, so the totals are below the latency):");
+        console.Write(table);
+    }
+
+    private static string N(double nodes) => nodes.ToString("0.##", CultureInfo.InvariantCulture);
 
     private static string F(double ms) => ms.ToString("F3", CultureInfo.InvariantCulture);
 }

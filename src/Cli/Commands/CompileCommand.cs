@@ -47,6 +47,12 @@ internal static class CompileCommand
         var headBits = new Option<int>("--head-bits") { Description = "Width of layers that do not reach the feature, kept outside the budget", DefaultValueFactory = _ => 8 };
         var format = new Option<string>("--format") { Description = "qdq, or matmulnbits (MatMul weights packed weight-only)", DefaultValueFactory = _ => "qdq" };
         format.AcceptOnlyFromAmong("qdq", "matmulnbits");
+        var deploy = new Option<string>("--deploy")
+        {
+            Description = "size (smallest file) or speed (Q/DQ placed for ONNX Runtime's integer CPU kernels, INT8 and MatMulNBits containers)",
+            DefaultValueFactory = _ => "size",
+        };
+        deploy.AcceptOnlyFromAmong("size", "speed");
         var blockSize = new Option<int>("--block-size") { Description = "MatMulNBits block length", DefaultValueFactory = _ => 32 };
         var keepInitializerInputs = new Option<bool>("--keep-initializer-inputs") { Description = "List initializers that the model also has as graph inputs among the quantized model's inputs again (those left in float; quantized weights cannot be overridden)" };
         var compensation = new Option<string?>("--compensation") { Description = "What compensates the weights' rounding error: none, bias (mean output shift folded into the bias), gptq (second-order rounding through the inverse input second moments) or all (default; none with --curves fast, whose proxy prices rounding to nearest)" };
@@ -73,7 +79,7 @@ internal static class CompileCommand
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
-                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, blockSize, keepInitializerInputs, compensation, curves, curvesFile, writeCurves, cacheDir, noCache,
+                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, deploy, blockSize, keepInitializerInputs, compensation, curves, curvesFile, writeCurves, cacheDir, noCache,
                      maxDistortion, maxDrop, maxRepairRate, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
@@ -127,6 +133,7 @@ internal static class CompileCommand
                     KeepInitializerInputs = parse.GetValue(keepInitializerInputs),
                     Compensation = parse.GetValue(compensation) is { } named ? Compensator.Parse(named)
                         : parse.GetValue(curves) == "fast" ? Compensation.None : Compensation.All,
+                    Deploy = parse.GetValue(deploy) == "speed" ? DeployTarget.Speed : DeployTarget.Size,
                 },
                 Guards = new GuardOptions
                 {
@@ -272,7 +279,7 @@ internal static class CompileCommand
         var first = result.Targets[0].Report;
         console.WriteLine($"{result.Units} units, {result.Heads} head layer(s) at {(first.Heads.Count > 0 ? first.Heads[0].Bits : 8)} bits, " +
                           $"curves {first.CurveMode.ToString().ToLowerInvariant()}{(first.CurvesFromCache ? " (cache)" : result.CurveRuns == 0 ? " (curves file)" : $" ({result.CurveRuns} runs)")}, " +
-                          $"activations {(first.ActBits == 0 ? "float" : $"{first.ActBits}-bit {first.ActCalibration}")}, format {first.WeightFormat}, opset {first.Opset}");
+                          $"activations {(first.ActBits == 0 ? "float" : $"{first.ActBits}-bit {first.ActCalibration}")}, format {first.WeightFormat}{(first.Deploy is null ? "" : ", deploy speed")}, opset {first.Opset}");
         var table = new Table().AddColumns("target", "rate", "bits used", "predicted", "measured", "uniform", "weights", "vs float", "model");
         foreach (var column in table.Columns.Skip(1).Take(7))
             column.RightAligned();

@@ -30,6 +30,16 @@ public sealed record RaisedUnit(string Unit, int FromBits, int ToBits);
 public sealed record RepairReport(string Guard, double InitialMeasured, double FinalMeasured, double? InitialDrop, double? FinalDrop,
     double InitialRate, double FinalRate, int Rounds, bool Met, IReadOnlyList<RaisedUnit> Raised);
 
+/// <summary>
+/// What the speed target did and cost: the same allocation rewritten for size, measured on the same samples, gives
+/// the distortion the extra activation quantization adds; the fusion check says what ONNX Runtime runs.
+/// </summary>
+public sealed record DeployReport(string Target, double SizeMeasured, int QuantizedTensors, IReadOnlyDictionary<string, int> IntegerOps,
+    IReadOnlyList<string> NBitsLayers, int WeightDequantizeLeft, int IntegerKernels, IReadOnlyDictionary<string, int> OptimizedOpTypes)
+{
+    public double ActivationCost(double measured) => measured - SizeMeasured;
+}
+
 /// <summary>Everything <c>report.json</c> (schema <c>onnxquant.report/1</c>) holds for one target.</summary>
 public sealed record CompileReport
 {
@@ -73,4 +83,7 @@ public sealed record CompileReport
 
     /// <summary>What the accuracy guard's repair raised (null when no repair ran).</summary>
     public RepairReport? Repair { get; init; }
+
+    /// <summary>The speed target's placement, cost and fusion check; null for the size target.</summary>
+    public DeployReport? Deploy { get; init; }
 }

@@ -68,6 +68,27 @@ public static class ReportWriter
                 w.WriteEndObject();
             }
 
+            if (r.Deploy is { } d)
+            {
+                w.WriteStartObject("deploy");
+                w.WriteString("target", d.Target);
+                w.WriteNumber("measured_size_target", d.SizeMeasured);
+                w.WriteNumber("activation_quantization_cost", d.ActivationCost(r.Distortion.Measured));
+                w.WriteNumber("quantized_tensors", d.QuantizedTensors);
+                w.WriteStartObject("integer_ops");
+                foreach (var (op, count) in d.IntegerOps) w.WriteNumber(op, count);
+                w.WriteEndObject();
+                w.WriteStartArray("matmulnbits_layers");
+                foreach (var l in d.NBitsLayers) w.WriteStringValue(l);
+                w.WriteEndArray();
+                w.WriteNumber("weight_dequantize_left", d.WeightDequantizeLeft);
+                w.WriteNumber("integer_kernels", d.IntegerKernels);
+                w.WriteStartObject("optimized_op_types");
+                foreach (var (op, count) in d.OptimizedOpTypes) w.WriteNumber(op, count);
+                w.WriteEndObject();
+                w.WriteEndObject();
+            }
+
             w.WriteStartObject("sizes");
             w.WriteNumber("float_weight_bytes", r.Sizes.FloatWeightBytes);
             w.WriteNumber("ideal_packed_bits", r.Sizes.IdealPackedBits);

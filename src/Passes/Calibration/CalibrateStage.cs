@@ -12,13 +12,18 @@ namespace OnnxQuant.Passes.Calibration;
 public static class CalibrateStage
 {
     /// <param name="activations">Each activation tensor entering a quantized layer, with its channel axis.</param>
+    /// <param name="rangesOnly">More tensors whose range is wanted (no moments).</param>
     public static CalibrationTable? Run(Model canonical, IReadOnlyList<(string Tensor, int ChannelAxis)> activations,
         CalibrationSet data, int samples, CalibrationOptions options, bool needMoments, ExecutionOptions execution,
-        IProgressSink progress, ICalibrationTap? tap = null)
+        IProgressSink progress, ICalibrationTap? tap = null, IReadOnlyList<string>? rangesOnly = null)
     {
         if (options.ActBits == 0 && !needMoments && tap is null)
             return null;
         var targets = activations.Select(a => new CalibrationTarget(a.Tensor, needMoments ? a.ChannelAxis : null)).ToList();
+        // Tensors that only need a range (quantized outputs of the speed target), after the layer inputs.
+        foreach (var tensor in rangesOnly ?? [])
+            if (targets.All(t => t.Tensor != tensor))
+                targets.Add(new CalibrationTarget(tensor, null));
         using var stage = progress.Begin("calibrate", samples);
         return Calibrator.Run(canonical, data, samples, targets, options.ActCalibration, Math.Max(2, options.ActBits == 0 ? 8 : options.ActBits),
             execution.Instrumentation(), execution.RunBatch, stage, tap);

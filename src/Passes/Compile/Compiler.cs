@@ -84,11 +84,14 @@ public static class Compiler
         using var cutCurves = !measureOnCuts && options.Rewrite.Compensation == Quantization.Compensation.None ? null
             : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads,
                 options.Curves.Gain, measure: measureOnCuts);
+        // The speed target also quantizes layer outputs and the tensors between integer layers.
+        var speed = options.Rewrite.Deploy == DeployTarget.Speed;
         var calibration = clock.Time("calibrate", () => CalibrateStage.Run(canonical,
             discovery.Layers.Select(l => l.Activation).Distinct()
                 .Select(a => (a, discovery.Layers.First(l => l.Activation == a).ActivationChannelAxis)).ToList(),
             loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast && known is null, options.Execution, progress,
-            cutCurves is { } tap && (tap.ExtraTensors.Count > 0 || tap.CollectsRows) ? tap : null));
+            cutCurves is { } tap && (tap.ExtraTensors.Count > 0 || tap.CollectsRows) ? tap : null,
+            speed ? SpeedRewriter.CalibrationTensors(canonical, discovery.Layers) : null));
 
         var curves = known ?? clock.Time("curves", () => CurveStage.Measure(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
@@ -130,9 +133,11 @@ public static class Compiler
         foreach (var target in options.Allocation.TargetBits)
         {
             var allocation = clock.Time("allocate", () => AllocateStage.Run(partition, target, options.Allocation));
+            IReadOnlyList<LayerPlan> finalPlans = [];
             VerifiedModel RewriteAndVerify(Func<string, int> bitsOf)
             {
                 var plans = RewriteStage.Plans(discovery, partition, bitsOf);
+                finalPlans = plans;
                 var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics, memo: cutCurves?.Memo));
                 return clock.Time("verify", () =>
                 {
@@ -184,6 +189,20 @@ public static class Compiler
             var relisted = DetachInitializerInputsPass.Relist(verified.Rewritten.Model, initializerInputs);
             if (relisted > 0)
                 bytes = ModelIO.ToBytes(verified.Rewritten.Model);
+            // The speed target's check and cost, on the model that ships (after any repair).
+            var deploy = speed ? clock.Time("verify", () =>
+            {
+                var label = $"bits-{AllocationOptions.FormatBits(target)}";
+                var fusion = VerifyStage.CheckFusion(verified.Rewritten.Model, options.Execution.Measurement(), debugDirectory, label);
+                var sizeOptions = options.Rewrite with { Deploy = DeployTarget.Size };
+                var plans = finalPlans;
+                var size = VerifyStage.Run(RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, statistics: statistics),
+                    () => RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, allowInt2: false, statistics: statistics),
+                    verifier!, debugDirectory, label + "-size");
+                var placement = verified.Rewritten.Result.Speed!;
+                return new DeployReport("speed", size.Measured, placement.QuantizedTensors, placement.IntegerOps, placement.NBitsLayers,
+                    fusion.WeightDequantizeLeft, fusion.IntegerKernels, fusion.OpTypes);
+            }) : null;
             var baseline = clock.Time("baseline", () => Baseline(target, allocation, verified.Measured));
             var notes = loaded.Notes.Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
@@ -194,8 +213,12 @@ public static class Compiler
                 notes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
             if (repair is not null)
                 notes.Add($"accuracy guard repair ({repair.Report.Guard}): {repair.Report.Raised.Count} unit(s) raised above the allocation, rate {repair.Report.InitialRate:0.000} -> {repair.Report.FinalRate:0.000} (float layers count 32 bits)");
+            if (deploy is not null)
+                notes.Add($"deploy speed: {deploy.QuantizedTensors} activation tensors quantized, {deploy.IntegerKernels} integer kernels after ONNX Runtime's fusions, " +
+                          $"{deploy.WeightDequantizeLeft} DequantizeLinear left on weight paths; the activation quantization adds " +
+                          $"{Quantization.StableRounding.Round(verified.Measured - deploy.SizeMeasured):G4} to the measured distortion of the size target ({deploy.SizeMeasured:G4})");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair) with { Baseline = baseline }, bytes));
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair) with { Baseline = baseline, Deploy = deploy }, bytes));
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];

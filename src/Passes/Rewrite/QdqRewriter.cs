@@ -20,7 +20,11 @@ public sealed record LayerStorage(string Layer, string Format, DataType Containe
 /// <param name="WeightOnlyLayers">Quantized layers left without activation Q/DQ (INT2 containers).</param>
 /// <param name="Compensated">What compensated each layer's rounding (layers without input statistics get none).</param>
 public sealed record RewriteResult(IReadOnlyList<LayerStorage> Layers, long Opset, long IrVersion, int ActivationPairs,
-    IReadOnlyList<string> WeightOnlyLayers, IReadOnlyList<LayerCompensation>? Compensated = null);
+    IReadOnlyList<string> WeightOnlyLayers, IReadOnlyList<LayerCompensation>? Compensated = null)
+{
+    /// <summary>What the speed target placed; null for the size target.</summary>
+    public SpeedPlacement? Speed { get; init; }
+}
 
 /// <summary>The compensation one layer got: second-order rounding, and whether its bias absorbed the mean output shift
 /// (<see cref="BiasNote"/> says why not when it could not).</summary>
@@ -51,6 +55,9 @@ public static class QdqRewriter
     public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, RewriteOptions options,
         int actBits, bool allowInt2 = true, Func<string, InputStatistics?>? statistics = null, CompensationMemo? memo = null)
     {
+        if (options.Deploy == DeployTarget.Speed)
+            return SpeedRewriter.Apply(model, plans, calibration
+                ?? throw new InvalidOperationException("the speed target needs calibrated activations"), options, statistics, memo).Result;
         var compensated = new List<LayerCompensation>();
         var graph = model.Graph;
         var storage = new List<LayerStorage>();
@@ -67,17 +74,7 @@ public static class QdqRewriter
             var weights = weightValue.Initializer!.ToFloatArray();
             var floatBytes = weightValue.Initializer.ByteSize;
             var layout = layer.Layout(options.Format, options.BlockSize);
-            var stats = statistics?.Invoke(layer.Name);
-            var gptq = stats is not null && options.Compensation.HasFlag(Compensation.Gptq);
-            var quantized = memo?.Quantize(layer.Name, weights, layout, plan.ChannelBits, () => stats, gptq)
-                ?? Compensator.Quantize(weights, layout, plan.ChannelBits, stats, gptq);
-            if (stats is not null && options.Compensation != Compensation.None)
-            {
-                string? biasNote = null;
-                if (options.Compensation.HasFlag(Compensation.Bias))
-                    biasNote = CorrectBias(graph, node, layer, Compensator.OutputShift(weights, quantized.Dequantize(), layout, stats));
-                compensated.Add(new LayerCompensation(layer.Name, gptq, options.Compensation.HasFlag(Compensation.Bias) && biasNote is null, biasNote));
-            }
+            var quantized = Quantize(graph, node, plan, weights, layout, options.Compensation, statistics?.Invoke(layer.Name), compensated, memo);
             var ideal = IdealBits(layer, plan.ChannelBits);
             if (options.Format == WeightFormat.MatMulNBits && layer.OpType == "MatMul")
             {
@@ -126,6 +123,28 @@ public static class QdqRewriter
         model.IrVersion = Math.Max(model.IrVersion, finalOpset >= 25 ? 12 : finalOpset >= 21 ? 10 : finalOpset >= 19 ? 9 : 7);
         graph.TopologicalSort();
         return new RewriteResult(storage, finalOpset, model.IrVersion, pairs, weightOnly, compensated);
+    }
+
+    /// <summary>
+    /// A layer's weight values at its planned widths, compensated as <paramref name="compensation"/> asks when the layer
+    /// has input statistics (its bias, if corrected, is changed in <paramref name="graph"/>); what it got is added to
+    /// <paramref name="compensated"/>. Both deploy targets take their values from here.
+    /// </summary>
+    internal static WeightQuantization Quantize(Graph graph, Node node, LayerPlan plan, float[] weights, WeightLayout layout,
+        Compensation compensation, InputStatistics? stats, List<LayerCompensation> compensated, CompensationMemo? memo)
+    {
+        var layer = plan.Layer;
+        var gptq = stats is not null && compensation.HasFlag(Compensation.Gptq);
+        var quantized = memo?.Quantize(layer.Name, weights, layout, plan.ChannelBits, () => stats, gptq)
+            ?? Compensator.Quantize(weights, layout, plan.ChannelBits, stats, gptq);
+        if (stats is not null && compensation != Compensation.None)
+        {
+            string? biasNote = null;
+            if (compensation.HasFlag(Compensation.Bias))
+                biasNote = CorrectBias(graph, node, layer, Compensator.OutputShift(weights, quantized.Dequantize(), layout, stats));
+            compensated.Add(new LayerCompensation(layer.Name, gptq, compensation.HasFlag(Compensation.Bias) && biasNote is null, biasNote));
+        }
+        return quantized;
     }
 
     /// <summary>Signed container for a width: INT2, INT4 or INT8.</summary>
@@ -213,7 +232,7 @@ public static class QdqRewriter
         return null;
     }
 
-    private static long ReplaceWithDequantize(Graph graph, Value weightValue, QuantLayer layer, WeightQuantization q, DataType container)
+    internal static long ReplaceWithDequantize(Graph graph, Value weightValue, QuantLayer layer, WeightQuantization q, DataType container)
     {
         var shape = layer.WeightShape;
         var raw = Pack(q.Values, container);

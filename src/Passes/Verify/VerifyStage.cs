@@ -47,6 +47,33 @@ public static class VerifyStage
         }
     }
 
+    /// <summary>
+    /// The speed target's guarantee: in the model ONNX Runtime runs after its optimizations, no DequantizeLinear is
+    /// left on a weight path. A violation is a bug of the rewrite: the model and the list of unfused layers are kept
+    /// under the debug directory and an <see cref="InternalFailureException"/> is thrown.
+    /// </summary>
+    public static FusionReport CheckFusion(Model model, SessionOptions options, string debugDirectory, string label)
+    {
+        var report = FusionCheck.Run(model, options);
+        if (report.WeightDequantizeLeft == 0)
+            return report;
+        var detail = $"{report.WeightDequantizeLeft} DequantizeLinear node(s) left on weight paths after ONNX Runtime's optimizations, feeding: " +
+                     string.Join(", ", report.Offenders.Take(8)) + (report.Offenders.Count > 8 ? $", ... ({report.Offenders.Count} in all)" : "");
+        string? kept = Path.Combine(debugDirectory, label);
+        try
+        {
+            Directory.CreateDirectory(kept);
+            ModelIO.Save(model, Path.Combine(kept, "model.onnx"));
+            File.WriteAllText(Path.Combine(kept, "error.txt"), detail + "\n" + string.Join("\n", report.Offenders) + "\n");
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or FrontendException)
+        {
+            kept = null;
+        }
+        return report.WeightDequantizeLeft == 0 ? report
+            : throw new InternalFailureException($"the speed artifact for {label} does not fuse into integer kernels: {detail}", kept);
+    }
+
     private static InternalFailureException Rejected(Model model, OrtException error, string debugDirectory, string label)
     {
         string? kept = Path.Combine(debugDirectory, label);

@@ -227,6 +227,21 @@ internal sealed unsafe class NativeSessionCore : ISessionCore
         return TensorData.Create(type, elements, shape);
     }
 
+    public string EndProfiling()
+    {
+        byte* path;
+        _runtime.Check(Api.SessionEndProfiling(_session.DangerousGetHandle(), _runtime.DefaultAllocator, &path), "SessionEndProfiling");
+        try
+        {
+            return Utf8.Read(path) ?? "";
+        }
+        finally
+        {
+            // Allocated with the allocator we passed, and goes back to it.
+            _runtime.Check(Api.AllocatorFree(_runtime.DefaultAllocator, path), "AllocatorFree");
+        }
+    }
+
     public void Dispose()
     {
         _session.Dispose();

@@ -40,6 +40,7 @@ internal sealed unsafe class OrtApi
     public readonly delegate* unmanaged<nint, void> ReleaseValue;
     public readonly delegate* unmanaged<nint, void> ReleaseTypeInfo;
     public readonly delegate* unmanaged<nint, void> ReleaseTensorTypeAndShapeInfo;
+    public readonly delegate* unmanaged<nint, nint, byte**, nint> SessionEndProfiling;
 
     public OrtApi(void** table)
     {
@@ -73,6 +74,7 @@ internal sealed unsafe class OrtApi
         ReleaseValue = (delegate* unmanaged<nint, void>)table[96];
         ReleaseTypeInfo = (delegate* unmanaged<nint, void>)table[98];
         ReleaseTensorTypeAndShapeInfo = (delegate* unmanaged<nint, void>)table[99];
+        SessionEndProfiling = (delegate* unmanaged<nint, nint, byte**, nint>)table[110];
     }
 
     /// <summary>

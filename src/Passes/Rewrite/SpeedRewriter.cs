@@ -1,0 +1,363 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Canonicalize;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Units;
+using Attribute = OnnxQuant.Frontend.Attribute;
+
+namespace OnnxQuant.Passes.Rewrite;
+
+/// <summary>What the speed rewrite placed, beyond the weights.</summary>
+/// <param name="QuantizedTensors">Activation tensors given a QuantizeLinear/DequantizeLinear pair.</param>
+/// <param name="IntegerOps">Non-layer nodes placed between Q/DQ pairs so that ONNX Runtime runs them on uint8 data, by op type.</param>
+/// <param name="NBitsLayers">Layers written as MatMulNBits with int8 compute.</param>
+public sealed record SpeedPlacement(int QuantizedTensors, IReadOnlyDictionary<string, int> IntegerOps, IReadOnlyList<string> NBitsLayers);
+
+/// <summary>
+/// The <see cref="DeployTarget.Speed"/> rewrite. The weight values are the ones the allocation chose (per output
+/// channel, each channel in its own b-bit range); only their containers and the activation Q/DQ differ from the size
+/// target, following ONNX Runtime's QDQ selectors (core/optimizer/qdq_transformer/selectors_actions):
+/// <list type="bullet">
+/// <item>Conv, and MatMul/Gemm above 4 bits: INT8 weight with per-channel DequantizeLinear, the bias as INT32 with
+/// scale s_x * s_w (every input of the node must come from a DequantizeLinear), and a QuantizeLinear on the output
+/// (after a Relu, which the output's zero point 0 makes redundant): QLinearConv, QLinearMatMul, QGemm.</item>
+/// <item>MatMul/Gemm at 4 bits or fewer: com.microsoft MatMulNBits (4-bit container, per-channel scales repeated per
+/// block) with accuracy_level 4, whose kernel quantizes the activation to int8 itself, so it needs no Q/DQ.</item>
+/// <item>Between integer layers: Add and Concat (QLinearAdd, QLinearConcat) and AveragePool/GlobalAveragePool get
+/// their own calibrated output parameters; MaxPool, Resize, Transpose, Reshape, Flatten, Squeeze, Unsqueeze and Slice
+/// only move values, so their output reuses the input's parameters (ONNX Runtime then drops the pair) and costs no
+/// accuracy. An op joins only when all its float inputs are already quantized, so no Q is added on a float path for
+/// an op's sake.</item>
+/// <item>Every use of a quantized tensor reads its DequantizeLinear (the fusions need the producer's only consumer to
+/// be the QuantizeLinear); a quantized graph output keeps its name on the dequantized value.</item>
+/// </list>
+/// </summary>
+public static class SpeedRewriter
+{
+    /// <summary>Ops ONNX Runtime runs on uint8 inputs with their own output scale.</summary>
+    private static readonly HashSet<string> Requantizing = ["Add", "Concat", "AveragePool", "GlobalAveragePool"];
+
+    /// <summary>Ops whose Q/DQ ONNX Runtime drops when input and output parameters are equal (they move values).</summary>
+    private static readonly HashSet<string> PassThrough = ["MaxPool", "Resize", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Slice"];
+
+    /// <summary>How a quantized layer is deployed.</summary>
+    private enum LayerKind { Int8, NBits }
+
+    /// <summary>The activation tensors the speed target may quantize, beyond the layer inputs: every tensor that could
+    /// carry uint8 data if all of <paramref name="layers"/> were integer layers (a superset of what any allocation uses).</summary>
+    public static IReadOnlyList<string> CalibrationTensors(Model canonical, IReadOnlyList<QuantLayer> layers)
+    {
+        var byWeight = layers.ToDictionary(l => l.WeightName, StringComparer.Ordinal);
+        var graph = canonical.Graph;
+        var int8 = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        foreach (var layer in layers)
+            if (graph.FindInitializer(layer.WeightName) is { Uses.Count: 1 } w)
+                int8.Add(w.Uses[0].Node);
+        var region = Region(graph, int8, _ => true);
+        return region.Tensors.Where(t => !region.SharesParameters.ContainsKey(t)).Select(t => t.Name)
+            .Concat(layers.Select(l => l.Activation)).Distinct(StringComparer.Ordinal).ToList();
+    }
+
+    /// <param name="statistics">Input statistics per layer name for <see cref="RewriteOptions.Compensation"/>, as for the size target.</param>
+    public static (RewriteResult Result, SpeedPlacement Placement) Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable calibration,
+        RewriteOptions options, Func<string, InputStatistics?>? statistics = null, CompensationMemo? memo = null)
+    {
+        var blockSize = options.BlockSize;
+        var graph = model.Graph;
+        var storage = new List<LayerStorage>();
+        var nodes = new Dictionary<Node, (LayerPlan Plan, LayerKind Kind)>(ReferenceEqualityComparer.Instance);
+        foreach (var plan in plans)
+        {
+            var weight = graph.FindInitializer(plan.Layer.WeightName)
+                ?? throw new InvalidOperationException($"weight '{plan.Layer.WeightName}' of layer '{plan.Layer.Name}' not found");
+            var node = weight.Uses.Single().Node;
+            var kind = node.OpType != "Conv" && plan.MaxBits <= 4 && NBitsCompatible(node) ? LayerKind.NBits : LayerKind.Int8;
+            nodes.Add(node, (plan, kind));
+        }
+        var int8 = new HashSet<Node>(nodes.Where(p => p.Value.Kind == LayerKind.Int8).Select(p => p.Key), ReferenceEqualityComparer.Instance);
+        var region = Region(graph, int8, v => calibration.Find(v.Name) is not null);
+
+        // Activation parameters first: the INT32 biases need the input scales.
+        var parameters = new Dictionary<Value, (Value Scale, Value Zero, float S)>(ReferenceEqualityComparer.Instance);
+        foreach (var tensor in region.Tensors)
+        {
+            if (region.SharesParameters.TryGetValue(tensor, out var source))
+            {
+                parameters[tensor] = parameters[source];
+                continue;
+            }
+            var range = calibration.Find(tensor.Name)
+                ?? throw new InvalidOperationException($"tensor '{tensor.Name}' has no calibrated range");
+            var p = QuantMath.ActivationParameters(range.Min, range.Max, 8);
+            var scale = graph.AddInitializer(graph.UniqueName(tensor.Name + "_act_scale"), Tensor.FromFloats("s", [], [p.Scale]));
+            var zero = graph.AddInitializer(graph.UniqueName(tensor.Name + "_act_zero_point"), Tensor.FromRaw("z", DataType.UInt8, [], [(byte)p.ZeroPoint]));
+            parameters[tensor] = (scale, zero, p.Scale);
+        }
+
+        var nbits = new List<string>();
+        var compensated = new List<LayerCompensation>();
+        foreach (var plan in plans)
+        {
+            var layer = plan.Layer;
+            var weightValue = graph.FindInitializer(layer.WeightName)!;
+            var node = weightValue.Uses.Single().Node;
+            var weights = weightValue.Initializer!.ToFloatArray();
+            var floatBytes = weightValue.Initializer.ByteSize;
+            // The values of the size target: per output channel, each channel at its own width, compensated alike (a
+            // corrected bias is in the graph before it is quantized below or taken into MatMulNBits).
+            var quantized = QdqRewriter.Quantize(graph, node, plan, weights, layer.Layout(WeightFormat.Qdq, blockSize),
+                options.Compensation, statistics?.Invoke(layer.Name), compensated, memo);
+            var ideal = QdqRewriter.IdealBits(layer, plan.ChannelBits);
+            if (nodes[node].Kind == LayerKind.NBits)
+            {
+                var bytes = ReplaceWithNBits(graph, node, layer, quantized, plan.MaxBits <= 4 ? 4 : 8, blockSize);
+                storage.Add(new LayerStorage(layer.Name, "matmulnbits", DataType.UInt8, plan.MaxBits, layer.Size, ideal, bytes, floatBytes));
+                nbits.Add(layer.Name);
+                continue;
+            }
+            var weightBytes = QdqRewriter.ReplaceWithDequantize(graph, weightValue, layer, quantized, DataType.Int8);
+            var input = node.Inputs[0]!;
+            var biasBytes = node.Inputs.Count > 2 && node.Inputs[2] is { } bias && parameters.TryGetValue(input, out var act)
+                ? QuantizeBias(graph, node, bias, act.S, quantized.Scales)
+                : 0;
+            storage.Add(new LayerStorage(layer.Name, "qdq", DataType.Int8, plan.MaxBits, layer.Size, ideal, weightBytes + biasBytes, floatBytes));
+        }
+
+        foreach (var tensor in region.Tensors)
+            InsertPair(graph, tensor, parameters[tensor]);
+
+        var opset = Math.Max(13, model.OpsetImports.Default ?? 13);
+        if ((model.OpsetImports.Default ?? 1) < opset)
+            OpsetConverter.Raise(model, opset);
+        if (nbits.Count > 0 && !model.OpsetImports.Contains(QdqRewriter.MicrosoftDomain))
+            model.OpsetImports[QdqRewriter.MicrosoftDomain] = 1;
+        model.IrVersion = Math.Max(model.IrVersion, 7);
+        graph.TopologicalSort();
+        var integerOps = region.Nodes.Where(n => !int8.Contains(n)).GroupBy(n => n.OpType, StringComparer.Ordinal)
+            .OrderBy(g => g.Key, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
+        var placement = new SpeedPlacement(region.Tensors.Count, integerOps, nbits);
+        var result = new RewriteResult(storage, model.OpsetImports.Default ?? opset, model.IrVersion, region.Tensors.Count, [], compensated) { Speed = placement };
+        return (result, placement);
+    }
+
+    /// <summary>Gemm maps onto MatMulNBits (Y = A B + bias) only without transA, scaling, or a bias of another shape.</summary>
+    private static bool NBitsCompatible(Node node)
+    {
+        if (node.OpType == "MatMul")
+            return node.Inputs[0]?.Type?.Shape?.Rank is null or >= 2;
+        if (node.OpType != "Gemm" || node.GetInt("transA", 0) != 0 || node.GetFloat("alpha", 1f) != 1f)
+            return false;
+        if (node.Inputs.Count < 3 || node.Inputs[2] is null)
+            return true;
+        return node.GetFloat("beta", 1f) == 1f && node.Inputs[2]!.Initializer is { } c && c.Dims.Count == 1;
+    }
+
+    /// <summary>The integer region: nodes that will run on uint8 data and the tensors that carry it.</summary>
+    private sealed record IntegerRegion(List<Node> Nodes, List<Value> Tensors, Dictionary<Value, Value> SharesParameters);
+
+    /// <summary>
+    /// Walks the graph in order: an integer layer quantizes its input and its output (after a single Relu
+    /// consumer, which the output's zero point makes redundant); a requantizing or pass-through op joins when every
+    /// float input it reads is already quantized and (requantizing) its output has a range.
+    /// </summary>
+    private static IntegerRegion Region(Graph graph, HashSet<Node> int8Layers, Func<Value, bool> hasRange)
+    {
+        var nodes = new List<Node>();
+        var tensors = new List<Value>();
+        var seen = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        var shares = new Dictionary<Value, Value>(ReferenceEqualityComparer.Instance);
+        void Add(Value v)
+        {
+            if (seen.Add(v))
+                tensors.Add(v);
+        }
+        foreach (var node in graph.Nodes)
+        {
+            if (int8Layers.Contains(node))
+            {
+                var input = node.Inputs[0]!;
+                var output = Tail(node.Outputs[0]);
+                if (!hasRange(input) || !hasRange(output))
+                    continue;
+                nodes.Add(node);
+                Add(input);
+                Add(output);
+                continue;
+            }
+            if (!GraphQueries.IsDefaultDomain(node) || node.Outputs.Count != 1)
+                continue;
+            var data = DataInputs(node);
+            if (data.Count == 0 || data.Any(v => !seen.Contains(v)))
+                continue;
+            if (PassThrough.Contains(node.OpType))
+            {
+                var output = node.Outputs[0];
+                if (!IsFloat(output) && output.Type is not null)
+                    continue;
+                nodes.Add(node);
+                Add(output);
+                shares[output] = shares.GetValueOrDefault(data[0], data[0]);
+            }
+            else if (Requantizing.Contains(node.OpType))
+            {
+                var output = Tail(node.Outputs[0]);
+                if (!hasRange(output))
+                    continue;
+                nodes.Add(node);
+                Add(output);
+            }
+        }
+        return new IntegerRegion(nodes, tensors, shares);
+    }
+
+    /// <summary>The float tensors an op computes on (shape, index and axes inputs excluded).</summary>
+    private static List<Value> DataInputs(Node node) => node.OpType switch
+    {
+        "Add" or "Concat" => node.Inputs.Where(v => v is not null).Select(v => v!).ToList(),
+        _ => node.Inputs.Count > 0 && node.Inputs[0] is { } x ? [x] : [],
+    };
+
+    private static bool IsFloat(Value v) => v.Type?.ElementType == DataType.Float;
+
+    /// <summary>
+    /// The value to quantize for a node's output: through a sole Relu consumer, else the output. After a Relu the
+    /// calibrated minimum is 0, so the zero point is exactly 0 and ONNX Runtime drops the Relu as redundant; a Clip is
+    /// not absorbed, since whether the quantized range sits inside its bounds is a float comparison on the edge.
+    /// </summary>
+    private static Value Tail(Value output)
+    {
+        if (output.Uses.Count == 1 && !output.IsGraphOutput && output.Uses[0].Node is { OpType: "Relu" } act
+            && GraphQueries.IsDefaultDomain(act) && act.Outputs.Count == 1)
+            return act.Outputs[0];
+        return output;
+    }
+
+    /// <summary>Q then DQ on a tensor; every reader of the tensor (a graph output too) reads the DQ.</summary>
+    private static void InsertPair(Graph graph, Value tensor, (Value Scale, Value Zero, float S) p)
+    {
+        var uses = tensor.Uses.ToList();
+        var name = tensor.Name;
+        var q = new Node("QuantizeLinear", [tensor, p.Scale, p.Zero], [graph.UniqueName(name + "_quantized")], name: graph.UniqueName(name + "_act_q"));
+        q.Outputs[0].Type = new TensorType(DataType.UInt8, tensor.Type?.Shape);
+        var dq = new Node("DequantizeLinear", [q.Outputs[0], p.Scale, p.Zero], [graph.UniqueName(name + "_dequantized")], name: graph.UniqueName(name + "_act_dq"));
+        dq.Outputs[0].Type = new TensorType(DataType.Float, tensor.Type?.Shape);
+        if (tensor.Producer is { } producer)
+        {
+            graph.InsertAfter(producer, q);
+            graph.InsertAfter(q, dq);
+        }
+        else
+        {
+            graph.InsertNode(0, dq);
+            graph.InsertNode(0, q);
+        }
+        foreach (var use in uses)
+            use.Node.ReplaceInput(use.InputIndex, dq.Outputs[0]);
+        if (tensor.IsGraphOutput)
+        {
+            for (var i = 0; i < graph.Outputs.Count; i++)
+                if (ReferenceEquals(graph.Outputs[i], tensor))
+                    graph.ReplaceOutput(i, dq.Outputs[0]);
+            // The output keeps its name, now on the value the integer graph delivers.
+            tensor.Name = graph.UniqueName(name + "_float");
+            dq.Outputs[0].Name = name;
+        }
+    }
+
+    /// <summary>
+    /// The bias as INT32 with per-channel scale s_x * s_w[c] and zero point 0, what QLinearConv and QGemm take; the
+    /// rounding error is at most half a product step per channel. Returns the bytes written.
+    /// </summary>
+    private static long QuantizeBias(Graph graph, Node node, Value bias, float inputScale, float[] weightScales)
+    {
+        if (bias.Initializer is not { } tensor || tensor.Dims.Count != 1 || tensor.Dims[0] != weightScales.Length)
+            return 0;
+        var values = tensor.ToFloatArray();
+        var scales = new float[values.Length];
+        var raw = new byte[values.Length * 4];
+        for (var c = 0; c < values.Length; c++)
+        {
+            scales[c] = inputScale * weightScales[c];
+            var q = Math.Clamp(Math.Round(values[c] / (double)scales[c], MidpointRounding.ToEven), int.MinValue, int.MaxValue);
+            BitConverter.TryWriteBytes(raw.AsSpan(c * 4), (int)q);
+        }
+        var baseName = bias.Name;
+        var qValue = graph.AddInitializer(graph.UniqueName(baseName + "_quantized"), Tensor.FromRaw("q", DataType.Int32, [values.Length], raw));
+        var scale = graph.AddInitializer(graph.UniqueName(baseName + "_scale"), Tensor.FromFloats("s", [values.Length], scales));
+        var zero = graph.AddInitializer(graph.UniqueName(baseName + "_zero_point"), Tensor.FromRaw("z", DataType.Int32, [values.Length], new byte[values.Length * 4]));
+        var dq = new Node("DequantizeLinear", [qValue, scale, zero], [graph.UniqueName(baseName + "_dequantized")],
+            name: graph.UniqueName(node.Name + "_bias_dq"), attributes: [Attribute.FromInt("axis", 0)]);
+        dq.Outputs[0].Type = new TensorType(DataType.Float, Shape.Of(values.Length));
+        graph.InsertBefore(node, dq);
+        node.ReplaceInput(2, dq.Outputs[0]);
+        if (bias.Uses.Count == 0 && bias.IsInitializer && !bias.IsGraphInput)
+            graph.RemoveInitializer(bias);
+        return raw.Length + values.Length * 8L;
+    }
+
+    /// <summary>
+    /// MatMul (weight [K, N]) or Gemm (weight [K, N], or [N, K] with transB) as MatMulNBits with 4-bit storage and
+    /// accuracy_level 4: the per-channel values and scales of <paramref name="q"/>, the scale repeated for every block.
+    /// </summary>
+    private static long ReplaceWithNBits(Graph graph, Node node, QuantLayer layer, WeightQuantization q, int bits, int blockSize)
+    {
+        var transposed = node.OpType == "Gemm" && node.GetInt("transB", 0) != 0;
+        var k = (int)layer.WeightShape[transposed ? 1 : 0];
+        var n = (int)layer.WeightShape[transposed ? 0 : 1];
+        var blocks = (k + blockSize - 1) / blockSize;
+        var blob = blockSize * bits / 8;
+        var packed = new byte[(long)n * blocks * blob];
+        var offset = 1 << (bits - 1); // the default zero point: stored = q + 2^(bits-1)
+        for (var col = 0; col < n; col++)
+            for (var row = 0; row < blocks * blockSize; row++)
+            {
+                var stored = row < k ? q.Values[transposed ? col * k + row : row * n + col] + offset : offset;
+                var bitPos = row % blockSize * bits;
+                packed[((long)col * blocks + row / blockSize) * blob + bitPos / 8] |= (byte)(stored << (bitPos % 8));
+            }
+        var scales = new float[(long)n * blocks];
+        for (var col = 0; col < n; col++)
+            Array.Fill(scales, q.Scales[col], col * blocks, blocks);
+        var baseName = layer.WeightName;
+        var b = graph.AddInitializer(graph.UniqueName(baseName + "_nbits"), Tensor.FromRaw("b", DataType.UInt8, [n, blocks, blob], packed));
+        var s = graph.AddInitializer(graph.UniqueName(baseName + "_nbits_scales"), Tensor.FromFloats("s", [(long)n * blocks], scales));
+        var weightValue = node.Inputs[1]!;
+        var bias = node.OpType == "Gemm" && node.Inputs.Count > 2 ? node.Inputs[2] : null;
+        var output = node.Outputs[0];
+        // A MatMul followed by the Add of a constant [N] vector (a linear layer's bias) takes the bias as its own input,
+        // so the sum happens inside the kernel.
+        Node? biasAdd = null;
+        if (bias is null && output.Uses.Count == 1 && !output.IsGraphOutput && output.Uses[0].Node is { OpType: "Add" } add
+            && GraphQueries.IsDefaultDomain(add) && add.Inputs.Count == 2
+            && add.Inputs[1 - output.Uses[0].InputIndex] is { Initializer: { } c } constant && c.DataType == DataType.Float
+            && c.Dims.Count == 1 && c.Dims[0] == n)
+        {
+            bias = constant;
+            biasAdd = add;
+        }
+        List<Value?> inputs = bias is null ? [node.Inputs[0], b, s] : [node.Inputs[0], b, s, null, null, bias];
+        if (biasAdd is not null)
+        {
+            // The Add's output is the layer's output from now on.
+            graph.RemoveNode(node, force: true);
+            node = biasAdd;
+            output = biasAdd.Outputs[0];
+        }
+        var replacement = new Node("MatMulNBits", inputs, [graph.UniqueName(output.Name + "_nbits")],
+            domain: QdqRewriter.MicrosoftDomain, name: graph.UniqueName(layer.Name + "_nbits"),
+            attributes:
+            [
+                Attribute.FromInt("K", k), Attribute.FromInt("N", n), Attribute.FromInt("bits", bits),
+                Attribute.FromInt("block_size", blockSize), Attribute.FromInt("accuracy_level", 4),
+            ]);
+        replacement.Outputs[0].Type = output.Type;
+        graph.InsertBefore(node, replacement);
+        var name = output.Name;
+        graph.RemoveNode(node, force: true);
+        graph.ReplaceAllUsesWith(output, replacement.Outputs[0], replaceGraphOutputs: true);
+        replacement.Outputs[0].Name = name;
+        if (weightValue.Uses.Count == 0)
+            graph.RemoveInitializer(weightValue);
+        return packed.Length + scales.Length * 4L;
+    }
+}

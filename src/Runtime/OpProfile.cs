@@ -1,0 +1,85 @@
+using System.Text.Json;
+
+namespace OnnxQuant.Runtime;
+
+/// <summary>Time one op type took per run, summed over its nodes, and how many of its nodes ran per run.</summary>
+public sealed record OpTime(string OpType, double MsPerRun, double NodesPerRun);
+
+/// <summary>
+/// Where a model's time goes, by op type, read from ONNX Runtime's profiler trace (a JSON array of Chrome trace
+/// events). Node events named <c>NAME_kernel_time</c> carry the op type in <c>args.op_name</c> and the duration in
+/// microseconds; <c>model_run</c> session events mark the runs.
+/// </summary>
+public sealed record OpProfile(int Runs, double MsPerRun, IReadOnlyList<OpTime> Ops)
+{
+    /// <summary>
+    /// Reads a trace, ignoring every node event before the start of run number <paramref name="skipRuns"/> (warm-up
+    /// runs). Op types are ordered by time, largest first, ties by name.
+    /// </summary>
+    /// <exception cref="InvalidDataException">Not a profiler trace, or fewer runs than skipped.</exception>
+    public static OpProfile Read(string path, int skipRuns = 0)
+    {
+        using var document = JsonDocument.Parse(File.ReadAllBytes(path));
+        if (document.RootElement.ValueKind != JsonValueKind.Array)
+            throw new InvalidDataException($"{path}: not an ONNX Runtime profile (expected a JSON array of trace events)");
+        var runs = new List<(long Start, long Duration)>();
+        var nodes = new List<(long Start, long Duration, string OpType)>();
+        foreach (var e in document.RootElement.EnumerateArray())
+        {
+            if (!e.TryGetProperty("name", out var nameElement) || !e.TryGetProperty("ts", out var ts) || !e.TryGetProperty("dur", out var dur))
+                continue;
+            var name = nameElement.GetString() ?? "";
+            var category = e.TryGetProperty("cat", out var cat) ? cat.GetString() : null;
+            if (category == "Session" && name == "model_run")
+                runs.Add((ts.GetInt64(), dur.GetInt64()));
+            else if (category == "Node" && name.EndsWith("_kernel_time", StringComparison.Ordinal)
+                     && e.TryGetProperty("args", out var args) && args.TryGetProperty("op_name", out var op))
+                nodes.Add((ts.GetInt64(), dur.GetInt64(), op.GetString() ?? "?"));
+        }
+        runs.Sort();
+        if (runs.Count <= skipRuns)
+            throw new InvalidDataException($"{path}: the profile holds {runs.Count} run(s), {skipRuns} of them warm-up");
+        var cutoff = runs[skipRuns].Start;
+        var counted = runs.Count - skipRuns;
+        var ops = nodes.Where(n => n.Start >= cutoff)
+            .GroupBy(n => n.OpType, StringComparer.Ordinal)
+            .Select(g => new OpTime(g.Key, g.Sum(n => n.Duration) / 1000.0 / counted, (double)g.Count() / counted))
+            .OrderByDescending(o => o.MsPerRun).ThenBy(o => o.OpType, StringComparer.Ordinal)
+            .ToList();
+        return new OpProfile(counted, runs.Skip(skipRuns).Sum(r => r.Duration) / 1000.0 / counted, ops);
+    }
+
+    /// <summary>
+    /// Profiles models under the same conditions: a fresh profiling session per model, <paramref name="warmup"/> runs
+    /// not counted, then <paramref name="runs"/> counted, the models alternating run by run so that a change in machine
+    /// load affects all alike. The trace files are deleted after reading.
+    /// </summary>
+    public static IReadOnlyList<OpProfile> Measure(IReadOnlyList<string> modelPaths, SessionOptions options,
+        IReadOnlyList<IReadOnlyList<NamedTensor>> inputs, int runs, int warmup)
+    {
+        var sessions = new List<InferenceSession>();
+        var traces = new List<string>();
+        try
+        {
+            foreach (var path in modelPaths)
+                sessions.Add(InferenceSession.Create(path, options with
+                {
+                    ProfilePrefix = Path.Combine(Path.GetTempPath(), $"onnxquant-profile-{Environment.ProcessId}-{Guid.NewGuid():N}"),
+                }));
+            for (var i = 0; i < warmup + runs; i++)
+                for (var m = 0; m < sessions.Count; m++)
+                    sessions[m].Run(inputs[m]);
+            foreach (var session in sessions)
+                traces.Add(session.EndProfiling());
+            return traces.Select(t => Read(t, warmup)).ToList();
+        }
+        finally
+        {
+            foreach (var session in sessions)
+                session.Dispose();
+            foreach (var trace in traces)
+                if (File.Exists(trace))
+                    File.Delete(trace);
+        }
+    }
+}

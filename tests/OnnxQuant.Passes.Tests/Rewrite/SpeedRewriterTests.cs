@@ -1,0 +1,231 @@
+using System.Text.Json;
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Curves;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Quantization;
+using OnnxQuant.Passes.Rewrite;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Passes.Verify;
+using OnnxQuant.Runtime;
+using Attribute = OnnxQuant.Frontend.Attribute;
+
+namespace OnnxQuant.Passes.Tests.Rewrite;
+
+public class SpeedRewriterTests
+{
+    private const int Samples = 24;
+
+    /// <summary>
+    /// A small conv + matmul network: Conv(bias) -> Relu -> MaxPool -> Conv(bias) -> Add(skip) -> Relu ->
+    /// GlobalAveragePool -> Flatten -> MatMul -> Add(bias) -> Relu -> Gemm(bias, transB) -> "logits".
+    /// </summary>
+    private static Model ConvMatMul()
+    {
+        var net = new Net(opset: 17, seed: 3);
+        var x = net.BatchInput("x", 3, 16, 16);
+        var pads = Attribute.FromInts("pads", [1, 1, 1, 1]);
+        var c1 = net.Op("Relu", [net.Op("Conv", [x, net.Random("c1.w", [16, 3, 3, 3], 0.3f), net.Random("c1.b", [16], 0.1f)], pads)]);
+        var pooled = net.Op("MaxPool", [c1], Attribute.FromInts("kernel_shape", [2, 2]), Attribute.FromInts("strides", [2, 2]));
+        var c2 = net.Op("Conv", [pooled, net.Random("c2.w", [16, 16, 3, 3], 0.15f), net.Random("c2.b", [16], 0.1f)], pads);
+        var res = net.Op("Relu", [net.Op("Add", [c2, pooled])]);
+        var flat = net.Op("Flatten", [net.Op("GlobalAveragePool", [res])]);
+        var hidden = net.Op("Relu", [net.Op("Add", [net.Random("fc1.b", [64], 0.1f), net.Op("MatMul", [flat, net.Random("fc1.w", [16, 64], 0.4f)])])]);
+        var logits = net.Op("Gemm", [hidden, net.Random("fc2.w", [10, 64], 0.2f), net.Random("fc2.b", [10], 0.1f)], Attribute.FromInt("transB", 1));
+        logits.Name = "logits";
+        net.Output(logits);
+        return net.Model;
+    }
+
+    private static (Model Model, IReadOnlyList<QuantLayer> Layers, CalibrationTable Calibration, float[] Data) Prepared()
+    {
+        var model = ConvMatMul();
+        var layers = UnitDiscovery.Discover(model, ["logits"], new UnitOptions()).Layers;
+        var data = Net.RandomData(Samples * 3 * 16 * 16, 9, 1.5f);
+        var set = TestCalibration.Single("x", data, 3, 16, 16);
+        var tensors = SpeedRewriter.CalibrationTensors(model, layers);
+        var calibration = Calibrator.Run(model, set, Samples, tensors.Select(t => new CalibrationTarget(t, null)).ToList(),
+            CalibrationMethod.MinMax, 8, SessionOptions.Calibration, runBatch: 8);
+        return (model, layers, calibration, data);
+    }
+
+    private static double RelativeError(Model reference, Model quantized, float[] data)
+    {
+        var shape = new long[] { Samples, 3, 16, 16 };
+        using var a = InferenceSession.Create(ModelIO.ToBytes(reference));
+        using var b = InferenceSession.Create(ModelIO.ToBytes(quantized));
+        var input = new[] { new NamedTensor("x", TensorData.FromFloats(data, shape)) };
+        var y = a.Run(input)[0].Data.ToFloats();
+        var q = b.Run(input)[0].Data.ToFloats();
+        double num = 0, den = 0;
+        for (var i = 0; i < y.Length; i++)
+        {
+            num += (q[i] - y[i]) * (double)(q[i] - y[i]);
+            den += y[i] * (double)y[i];
+        }
+        return num / den;
+    }
+
+    [Theory]
+    [InlineData(8, 0)] // W8A8: every layer on QLinearConv / QLinearMatMul / QGemm
+    [InlineData(4, 2)] // W4: the MatMul and the Gemm become MatMulNBits (int8 compute), the convs stay INT8
+    public void SpeedArtifactFusesIntoIntegerKernelsAndStaysClose(int bits, int nbitsLayers)
+    {
+        var (model, layers, calibration, data) = Prepared();
+        Assert.Equal(4, layers.Count);
+        var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(bits, l.Channels).ToArray())).ToList();
+        var speed = model.Clone();
+        var (result, placement) = SpeedRewriter.Apply(speed, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed });
+        Assert.Equal(nbitsLayers, placement.NBitsLayers.Count);
+        Assert.Equal(nbitsLayers, result.Layers.Count(l => l.Format == "matmulnbits"));
+        Assert.All(result.Layers.Where(l => l.Format == "qdq"), l => Assert.Equal(DataType.Int8, l.Container));
+        // The residual Add joins the integer region, the pools and Flatten too; the bias Adds do not (constant input).
+        Assert.Equal(1, placement.IntegerOps["Add"]);
+        Assert.Equal(1, placement.IntegerOps["GlobalAveragePool"]);
+        Assert.Equal(1, placement.IntegerOps["MaxPool"]);
+        Assert.Equal(1, placement.IntegerOps["Flatten"]);
+
+        var fusion = FusionCheck.Run(speed, SessionOptions.Default);
+        Assert.Equal(0, fusion.WeightDequantizeLeft);
+        Assert.Equal(2, fusion.OpTypes.GetValueOrDefault("QLinearConv"));
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QLinearAdd"));
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QLinearGlobalAveragePool"));
+        Assert.Equal(nbitsLayers, fusion.OpTypes.GetValueOrDefault("MatMulNBits"));
+        Assert.False(fusion.OpTypes.ContainsKey("Conv") || fusion.OpTypes.ContainsKey("FusedConv"), "a convolution runs in float");
+
+        // Tolerance: relative squared error of the logits against float, about 5x what this seeded net measures
+        // (1.7e-4 with 8-bit weights and activations, 1.5e-2 with 4-bit weights).
+        var error = RelativeError(model, speed, data);
+        Assert.InRange(error, 0, bits == 8 ? 1e-3 : 7.5e-2);
+    }
+
+    /// <summary>Statistics of correlated random input rows per layer (each row = a shared part + noise), so that
+    /// second-order rounding moves values away from rounding to nearest.</summary>
+    private static Func<string, InputStatistics?> RandomStatistics(IReadOnlyList<QuantLayer> layers)
+    {
+        var random = new Random(5);
+        var byName = layers.ToDictionary(l => l.Name, l =>
+        {
+            var reduction = (int)(l.Size / l.Channels);
+            var shared = Enumerable.Range(0, reduction).Select(_ => (float)random.NextDouble() * 2 - 1).ToArray();
+            var rows = Enumerable.Range(0, 4 * reduction).Select(_ =>
+            {
+                var t = (float)random.NextDouble() * 2 - 1;
+                return shared.Select(s => s * t + 0.3f * ((float)random.NextDouble() * 2 - 1)).ToArray();
+            }).ToList();
+            return InputStatistics.FromRows(rows, reduction, reduction, l.Channels);
+        }, StringComparer.Ordinal);
+        return name => byName.GetValueOrDefault(name);
+    }
+
+    [Fact]
+    public void SpeedTargetWritesTheSizeTargetsCompensatedValues()
+    {
+        // With compensation (GPTQ and bias correction, the command line's default), the speed target must ship the
+        // weight values and corrected biases the size target ships; only their containers and the Q/DQ differ.
+        var (model, layers, calibration, data) = Prepared();
+        var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(8, l.Channels).ToArray())).ToList();
+        var statistics = RandomStatistics(layers);
+        var size = model.Clone();
+        var sizeResult = QdqRewriter.Apply(size, plans, calibration, new RewriteOptions { Compensation = Compensation.All }, actBits: 8, statistics: statistics);
+        var speed = model.Clone();
+        var speedResult = QdqRewriter.Apply(speed, plans, calibration, new RewriteOptions { Compensation = Compensation.All, Deploy = DeployTarget.Speed },
+            actBits: 8, statistics: statistics);
+        var plain = model.Clone();
+        QdqRewriter.Apply(plain, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed }, actBits: 8);
+
+        Assert.NotNull(speedResult.Speed);
+        Assert.Equal(sizeResult.Compensated, speedResult.Compensated);
+        Assert.Equal(4, speedResult.Compensated!.Count);
+        Assert.All(speedResult.Compensated, c => Assert.True(c.Gptq && c.BiasCorrected, $"{c.Layer}: {c.BiasNote}"));
+        var changed = 0;
+        foreach (var layer in layers)
+        {
+            var name = layer.WeightName + "_quantized";
+            var expected = size.Graph.FindInitializer(name)!.Initializer!;
+            var actual = speed.Graph.FindInitializer(name)!.Initializer!;
+            Assert.Equal(DataType.Int8, actual.DataType);
+            Assert.Equal(expected.RawData.ToArray(), actual.RawData.ToArray());
+            if (!plain.Graph.FindInitializer(name)!.Initializer!.RawData.Span.SequenceEqual(actual.RawData.Span))
+                changed++;
+        }
+        // Not vacuous: second-order rounding changed the values of at least one layer.
+        Assert.True(changed > 0, "compensation changed no weight value");
+
+        // The convolutions' corrected float biases, as the speed target's INT32 biases: within half a step s_x * s_w.
+        foreach (var bias in new[] { "c1.b", "c2.b" })
+        {
+            var corrected = size.Graph.FindInitializer(bias)!.Initializer!.ToFloatArray();
+            var q = speed.Graph.FindInitializer(bias + "_quantized")!.Initializer!.ToInt64Array();
+            var step = speed.Graph.FindInitializer(bias + "_scale")!.Initializer!.ToFloatArray();
+            for (var c = 0; c < corrected.Length; c++)
+                Assert.InRange(Math.Abs(q[c] * (double)step[c] - corrected[c]), 0, 0.5 * step[c] + 1e-6 * Math.Abs(corrected[c]));
+        }
+        Assert.Equal(0, FusionCheck.Run(speed, SessionOptions.Default).WeightDequantizeLeft);
+        // Same tolerance as the uncompensated W8A8 case above: the statistics are random, not this net's inputs.
+        Assert.InRange(RelativeError(model, speed, data), 0, 1e-3);
+    }
+
+    [Fact]
+    public void TheCheckFindsTheWeightDequantizeOfTheSizeTarget()
+    {
+        // Negative case: the size target's Q/DQ only in front of layers leaves weight DequantizeLinear nodes unfused
+        // (outputs are not quantized), which is what the speed target's check must catch.
+        var (model, layers, calibration, _) = Prepared();
+        var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(8, l.Channels).ToArray())).ToList();
+        var size = model.Clone();
+        QdqRewriter.Apply(size, plans, calibration, new RewriteOptions(), actBits: 8);
+        var fusion = FusionCheck.Run(size, SessionOptions.Default);
+        Assert.True(fusion.WeightDequantizeLeft >= 2, $"expected the convolutions' weight DQ left, found {fusion.WeightDequantizeLeft}");
+        Assert.Contains(fusion.Offenders, o => o.Contains("Conv", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void CompileWithDeploySpeedRecordsTheTargetAndItsCost()
+    {
+        var root = Path.Combine(Path.GetTempPath(), $"onnxquant-speed-{Guid.NewGuid():N}");
+        try
+        {
+            var (modelPath, dataPath) = TestModels.WriteDetector(Path.Combine(root, "in"), samples: 40);
+            var options = new CompileOptions
+            {
+                Data = new() { CalibSamples = 24, VerifySamples = 16 },
+                Curves = new() { Mode = CurveMode.Fast, CacheDir = null },
+                Allocation = new() { TargetBits = [8] },
+                Rewrite = new() { Deploy = DeployTarget.Speed },
+            };
+            var result = Compiler.Run(modelPath, dataPath, Path.Combine(root, "out"), options, "test", SilentProgress.Instance);
+            var report = result.Targets.Single().Report;
+            var deploy = report.Deploy!;
+            Assert.Equal(0, deploy.WeightDequantizeLeft);
+            Assert.True(deploy.IntegerKernels >= report.Layers.Count, $"{deploy.IntegerKernels} integer kernels for {report.Layers.Count} layers");
+            // The cost is the speed artifact's measured distortion minus the size target's, both on the same samples.
+            Assert.Equal(report.Distortion.Measured - deploy.SizeMeasured, deploy.ActivationCost(report.Distortion.Measured), 12);
+            // The detector measures 5.6e-5 for the size target; the speed target adds its activation quantization.
+            Assert.InRange(deploy.SizeMeasured, 0, 5e-4);
+            Assert.InRange(report.Distortion.Measured, 0, 5e-3);
+
+            using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "out", "manifest.json")));
+            var entries = manifest.RootElement.GetProperty("options");
+            Assert.Equal("speed", entries.GetProperty("deploy").GetString());
+            using var written = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "out", "report.json")));
+            Assert.Equal(0, written.RootElement.GetProperty("deploy").GetProperty("weight_dequantize_left").GetInt32());
+
+            // The written artifact loads and runs, and fuses the same way when read back from disk.
+            Assert.Equal(0, FusionCheck.Run(ModelIO.Load(Path.Combine(root, "out", "model.onnx")), SessionOptions.Default).WeightDequantizeLeft);
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void SpeedNeedsEightBitActivations()
+    {
+        var options = new CompileOptions { Calibration = new() { ActBits = 16 }, Rewrite = new() { Deploy = DeployTarget.Speed } };
+        var error = Assert.Throws<CompileException>(options.Validate);
+        Assert.Contains("--deploy speed", error.Message);
+    }
+}
