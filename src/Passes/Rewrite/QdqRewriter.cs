@@ -295,24 +295,33 @@ public static class QdqRewriter
         var b = graph.AddInitializer(graph.UniqueName(baseName + "_nbits"), Tensor.FromRaw("b", DataType.UInt8, [n, blocks, blob], packed));
         var scales = graph.AddInitializer(graph.UniqueName(baseName + "_nbits_scales"), Tensor.FromFloats("s", [(long)n * blocks], q.Scales));
         var weightValue = node.Inputs[1]!;
+        SwapInMatMulNBits(graph, node, weightValue, layer, [node.Inputs[0], b, scales], k, n, bits, blockSize, accuracyLevel: 0);
+        return packed.Length + (long)n * blocks * 4;
+    }
+
+    /// <summary>
+    /// Puts a MatMulNBits node with <paramref name="inputs"/> where <paramref name="node"/> was (its output keeps its
+    /// name, so features and graph outputs still find it) and drops the float weight once nothing reads it.
+    /// </summary>
+    internal static void SwapInMatMulNBits(Graph graph, Node node, Value weightValue, QuantLayer layer, IReadOnlyList<Value?> inputs,
+        long k, long n, int bits, int blockSize, int accuracyLevel)
+    {
         var output = node.Outputs[0];
-        var replacement = new Node("MatMulNBits", [node.Inputs[0], b, scales], [graph.UniqueName(output.Name + "_nbits")],
+        var replacement = new Node("MatMulNBits", inputs, [graph.UniqueName(output.Name + "_nbits")],
             domain: MicrosoftDomain, name: graph.UniqueName(layer.Name + "_nbits"),
             attributes:
             [
                 Attribute.FromInt("K", k), Attribute.FromInt("N", n), Attribute.FromInt("bits", bits),
-                Attribute.FromInt("block_size", blockSize), Attribute.FromInt("accuracy_level", 0),
+                Attribute.FromInt("block_size", blockSize), Attribute.FromInt("accuracy_level", accuracyLevel),
             ]);
         replacement.Outputs[0].Type = output.Type;
         graph.InsertBefore(node, replacement);
         var name = output.Name;
         graph.RemoveNode(node, force: true);
         graph.ReplaceAllUsesWith(output, replacement.Outputs[0], replaceGraphOutputs: true);
-        // The tensor keeps its name so features and graph outputs still find it.
         replacement.Outputs[0].Name = name;
         if (weightValue.Uses.Count == 0)
             graph.RemoveInitializer(weightValue);
-        return packed.Length + (long)n * blocks * 4;
     }
 
     private static int InsertActivationQdq(Graph graph, IReadOnlyList<LayerPlan> plans, HashSet<Node> quantized,

@@ -343,21 +343,7 @@ public static class SpeedRewriter
             node = biasAdd;
             output = biasAdd.Outputs[0];
         }
-        var replacement = new Node("MatMulNBits", inputs, [graph.UniqueName(output.Name + "_nbits")],
-            domain: QdqRewriter.MicrosoftDomain, name: graph.UniqueName(layer.Name + "_nbits"),
-            attributes:
-            [
-                Attribute.FromInt("K", k), Attribute.FromInt("N", n), Attribute.FromInt("bits", bits),
-                Attribute.FromInt("block_size", blockSize), Attribute.FromInt("accuracy_level", 4),
-            ]);
-        replacement.Outputs[0].Type = output.Type;
-        graph.InsertBefore(node, replacement);
-        var name = output.Name;
-        graph.RemoveNode(node, force: true);
-        graph.ReplaceAllUsesWith(output, replacement.Outputs[0], replaceGraphOutputs: true);
-        replacement.Outputs[0].Name = name;
-        if (weightValue.Uses.Count == 0)
-            graph.RemoveInitializer(weightValue);
+        QdqRewriter.SwapInMatMulNBits(graph, node, weightValue, layer, inputs, k, n, bits, blockSize, accuracyLevel: 4);
         return packed.Length + scales.Length * 4L;
     }
 }
