@@ -22,8 +22,12 @@ public sealed record BitWidths(int Weight, int Activation, int Attention)
     {
         CheckBits(Weight, $"{where}: weight_bits");
         CheckBits(Activation, $"{where}: act_bits");
-        CheckBits(Attention, $"{where}: attention_bits");
+        if (Attention != FloatBits)
+            CheckBits(Attention, $"{where}: attention_bits (0 keeps attention float)");
     }
+
+    /// <summary>Attention or activation bits 0: the tensor stays float (revision 2 of the recipe).</summary>
+    public const int FloatBits = 0;
 
     /// <exception cref="QatBridgeException">The width is outside 2..16; the message names <paramref name="what"/>.</exception>
     public static void CheckBits(int bits, string what)
@@ -41,13 +45,17 @@ public sealed record ActivationRange(float Min, float Max);
 /// <summary>
 /// One quantized layer. <see cref="Name"/> is the layer's module path, i.e. its weight's name without the trailing
 /// ".weight" (see <see cref="QatRecipe.LayerNameFromWeight"/>). Weight scales are symmetric, one per output channel.
+/// <see cref="ActScale"/> and <see cref="ActZeroPoint"/> (revision 2) are the exact unsigned grid of the
+/// post-training artifact's QuantizeLinear in front of the layer; <see cref="ActBits"/> 0 means its input stays float.
 /// </summary>
 public sealed record LayerRecipe(
     string Name,
     int WeightBits,
     int ActBits,
     IReadOnlyList<float>? WeightScales = null,
-    ActivationRange? ActRange = null);
+    ActivationRange? ActRange = null,
+    float? ActScale = null,
+    int? ActZeroPoint = null);
 
 /// <summary>Where a recipe's bits came from.</summary>
 public enum RecipeSource
@@ -68,9 +76,14 @@ public sealed record QatRecipe(
     IReadOnlyList<LayerRecipe> Layers,
     IReadOnlyList<string> FloatLayers,
     string SourceModel,
-    RecipeSource Source)
+    RecipeSource Source,
+    int Revision = 1)
 {
     public const string Schema = "onnxquant.qat-recipe/1";
+
+    /// <summary>Revision 2 adds per-layer act_scale/act_zero_point, act_bits 0 and attention_bits 0; readers of
+    /// revision 2 read revision-1 files unchanged.</summary>
+    public const int LatestRevision = 2;
 
     /// <summary>The same bits for every layer except <paramref name="floatLayers"/> (module paths or prefixes).</summary>
     public static QatRecipe Uniform(BitWidths bits, IEnumerable<string>? floatLayers = null, string sourceModel = "")
@@ -87,10 +100,10 @@ public sealed record QatRecipe(
     /// </summary>
     /// <exception cref="QatBridgeException">A layer appears twice, or bits or scales are out of range.</exception>
     public static QatRecipe FromAllocation(string sourceModel, BitWidths defaults, IEnumerable<LayerRecipe> layers,
-        IEnumerable<string>? floatLayers = null)
+        IEnumerable<string>? floatLayers = null, int revision = 1)
     {
         var sorted = layers.OrderBy(l => l.Name, StringComparer.Ordinal).ToList();
-        var recipe = new QatRecipe(defaults, sorted, Normalize(floatLayers), sourceModel, RecipeSource.Allocation);
+        var recipe = new QatRecipe(defaults, sorted, Normalize(floatLayers), sourceModel, RecipeSource.Allocation, revision);
         recipe.Validate();
         return recipe;
     }
@@ -114,7 +127,14 @@ public sealed record QatRecipe(
             if (!seen.Add(layer.Name))
                 throw new QatBridgeException($"layer '{layer.Name}' appears twice in layers");
             BitWidths.CheckBits(layer.WeightBits, $"{at}.weight_bits");
-            BitWidths.CheckBits(layer.ActBits, $"{at}.act_bits");
+            if (layer.ActBits != BitWidths.FloatBits)
+                BitWidths.CheckBits(layer.ActBits, $"{at}.act_bits");
+            if (layer.ActScale.HasValue != layer.ActZeroPoint.HasValue)
+                throw new QatBridgeException($"{at}: act_scale and act_zero_point come together");
+            if (layer.ActScale is { } actScale && !(float.IsFinite(actScale) && actScale > 0))
+                throw new QatBridgeException($"{at}.act_scale is {actScale}; it must be finite and > 0");
+            if (layer.ActZeroPoint is { } zp && (layer.ActBits == BitWidths.FloatBits || zp < 0 || zp > (1 << layer.ActBits) - 1))
+                throw new QatBridgeException($"{at}.act_zero_point {zp} is outside the unsigned {layer.ActBits}-bit range");
             if (layer.WeightScales is { } scales)
             {
                 for (var i = 0; i < scales.Count; i++)

@@ -20,6 +20,8 @@ public static class QatRecipeJson
         {
             w.WriteStartObject();
             w.WriteString("schema", QatRecipe.Schema);
+            if (recipe.Revision > 1) // revision-1 files stay byte-identical
+                w.WriteNumber("revision", recipe.Revision);
             w.WriteString("source_model", recipe.SourceModel);
             w.WriteString("source", recipe.Source == RecipeSource.Uniform ? "uniform" : "allocation");
             w.WriteStartObject("defaults");
@@ -47,6 +49,11 @@ public static class QatRecipeJson
                     w.WriteNumber("min", r.Min);
                     w.WriteNumber("max", r.Max);
                     w.WriteEndObject();
+                }
+                if (layer.ActScale is { } actScale)
+                {
+                    w.WriteNumber("act_scale", actScale);
+                    w.WriteNumber("act_zero_point", layer.ActZeroPoint!.Value);
                 }
                 w.WriteEndObject();
             }
@@ -120,8 +127,10 @@ public static class QatRecipeJson
                 ActivationRange? range = null;
                 if (e.TryGetProperty("act_range", out var ar) && ar.ValueKind != JsonValueKind.Null)
                     range = new ActivationRange(Number(ar, "min", at + ".act_range"), Number(ar, "max", at + ".act_range"));
+                float? actScale = e.TryGetProperty("act_scale", out _) ? Number(e, "act_scale", at) : null;
+                int? actZero = e.TryGetProperty("act_zero_point", out _) ? Int(e, "act_zero_point", at) : null;
                 layers.Add(new LayerRecipe(Field(e, "name", JsonValueKind.String, at).GetString()!,
-                    Int(e, "weight_bits", at), Int(e, "act_bits", at), scales, range));
+                    Int(e, "weight_bits", at), Int(e, "act_bits", at), scales, range, actScale, actZero));
             }
             var floats = new List<string>();
             if (root.TryGetProperty("float_layers", out var fl))
@@ -138,7 +147,10 @@ public static class QatRecipeJson
                 _ => throw new QatBridgeException($"source is '{sourceText}', expected 'uniform' or 'allocation'"),
             };
             var model = root.TryGetProperty("source_model", out var sm) && sm.ValueKind == JsonValueKind.String ? sm.GetString()! : "";
-            var recipe = new QatRecipe(bits, layers, floats, model, source);
+            var revision = root.TryGetProperty("revision", out _) ? Int(root, "revision", "recipe") : 1;
+            if (revision is < 1 or > QatRecipe.LatestRevision)
+                throw new QatBridgeException($"revision is {revision}; this reader knows 1..{QatRecipe.LatestRevision}");
+            var recipe = new QatRecipe(bits, layers, floats, model, source, revision);
             recipe.Validate();
             return recipe;
         }

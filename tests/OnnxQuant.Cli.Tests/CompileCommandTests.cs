@@ -178,7 +178,11 @@ public class CompileCommandTests(CompileCliFixture fixture) : IClassFixture<Comp
         // Every allocated layer is in the recipe at its allocated width, with the compile's activation bits.
         Assert.Equal(allocated.Keys.Order(StringComparer.Ordinal), recipe.Layers.Select(l => l.Name));
         Assert.All(recipe.Layers, l => Assert.Equal(allocated[l.Name], l.WeightBits));
-        Assert.All(recipe.Layers, l => Assert.Equal(8, l.ActBits));
+        // Each layer carries the artifact's grid: its weight scales, and the activation grid in front of it (8-bit,
+        // as compiled) or act_bits 0 where the artifact leaves the input float (INT2 weight-only layers).
+        Assert.All(recipe.Layers, l => Assert.NotNull(l.WeightScales));
+        Assert.All(recipe.Layers, l => Assert.Equal(l.ActScale is null ? 0 : 8, l.ActBits));
+        Assert.Equal(2, recipe.Revision);
         Assert.Equal(new OnnxQuant.QatBridge.BitWidths(4, 8, 6), recipe.Defaults);
         Assert.Equal(OnnxQuant.QatBridge.RecipeSource.Allocation, recipe.Source);
     }

@@ -27,6 +27,30 @@ public class QatRecipeTests
         Assert.Equal(QatRecipeJson.Serialize(recipe), QatRecipeJson.Serialize(back)); // byte-identical
     }
 
+    [Fact]
+    public void Revision_two_carries_the_artifact_grid_and_revision_one_files_stay_as_they_were()
+    {
+        using var dir = new TempDir();
+        var recipe = QatRecipe.FromAllocation("m.onnx", new BitWidths(4, 8, BitWidths.FloatBits),
+            [
+                new LayerRecipe("a", 4, 8, [0.5f, 0.25f], ActScale: 0.0125f, ActZeroPoint: 131),
+                new LayerRecipe("b", 2, BitWidths.FloatBits, [0.75f]),
+            ], revision: 2);
+        QatRecipeJson.Write(recipe, dir.File("r.json"));
+        var text = File.ReadAllText(dir.File("r.json"));
+        Assert.Contains("\"revision\": 2", text);
+        var back = QatRecipeJson.Read(dir.File("r.json"));
+        Assert.Equal(2, back.Revision);
+        Assert.Equal((0.0125f, 131), (back.Layer("a")!.ActScale!.Value, back.Layer("a")!.ActZeroPoint!.Value));
+        Assert.Equal(BitWidths.FloatBits, back.Layer("b")!.ActBits);
+        Assert.Equal(BitWidths.FloatBits, back.Defaults.Attention);
+        Assert.Equal(QatRecipeJson.Serialize(recipe), QatRecipeJson.Serialize(back));
+        // A revision-1 recipe is written without the field, byte for byte as before, and reads as revision 1.
+        var old = QatRecipeJson.Serialize(Sample());
+        Assert.DoesNotContain("revision", Encoding.UTF8.GetString(old));
+        Assert.Equal(1, QatRecipeJson.Parse(old).Revision);
+    }
+
     [Theory]
     [InlineData("4-4", "W-A-Attention")]
     [InlineData("4-1-8", "act_bits is 1")]
@@ -44,6 +68,9 @@ public class QatRecipeTests
     [InlineData("""{"schema":"onnxquant.qat-recipe/1","defaults":{"weight_bits":4,"act_bits":4,"attention_bits":8},"layers":[{"name":"a","weight_bits":4,"act_bits":4,"weight_scales":[0.5,-1]}]}""", "weight_scales[1]")]
     [InlineData("""{"schema":"onnxquant.qat-recipe/1","defaults":{"weight_bits":4,"act_bits":4.5,"attention_bits":8},"layers":[]}""", "expected an integer")]
     [InlineData("""{"schema": """, "not valid JSON")]
+    [InlineData("""{"schema":"onnxquant.qat-recipe/1","revision":3,"defaults":{"weight_bits":4,"act_bits":8,"attention_bits":8},"layers":[]}""", "revision is 3")]
+    [InlineData("""{"schema":"onnxquant.qat-recipe/1","defaults":{"weight_bits":4,"act_bits":8,"attention_bits":8},"layers":[{"name":"a","weight_bits":4,"act_bits":8,"act_scale":0.1}]}""", "come together")]
+    [InlineData("""{"schema":"onnxquant.qat-recipe/1","defaults":{"weight_bits":4,"act_bits":8,"attention_bits":8},"layers":[{"name":"a","weight_bits":4,"act_bits":8,"act_scale":0.1,"act_zero_point":256}]}""", "act_zero_point 256")]
     public void Malformed_recipes_name_the_file_and_field(string json, string expected)
     {
         using var dir = new TempDir();

@@ -74,7 +74,7 @@ internal static class CompileCommand
         var ortLib = RuntimeCliOptions.OrtLib();
         var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress, only errors and the summary" };
         var emitRecipe = new Option<string?>("--emit-qat-recipe") { Description = "Also write a QAT recipe (onnxquant.qat-recipe/1) of the allocation, for the Q-DETR trainer (one target only)" };
-        var recipeAttentionBits = new Option<int>("--qat-attention-bits") { Description = "Attention q/k/v and softmax bits written into the QAT recipe", DefaultValueFactory = _ => 8 };
+        var recipeAttentionBits = new Option<int>("--qat-attention-bits") { Description = "Attention q/k/v and softmax bits written into the QAT recipe (0: float, as the compiled model keeps them, so the student starts at its outputs)", DefaultValueFactory = _ => 0 };
 
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
@@ -154,7 +154,7 @@ internal static class CompileCommand
             if (recipePath is not null && options.Allocation.TargetBits.Count != 1)
                 throw new CliInputException("--emit-qat-recipe needs exactly one --target-bits value: a recipe describes one allocation");
             var attentionBits = parse.GetValue(recipeAttentionBits);
-            if (recipePath is not null)
+            if (recipePath is not null && attentionBits != OnnxQuant.QatBridge.BitWidths.FloatBits)
                 OnnxQuant.QatBridge.BitWidths.CheckBits(attentionBits, "--qat-attention-bits");
             var curvesOut = parse.GetValue(writeCurves);
             var modelPath = parse.GetValue(model)!;
@@ -184,7 +184,9 @@ internal static class CompileCommand
             }
             if (recipePath is not null)
             {
-                var recipe = OnnxQuant.QatBridge.CompileRecipe.FromReport(result.Targets[0].Report, modelPath, attentionBits);
+                // The written artifact, not the in-memory graph: the recipe describes exactly the file a user deploys.
+                var artifact = OnnxQuant.Frontend.ModelIO.Load(result.Targets[0].ModelPath);
+                var recipe = OnnxQuant.QatBridge.CompileRecipe.FromReport(result.Targets[0].Report, modelPath, attentionBits, artifact);
                 OnnxQuant.QatBridge.QatRecipeJson.Write(recipe, recipePath);
                 stdout.WriteLine($"written: {recipePath} (QAT recipe, {recipe.Layers.Count} layers, {recipe.FloatLayers.Count} float)");
             }

@@ -10,6 +10,7 @@ from typing import Callable, List
 
 from torch import nn
 
+from .lsq import LsqQuantizer
 from .modules import (QuantConv2d, QuantLinear, QuantMultiheadAttention, QuantSplitAttention,
                       is_split_projection_attention)
 from .recipe import Recipe
@@ -94,13 +95,43 @@ def quantize_model(model: nn.Module, recipe: Recipe, scope: Callable[[str], bool
 
 
 def _init_from_recipe(module, aq, layer) -> None:
-    if layer.weight_scales is not None:
-        try:
+    try:
+        if layer.weight_scales is not None:
             module.wq.init_from_scales(layer.weight_scales)
-        except ValueError as e:
-            raise ValueError(f"recipe layer '{layer.name}': {e}") from None
-    if layer.act_range is not None:
-        aq.init_from_range(layer.act_range.min, layer.act_range.max)
+        if not isinstance(aq, LsqQuantizer):
+            return
+        if layer.act_scale is not None:
+            aq.init_from_qparams(layer.act_scale, layer.act_zero_point)
+        elif layer.act_range is not None:
+            aq.init_from_range(layer.act_range.min, layer.act_range.max)
+    except ValueError as e:
+        raise ValueError(f"recipe layer '{layer.name}': {e}") from None
+
+
+def fold_batchnorm(model: nn.Module) -> List[str]:
+    """Folds every BatchNorm2d into the Conv2d registered just before it in the same parent (a conv -> BN pair of a
+    ResNet block or an nn.Sequential) and replaces the BN by an identity; returns the folded convs' names.
+
+    With frozen statistics a BN is an affine map of its conv's output, so folding changes nothing in eval mode, and
+    the quantizer then sees the weight a deployed model holds: the compiler folds BN before it quantizes, so a
+    student that starts from the compiler's weight scales must quantize the folded weight too."""
+    import torch
+    folded = []
+    for parent_name, parent in list(model.named_modules()):
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                    and conv.out_channels == bn.num_features and bn.track_running_stats):
+                continue
+            with torch.no_grad():
+                factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                new_bias = (bias - bn.running_mean) * factor + bn.bias
+            conv.bias = nn.Parameter(new_bias)
+            setattr(parent, bn_name, nn.Identity())
+            folded.append(f"{parent_name}.{conv_name}" if parent_name else conv_name)
+    return folded
 
 
 def quantized_modules(model: nn.Module):

@@ -31,6 +31,8 @@ def learned_scales(model: nn.Module) -> Dict[str, object]:
     layers: List[Dict[str, object]] = []
     for name, module in quantized_modules(model):
         if isinstance(module, QuantSplitAttention):
+            if module.attention_bits == 0:
+                continue  # q, k, v and the softmax output stay float
             entry = {"name": name, "kind": "attention", "attention_bits": module.attention_bits,
                      "aligned": module.align is not None}
             for part in ("q_quant", "k_quant", "v_quant", "softmax_quant"):
@@ -40,13 +42,14 @@ def learned_scales(model: nn.Module) -> Dict[str, object]:
         if isinstance(module, QuantMultiheadAttention):
             continue
         aq = module.aq
+        float_input = not isinstance(aq, LsqQuantizer)
         layers.append({
             "name": name,
             "kind": "conv" if module.weight.dim() == 4 else "linear",
             "weight_bits": module.weight_bits,
             "act_bits": module.act_bits,
-            "act_signed": bool(aq.signed),
-            "act_scale": float(aq.scale.detach().abs()),
+            "act_signed": False if float_input else bool(aq.signed),
+            "act_scale": 0.0 if float_input else float(aq.scale.detach().abs()),
             "weight_scales": [float(s) for s in module.wq.scale.detach().abs().flatten()],
         })
     layers.sort(key=lambda e: e["name"])

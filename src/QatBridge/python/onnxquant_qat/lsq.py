@@ -111,6 +111,10 @@ class LsqQuantizer(nn.Module):
             self.scale.copy_(values.reshape(self.scale.shape))
             self.initialized.fill_(True)
 
+    def export_zero_point(self) -> int:
+        """The QuantizeLinear zero point: 0 on the symmetric grids; an offset grid stores q + z."""
+        return 0
+
     def _shaped(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if not self.channels:
             return s
@@ -125,7 +129,8 @@ class LsqQuantizer(nn.Module):
             return _ActivationQdq.apply(x, self.scale.detach().clone(),
                                         torch.tensor(self.qmin * float(self.scale)),
                                         torch.tensor(self.qmax * float(self.scale)),
-                                        torch.tensor(0, dtype=torch.int8 if self.signed else torch.uint8))
+                                        torch.tensor(self.export_zero_point(),
+                                                     dtype=torch.int8 if self.signed else torch.uint8))
         n = x.numel() / max(self.channels, 1)
         g = 1.0 / math.sqrt(max(n, 1.0) * self.qmax)
         s = self._shaped(_grad_scale(self.scale, g), x).abs().clamp(min=1e-8)

@@ -6,6 +6,7 @@ bits, and can align the query distribution before the query's quantizer (Q-DETR'
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -22,18 +23,42 @@ class AutoSignQuantizer(LsqQuantizer):
     def __init__(self, bits: int):
         super().__init__(bits, signed=True)
         self.register_buffer("is_signed", torch.tensor(True))
+        # Non-zero only for an asymmetric grid taken over from a post-training artifact (uint8 with zero point z):
+        # the stored integers are q + z in [0, 2^b - 1], so q itself lies in [-z, 2^b - 1 - z].
+        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
 
     def _set_sign(self, signed: bool) -> None:
         self.signed = signed
         self.is_signed.fill_(signed)
         from .lsq import qrange
         self.qmin, self.qmax = qrange(self.bits, signed)
+        z = int(self.zero_point)
+        if z and not signed:
+            self.qmin, self.qmax = self.qmin - z, self.qmax - z
+
+    def init_from_qparams(self, scale: float, zero_point: int) -> None:
+        """The exact grid of a post-training QuantizeLinear: step `scale`, unsigned b-bit storage with zero point
+        `zero_point` (the step stays learnable, the zero point fixed)."""
+        if not 0 <= zero_point <= 2 ** self.bits - 1:
+            raise ValueError(f"zero point {zero_point} is outside the unsigned {self.bits}-bit range")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"activation scale {scale} must be finite and > 0")
+        self.zero_point.fill_(zero_point)
+        self._set_sign(False)
+        with torch.no_grad():
+            self.scale.fill_(scale)
+            self.initialized.fill_(True)
+
+    def export_zero_point(self) -> int:
+        return int(self.zero_point) if not self.signed else 0
 
     def init_from(self, x: torch.Tensor) -> None:
+        self.zero_point.fill_(0)
         self._set_sign(bool(x.detach().min() < 0))
         super().init_from(x)
 
     def init_from_range(self, lo: float, hi: float) -> None:
+        self.zero_point.fill_(0)
         self._set_sign(lo < 0)
         super().init_from_range(lo, hi)
 
@@ -65,7 +90,8 @@ class QuantLinear(nn.Module, _QuantWeightMixin):
         self.bias = base.bias
         self.weight_bits, self.act_bits = weight_bits, act_bits
         self.wq = LsqQuantizer(weight_bits, signed=True, channels=base.out_features, axis=0)
-        self.aq = AutoSignQuantizer(act_bits)
+        # act_bits 0: the input stays float (a weight-only layer of a post-training artifact).
+        self.aq = AutoSignQuantizer(act_bits) if act_bits else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.aq(x), self.quantized_weight(), self.bias)
@@ -81,7 +107,8 @@ class QuantConv2d(nn.Module, _QuantWeightMixin):
         self.stride, self.padding, self.dilation, self.groups = base.stride, base.padding, base.dilation, base.groups
         self.weight_bits, self.act_bits = weight_bits, act_bits
         self.wq = LsqQuantizer(weight_bits, signed=True, channels=base.out_channels, axis=0)
-        self.aq = AutoSignQuantizer(act_bits)
+        # act_bits 0: the input stays float (a weight-only layer of a post-training artifact).
+        self.aq = AutoSignQuantizer(act_bits) if act_bits else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self.aq(x), self.quantized_weight(), self.bias, self.stride, self.padding, self.dilation,
@@ -89,20 +116,31 @@ class QuantConv2d(nn.Module, _QuantWeightMixin):
 
 
 class DistributionAlignment(nn.Module):
-    """q* = gamma * (q - mean(q)) / sqrt(var(q) + eps) + beta, per channel, statistics over the query tokens of
-    each sample. Per-sample statistics need no running averages, so training and the exported graph agree."""
+    """q* = gamma * (q - mu) / sqrt(sigma^2 + eps) + beta, per channel, before the query's quantizer.
+
+    mu and sigma^2 are frozen statistics (buffers), like the batch-norm statistics the trainer freezes: training and
+    the exported graph compute the same thing, and a batch of two images does not make the normalization noisy.
+    `init_from_statistics` takes them from the real-valued teacher's queries and sets gamma = sqrt(sigma^2 + eps),
+    beta = mu, so the aligned student starts exactly where the unaligned one does; gamma and beta then learn the
+    distribution the quantizer sees. Before that call mu = 0, sigma^2 = 1 - eps, gamma = 1, beta = 0 (identity too)."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
         self.gamma = nn.Parameter(torch.ones(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("var", torch.full((channels,), 1.0 - eps))
+
+    def init_from_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.var.copy_(var)
+            self.gamma.copy_(torch.sqrt(var + self.eps))
+            self.beta.copy_(mean)
 
     def normalize(self, q: torch.Tensor) -> torch.Tensor:
-        """q is [batch, tokens, channels]; the result is zero-mean, unit-variance per (sample, channel)."""
-        mean = q.mean(dim=1, keepdim=True)
-        var = ((q - mean) ** 2).mean(dim=1, keepdim=True)
-        return (q - mean) / torch.sqrt(var + self.eps)
+        return (q - self.mean) / torch.sqrt(self.var + self.eps)
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         return self.normalize(q) * self.gamma + self.beta
@@ -130,10 +168,7 @@ class QuantMultiheadAttention(nn.Module):
         self.query_aq = AutoSignQuantizer(act_bits)
         self.key_aq = AutoSignQuantizer(act_bits)
         self.value_aq = AutoSignQuantizer(act_bits)
-        self.q_quant = LsqQuantizer(attention_bits, signed=True)
-        self.k_quant = LsqQuantizer(attention_bits, signed=True)
-        self.v_quant = LsqQuantizer(attention_bits, signed=True)
-        self.softmax_quant = LsqQuantizer(attention_bits, signed=False)
+        self.q_quant, self.k_quant, self.v_quant, self.softmax_quant = _attention_quantizers(attention_bits)
         self.align = DistributionAlignment(e, eps) if align_query else None
         self.out_proj = QuantLinear(base.out_proj, weight_bits, act_bits)
 
@@ -189,6 +224,15 @@ class QuantMultiheadAttention(nn.Module):
         return out, weights
 
 
+def _attention_quantizers(bits: int):
+    """q, k, v and softmax-output quantizers; bits 0 keeps them float (a post-training artifact quantizes only the
+    layers with weights, so a student that starts from one must not add quantizers it lacks)."""
+    if bits == 0:
+        return nn.Identity(), nn.Identity(), nn.Identity(), nn.Identity()
+    return (LsqQuantizer(bits, signed=True), LsqQuantizer(bits, signed=True), LsqQuantizer(bits, signed=True),
+            LsqQuantizer(bits, signed=False))
+
+
 def is_split_projection_attention(module: nn.Module) -> bool:
     """Attention written as four Linear projections (q_proj, k_proj, v_proj, out_proj) with a head count, called as
     forward(q, k, v): the form DETR implementations use to keep every matmul visible."""
@@ -213,10 +257,7 @@ class QuantSplitAttention(nn.Module):
         self.k_proj = QuantLinear(base.k_proj, weight_bits, act_bits)
         self.v_proj = QuantLinear(base.v_proj, weight_bits, act_bits)
         self.out_proj = QuantLinear(base.out_proj, weight_bits, act_bits)
-        self.q_quant = LsqQuantizer(attention_bits, signed=True)
-        self.k_quant = LsqQuantizer(attention_bits, signed=True)
-        self.v_quant = LsqQuantizer(attention_bits, signed=True)
-        self.softmax_quant = LsqQuantizer(attention_bits, signed=False)
+        self.q_quant, self.k_quant, self.v_quant, self.softmax_quant = _attention_quantizers(attention_bits)
         self.align = DistributionAlignment(d, eps) if align_query else None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

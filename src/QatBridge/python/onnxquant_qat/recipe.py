@@ -35,6 +35,9 @@ class LayerRecipe:
     # Per-output-channel symmetric weight scales from calibration; None lets the trainer initialize them.
     weight_scales: Optional[tuple] = None
     act_range: Optional[ActivationRange] = None
+    # The post-training artifact's exact activation grid (revision 2): QuantizeLinear scale and unsigned zero point.
+    act_scale: Optional[float] = None
+    act_zero_point: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class Recipe:
     float_layers: tuple = ()
     source_model: str = ""
     source: str = "uniform"
+    # 1: bits, weight scales, activation ranges. 2 adds act_scale/act_zero_point per layer and attention_bits 0
+    # (attention q/k/v/softmax float), what `compile --emit-qat-recipe` writes so the student starts at the artifact.
+    revision: int = 1
 
     @staticmethod
     def uniform(spec: str, float_layers=()) -> "Recipe":
@@ -80,16 +86,18 @@ class Recipe:
         return any(self.matches(f, name) or name.startswith(f + ".") for f in self.float_layers)
 
     def validate(self) -> None:
-        for what, bits in (("weight_bits", self.weight_bits), ("act_bits", self.act_bits),
-                           ("attention_bits", self.attention_bits)):
+        for what, bits in (("weight_bits", self.weight_bits), ("act_bits", self.act_bits)):
             _check_bits(bits, what)
+        if self.attention_bits != 0:
+            _check_bits(self.attention_bits, "attention_bits (0 keeps attention float)")
         seen = set()
         for layer in self.layers:
             if layer.name in seen:
                 raise RecipeError(f"layer '{layer.name}' appears twice in layers")
             seen.add(layer.name)
             _check_bits(layer.weight_bits, f"layers['{layer.name}'].weight_bits")
-            _check_bits(layer.act_bits, f"layers['{layer.name}'].act_bits")
+            if layer.act_bits != 0:  # 0: the layer's input stays float (revision 2)
+                _check_bits(layer.act_bits, f"layers['{layer.name}'].act_bits")
             if layer.weight_scales is not None:
                 for s in layer.weight_scales:
                     if not (math.isfinite(s) and s > 0):
@@ -97,6 +105,14 @@ class Recipe:
             r = layer.act_range
             if r is not None and not (math.isfinite(r.min) and math.isfinite(r.max) and r.min <= r.max):
                 raise RecipeError(f"layers['{layer.name}'].act_range [{r.min}, {r.max}] must be finite with min <= max")
+            if (layer.act_scale is None) != (layer.act_zero_point is None):
+                raise RecipeError(f"layers['{layer.name}']: act_scale and act_zero_point come together")
+            if layer.act_scale is not None:
+                if not (math.isfinite(layer.act_scale) and layer.act_scale > 0):
+                    raise RecipeError(f"layers['{layer.name}'].act_scale is {layer.act_scale}; it must be finite and > 0")
+                if not 0 <= layer.act_zero_point <= 2 ** layer.act_bits - 1:
+                    raise RecipeError(f"layers['{layer.name}'].act_zero_point {layer.act_zero_point} is outside "
+                                      f"0..{2 ** layer.act_bits - 1}")
 
     def to_json(self) -> dict:
         layers = []
@@ -106,8 +122,11 @@ class Recipe:
                 entry["weight_scales"] = list(layer.weight_scales)
             if layer.act_range is not None:
                 entry["act_range"] = {"min": layer.act_range.min, "max": layer.act_range.max}
+            if layer.act_scale is not None:
+                entry["act_scale"] = layer.act_scale
+                entry["act_zero_point"] = layer.act_zero_point
             layers.append(entry)
-        return {
+        doc = {
             "schema": SCHEMA,
             "source_model": self.source_model,
             "source": self.source,
@@ -116,6 +135,9 @@ class Recipe:
             "layers": layers,
             "float_layers": list(self.float_layers),
         }
+        if self.revision > 1:  # revision-1 files stay byte-identical
+            doc = {"schema": SCHEMA, "revision": self.revision, **{k: v for k, v in doc.items() if k != "schema"}}
+        return doc
 
     def save(self, path: str) -> None:
         text = json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
@@ -146,6 +168,8 @@ class Recipe:
                 weight_scales=None if scales is None else tuple(float(s) for s in scales),
                 act_range=None if rng is None else ActivationRange(float(_field(rng, "min", (int, float), at)),
                                                                    float(_field(rng, "max", (int, float), at))),
+                act_scale=float(_field(entry, "act_scale", (int, float), at)) if "act_scale" in entry else None,
+                act_zero_point=_field(entry, "act_zero_point", int, at) if "act_zero_point" in entry else None,
             ))
         recipe = Recipe(
             weight_bits=_field(defaults, "weight_bits", int, where + ": defaults"),
@@ -155,6 +179,7 @@ class Recipe:
             float_layers=tuple(str(x) for x in doc.get("float_layers", [])),
             source_model=str(doc.get("source_model", "")),
             source=str(doc.get("source", "")),
+            revision=int(doc.get("revision", 1)),
         )
         try:
             recipe.validate()
