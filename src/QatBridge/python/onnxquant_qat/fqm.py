@@ -62,3 +62,18 @@ def fqm_distillation_loss(student_features: torch.Tensor, teacher_features: torc
         return FqmResult(student_features.sum() * 0.0, 0)
     all_d = torch.cat(distances)
     return FqmResult(all_d.mean(), int(all_d.numel()))
+
+
+def fqm_all_layers(student_out: dict, teacher_out: dict, gt_boxes: List[torch.Tensor], tau: float = TAU) -> FqmResult:
+    """FQM on every decoder layer: layer l's student features and boxes against the teacher's layer l (the
+    auxiliary outputs, then the last layer), each with its own foreground selection and teacher matching; the loss
+    is the mean over layers, `kept` the total of kept queries."""
+    pairs = list(zip(student_out.get("aux_outputs", []), teacher_out.get("aux_outputs", [])))
+    pairs.append((student_out, teacher_out))
+    losses, kept = [], 0
+    for s, t in pairs:
+        r = fqm_distillation_loss(s["decoder_features"], t["decoder_features"], s["pred_boxes"], t["pred_boxes"],
+                                  gt_boxes, tau)
+        losses.append(r.loss)
+        kept += r.kept
+    return FqmResult(torch.stack(losses).mean(), kept)

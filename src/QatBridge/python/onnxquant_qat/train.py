@@ -1,15 +1,28 @@
-"""Two-stage Q-DETR training of a quantized student from a real-valued DETR teacher.
+"""Two-stage Q-DETR training of a quantized student from a real-valued DETR teacher, set up so that it cannot end
+below its start.
 
-Stage 1 quantizes the backbone and keeps encoder/decoder real-valued; stage 2 starts from stage 1's checkpoint and
-quantizes everything the recipe does not keep float. Loss in both stages: L = L_GT (the DETR set criterion) +
-lambda * L_FQM (with --fqm). --da adds distribution alignment to the decoder co-attention queries. AdamW, lr 1e-4.
+The start is the post-training student: batch norm folded into its convolutions, every layer quantized, steps from
+the recipe (a compiler recipe carries the artifact's exact grid, so this student computes what the compiled model
+does) or, where the recipe has none, from the quantization MSE on a fixed calibration batch. Stage 1 quantizes the
+backbone and keeps encoder/decoder real-valued; stage 2 starts from stage 1's checkpoint and quantizes everything
+the recipe does not keep float. Loss: L = L_GT (the DETR set criterion) + lambda * L_FQM (with --fqm, over every
+decoder layer). --da adds distribution alignment, initialized from the teacher's query statistics, to the decoder
+co-attention queries.
+
+Optimization: AdamW with separate learning rates for weights (--lr) and quantizer parameters (LSQ steps, DA gamma
+and beta; --lr-quant, no weight decay), linear warm-up then cosine decay, gradient clipping, batch-norm statistics
+frozen. Every --eval-every steps the student is evaluated (AP50) on a validation split held out from the training
+pool; the best checkpoint is kept and exported, and the post-training start is a candidate, so the result is never
+worse than the start on the validation split (--keep last exports the last step instead).
 
     python3 -m onnxquant_qat.train --teacher detr_small.pt --recipe recipe.json --out out/ [--da] [--fqm]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import os
 import random
 import sys
@@ -22,8 +35,10 @@ import torch
 from onnxquant_models.export import DETR_OUTPUTS
 from torch import nn
 
-from .convert import ConversionReport, quantize_model
-from .fqm import LAMBDA, TAU, fqm_distillation_loss
+from .convert import ConversionReport, fold_batchnorm, quantize_model
+from .fqm import LAMBDA, TAU, fqm_all_layers
+from .lsq import LsqQuantizer
+from .modules import DistributionAlignment, QuantSplitAttention
 from .recipe import Recipe
 
 BACKBONE_PREFIX = "backbone."
@@ -34,7 +49,8 @@ class TrainConfig:
     stage1_steps: int = 100
     stage2_steps: int = 200
     batch_size: int = 4
-    lr: float = 1e-4
+    lr: float = 1e-5
+    lr_quant: float = 1e-4
     weight_decay: float = 1e-4
     distribution_alignment: bool = False
     query_matching: bool = False
@@ -42,6 +58,10 @@ class TrainConfig:
     lam: float = LAMBDA
     seed: int = 0
     log_every: int = 10
+    warmup: float = 0.1  # fraction of a stage's steps
+    grad_clip: float = 0.1
+    eval_every: int = 25
+    keep: str = "best"  # "best": the best validation checkpoint (the start included); "last": the last step
 
 
 @dataclass
@@ -52,13 +72,24 @@ class StepLog:
     loss_gt: float
     loss_fqm: float
     kept_queries: int
+    lr: float = 0.0
+
+
+@dataclass
+class Validation:
+    stage: int  # 0: the post-training start
+    step: int
+    ap50: float
 
 
 @dataclass
 class TrainResult:
     logs: List[StepLog] = field(default_factory=list)
+    validations: List[Validation] = field(default_factory=list)
     stage1: Optional[ConversionReport] = None
     stage2: Optional[ConversionReport] = None
+    start_ap50: float = float("nan")
+    kept: Optional[Validation] = None  # the checkpoint the student holds at the end
     seconds: float = 0.0
 
 
@@ -66,6 +97,12 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -93,17 +130,141 @@ class Batches:
         return self.images[idx].to(device), targets
 
 
+@dataclass
+class DataSplit:
+    """The training pool split once: training images, a held-out validation split (never trained on; the best
+    checkpoint is chosen on it), and the calibration batch (the first training images) that initializes steps the
+    recipe does not give."""
+    train_images: torch.Tensor
+    train_targets: list
+    val_images: torch.Tensor
+    val_targets: list
+    calib_images: torch.Tensor
+
+    @staticmethod
+    def of(images: torch.Tensor, targets: list, val_count: int, calib_count: int = 8) -> "DataSplit":
+        if not 0 < val_count < len(targets):
+            raise ValueError(f"validation split of {val_count} images needs a pool larger than that "
+                             f"(the pool has {len(targets)})")
+        n = len(targets) - val_count
+        return DataSplit(images[:n], targets[:n], images[n:], targets[n:], images[:min(calib_count, n)])
+
+    def batches(self, batch_size: int, seed: int) -> Batches:
+        return Batches(self.train_images, self.train_targets, batch_size, seed)
+
+
+def validation_ap50(model: nn.Module, images: torch.Tensor, targets: list, device: torch.device,
+                    chunk: int = 16) -> float:
+    """AP at IoU 0.5 (onnxquant_models.metrics, all queries as detections) of the model on held-out images."""
+    from onnxquant_models.boxes import box_cxcywh_to_xyxy
+    from onnxquant_models.detr import decode_detr
+    from onnxquant_models.metrics import GroundTruth, Prediction, sanity_metrics
+    was_training = model.training
+    model.eval()
+    h, w = images.shape[-2:]
+    preds, gts = [], []
+    with torch.no_grad():
+        for start in range(0, len(targets), chunk):
+            out = model(images[start:start + chunk].to(device))
+            dets = decode_detr(out["pred_logits"].float().cpu(), out["pred_boxes"].float().cpu(), w, h)
+            for i, image_dets in enumerate(dets):
+                image = start + i
+                preds += [Prediction(image, d.category_id, d.score, d.box_xyxy) for d in image_dets]
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    for image, t in enumerate(targets):
+        boxes = box_cxcywh_to_xyxy(t["boxes"].float()) * scale
+        gts += [GroundTruth(image, int(label) + 1, tuple(float(v) for v in box))
+                for label, box in zip(t["labels"], boxes)]
+    if was_training:
+        model.train()
+        freeze_batchnorm(model)
+    return sanity_metrics(preds, gts).ap50
+
+
+def calibrate(student: nn.Module, images: torch.Tensor, device: torch.device) -> None:
+    """Initializes every activation quantizer without a step from the calibration batch (quantizers with a step
+    from the recipe or an earlier stage keep it)."""
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        student(images.to(device))
+    if was_training:
+        student.train()
+        freeze_batchnorm(student)
+
+
+def init_alignment(student: nn.Module, teacher: nn.Module, images: torch.Tensor, device: torch.device) -> int:
+    """DA from the teacher: the per-channel mean and variance of the teacher's co-attention queries (its q_proj
+    output, over all queries of the calibration batch) become each aligned block's statistics, gamma and beta, so
+    alignment starts as the identity. Returns how many blocks were initialized."""
+    aligned = {n: m for n, m in student.named_modules() if isinstance(m, QuantSplitAttention) and m.align is not None}
+    if not aligned:
+        return 0
+    captured: Dict[str, torch.Tensor] = {}
+    hooks = [teacher.get_submodule(name).q_proj.register_forward_hook(
+        lambda m, i, o, name=name: captured.__setitem__(name, o.detach())) for name in aligned]
+    try:
+        with torch.no_grad():
+            teacher(images.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, module in aligned.items():
+        q = captured[name].reshape(-1, captured[name].shape[-1]).float()
+        module.align.init_from_statistics(q.mean(dim=0), q.var(dim=0, unbiased=False))
+    return len(aligned)
+
+
+def _is_quantizer_param(module_of: Dict[int, nn.Module], p: nn.Parameter) -> bool:
+    return isinstance(module_of.get(id(p)), (LsqQuantizer, DistributionAlignment))
+
+
+def _param_groups(student: nn.Module, config: TrainConfig):
+    owner: Dict[int, nn.Module] = {}
+    for m in student.modules():
+        for p in m.parameters(recurse=False):
+            owner[id(p)] = m
+    weights, quant = [], []
+    for p in student.parameters():
+        if p.requires_grad:
+            (quant if _is_quantizer_param(owner, p) else weights).append(p)
+    return [{"params": weights, "lr": config.lr, "weight_decay": config.weight_decay},
+            {"params": quant, "lr": config.lr_quant, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, steps: int, warmup: float) -> float:
+    """Linear warm-up over the first `warmup` fraction of the steps, then cosine decay to 0 (step counts from 0)."""
+    warm = max(1, int(round(warmup * steps)))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+
+@dataclass
+class _Candidate:
+    validation: Validation
+    state: dict
+
+
 def run_stage(student: nn.Module, teacher: nn.Module, criterion: nn.Module, batches: Batches, steps: int,
               stage: int, config: TrainConfig, device: torch.device, result: TrainResult,
-              log: Callable[[str], None]) -> None:
+              log: Callable[[str], None], split: DataSplit, best: Optional[_Candidate] = None) -> _Candidate:
+    """Trains one stage and leaves the student at the kept checkpoint (the best on validation, or the last step).
+    `best` is an earlier candidate of the same architecture (the post-training start) that a step must beat."""
     student.train()
     freeze_batchnorm(student)
-    # The first batch initializes the new activation quantizers before the optimizer sees their steps.
-    images, _ = batches.next(device)
-    with torch.no_grad():
-        student(images)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
-                            weight_decay=config.weight_decay)
+
+    def evaluate(step: int) -> Validation:
+        v = Validation(stage, step, validation_ap50(student, split.val_images, split.val_targets, device))
+        result.validations.append(v)
+        return v
+
+    v0 = evaluate(0)
+    if best is None or v0.ap50 > best.validation.ap50:
+        best = _Candidate(v0, copy.deepcopy(student.state_dict()))
+    log(f"stage {stage} step 0 validation AP50 {v0.ap50:.4f} (best {best.validation.ap50:.4f})")
+    opt = torch.optim.AdamW(_param_groups(student, config))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, config.warmup))
     for step in range(1, steps + 1):
         images, targets = batches.next(device)
         out = student(images)
@@ -113,46 +274,90 @@ def run_stage(student: nn.Module, teacher: nn.Module, criterion: nn.Module, batc
         if config.query_matching:
             with torch.no_grad():
                 t_out = teacher(images)
-            fqm = fqm_distillation_loss(out["decoder_features"], t_out["decoder_features"], out["pred_boxes"],
-                                        t_out["pred_boxes"], [t["boxes"] for t in targets], config.tau)
+            fqm = fqm_all_layers(out, t_out, [t["boxes"] for t in targets], config.tau)
             loss = loss + config.lam * fqm.loss
             fqm_value, kept = float(fqm.loss.detach()), fqm.kept
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 0.1)
+        torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+        lr = opt.param_groups[0]["lr"]
         opt.step()
-        entry = StepLog(stage, step, float(loss.detach()), float(loss_gt.detach()), fqm_value, kept)
+        sched.step()
+        entry = StepLog(stage, step, float(loss.detach()), float(loss_gt.detach()), fqm_value, kept, lr)
         result.logs.append(entry)
         if step % config.log_every == 0 or step == steps:
             log(f"stage {stage} step {step}/{steps} loss {entry.loss:.4f} gt {entry.loss_gt:.4f} "
-                f"fqm {entry.loss_fqm:.4f} kept {kept}")
+                f"fqm {entry.loss_fqm:.4f} kept {kept} lr {lr:.2e}")
+        if step % config.eval_every == 0 or step == steps:
+            v = evaluate(step)
+            if v.ap50 > best.validation.ap50:  # ties keep the earlier checkpoint
+                best = _Candidate(v, copy.deepcopy(student.state_dict()))
+            log(f"stage {stage} step {step} validation AP50 {v.ap50:.4f} (best {best.validation.ap50:.4f} at "
+                f"stage {best.validation.stage} step {best.validation.step})")
+    if config.keep == "best":
+        student.load_state_dict(best.state)
+        return best
+    last = result.validations[-1]
+    return _Candidate(last, copy.deepcopy(student.state_dict()))
+
+
+def build_student(teacher: nn.Module, make_model: Callable[[], nn.Module], recipe: Recipe, scope: Callable[[str], bool],
+                  align: bool = False) -> tuple:
+    """A student with the teacher's weights, batch norm folded, and the layers in `scope` quantized."""
+    student = make_model()
+    student.load_state_dict(teacher.state_dict())
+    student.eval()
+    fold_batchnorm(student)
+    report = quantize_model(student, recipe, scope=scope, align_query=align)
+    return student, report
+
+
+def post_training_student(teacher: nn.Module, make_model: Callable[[], nn.Module], recipe: Recipe, split: DataSplit,
+                          device: torch.device, align: bool = False) -> nn.Module:
+    """The start: every layer quantized at once from the recipe's grid (the calibration batch for the rest), DA
+    (if asked) as the identity from the teacher's statistics. No training step."""
+    student, _ = build_student(teacher, make_model, recipe, lambda name: True, align)
+    student.to(device)
+    calibrate(student, split.calib_images, device)
+    init_alignment(student, teacher.to(device).eval(), split.calib_images, device)
+    return student
 
 
 def train_qdetr(teacher: nn.Module, make_model: Callable[[], nn.Module], criterion: nn.Module, recipe: Recipe,
-                batches: Batches, config: TrainConfig, device: torch.device, workdir: str,
+                split: DataSplit, config: TrainConfig, device: torch.device, workdir: str,
                 log: Callable[[str], None] = print, stage1_checkpoint: Optional[str] = None,
                 stage1_only: bool = False) -> tuple:
     """Runs both stages and returns (student, TrainResult). The stage-1 checkpoint is written to
     <workdir>/stage1.pt and stage 2 is built from it, as the protocol prescribes. With `stage1_checkpoint` (a
     stage1.pt of an earlier run with the same recipe, e.g. shared by variants that differ only in stage 2) stage 1
-    is not trained again."""
-    torch.manual_seed(config.seed)
+    is not trained again. The post-training start is validated first and stays a candidate for the kept checkpoint."""
+    set_seeds(config.seed)
     start = time.time()
     result = TrainResult()
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     backbone = lambda name: name.startswith(BACKBONE_PREFIX)
+    batches = split.batches(config.batch_size, config.seed)
 
-    student = make_model()
-    student.load_state_dict(teacher.state_dict())
-    result.stage1 = quantize_model(student, recipe, scope=backbone)
+    start_candidate = None
+    if not stage1_only:
+        ptq = post_training_student(teacher, make_model, recipe, split, device, config.distribution_alignment)
+        v = Validation(0, 0, validation_ap50(ptq, split.val_images, split.val_targets, device))
+        result.validations.append(v)
+        result.start_ap50 = v.ap50
+        start_candidate = _Candidate(v, copy.deepcopy(ptq.state_dict()))
+        log(f"post-training start: validation AP50 {v.ap50:.4f}")
+        del ptq
+
+    student, result.stage1 = build_student(teacher, make_model, recipe, backbone)
     if stage1_checkpoint:
         stage1_path = stage1_checkpoint
         log(f"stage 1 from {stage1_checkpoint}")
     else:
         student.to(device)
-        run_stage(student, teacher, criterion, batches, config.stage1_steps, 1, config, device, result, log)
+        calibrate(student, split.calib_images, device)
+        run_stage(student, teacher, criterion, batches, config.stage1_steps, 1, config, device, result, log, split)
         os.makedirs(workdir, exist_ok=True)
         stage1_path = os.path.join(workdir, "stage1.pt")
         torch.save(student.state_dict(), stage1_path)
@@ -160,8 +365,7 @@ def train_qdetr(teacher: nn.Module, make_model: Callable[[], nn.Module], criteri
         result.seconds = time.time() - start
         return student, result
 
-    student = make_model()
-    quantize_model(student, recipe, scope=backbone)
+    student, _ = build_student(teacher, make_model, recipe, backbone)
     try:
         student.load_state_dict(torch.load(stage1_path, map_location="cpu"))
     except RuntimeError as e:
@@ -169,7 +373,13 @@ def train_qdetr(teacher: nn.Module, make_model: Callable[[], nn.Module], criteri
     result.stage2 = quantize_model(student, recipe, scope=lambda name: not backbone(name),
                                    align_query=config.distribution_alignment)
     student.to(device)
-    run_stage(student, teacher, criterion, batches, config.stage2_steps, 2, config, device, result, log)
+    calibrate(student, split.calib_images, device)
+    init_alignment(student, teacher, split.calib_images, device)
+    kept = run_stage(student, teacher, criterion, batches, config.stage2_steps, 2, config, device, result, log, split,
+                     best=start_candidate)
+    result.kept = kept.validation
+    log(f"kept: stage {kept.validation.stage} step {kept.validation.step}, validation AP50 "
+        f"{kept.validation.ap50:.4f} (start {result.start_ap50:.4f})")
     result.seconds = time.time() - start
     return student, result
 
@@ -200,6 +410,22 @@ def pool(key, cache: Optional[str] = None):
     return images, targets
 
 
+def start_run(teacher: nn.Module, make_model: Callable[[], nn.Module], recipe: Recipe, split: DataSplit,
+              config: TrainConfig, device: torch.device) -> tuple:
+    """(student, TrainResult) of the post-training start, validated, for exporting it as the no-QAT reference."""
+    set_seeds(config.seed)
+    start = time.time()
+    teacher = teacher.to(device).eval()
+    student, report = build_student(teacher, make_model, recipe, lambda name: True, config.distribution_alignment)
+    student.to(device)
+    calibrate(student, split.calib_images, device)
+    init_alignment(student, teacher, split.calib_images, device)
+    v = Validation(0, 0, validation_ap50(student, split.val_images, split.val_targets, device))
+    result = TrainResult(validations=[v], stage1=report, stage2=ConversionReport(), start_ap50=v.ap50, kept=v,
+                         seconds=time.time() - start)
+    return student, result
+
+
 def write_run(student: nn.Module, result: TrainResult, recipe: Recipe, config: TrainConfig, out: str,
               image_size: int, device: torch.device) -> None:
     """Writes <out>/student.pt, the QDQ export student.onnx with scales.json, and train.json (settings, layers,
@@ -215,9 +441,14 @@ def write_run(student: nn.Module, result: TrainResult, recipe: Recipe, config: T
         "recipe": recipe.label, "distribution_alignment": config.distribution_alignment,
         "query_matching": config.query_matching, "tau": config.tau, "lambda": config.lam,
         "stage1_steps": config.stage1_steps, "stage2_steps": config.stage2_steps, "batch_size": config.batch_size,
-        "lr": config.lr, "device": str(device), "seconds": round(result.seconds, 1),
+        "lr": config.lr, "lr_quant": config.lr_quant, "weight_decay": config.weight_decay, "warmup": config.warmup,
+        "grad_clip": config.grad_clip, "eval_every": config.eval_every, "keep": config.keep, "seed": config.seed,
+        "device": str(device), "seconds": round(result.seconds, 1),
+        "start_validation_ap50": result.start_ap50,
+        "kept": asdict(result.kept) if result.kept else None,
         "quantized_layers": [asdict(c) for c in result.stage1.converted + result.stage2.converted],
         "float_layers": sorted(set(result.stage1.kept_float + result.stage2.kept_float)),
+        "validations": [asdict(v) for v in result.validations],
         "log": [asdict(l) for l in result.logs],
     }
     with open(os.path.join(out, "train.json"), "w") as f:
@@ -238,11 +469,21 @@ def main(argv=None) -> int:
     p.add_argument("--stage1-only", action="store_true", help="train stage 1, write <out>/stage1.pt and stop")
     p.add_argument("--stage1-from", help="reuse this stage1.pt (same teacher and recipe) instead of training stage 1")
     p.add_argument("--stage2-steps", type=int, default=200)
+    p.add_argument("--start-only", action="store_true",
+                   help="export the post-training start (no step); from a compiler recipe it computes what the "
+                        "compiled model does")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate of weights and biases")
+    p.add_argument("--lr-quant", type=float, default=1e-4, help="learning rate of LSQ steps and DA gamma/beta")
+    p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of each stage (then cosine decay)")
+    p.add_argument("--grad-clip", type=float, default=0.1)
+    p.add_argument("--eval-every", type=int, default=25, help="validate every N steps (and at each stage's end)")
+    p.add_argument("--keep", choices=("best", "last"), default="best",
+                   help="export the best validation checkpoint, the start included (default), or the last step")
     p.add_argument("--tau", type=float, default=TAU)
     p.add_argument("--lam", type=float, default=LAMBDA)
-    p.add_argument("--train-images", type=int, default=512)
+    p.add_argument("--train-images", type=int, default=512, help="training pool, validation split included")
+    p.add_argument("--val-images", type=int, default=64, help="held out from the pool for checkpoint selection")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic train split")
     p.add_argument("--pool-cache", help="file to keep the generated training images in between runs (.pt)")
@@ -267,13 +508,20 @@ def main(argv=None) -> int:
     teacher.load_state_dict(torch.load(args.teacher, map_location="cpu"))
     criterion = detr_module.SetCriterion(cfg.num_classes)
     device = pick_device(args.device)
-    config = TrainConfig(args.stage1_steps, args.stage2_steps, args.batch_size, args.lr, 1e-4, args.da, args.fqm,
-                         args.tau, args.lam, args.seed)
+    config = TrainConfig(stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, batch_size=args.batch_size,
+                         lr=args.lr, lr_quant=args.lr_quant, distribution_alignment=args.da,
+                         query_matching=args.fqm, tau=args.tau, lam=args.lam, seed=args.seed, warmup=args.warmup,
+                         grad_clip=args.grad_clip, eval_every=args.eval_every, keep=args.keep)
     images, targets = pool((args.data_seed, args.train_images, args.image_size), args.pool_cache)
-    batches = Batches(images, targets, args.batch_size, args.seed)
+    split = DataSplit.of(images, targets, args.val_images)
     log = lambda line: print(line, flush=True)
     log(f"recipe {recipe.label} ({recipe.source}), da={args.da}, fqm={args.fqm}, device {device}")
-    student, result = train_qdetr(teacher, make_model, criterion.to(device), recipe, batches, config, device,
+    if args.start_only:
+        student, result = start_run(teacher, make_model, recipe, split, config, device)
+        write_run(student, result, recipe, config, args.out, args.image_size, device)
+        log(f"post-training start (validation AP50 {result.start_ap50:.4f}): {args.out}/student.onnx")
+        return 0
+    student, result = train_qdetr(teacher, make_model, criterion.to(device), recipe, split, config, device,
                                   args.out, log, stage1_checkpoint=args.stage1_from,
                                   stage1_only=args.stage1_only)
     if args.stage1_only:

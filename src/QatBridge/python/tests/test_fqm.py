@@ -47,3 +47,22 @@ def test_loss_gradient_reaches_only_student_features():
     fqm_distillation_loss(s, t, STUDENT[None], STUDENT[None], [GT]).loss.backward()
     assert s.grad.abs().sum() > 0 and t.grad is None
     assert s.grad[0, [2, 4]].abs().sum() == 0  # dropped queries get no gradient
+
+
+def test_fqm_covers_every_decoder_layer():
+    from onnxquant_qat.fqm import fqm_all_layers
+    torch.manual_seed(0)
+    boxes = STUDENT[None]
+    feats = [torch.randn(1, 5, 8) for _ in range(3)]
+    teacher = {"decoder_features": feats[2], "pred_boxes": boxes,
+               "aux_outputs": [{"decoder_features": f, "pred_boxes": boxes} for f in feats[:2]]}
+    same = {"decoder_features": feats[2].clone(), "pred_boxes": boxes,
+            "aux_outputs": [{"decoder_features": f.clone(), "pred_boxes": boxes} for f in feats[:2]]}
+    assert float(fqm_all_layers(same, teacher, [GT]).loss) == 0.0
+    # Moving only the first layer's features: the last-layer loss is blind to it, the all-layer loss is not.
+    same["aux_outputs"][0]["decoder_features"] = feats[0] + 1.0
+    result = fqm_all_layers(same, teacher, [GT])
+    kept_per_layer = int(select_foreground_queries(STUDENT, GT).sum())
+    assert result.kept == 3 * kept_per_layer
+    expected = (8 ** 0.5) / 3  # distance sqrt(8) on every kept query of one layer out of three
+    assert abs(float(result.loss) - expected) < 1e-5

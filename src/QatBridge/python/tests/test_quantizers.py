@@ -36,22 +36,39 @@ def test_unsigned_activation_uses_all_levels_for_non_negative_input():
     assert not layer.aq.signed and (layer.aq.qmin, layer.aq.qmax) == (0, 15)
 
 
-def test_distribution_alignment_normalizes_before_gamma_beta():
+def test_distribution_alignment_normalizes_with_its_statistics_and_starts_as_identity():
     torch.manual_seed(0)
-    da = DistributionAlignment(8)
     q = torch.randn(2, 50, 8) * torch.linspace(0.1, 10, 8) + torch.linspace(-5, 5, 8)
-    n = da.normalize(q)
-    assert torch.allclose(n.mean(dim=1), torch.zeros(2, 8), atol=1e-5)
-    # unit variance up to eps: var(n) = var(q) / (var(q) + 1e-5)
-    v = q.var(dim=1, unbiased=False)
-    assert torch.allclose(n.var(dim=1, unbiased=False), v / (v + 1e-5), atol=1e-5)
-    assert torch.allclose(n.var(dim=1, unbiased=False)[:, 1:], torch.ones(2, 7), atol=1e-4)
+    flat = q.reshape(-1, 8)
+    da = DistributionAlignment(8)
+    assert torch.allclose(da(q), q, atol=1e-5)  # untouched: identity
+    da.init_from_statistics(flat.mean(0), flat.var(0, unbiased=False))
+    n = da.normalize(q).reshape(-1, 8)
+    assert torch.allclose(n.mean(0), torch.zeros(8), atol=1e-4)
+    v = flat.var(0, unbiased=False)
+    assert torch.allclose(n.var(0, unbiased=False), v / (v + 1e-5), atol=1e-4)
+    # gamma = sqrt(var + eps), beta = mean: the aligned query equals the query until training moves them.
+    assert torch.allclose(da(q), q, atol=1e-4)
     with torch.no_grad():
         da.gamma.fill_(3.0)
         da.beta.fill_(-2.0)
-    out = da(q)
-    assert torch.allclose(out.mean(dim=1), torch.full((2, 8), -2.0), atol=1e-4)
-    assert torch.allclose(out.std(dim=1, unbiased=False), 3.0 * n.std(dim=1, unbiased=False), atol=1e-4)
+    out = da(q).reshape(-1, 8)
+    assert torch.allclose(out.mean(0), torch.full((8,), -2.0), atol=1e-3)
+
+
+def test_zero_point_grid_equals_quantize_dequantize():
+    from onnxquant_qat.modules import AutoSignQuantizer
+    q = AutoSignQuantizer(8)
+    scale, zp = 0.02, 37
+    q.init_from_qparams(scale, zp)
+    x = torch.linspace(-2, 6, 2001)
+    # ONNX QuantizeLinear (saturating uint8) then DequantizeLinear.
+    expected = (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
+    assert torch.allclose(q(x), expected, atol=1e-6)
+    state = q.state_dict()
+    back = AutoSignQuantizer(8)
+    back.load_state_dict(state)
+    assert (back.qmin, back.qmax, back.export_zero_point()) == (-37, 218, 37)
 
 
 def test_quantized_multihead_attention_matches_float_at_high_bits():
