@@ -1,12 +1,15 @@
 """The Q-DETR ablation's training half, in one process (the teacher, data and interpreter are loaded once):
 
-    python3 -m onnxquant_qat.ablation --teacher detr_small.pt --out OUT --bits 4-4-8 2-2-8 \\
-        [--stage1-steps N] [--stage2-steps N] [--batch-size N]
+    python3 -m onnxquant_qat.ablation --teacher detr_small.pt --out OUT --bits 4-4-8 2-2-8 --seeds 0 1 2 \\
+        [--long] [--stage1-steps N] [--stage2-steps N] [--batch-size N] [--eval-every N]
 
 For every W-A-Attention setting it reads OUT/<bits>/recipe.json (written by `onnxquant qat-recipe`) and writes
-OUT/<bits>/<variant>/train/{student.onnx,scales.json,train.json} for the variants untrained (initial scales, no
-step), baseline, da, fqm and qdetr. Stage 1 is trained twice per setting (without and with FQM) and shared by the
-two variants that use it. src/QatBridge/qdetr_ablation.sh runs this, then imports and evaluates each student.
+OUT/<bits>/untrained/train (the post-training start, which every variant starts from) and, per seed,
+OUT/<bits>/seed<S>/<variant>/train/{student.onnx,scales.json,train.json} for baseline, da, fqm and qdetr. Stage 1 is
+trained twice per setting and seed (without and with FQM) and shared by the two variants that use it. The default
+schedule is the CPU one (under an hour for 3 seeds and both settings on 2 shared cores); --long is the one for a
+GPU.
+src/QatBridge/qdetr_ablation.sh runs this, then imports and evaluates each student.
 """
 import argparse
 import os
@@ -16,9 +19,12 @@ import time
 import torch
 
 from .recipe import Recipe
-from .train import Batches, TrainConfig, pick_device, pool, train_qdetr, write_run
+from .train import DataSplit, TrainConfig, pick_device, pool, start_run, train_qdetr, write_run
 
 VARIANTS = (("baseline", False, False), ("da", True, False), ("fqm", False, True), ("qdetr", True, True))
+
+# (stage-1 steps, stage-2 steps, batch, eval every, training pool, validation images)
+SCHEDULES = {"cpu": (100, 300, 4, 50, 512, 128), "long": (2000, 6000, 8, 250, 4096, 512)}
 
 
 def main(argv=None) -> int:
@@ -26,13 +32,28 @@ def main(argv=None) -> int:
     p.add_argument("--teacher", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--bits", nargs="+", default=["4-4-8", "2-2-8"])
-    p.add_argument("--stage1-steps", type=int, default=20)
-    p.add_argument("--stage2-steps", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--train-images", type=int, default=256)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--long", action="store_true", help="the long schedule (for a GPU): " + str(SCHEDULES["long"]))
+    p.add_argument("--stage1-steps", type=int)
+    p.add_argument("--stage2-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--train-images", type=int)
+    p.add_argument("--val-images", type=int)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="weights")
+    p.add_argument("--lr-quant", type=float, default=TrainConfig.lr_quant, help="LSQ steps and DA gamma/beta")
+    p.add_argument("--variants", nargs="+", default=[v[0] for v in VARIANTS], help="a subset of " +
+                   " ".join(v[0] for v in VARIANTS))
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    s1, s2, batch, every, pool_size, val = SCHEDULES["long" if args.long else "cpu"]
+    s1 = args.stage1_steps if args.stage1_steps is not None else s1
+    s2 = args.stage2_steps if args.stage2_steps is not None else s2
+    batch = args.batch_size or batch
+    every = args.eval_every or every
+    pool_size = args.train_images or pool_size
+    val = args.val_images or val
     from onnxquant_models import detr as detr_module
     torch.set_num_threads(args.threads)
     cfg = detr_module.detr_small()
@@ -41,33 +62,41 @@ def main(argv=None) -> int:
     teacher.load_state_dict(torch.load(args.teacher, map_location="cpu"))
     criterion = detr_module.SetCriterion(cfg.num_classes)
     device = pick_device(args.device)
-    images, targets = pool((0, args.train_images, 128), os.path.join(args.out, "train_pool.pt"))
+    images, targets = pool((0, pool_size, 128), os.path.join(args.out, "train_pool.pt"))
+    split = DataSplit.of(images, targets, val)
     log = lambda line: print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+    log(f"schedule: stage 1 {s1}, stage 2 {s2} steps, batch {batch}, validation every {every} steps on {val} of "
+        f"{pool_size} pool images, seeds {args.seeds}, device {device}")
     for bits in args.bits:
         recipe = Recipe.load(os.path.join(args.out, bits, "recipe.json"))
-        base = TrainConfig(stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
-                           batch_size=args.batch_size, log_every=10)
-
-        def run(name, config, **kw):
-            log(f"{bits} {name}")
-            # The same seeded batch order for every variant: differences come from the method, not the data.
-            batches = Batches(images, targets, args.batch_size, config.seed)
-            return train_qdetr(teacher, make_model, criterion, recipe, batches, config, device,
-                               os.path.join(args.out, bits, name), log, **kw)
-
-        untrained = TrainConfig(stage1_steps=0, stage2_steps=0, batch_size=args.batch_size)
-        student, result = run("untrained", untrained)
+        untrained = TrainConfig(stage1_steps=0, stage2_steps=0, batch_size=batch)
+        student, result = start_run(teacher, make_model, recipe, split, untrained, device)
         write_run(student, result, recipe, untrained, os.path.join(args.out, bits, "untrained", "train"), 128, device)
-        stage1 = {}
-        for fqm in (False, True):
-            name = "stage1-fqm" if fqm else "stage1-plain"
-            run(name, TrainConfig(**{**base.__dict__, "query_matching": fqm}), stage1_only=True)
-            stage1[fqm] = os.path.join(args.out, bits, name, "stage1.pt")
-        for name, da, fqm in VARIANTS:
-            config = TrainConfig(**{**base.__dict__, "distribution_alignment": da, "query_matching": fqm})
-            student, result = run(name, config, stage1_checkpoint=stage1[fqm])
-            write_run(student, result, recipe, config, os.path.join(args.out, bits, name, "train"), 128, device)
-            log(f"{bits} {name}: {result.seconds:.0f} s")
+        log(f"{bits} post-training start: validation AP50 {result.start_ap50:.4f}")
+        for seed in args.seeds:
+            base = TrainConfig(stage1_steps=s1, stage2_steps=s2, batch_size=batch, eval_every=every, seed=seed,
+                               log_every=max(every, 10), lr=args.lr, lr_quant=args.lr_quant)
+            folder = os.path.join(args.out, bits, f"seed{seed}")
+
+            def run(name, config, **kw):
+                log(f"{bits} seed {seed} {name}")
+                # The same seeded batch order for every variant of a seed: differences come from the method.
+                return train_qdetr(teacher, make_model, criterion, recipe, split, config, device,
+                                   os.path.join(folder, name), log, **kw)
+
+            variants = [v for v in VARIANTS if v[0] in args.variants]
+            stage1 = {}
+            for fqm in sorted({v[2] for v in variants}):
+                name = "stage1-fqm" if fqm else "stage1-plain"
+                run(name, TrainConfig(**{**base.__dict__, "query_matching": fqm}), stage1_only=True)
+                stage1[fqm] = os.path.join(folder, name, "stage1.pt")
+            for name, da, fqm in variants:
+                config = TrainConfig(**{**base.__dict__, "distribution_alignment": da, "query_matching": fqm})
+                student, result = run(name, config, stage1_checkpoint=stage1[fqm])
+                write_run(student, result, recipe, config, os.path.join(folder, name, "train"), 128, device)
+                log(f"{bits} seed {seed} {name}: {result.seconds:.0f} s, validation AP50 start "
+                    f"{result.start_ap50:.4f} kept {result.kept.ap50:.4f} (stage {result.kept.stage} step "
+                    f"{result.kept.step})")
     return 0
 
 

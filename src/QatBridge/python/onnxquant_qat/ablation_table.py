@@ -1,42 +1,68 @@
-"""Prints the Q-DETR ablation table (markdown) from the folders qdetr_ablation.sh wrote.
+"""Prints the Q-DETR ablation table (markdown) from the folders qdetr_ablation.sh wrote: per setting and variant,
+the mean and sample standard deviation over seeds of COCO box AP and AP50 on the eval set, the lowest AP50 change
+against the post-training start over seeds, and the validation AP50 (held-out training images) at the start and at
+the kept checkpoint.
 
-    python3 ablation_table.py OUT_DIR STAGE1_STEPS STAGE2_STEPS BATCH WALL_SECONDS
+    python3 ablation_table.py OUT_DIR WALL_SECONDS
 """
+import glob
 import json
 import os
+import statistics
 import sys
 
-VARIANTS = (("untrained", "quantized, no QAT step (initial scales)", "", ""),
-            ("baseline", "baseline QAT", "", ""),
-            ("da", "+DA", "x", ""),
-            ("fqm", "+FQM", "", "x"),
+VARIANTS = (("baseline", "baseline QAT", "", ""), ("da", "+DA", "x", ""), ("fqm", "+FQM", "", "x"),
             ("qdetr", "+DA +FQM (Q-DETR)", "x", "x"))
 
 
-def bbox(path):
+def load(path):
     with open(path) as f:
-        return json.load(f)["bbox"]
+        return json.load(f)
+
+
+def spread(values, scale=100.0):
+    values = [scale * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def main(argv):
-    out, s1, s2, batch, wall = argv
-    teacher = bbox(os.path.join(out, "teacher_eval.json"))
-    rows = ["| W-A-Attention | method | DA | FQM | AP | AP50 | AP75 |", "| --- | --- | --- | --- | --- | --- | --- |",
-            f"| 32-32-32 | real-valued teacher | | | {100 * teacher['AP']:.1f} | {100 * teacher['AP50']:.1f} | "
-            f"{100 * teacher['AP75']:.1f} |"]
-    for bits in ("4-4-8", "2-2-8"):
+    out, wall = argv
+    teacher = load(os.path.join(out, "teacher_eval.json"))["bbox"]
+    rows = ["| W-A-Attention | method | DA | FQM | seeds | AP | AP50 | min ΔAP50 vs start | val AP50 start → kept |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            f"| 32-32-32 | real-valued teacher | | | | {100 * teacher['AP']:.1f} | {100 * teacher['AP50']:.1f} | | |"]
+    schedule = None
+    for bits in sorted(d for d in os.listdir(out) if os.path.isfile(os.path.join(out, d, "recipe.json"))):
+        start_path = os.path.join(out, bits, "untrained", "eval.json")
+        if not os.path.exists(start_path):
+            rows.append(f"| {bits} | post-training start | | | | missing | | | |")
+            continue
+        start = load(start_path)["bbox"]
+        start_val = load(os.path.join(out, bits, "untrained", "train", "train.json"))["start_validation_ap50"]
+        rows.append(f"| {bits} | post-training start (no QAT step) | | | | {100 * start['AP']:.1f} | "
+                    f"{100 * start['AP50']:.1f} | | {100 * start_val:.1f} |")
         for key, name, da, fqm in VARIANTS:
-            path = os.path.join(out, bits, key, "eval.json")
-            if not os.path.exists(path):
-                rows.append(f"| {bits} | {name} | {da} | {fqm} | missing | | |")
+            runs = sorted(glob.glob(os.path.join(out, bits, "seed*", key, "eval.json")))
+            if not runs:
+                rows.append(f"| {bits} | {name} | {da} | {fqm} | 0 | missing | | | |")
                 continue
-            b = bbox(path)
-            rows.append(f"| {bits} | {name} | {da} | {fqm} | {100 * b['AP']:.1f} | {100 * b['AP50']:.1f} | "
-                        f"{100 * b['AP75']:.1f} |")
+            evals = [load(p)["bbox"] for p in runs]
+            trains = [load(os.path.join(os.path.dirname(p), "train", "train.json")) for p in runs]
+            schedule = schedule or trains[0]
+            delta = min(100 * (e["AP50"] - start["AP50"]) for e in evals)
+            kept = statistics.mean(100 * t["kept"]["ap50"] for t in trains)
+            rows.append(f"| {bits} | {name} | {da} | {fqm} | {len(runs)} | {spread([e['AP'] for e in evals])} | "
+                        f"{spread([e['AP50'] for e in evals])} | {delta:+.1f} | "
+                        f"{100 * trains[0]['start_validation_ap50']:.1f} → {kept:.1f} |")
     print("\n".join(rows))
     print()
-    print(f"COCO box AP (%) on the 100 eval images; stage 1 {s1} steps, stage 2 {s2} steps, batch {batch}; "
-          f"whole run {int(wall) // 60} min {int(wall) % 60} s.")
+    if schedule:
+        print(f"COCO box AP (%) on the 100 eval images, mean ± sample standard deviation over seeds; stage 1 "
+              f"{schedule['stage1_steps']} steps, stage 2 {schedule['stage2_steps']} steps, batch "
+              f"{schedule['batch_size']}, lr {schedule['lr']:g} (weights) / {schedule['lr_quant']:g} (quantizers), "
+              f"validation every {schedule['eval_every']} steps; whole run {int(wall) // 60} min {int(wall) % 60} s.")
     return 0
 
 

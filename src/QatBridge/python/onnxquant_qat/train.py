@@ -49,8 +49,8 @@ class TrainConfig:
     stage1_steps: int = 100
     stage2_steps: int = 200
     batch_size: int = 4
-    lr: float = 1e-5
-    lr_quant: float = 1e-4
+    lr: float = 1e-4
+    lr_quant: float = 3e-4
     weight_decay: float = 1e-4
     distribution_alignment: bool = False
     query_matching: bool = False
@@ -473,8 +473,8 @@ def main(argv=None) -> int:
                    help="export the post-training start (no step); from a compiler recipe it computes what the "
                         "compiled model does")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-5, help="learning rate of weights and biases")
-    p.add_argument("--lr-quant", type=float, default=1e-4, help="learning rate of LSQ steps and DA gamma/beta")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of weights and biases")
+    p.add_argument("--lr-quant", type=float, default=3e-4, help="learning rate of LSQ steps and DA gamma/beta")
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of each stage (then cosine decay)")
     p.add_argument("--grad-clip", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=25, help="validate every N steps (and at each stage's end)")
