@@ -39,6 +39,7 @@ START=$(date +%s)
 mkdir -p "$OUT"
 dotnet "$CLI" eval "$TEACHER_ONNX" "${EVAL[@]}" 2>/dev/null > "$OUT/teacher_eval.json"
 for BITS in "${BITS_LIST[@]}"; do
+  mkdir -p "$OUT/$BITS"
   dotnet "$CLI" qat-recipe --bits "$BITS" --float backbone.stem.0 --float class_heads --float box_heads \
     --model "$(basename "$TEACHER_ONNX")" -o "$OUT/$BITS/recipe.json"
 done
