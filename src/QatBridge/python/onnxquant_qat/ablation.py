@@ -24,7 +24,7 @@ from .train import DataSplit, TrainConfig, pick_device, pool, start_run, train_q
 VARIANTS = (("baseline", False, False), ("da", True, False), ("fqm", False, True), ("qdetr", True, True))
 
 # (stage-1 steps, stage-2 steps, batch, eval every, training pool, validation images)
-SCHEDULES = {"cpu": (100, 300, 4, 50, 512, 128), "long": (2000, 6000, 8, 250, 4096, 512)}
+SCHEDULES = {"cpu": (100, 900, 4, 100, 512, 128), "long": (2000, 6000, 8, 250, 4096, 512)}
 
 
 def main(argv=None) -> int:

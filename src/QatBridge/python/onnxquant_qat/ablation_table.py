@@ -1,6 +1,6 @@
 """Prints the Q-DETR ablation table (markdown) from the folders qdetr_ablation.sh wrote: per setting and variant,
-the mean and sample standard deviation over seeds of COCO box AP and AP50 on the eval set, the lowest AP50 change
-against the post-training start over seeds, and the validation AP50 (held-out training images) at the start and at
+the mean and sample standard deviation over seeds of COCO box AP and AP50 on the eval set, the lowest AP and AP50
+change against the post-training start over seeds, and the validation AP50 (held-out training images) at the start and at
 the kept checkpoint.
 
     python3 ablation_table.py OUT_DIR WALL_SECONDS
@@ -30,11 +30,14 @@ def spread(values, scale=100.0):
 def main(argv):
     out, wall = argv
     teacher = load(os.path.join(out, "teacher_eval.json"))["bbox"]
-    rows = ["| W-A-Attention | method | DA | FQM | seeds | AP | AP50 | min ΔAP50 vs start | val AP50 start → kept |",
+    rows = ["| W-A-Attention | method | DA | FQM | seeds | AP | AP50 | worst seed vs start: ΔAP / ΔAP50 | "
+            "val AP50 start → kept |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             f"| 32-32-32 | real-valued teacher | | | | {100 * teacher['AP']:.1f} | {100 * teacher['AP50']:.1f} | | |"]
     schedule = None
-    for bits in sorted(d for d in os.listdir(out) if os.path.isfile(os.path.join(out, d, "recipe.json"))):
+    settings = [d for d in os.listdir(out) if os.path.isfile(os.path.join(out, d, "recipe.json"))]
+    # Widest first (4-4-8 before 2-2-8).
+    for bits in sorted(settings, key=lambda b: [-int(x) for x in b.split("-") if x.isdigit()]):
         start_path = os.path.join(out, bits, "untrained", "eval.json")
         if not os.path.exists(start_path):
             rows.append(f"| {bits} | post-training start | | | | missing | | | |")
@@ -51,10 +54,11 @@ def main(argv):
             evals = [load(p)["bbox"] for p in runs]
             trains = [load(os.path.join(os.path.dirname(p), "train", "train.json")) for p in runs]
             schedule = schedule or trains[0]
-            delta = min(100 * (e["AP50"] - start["AP50"]) for e in evals)
+            d_ap = min(100 * (e["AP"] - start["AP"]) for e in evals)
+            d_ap50 = min(100 * (e["AP50"] - start["AP50"]) for e in evals)
             kept = statistics.mean(100 * t["kept"]["ap50"] for t in trains)
             rows.append(f"| {bits} | {name} | {da} | {fqm} | {len(runs)} | {spread([e['AP'] for e in evals])} | "
-                        f"{spread([e['AP50'] for e in evals])} | {delta:+.1f} | "
+                        f"{spread([e['AP50'] for e in evals])} | {d_ap:+.2f} / {d_ap50:+.2f} | "
                         f"{100 * trains[0]['start_validation_ap50']:.1f} → {kept:.1f} |")
     print("\n".join(rows))
     print()
