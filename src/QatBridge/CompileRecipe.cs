@@ -17,7 +17,10 @@ public static class CompileRecipe
     /// <param name="artifact">The compiled model of the report. When given, every layer also carries the grid the
     /// compiler chose: its weight DequantizeLinear scales and its input QuantizeLinear scale and zero point (act_bits 0
     /// for a weight-only layer), so the student starts at the artifact's outputs (recipe revision 2).</param>
-    public static QatRecipe FromReport(CompileReport report, string sourceModel, int attentionBits, Model? artifact = null)
+    /// <param name="weightsFile">With an artifact: the .npz file name (beside the recipe) that
+    /// <see cref="WriteArtifactWeights"/> writes, recorded in the recipe's <c>weights</c>.</param>
+    public static QatRecipe FromReport(CompileReport report, string sourceModel, int attentionBits, Model? artifact = null,
+        string? weightsFile = null)
     {
         // Without activation quantization (weight-only compiles) the trainer still needs a width; 8 keeps the
         // activations as close to float as its quantizers allow.
@@ -56,11 +59,18 @@ public static class CompileRecipe
         var defaultWeight = (int)Math.Round(report.TargetBits, MidpointRounding.AwayFromZero);
         var defaults = new BitWidths(Math.Clamp(defaultWeight, BitWidths.MinBits, BitWidths.MaxBits), actBits, attentionBits);
         var revision = artifact is not null || attentionBits == BitWidths.FloatBits ? QatRecipe.LatestRevision : 1;
-        return QatRecipe.FromAllocation(sourceModel, defaults, layers.Values, floatLayers, revision);
+        return QatRecipe.FromAllocation(sourceModel, defaults, layers.Values, floatLayers, revision) with
+        {
+            Weights = artifact is null ? null : weightsFile,
+        };
     }
 
-    /// <summary>A layer's post-training grid in a compiled QDQ model.</summary>
-    public sealed record LayerGrid(IReadOnlyList<float> WeightScales, float? ActScale, int? ActZeroPoint);
+    /// <summary>
+    /// A layer's post-training result in a compiled QDQ model: its weight scales and input grid, and its dequantized
+    /// weight (PyTorch layout: output channels first) and bias, which compensation may have changed.
+    /// </summary>
+    public sealed record LayerGrid(IReadOnlyList<float> WeightScales, float? ActScale, int? ActZeroPoint,
+        float[] Weight, long[] WeightShape, float[]? Bias);
 
     /// <summary>
     /// Per module path, the grid of every node that reads a DequantizeLinear of an integer initializer (its weight):
@@ -87,9 +97,69 @@ public static class CompileRecipe
                 actScale = actDq.Inputs[1]?.ConstantValue?.ToFloatArray().Single();
                 zeroPoint = actDq.Inputs.Count > 2 && actDq.Inputs[2]?.ConstantValue is { } z ? (int)z.ToFloatArray().Single() : 0;
             }
-            grids[ModulePath(node.Name)] = new LayerGrid(scales, actScale, actScale is null ? null : zeroPoint);
+            var (weight, shape) = Dequantize(weightDq, scales, node);
+            grids[ModulePath(node.Name)] = new LayerGrid(scales, actScale, actScale is null ? null : zeroPoint, weight, shape, Bias(node));
         }
         return grids;
+    }
+
+    /// <summary>The weight as floats (q x scale per channel), output channels first as PyTorch stores it: a 2-D
+    /// weight quantized along axis 1 (MatMul's [in, out], Gemm without transB) is transposed.</summary>
+    private static (float[] Weight, long[] Shape) Dequantize(Node dq, float[] scales, Node layer)
+    {
+        var q = dq.Inputs[0]!.Initializer!;
+        var values = q.ToFloatArray();
+        var dims = q.GetDims();
+        var axis = (int)dq.GetInt("axis", 1);
+        if (axis < 0)
+            axis += dims.Length;
+        if (dims.Length < 2 || scales.Length != dims[axis] || axis > 1 || (axis == 1 && dims.Length != 2))
+            throw new QatBridgeException($"the weight of {layer.Describe()} has a layout the trainer cannot take (dims [{string.Join(", ", dims)}], axis {axis})");
+        if (axis == 0)
+        {
+            var inner = values.Length / dims[0];
+            for (var i = 0; i < values.Length; i++)
+                values[i] *= scales[i / inner];
+            return (values, dims);
+        }
+        long rows = dims[0], cols = dims[1];
+        var transposed = new float[values.Length];
+        for (var r = 0; r < rows; r++)
+            for (var c = 0; c < cols; c++)
+                transposed[c * rows + r] = values[r * cols + c] * scales[c];
+        return (transposed, [cols, rows]);
+    }
+
+    /// <summary>The layer's bias: Conv's B, Gemm's C, or the constant addend of the Add right after a MatMul.</summary>
+    private static float[]? Bias(Node layer)
+    {
+        if (layer.OpType is "Conv" or "Gemm")
+            return layer.Inputs.Count > 2 ? layer.Inputs[2]?.ConstantValue?.ToFloatArray() : null;
+        if (layer.Outputs[0].Uses is [{ Node: { OpType: "Add" } add }])
+            return add.Inputs.Select(v => v?.ConstantValue).FirstOrDefault(t => t is not null)?.ToFloatArray();
+        return null;
+    }
+
+    /// <summary>The weights file written beside a recipe: "r.json" -> "r.weights.npz".</summary>
+    public static string WeightsPath(string recipePath) => Path.ChangeExtension(recipePath, ".weights.npz");
+
+    /// <summary>
+    /// Writes the artifact's dequantized weights and biases as an .npz (arrays "&lt;layer&gt;.weight" and
+    /// "&lt;layer&gt;.bias", PyTorch layout), the file a revision-2 recipe names in <c>weights</c>: the student takes
+    /// them instead of the teacher's, so compensation (GPTQ, bias correction) carries over to its start.
+    /// </summary>
+    public static void WriteArtifactWeights(QatRecipe recipe, Model artifact, string path)
+    {
+        var grids = ArtifactGrids(artifact);
+        var arrays = new List<OnnxQuant.Data.NamedArray>();
+        foreach (var layer in recipe.Layers)
+        {
+            var grid = grids[layer.Name];
+            arrays.Add(new(layer.Name + ".weight", OnnxQuant.Data.NpyArray.FromFloats(grid.Weight, grid.WeightShape)));
+            if (grid.Bias is { } bias)
+                arrays.Add(new(layer.Name + ".bias", OnnxQuant.Data.NpyArray.FromFloats(bias, bias.Length)));
+        }
+        OnnxQuant.Data.Npz.Write(path, arrays);
     }
 
     /// <summary>

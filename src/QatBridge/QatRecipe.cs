@@ -85,6 +85,10 @@ public sealed record QatRecipe(
     /// revision 2 read revision-1 files unchanged.</summary>
     public const int LatestRevision = 2;
 
+    /// <summary>Revision 2: an .npz beside the recipe with the post-training weights and biases per layer
+    /// ("&lt;layer&gt;.weight", "&lt;layer&gt;.bias"), which the student starts from instead of the teacher's.</summary>
+    public string? Weights { get; init; }
+
     /// <summary>The same bits for every layer except <paramref name="floatLayers"/> (module paths or prefixes).</summary>
     public static QatRecipe Uniform(BitWidths bits, IEnumerable<string>? floatLayers = null, string sourceModel = "")
     {

@@ -24,6 +24,8 @@ public static class QatRecipeJson
                 w.WriteNumber("revision", recipe.Revision);
             w.WriteString("source_model", recipe.SourceModel);
             w.WriteString("source", recipe.Source == RecipeSource.Uniform ? "uniform" : "allocation");
+            if (recipe.Weights is { } weights)
+                w.WriteString("weights", weights);
             w.WriteStartObject("defaults");
             w.WriteNumber("weight_bits", recipe.Defaults.Weight);
             w.WriteNumber("act_bits", recipe.Defaults.Activation);
@@ -150,7 +152,10 @@ public static class QatRecipeJson
             var revision = root.TryGetProperty("revision", out _) ? Int(root, "revision", "recipe") : 1;
             if (revision is < 1 or > QatRecipe.LatestRevision)
                 throw new QatBridgeException($"revision is {revision}; this reader knows 1..{QatRecipe.LatestRevision}");
-            var recipe = new QatRecipe(bits, layers, floats, model, source, revision);
+            string? weightsFile = null;
+            if (root.TryGetProperty("weights", out var wf))
+                weightsFile = wf.ValueKind == JsonValueKind.String ? wf.GetString() : throw new QatBridgeException("weights must be a file name (string)");
+            var recipe = new QatRecipe(bits, layers, floats, model, source, revision) { Weights = weightsFile };
             recipe.Validate();
             return recipe;
         }

@@ -166,7 +166,10 @@ internal static class CompileCommand
             if (curvesOut is not null)
                 OutputFolder.CheckFileOutput("--write-curves", curvesOut, inputs, outDir);
             if (recipePath is not null)
+            {
                 OutputFolder.CheckFileOutput("--emit-qat-recipe", recipePath, inputs, outDir);
+                OutputFolder.CheckFileOutput("--emit-qat-recipe (its weights)", OnnxQuant.QatBridge.CompileRecipe.WeightsPath(recipePath), inputs, outDir);
+            }
             if (curvesOut is not null && recipePath is not null && Path.GetFullPath(curvesOut) == Path.GetFullPath(recipePath))
                 throw new CliInputException($"--write-curves and --emit-qat-recipe both name {curvesOut}; give two files");
             RuntimeCliOptions.Initialize(parse, ortLib);
@@ -186,7 +189,10 @@ internal static class CompileCommand
             {
                 // The written artifact, not the in-memory graph: the recipe describes exactly the file a user deploys.
                 var artifact = OnnxQuant.Frontend.ModelIO.Load(result.Targets[0].ModelPath);
-                var recipe = OnnxQuant.QatBridge.CompileRecipe.FromReport(result.Targets[0].Report, modelPath, attentionBits, artifact);
+                var weightsPath = OnnxQuant.QatBridge.CompileRecipe.WeightsPath(recipePath);
+                var recipe = OnnxQuant.QatBridge.CompileRecipe.FromReport(result.Targets[0].Report, modelPath, attentionBits, artifact,
+                    Path.GetFileName(weightsPath));
+                OnnxQuant.QatBridge.CompileRecipe.WriteArtifactWeights(recipe, artifact, weightsPath);
                 OnnxQuant.QatBridge.QatRecipeJson.Write(recipe, recipePath);
                 stdout.WriteLine($"written: {recipePath} (QAT recipe, {recipe.Layers.Count} layers, {recipe.FloatLayers.Count} float)");
             }

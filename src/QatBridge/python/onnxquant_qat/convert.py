@@ -108,6 +108,41 @@ def _init_from_recipe(module, aq, layer) -> None:
         raise ValueError(f"recipe layer '{layer.name}': {e}") from None
 
 
+def load_recipe_weights(model: nn.Module, recipe: Recipe) -> List[str]:
+    """Copies the post-training weights and biases of `recipe.weights` (an .npz written beside a compiler recipe)
+    into the model's Linear and Conv2d modules, matched by recipe layer name; returns the module names. Call it on
+    the BN-folded model: the compiler folds BN before it quantizes, so its weights are the folded ones."""
+    import numpy as np
+    import torch
+    if not recipe.weights:
+        return []
+    try:
+        arrays = np.load(recipe.weights)
+    except OSError as e:
+        raise ValueError(f"recipe weights {recipe.weights}: {e}") from None
+    modules = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    loaded = []
+    for key in sorted(arrays.files):
+        layer, _, kind = key.rpartition(".")
+        names = [n for n in modules if recipe.matches(layer, n)]
+        if len(names) != 1:
+            raise ValueError(f"recipe weights {recipe.weights}: '{layer}' matches {len(names)} modules, expected one")
+        module = modules[names[0]]
+        value = torch.from_numpy(arrays[key].astype(np.float32))
+        target = module.weight if kind == "weight" else module.bias
+        if target is None:
+            module.bias = nn.Parameter(value)
+            continue
+        if target.shape != value.shape:
+            raise ValueError(f"recipe weights {recipe.weights}: '{key}' has shape {tuple(value.shape)}, module "
+                             f"'{names[0]}' {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(value)
+        if kind == "weight":
+            loaded.append(names[0])
+    return loaded
+
+
 def fold_batchnorm(model: nn.Module) -> List[str]:
     """Folds every BatchNorm2d into the Conv2d registered just before it in the same parent (a conv -> BN pair of a
     ResNet block or an nn.Sequential) and replaces the BN by an identity; returns the folded convs' names.

@@ -52,6 +52,9 @@ class Recipe:
     # 1: bits, weight scales, activation ranges. 2 adds act_scale/act_zero_point per layer and attention_bits 0
     # (attention q/k/v/softmax float), what `compile --emit-qat-recipe` writes so the student starts at the artifact.
     revision: int = 1
+    # Revision 2: an .npz with the post-training weights and biases ("<layer>.weight", "<layer>.bias", PyTorch
+    # layout) that the student starts from; relative to the recipe's folder in the file, resolved by Recipe.load.
+    weights: str = ""
 
     @staticmethod
     def uniform(spec: str, float_layers=()) -> "Recipe":
@@ -136,7 +139,12 @@ class Recipe:
             "float_layers": list(self.float_layers),
         }
         if self.revision > 1:  # revision-1 files stay byte-identical
-            doc = {"schema": SCHEMA, "revision": self.revision, **{k: v for k, v in doc.items() if k != "schema"}}
+            head = {"schema": SCHEMA, "revision": self.revision}
+            rest = {k: v for k, v in doc.items() if k != "schema"}
+            if self.weights:
+                rest = {**{k: rest[k] for k in ("source_model", "source")}, "weights": self.weights,
+                        **{k: v for k, v in rest.items() if k not in ("source_model", "source")}}
+            doc = {**head, **rest}
         return doc
 
     def save(self, path: str) -> None:
@@ -180,6 +188,7 @@ class Recipe:
             source_model=str(doc.get("source_model", "")),
             source=str(doc.get("source", "")),
             revision=int(doc.get("revision", 1)),
+            weights=str(doc.get("weights", "")),
         )
         try:
             recipe.validate()
@@ -194,7 +203,11 @@ class Recipe:
                 doc = json.load(f)
         except json.JSONDecodeError as e:
             raise RecipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return Recipe.from_json(doc, path)
+        recipe = Recipe.from_json(doc, path)
+        if recipe.weights and not os.path.isabs(recipe.weights):
+            from dataclasses import replace
+            recipe = replace(recipe, weights=os.path.join(os.path.dirname(os.path.abspath(path)), recipe.weights))
+        return recipe
 
 
 def _check_bits(bits, what: str) -> None:

@@ -35,7 +35,7 @@ import torch
 from onnxquant_models.export import DETR_OUTPUTS
 from torch import nn
 
-from .convert import ConversionReport, fold_batchnorm, quantize_model
+from .convert import ConversionReport, fold_batchnorm, load_recipe_weights, quantize_model
 from .fqm import LAMBDA, TAU, fqm_all_layers
 from .lsq import LsqQuantizer
 from .modules import DistributionAlignment, QuantSplitAttention
@@ -303,11 +303,13 @@ def run_stage(student: nn.Module, teacher: nn.Module, criterion: nn.Module, batc
 
 def build_student(teacher: nn.Module, make_model: Callable[[], nn.Module], recipe: Recipe, scope: Callable[[str], bool],
                   align: bool = False) -> tuple:
-    """A student with the teacher's weights, batch norm folded, and the layers in `scope` quantized."""
+    """A student with the teacher's weights (the recipe's post-training ones where it has them), batch norm folded,
+    and the layers in `scope` quantized."""
     student = make_model()
     student.load_state_dict(teacher.state_dict())
     student.eval()
     fold_batchnorm(student)
+    load_recipe_weights(student, recipe)  # a compiler recipe's weights: compensation carries over to the start
     report = quantize_model(student, recipe, scope=scope, align_query=align)
     return student, report
 

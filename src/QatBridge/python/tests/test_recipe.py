@@ -56,3 +56,28 @@ def test_compiler_layer_names_match_through_an_export_wrapper():
     assert recipe.layer("head") is None
     assert recipe.is_float("backbone.stem")
     assert not recipe.is_float("backbone.stages")
+
+
+def test_revision_two_weights_are_found_beside_the_recipe_and_loaded(tmp_path):
+    import numpy as np
+    import torch
+    from onnxquant_qat.convert import load_recipe_weights
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Conv2d(2, 4, 1, bias=False))
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.savez(tmp_path / "r.weights.npz", **{"model.0.weight": w, "model.0.bias": np.array([1, 2], np.float32),
+                                            "model.1.weight": np.ones((4, 2, 1, 1), np.float32),
+                                            "model.1.bias": np.full(4, 0.5, np.float32)})
+    recipe = Recipe(4, 8, 0, layers=(LayerRecipe("model.0", 4, 8, act_scale=0.1, act_zero_point=3),
+                                     LayerRecipe("model.1", 2, 0)), revision=2, weights="r.weights.npz")
+    recipe.save(str(tmp_path / "r.json"))
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert list(doc)[:5] == ["schema", "revision", "source_model", "source", "weights"]
+    back = Recipe.load(str(tmp_path / "r.json"))
+    assert back.weights == str(tmp_path / "r.weights.npz") and back.layer("model.0").act_zero_point == 3
+    assert back.attention_bits == 0 and back.layer("model.1").act_bits == 0
+    assert load_recipe_weights(model, back) == ["0", "1"]
+    assert torch.equal(model[0].weight, torch.from_numpy(w)) and model[0].bias.tolist() == [1.0, 2.0]
+    assert model[1].bias.tolist() == [0.5] * 4  # a bias the compiler added (bias correction) is taken too
+    np.savez(tmp_path / "r.weights.npz", **{"model.0.weight": w.T})
+    with pytest.raises(ValueError, match="shape"):
+        load_recipe_weights(model, back)
