@@ -1,7 +1,7 @@
 """Prints the Q-DETR ablation table (markdown) from the folders qdetr_ablation.sh wrote: per setting and variant,
 the mean and sample standard deviation over seeds of COCO box AP and AP50 on the eval set, the lowest AP and AP50
-change against the post-training start over seeds, and the validation AP50 (held-out training images) at the start and at
-the kept checkpoint.
+change against the post-training start over seeds, and the validation AP50 (held-out training images) at the start
+and at the kept checkpoint.
 
     python3 ablation_table.py OUT_DIR WALL_SECONDS
 """

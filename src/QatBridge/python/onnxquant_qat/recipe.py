@@ -112,7 +112,8 @@ class Recipe:
                 raise RecipeError(f"layers['{layer.name}']: act_scale and act_zero_point come together")
             if layer.act_scale is not None:
                 if not (math.isfinite(layer.act_scale) and layer.act_scale > 0):
-                    raise RecipeError(f"layers['{layer.name}'].act_scale is {layer.act_scale}; it must be finite and > 0")
+                    raise RecipeError(f"layers['{layer.name}'].act_scale is {layer.act_scale}; "
+                                      "it must be finite and > 0")
                 if not 0 <= layer.act_zero_point <= 2 ** layer.act_bits - 1:
                     raise RecipeError(f"layers['{layer.name}'].act_zero_point {layer.act_zero_point} is outside "
                                       f"0..{2 ** layer.act_bits - 1}")
