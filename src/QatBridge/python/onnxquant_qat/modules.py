@@ -165,9 +165,8 @@ class QuantMultiheadAttention(nn.Module):
         self.in_proj_bias = base.in_proj_bias
         self.weight_bits, self.act_bits, self.attention_bits = weight_bits, act_bits, attention_bits
         self.in_wq = LsqQuantizer(weight_bits, signed=True, channels=3 * e, axis=0)
-        self.query_aq = AutoSignQuantizer(act_bits)
-        self.key_aq = AutoSignQuantizer(act_bits)
-        self.value_aq = AutoSignQuantizer(act_bits)
+        act = (lambda: AutoSignQuantizer(act_bits)) if act_bits else nn.Identity
+        self.query_aq, self.key_aq, self.value_aq = act(), act(), act()
         self.q_quant, self.k_quant, self.v_quant, self.softmax_quant = _attention_quantizers(attention_bits)
         self.align = DistributionAlignment(e, eps) if align_query else None
         self.out_proj = QuantLinear(base.out_proj, weight_bits, act_bits)
