@@ -7,7 +7,7 @@ For every W-A-Attention setting it reads OUT/<bits>/recipe.json (written by `onn
 OUT/<bits>/untrained/train (the post-training start, which every variant starts from) and, per seed,
 OUT/<bits>/seed<S>/<variant>/train/{student.onnx,scales.json,train.json} for baseline, da, fqm and qdetr. Stage 1 is
 trained twice per setting and seed (without and with FQM) and shared by the two variants that use it. The default
-schedule is the CPU one (15 min for 3 seeds and both settings on the shared 2-core machine); --long is the one for a
+schedule is the CPU one (52 min for 3 seeds and both settings on the shared 2-core machine); --long is the one for a
 GPU.
 src/QatBridge/qdetr_ablation.sh runs this, then imports and evaluates each student.
 """
@@ -24,7 +24,7 @@ from .train import DataSplit, TrainConfig, pick_device, pool, start_run, train_q
 VARIANTS = (("baseline", False, False), ("da", True, False), ("fqm", False, True), ("qdetr", True, True))
 
 # (stage-1 steps, stage-2 steps, batch, eval every, training pool, validation images)
-SCHEDULES = {"cpu": (100, 300, 4, 50, 512, 128), "long": (2000, 6000, 8, 250, 4096, 512)}
+SCHEDULES = {"cpu": (100, 900, 4, 100, 512, 128), "long": (2000, 6000, 8, 250, 4096, 512)}
 
 
 def main(argv=None) -> int:
