@@ -45,7 +45,7 @@ public static class Calibrator
             var value = graph.FindValue(target.Tensor) ?? throw new InvalidOperationException($"tensor '{target.Tensor}' not in the model");
             if (!value.IsGraphOutput)
             {
-                value.Type ??= new TensorType(DataType.Float, null);
+                ElementTypeInference.EnsureTyped(value);
                 graph.AddOutput(value);
             }
             outputs.Add(target.Tensor);
@@ -57,7 +57,7 @@ public static class Calibrator
             var value = graph.FindValue(extra) ?? throw new InvalidOperationException($"tensor '{extra}' not in the model");
             if (!value.IsGraphOutput)
             {
-                value.Type ??= new TensorType(DataType.Float, null);
+                ElementTypeInference.EnsureTyped(value);
                 graph.AddOutput(value);
             }
             outputs.Add(extra);
@@ -73,7 +73,7 @@ public static class Calibrator
                 var value = graph.FindValue(name) ?? throw new InvalidOperationException($"tensor '{name}' not in the model");
                 if (!value.IsGraphOutput)
                 {
-                    value.Type ??= new TensorType(DataType.Float, null);
+                    ElementTypeInference.EnsureTyped(value);
                     graph.AddOutput(value);
                 }
                 captured.Add(name);

@@ -134,7 +134,7 @@ public static class CurveMeasurer
         foreach (var f in features)
         {
             var value = graph.FindValue(f)!;
-            value.Type ??= new TensorType(DataType.Float, null);
+            ElementTypeInference.EnsureTyped(value);
             graph.AddOutput(value);
         }
         foreach (var layer in layers)

@@ -476,7 +476,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             var value = graph.FindValue(name)!;
             if (!value.IsGraphOutput)
             {
-                value.Type ??= new TensorType(DataType.Float, null);
+                ElementTypeInference.EnsureTyped(value);
                 graph.AddOutput(value);
             }
         }

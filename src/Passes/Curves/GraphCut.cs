@@ -69,7 +69,7 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
         foreach (var name in outputs.Distinct())
         {
             var value = graph.FindValue(name)!;
-            value.Type ??= new TensorType(DataType.Float, null);
+            ElementTypeInference.EnsureTyped(value);
             graph.AddOutput(value);
         }
         new DeadNodeEliminationPass().Run(clone);

@@ -49,7 +49,7 @@ public sealed class Verifier
             var value = clone.Graph.FindValue(f) ?? throw new InvalidOperationException($"feature '{f}' not in the rewritten model");
             if (!value.IsGraphOutput)
             {
-                value.Type ??= new TensorType(DataType.Float, null);
+                ElementTypeInference.EnsureTyped(value);
                 clone.Graph.AddOutput(value);
             }
         }
