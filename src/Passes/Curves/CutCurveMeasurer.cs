@@ -527,7 +527,14 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             {
                 var name = cut.FeaturesOf[layer][i];
                 var reference = cache.Get(name, sample).ToFloats();
-                distortion += FeatureMetric.SquaredDistance(outputs[i].Data.ToFloats(), reference) / energy[IndexOf(features, name)];
+                var perturbed = outputs[i].Data.ToFloats();
+                // A data-dependent size (detections after NMS) cannot be compared element by element: a user error in
+                // the choice of features, not a bug.
+                if (perturbed.Length != reference.Length)
+                    throw new CompileException($"feature '{name}' has {reference.Length} values in float and {perturbed.Length} once layer '{layer.Name}' is " +
+                                               "quantized: its size depends on the data (detections after NMS?); name fixed-size tensors with --feature " +
+                                               "(backbone or pyramid outputs, or the head's raw scores)");
+                distortion += FeatureMetric.SquaredDistance(perturbed, reference) / energy[IndexOf(features, name)];
             }
             double change = 0;
             if (local)
