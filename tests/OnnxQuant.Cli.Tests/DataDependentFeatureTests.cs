@@ -1,0 +1,31 @@
+namespace OnnxQuant.Cli.Tests;
+
+/// <summary>
+/// The bundled Mask-RCNN's outputs change size with the number of detections, so they cannot be compared element by
+/// element: with them as the (default) features the compile stops with exit 2 and one line that names the feature
+/// and --feature, before anything is written; with the pyramid as features it compiles.
+/// </summary>
+public class DataDependentFeatureTests
+{
+    [Fact]
+    public void DetectionOutputsAsFeaturesExitTwoWithOneLineNamingFeature()
+    {
+        var output = Path.Combine(Path.GetTempPath(), "onnxquant-ddf-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var (code, _, stderr) = CliRunner.Run("compile", FaultFixture.RepoFile("models/fixtures/maskrcnn_swin_small.onnx"),
+                "--calib", FaultFixture.RepoFile("models/data/calib.npz"), "--calib-samples", "8", "--target-bits", "4", "-o", output, "--quiet");
+            Assert.Equal(2, code);
+            var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Single(lines);
+            Assert.Contains("--feature", lines[0]);
+            Assert.Contains("values in float", lines[0]);
+            Assert.False(Directory.Exists(output), "nothing may be written");
+        }
+        finally
+        {
+            if (Directory.Exists(output))
+                Directory.Delete(output, true);
+        }
+    }
+}
