@@ -14,6 +14,7 @@ public static class RatioBenchmarks
         CompileStagesBenchmark.Benchmark,
         CurveQualityBenchmark.Benchmark,
         DeploySpeedBenchmark.Benchmark,
+        CompensationBenchmark.Benchmark,
     ];
 
     public static RatioBenchmark? Find(string name) => All.FirstOrDefault(b => b.Name == name);

@@ -10,7 +10,8 @@ namespace OnnxQuant.Cli.Tests;
 /// the manifest gained keep_initializer_inputs, and again when the second-order rounding's factor moved from MathNet's
 /// inverse-then-factor to one blocked factorization (same quantity, other last bits) with the column updates in single
 /// precision, and calibration to optimized
-/// sessions (other input rows in the 7th digit); the tie rule gives two units whose curves are pure kernel noise 8 bits.
+/// sessions (other input rows in the 7th digit), and when second-order rounding moved to the factor of S itself with
+/// blocked (lazy) updates (same quantity, other last bits: a few weights on a rounding boundary land on the other side); the tie rule gives two units whose curves are pure kernel noise 8 bits.
 /// </summary>
 public class BundledExampleHashTests
 {
@@ -35,10 +36,10 @@ public class BundledExampleHashTests
                 "--target-bits", "8,4,3", "--act-bits", "0", "--curves", "exact", "--curves-file", RepoFile("tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json"),
                 "-o", output, "--quiet");
             Assert.True(code == 0, stderr);
-            Assert.Equal("c48d501553778335e9f2f13911cff4286a54e011e35270cc89e5001f22033757", Sha(Path.Combine(output, "bits-8", "model.onnx")));
-            Assert.Equal("651fbfee490cc73e642d0fedc517e4e7f7cacd8421513d9d5574fe8ec76b72a8", Sha(Path.Combine(output, "bits-4", "model.onnx")));
+            Assert.Equal("faa8167c6bb48ec59d58afd016e53f883b541d3670ba5600a6cc0b586be10448", Sha(Path.Combine(output, "bits-8", "model.onnx")));
+            Assert.Equal("0dd775955189fc526614c0fdec33e3d106cb22ff40dce52ae0e0f225c30f4af8", Sha(Path.Combine(output, "bits-4", "model.onnx")));
             Assert.Equal("e6f882f04552cf2ba3740c03618fde4d79709c434ae88228bd2319298d6bebcb", Sha(Path.Combine(output, "bits-3", "model.onnx")));
-            Assert.Equal("7b4258bd3564a6fca7476e73114adc1f8921285ee1287361e01073937c41e106", Sha(Path.Combine(output, "manifest.json")));
+            Assert.Equal("273f2f84f9eae6ed02555d8c7b2786fa561d6312e53320a4487b174dee9ca61d", Sha(Path.Combine(output, "manifest.json")));
         }
         finally
         {

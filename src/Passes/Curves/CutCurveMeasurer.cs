@@ -299,8 +299,13 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                         return q;
                     }
                     if (local)
+                    {
+                        quantizeClock.Start();
+                        Memo.Prepare(layer.Name, weight, layout, bits, () => statistics, gptq, _threads);
+                        quantizeClock.Stop();
                         foreach (var b in bits)
                             Quantized(b);
+                    }
                     localClock.Start();
                     var channelErrors = local ? rows!.ChannelErrors(weight, Quantized, bits,
                         statistics is not null && _storage.Compensation.HasFlag(Compensation.Bias), _threads) : null;

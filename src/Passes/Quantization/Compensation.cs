@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace OnnxQuant.Passes.Quantization;
 
@@ -52,19 +54,40 @@ public sealed class InputStatistics
         }
     }
 
+    /// <summary>S, handed over to be overwritten (the factorization works in its array): a later read of
+    /// <see cref="Second"/> computes it again.</summary>
+    internal double[] TakeSecond()
+    {
+        lock (_computeSecond)
+        {
+            var second = _second ?? _computeSecond();
+            _second = null;
+            return second;
+        }
+    }
+
     public int Offset(int channel) => channel / ChannelsPerGroup * RowLength;
 
-    private readonly Dictionary<int, float[]?> _factors = [];
+    private readonly Dictionary<(int Offset, int Block), SecondOrderFactor?> _factors = [];
 
-    /// <summary>The inverse factor of the slice at <paramref name="offset"/>, computed once (every width reuses it).</summary>
-    internal float[]? Factor(int offset, Func<float[]?> compute)
+    /// <summary>The factor of the slice at <paramref name="offset"/> for blocks of <paramref name="block"/> columns,
+    /// computed once (every width and every rewrite reuses it).</summary>
+    internal SecondOrderFactor? Factor(int offset, int block, Func<SecondOrderFactor?> compute)
     {
         lock (_factors)
         {
-            if (!_factors.TryGetValue(offset, out var u))
-                _factors[offset] = u = compute();
+            if (!_factors.TryGetValue((offset, block), out var u))
+                _factors[(offset, block)] = u = compute();
             return u;
         }
+    }
+
+    // In place: a second n^2 array would cost as much to fault in as the moments take to compute.
+    private static double[] RoundInPlace(double[] values)
+    {
+        for (long i = 0; i < values.LongLength; i++)
+            values[i] = StableRounding.Round(values[i]);
+        return values;
     }
 
     /// <summary>S and the mean of <paramref name="rows"/> (each <paramref name="reduction"/> long).</summary>
@@ -74,7 +97,7 @@ public sealed class InputStatistics
             throw new ArgumentException("no input rows", nameof(rows));
         // 6 significant digits, as every measured number that drives a decision: the rows come from ONNX Runtime, whose
         // last bits differ between thread counts and CPUs.
-        return new InputStatistics(reduction, () => DenseSpd.Moments(rows, reduction, threads: 0).Second.Select(StableRounding.Round).ToArray(),
+        return new InputStatistics(reduction, () => RoundInPlace(DenseSpd.Moments(rows, reduction, threads: 0).Second),
             DenseSpd.Mean(rows, reduction).Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
     }
 }
@@ -97,21 +120,43 @@ public sealed class CompensationMemo(long budgetBytes)
         return distinct.Length == 1 ? byBits[distinct[0]] : Compensator.Compose(weight, layout, channelBits, byBits);
     }
 
-    private WeightQuantization Uniform(string layer, float[] weight, WeightLayout layout, int bits, Func<InputStatistics?> statistics, bool gptq)
+    /// <summary>Computes every width of <paramref name="widths"/> not stored yet in one pass (they share each read of
+    /// the factor), and stores them.</summary>
+    public void Prepare(string layer, float[] weight, WeightLayout layout, IReadOnlyList<int> widths, Func<InputStatistics?> statistics, bool gptq, int threads)
     {
-        var key = (layer, bits, $"{string.Join("x", layout.Shape)}/{layout.ChannelAxis}/{layout.BlockSize}", gptq);
+        List<int> missing;
         lock (_entries)
-        {
-            if (_entries.TryGetValue(key, out var found))
-                return found;
-        }
-        var computed = Compensator.Quantize(weight, layout, Enumerable.Repeat(bits, layout.Channels).ToArray(), gptq ? statistics() : null, gptq);
+            missing = widths.Distinct().Order().Where(b => !_entries.ContainsKey(Key(layer, b, layout, gptq))).ToList();
+        if (missing.Count == 0)
+            return;
+        var computed = Compensator.QuantizeWidths(weight, layout, missing, gptq ? statistics() : null, threads);
+        for (var k = 0; k < missing.Count; k++)
+            Store(Key(layer, missing[k], layout, gptq), computed[k]);
+    }
+
+    private static (string, int, string, bool) Key(string layer, int bits, WeightLayout layout, bool gptq) =>
+        (layer, bits, $"{string.Join("x", layout.Shape)}/{layout.ChannelAxis}/{layout.BlockSize}", gptq);
+
+    private void Store((string, int, string, bool) key, WeightQuantization computed)
+    {
         lock (_entries)
         {
             var size = computed.Values.LongLength + computed.Scales.LongLength * sizeof(float);
             if (_bytes + size <= budgetBytes && _entries.TryAdd(key, computed))
                 _bytes += size;
         }
+    }
+
+    private WeightQuantization Uniform(string layer, float[] weight, WeightLayout layout, int bits, Func<InputStatistics?> statistics, bool gptq)
+    {
+        var key = Key(layer, bits, layout, gptq);
+        lock (_entries)
+        {
+            if (_entries.TryGetValue(key, out var found))
+                return found;
+        }
+        var computed = Compensator.Quantize(weight, layout, Enumerable.Repeat(bits, layout.Channels).ToArray(), gptq ? statistics() : null, gptq);
+        Store(key, computed);
         return computed;
     }
 }
@@ -152,8 +197,8 @@ public sealed class InputStatisticsCache(Func<string, InputStatistics?> compute,
         }
     }
 
-    // S and, once second-order rounding ran, its factor.
-    private static long Size(InputStatistics? s) => s is null ? 0 : 2L * s.Reduction * s.Reduction * sizeof(double);
+    // S (doubles) and, once second-order rounding ran, its factor (about half a square of floats per slice).
+    private static long Size(InputStatistics? s) => s is null ? 0 : (long)s.Reduction * s.Reduction * sizeof(double) + (long)s.Reduction * s.RowLength * sizeof(float);
 }
 
 /// <summary>
@@ -204,41 +249,24 @@ public static class Compensator
             throw new ArgumentException($"{channelBits.Length} widths for {layout.Channels} channels", nameof(channelBits));
         if (!gptq || statistics is null)
             return RoundToNearest(weight, layout, channelBits);
-        var rowLayout = new WeightLayout(layout.Shape, layout.ChannelAxis);
-        if (rowLayout.BlockLength != statistics.RowLength)
-            throw new ArgumentException($"a channel holds {rowLayout.BlockLength} weights, the input statistics slices of {statistics.RowLength}");
-        if (layout.BlockSize > 0 && layout.Shape.Length != 2)
-            throw new ArgumentException("blocked second-order rounding needs a 2-D weight");
-        var values = new sbyte[weight.Length];
-        var scales = new float[layout.Channels * layout.BlocksPerChannel];
-        var length = statistics.RowLength;
-        // The factors first, outside the parallel loop: the factorization parallelizes inside, and pool threads blocked on a
-        // shared factor would starve it.
-        var factors = Enumerable.Range(0, layout.Channels).Select(statistics.Offset).Distinct()
-            .ToDictionary(o => o, o => statistics.Factor(o, () => InverseFactor(statistics, o, length) is { } u ? Array.ConvertAll(u, v => (float)v) : null) ?? []);
-        // Each channel is computed on its own in a fixed order, so the result does not depend on the thread count. A
-        // group of channels walks the columns together, so each row of the factor is read from memory once per group
-        // instead of once per channel (the factor of a 3x3 Conv over 512 channels is 170 MB).
-        const int group = 16;
-        Parallel.For(0, (layout.Channels + group - 1) / group, g =>
-        {
-            var first = g * group;
-            var channels = Enumerable.Range(first, Math.Min(group, layout.Channels - first)).Select(c =>
-            {
-                var row = new float[length];
-                var indices = new int[length];
-                rowLayout.GatherBlock(weight, c, 0, row, indices);
-                var scale = layout.BlockSize > 0 ? 0f : QuantMath.MseOptimalScale(row, channelBits[c]);
-                if (layout.BlockSize == 0)
-                    scales[c] = scale;
-                return new ChannelState(c, factors[statistics.Offset(c)], row, indices, channelBits[c], scale);
-            }).ToList();
-            for (var j = 0; j < length; j++)
-                foreach (var state in channels)
-                    state.Step(j, layout, values, scales);
-        });
-        return new WeightQuantization(channelBits.Max(), layout, values, scales);
+        return SecondOrder(weight, layout, [channelBits], statistics, threads: 0)[0];
     }
+
+    /// <summary>
+    /// Every channel at each of <paramref name="widths"/> in one pass (what the curves need): the factor and the
+    /// weight rows are read once for all widths. With <paramref name="statistics"/> null, round to nearest.
+    /// </summary>
+    public static WeightQuantization[] QuantizeWidths(float[] weight, WeightLayout layout, IReadOnlyList<int> widths, InputStatistics? statistics, int threads)
+    {
+        if (statistics is null)
+            return widths.Select(b => QuantMath.QuantizeWeight(weight, layout, b)).ToArray();
+        return SecondOrder(weight, layout, widths.Select(b => Enumerable.Repeat(b, layout.Channels).ToArray()).ToList(), statistics, threads);
+    }
+
+    /// <summary>The factor R of one slice of S (see <see cref="SecondOrder"/>), computed once per statistics and
+    /// slice; empty when S is zero or not positive definite there (the slice is then rounded to nearest).</summary>
+    public static SecondOrderFactor? Factor(InputStatistics statistics, int offset, int block, int threads) =>
+        statistics.Factor(offset, block, () => ReverseFactor(statistics, offset, statistics.RowLength, block, threads));
 
     /// <summary>Fake quantization (quantize, dequantize) of every channel at <paramref name="bits"/>.</summary>
     public static float[] FakeQuantize(float[] weight, WeightLayout layout, int bits, InputStatistics? statistics, bool gptq) =>
@@ -299,57 +327,213 @@ public static class Compensator
         return total;
     }
 
-    /// <summary>Upper Cholesky factor U of (S + lambda I)^-1 over one slice (row-major), or null when S is zero there.</summary>
-    private static double[]? InverseFactor(InputStatistics statistics, int offset, int length)
+    /// <summary>R with <c>R R^T = S + lambda I</c> over one slice (see <see cref="SecondOrder"/>), or null when S is
+    /// zero there or not positive definite even damped (the caller then rounds to nearest).</summary>
+    /// <remarks>With J the reversal permutation, <c>J H J = L L^T</c> (Cholesky) gives <c>R = J L J</c>, upper.</remarks>
+    private static SecondOrderFactor? ReverseFactor(InputStatistics statistics, int offset, int length, int block, int threads)
     {
         var n = statistics.Reduction;
-        var h = new double[(long)length * length];
+        var second = statistics.Second;
         double trace = 0;
         for (var i = 0; i < length; i++)
-            trace += statistics.Second[(long)(offset + i) * n + offset + i];
+            trace += second[(long)(offset + i) * n + offset + i];
         var meanDiagonal = trace / length;
         if (!(meanDiagonal > 0) || !double.IsFinite(meanDiagonal))
             return null;
+        double[] l;
+        if (offset == 0 && length == n)
+        {
+            // The whole of S: J S J is S's array reversed, so the factorization runs in S's own array (a second n^2
+            // array costs as much to fault in as the factorization takes); S is computed again if asked for later.
+            l = statistics.TakeSecond();
+            Array.Reverse(l);
+        }
+        else
+        {
+            l = new double[(long)length * length];
+            for (var i = 0; i < length; i++)
+            {
+                var source = (long)(offset + length - 1 - i) * n + offset + length - 1;
+                for (var j = 0; j <= i; j++)
+                    l[(long)i * length + j] = second[source - j];
+            }
+        }
         for (var i = 0; i < length; i++)
         {
-            Array.Copy(statistics.Second, (long)(offset + i) * n + offset, h, (long)i * length, length);
             // A column whose input is always zero carries no error; a unit diagonal keeps the factor defined.
-            if (h[(long)i * length + i] <= 0)
-                h[(long)i * length + i] = meanDiagonal;
-            h[(long)i * length + i] += Dampening * meanDiagonal;
+            var at = (long)i * length + i;
+            l[at] = (l[at] <= 0 ? meanDiagonal : l[at]) + Dampening * meanDiagonal;
         }
-        // Not positive definite even damped: null, and the caller rounds to nearest.
-        return DenseSpd.InverseUpperFactor(h, length, threads: 0);
+        return DenseSpd.CholeskyInPlace(l, length, threads) ? new SecondOrderFactor(l, length, block) : null;
     }
 
-    /// <summary>One output channel's second-order rounding, one column at a time.</summary>
-    /// <remarks>In single precision, as GPTQ itself: the factor is computed in double, the column updates (out x L^2 / 2
-    /// multiply-adds per width, the bulk of the work) run twice as wide in float.</remarks>
-    private sealed class ChannelState(int channel, float[] u, float[] w, int[] indices, int bits, float scale)
-    {
-        private readonly int _qmin = QuantMath.SignedMin(bits), _qmax = QuantMath.SignedMax(bits);
-        private float _scale = scale;
+    /// <summary>Rows of weights that one task walks together (they share the factor's panels while in cache).</summary>
+    private const int ChunkRows = 64;
 
-        public void Step(int j, WeightLayout layout, sbyte[] values, float[] scales)
+    /// <summary>Columns one lazy update covers when scales are per channel.</summary>
+    private const int ColumnBlock = 128;
+
+    /// <summary>
+    /// Second-order rounding of every channel at the widths of each request in <paramref name="requests"/> (one result
+    /// per request).
+    /// <para>
+    /// GPTQ quantizes the columns of a channel's slice in order and, after column j, adds to every later column t
+    /// <c>-e_j U_jt</c> with <c>e_j = (w_j - q_j) / U_jj</c> and U the upper Cholesky factor of <c>H^-1</c>,
+    /// <c>H = S + lambda I</c>. Summing these updates shows that the total error is <c>W - Q = E U</c>, so
+    /// <c>E = (W - Q) R</c> with <c>R = U^-1</c>, upper, <c>H = R R^T</c>; the value column t is quantized from is then
+    /// <c>w_t = W_t + (sum_{j&lt;t} (W_j - Q_j) R_jt) / R_tt</c>, with W the float weights. This needs R (one
+    /// Cholesky factorization) instead of an inverse and a second factorization, and it batches: the sums over a
+    /// block of <see cref="ColumnBlock"/> columns reach the later columns as one matrix product per block (the lazy
+    /// updates of GPTQ), register-blocked, every entry one multiply-add chain in column order, so results depend on
+    /// neither the thread count nor the vector width. Rows are independent: each (channel, width) pair is one row,
+    /// so all widths of a layer share each pass over the factor.
+    /// </para>
+    /// Per-channel scales come from the float weights (MSE clipping, as without compensation); blocked scales are
+    /// chosen when their block is reached, from the values the block would be quantized from at that moment.
+    /// </summary>
+    private static WeightQuantization[] SecondOrder(float[] weight, WeightLayout layout, IReadOnlyList<int[]> requests, InputStatistics statistics, int threads)
+    {
+        var rowLayout = new WeightLayout(layout.Shape, layout.ChannelAxis);
+        if (rowLayout.BlockLength != statistics.RowLength)
+            throw new ArgumentException($"a channel holds {rowLayout.BlockLength} weights, the input statistics slices of {statistics.RowLength}");
+        if (layout.BlockSize > 0 && layout.Shape.Length != 2)
+            throw new ArgumentException("blocked second-order rounding needs a 2-D weight");
+        var length = statistics.RowLength;
+        var channels = layout.Channels;
+        var floatRows = new float[channels][];
+        var indices = new int[channels][];
+        for (var c = 0; c < channels; c++)
         {
-            var length = w.Length;
-            if (layout.BlockSize > 0 && j % layout.BlockSize == 0)
-            {
-                var end = Math.Min(length, j + layout.BlockSize);
-                var block = new float[end - j];
-                for (var t = j; t < end; t++)
-                    block[t - j] = w[t];
-                _scale = QuantMath.MseOptimalScale(block, bits);
-                scales[channel * layout.BlocksPerChannel + j / layout.BlockSize] = _scale;
-            }
-            var q = Math.Clamp(MathF.Round(w[j] / _scale, MidpointRounding.ToEven), _qmin, _qmax);
-            values[indices[j]] = (sbyte)q;
-            if (u.Length == 0)
-                return;
-            var error = (w[j] - q * _scale) / u[j * length + j];
-            var rest = w.AsSpan(j + 1);
-            TensorPrimitives.MultiplyAdd(u.AsSpan(j * length + j + 1, length - j - 1), -error, rest, rest);
+            floatRows[c] = new float[length];
+            indices[c] = new int[length];
+            rowLayout.GatherBlock(weight, c, 0, floatRows[c], indices[c]);
         }
+        var values = requests.Select(_ => new sbyte[weight.Length]).ToArray();
+        var scales = requests.Select(_ => new float[channels * layout.BlocksPerChannel]).ToArray();
+        // The factors first, outside the parallel loop over rows: the factorization parallelizes inside.
+        var block = layout.BlockSize > 0 ? layout.BlockSize : ColumnBlock;
+        var factors = Enumerable.Range(0, channels).Select(statistics.Offset).Distinct().ToDictionary(o => o, o => Factor(statistics, o, block, threads));
+        // One row per (channel, request), grouped by the slice they read, in a fixed order.
+        var chunks = new List<(SecondOrderFactor? R, (int Channel, int Request)[] Rows)>();
+        foreach (var group in Enumerable.Range(0, channels).GroupBy(statistics.Offset).OrderBy(g => g.Key))
+            foreach (var chunk in group.SelectMany(c => Enumerable.Range(0, requests.Count).Select(k => (c, k))).Chunk(ChunkRows))
+                chunks.Add((factors[group.Key], chunk));
+        var options = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
+        // Scratch per worker, not per chunk: fresh large arrays are slow to fault in.
+        Parallel.For(0, chunks.Count, options, () => (Sums: new float[ChunkRows * length], Errors: new float[ChunkRows * block]), (i, _, scratch) =>
+        {
+            var (r, rows) = chunks[i];
+            var bits = rows.Select(p => requests[p.Request][p.Channel]).ToArray();
+            var rowScales = rows.Select((p, k) => layout.BlockSize > 0 ? 0f : QuantMath.MseOptimalScale(floatRows[p.Channel], bits[k])).ToArray();
+            if (layout.BlockSize == 0)
+                for (var k = 0; k < rows.Length; k++)
+                    scales[rows[k].Request][rows[k].Channel] = rowScales[k];
+            var sums = scratch.Sums;
+            var errors = scratch.Errors;
+            Array.Clear(sums, 0, rows.Length * length);
+            var current = new float[Math.Max(1, layout.BlockSize)];
+            for (var j0 = 0; j0 < length; j0 += block)
+            {
+                var j1 = Math.Min(length, j0 + block);
+                for (var k = 0; k < rows.Length; k++)
+                {
+                    var (channel, request) = rows[k];
+                    var w = floatRows[channel];
+                    var sum = sums.AsSpan(k * length, length);
+                    var qmin = QuantMath.SignedMin(bits[k]);
+                    var qmax = QuantMath.SignedMax(bits[k]);
+                    for (var t = j0; t < j1; t++)
+                    {
+                        if (layout.BlockSize > 0 && t == j0)
+                        {
+                            for (var u = j0; u < j1; u++)
+                                current[u - j0] = r is null ? w[u] : w[u] + sum[u] / r.Diagonal[u];
+                            rowScales[k] = QuantMath.MseOptimalScale(current.AsSpan(0, j1 - j0), bits[k]);
+                            scales[request][channel * layout.BlocksPerChannel + j0 / layout.BlockSize] = rowScales[k];
+                        }
+                        var scale = rowScales[k];
+                        var target = r is null ? w[t] : w[t] + sum[t] / r.Diagonal[t];
+                        var q = Math.Clamp(MathF.Round(target / scale, MidpointRounding.ToEven), qmin, qmax);
+                        values[request][indices[channel][t]] = (sbyte)q;
+                        if (r is null)
+                            continue;
+                        var error = w[t] - q * scale;
+                        errors[k * block + t - j0] = error;
+                        if (t + 1 < j1)
+                        {
+                            var rest = sum.Slice(t + 1, j1 - t - 1);
+                            TensorPrimitives.FusedMultiplyAdd(r.InBlock(t, j1), error, rest, rest);
+                        }
+                    }
+                }
+                if (r is not null && j1 < length)
+                    LazyUpdate(sums, errors, r.Panel(j0), rows.Length, length, block, j1 - j0, j1);
+            }
+            return scratch;
+        }, _ => { });
+        return requests.Select((req, k) => new WeightQuantization(req.Max(), layout, values[k], scales[k])).ToArray();
+    }
+
+    /// <summary>
+    /// <c>sums[row, t] += sum_k errors[row, k] * R[j0 + k, t]</c> for t from <paramref name="from"/> on (the block's
+    /// packed panel, <see cref="SecondOrderFactor.Panel"/>): a
+    /// (rows x width) by (width x rest) product, tiled 4 rows by 16 columns in registers. Each entry is one multiply-add
+    /// chain in k order.
+    /// </summary>
+    private static void LazyUpdate(float[] sums, float[] errors, ReadOnlySpan<float> panel, int rows, int length, int block, int width, int from)
+    {
+        ref var pp = ref MemoryMarshal.GetReference(panel);
+        for (var i0 = 0; i0 < rows; i0 += 4)
+        {
+            var tileRows = Math.Min(4, rows - i0);
+            for (var t = from; t < length; t += 16)
+            {
+                var chunk = (t - from) / 16 * width * 16;
+                if (tileRows == 4 && t + 16 <= length && Vector256.IsHardwareAccelerated)
+                {
+                    Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default,
+                        a20 = default, a21 = default, a30 = default, a31 = default;
+                    for (var k = 0; k < width; k++)
+                    {
+                        var offset = (nuint)(chunk + k * 16);
+                        var u0 = Vector256.LoadUnsafe(ref pp, offset);
+                        var u1 = Vector256.LoadUnsafe(ref pp, offset + 8);
+                        var e0 = Vector256.Create(errors[i0 * block + k]);
+                        var e1 = Vector256.Create(errors[(i0 + 1) * block + k]);
+                        var e2 = Vector256.Create(errors[(i0 + 2) * block + k]);
+                        var e3 = Vector256.Create(errors[(i0 + 3) * block + k]);
+                        a00 = Vector256.FusedMultiplyAdd(e0, u0, a00);
+                        a01 = Vector256.FusedMultiplyAdd(e0, u1, a01);
+                        a10 = Vector256.FusedMultiplyAdd(e1, u0, a10);
+                        a11 = Vector256.FusedMultiplyAdd(e1, u1, a11);
+                        a20 = Vector256.FusedMultiplyAdd(e2, u0, a20);
+                        a21 = Vector256.FusedMultiplyAdd(e2, u1, a21);
+                        a30 = Vector256.FusedMultiplyAdd(e3, u0, a30);
+                        a31 = Vector256.FusedMultiplyAdd(e3, u1, a31);
+                    }
+                    Add(sums, i0 * length + t, a00, a01);
+                    Add(sums, (i0 + 1) * length + t, a10, a11);
+                    Add(sums, (i0 + 2) * length + t, a20, a21);
+                    Add(sums, (i0 + 3) * length + t, a30, a31);
+                    continue;
+                }
+                for (var i = i0; i < i0 + tileRows; i++)
+                    for (var c = 0; c < 16 && t + c < length; c++)
+                    {
+                        float s = 0;
+                        for (var k = 0; k < width; k++)
+                            s = MathF.FusedMultiplyAdd(errors[i * block + k], panel[chunk + k * 16 + c], s);
+                        sums[i * length + t + c] += s;
+                    }
+            }
+        }
+    }
+
+    private static void Add(float[] sums, int at, Vector256<float> low, Vector256<float> high)
+    {
+        ref var p = ref MemoryMarshal.GetArrayDataReference(sums);
+        (Vector256.LoadUnsafe(ref p, (nuint)at) + low).StoreUnsafe(ref p, (nuint)at);
+        (Vector256.LoadUnsafe(ref p, (nuint)at + 8) + high).StoreUnsafe(ref p, (nuint)at + 8);
     }
 
     private static WeightQuantization RoundToNearest(float[] weights, WeightLayout layout, int[] channelBits)
@@ -379,5 +563,76 @@ public static class Compensator
             }
         }
         return new WeightQuantization(channelBits.Max(), layout, values, scales);
+    }
+}
+
+/// <summary>
+/// The factor R (upper, <c>R R^T = S + lambda I</c> over one slice) in the layout second-order rounding reads it, for
+/// blocks of <see cref="Block"/> columns: the diagonal; each block's rows within the block (row t from column t + 1 to
+/// the block's end); and each block's rows beyond the block, packed 16 columns at a time with the 16 entries of row
+/// k next to those of row k + 1, so the lazy update streams memory. About half of a full n x n single-precision matrix.
+/// </summary>
+public sealed class SecondOrderFactor
+{
+    private readonly float[] _inner;
+    private readonly float[] _panels;
+    private readonly long[] _panelStart;
+
+    /// <param name="lower">L with <c>J H J = L L^T</c> (row-major, lower triangle), so that R[a, b] = L[n-1-a, n-1-b].</param>
+    internal SecondOrderFactor(double[] lower, int length, int block)
+    {
+        Length = length;
+        Block = block;
+        double R(int a, int b) => lower[(long)(length - 1 - a) * length + (length - 1 - b)];
+        Diagonal = new float[length];
+        for (var t = 0; t < length; t++)
+            Diagonal[t] = (float)R(t, t);
+        var blocks = (length + block - 1) / block;
+        _inner = new float[(long)blocks * block * block];
+        _panelStart = new long[blocks + 1];
+        for (var b = 0; b < blocks; b++)
+        {
+            var j0 = b * block;
+            var j1 = Math.Min(length, j0 + block);
+            var rest = length - j1;
+            _panelStart[b + 1] = _panelStart[b] + (long)(j1 - j0) * ((rest + 15) / 16 * 16);
+        }
+        _panels = new float[_panelStart[blocks]];
+        for (var b = 0; b < blocks; b++)
+        {
+            var j0 = b * block;
+            var j1 = Math.Min(length, j0 + block);
+            var width = j1 - j0;
+            for (var t = j0; t < j1; t++)
+                for (var u = t + 1; u < j1; u++)
+                    _inner[(long)b * block * block + (t - j0) * block + (u - j0)] = (float)R(t, u);
+            for (var u = j1; u < length; u++)
+            {
+                var at = _panelStart[b] + (long)(u - j1) / 16 * width * 16 + (u - j1) % 16;
+                for (var k = 0; k < width; k++)
+                    _panels[at + k * 16] = (float)R(j0 + k, u);
+            }
+        }
+    }
+
+    public int Length { get; }
+    public int Block { get; }
+    public float[] Diagonal { get; }
+
+    /// <summary>Bytes held.</summary>
+    public long Bytes => (Diagonal.LongLength + _inner.LongLength + _panels.LongLength) * sizeof(float);
+
+    /// <summary>R[t, t+1 .. end) within t's block.</summary>
+    public ReadOnlySpan<float> InBlock(int t, int end)
+    {
+        var b = t / Block;
+        return _inner.AsSpan((int)((long)b * Block * Block + (t - b * Block) * Block + t + 1 - b * Block), end - t - 1);
+    }
+
+    /// <summary>The packed rows of the block starting at column <paramref name="j0"/>, beyond the block.</summary>
+    public ReadOnlySpan<float> Panel(int j0)
+    {
+        var b = j0 / Block;
+        return _panels.AsSpan((int)_panelStart[b], (int)(_panelStart[b + 1] - _panelStart[b]));
     }
 }

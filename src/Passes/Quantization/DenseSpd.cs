@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
@@ -61,25 +62,41 @@ public static class DenseSpd
     public static (double[] Second, double[] Mean) Moments(IReadOnlyList<float[]> rows, int n, int threads)
     {
         var m = rows.Count;
-        // Columns of X as contiguous rows, so each S entry is one dot product.
-        var columns = new double[n][];
-        for (var i = 0; i < n; i++)
+        // X^T (each column of X one contiguous row) for the left operand and X packed 8 columns at a time for the
+        // right: each S entry is one multiply-add chain over the rows in order, computed 4 x 8 at a time in registers.
+        var transposed = new double[(long)n * m];
+        var packed = new double[(long)m * (n + 8)];
+        for (var r = 0; r < m; r++)
         {
-            var column = new double[m];
-            for (var r = 0; r < m; r++)
-                column[r] = rows[r][i];
-            columns[i] = column;
+            var row = rows[r];
+            for (var i = 0; i < n; i++)
+            {
+                transposed[(long)i * m + r] = row[i];
+                packed[(long)i / 8 * m * 8 + (long)r * 8 + i % 8] = row[i];
+            }
         }
         var second = new double[(long)n * n];
         var mean = new double[n];
-        Parallel.For(0, n, Options(threads), i =>
+        var tiles = (n + RowTile - 1) / RowTile;
+        Parallel.For(0, tiles, Options(threads), tile =>
         {
-            double s = 0;
-            foreach (var v in columns[i])
-                s += v;
-            mean[i] = s / m;
-            for (var j = 0; j <= i; j++)
-                second[(long)i * n + j] = Dot(columns[i], columns[j]) / m;
+            var i0 = tile * RowTile;
+            var i1 = Math.Min(n, i0 + RowTile);
+            Span<double> acc = stackalloc double[RowTile * 8];
+            for (var i = i0; i < i1; i++)
+            {
+                double s = 0;
+                for (var r = 0; r < m; r++)
+                    s += transposed[(long)i * m + r];
+                mean[i] = s / m;
+            }
+            for (var j = 0; j < i1; j += 8)
+            {
+                Tile(transposed, (long)i0 * m, i1 - i0, m, packed, (long)j / 8 * m * 8, m, Math.Min(8, n - j), acc);
+                for (var i = i0; i < i1; i++)
+                    for (var c = 0; c < 8 && j + c <= i; c++)
+                        second[(long)i * n + j + c] = acc[(i - i0) * 8 + c] / m;
+            }
         });
         for (var i = 0; i < n; i++)
             for (var j = i + 1; j < n; j++)
@@ -88,32 +105,25 @@ public static class DenseSpd
     }
 
     /// <summary>
-    /// The upper triangular U with <c>A^-1 = U^T U</c> for a symmetric positive definite <paramref name="a"/> (n x n,
-    /// row-major; not modified), or null when <paramref name="a"/> is not positive definite. With J the reversal
-    /// permutation, <c>J A J = L L^T</c> gives <c>A^-1 = (J L^-T J)(J L^-1 J)</c>, so <c>U = J L^-1 J</c>: one Cholesky
-    /// factorization and one triangular inverse (n^3 / 3 multiply-adds in all) instead of an inverse and a second
-    /// factorization. Both are blocked so that rows are reused from cache.
+    /// In place: the lower Cholesky factor L of the symmetric positive definite matrix whose lower triangle
+    /// <paramref name="w"/> holds (n x n, row-major; the upper triangle is neither read nor written), so that
+    /// <c>A = L L^T</c>; false when A is not positive definite. The caller allocates the one n^2 array: fresh large
+    /// arrays are expensive to fault in, so no copy is made here.
     /// </summary>
-    public static double[]? InverseUpperFactor(double[] a, int n, int threads)
-    {
-        var l = new double[(long)n * n];
-        for (var i = 0; i < n; i++)
-            for (var j = 0; j <= i; j++)
-                l[(long)i * n + j] = a[(long)(n - 1 - i) * n + (n - 1 - j)];
-        if (!Cholesky(l, n, Options(threads)))
-            return null;
-        return ReversedInverse(l, n, Options(threads));
-    }
+    public static bool CholeskyInPlace(double[] w, int n, int threads) => Cholesky(w, n, Options(threads));
 
     private const int Block = 64;
 
     /// <summary>
     /// In-place lower Cholesky factor of the lower triangle of <paramref name="w"/>, right-looking by blocks of
     /// <see cref="Block"/> columns: factor the diagonal block, solve the rows below it, subtract the block's
-    /// contribution from the trailing triangle (each entry one dot product, rows in parallel).
+    /// contribution from the trailing triangle. The trailing update, n^3 / 6 of the n^3 / 6 + O(n^2) work, runs as a
+    /// register-blocked product against the transposed panel: each entry subtracts one multiply-add chain over the
+    /// panel's columns in order, so its value does not depend on the tiling, the vector width or the thread count.
     /// </summary>
     private static bool Cholesky(double[] w, int n, ParallelOptions options)
     {
+        var panel = new double[Block * ((long)n + 8)];
         for (var k0 = 0; k0 < n; k0 += Block)
         {
             var k1 = Math.Min(n, k0 + Block);
@@ -128,55 +138,97 @@ public static class DenseSpd
             }
             var start = k0;
             var end = k1;
+            var width = end - start;
             Parallel.For(k1, n, options, i =>
             {
                 for (var j = start; j < end; j++)
                     w[(long)i * n + j] = (w[(long)i * n + j] - Dot(w.AsSpan(i * n + start, j - start), w.AsSpan(j * n + start, j - start))) / w[(long)j * n + j];
             });
-            // Every row's block columns are solved before any trailing entry reads another row's.
-            Parallel.For(k1, n, options, i =>
+            if (k1 >= n)
+                break;
+            // The solved panel, transposed and packed 8 columns at a time: the 8 entries of row j..j+7 that one
+            // multiply-add step reads for panel column k lie next to those for k + 1, so the update streams memory.
+            for (var i = k1; i < n; i++)
             {
-                var row = w.AsSpan(i * n + start, end - start);
-                for (var j = end; j <= i; j++)
-                    w[(long)i * n + j] -= Dot(row, w.AsSpan(j * n + start, end - start));
+                var chunk = (long)(i - k1) / 8 * Block * 8 + (i - k1) % 8;
+                for (var k = 0; k < width; k++)
+                    panel[chunk + k * 8] = w[(long)i * n + start + k];
+            }
+            var tiles = (n - k1 + RowTile - 1) / RowTile;
+            Parallel.For(0, tiles, options, tile =>
+            {
+                var i0 = k1 + tile * RowTile;
+                var i1 = Math.Min(n, i0 + RowTile);
+                TrailingUpdate(w, panel, n, start, width, i0, i1, k1);
             });
         }
         return true;
     }
 
+    private const int RowTile = 4;
+
     /// <summary>
-    /// <c>U = J L^-1 J</c> from the lower factor: columns of L^-1 by forward substitution, in groups of
-    /// <see cref="Group"/> columns that share each row of L while it is in cache.
+    /// Rows [i0, i1) of the trailing triangle: <c>w[i, j] -= sum_k w[i, start + k] * panel[k, j]</c> for
+    /// <c>from &lt;= j &lt;= i</c>.
     /// </summary>
-    private static double[] ReversedInverse(double[] l, int n, ParallelOptions options)
+    private static void TrailingUpdate(double[] w, double[] panel, int n, int start, int width, int i0, int i1, int from)
     {
-        var u = new double[(long)n * n];
-        var groups = (n + Group - 1) / Group;
-        Parallel.For(0, groups, options, g =>
+        Span<double> acc = stackalloc double[RowTile * 8];
+        for (var j = from; j < i1; j += 8)
         {
-            var c0 = g * Group;
-            var c1 = Math.Min(n, c0 + Group);
-            var x = new double[c1 - c0][];
-            for (var c = c0; c < c1; c++)
-                x[c - c0] = new double[n];
-            for (var k = c0; k < n; k++)
-            {
-                var diagonal = l[(long)k * n + k];
-                for (var c = c0; c < c1 && c <= k; c++)
-                {
-                    var xc = x[c - c0];
-                    xc[k] = c == k ? 1 / diagonal : -Dot(l.AsSpan(k * n + c, k - c), xc.AsSpan(c, k - c)) / diagonal;
-                }
-            }
-            // U[i, t] = X[n-1-i, n-1-t]: column c of X is column n-1-c of U, row n-1-k for X[k, c].
-            for (var c = c0; c < c1; c++)
-                for (var k = c; k < n; k++)
-                    u[(long)(n - 1 - k) * n + (n - 1 - c)] = x[c - c0][k];
-        });
-        return u;
+            Tile(w, (long)i0 * n + start, i1 - i0, n, panel, (long)(j - from) / 8 * Block * 8, width, Math.Min(8, n - j), acc);
+            for (var i = i0; i < i1; i++)
+                for (var c = 0; c < 8 && j + c <= i; c++)
+                    w[(long)i * n + j + c] -= acc[(i - i0) * 8 + c];
+        }
     }
 
-    private const int Group = 16;
+    /// <summary>
+    /// <c>acc[r, c] = sum_k a[first + r * stride + k] * panel[at + k * 8 + c]</c> for <paramref name="rows"/> (at most
+    /// 4) rows and <paramref name="columns"/> (at most 8) columns: one multiply-add chain per entry in k order, so the
+    /// value is the same whether it is computed in the 4 x 8 register tile or alone.
+    /// </summary>
+    private static void Tile(double[] a, long first, int rows, long stride, double[] panel, long at, int width, int columns, Span<double> acc)
+    {
+        if (rows == RowTile && columns == 8 && Vector256.IsHardwareAccelerated)
+        {
+            Vector256<double> a00 = default, a01 = default, a10 = default, a11 = default,
+                a20 = default, a21 = default, a30 = default, a31 = default;
+            ref var p = ref MemoryMarshal.GetArrayDataReference(panel);
+            ref var x = ref MemoryMarshal.GetArrayDataReference(a);
+            for (var k = 0; k < width; k++)
+            {
+                var offset = (nuint)(at + k * 8);
+                var u0 = Vector256.LoadUnsafe(ref p, offset);
+                var u1 = Vector256.LoadUnsafe(ref p, offset + 4);
+                var e0 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + k)));
+                var e1 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + stride + k)));
+                var e2 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + 2 * stride + k)));
+                var e3 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + 3 * stride + k)));
+                a00 = Vector256.FusedMultiplyAdd(e0, u0, a00);
+                a01 = Vector256.FusedMultiplyAdd(e0, u1, a01);
+                a10 = Vector256.FusedMultiplyAdd(e1, u0, a10);
+                a11 = Vector256.FusedMultiplyAdd(e1, u1, a11);
+                a20 = Vector256.FusedMultiplyAdd(e2, u0, a20);
+                a21 = Vector256.FusedMultiplyAdd(e2, u1, a21);
+                a30 = Vector256.FusedMultiplyAdd(e3, u0, a30);
+                a31 = Vector256.FusedMultiplyAdd(e3, u1, a31);
+            }
+            a00.CopyTo(acc); a01.CopyTo(acc[4..]);
+            a10.CopyTo(acc[8..]); a11.CopyTo(acc[12..]);
+            a20.CopyTo(acc[16..]); a21.CopyTo(acc[20..]);
+            a30.CopyTo(acc[24..]); a31.CopyTo(acc[28..]);
+            return;
+        }
+        for (var r = 0; r < rows; r++)
+            for (var c = 0; c < columns; c++)
+            {
+                double s = 0;
+                for (var k = 0; k < width; k++)
+                    s = Math.FusedMultiplyAdd(a[first + r * stride + k], panel[at + k * 8 + c], s);
+                acc[r * 8 + c] = s;
+            }
+    }
 
     private static ParallelOptions Options(int threads) =>
         new() { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };

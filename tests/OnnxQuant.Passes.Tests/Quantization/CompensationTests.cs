@@ -102,6 +102,68 @@ public class CompensationTests
         Assert.Equal(alone.Values.AsSpan(2 * k, 2 * k).ToArray(), a.Values.AsSpan(2 * k, 2 * k).ToArray());
     }
 
+    /// <summary>
+    /// The blocked, factor-only formulation against GPTQ as published, in double precision: U the upper Cholesky factor
+    /// of (S + lambda I)^-1 (MathNet: inverse, then Cholesky), each column's error pushed onto the later columns one by
+    /// one. Over 300 columns (three 128-column blocks) at 3 bits, at least 99 % of the integers agree (single
+    /// precision can flip a value that lies on a rounding boundary, and the flip then propagates) and the layer-output
+    /// errors tr(dW S dW^T) agree within 1 %.
+    /// </summary>
+    [Fact]
+    public void SecondOrderRoundingMatchesTheTextbookAlgorithm()
+    {
+        const int k = 300, n = 6, bits = 3;
+        var rows = CorrelatedRows(900, k, 21);
+        var statistics = InputStatistics.FromRows(rows, k, k, n);
+        var weight = Net.RandomData(k * n, 23);
+        var layout = new WeightLayout([n, k], channelAxis: 0);
+        var fast = Compensator.Quantize(weight, layout, Enumerable.Repeat(bits, n).ToArray(), statistics, gptq: true);
+
+        var meanDiagonal = Enumerable.Range(0, k).Average(i => statistics.Second[i * k + i]);
+        var h = MathNet.Numerics.LinearAlgebra.Matrix<double>.Build.Dense(k, k,
+            (i, j) => statistics.Second[i * k + j] + (i == j ? Compensator.Dampening * meanDiagonal : 0));
+        var u = h.Inverse().Cholesky().Factor.Transpose();
+        var reference = new sbyte[k * n];
+        for (var c = 0; c < n; c++)
+        {
+            var w = weight.AsSpan(c * k, k).ToArray().Select(v => (double)v).ToArray();
+            var scale = QuantMath.MseOptimalScale(weight.AsSpan(c * k, k), bits);
+            for (var j = 0; j < k; j++)
+            {
+                var q = Math.Clamp(Math.Round(w[j] / scale, MidpointRounding.ToEven), QuantMath.SignedMin(bits), QuantMath.SignedMax(bits));
+                reference[c * k + j] = (sbyte)q;
+                var error = (w[j] - q * scale) / u[j, j];
+                for (var t = j + 1; t < k; t++)
+                    w[t] -= error * u[j, t];
+            }
+        }
+        var agree = fast.Values.Zip(reference, (a, b) => a == b ? 1 : 0).Sum() / (double)reference.Length;
+        Assert.True(agree >= 0.99, $"{agree:P2} of the integers agree");
+        var referenceWeights = new WeightQuantization(bits, layout, reference, fast.Scales).Dequantize();
+        var fastError = Compensator.LocalError(weight, fast.Dequantize(), layout, statistics, centered: false);
+        var referenceError = Compensator.LocalError(weight, referenceWeights, layout, statistics, centered: false);
+        Assert.Equal(1.0, fastError / referenceError, 0.01);
+    }
+
+    /// <summary>All widths in one pass give, bit for bit, what each width alone gives (rows do not interact).</summary>
+    [Fact]
+    public void QuantizingAllWidthsAtOnceEqualsOneAtATime()
+    {
+        const int k = 200, n = 5;
+        var rows = CorrelatedRows(400, k, 31);
+        var statistics = InputStatistics.FromRows(rows, k, k, n);
+        var weight = Net.RandomData(k * n, 33);
+        var layout = new WeightLayout([k, n], channelAxis: 1);
+        int[] widths = [2, 3, 4, 5, 6, 8];
+        var together = Compensator.QuantizeWidths(weight, layout, widths, statistics, threads: 2);
+        for (var i = 0; i < widths.Length; i++)
+        {
+            var alone = Compensator.Quantize(weight, layout, Enumerable.Repeat(widths[i], n).ToArray(), statistics, gptq: true);
+            Assert.Equal(alone.Values, together[i].Values);
+            Assert.Equal(alone.Scales, together[i].Scales);
+        }
+    }
+
     [Fact]
     public void BlockedSecondOrderRoundingBeatsRoundToNearest()
     {
@@ -178,8 +240,8 @@ public class CompensationTests
     {
         var rows = CorrelatedRows(16, 8, 1);
         var computed = new List<string>();
-        // One entry is 2 x 8 x 8 doubles = 1 KiB: a 2.5 KiB budget holds two.
-        var cache = new InputStatisticsCache(name => { computed.Add(name); return InputStatistics.FromRows(rows, 8, 8, 4); }, 2560);
+        // One entry is S (8 x 8 doubles) and room for its factor (8 x 8 floats), 768 bytes: an 1800-byte budget holds two.
+        var cache = new InputStatisticsCache(name => { computed.Add(name); return InputStatistics.FromRows(rows, 8, 8, 4); }, 1800);
         var a = cache.Find("a");
         Assert.Same(a, cache.Find("a"));
         cache.Find("b");

@@ -33,35 +33,46 @@ public class DenseSpdTests
         }
     }
 
+    /// <summary>Lower triangle of a damped second-moment matrix (the upper triangle left at NaN: it must not be read).</summary>
+    private static (double[] Full, double[] Lower) Spd(int n, int seed)
+    {
+        var (second, _) = DenseSpd.Moments(Rows(3 * n + 10, n, seed), n, threads: 2);
+        for (var i = 0; i < n; i++)
+            second[i * n + i] += 0.01;
+        var lower = new double[n * n];
+        for (var i = 0; i < n; i++)
+            for (var j = 0; j < n; j++)
+                lower[i * n + j] = j <= i ? second[i * n + j] : double.NaN;
+        return (second, lower);
+    }
+
     /// <summary>
-    /// U^T U is the inverse (A U^T U = I within 1e-9 per entry) and U is the upper Cholesky factor of A^-1 that MathNet
-    /// computes the slow way (within 1e-9); sizes straddle the block and group sizes.
+    /// L L^T = A within 1e-9 per entry, and L is MathNet's Cholesky factor within 1e-9 (relative); sizes straddle the
+    /// 64-column blocks and the 4-row, 8-column register tiles.
     /// </summary>
     [Theory]
     [InlineData(1)]
     [InlineData(7)]
     [InlineData(64)]
     [InlineData(150)]
-    public void InverseUpperFactorInvertsAndMatchesMathNet(int n)
+    [InlineData(203)]
+    public void CholeskyInPlaceFactorsAndMatchesMathNet(int n)
     {
-        var (second, _) = DenseSpd.Moments(Rows(3 * n + 10, n, n), n, threads: 2);
-        for (var i = 0; i < n; i++)
-            second[i * n + i] += 0.01;
-        var u = DenseSpd.InverseUpperFactor(second, n, threads: 2)!;
-        Assert.NotNull(u);
+        var (second, l) = Spd(n, n);
+        Assert.True(DenseSpd.CholeskyInPlace(l, n, threads: 2));
         var a = Matrix<double>.Build.Dense(n, n, (i, j) => second[i * n + j]);
-        var um = Matrix<double>.Build.Dense(n, n, (i, j) => u[i * n + j]);
-        for (var i = 0; i < n; i++)
-            for (var j = 0; j < i; j++)
-                Assert.Equal(0, um[i, j]);
-        var identity = a * um.TransposeThisAndMultiply(um);
+        var lm = Matrix<double>.Build.Dense(n, n, (i, j) => j <= i ? l[i * n + j] : 0);
+        var product = lm.TransposeAndMultiply(lm);
         for (var i = 0; i < n; i++)
             for (var j = 0; j < n; j++)
-                Assert.Equal(i == j ? 1 : 0, identity[i, j], 1e-9);
-        var reference = a.Inverse().Cholesky().Factor.Transpose();
+                Assert.Equal(a[i, j], product[i, j], 1e-9);
+        var reference = a.Cholesky().Factor;
         for (var i = 0; i < n; i++)
-            for (var j = 0; j < n; j++)
-                Assert.Equal(reference[i, j], um[i, j], 1e-9 * Math.Max(1, Math.Abs(reference[i, j])));
+            for (var j = 0; j <= i; j++)
+                Assert.Equal(reference[i, j], lm[i, j], 1e-9 * Math.Max(1, Math.Abs(reference[i, j])));
+        for (var i = 0; i < n; i++)
+            for (var j = i + 1; j < n; j++)
+                Assert.True(double.IsNaN(l[i * n + j]), "the upper triangle was written");
     }
 
     [Fact]
@@ -73,17 +84,19 @@ public class DenseSpdTests
         var (s2, m2) = DenseSpd.Moments(rows, n, threads: 2);
         Assert.Equal(s1, s2);
         Assert.Equal(m1, m2);
-        for (var i = 0; i < n; i++)
-            s1[i * n + i] += 0.01;
-        Assert.Equal(DenseSpd.InverseUpperFactor(s1, n, threads: 1), DenseSpd.InverseUpperFactor(s1, n, threads: 2));
+        var (_, one) = Spd(n, 9);
+        var two = (double[])one.Clone();
+        Assert.True(DenseSpd.CholeskyInPlace(one, n, threads: 1));
+        Assert.True(DenseSpd.CholeskyInPlace(two, n, threads: 2));
+        Assert.Equal(one, two);
     }
 
     [Fact]
-    public void NotPositiveDefiniteGivesNull()
+    public void NotPositiveDefiniteIsRefused()
     {
         // [[1, 2], [2, 1]] has eigenvalues 3 and -1.
-        Assert.Null(DenseSpd.InverseUpperFactor([1, 2, 2, 1], 2, threads: 1));
-        Assert.Null(DenseSpd.InverseUpperFactor([0, 0, 0, 1], 2, threads: 1));
+        Assert.False(DenseSpd.CholeskyInPlace([1, double.NaN, 2, 1], 2, threads: 1));
+        Assert.False(DenseSpd.CholeskyInPlace([0, double.NaN, 0, 1], 2, threads: 1));
     }
 
     [Fact]
