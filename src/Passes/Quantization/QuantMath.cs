@@ -296,14 +296,26 @@ public sealed record WeightQuantization(int Bits, WeightLayout Layout, sbyte[] V
     public float[] Dequantize()
     {
         var result = new float[Values.Length];
+        if (Layout.ChannelAxis == 0 && Layout.BlockSize == 0)
+        {
+            // A channel is one contiguous run (Conv, transposed Gemm).
+            var length = Layout.BlockLength;
+            for (var c = 0; c < Layout.Channels; c++)
+            {
+                var scale = Scales[c];
+                for (var i = c * length; i < (c + 1) * length; i++)
+                    result[i] = Values[i] * scale;
+            }
+            return result;
+        }
         var buffer = new float[Layout.BlockLength];
         var indices = new int[Layout.BlockLength];
-        var dummy = new float[Values.Length];
         for (var c = 0; c < Layout.Channels; c++)
         {
             for (var blk = 0; blk < Layout.BlocksPerChannel; blk++)
             {
-                var count = Layout.GatherBlock(dummy, c, blk, buffer, indices);
+                // Only the indices are wanted: the values gathered are those of the (still empty) result.
+                var count = Layout.GatherBlock(result, c, blk, buffer, indices);
                 var scale = Scales[c * Layout.BlocksPerChannel + blk];
                 for (var i = 0; i < count; i++)
                     result[indices[i]] = Values[indices[i]] * scale;

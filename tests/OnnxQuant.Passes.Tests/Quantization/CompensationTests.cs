@@ -79,6 +79,18 @@ public class CompensationTests
         }
         // Widths 2, 3, 4 and 8 were each computed once.
         Assert.Equal(gptq ? 4 : 0, asked);
+
+        // Prepared together (as the curves do), the widths are computed in one pass and read back bit for bit.
+        var prepared = new CompensationMemo(1 << 20);
+        asked = 0;
+        prepared.Prepare("layer", weight, layout, [2, 3, 4, 8], Statistics, gptq, threads: 2);
+        foreach (var width in new[] { 2, 3, 4, 8 })
+        {
+            var bits = Enumerable.Repeat(width, n).ToArray();
+            Assert.Equal(Compensator.Quantize(weight, layout, bits, statistics, gptq).Values,
+                prepared.Quantize("layer", weight, layout, bits, Statistics, gptq).Values);
+        }
+        Assert.Equal(gptq ? 1 : 0, asked);
     }
 
     [Fact]
