@@ -307,8 +307,15 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                             Quantized(b);
                     }
                     localClock.Start();
-                    var channelErrors = local ? rows!.ChannelErrors(weight, Quantized, bits,
-                        statistics is not null && _storage.Compensation.HasFlag(Compensation.Bias), _threads) : null;
+                    var centered = statistics is not null && _storage.Compensation.HasFlag(Compensation.Bias);
+                    // Second-order rounding reports each channel's dW S dW^T on the way; rounding to nearest needs a pass
+                    // over the rows.
+                    var reported = local && gptq && statistics is not null
+                        ? bits.Select(b => Memo.Quantize(layer.Name, weight, layout, Enumerable.Repeat(b, layout.Channels).ToArray(), () => statistics, gptq).OutputErrors).ToList()
+                        : null;
+                    var channelErrors = !local ? null
+                        : reported is not null && reported.All(e => e is not null) ? rows!.ChannelErrors(weight, Quantized, bits, reported!, statistics!, centered)
+                        : rows!.ChannelErrors(weight, Quantized, bits, centered, _threads);
                     localClock.Stop();
                     if (!exact && !local)
                         notes.Add($"layer '{layer.Name}': no closed-form local error ({rows!.Fallback ?? "no input rows"}); its curve is measured at every width on the gain samples");

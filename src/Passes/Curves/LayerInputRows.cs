@@ -167,6 +167,38 @@ public sealed class LayerInputRows
         return result;
     }
 
+    /// <summary>
+    /// As <see cref="ChannelErrors(float[], Func{int, float[]}, IReadOnlyList{int}, bool, int)"/>, from the per-channel
+    /// <c>dW S dW^T</c> that second-order rounding reports (<paramref name="outputErrors"/> per width; S the second
+    /// moments of these same rows), instead of a pass over the rows per width: the same quantity, scaled the same way.
+    /// </summary>
+    public double[][] ChannelErrors(float[] weight, Func<int, float[]> quantize, IReadOnlyList<int> bits, IReadOnlyList<double[]> outputErrors,
+        InputStatistics statistics, bool centered)
+    {
+        var scale = RowsPerSampleObserved * Alpha * Alpha;
+        var result = new double[bits.Count][];
+        for (var k = 0; k < bits.Count; k++)
+        {
+            var q = centered ? quantize(bits[k]) : null;
+            var errors = new double[_layer.Channels];
+            for (var c = 0; c < errors.Length; c++)
+            {
+                var error = outputErrors[k][c];
+                if (q is not null)
+                {
+                    var (dw, offset) = ChannelDelta(weight, q, c);
+                    double shift = 0;
+                    for (var i = 0; i < dw.Length; i++)
+                        shift += dw[i] * statistics.Mean[offset + i];
+                    error = Math.Max(0, error - shift * shift);
+                }
+                errors[c] = error * scale;
+            }
+            result[k] = errors;
+        }
+        return result;
+    }
+
     private float[] Mean()
     {
         var sum = new double[Reduction];

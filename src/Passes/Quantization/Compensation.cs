@@ -358,13 +358,17 @@ public static class Compensator
                     l[(long)i * length + j] = second[source - j];
             }
         }
+        // What H adds to S's diagonal, in slice order (l is reversed), so the output error can be read off the factor.
+        var added = new double[length];
         for (var i = 0; i < length; i++)
         {
             // A column whose input is always zero carries no error; a unit diagonal keeps the factor defined.
             var at = (long)i * length + i;
-            l[at] = (l[at] <= 0 ? meanDiagonal : l[at]) + Dampening * meanDiagonal;
+            var original = l[at];
+            l[at] = (original <= 0 ? meanDiagonal : original) + Dampening * meanDiagonal;
+            added[length - 1 - i] = l[at] - original;
         }
-        return DenseSpd.CholeskyInPlace(l, length, threads) ? new SecondOrderFactor(l, length, block) : null;
+        return DenseSpd.CholeskyInPlace(l, length, threads) ? new SecondOrderFactor(l, length, block, added) : null;
     }
 
     /// <summary>Rows of weights that one task walks together (they share the factor's panels while in cache).</summary>
@@ -410,6 +414,7 @@ public static class Compensator
         }
         var values = requests.Select(_ => new sbyte[weight.Length]).ToArray();
         var scales = requests.Select(_ => new float[channels * layout.BlocksPerChannel]).ToArray();
+        var outputErrors = requests.Select(_ => new double[channels]).ToArray();
         // The factors first, outside the parallel loop over rows: the factorization parallelizes inside.
         var block = layout.BlockSize > 0 ? layout.BlockSize : ColumnBlock;
         var factors = Enumerable.Range(0, channels).Select(statistics.Offset).Distinct().ToDictionary(o => o, o => Factor(statistics, o, block, threads));
@@ -459,6 +464,9 @@ public static class Compensator
                             continue;
                         var error = w[t] - q * scale;
                         errors[k * block + t - j0] = error;
+                        // E_t = sum_{j<=t} (W_j - Q_j) R_jt, and sum_t E_t^2 = dW H dW^T (E = dW R, H = R R^T).
+                        var scaled = (double)sum[t] + (double)error * r.Diagonal[t];
+                        outputErrors[request][channel] += scaled * scaled - r.Added[t] * error * error;
                         if (t + 1 < j1)
                         {
                             var rest = sum.Slice(t + 1, j1 - t - 1);
@@ -471,7 +479,12 @@ public static class Compensator
             }
             return scratch;
         }, _ => { });
-        return requests.Select((req, k) => new WeightQuantization(req.Max(), layout, values[k], scales[k])).ToArray();
+        // The layer-output error of each channel comes with the rounding for free: dW S dW^T = dW H dW^T - dW (H - S) dW^T.
+        var complete = factors.Values.All(f => f is not null);
+        return requests.Select((req, k) => new WeightQuantization(req.Max(), layout, values[k], scales[k])
+        {
+            OutputErrors = complete ? outputErrors[k].Select(e => Math.Max(0, e)).ToArray() : null,
+        }).ToArray();
     }
 
     /// <summary>
@@ -579,10 +592,11 @@ public sealed class SecondOrderFactor
     private readonly long[] _panelStart;
 
     /// <param name="lower">L with <c>J H J = L L^T</c> (row-major, lower triangle), so that R[a, b] = L[n-1-a, n-1-b].</param>
-    internal SecondOrderFactor(double[] lower, int length, int block)
+    internal SecondOrderFactor(double[] lower, int length, int block, double[] added)
     {
         Length = length;
         Block = block;
+        Added = added;
         double R(int a, int b) => lower[(long)(length - 1 - a) * length + (length - 1 - b)];
         Diagonal = new float[length];
         for (var t = 0; t < length; t++)
@@ -618,6 +632,9 @@ public sealed class SecondOrderFactor
     public int Length { get; }
     public int Block { get; }
     public float[] Diagonal { get; }
+
+    /// <summary><c>H - S</c> on the diagonal (the dampening, and the stand-in for columns S never saw).</summary>
+    public double[] Added { get; }
 
     /// <summary>Bytes held.</summary>
     public long Bytes => (Diagonal.LongLength + _inner.LongLength + _panels.LongLength) * sizeof(float);

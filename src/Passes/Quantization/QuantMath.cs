@@ -292,6 +292,10 @@ public sealed record WeightLayout
 /// <summary>A quantized weight: integer values in the weight's shape (within the b-bit signed range) and scales.</summary>
 public sealed record WeightQuantization(int Bits, WeightLayout Layout, sbyte[] Values, float[] Scales)
 {
+    /// <summary>Per output channel, <c>dW S dW^T</c> over its input slice (S the second moments of the layer's input
+    /// rows), when second-order rounding computed it on the way; null otherwise.</summary>
+    public double[]? OutputErrors { get; init; }
+
     /// <summary>s * q for every element, in the weight's shape: what DequantizeLinear computes.</summary>
     public float[] Dequantize()
     {
