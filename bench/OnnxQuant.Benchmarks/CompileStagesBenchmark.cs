@@ -75,6 +75,7 @@ public static class CompileStagesBenchmark
             var outDir = Path.Combine(Path.GetTempPath(), $"onnxquant-bench-{Guid.NewGuid():N}");
             try
             {
+                var memory = new MemoryTrace();
                 clock.Restart();
                 var result = Compiler.Run(modelPath, calibPath, outDir,
                     new CompileOptions
@@ -84,7 +85,7 @@ public static class CompileStagesBenchmark
                         Features = new() { Features = features },
                         Curves = new() { CacheDir = null, Mode = curveMode },
                         Rewrite = new() { Compensation = compensate },
-                    }, "bench", SilentProgress.Instance);
+                    }, "bench", memory);
                 var total = clock.Elapsed.TotalSeconds;
                 Console.WriteLine($"compile-stages: {Path.GetFileName(modelPath)}, {samples} calibration samples, target {string.Join(",", targets)} bits, " +
                                   $"{result.Units} units, curves {curveMode.ToString().ToLowerInvariant()}, compensation {Compensator.Name(compensate)}, {result.CurveRuns} curve runs");
@@ -100,6 +101,7 @@ public static class CompileStagesBenchmark
                                       $"local errors {t.LocalErrors:0.00} s, cut runs {t.Runs:0.00} s");
                 var modelBytes = new FileInfo(modelPath).Length;
                 Console.WriteLine($"peak resident memory: {PeakResidentBytes() >> 20} MiB (bound 2 x model + 1 GiB = {(2 * modelBytes + (1L << 30)) >> 20} MiB)");
+                Console.WriteLine("resident memory at stage boundaries (MiB): " + string.Join(", ", memory.Points));
                 foreach (var note in result.Targets[0].Report.Notes.Where(n => n.StartsWith("curve", StringComparison.Ordinal)))
                     Console.WriteLine("note: " + note);
             }
@@ -113,13 +115,34 @@ public static class CompileStagesBenchmark
     }
 
     /// <summary>The process's resident high-water mark (Linux VmHWM); 0 where /proc is not available.</summary>
-    private static long PeakResidentBytes()
+    private static long PeakResidentBytes() => Resident("VmHWM:");
+
+    /// <summary>A line of /proc/self/status in bytes (VmHWM, VmRSS); 0 where /proc is not available.</summary>
+    private static long Resident(string key)
     {
         const string status = "/proc/self/status";
         if (!File.Exists(status))
             return 0;
-        var line = File.ReadLines(status).FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+        var line = File.ReadLines(status).FirstOrDefault(l => l.StartsWith(key, StringComparison.Ordinal));
         return line is null ? 0 : long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+    }
+
+    /// <summary>Records the resident memory (now / high-water mark) when each stage of the compile ends, to show which
+    /// stage holds what.</summary>
+    private sealed class MemoryTrace : IProgressSink
+    {
+        public List<string> Points { get; } = [];
+
+        public IStageProgress Begin(string stage, int total) => new End(this, stage);
+
+        public void Note(string message) { }
+
+        private sealed class End(MemoryTrace trace, string stage) : IStageProgress
+        {
+            public void Advance(int steps = 1) { }
+
+            public void Dispose() => trace.Points.Add($"{stage} {Resident("VmRSS:") >> 20}/{PeakResidentBytes() >> 20}");
+        }
     }
 
     private static void Forward(InferenceSession session, CalibrationSet data, int samples)
