@@ -17,14 +17,15 @@ namespace OnnxQuant.Benchmarks;
 /// the whole compile to one float forward pass over the calibration samples (fastest of three; same session options, one sample per
 /// run, as the compile runs a model with a fixed batch). Usage:
 /// compile-stages [model=models/fixtures/detr_small.onnx] [calib=models/data/calib.npz] [--calib-samples 64] [--target-bits 4]
-/// [--verify-data eval.npz] [--curves gain|exact|fast] [--compensation none|bias|gptq|all] [--feature name,...]. The
+/// [--verify-data eval.npz] [--curves gain|exact|fast] [--compensation none|bias|gptq|all] [--feature name,...]
+/// [--row-samples N] (samples the layer input rows come from). The
 /// compile's options are the CLI's defaults otherwise (compensation all, none with fast curves). Peak resident memory
 /// is the process's high-water mark (VmHWM), which includes the float pass's session.
 /// </summary>
 public static class CompileStagesBenchmark
 {
     public static RatioBenchmark Benchmark { get; } = new("compile-stages",
-        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--verify-data F] [--curves gain|exact|fast] [--compensation M] [--feature a,b]: " +
+        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--verify-data F] [--curves gain|exact|fast] [--compensation M] [--feature a,b] [--row-samples N]: " +
         "stage times, compile / float-forward ratio, peak memory", Run);
 
     private static int Run(string[] args)
@@ -35,6 +36,7 @@ public static class CompileStagesBenchmark
         string? verifyData = null, compensation = null;
         var curveMode = CurveMode.Gain;
         IReadOnlyList<string> features = [];
+        var gain = GainSettings.Default;
         for (var i = 0; i < args.Length; i++)
         {
             if (args[i] == "--calib-samples") samples = int.Parse(args[++i], CultureInfo.InvariantCulture);
@@ -43,6 +45,7 @@ public static class CompileStagesBenchmark
             else if (args[i] == "--curves") curveMode = Enum.Parse<CurveMode>(args[++i], ignoreCase: true);
             else if (args[i] == "--compensation") compensation = args[++i];
             else if (args[i] == "--feature") features = args[++i].Split(',');
+            else if (args[i] == "--row-samples") gain = gain with { RowSamples = int.Parse(args[++i], CultureInfo.InvariantCulture) };
             else positional.Add(args[i]);
         }
         var compensate = compensation is not null ? Compensator.Parse(compensation)
@@ -83,7 +86,7 @@ public static class CompileStagesBenchmark
                         Allocation = new() { TargetBits = targets },
                         Data = new() { CalibSamples = samples, VerifyData = verifyData },
                         Features = new() { Features = features },
-                        Curves = new() { CacheDir = null, Mode = curveMode },
+                        Curves = new() { CacheDir = null, Mode = curveMode, Gain = gain },
                         Rewrite = new() { Compensation = compensate },
                     }, "bench", memory);
                 var total = clock.Elapsed.TotalSeconds;

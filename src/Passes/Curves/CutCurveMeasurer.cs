@@ -23,7 +23,7 @@ namespace OnnxQuant.Passes.Curves;
 /// <param name="LowWidthSamples">Samples the gain at the lowest candidate width is also measured on (0 = not
 /// measured), for the widths below the reference; at most the samples of the reference gain.</param>
 public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double RelativeError = 0.25, int LocalRows = 512,
-    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 1, int RowSamples = 64)
+    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 1, int RowSamples = 16)
 {
     public static GainSettings Default { get; } = new();
 
@@ -32,7 +32,7 @@ public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double
     [
         "gain-samples=" + MinSamples + ".." + MaxSamples,
         "gain-error=" + RelativeError.ToString(CultureInfo.InvariantCulture),
-        "gain-rows=" + LocalRows,
+        "gain-rows=" + LocalRows + "/" + RowSamples.ToString(CultureInfo.InvariantCulture),
         "gain-low=" + LowWidthSamples.ToString(CultureInfo.InvariantCulture),
     ];
 }
