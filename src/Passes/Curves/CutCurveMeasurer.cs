@@ -16,14 +16,15 @@ namespace OnnxQuant.Passes.Curves;
 /// <param name="MaxSamples">Most samples a gain is measured on.</param>
 /// <param name="RelativeError">Stop adding samples once the standard error of the gain is below this fraction of it.</param>
 /// <param name="LocalRows">Input rows per layer behind the closed-form local error.</param>
-/// <param name="RowSamples">Calibration samples the rows are drawn from (evenly spaced over the set): only their runs
-/// of the calibration pass return the layer inputs whole.</param>
+/// <param name="RowSamples">Calibration samples the rows are drawn from (evenly spaced over the set; 0 = every sample):
+/// only their runs of the calibration pass return the layer inputs whole. Every sample by default: on the bundled
+/// DETR, rows from 8, 16 or 32 samples left the compensated uniform 4- and 3-bit models 15 to 26 % more distorted.</param>
 /// <param name="CacheMemoryBytes">Cut activations kept in memory; the rest is spilled to a temporary folder.</param>
 /// <param name="SegmentLayers">Consecutive layers that share one cut session.</param>
 /// <param name="LowWidthSamples">Samples the gain at the lowest candidate width is also measured on (0 = not
 /// measured), for the widths below the reference; at most the samples of the reference gain.</param>
 public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double RelativeError = 0.25, int LocalRows = 512,
-    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 1, int RowSamples = 16)
+    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 1, int RowSamples = 0)
 {
     public static GainSettings Default { get; } = new();
 
@@ -32,7 +33,7 @@ public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double
     [
         "gain-samples=" + MinSamples + ".." + MaxSamples,
         "gain-error=" + RelativeError.ToString(CultureInfo.InvariantCulture),
-        "gain-rows=" + LocalRows + "/" + RowSamples.ToString(CultureInfo.InvariantCulture),
+        "gain-rows=" + LocalRows + (RowSamples > 0 ? "/" + RowSamples.ToString(CultureInfo.InvariantCulture) : ""),
         "gain-low=" + LowWidthSamples.ToString(CultureInfo.InvariantCulture),
     ];
 }
@@ -134,7 +135,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         // Rows also feed compensation (second-order rounding, bias correction), whatever the curve mode.
         if (options.Mode == CurveMode.Exact && storage.Compensation == Compensation.None)
             return;
-        _rowSamples = RowSampleSet(samples, _settings.RowSamples);
+        _rowSamples = RowSampleSet(samples, _settings.RowSamples > 0 ? _settings.RowSamples : samples);
         var perSample = Math.Max(1, (_settings.LocalRows + _rowSamples.Count - 1) / _rowSamples.Count);
         for (var i = 0; i < _layers.Count; i++)
         {

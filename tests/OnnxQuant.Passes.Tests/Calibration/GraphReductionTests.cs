@@ -41,6 +41,12 @@ public class GraphReductionTests
         var targets = LayerInputs(model);
         Assert.True(targets.Count >= 4);
 
+        // Every target is reduced in the graph (none falls back to whole outputs).
+        var probe = model.Clone();
+        foreach (var t in targets)
+            ElementTypeInference.EnsureTyped(probe.Graph.FindValue(t.Tensor)!);
+        Assert.Equal(targets.Count, Calibrator.AddReductions(probe.Graph, targets.Select(t => t.Tensor)).Count);
+
         var none = new RecordingTap(new HashSet<int>());
         var reduced = Calibrator.Run(model, data, Samples, targets, CalibrationMethod.MinMax, 8, SessionOptions.Calibration, 4, tap: none);
         var all = new RecordingTap(Enumerable.Range(0, Samples).ToHashSet());
