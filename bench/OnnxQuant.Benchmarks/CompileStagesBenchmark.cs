@@ -17,14 +17,15 @@ namespace OnnxQuant.Benchmarks;
 /// the whole compile to one float forward pass over the calibration samples (fastest of three; same session options, one sample per
 /// run, as the compile runs a model with a fixed batch). Usage:
 /// compile-stages [model=models/fixtures/detr_small.onnx] [calib=models/data/calib.npz] [--calib-samples 64] [--target-bits 4]
-/// [--verify-data eval.npz] [--curves gain|exact|fast] [--compensation none|bias|gptq|all] [--feature name,...]. The
+/// [--verify-data eval.npz] [--curves gain|exact|fast] [--compensation none|bias|gptq|all] [--feature name,...]
+/// [--row-samples N] (samples the layer input rows come from). The
 /// compile's options are the CLI's defaults otherwise (compensation all, none with fast curves). Peak resident memory
 /// is the process's high-water mark (VmHWM), which includes the float pass's session.
 /// </summary>
 public static class CompileStagesBenchmark
 {
     public static RatioBenchmark Benchmark { get; } = new("compile-stages",
-        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--verify-data F] [--curves gain|exact|fast] [--compensation M] [--feature a,b]: " +
+        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--verify-data F] [--curves gain|exact|fast] [--compensation M] [--feature a,b] [--row-samples N]: " +
         "stage times, compile / float-forward ratio, peak memory", Run);
 
     private static int Run(string[] args)
@@ -35,6 +36,7 @@ public static class CompileStagesBenchmark
         string? verifyData = null, compensation = null;
         var curveMode = CurveMode.Gain;
         IReadOnlyList<string> features = [];
+        var gain = GainSettings.Default;
         for (var i = 0; i < args.Length; i++)
         {
             if (args[i] == "--calib-samples") samples = int.Parse(args[++i], CultureInfo.InvariantCulture);
@@ -43,6 +45,7 @@ public static class CompileStagesBenchmark
             else if (args[i] == "--curves") curveMode = Enum.Parse<CurveMode>(args[++i], ignoreCase: true);
             else if (args[i] == "--compensation") compensation = args[++i];
             else if (args[i] == "--feature") features = args[++i].Split(',');
+            else if (args[i] == "--row-samples") gain = gain with { RowSamples = int.Parse(args[++i], CultureInfo.InvariantCulture) };
             else positional.Add(args[i]);
         }
         var compensate = compensation is not null ? Compensator.Parse(compensation)
@@ -75,6 +78,7 @@ public static class CompileStagesBenchmark
             var outDir = Path.Combine(Path.GetTempPath(), $"onnxquant-bench-{Guid.NewGuid():N}");
             try
             {
+                var memory = new MemoryTrace();
                 clock.Restart();
                 var result = Compiler.Run(modelPath, calibPath, outDir,
                     new CompileOptions
@@ -82,9 +86,9 @@ public static class CompileStagesBenchmark
                         Allocation = new() { TargetBits = targets },
                         Data = new() { CalibSamples = samples, VerifyData = verifyData },
                         Features = new() { Features = features },
-                        Curves = new() { CacheDir = null, Mode = curveMode },
+                        Curves = new() { CacheDir = null, Mode = curveMode, Gain = gain },
                         Rewrite = new() { Compensation = compensate },
-                    }, "bench", SilentProgress.Instance);
+                    }, "bench", memory);
                 var total = clock.Elapsed.TotalSeconds;
                 Console.WriteLine($"compile-stages: {Path.GetFileName(modelPath)}, {samples} calibration samples, target {string.Join(",", targets)} bits, " +
                                   $"{result.Units} units, curves {curveMode.ToString().ToLowerInvariant()}, compensation {Compensator.Name(compensate)}, {result.CurveRuns} curve runs");
@@ -100,6 +104,7 @@ public static class CompileStagesBenchmark
                                       $"local errors {t.LocalErrors:0.00} s, cut runs {t.Runs:0.00} s");
                 var modelBytes = new FileInfo(modelPath).Length;
                 Console.WriteLine($"peak resident memory: {PeakResidentBytes() >> 20} MiB (bound 2 x model + 1 GiB = {(2 * modelBytes + (1L << 30)) >> 20} MiB)");
+                Console.WriteLine("resident memory at stage boundaries (MiB): " + string.Join(", ", memory.Points));
                 foreach (var note in result.Targets[0].Report.Notes.Where(n => n.StartsWith("curve", StringComparison.Ordinal)))
                     Console.WriteLine("note: " + note);
             }
@@ -113,13 +118,34 @@ public static class CompileStagesBenchmark
     }
 
     /// <summary>The process's resident high-water mark (Linux VmHWM); 0 where /proc is not available.</summary>
-    private static long PeakResidentBytes()
+    private static long PeakResidentBytes() => Resident("VmHWM:");
+
+    /// <summary>A line of /proc/self/status in bytes (VmHWM, VmRSS); 0 where /proc is not available.</summary>
+    private static long Resident(string key)
     {
         const string status = "/proc/self/status";
         if (!File.Exists(status))
             return 0;
-        var line = File.ReadLines(status).FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+        var line = File.ReadLines(status).FirstOrDefault(l => l.StartsWith(key, StringComparison.Ordinal));
         return line is null ? 0 : long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+    }
+
+    /// <summary>Records the resident memory (now / high-water mark) when each stage of the compile ends, to show which
+    /// stage holds what.</summary>
+    private sealed class MemoryTrace : IProgressSink
+    {
+        public List<string> Points { get; } = [];
+
+        public IStageProgress Begin(string stage, int total) => new End(this, stage);
+
+        public void Note(string message) { }
+
+        private sealed class End(MemoryTrace trace, string stage) : IStageProgress
+        {
+            public void Advance(int steps = 1) { }
+
+            public void Dispose() => trace.Points.Add($"{stage} {Resident("VmRSS:") >> 20}/{PeakResidentBytes() >> 20}");
+        }
     }
 
     private static void Forward(InferenceSession session, CalibrationSet data, int samples)

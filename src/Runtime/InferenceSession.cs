@@ -160,6 +160,8 @@ public sealed class InferenceSession : IDisposable
             }
             if (threads > 0)
                 native.IntraOpNumThreads = threads;
+            if (!options.MemoryArena)
+                native.EnableCpuMemArena = false;
             if (options.OptimizedModelPath is { } optimized)
                 native.OptimizedModelFilePath = Path.GetFullPath(optimized);
             if (options.ProfilePrefix is { } prefix)

@@ -32,6 +32,23 @@ public class CalibrationSupportTests
     }
 
     [Fact]
+    public void WithoutTheMemoryArenaRunsGiveTheSameBytes()
+    {
+        var withArena = SessionOptions.Default with { IntraOpThreads = 1 };
+        using var arena = InferenceSession.Create(TestGraphs.ConvRelu(exposeConv: true), withArena);
+        using var plain = InferenceSession.Create(TestGraphs.ConvRelu(exposeConv: true), withArena with { MemoryArena = false });
+        // Several runs of different batch sizes: buffers are allocated and given back between them.
+        for (var i = 0; i < 4; i++)
+        {
+            var input = Input(1 + i % 3, 20 + i);
+            var expected = arena.Run([new("x", input)], ["c", "y"]);
+            var actual = plain.Run([new("x", input)], ["c", "y"]);
+            for (var k = 0; k < 2; k++)
+                Assert.Equal(expected[k].Data.ToBytes(), actual[k].Data.ToBytes());
+        }
+    }
+
+    [Fact]
     public void StreamsCalibrationBatchesIntoARunningStatistic()
     {
         using var session = InferenceSession.Create(TestGraphs.ConvRelu(exposeConv: true), SessionOptions.Calibration);

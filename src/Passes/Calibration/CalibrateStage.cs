@@ -25,7 +25,11 @@ public static class CalibrateStage
             if (targets.All(t => t.Tensor != tensor))
                 targets.Add(new CalibrationTarget(tensor, null));
         using var stage = progress.Begin("calibrate", samples);
-        return Calibrator.Run(canonical, data, samples, targets, options.ActCalibration, Math.Max(2, options.ActBits == 0 ? 8 : options.ActBits),
+        var table = Calibrator.Run(canonical, data, samples, targets, options.ActCalibration, Math.Max(2, options.ActBits == 0 ? 8 : options.ActBits),
             execution.Instrumentation(), execution.RunBatch, stage, tap);
+        // The whole tensors the runs returned are garbage now, gigabytes of large-object heap on a full-size model that
+        // the runtime would otherwise keep resident through the curve stage: give them back before it starts.
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        return table;
     }
 }

@@ -13,7 +13,15 @@ public interface ICalibrationTap
     IReadOnlyCollection<string> ExtraTensors { get; }
 
     /// <summary>
-    /// Called once per batch for every calibration target and extra tensor, with samples
+    /// The samples whose calibration targets <see cref="Observe"/> sees whole (each in a run of its own); on the other
+    /// samples only the <see cref="ExtraTensors"/> are handed over, and a min/max calibration reads just two scalars
+    /// per target that the graph reduces itself, instead of copying every target tensor out of ONNX Runtime.
+    /// </summary>
+    IReadOnlySet<int> ObservedSamples { get; }
+
+    /// <summary>
+    /// Called once per batch for every extra tensor, and for every calibration target on the
+    /// <see cref="ObservedSamples"/> (any sample when the calibration method needs the values anyway), with samples
     /// [<paramref name="firstSample"/>, <paramref name="firstSample"/> + <paramref name="count"/>) stacked in it.
     /// </summary>
     void Observe(string tensor, int firstSample, int count, float[] values, long[] shape);

@@ -82,23 +82,30 @@ public static class Calibrator
         var observers = targets.ToDictionary(t => t.Tensor, _ => Observers.Create(method, bits), StringComparer.Ordinal);
         var moments = targets.Where(t => t.MomentsAxis is not null)
             .ToDictionary(t => t.Tensor, t => new MomentAccumulator(t.MomentsAxis!.Value), StringComparer.Ordinal);
+        var reductions = method == CalibrationMethod.MinMax ? AddReductions(graph, targets.Where(t => t.MomentsAxis is null
+            && !inputNames.Contains(t.Tensor) && !(tap?.ExtraTensors.Contains(t.Tensor) ?? false)).Select(t => t.Tensor)) : [];
         using var session = outputs.Count + captured.Count > 0 ? InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions) : null;
-        var allOutputs = outputs.Concat(captured).ToList();
         var floatOutputs = outputs.ToHashSet(StringComparer.Ordinal);
-        var runs = data.Runs(0, leading, 1).Concat(data.Runs(leading, samples - leading, runBatch));
-        foreach (var (start, count, batch) in runs)
+        // A run returns every target whole only where the tap reads the values (and on the leading samples, which also
+        // hand over the captured tensors); elsewhere a min/max target comes back as its graph-reduced min, max and sum.
+        var wholeRun = outputs.Concat(captured).ToList();
+        var reducedRun = outputs.Where(o => !reductions.ContainsKey(o))
+            .Concat(reductions.Values.SelectMany(r => new[] { r.Min, r.Max, r.Sum })).ToList();
+        var observed = tap?.ObservedSamples ?? new HashSet<int>();
+        var alone = Enumerable.Range(0, samples).Where(s => s < leading || observed.Contains(s)).ToHashSet();
+        foreach (var (start, count, batch) in Plan(data, samples, alone, runBatch))
         {
             var isLeading = start < leading;
             foreach (var input in batch)
             {
-                var observed = observers.TryGetValue(input.Name, out var o);
+                var isObserved = observers.TryGetValue(input.Name, out var o);
                 var capture = isLeading && capturedSet.Contains(input.Name);
-                if (!observed && !capture)
+                if (!isObserved && !capture)
                     continue;
                 var t = TensorData.FromBytes(input.DataType, input.Data, input.Shape);
                 if (capture)
                     tap!.Capture(input.Name, start, t);
-                if (!observed)
+                if (!isObserved)
                     continue;
                 var values = t.ToFloats();
                 o!.Observe(values);
@@ -108,27 +115,43 @@ public static class Calibrator
             }
             if (session is not null)
             {
-                var wanted = isLeading ? allOutputs : outputs;
+                var whole = alone.Contains(start) || reductions.Count == 0;
+                var wanted = whole ? (isLeading ? wholeRun : outputs) : reducedRun;
                 if (wanted.Count == 0)
                     continue;
-                var result = session.Run(batch.Select(b => b.ToNamedTensor()).ToList(), wanted);
+                var inputs = batch.Select(b => b.ToNamedTensor()).ToList();
+                var result = session.Run(inputs, wanted);
+                var scalars = new Dictionary<string, float>(StringComparer.Ordinal);
                 foreach (var output in result)
                 {
                     if (isLeading && capturedSet.Contains(output.Name))
                         tap!.Capture(output.Name, start, output.Data);
                     if (!floatOutputs.Contains(output.Name))
+                    {
+                        if (!whole)
+                            scalars[output.Name] = output.Data.AsFloats()[0];
                         continue;
+                    }
                     // Read only here (observers, rows, energy), so no copy of each output.
                     var values = output.Data.AsFloats();
                     // Min propagates NaN, so one vectorized pass finds it.
                     if (values.Length > 0 && float.IsNaN(TensorPrimitives.Min(values)))
-                        throw new CompileException($"tensor '{output.Name}' is NaN on calibration sample {start}; the model produces NaN on this data");
+                        throw NaN(output.Name, start);
                     if (observers.TryGetValue(output.Name, out var observer))
                         observer.Observe(values);
                     if (moments.TryGetValue(output.Name, out var m))
                         m.Add(values, output.Data.Shape);
                     tap?.Observe(output.Name, start, count, values, output.Data.Shape);
                 }
+                if (!whole)
+                    foreach (var (tensor, r) in reductions)
+                    {
+                        // The graph's min and max need not propagate NaN, a sum does; a NaN sum (or an overflowing
+                        // one) is checked on the whole tensor as on the other runs.
+                        if (float.IsNaN(scalars[r.Sum]) && session.Run(inputs, [tensor]).Any(x => float.IsNaN(TensorPrimitives.Min(x.Data.AsFloats()))))
+                            throw NaN(tensor, start);
+                        observers[tensor].Observe([scalars[r.Min], scalars[r.Max]]);
+                    }
             }
             progress?.Advance(count);
         }
@@ -140,6 +163,51 @@ public static class Calibrator
         var momentList = targets.Where(t => moments.ContainsKey(t.Tensor))
             .Select(t => new ChannelMoments(t.Tensor, t.MomentsAxis!.Value, moments[t.Tensor].Result())).ToList();
         return new CalibrationTable(method, samples, ranges, momentList);
+    }
+
+    private static CompileException NaN(string tensor, int sample) =>
+        new($"tensor '{tensor}' is NaN on calibration sample {sample}; the model produces NaN on this data");
+
+    /// <summary>The runs in sample order: the samples in <paramref name="alone"/> one per run, the others batched.</summary>
+    private static IEnumerable<(int Start, int Count, IReadOnlyList<InputBatch> Inputs)> Plan(CalibrationSet data, int samples,
+        IReadOnlySet<int> alone, int runBatch)
+    {
+        for (var s = 0; s < samples;)
+        {
+            var end = s + 1;
+            if (!alone.Contains(s))
+                while (end < samples && !alone.Contains(end))
+                    end++;
+            foreach (var run in data.Runs(s, end - s, alone.Contains(s) ? 1 : runBatch))
+                yield return run;
+            s = end;
+        }
+    }
+
+    /// <summary>
+    /// Adds ReduceMin, ReduceMax and ReduceSum (over all axes, to scalars) of each tensor as graph outputs. The min
+    /// and max are exact whatever the kernel's order, so the ranges are the same as from the whole tensors.
+    /// </summary>
+    internal static Dictionary<string, (string Min, string Max, string Sum)> AddReductions(Graph graph, IEnumerable<string> tensors)
+    {
+        var result = new Dictionary<string, (string Min, string Max, string Sum)>(StringComparer.Ordinal);
+        foreach (var tensor in tensors)
+        {
+            var value = graph.FindValue(tensor)!;
+            if (value.Type is not TensorType { ElementType: DataType.Float } || result.ContainsKey(tensor))
+                continue;
+            string Reduce(string op)
+            {
+                var node = new Node(op, [value], [graph.UniqueName(tensor + "_calibration_" + op)], name: graph.UniqueName(tensor + "_calibration_" + op),
+                    attributes: [Frontend.Attribute.FromInt("keepdims", 0)]);
+                node.Outputs[0].Type = new TensorType(DataType.Float, Shape.Of());
+                graph.AddNode(node);
+                graph.AddOutput(node.Outputs[0]);
+                return node.Outputs[0].Name;
+            }
+            result[tensor] = (Reduce("ReduceMin"), Reduce("ReduceMax"), Reduce("ReduceSum"));
+        }
+        return result;
     }
 
     private sealed class MomentAccumulator(int axis)

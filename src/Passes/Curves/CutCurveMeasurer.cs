@@ -15,13 +15,16 @@ namespace OnnxQuant.Passes.Curves;
 /// <param name="MinSamples">Samples every gain is measured on before the error bar is looked at.</param>
 /// <param name="MaxSamples">Most samples a gain is measured on.</param>
 /// <param name="RelativeError">Stop adding samples once the standard error of the gain is below this fraction of it.</param>
-/// <param name="LocalRows">Input rows per layer (spread over the calibration samples) behind the closed-form local error.</param>
+/// <param name="LocalRows">Input rows per layer behind the closed-form local error.</param>
+/// <param name="RowSamples">Calibration samples the rows are drawn from (evenly spaced over the set; 0 = every sample):
+/// only their runs of the calibration pass return the layer inputs whole. Every sample by default: on the bundled
+/// DETR, rows from 8, 16 or 32 samples left the compensated uniform 4- and 3-bit models 15 to 26 % more distorted.</param>
 /// <param name="CacheMemoryBytes">Cut activations kept in memory; the rest is spilled to a temporary folder.</param>
 /// <param name="SegmentLayers">Consecutive layers that share one cut session.</param>
 /// <param name="LowWidthSamples">Samples the gain at the lowest candidate width is also measured on (0 = not
 /// measured), for the widths below the reference; at most the samples of the reference gain.</param>
 public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double RelativeError = 0.25, int LocalRows = 512,
-    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 1)
+    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 1, int RowSamples = 0)
 {
     public static GainSettings Default { get; } = new();
 
@@ -30,7 +33,7 @@ public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double
     [
         "gain-samples=" + MinSamples + ".." + MaxSamples,
         "gain-error=" + RelativeError.ToString(CultureInfo.InvariantCulture),
-        "gain-rows=" + LocalRows,
+        "gain-rows=" + LocalRows + (RowSamples > 0 ? "/" + RowSamples.ToString(CultureInfo.InvariantCulture) : ""),
         "gain-low=" + LowWidthSamples.ToString(CultureInfo.InvariantCulture),
     ];
 }
@@ -132,7 +135,8 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         // Rows also feed compensation (second-order rounding, bias correction), whatever the curve mode.
         if (options.Mode == CurveMode.Exact && storage.Compensation == Compensation.None)
             return;
-        var perSample = Math.Max(1, (_settings.LocalRows + samples - 1) / samples);
+        _rowSamples = RowSampleSet(samples, _settings.RowSamples > 0 ? _settings.RowSamples : samples);
+        var perSample = Math.Max(1, (_settings.LocalRows + _rowSamples.Count - 1) / _rowSamples.Count);
         for (var i = 0; i < _layers.Count; i++)
         {
             var layer = _layers[i];
@@ -144,6 +148,17 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             list.Add(rows);
         }
     }
+
+    /// <summary>The samples the input rows come from: <paramref name="count"/> of them, evenly spaced, sample 0 first.</summary>
+    internal static IReadOnlySet<int> RowSampleSet(int samples, int count)
+    {
+        var n = Math.Clamp(count, 1, Math.Max(1, samples));
+        return Enumerable.Range(0, n).Select(i => (int)((long)i * samples / n)).ToHashSet();
+    }
+
+    private readonly IReadOnlySet<int> _rowSamples = new HashSet<int>();
+
+    public IReadOnlySet<int> ObservedSamples => _rows.Count > 0 ? _rowSamples : new HashSet<int>();
 
     /// <summary>Whether the calibration pass must feed this object (input rows, feature energy, cut activations).</summary>
     public bool CollectsRows => _rows.Count > 0 || _cached.Count > 0;
@@ -206,7 +221,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 
     public void Observe(string tensor, int firstSample, int count, float[] values, long[] shape)
     {
-        if (_rowsByActivation.TryGetValue(tensor, out var rows))
+        if (_rowsByActivation.TryGetValue(tensor, out var rows) && count == 1 && _rowSamples.Contains(firstSample))
             foreach (var r in rows)
                 r.Add(values, shape, firstSample, count);
         for (var f = 0; f < _features.Count; f++)

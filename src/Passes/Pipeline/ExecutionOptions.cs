@@ -27,7 +27,7 @@ public sealed record ExecutionOptions : IStageOptions
     /// Sessions that expose intermediate tensors (calibration): every optimization, since ONNX Runtime never fuses away a
     /// node output that is a graph output, so the instrumented tensors keep their names and values.
     /// </summary>
-    public SessionOptions Instrumentation() => new() { IntraOpThreads = Threads, Optimization = GraphOptimization.All };
+    public SessionOptions Instrumentation() => new() { IntraOpThreads = Threads, Optimization = GraphOptimization.All, MemoryArena = false };
 
     /// <summary>Sessions that measure features (curves, verification): every optimization, exact MatMulNBits.</summary>
     public SessionOptions Measurement() =>

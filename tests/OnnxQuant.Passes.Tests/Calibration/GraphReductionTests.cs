@@ -1,0 +1,143 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Curves;
+using OnnxQuant.Passes.Rewrite;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Runtime;
+
+namespace OnnxQuant.Passes.Tests.Calibration;
+
+/// <summary>
+/// A min/max calibration reads most samples as scalars that the graph reduces itself (ReduceMin, ReduceMax,
+/// ReduceSum); only the samples a tap observes return the layer inputs whole.
+/// </summary>
+public class GraphReductionTests
+{
+    private const int Samples = 12;
+
+    /// <summary>The input of every Conv, Gemm and MatMul that is computed in the graph.</summary>
+    private static List<CalibrationTarget> LayerInputs(Model model) =>
+        model.Graph.Nodes.Where(n => n.OpType is "Conv" or "Gemm" or "MatMul")
+            .Select(n => n.Inputs[0]!).Where(v => v.Producer is not null).Select(v => v.Name).Distinct()
+            .Select(t => new CalibrationTarget(t, null)).ToList();
+
+    /// <summary>Records which tensors and samples it was handed; observes the samples it is given.</summary>
+    private sealed class RecordingTap(IReadOnlySet<int> observed) : ICalibrationTap
+    {
+        public List<(string Tensor, int Sample, int Count)> Seen { get; } = [];
+        public IReadOnlyCollection<string> ExtraTensors => [];
+        public IReadOnlySet<int> ObservedSamples => observed;
+        public void Observe(string tensor, int firstSample, int count, float[] values, long[] shape) => Seen.Add((tensor, firstSample, count));
+        public int LeadingSamples => 0;
+        public IReadOnlyCollection<string> CapturedTensors => [];
+        public void Capture(string tensor, int sample, TensorData value) { }
+    }
+
+    [Fact]
+    public void ReducedRangesEqualTheRangesOfTheWholeTensors()
+    {
+        var model = TestModels.Detector();
+        var data = TestCalibration.Single("images", TestModels.Images(Samples, 5), 3, 16, 16);
+        var targets = LayerInputs(model);
+        Assert.True(targets.Count >= 4);
+
+        // Every target is reduced in the graph (none falls back to whole outputs).
+        var probe = model.Clone();
+        foreach (var t in targets)
+            ElementTypeInference.EnsureTyped(probe.Graph.FindValue(t.Tensor)!);
+        Assert.Equal(targets.Count, Calibrator.AddReductions(probe.Graph, targets.Select(t => t.Tensor)).Count);
+
+        var none = new RecordingTap(new HashSet<int>());
+        var reduced = Calibrator.Run(model, data, Samples, targets, CalibrationMethod.MinMax, 8, SessionOptions.Calibration, 4, tap: none);
+        var all = new RecordingTap(Enumerable.Range(0, Samples).ToHashSet());
+        var whole = Calibrator.Run(model, data, Samples, targets, CalibrationMethod.MinMax, 8, SessionOptions.Calibration, 4, tap: all);
+
+        // Min and max are exact in any order, so the two are equal to the bit.
+        Assert.Equal(whole.Ranges, reduced.Ranges);
+        Assert.Empty(none.Seen);
+        Assert.Equal(targets.Count * Samples, all.Seen.Count);
+        Assert.All(all.Seen, s => Assert.Equal(1, s.Count)); // observed samples run alone
+
+        // Independently: every target as a plain output of the model, min and max taken here (tolerance 1e-5
+        // relative: another session, and the ranges are rounded to stable digits).
+        var plain = TestCalibration.WithWeightAndOutputs(model, null, null, targets.Select(t => t.Tensor).ToList());
+        using var session = InferenceSession.Create(ModelIO.ToBytes(plain), SessionOptions.Calibration);
+        var min = new float[targets.Count];
+        var max = new float[targets.Count];
+        Array.Fill(min, float.PositiveInfinity);
+        Array.Fill(max, float.NegativeInfinity);
+        for (var s = 0; s < Samples; s++)
+        {
+            var input = data.Batch(s, 1)[0].ToNamedTensor();
+            var outputs = session.Run([input], targets.Select(t => t.Tensor).ToList());
+            for (var i = 0; i < targets.Count; i++)
+            {
+                min[i] = MathF.Min(min[i], outputs[i].Data.AsFloats().Min());
+                max[i] = MathF.Max(max[i], outputs[i].Data.AsFloats().Max());
+            }
+        }
+        for (var i = 0; i < targets.Count; i++)
+        {
+            var range = reduced.Find(targets[i].Tensor)!;
+            Assert.Equal(MathF.Min(min[i], 0), range.Min, 1e-5f * MathF.Abs(min[i]) + 1e-7f);
+            Assert.Equal(MathF.Max(max[i], 0), range.Max, 1e-5f * MathF.Abs(max[i]) + 1e-7f);
+        }
+    }
+
+    [Fact]
+    public void NaNOnAReducedRunIsReportedWithItsSample()
+    {
+        var net = new Net(17, seed: 3);
+        var x = net.BatchInput("x", 4);
+        var log = net.Op("Log", [x]);
+        var y = net.Op("MatMul", [log, net.Random("w", [4, 2], 0.5f)]);
+        net.Output(y);
+        var data = new float[Samples * 4];
+        for (var i = 0; i < data.Length; i++)
+            data[i] = 1 + i % 5;
+        data[5 * 4 + 2] = -1; // log(-1) = NaN on sample 5 only
+        var set = TestCalibration.Single("x", data, 4);
+        var error = Assert.Throws<CompileException>(() => Calibrator.Run(net.Model, set, Samples, [new CalibrationTarget(log.Name, null)],
+            CalibrationMethod.MinMax, 8, SessionOptions.Calibration, 1));
+        Assert.Contains("NaN on calibration sample 5", error.Message);
+    }
+
+    [Fact]
+    public void RowSamplesAreEvenlySpacedFromTheFirst()
+    {
+        Assert.Equal([0, 8, 16, 24, 32, 40, 48, 56], CutCurveMeasurer.RowSampleSet(64, 8).Order());
+        Assert.Equal([0, 1, 2], CutCurveMeasurer.RowSampleSet(3, 8).Order());
+        Assert.Equal([0, 3, 6], CutCurveMeasurer.RowSampleSet(10, 3).Order());
+        Assert.Equal([0], CutCurveMeasurer.RowSampleSet(5, 0).Order());
+    }
+
+    [Fact]
+    public void InputRowsComeOnlyFromTheRowSamples()
+    {
+        var model = TestModels.Detector();
+        var units = UnitDiscovery.Discover(model, ["scores", "boxes"], new UnitOptions()).Units;
+        var settings = GainSettings.Default with { RowSamples = 3 };
+        // A layer whose input is computed (the graph input is read from the data, not from a run).
+        var layer = units.Select(u => u.Layer).First(l => model.Graph.FindValue(l.Activation)!.Producer is not null);
+        var images = TestModels.Images(Samples, 5);
+        // The same row samples (0, 4, 8), every other sample different.
+        var changed = TestModels.Images(Samples, 6);
+        foreach (var s in new[] { 0, 4, 8 })
+            Array.Copy(images, s * 768, changed, s * 768, 768);
+        double[] Second(float[] data)
+        {
+            using var tap = new CutCurveMeasurer(model, units, ["scores", "boxes"], Samples, new CurveOptions(),
+                new RewriteOptions { Compensation = OnnxQuant.Passes.Quantization.Compensation.All }, 1, settings, measure: false);
+            Assert.Equal([0, 4, 8], tap.ObservedSamples.Order());
+            Calibrator.Run(model, TestCalibration.Single("images", data, 3, 16, 16), Samples, LayerInputs(model),
+                CalibrationMethod.MinMax, 8, SessionOptions.Calibration, 4, tap: tap);
+            var statistics = tap.Statistics(layer.Name)!;
+            Assert.Equal(3 * ((GainSettings.Default.LocalRows + 2) / 3), statistics.Rows); // rows per sample rounded up
+
+            return statistics.Second;
+        }
+        var first = Second(images);
+        Assert.Equal(first, Second(changed));
+        Assert.NotEqual(first, Second(TestModels.Images(Samples, 7)));
+    }
+}
