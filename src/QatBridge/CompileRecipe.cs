@@ -80,16 +80,26 @@ public static class CompileRecipe
     public static IReadOnlyDictionary<string, LayerGrid> ArtifactGrids(Model artifact)
     {
         var grids = new Dictionary<string, LayerGrid>(StringComparer.Ordinal);
+        var computed = new HashSet<Node>(ReferenceEqualityComparer.Instance);
         foreach (var node in artifact.Graph.AllNodes())
         {
+            if (node.OpType == "DequantizeLinear" && node.Inputs[0] is { IsInitializer: true })
+                computed.Add(node);
             if (node.OpType is "QuantizeLinear" or "DequantizeLinear")
                 continue;
-            var weightDq = node.Inputs.Skip(1).Select(v => v?.Producer)
-                .FirstOrDefault(p => p is { OpType: "DequantizeLinear" } && p.Inputs[0] is { IsInitializer: true });
-            if (weightDq is null)
+            // Nodes that only combine weight DequantizeLinears (the parts of a weight split by container) are no
+            // layer; the layer that takes their result reads them below.
+            if (node.OpType is "Add" or "Mul" or "Concat" or "Gather"
+                && node.Inputs.Any(v => v?.Producer is { } p && computed.Contains(p))
+                && node.Inputs.All(v => v is null || v.IsInitializer || v.ConstantValue is not null || (v.Producer is { } p && computed.Contains(p))))
+            {
+                computed.Add(node);
                 continue;
-            var scales = weightDq.Inputs[1]!.ConstantValue?.ToFloatArray()
-                ?? throw new QatBridgeException($"the weight DequantizeLinear of {node.Describe()} has no constant scale");
+            }
+            var weight = node.Inputs.Skip(1).Select(v => v is null ? null : QuantizedWeight(v, node)).FirstOrDefault(w => w is not null);
+            if (weight is null)
+                continue;
+            var scales = weight.Scales;
             float? actScale = null;
             int? zeroPoint = null;
             if (node.Inputs[0]?.Producer is { OpType: "DequantizeLinear" } actDq && actDq.Inputs[0]?.Producer is { OpType: "QuantizeLinear" })
@@ -97,22 +107,111 @@ public static class CompileRecipe
                 actScale = actDq.Inputs[1]?.ConstantValue?.ToFloatArray().Single();
                 zeroPoint = actDq.Inputs.Count > 2 && actDq.Inputs[2]?.ConstantValue is { } z ? (int)z.ToFloatArray().Single() : 0;
             }
-            var (weight, shape) = Dequantize(weightDq, scales, node);
-            grids[ModulePath(node.Name)] = new LayerGrid(scales, actScale, actScale is null ? null : zeroPoint, weight, shape, Bias(node));
+            var (values, shape) = Dequantize(weight, node);
+            grids[ModulePath(node.Name)] = new LayerGrid(scales, actScale, actScale is null ? null : zeroPoint, values, shape, Bias(node));
         }
         return grids;
     }
 
+    /// <summary>A layer's integer weight with one scale per channel along <paramref name="Axis"/>.</summary>
+    private sealed record IntWeight(float[] Values, long[] Dims, int Axis, float[] Scales);
+
+    /// <summary>
+    /// The integer weight behind <paramref name="value"/>: a DequantizeLinear of an initializer, or (a weight the size
+    /// target split by container) a Concat of such along their channel axis, optionally reordered by a Gather of
+    /// constant indices on that axis. Null when the value is not a quantized weight.
+    /// </summary>
+    private static IntWeight? QuantizedWeight(Value value, Node layer)
+    {
+        switch (value.Producer)
+        {
+            case { OpType: "DequantizeLinear" } dq when dq.Inputs[0] is { IsInitializer: true }:
+            {
+                var scales = dq.Inputs[1]!.ConstantValue?.ToFloatArray()
+                    ?? throw new QatBridgeException($"the weight DequantizeLinear of {layer.Describe()} has no constant scale");
+                var q = dq.Inputs[0]!.Initializer!;
+                var dims = q.GetDims();
+                var axis = (int)dq.GetInt("axis", 1);
+                return new IntWeight(q.ToFloatArray(), dims, axis < 0 ? axis + dims.Length : axis, scales);
+            }
+            case { OpType: "Mul" } mul when mul.Inputs[0]?.Producer is { OpType: "Add" } add && mul.Inputs[1]?.ConstantValue is { } scale
+                && add.Inputs.All(v => v?.Producer is { OpType: "DequantizeLinear" } d && d.Inputs[0] is { IsInitializer: true }):
+            {
+                // 5/6-bit channels: (high x 4 + low) x channel scale, the two parts dequantized with scalar scales
+                var integers = add.Inputs.Select(v => Scaled(v!.Producer!)).ToArray();
+                if (integers[0].Length != integers[1].Length)
+                    return null;
+                var dims = add.Inputs[0]!.Producer!.Inputs[0]!.Initializer!.GetDims();
+                var scaleDims = scale.GetDims();
+                var axis = Array.FindIndex(scaleDims, d => d != 1);
+                if (scaleDims.Length != dims.Length || axis < 0 || scaleDims[axis] != dims[axis])
+                    throw new QatBridgeException($"the 6-bit weight of {layer.Describe()} has a scale of shape [{string.Join(", ", scaleDims)}]");
+                return new IntWeight(integers[0].Zip(integers[1], (h, l) => h + l).ToArray(), dims, axis, scale.ToFloatArray());
+            }
+            case { OpType: "Concat" } concat when concat.Inputs.Count > 0:
+            {
+                var parts = concat.Inputs.Select(v => v is null ? null : QuantizedWeight(v, layer)).ToList();
+                if (parts.Any(p => p is null))
+                    return null;
+                var axis = (int)concat.GetInt("axis", 0);
+                var first = parts[0]!;
+                if (axis < 0)
+                    axis += first.Dims.Length;
+                if (parts.Any(p => p!.Axis != axis))
+                    throw new QatBridgeException($"the split weight of {layer.Describe()} is not concatenated along its channel axis");
+                var channels = parts.Select(p => (int)p!.Dims[axis]).ToArray();
+                return Reorder(parts!, axis, Enumerable.Range(0, channels.Sum()).ToArray());
+            }
+            case { OpType: "Gather" } gather when gather.Inputs[0] is { } data && data.Producer is { OpType: "Concat" }
+                && gather.Inputs[1]?.ConstantValue is { } indices:
+            {
+                var whole = QuantizedWeight(data, layer);
+                if (whole is null)
+                    return null;
+                var axis = (int)gather.GetInt("axis", 0);
+                if ((axis < 0 ? axis + whole.Dims.Length : axis) != whole.Axis)
+                    throw new QatBridgeException($"the split weight of {layer.Describe()} is not reordered along its channel axis");
+                return Reorder([whole], whole.Axis, indices.ToFloatArray().Select(i => (int)i).ToArray());
+            }
+            default:
+                return null;
+        }
+    }
+
+    /// <summary>A DequantizeLinear of an initializer with a scalar scale and zero point, computed.</summary>
+    private static float[] Scaled(Node dq)
+    {
+        var scale = dq.Inputs[1]?.ConstantValue?.ToFloatArray().Single() ?? 1f;
+        var zero = dq.Inputs.Count > 2 && dq.Inputs[2]?.ConstantValue is { } z ? z.ToFloatArray().Single() : 0f;
+        return dq.Inputs[0]!.Initializer!.ToFloatArray().Select(v => (v - zero) * scale).ToArray();
+    }
+
+    /// <summary>The channels <paramref name="order"/> names (indices into the concatenation of <paramref name="parts"/>).</summary>
+    private static IntWeight Reorder(IReadOnlyList<IntWeight> parts, int axis, int[] order)
+    {
+        var dims = (long[])parts[0].Dims.Clone();
+        long outer = 1, inner = 1;
+        for (var d = 0; d < axis; d++)
+            outer *= dims[d];
+        for (var d = axis + 1; d < dims.Length; d++)
+            inner *= dims[d];
+        var sources = parts.SelectMany(p => Enumerable.Range(0, (int)p.Dims[axis]).Select(c => (Part: p, Channel: c))).ToArray();
+        dims[axis] = order.Length;
+        var values = new float[outer * order.Length * inner];
+        for (long o = 0; o < outer; o++)
+            for (var c = 0; c < order.Length; c++)
+            {
+                var (part, channel) = sources[order[c]];
+                Array.Copy(part.Values, (o * part.Dims[axis] + channel) * inner, values, (o * order.Length + c) * inner, inner);
+            }
+        return new IntWeight(values, dims, axis, order.Select(c => sources[c].Part.Scales[sources[c].Channel]).ToArray());
+    }
+
     /// <summary>The weight as floats (q x scale per channel), output channels first as PyTorch stores it: a 2-D
     /// weight quantized along axis 1 (MatMul's [in, out], Gemm without transB) is transposed.</summary>
-    private static (float[] Weight, long[] Shape) Dequantize(Node dq, float[] scales, Node layer)
+    private static (float[] Weight, long[] Shape) Dequantize(IntWeight weight, Node layer)
     {
-        var q = dq.Inputs[0]!.Initializer!;
-        var values = q.ToFloatArray();
-        var dims = q.GetDims();
-        var axis = (int)dq.GetInt("axis", 1);
-        if (axis < 0)
-            axis += dims.Length;
+        var (values, dims, axis, scales) = (weight.Values, weight.Dims, weight.Axis, weight.Scales);
         if (dims.Length < 2 || scales.Length != dims[axis] || axis > 1 || (axis == 1 && dims.Length != 2))
             throw new QatBridgeException($"the weight of {layer.Describe()} has a layout the trainer cannot take (dims [{string.Join(", ", dims)}], axis {axis})");
         if (axis == 0)

@@ -59,10 +59,13 @@ public class StartFromArtifactTests
         }
         // Same integer grids on both sides; only float summation order differs (PyTorch vs ORT kernels), which can
         // flip the rounding of an activation sitting on a .5 boundary and move an output by a step's worth (measured:
-        // mean |box difference| 6e-5, max 8e-4; mean |logit difference| 3e-3).
-        Assert.True(boxDiffs.Average() < 5e-4, $"mean |box difference| {boxDiffs.Average()}");
+        // mean |box difference| 6e-5, max 8e-4; mean |logit difference| 3e-3). Layers whose weights are split by
+        // container (5- and 6-bit channels, see QdqRewriter) run as float kernels on the dequantized weights in ONNX
+        // Runtime instead of its fused integer kernels: the same weight grid (a test checks it bit for bit), another
+        // summation (measured: mean |box difference| 9e-4, mean |logit difference| 1.4e-2).
+        Assert.True(boxDiffs.Average() < 2e-3, $"mean |box difference| {boxDiffs.Average()}");
         Assert.True(boxDiffs.Max() < 1e-2, $"max |box difference| {boxDiffs.Max()}");
-        Assert.True(logitDiffs.Average() < 1e-2, $"mean |logit difference| {logitDiffs.Average()}");
+        Assert.True(logitDiffs.Average() < 3e-2, $"mean |logit difference| {logitDiffs.Average()}");
 
         // And the same AP on the 100 eval images.
         var stdout = new StringWriter();
@@ -72,8 +75,9 @@ public class StartFromArtifactTests
         Assert.Equal(0, code);
         using var doc = JsonDocument.Parse(stdout.ToString());
         var delta = doc.RootElement.GetProperty("delta").GetProperty("bbox");
-        Assert.InRange(delta.GetProperty("AP").GetDouble(), -0.003, 0.003);
-        Assert.InRange(delta.GetProperty("AP50").GetDouble(), -0.003, 0.003);
+        // (within 0.003 before 5/6-bit weights were split; measured since: AP -0.0038)
+        Assert.InRange(delta.GetProperty("AP").GetDouble(), -0.006, 0.006);
+        Assert.InRange(delta.GetProperty("AP50").GetDouble(), -0.006, 0.006);
         Assert.True(doc.RootElement.GetProperty("bbox").GetProperty("AP").GetDouble() > 0.05);
     }
 }

@@ -13,8 +13,13 @@ public sealed record LayerPlan(QuantLayer Layer, int[] ChannelBits)
 }
 
 /// <summary>How one layer's weight was stored: container type, ideal packed bits and actual bytes.</summary>
+/// <remarks>Format "qdq-split": the channels are split by <see cref="Containers"/>, <see cref="Container"/> is the widest.</remarks>
 public sealed record LayerStorage(string Layer, string Format, DataType Container, int MaxBits, long Weights,
-    long IdealBits, long Bytes, long FloatBytes);
+    long IdealBits, long Bytes, long FloatBytes)
+{
+    /// <summary>Every container the layer's weight is stored in (one unless split).</summary>
+    public IReadOnlyList<DataType> Containers { get; init; } = [Container];
+}
 
 /// <summary>What the rewrite produced.</summary>
 /// <param name="WeightOnlyLayers">Quantized layers left without activation Q/DQ (INT2 containers).</param>
@@ -31,10 +36,10 @@ public sealed record RewriteResult(IReadOnlyList<LayerStorage> Layers, long Opse
 public sealed record LayerCompensation(string Layer, bool Gptq, bool BiasCorrected, string? BiasNote);
 
 /// <summary>
-/// Rewrites a model to QDQ form. Weights: each quantized layer's float initializer becomes a signed integer
-/// initializer in the smallest container that holds its widest channel (INT2 for 2 bits, INT4 up to 4, else INT8;
-/// values stay in each channel's own b-bit range) plus per-channel scales, feeding DequantizeLinear on the output
-/// channel axis. With <see cref="WeightFormat.MatMulNBits"/>, MatMul layers become com.microsoft MatMulNBits instead
+/// Rewrites a model to QDQ form. Weights: each quantized layer's float initializer becomes signed integer
+/// initializers in the smallest containers its channels need (INT2 for 2 bits, INT4 up to 4, else INT8; a layer whose
+/// channels need several is split by container, see <see cref="ReplaceWithSplitDequantize"/>; values stay in each
+/// channel's own b-bit range) plus per-channel scales, feeding DequantizeLinear on the output channel axis. With <see cref="WeightFormat.MatMulNBits"/>, MatMul layers become com.microsoft MatMulNBits instead
 /// (blocked, 2/4/8-bit containers since ONNX Runtime refuses 3). Activations: each float tensor entering a quantized
 /// layer gets one QuantizeLinear/DequantizeLinear pair (uint8 for 8 bits, uint16 for 16) from its calibrated range (except MatMulNBits, which is weight-only),
 /// shared by all quantized consumers. Finally the opset is raised to what the containers need (INT4 and UINT16: 21,
@@ -85,17 +90,22 @@ public static class QdqRewriter
             }
             else
             {
-                var container = Container(plan.MaxBits);
-                if (container == DataType.Int2 && !allowInt2)
-                    container = DataType.Int4;
-                // ONNX Runtime 1.30 fuses DequantizeLinear(INT2) -> MatMul/Gemm into MatMulNBits and gets the wrong
-                // answer when the output channels are not a multiple of 4 (checked by a test); such layers keep their
-                // 2-bit values in an INT4 container.
-                if (container == DataType.Int2 && layer.OpType != "Conv" && layer.Channels % 4 != 0)
-                    container = DataType.Int4;
-                requiredOpset = Math.Max(requiredOpset, RequiredOpset(container));
-                var bytes = ReplaceWithDequantize(graph, weightValue, layer, quantized, container);
-                storage.Add(new LayerStorage(layer.Name, "qdq", container, plan.MaxBits, layer.Size, ideal, bytes, floatBytes));
+                var packed = PackedWidths(layer, plan.ChannelBits, allowInt2);
+                var container = Container(packed.Max());
+                var used = packed.Distinct().Order().ToArray();
+                var containers = used.SelectMany(w => w == SplitWidth ? new[] { DataType.Int4, DataType.UInt2 } : [Container(w)]).Distinct().ToArray();
+                foreach (var c in containers)
+                    requiredOpset = Math.Max(requiredOpset, RequiredOpset(c));
+                if (options.SplitContainers && (used.Length > 1 || used[0] == SplitWidth))
+                {
+                    var split = ReplaceWithSplitDequantize(graph, weightValue, layer, quantized, packed, used);
+                    storage.Add(new LayerStorage(layer.Name, "qdq-split", container, plan.MaxBits, layer.Size, ideal, split, floatBytes) { Containers = containers });
+                }
+                else
+                {
+                    var bytes = ReplaceWithDequantize(graph, weightValue, layer, quantized, container);
+                    storage.Add(new LayerStorage(layer.Name, "qdq", container, plan.MaxBits, layer.Size, ideal, bytes, floatBytes));
+                }
                 // ONNX Runtime 1.30 fuses quantized activations with DQ weights into integer kernels that refuse INT2,
                 // so INT2 layers stay weight-only (DQ -> op, which it runs and fuses into MatMulNBits).
                 if (container == DataType.Int2)
@@ -147,12 +157,33 @@ public static class QdqRewriter
         return quantized;
     }
 
+    /// <summary>5- and 6-bit channels of a split layer: stored as a 4-bit high part and a 2-bit low part.</summary>
+    internal const int SplitWidth = 6;
+
+    /// <summary>
+    /// The packed width each output channel is stored at: 2 (INT2), 4 (INT4), 6 (INT4 high part + UINT2 low part, only
+    /// where INT2-family types are allowed) or 8 (INT8). The widest decides whether the layer is weight-only.
+    /// </summary>
+    private static int[] PackedWidths(QuantLayer layer, int[] channelBits, bool allowInt2)
+    {
+        var widths = channelBits.Select(b => b <= 2 ? (allowInt2 ? 2 : 4) : b <= 4 ? 4 : b <= 6 && allowInt2 ? SplitWidth : 8).ToArray();
+        // ONNX Runtime 1.30 fuses DequantizeLinear(INT2) -> MatMul/Gemm into MatMulNBits and gets the wrong answer when
+        // the output channels are not a multiple of 4 (checked by a test); such channels keep their 2-bit values in an
+        // INT4 container. A split weight is not fused, but its INT2 part follows the same rule to stay on the safe side.
+        var int2 = widths.Count(w => w == 2);
+        if (int2 > 0 && layer.OpType != "Conv" && int2 % 4 != 0)
+            for (var c = 0; c < widths.Length; c++)
+                if (widths[c] == 2)
+                    widths[c] = 4;
+        return widths;
+    }
+
     /// <summary>Signed container for a width: INT2, INT4 or INT8.</summary>
     public static DataType Container(int bits) => bits <= 2 ? DataType.Int2 : bits <= 4 ? DataType.Int4 : DataType.Int8;
 
     public static long RequiredOpset(DataType container) => container switch
     {
-        DataType.Int2 => 25,
+        DataType.Int2 or DataType.UInt2 => 25,
         DataType.Int4 => 21,
         _ => 13,
     };
@@ -248,6 +279,100 @@ public static class QdqRewriter
         graph.ReplaceAllUsesWith(weightValue, dq.Outputs[0]);
         graph.RemoveInitializer(weightValue);
         return raw.Length + q.Scales.Length * 4L + DataTypes.ByteCount(container, q.Scales.Length);
+    }
+
+    /// <summary>
+    /// Stores a layer channel by channel in the narrowest packing each channel needs (<paramref name="packed"/>): one
+    /// integer initializer per packing (the channels of that packing, in order) with its own DequantizeLinear,
+    /// concatenated along the channel axis and put back into channel order by a Gather (each left out when not needed).
+    /// 5- and 6-bit channels have no container of their own: q = 4 hi + lo with hi in INT4 and lo in UINT2 (6 bits),
+    /// dequantized exactly to floats (scales 4 and 1) and added, then multiplied by the channel scale. Every
+    /// dequantized value is the same, bit for bit, as from one INT8 container: q x scale rounded once.
+    /// </summary>
+    internal static long ReplaceWithSplitDequantize(Graph graph, Value weightValue, QuantLayer layer, WeightQuantization q,
+        int[] packed, int[] used)
+    {
+        var shape = layer.WeightShape;
+        var axis = layer.ChannelAxis;
+        var channels = (int)shape[axis];
+        long outer = 1, inner = 1;
+        for (var d = 0; d < axis; d++)
+            outer *= shape[d];
+        for (var d = axis + 1; d < shape.Length; d++)
+            inner *= shape[d];
+        var baseName = layer.WeightName;
+        var before = weightValue.Uses[0].Node;
+        var parts = new List<Value>();
+        var order = new List<int>();
+        long bytes = 0;
+        Value Add(Node node, long[] dims)
+        {
+            node.Outputs[0].Type = new TensorType(DataType.Float, Shape.Of(dims));
+            graph.InsertBefore(before, node);
+            return node.Outputs[0];
+        }
+        Value Dequantize(string suffix, sbyte[] values, DataType container, long[] dims, float[] scales, bool perChannel)
+        {
+            var raw = Pack(values, container);
+            var qValue = graph.AddInitializer(graph.UniqueName(baseName + suffix + "_quantized"), Tensor.FromRaw("q", container, dims, raw));
+            var scale = graph.AddInitializer(graph.UniqueName(baseName + suffix + "_scale"),
+                Tensor.FromFloats("s", perChannel ? [scales.Length] : [], scales));
+            var zeroCount = perChannel ? scales.Length : 1;
+            var zero = graph.AddInitializer(graph.UniqueName(baseName + suffix + "_zero_point"),
+                Tensor.FromRaw("z", container, perChannel ? [zeroCount] : [], new byte[DataTypes.ByteCount(container, zeroCount)]));
+            bytes += raw.Length + scales.Length * 4L + DataTypes.ByteCount(container, zeroCount);
+            return Add(new Node("DequantizeLinear", [qValue, scale, zero], [graph.UniqueName(baseName + suffix + "_dequantized")],
+                name: graph.UniqueName(layer.Name + "_weight" + suffix + "_dq"),
+                attributes: perChannel ? [Attribute.FromInt("axis", axis)] : []), dims);
+        }
+        foreach (var width in used)
+        {
+            var members = Enumerable.Range(0, channels).Where(c => packed[c] == width).ToArray();
+            var values = new sbyte[outer * members.Length * inner];
+            for (long o = 0; o < outer; o++)
+                for (var m = 0; m < members.Length; m++)
+                    Array.Copy(q.Values, (o * channels + members[m]) * inner, values, (o * members.Length + m) * inner, inner);
+            var partShape = (long[])shape.Clone();
+            partShape[axis] = members.Length;
+            var scales = members.Select(c => q.Scales[c]).ToArray();
+            if (width != SplitWidth)
+                parts.Add(Dequantize("_int" + width, values, Container(width), partShape, scales, perChannel: true));
+            else
+            {
+                // values in [-32, 31]: hi = floor(q / 4) in [-8, 7], lo = q - 4 hi in [0, 3]; both exact as floats.
+                var hi = values.Select(v => (sbyte)(v >> 2)).ToArray();
+                var lo = values.Select(v => (sbyte)(v & 3)).ToArray();
+                var high = Dequantize("_int6_high", hi, DataType.Int4, partShape, [4f], perChannel: false);
+                var low = Dequantize("_int6_low", lo, DataType.UInt2, partShape, [1f], perChannel: false);
+                var sum = Add(new Node("Add", [high, low], [graph.UniqueName(baseName + "_int6_integers")], name: graph.UniqueName(layer.Name + "_weight_int6_add")), partShape);
+                var scaleShape = Enumerable.Repeat(1L, shape.Length).ToArray();
+                scaleShape[axis] = members.Length;
+                var scale = graph.AddInitializer(graph.UniqueName(baseName + "_int6_scale"), Tensor.FromFloats("s", scaleShape, scales));
+                bytes += scales.Length * 4L;
+                parts.Add(Add(new Node("Mul", [sum, scale], [graph.UniqueName(baseName + "_int6_dequantized")], name: graph.UniqueName(layer.Name + "_weight_int6_mul")), partShape));
+            }
+            order.AddRange(members);
+        }
+        var result = parts[0];
+        if (parts.Count > 1)
+            result = Add(new Node("Concat", parts, [graph.UniqueName(baseName + "_dequantized_parts")],
+                name: graph.UniqueName(layer.Name + "_weight_concat"), attributes: [Attribute.FromInt("axis", axis)]), shape);
+        if (!order.Select((c, i) => c == i).All(x => x))
+        {
+            var position = new int[channels]; // where channel c sits in the concatenation
+            for (var i = 0; i < order.Count; i++)
+                position[order[i]] = i;
+            var raw = new byte[channels * 4L];
+            for (var c = 0; c < channels; c++)
+                BitConverter.TryWriteBytes(raw.AsSpan(c * 4), position[c]);
+            var indices = graph.AddInitializer(graph.UniqueName(baseName + "_channel_order"), Tensor.FromRaw("i", DataType.Int32, [channels], raw));
+            result = Add(new Node("Gather", [result, indices], [graph.UniqueName(baseName + "_dequantized")],
+                name: graph.UniqueName(layer.Name + "_weight_gather"), attributes: [Attribute.FromInt("axis", axis)]), shape);
+            bytes += raw.Length;
+        }
+        graph.ReplaceAllUsesWith(weightValue, result);
+        graph.RemoveInitializer(weightValue);
+        return bytes;
     }
 
     /// <summary>Packs signed values into a container's raw bytes (sub-byte types low bits first).</summary>

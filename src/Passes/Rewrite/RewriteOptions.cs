@@ -32,6 +32,12 @@ public sealed record RewriteOptions : IStageOptions
     /// </summary>
     public bool KeepInitializerInputs { get; init; }
 
+    /// <summary>
+    /// Size target: store a layer whose channels need different containers (INT2/INT4/INT8) split by container
+    /// instead of all in its widest one. The dequantized values are the same either way.
+    /// </summary>
+    public bool SplitContainers { get; init; } = true;
+
     /// <summary>What compensates the weights' rounding error (the curves are measured with the same).</summary>
     public Compensation Compensation { get; init; } = Compensation.None;
 

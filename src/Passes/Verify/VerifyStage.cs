@@ -26,7 +26,7 @@ public static class VerifyStage
         {
             return new VerifiedModel(rewritten, StableRounding.Round(verifier.Measure(rewritten.Model)), notes);
         }
-        catch (OrtException ex) when (rewritten.Result.Layers.Any(l => l.Container == DataType.Int2))
+        catch (OrtException ex) when (rewritten.Result.Layers.Any(l => l.Containers.Any(c => c is DataType.Int2 or DataType.UInt2)))
         {
             var failedOpset = rewritten.Result.Opset;
             rewritten = withoutInt2();

@@ -65,10 +65,10 @@ public class QdqRewriterTests
     }
 
     [Fact]
-    public void MixedChannelBitsShareOneContainer()
+    public void MixedChannelBitsShareOneContainerWithoutSplit()
     {
         var (model, weight) = MatMulModel(48, 24);
-        var options = new CompileOptions { Calibration = new() { ActBits = 0 } };
+        var options = new CompileOptions { Calibration = new() { ActBits = 0 }, Rewrite = new() { SplitContainers = false } };
         var layer = UnitDiscovery.Discover(model, ["matmul_out"], options.Units).Layers.Single();
         var bits = Enumerable.Range(0, 24).Select(c => c < 12 ? 2 : 4).ToArray();
         var result = QdqRewriter.Apply(model, [new LayerPlan(layer, bits)], null, options.Rewrite, options.Calibration.ActBits);
@@ -78,6 +78,131 @@ public class QdqRewriterTests
         var values = dq.Inputs[0]!.Initializer!.ToFloatArray();
         for (var i = 0; i < values.Length; i++)
             Assert.InRange(values[i], i % 24 < 12 ? -2 : -8, i % 24 < 12 ? 1 : 7);
+    }
+
+    /// <summary>A Conv (channel axis 0) and a MatMul (channel axis 1), both read by the output.</summary>
+    private static Net ConvMatMulNet()
+    {
+        var net = new Net(opset: 17, seed: 5);
+        var x = net.Input("x", 1, 8, 6, 6);
+        var conv = net.Op("Conv", [x, net.Random("conv_w", [16, 8, 3, 3]), net.Random("conv_b", [16])], Attribute.FromInts("pads", [1, 1, 1, 1]));
+        var flat = net.Op("Reshape", [conv, net.Ints("shape", 16, 36)]);
+        net.Output(net.Op("MatMul", [flat, net.Random("mm_w", [36, 24])]));
+        return net;
+    }
+
+    [Fact]
+    public void MixedLayersSplitByContainerKeepEveryDequantizedValueBitForBit()
+    {
+        // Channels interleave 2..8 bits, so every container appears and the concatenation needs a reorder.
+        int[] widths = [8, 3, 2, 6, 4, 5, 2, 8];
+        var input = ("x", new long[] { 1, 8, 6, 6 }, Net.RandomData(288, 11));
+        var table = new OnnxQuant.Passes.Calibration.CalibrationTable(OnnxQuant.Passes.Calibration.CalibrationMethod.MinMax, 1,
+            [new("x", -1f, 1f), new("reshape_out", -20f, 20f)], []);
+        var nets = new Dictionary<bool, (Net Net, RewriteResult Result, string[] Weights)>();
+        foreach (var split in new[] { false, true })
+        {
+            var net = ConvMatMulNet();
+            var options = new CompileOptions { Rewrite = new() { SplitContainers = split } };
+            var layers = UnitDiscovery.Discover(net.Model, [net.Graph.Outputs[0].Name], options.Units).Layers;
+            Assert.Equal(2, layers.Count);
+            var plans = layers.Select(l => new LayerPlan(l, Enumerable.Range(0, l.Channels).Select(c => widths[c % widths.Length]).ToArray())).ToList();
+            var result = QdqRewriter.Apply(net.Model, plans, table, options.Rewrite, options.Calibration.ActBits);
+            // The dequantized weights become graph outputs, so ONNX Runtime shows what each layer really reads.
+            var weights = net.Graph.Nodes.Where(n => n.OpType is "Conv" or "MatMul").Select(n => n.Inputs[1]!).ToArray();
+            foreach (var w in weights)
+                net.Output(w);
+            nets[split] = (net, result, weights.Select(w => w.Name).ToArray());
+        }
+        var (one, oneResult, _) = nets[false];
+        var (two, twoResult, _) = nets[true];
+        Assert.All(oneResult.Layers, l => Assert.Equal("qdq", l.Format));
+        Assert.All(twoResult.Layers, l => Assert.Equal("qdq-split", l.Format));
+        // The Conv's 2-bit channels go to INT2; the MatMul's (6 of 24, not a multiple of 4) to INT4, as unsplit; 5 and
+        // 6 bits to INT4 + UINT2.
+        Assert.Equal([DataType.Int2, DataType.Int4, DataType.UInt2, DataType.Int8], twoResult.Layers.Single(l => l.Weights == 16 * 72).Containers);
+        Assert.Equal([DataType.Int4, DataType.UInt2, DataType.Int8], twoResult.Layers.Single(l => l.Weights == 36 * 24).Containers);
+        Assert.Equal(25, twoResult.Opset);
+        Assert.Equal(2, two.Count("Gather"));
+        Assert.Equal(9, two.Count("DequantizeLinear") - two.Count("QuantizeLinear"));
+        foreach (var (a, b) in oneResult.Layers.Zip(twoResult.Layers))
+        {
+            Assert.Equal(a.IdealBits, b.IdealBits);
+            // packed: 2/4/6/8 bits per weight; then 4 bytes of scale, at most 1 of zero point and 4 of order per channel,
+            // and the 6-bit parts' two scalar scales and zero points
+            var channels = a.Weights == 16 * 72 ? 16 : 24;
+            var perChannel = a.Weights / channels;
+            var packed = Enumerable.Range(0, channels).Sum(c => widths[c % widths.Length] switch { 2 when channels == 16 => 2L, <= 4 => 4L, <= 6 => 6L, _ => 8L }) * perChannel / 8;
+            Assert.InRange(b.Bytes, packed + channels * 4L, packed + channels * 9L + 10);
+            Assert.True(b.Bytes < a.Bytes, $"{b.Layer}: {b.Bytes} bytes split against {a.Bytes}");
+        }
+        var outOne = Net.Run(one.Model, input);
+        var outTwo = Net.Run(two.Model, input);
+        Assert.Equal(3, outTwo.Length);
+        for (var i = 0; i < outOne.Length; i++)
+            Assert.Equal(outOne[i].Select(BitConverter.SingleToInt32Bits), outTwo[i].Select(BitConverter.SingleToInt32Bits));
+        // ...and with ONNX Runtime's optimizations on, the split artifact runs and gives the same result.
+        using var session = InferenceSession.Create(ModelIO.ToBytes(two.Model), new SessionOptions { Optimization = GraphOptimization.All });
+        var optimized = session.Run([new NamedTensor("x", TensorData.FromFloats(input.Item3, input.Item2))]);
+        Net.AssertClose(outTwo[0], optimized[0].Data.ToFloats(), 1e-5f);
+    }
+
+    private static string RepoFile(string relative)
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
+                return Path.Combine(dir.FullName, relative);
+        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
+    }
+
+    /// <summary>
+    /// The bundled trained DETR compiled at W4 mixed for size, with and without the split by container: the same
+    /// allocation, fewer weight bytes, and in ONNX Runtime (optimizations off, so no kernel fusion differs) the same
+    /// outputs bit for bit.
+    /// </summary>
+    [Fact]
+    public void DetrSmallW4SizeSplitIsSmallerWithTheSameOutputs()
+    {
+        var root = Path.Combine(Path.GetTempPath(), $"onnxquant-split-{Guid.NewGuid():N}");
+        try
+        {
+            var results = new Dictionary<bool, TargetResult>();
+            foreach (var split in new[] { false, true })
+                results[split] = Compiler.Run(RepoFile("models/fixtures/detr_small.onnx"), RepoFile("models/data/calib.npz"),
+                    Path.Combine(root, split ? "split" : "one"), new CompileOptions
+                    {
+                        Data = new() { CalibSamples = 8, VerifySamples = 8 },
+                        Curves = new() { Mode = CurveMode.Fast, CacheDir = Path.Combine(root, "curves") },
+                        Allocation = new() { TargetBits = [4] },
+                        Rewrite = new() { SplitContainers = split },
+                    }, "test", SilentProgress.Instance).Targets.Single();
+            var (one, two) = (results[false].Report, results[true].Report);
+            Assert.Equal(one.Units.Select(u => u.Bits), two.Units.Select(u => u.Bits));
+            Assert.Contains(two.Layers, l => l.Format == "qdq-split");
+            double Ratio(CompileReport r) => (double)r.Sizes.QuantizedWeightBytes / r.Sizes.FloatWeightBytes;
+            Assert.True(Ratio(two) < Ratio(one) - 0.005, $"split {Ratio(two):0.0000} against one container {Ratio(one):0.0000}");
+            Assert.True(Ratio(two) <= 0.15, $"W4 mixed size: {Ratio(two):0.0000} of the float weight bytes");
+            // The measured distortion runs with ONNX Runtime's optimizations, which fuse the unsplit weights of mixed
+            // layers into integer kernels and not the split ones: equal up to those kernels' rounding.
+            Assert.Equal(one.Distortion.Measured, two.Distortion.Measured, 0.1 * one.Distortion.Measured);
+            float[][] Outputs(string path)
+            {
+                using var session = InferenceSession.Create(path, SessionOptions.Calibration);
+                var feed = session.Inputs.Select(i => new NamedTensor(i.Name,
+                    TensorData.FromFloats(Net.RandomData((int)i.Dims.Aggregate(1L, (a, d) => a * Math.Max(d, 1)), 3), i.Dims.Select(d => Math.Max(d, 1)).ToArray()))).ToList();
+                return session.Run(feed).Select(o => o.Data.ToFloats()).ToArray();
+            }
+            var a = Outputs(results[false].ModelPath);
+            var b = Outputs(results[true].ModelPath);
+            Assert.Equal(a.Length, b.Length);
+            for (var i = 0; i < a.Length; i++)
+                Assert.Equal(a[i].Select(BitConverter.SingleToInt32Bits), b[i].Select(BitConverter.SingleToInt32Bits));
+        }
+        finally
+        {
+            if (Directory.Exists(root))
+                Directory.Delete(root, true);
+        }
     }
 
     [Fact]
