@@ -37,9 +37,9 @@ public class BundledExampleHashTests
                 "-o", output, "--quiet");
             Assert.True(code == 0, stderr);
             Assert.Equal("faa8167c6bb48ec59d58afd016e53f883b541d3670ba5600a6cc0b586be10448", Sha(Path.Combine(output, "bits-8", "model.onnx")));
-            Assert.Equal("0dd775955189fc526614c0fdec33e3d106cb22ff40dce52ae0e0f225c30f4af8", Sha(Path.Combine(output, "bits-4", "model.onnx")));
-            Assert.Equal("e6f882f04552cf2ba3740c03618fde4d79709c434ae88228bd2319298d6bebcb", Sha(Path.Combine(output, "bits-3", "model.onnx")));
-            Assert.Equal("273f2f84f9eae6ed02555d8c7b2786fa561d6312e53320a4487b174dee9ca61d", Sha(Path.Combine(output, "manifest.json")));
+            Assert.Equal("8bd6b1e4a4d719924974de922a6dabc3bba22241cd16360d39c418eea7a02c57", Sha(Path.Combine(output, "bits-4", "model.onnx")));
+            Assert.Equal("8be81cd9c65da1ae88291f8b83d4791a8dca38053e2b271abe164335462691b5", Sha(Path.Combine(output, "bits-3", "model.onnx")));
+            Assert.Equal("2af4ae7b573fe20e5fe3b989548d6385e9b1bc16053ef9ec81d36b09ee593f74", Sha(Path.Combine(output, "manifest.json")));
         }
         finally
         {
