@@ -32,6 +32,14 @@ public interface ICalibrationTap
     /// <summary>Tensors of any type wanted as they are on the leading samples (graph inputs included).</summary>
     IReadOnlyCollection<string> CapturedTensors { get; }
 
-    /// <summary>Called once per leading sample for every captured tensor.</summary>
+    /// <summary>
+    /// For a captured tensor that is only sampled: at most this many of its elements are wanted, every
+    /// <c>max(1, ceil(n / m))</c>-th of its flattened values (n its length), which the calibration graph then selects
+    /// itself instead of handing over the whole tensor; null = wanted whole.
+    /// </summary>
+    int? CaptureElements(string tensor);
+
+    /// <summary>Called once per leading sample for every captured tensor (a 1-D tensor of the selected elements where
+    /// <see cref="CaptureElements"/> asks for a sample).</summary>
     void Capture(string tensor, int sample, TensorData value);
 }

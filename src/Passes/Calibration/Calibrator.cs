@@ -64,6 +64,7 @@ public static class Calibrator
         }
         // Captured tensors are outputs only of the leading runs (ONNX Runtime computes just what a run asks for).
         var captured = new List<string>();
+        var sampleOf = new Dictionary<string, string>(StringComparer.Ordinal);
         var leading = tap is { LeadingSamples: > 0 } ? Math.Min(tap.LeadingSamples, samples) : 0;
         if (leading > 0)
             foreach (var name in tap!.CapturedTensors)
@@ -71,6 +72,14 @@ public static class Calibrator
                 if (inputNames.Contains(name) || outputs.Contains(name) || captured.Contains(name))
                     continue;
                 var value = graph.FindValue(name) ?? throw new InvalidOperationException($"tensor '{name}' not in the model");
+                if (!value.IsGraphOutput && tap.CaptureElements(name) is { } elements)
+                {
+                    // Only a sample of it is wanted: the graph selects it, so the whole tensor is never copied out.
+                    var sample = AddStridedSample(graph, value, elements);
+                    sampleOf[sample] = name;
+                    captured.Add(sample);
+                    continue;
+                }
                 if (!value.IsGraphOutput)
                 {
                     ElementTypeInference.EnsureTyped(value);
@@ -124,6 +133,11 @@ public static class Calibrator
                 var scalars = new Dictionary<string, float>(StringComparer.Ordinal);
                 foreach (var output in result)
                 {
+                    if (isLeading && sampleOf.TryGetValue(output.Name, out var sampled))
+                    {
+                        tap!.Capture(sampled, start, output.Data);
+                        continue;
+                    }
                     if (isLeading && capturedSet.Contains(output.Name))
                         tap!.Capture(output.Name, start, output.Data);
                     if (!floatOutputs.Contains(output.Name))
@@ -208,6 +222,35 @@ public static class Calibrator
             result[tensor] = (Reduce("ReduceMin"), Reduce("ReduceMax"), Reduce("ReduceSum"));
         }
         return result;
+    }
+
+    /// <summary>
+    /// Adds a graph output holding every stride-th element of <paramref name="value"/> flattened, the stride
+    /// <c>max(1, ceil(n / elements))</c> computed in the graph from the tensor's length n (so no static shape is
+    /// needed), and returns its name.
+    /// </summary>
+    internal static string AddStridedSample(Graph graph, Value value, int elements)
+    {
+        var name = value.Name + "_calibration_sample";
+        Value Constant(string suffix, long v) =>
+            graph.AddInitializer(graph.UniqueName(name + "_" + suffix), Frontend.Tensor.FromInt64s(suffix, [1], [v]));
+        Node Add(string op, IReadOnlyList<Value?> inputs, string suffix)
+        {
+            var node = new Node(op, inputs, [graph.UniqueName(name + "_" + suffix)], name: graph.UniqueName(name + "_" + suffix));
+            graph.AddNode(node);
+            return node;
+        }
+        var flat = Add("Reshape", [value, Constant("flat_shape", -1)], "flat");
+        var size = Add("Shape", [flat.Outputs[0]], "size");
+        var rounded = Add("Add", [size.Outputs[0], Constant("round_up", elements - 1)], "rounded");
+        var stride = Add("Div", [rounded.Outputs[0], Constant("elements", elements)], "stride");
+        var step = Add("Max", [stride.Outputs[0], Constant("one", 1)], "step");
+        var slice = Add("Slice", [flat.Outputs[0], Constant("start", 0), Constant("end", long.MaxValue), Constant("axis", 0), step.Outputs[0]], "slice");
+        ElementTypeInference.EnsureTyped(value);
+        if (value.Type is TensorType { ElementType: var type })
+            slice.Outputs[0].Type = new TensorType(type, new Shape([Dim.Unknown]));
+        graph.AddOutput(slice.Outputs[0]);
+        return slice.Outputs[0].Name;
     }
 
     private sealed class MomentAccumulator(int axis)

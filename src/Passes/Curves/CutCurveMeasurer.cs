@@ -168,6 +168,8 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 
     public IReadOnlyCollection<string> CapturedTensors => _cached;
 
+    public int? CaptureElements(string tensor) => _sampledOutputs.Contains(tensor) ? OutputSampleElements : null;
+
     public void Capture(string tensor, int sample, TensorData value)
     {
         if (sample >= _cacheSamples || _cache.Contains(tensor, sample))

@@ -30,6 +30,7 @@ public class GraphReductionTests
         public void Observe(string tensor, int firstSample, int count, float[] values, long[] shape) => Seen.Add((tensor, firstSample, count));
         public int LeadingSamples => 0;
         public IReadOnlyCollection<string> CapturedTensors => [];
+        public int? CaptureElements(string tensor) => null;
         public void Capture(string tensor, int sample, TensorData value) { }
     }
 
@@ -139,5 +140,54 @@ public class GraphReductionTests
         var first = Second(images);
         Assert.Equal(first, Second(changed));
         Assert.NotEqual(first, Second(TestModels.Images(Samples, 7)));
+    }
+    /// <summary>Captures the given tensors on the leading samples, sampled to the given number of elements where one is set.</summary>
+    private sealed class CapturingTap(IReadOnlyDictionary<string, int?> captured, int leading) : ICalibrationTap
+    {
+        public Dictionary<(string Tensor, int Sample), TensorData> Captured { get; } = [];
+        public IReadOnlyCollection<string> ExtraTensors => [];
+        public IReadOnlySet<int> ObservedSamples => new HashSet<int>();
+        public void Observe(string tensor, int firstSample, int count, float[] values, long[] shape) { }
+        public int LeadingSamples => leading;
+        public IReadOnlyCollection<string> CapturedTensors => captured.Keys.ToList();
+        public int? CaptureElements(string tensor) => captured[tensor];
+        public void Capture(string tensor, int sample, TensorData value) => Captured.Add((tensor, sample), value);
+    }
+
+    [Fact]
+    public void SampledCapturesAreEveryStrideThElementOfTheWholeTensor()
+    {
+        var model = TestModels.Detector();
+        var data = TestCalibration.Single("images", TestModels.Images(Samples, 5), 3, 16, 16);
+        var inner = LayerInputs(model).Select(t => t.Tensor).ToList();
+        Assert.True(inner.Count >= 3);
+        // One tensor sampled to 100 elements, one to more elements than it has (kept whole, flattened), one whole.
+        var wanted = new Dictionary<string, int?> { [inner[0]] = 100, [inner[1]] = 1 << 20, [inner[2]] = null };
+        var tap = new CapturingTap(wanted, 2);
+        Calibrator.Run(model, data, Samples, [], CalibrationMethod.MinMax, 8, SessionOptions.Calibration, 4, tap: tap);
+        Assert.Equal(3 * 2, tap.Captured.Count);
+
+        var plain = TestCalibration.WithWeightAndOutputs(model, null, null, inner.Take(3).ToList());
+        using var session = InferenceSession.Create(ModelIO.ToBytes(plain), SessionOptions.Calibration);
+        for (var s = 0; s < 2; s++)
+        {
+            var outputs = session.Run([data.Batch(s, 1)[0].ToNamedTensor()], inner.Take(3).ToList());
+            for (var i = 0; i < 3; i++)
+            {
+                var whole = outputs[i].Data.AsFloats();
+                var got = tap.Captured[(inner[i], s)];
+                if (wanted[inner[i]] is not { } elements)
+                {
+                    Assert.Equal(outputs[i].Data.Shape, got.Shape);
+                    Assert.Equal(whole, got.AsFloats());
+                    continue;
+                }
+                var stride = Math.Max(1, (whole.Length + elements - 1) / elements);
+                var expected = Enumerable.Range(0, (whole.Length + stride - 1) / stride).Select(k => whole[k * stride]).ToArray();
+                Assert.Equal(i == 0, stride > 1); // the first one really is thinned, the second is not
+                Assert.Equal([expected.Length], got.Shape);
+                Assert.Equal(expected, got.AsFloats()); // the same values, bit for bit
+            }
+        }
     }
 }
