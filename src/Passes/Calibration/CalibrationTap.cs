@@ -26,6 +26,22 @@ public interface ICalibrationTap
     /// </summary>
     void Observe(string tensor, int firstSample, int count, float[] values, long[] shape);
 
+    /// <summary>
+    /// Calibration targets of which the tap reads only some elements on its <see cref="ObservedSamples"/>: once a run
+    /// has shown a tensor's shape, later observed samples may hand over just the elements at
+    /// <see cref="Selection"/> (gathered in the graph) through <see cref="ObserveSelection"/> instead of the whole
+    /// tensor through <see cref="Observe"/>; both must give the tap the same thing.
+    /// </summary>
+    IReadOnlyCollection<string> SelectableTensors => [];
+
+    /// <summary>The flattened positions of the elements wanted of <paramref name="tensor"/> on
+    /// <paramref name="sample"/> (alone in its run, the tensor of <paramref name="shape"/>), -1 for an element the tap
+    /// does not read; null when it wants the tensor whole.</summary>
+    long[]? Selection(string tensor, int sample, long[] shape) => null;
+
+    /// <summary>The elements at <see cref="Selection"/>'s positions, in its order (any value where it said -1).</summary>
+    void ObserveSelection(string tensor, int sample, long[] shape, float[] selected) { }
+
     /// <summary>Samples [0, LeadingSamples) run one per run, and their <see cref="CapturedTensors"/> are handed over whole.</summary>
     int LeadingSamples { get; }
 

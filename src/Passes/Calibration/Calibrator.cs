@@ -93,6 +93,10 @@ public static class Calibrator
             .ToDictionary(t => t.Tensor, t => new MomentAccumulator(t.MomentsAxis!.Value), StringComparer.Ordinal);
         var reductions = method == CalibrationMethod.MinMax ? AddReductions(graph, targets.Where(t => t.MomentsAxis is null
             && !inputNames.Contains(t.Tensor) && !(tap?.ExtraTensors.Contains(t.Tensor) ?? false)).Select(t => t.Tensor)) : [];
+        // Targets the tap reads only some elements of, on observed samples, once a whole run has shown their shape.
+        var selections = (tap?.SelectableTensors ?? []).Where(reductions.ContainsKey).Distinct().Order(StringComparer.Ordinal)
+            .Select(t => AddSelection(graph, graph.FindValue(t)!)).ToList();
+        var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
         using var session = outputs.Count + captured.Count > 0 ? InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions) : null;
         var floatOutputs = outputs.ToHashSet(StringComparer.Ordinal);
         // A run returns every target whole only where the tap reads the values (and on the leading samples, which also
@@ -124,12 +128,41 @@ public static class Calibrator
             }
             if (session is not null)
             {
-                var whole = alone.Contains(start) || reductions.Count == 0;
-                var wanted = whole ? (isLeading ? wholeRun : outputs) : reducedRun;
+                // A run of an observed sample hands over the selected elements once every selected tensor's shape is
+                // known (and the tap wants a selection of each); before that it returns the targets whole.
+                var positions = !isLeading && observed.Contains(start) && count == 1 && selections.Count > 0
+                    && selections.All(x => shapes.ContainsKey(x.Tensor))
+                    ? selections.Select(x => tap!.Selection(x.Tensor, start, shapes[x.Tensor])).ToList() : null;
+                var select = positions is not null && positions.All(p => p is not null);
+                var whole = reductions.Count == 0 || (alone.Contains(start) && !select);
+                var wanted = whole ? (isLeading ? wholeRun : outputs)
+                    : select ? reducedRun.Concat(selections.SelectMany(x => new[] { x.Selected, x.Shape })).ToList() : reducedRun;
                 if (wanted.Count == 0)
                     continue;
                 var inputs = batch.Select(b => b.ToNamedTensor()).ToList();
+                for (var i = 0; i < selections.Count; i++)
+                {
+                    // Every run feeds the index inputs; a run that does not ask for the selections gathers nothing.
+                    var index = select ? positions![i]!.Select(p => Math.Max(0, p)).ToArray() : [0L];
+                    inputs.Add(new NamedTensor(selections[i].Indices, TensorData.FromInt64s(index, [index.Length])));
+                }
                 var result = session.Run(inputs, wanted);
+                if (select)
+                    for (var i = 0; i < selections.Count; i++)
+                    {
+                        var x = selections[i];
+                        var shape = result.First(o => o.Name == x.Shape).Data.GetArray<long>();
+                        if (shape.SequenceEqual(shapes[x.Tensor]))
+                        {
+                            tap!.ObserveSelection(x.Tensor, start, shape, result.First(o => o.Name == x.Selected).Data.AsFloats());
+                            continue;
+                        }
+                        // Another shape than the run that set the positions (a data-dependent shape): this tensor of
+                        // this sample is read whole after all.
+                        var again = session.Run(inputs, [x.Tensor])[0].Data;
+                        shapes[x.Tensor] = again.Shape;
+                        tap!.Observe(x.Tensor, start, count, again.AsFloats(), again.Shape);
+                    }
                 var scalars = new Dictionary<string, float>(StringComparer.Ordinal);
                 foreach (var output in result)
                 {
@@ -140,6 +173,8 @@ public static class Calibrator
                     }
                     if (isLeading && capturedSet.Contains(output.Name))
                         tap!.Capture(output.Name, start, output.Data);
+                    if (select && selections.Any(x => x.Selected == output.Name || x.Shape == output.Name))
+                        continue;
                     if (!floatOutputs.Contains(output.Name))
                     {
                         if (!whole)
@@ -148,6 +183,8 @@ public static class Calibrator
                     }
                     // Read only here (observers, rows, energy), so no copy of each output.
                     var values = output.Data.AsFloats();
+                    if (whole && count == 1 && selections.Any(x => x.Tensor == output.Name))
+                        shapes[output.Name] = output.Data.Shape;
                     // Min propagates NaN, so one vectorized pass finds it.
                     if (values.Length > 0 && float.IsNaN(TensorPrimitives.Min(values)))
                         throw NaN(output.Name, start);
@@ -251,6 +288,42 @@ public static class Calibrator
             slice.Outputs[0].Type = new TensorType(type, new Shape([Dim.Unknown]));
         graph.AddOutput(slice.Outputs[0]);
         return slice.Outputs[0].Name;
+    }
+
+    /// <summary>The graph's side of a selection: an index input, the gathered elements and the tensor's shape.</summary>
+    private sealed record Selection(string Tensor, string Indices, string Selected, string Shape);
+
+    /// <summary>
+    /// Adds an int64 input of flattened positions and outputs gathering those elements of <paramref name="value"/>
+    /// and its shape. Positions past the end are clamped in the graph, so a tensor of an unexpected shape gives a run
+    /// whose shape output tells the caller, never a failed run.
+    /// </summary>
+    private static Selection AddSelection(Graph graph, Value value)
+    {
+        var name = value.Name + "_calibration_select";
+        Value Constant(string suffix, long v) =>
+            graph.AddInitializer(graph.UniqueName(name + "_" + suffix), Frontend.Tensor.FromInt64s(suffix, [1], [v]));
+        Node Add(string op, IReadOnlyList<Value?> inputs, string suffix, IReadOnlyList<Frontend.Attribute>? attributes = null)
+        {
+            var node = new Node(op, inputs, [graph.UniqueName(name + "_" + suffix)], name: graph.UniqueName(name + "_" + suffix),
+                attributes: attributes ?? []);
+            graph.AddNode(node);
+            return node;
+        }
+        var indices = new Value(graph.UniqueName(name + "_indices"), new TensorType(DataType.Int64, new Shape([Dim.Unknown])));
+        graph.AddInput(indices);
+        var flat = Add("Reshape", [value, Constant("flat_shape", -1)], "flat");
+        var length = Add("Shape", [flat.Outputs[0]], "length");
+        var last = Add("Sub", [length.Outputs[0], Constant("one", 1)], "last");
+        var clamped = Add("Min", [indices, last.Outputs[0]], "clamped");
+        var gather = Add("Gather", [flat.Outputs[0], clamped.Outputs[0]], "gathered", [Frontend.Attribute.FromInt("axis", 0)]);
+        var shape = Add("Shape", [value], "shape");
+        ElementTypeInference.EnsureTyped(value);
+        gather.Outputs[0].Type = new TensorType(DataType.Float, new Shape([Dim.Unknown]));
+        shape.Outputs[0].Type = new TensorType(DataType.Int64, new Shape([Dim.Unknown]));
+        graph.AddOutput(gather.Outputs[0]);
+        graph.AddOutput(shape.Outputs[0]);
+        return new Selection(value.Name, indices.Name, gather.Outputs[0].Name, shape.Outputs[0].Name);
     }
 
     private sealed class MomentAccumulator(int axis)

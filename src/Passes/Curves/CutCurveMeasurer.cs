@@ -221,6 +221,36 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     /// <summary>The features: their energy over all calibration samples normalizes the gain measurements.</summary>
     public IReadOnlyCollection<string> ExtraTensors => !_measure || _options.Mode == CurveMode.Exact ? [] : _features.ToList();
 
+    public IReadOnlyCollection<string> SelectableTensors => _rowsByActivation.Keys.ToList();
+
+    public long[]? Selection(string tensor, int sample, long[] shape)
+    {
+        if (!_rowsByActivation.TryGetValue(tensor, out var rows) || !_rowSamples.Contains(sample))
+            return null;
+        var positions = new List<long>();
+        foreach (var r in rows)
+        {
+            // A layer whose rows cannot be formed wants nothing; if that is every layer of the tensor, so be it.
+            if (r.SelectionPositions(shape, sample) is { } p)
+                positions.AddRange(p);
+        }
+        return positions.ToArray();
+    }
+
+    public void ObserveSelection(string tensor, int sample, long[] shape, float[] selected)
+    {
+        if (!_rowsByActivation.TryGetValue(tensor, out var rows) || !_rowSamples.Contains(sample))
+            return;
+        var offset = 0;
+        foreach (var r in rows)
+        {
+            if (r.SelectionPositions(shape, sample) is not { } p)
+                continue;
+            r.AddSelected(shape, sample, selected.AsSpan(offset, p.Length));
+            offset += p.Length;
+        }
+    }
+
     public void Observe(string tensor, int firstSample, int count, float[] values, long[] shape)
     {
         if (_rowsByActivation.TryGetValue(tensor, out var rows) && count == 1 && _rowSamples.Contains(firstSample))

@@ -69,60 +69,108 @@ public sealed class LayerInputRows
     /// <summary>Adds the layer input of <paramref name="count"/> samples stacked in one run.</summary>
     public void Add(float[] values, long[] shape, int firstSample, int count)
     {
-        if (Fallback is not null)
+        if (Draw(shape, firstSample, count) is not { } draw)
             return;
+        foreach (var positions in draw.Rows)
+            _rows.Add(Read(values, positions));
+        _observedRows += draw.RunRows;
+        _observedSamples += count;
+    }
+
+    /// <summary>
+    /// Where the rows drawn from <paramref name="sample"/> (alone in a run, its input of <paramref name="shape"/>) lie
+    /// in the flattened input, row after row, -1 for an element that is zero padding; null when the shape forms no rows.
+    /// A caller that gathers these elements (in the graph) and hands them to <see cref="AddSelected"/> adds exactly the
+    /// rows <see cref="Add"/> would take from the whole input.
+    /// </summary>
+    public long[]? SelectionPositions(long[] shape, int sample) =>
+        Draw(shape, sample, 1) is { } draw ? draw.Rows.SelectMany(r => r).ToArray() : null;
+
+    /// <summary>Adds the rows of <paramref name="sample"/> from the elements at <see cref="SelectionPositions"/>
+    /// (<paramref name="selected"/> in that order; the values at padding positions are ignored).</summary>
+    public void AddSelected(long[] shape, int sample, ReadOnlySpan<float> selected)
+    {
+        if (Draw(shape, sample, 1) is not { } draw)
+            return;
+        var offset = 0;
+        foreach (var positions in draw.Rows)
+        {
+            var row = new float[positions.Length];
+            for (var i = 0; i < row.Length; i++)
+                if (positions[i] >= 0)
+                    row[i] = selected[offset + i];
+            _rows.Add(row);
+            offset += positions.Length;
+        }
+        _observedRows += draw.RunRows;
+        _observedSamples += 1;
+    }
+
+    private static float[] Read(float[] values, long[] positions)
+    {
+        var row = new float[positions.Length];
+        for (var i = 0; i < row.Length; i++)
+            if (positions[i] >= 0)
+                row[i] = values[positions[i]];
+        return row;
+    }
+
+    /// <summary>
+    /// The rows drawn from samples [<paramref name="firstSample"/>, + <paramref name="count"/>) of a run input of
+    /// <paramref name="shape"/>, as element positions, and the rows the whole run has; null (and <see cref="Fallback"/>
+    /// set) when the shape forms no rows.
+    /// </summary>
+    private (List<long[]> Rows, long RunRows)? Draw(long[] shape, int firstSample, int count)
+    {
+        if (Fallback is not null)
+            return null;
         long rows;
-        Func<long, float[]> row;
+        Func<long, long[]> row;
         if (_conv is { } conv)
         {
             if (shape.Length != 4 || shape[1] != conv.Channels)
             {
                 Fallback = $"input of shape [{string.Join(",", shape)}] is not NCHW with {conv.Channels} channels";
-                return;
+                return null;
             }
             var (n, h, w) = (shape[0], (int)shape[2], (int)shape[3]);
             var (oh, ow) = conv.OutputSize(h, w);
             rows = n * oh * ow;
-            row = r => conv.Patch(values, (int)(r / (oh * ow)), (int)(r % (oh * ow) / ow), (int)(r % ow), h, w);
+            row = r => conv.PatchPositions((int)(r / (oh * ow)), (int)(r % (oh * ow) / ow), (int)(r % ow), h, w);
         }
         else
         {
             var k = Reduction;
-            if (values.Length % k != 0 || shape.Length == 0)
+            var length = shape.Aggregate(1L, (a, b) => a * b);
+            if (length % k != 0 || shape.Length == 0)
             {
                 Fallback = $"input of shape [{string.Join(",", shape)}] does not hold rows of {k}";
-                return;
+                return null;
             }
-            rows = values.Length / k;
+            rows = length / k;
             if (_transposedInput)
             {
                 if (shape.Length != 2 || shape[0] != k)
                 {
                     Fallback = $"transposed Gemm input of shape [{string.Join(",", shape)}]";
-                    return;
+                    return null;
                 }
-                var m = (int)shape[1];
-                row = r =>
-                {
-                    var x = new float[k];
-                    for (var i = 0; i < k; i++)
-                        x[i] = values[i * m + r];
-                    return x;
-                };
+                var m = shape[1];
+                row = r => Enumerable.Range(0, k).Select(i => i * m + r).ToArray();
             }
             else
-                row = r => values.AsSpan((int)(r * k), k).ToArray();
+                row = r => Enumerable.Range(0, k).Select(i => r * k + i).ToArray();
         }
-        _observedRows += rows;
-        _observedSamples += count;
         // One draw per sample, seeded by the layer and the sample only (not by how samples were batched).
         var perSample = rows / count;
+        var drawn = new List<long[]>(count * _rowsPerSample);
         for (var s = 0; s < count; s++)
         {
             var random = new Random(unchecked(_seed * 1_000_003 + firstSample + s));
             for (var j = 0; j < _rowsPerSample; j++)
-                _rows.Add(row(s * perSample + random.NextInt64(perSample)));
+                drawn.Add(row(s * perSample + random.NextInt64(perSample)));
         }
+        return (drawn, rows);
     }
 
     /// <summary>
@@ -282,12 +330,13 @@ public sealed class LayerInputRows
             return ((h + t + b - DilationH * (KernelH - 1) - 1) / StrideH + 1, (w + l + r - DilationW * (KernelW - 1) - 1) / StrideW + 1);
         }
 
-        /// <summary>The patch [channel, kh, kw] of image <paramref name="n"/> at output position (oy, ox); zero padding.</summary>
-        public float[] Patch(float[] x, int n, int oy, int ox, int h, int w)
+        /// <summary>Where the patch [channel, kh, kw] of image <paramref name="n"/> at output position (oy, ox) lies in the
+        /// flattened NCHW input; -1 where it reads zero padding.</summary>
+        public long[] PatchPositions(int n, int oy, int ox, int h, int w)
         {
             var (t, _) = Pads(h, KernelH, StrideH, DilationH, PadTop, PadBottom);
             var (l, _) = Pads(w, KernelW, StrideW, DilationW, PadLeft, PadRight);
-            var patch = new float[Channels * KernelH * KernelW];
+            var patch = new long[Channels * KernelH * KernelW];
             var i = 0;
             for (var c = 0; c < Channels; c++)
             {
@@ -298,8 +347,7 @@ public sealed class LayerInputRows
                     for (var kx = 0; kx < KernelW; kx++, i++)
                     {
                         var ix = ox * StrideW - l + kx * DilationW;
-                        if (iy >= 0 && iy < h && ix >= 0 && ix < w)
-                            patch[i] = x[plane + (long)iy * w + ix];
+                        patch[i] = iy >= 0 && iy < h && ix >= 0 && ix < w ? plane + (long)iy * w + ix : -1;
                     }
                 }
             }

@@ -190,4 +190,78 @@ public class GraphReductionTests
             }
         }
     }
+    /// <summary>Passes everything to another tap and counts the selections handed over.</summary>
+    private sealed class CountingTap(ICalibrationTap inner) : ICalibrationTap
+    {
+        public int Selections { get; private set; }
+        public IReadOnlyCollection<string> ExtraTensors => inner.ExtraTensors;
+        public IReadOnlySet<int> ObservedSamples => inner.ObservedSamples;
+        public void Observe(string tensor, int firstSample, int count, float[] values, long[] shape) => inner.Observe(tensor, firstSample, count, values, shape);
+        public int LeadingSamples => inner.LeadingSamples;
+        public IReadOnlyCollection<string> CapturedTensors => inner.CapturedTensors;
+        public int? CaptureElements(string tensor) => inner.CaptureElements(tensor);
+        public void Capture(string tensor, int sample, TensorData value) => inner.Capture(tensor, sample, value);
+        public IReadOnlyCollection<string> SelectableTensors => inner.SelectableTensors;
+        public long[]? Selection(string tensor, int sample, long[] shape) => inner.Selection(tensor, sample, shape);
+
+        public void ObserveSelection(string tensor, int sample, long[] shape, float[] selected)
+        {
+            Selections++;
+            inner.ObserveSelection(tensor, sample, shape, selected);
+        }
+    }
+
+    [Fact]
+    public void RowsGatheredInTheGraphEqualRowsDrawnFromWholeTensors()
+    {
+        var model = TestModels.Detector();
+        var units = UnitDiscovery.Discover(model, ["scores", "boxes"], new UnitOptions()).Units;
+        var data = TestCalibration.Single("images", TestModels.Images(Samples, 5), 3, 16, 16);
+        var layers = units.Select(u => u.Layer).Where(l => model.Graph.FindValue(l.Activation)!.Producer is not null).ToList();
+        Assert.True(layers.Count >= 3);
+        (Dictionary<string, double[]> Second, Dictionary<string, int> Rows) Collect(CalibrationMethod method, bool restrictTargets)
+        {
+            using var tap = new CutCurveMeasurer(model, units, ["scores", "boxes"], Samples, new CurveOptions(),
+                new RewriteOptions { Compensation = OnnxQuant.Passes.Quantization.Compensation.All }, 1, GainSettings.Default, measure: false);
+            Assert.Equal(Samples, tap.ObservedSamples.Count);
+            // Min/max: every layer input is reduced in the graph, so its rows are gathered there after sample 0.
+            // Percentile: no reductions, every observed sample returns its targets whole.
+            var counting = new CountingTap(tap);
+            Calibrator.Run(model, data, Samples, LayerInputs(model), method, 8, SessionOptions.Calibration, 4, tap: counting);
+            // Sample 0 shows the shapes; the 11 others hand over only the gathered elements of every row tensor.
+            Assert.Equal(method == CalibrationMethod.MinMax ? (Samples - 1) * tap.SelectableTensors.Count(t => model.Graph.FindValue(t)!.Producer is not null) : 0, counting.Selections);
+            return (layers.ToDictionary(l => l.Name, l => tap.Statistics(l.Name)!.Second), layers.ToDictionary(l => l.Name, l => tap.Statistics(l.Name)!.Rows));
+        }
+        var gathered = Collect(CalibrationMethod.MinMax, false);
+        var whole = Collect(CalibrationMethod.Percentile, false);
+        foreach (var layer in layers)
+        {
+            Assert.Equal(whole.Rows[layer.Name], gathered.Rows[layer.Name]);
+            Assert.Equal(whole.Second[layer.Name], gathered.Second[layer.Name]); // the same rows, so the same S to the bit
+        }
+    }
+
+    [Fact]
+    public void SelectionPositionsReadTheSameRowsAsTheWholeInput()
+    {
+        // A strided, padded, dilated Conv and a Gemm: positions gathered from the flattened input give Add's rows.
+        var net = new Net(17, seed: 4);
+        var x = net.BatchInput("x", 3, 9, 11);
+        var conv = net.Op("Conv", [x, net.Random("w", [4, 3, 3, 3], 0.5f)], Frontend.Attribute.FromInts("strides", [2, 1]),
+            Frontend.Attribute.FromInts("pads", [1, 2, 0, 1]), Frontend.Attribute.FromInts("dilations", [1, 2]));
+        net.Output(conv);
+        var model = net.Model;
+        var layer = UnitDiscovery.Discover(model, [conv.Name], new UnitOptions()).Units.Single().Layer;
+        var node = model.Graph.Nodes.Single(n => n.OpType == "Conv");
+        var values = TestModels.Images(1, 3).Take(3 * 9 * 11).ToArray();
+        long[] shape = [1, 3, 9, 11];
+        var a = new LayerInputRows(layer, node, 16, 7);
+        a.Add(values, shape, 5, 1);
+        var b = new LayerInputRows(layer, node, 16, 7);
+        var positions = b.SelectionPositions(shape, 5)!;
+        Assert.Contains(-1L, positions); // some patch elements are padding
+        b.AddSelected(shape, 5, positions.Select(p => p >= 0 ? values[p] : float.NaN).ToArray());
+        Assert.Equal(a.Statistics()!.Second, b.Statistics()!.Second);
+        Assert.Equal(a.RowsPerSampleObserved, b.RowsPerSampleObserved);
+    }
 }
