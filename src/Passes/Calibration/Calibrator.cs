@@ -63,6 +63,9 @@ public static class Calibrator
             outputs.Add(extra);
         }
         // Captured tensors are outputs only of the leading runs (ONNX Runtime computes just what a run asks for).
+        // Sampling and gathering in the graph use int64 Max/Min and Slice steps (opset 12); older models hand over
+        // the tensors whole, as they are.
+        var inGraph = (instrumented.OpsetImports.Default ?? 0) >= 12;
         var captured = new List<string>();
         var sampleOf = new Dictionary<string, string>(StringComparer.Ordinal);
         var leading = tap is { LeadingSamples: > 0 } ? Math.Min(tap.LeadingSamples, samples) : 0;
@@ -72,7 +75,7 @@ public static class Calibrator
                 if (inputNames.Contains(name) || outputs.Contains(name) || captured.Contains(name))
                     continue;
                 var value = graph.FindValue(name) ?? throw new InvalidOperationException($"tensor '{name}' not in the model");
-                if (!value.IsGraphOutput && tap.CaptureElements(name) is { } elements)
+                if (!value.IsGraphOutput && inGraph && tap.CaptureElements(name) is { } elements)
                 {
                     // Only a sample of it is wanted: the graph selects it, so the whole tensor is never copied out.
                     var sample = AddStridedSample(graph, value, elements);
@@ -94,7 +97,7 @@ public static class Calibrator
         var reductions = method == CalibrationMethod.MinMax ? AddReductions(graph, targets.Where(t => t.MomentsAxis is null
             && !inputNames.Contains(t.Tensor) && !(tap?.ExtraTensors.Contains(t.Tensor) ?? false)).Select(t => t.Tensor)) : [];
         // Targets the tap reads only some elements of, on observed samples, once a whole run has shown their shape.
-        var selections = (tap?.SelectableTensors ?? []).Where(reductions.ContainsKey).Distinct().Order(StringComparer.Ordinal)
+        var selections = (inGraph ? tap?.SelectableTensors ?? [] : []).Where(reductions.ContainsKey).Distinct().Order(StringComparer.Ordinal)
             .Select(t => AddSelection(graph, graph.FindValue(t)!)).ToList();
         var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
         using var session = outputs.Count + captured.Count > 0 ? InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions) : null;
