@@ -15,14 +15,6 @@ namespace OnnxQuant.Cli.Tests;
 /// </summary>
 public class BundledExampleHashTests
 {
-    private static string RepoFile(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
-                return Path.Combine(dir.FullName, relative);
-        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
-    }
-
     private static string Sha(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path))).ToLowerInvariant();
 
     [Fact]
@@ -31,9 +23,9 @@ public class BundledExampleHashTests
         var output = Path.Combine(Path.GetTempPath(), "onnxquant-pinned-" + Guid.NewGuid().ToString("N"));
         try
         {
-            var (code, _, stderr) = CliRunner.Run("compile", RepoFile("models/fixtures/detr_small.onnx"),
-                "--calib", RepoFile("models/data/calib.npz"), "--verify-data", RepoFile("models/data/eval.npz"), "--verify-samples", "2",
-                "--target-bits", "8,4,3", "--act-bits", "0", "--curves", "exact", "--curves-file", RepoFile("tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json"),
+            var (code, _, stderr) = CliRunner.Run("compile", RepoPaths.File("models/fixtures/detr_small.onnx"),
+                "--calib", RepoPaths.File("models/data/calib.npz"), "--verify-data", RepoPaths.File("models/data/eval.npz"), "--verify-samples", "2",
+                "--target-bits", "8,4,3", "--act-bits", "0", "--curves", "exact", "--curves-file", RepoPaths.File("tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json"),
                 "-o", output, "--quiet");
             Assert.True(code == 0, stderr);
             Assert.Equal("faa8167c6bb48ec59d58afd016e53f883b541d3670ba5600a6cc0b586be10448", Sha(Path.Combine(output, "bits-8", "model.onnx")));

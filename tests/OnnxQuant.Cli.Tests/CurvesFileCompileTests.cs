@@ -16,14 +16,6 @@ public class CurvesFileCompileTests(CompileCliFixture fixture) : IClassFixture<C
 
     private string Out(string name) => Path.Combine(fixture.Root, name);
 
-    private static string RepoFile(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
-                return Path.Combine(dir.FullName, relative);
-        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
-    }
-
     private static string Sha(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
 
     private static Dictionary<string, int> Allocation(string reportPath)
@@ -49,8 +41,8 @@ public class CurvesFileCompileTests(CompileCliFixture fixture) : IClassFixture<C
     public void DetrCurvesPerturbedOrPinnedGiveTheSameAllocationAndArtifact()
     {
         // The committed small DETR in ONNX Runtime, fast curves on 16 samples to keep the test short.
-        var model = RepoFile("models/fixtures/detr_small.onnx");
-        var calib = RepoFile("models/data/calib.npz");
+        var model = RepoPaths.File("models/fixtures/detr_small.onnx");
+        var calib = RepoPaths.File("models/data/calib.npz");
         string[] common = ["--calib", calib, "--calib-samples", "16", "--verify-samples", "4", "--curves", "fast", "--target-bits", "8,4,3", "--quiet"];
         var curves = Out("detr.curves.json");
         var measured = Out("detr-measured");

@@ -13,8 +13,8 @@ public class DataDependentFeatureTests
         var output = Path.Combine(Path.GetTempPath(), "onnxquant-ddf-" + Guid.NewGuid().ToString("N"));
         try
         {
-            var (code, _, stderr) = CliRunner.Run("compile", FaultFixture.RepoFile("models/fixtures/maskrcnn_swin_small.onnx"),
-                "--calib", FaultFixture.RepoFile("models/data/calib.npz"), "--calib-samples", "8", "--target-bits", "4", "-o", output, "--quiet");
+            var (code, _, stderr) = CliRunner.Run("compile", RepoPaths.File("models/fixtures/maskrcnn_swin_small.onnx"),
+                "--calib", RepoPaths.File("models/data/calib.npz"), "--calib-samples", "8", "--target-bits", "4", "-o", output, "--quiet");
             Assert.Equal(2, code);
             var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
             Assert.Single(lines);

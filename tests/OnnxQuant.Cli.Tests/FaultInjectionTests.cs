@@ -54,16 +54,8 @@ public sealed class FaultFixture : IDisposable
     private string Copy(string relative)
     {
         var target = Path.Combine(Inputs, Path.GetFileName(relative));
-        File.Copy(RepoFile(relative), target);
+        File.Copy(RepoPaths.File(relative), target);
         return target;
-    }
-
-    internal static string RepoFile(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
-                return Path.Combine(dir.FullName, relative);
-        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
     }
 
     public void Dispose()

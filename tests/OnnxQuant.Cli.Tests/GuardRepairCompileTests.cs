@@ -8,25 +8,17 @@ namespace OnnxQuant.Cli.Tests;
 /// </summary>
 public class GuardRepairCompileTests
 {
-    private static string RepoFile(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
-                return Path.Combine(dir.FullName, relative);
-        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
-    }
-
     [Fact]
     public void ApGuardIsRepairedByRaisingWidths()
     {
         var output = Path.Combine(Path.GetTempPath(), "onnxquant-maxdrop-" + Guid.NewGuid().ToString("N"));
         try
         {
-            var (code, _, stderr) = CliRunner.Run("compile", RepoFile("models/fixtures/detr_small.onnx"),
-                "--calib", RepoFile("models/data/calib.npz"), "--verify-data", RepoFile("models/data/eval.npz"), "--verify-samples", "4",
-                "--target-bits", "3", "--curves", "exact", "--curves-file", RepoFile("tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json"),
+            var (code, _, stderr) = CliRunner.Run("compile", RepoPaths.File("models/fixtures/detr_small.onnx"),
+                "--calib", RepoPaths.File("models/data/calib.npz"), "--verify-data", RepoPaths.File("models/data/eval.npz"), "--verify-samples", "4",
+                "--target-bits", "3", "--curves", "exact", "--curves-file", RepoPaths.File("tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json"),
                 "--compensation", "none", "--max-drop", "1",
-                "--eval-data", RepoFile("models/data/eval.npz"), "--eval-annotations", RepoFile("models/data/eval.json"),
+                "--eval-data", RepoPaths.File("models/data/eval.npz"), "--eval-annotations", RepoPaths.File("models/data/eval.json"),
                 "-o", output, "--quiet");
             Assert.True(code == 0, stderr);
             using var report = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(output, "report.json")));

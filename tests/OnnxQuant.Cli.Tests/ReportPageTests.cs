@@ -13,10 +13,10 @@ public sealed class BundledExampleFixture : IDisposable
     public BundledExampleFixture()
     {
         Output = Path.Combine(Path.GetTempPath(), "onnxquant-report-" + Guid.NewGuid().ToString("N"));
-        var (code, stdout, stderr) = CliRunner.Run("compile", RepoFile("models/fixtures/detr_small.onnx"),
-            "--calib", RepoFile("models/data/calib.npz"), "--verify-data", RepoFile("models/data/eval.npz"), "--verify-samples", "4",
-            "--target-bits", "8,4,3", "--curves", "exact", "--curves-file", RepoFile("tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json"),
-            "--eval-data", RepoFile("models/data/eval.npz"), "--eval-annotations", RepoFile("models/data/eval.json"), "-o", Output, "--quiet");
+        var (code, stdout, stderr) = CliRunner.Run("compile", RepoPaths.File("models/fixtures/detr_small.onnx"),
+            "--calib", RepoPaths.File("models/data/calib.npz"), "--verify-data", RepoPaths.File("models/data/eval.npz"), "--verify-samples", "4",
+            "--target-bits", "8,4,3", "--curves", "exact", "--curves-file", RepoPaths.File("tests/OnnxQuant.Solvers.Tests/data/detr_small.curves.json"),
+            "--eval-data", RepoPaths.File("models/data/eval.npz"), "--eval-annotations", RepoPaths.File("models/data/eval.json"), "-o", Output, "--quiet");
         if (code != 0)
             throw new InvalidOperationException($"compile of the bundled example failed ({code}): {stdout}{stderr}");
         Targets = ["8", "4", "3"];
@@ -31,14 +31,6 @@ public sealed class BundledExampleFixture : IDisposable
     {
         using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(Output, $"bits-{target}", "report.json")));
         return doc.RootElement.Clone();
-    }
-
-    public static string RepoFile(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
-                return Path.Combine(dir.FullName, relative);
-        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
     }
 
     public void Dispose() => Directory.Delete(Output, true);
@@ -161,7 +153,7 @@ public class ReportPageTests(BundledExampleFixture example) : IClassFixture<Bund
         Assert.Equal(three.GetArrayLength(), await page.Locator("figure.curve").CountAsync());
         Assert.Equal(three.GetArrayLength() * example.Targets.Count, await page.Locator("figure.curve circle.chosen").CountAsync());
 
-        var results = BundledExampleFixture.RepoFile("artifacts/test-results");
+        var results = RepoPaths.File("artifacts/test-results");
         Directory.CreateDirectory(results);
         await page.Mouse.MoveAsync(0, 0);
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(results, "report-page.png"), FullPage = true });

@@ -7,19 +7,9 @@ internal static class Repo
 {
     public const string Python = "/usr/bin/python3";
 
-    public static string Root { get; } = FindRoot();
+    public static string Root => RepoPaths.Root;
 
     public static string PythonPackageDir => Path.Combine(Root, "src", "QatBridge", "python");
-
-    private static string FindRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
-                return dir.FullName;
-        }
-        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
-    }
 
     /// <summary>Runs `python3 args` in the package folder with models/ on the path; fails on a non-zero exit.</summary>
     public static string RunPython(params string[] args)

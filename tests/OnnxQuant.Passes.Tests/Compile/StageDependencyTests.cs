@@ -40,18 +40,10 @@ public sealed class StageDependencyTests
         ["Passes"] = ["Data", "Evaluation", "Frontend", "Runtime", "Solvers"],
     };
 
-    private static string RepositoryRoot()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
-            dir = dir.Parent;
-        return dir?.FullName ?? throw new InvalidOperationException("repository root (OnnxQuant.sln) not found above the test binaries");
-    }
-
     [Fact]
     public void EveryStageFolderUsesOnlyTheStagesBeneathIt()
     {
-        var passes = Path.Combine(RepositoryRoot(), "src", "Passes");
+        var passes = Path.Combine(RepoPaths.Root, "src", "Passes");
         var folders = Directory.GetDirectories(passes).Select(Path.GetFileName).Where(f => f is not ("bin" or "obj")).ToList();
         Assert.Equal(Allowed.Keys.Order(), folders.Order()!);
         var reference = new Regex(@"OnnxQuant\.Passes\.(\w+)", RegexOptions.CultureInvariant);
@@ -70,7 +62,7 @@ public sealed class StageDependencyTests
     [Fact]
     public void ProjectsReferenceEachOtherInOneDirection()
     {
-        var src = Path.Combine(RepositoryRoot(), "src");
+        var src = Path.Combine(RepoPaths.Root, "src");
         foreach (var (project, allowed) in ProjectReferences)
         {
             var csproj = XDocument.Load(Path.Combine(src, project, $"OnnxQuant.{project}.csproj"));

@@ -12,14 +12,6 @@ namespace OnnxQuant.Passes.Tests.Curves;
 
 public class GainCurveTests
 {
-    private static string RepoFile(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
-                return Path.Combine(dir.FullName, relative);
-        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
-    }
-
     private static readonly int[] Bits = [2, 3, 4, 8];
 
     /// <summary>
@@ -172,9 +164,9 @@ public class GainCurveTests
     [Fact]
     public void GainAllocationOnDetrSmallIsAsGoodAsExact()
     {
-        var model = RepoFile("models/fixtures/detr_small.onnx");
-        var calib = RepoFile("models/data/calib.npz");
-        var eval = RepoFile("models/data/eval.npz");
+        var model = RepoPaths.File("models/fixtures/detr_small.onnx");
+        var calib = RepoPaths.File("models/data/calib.npz");
+        var eval = RepoPaths.File("models/data/eval.npz");
         var root = Path.Combine(Path.GetTempPath(), $"onnxquant-detr-gain-{Guid.NewGuid():N}");
         try
         {

@@ -147,14 +147,6 @@ public class QdqRewriterTests
         Net.AssertClose(outTwo[0], optimized[0].Data.ToFloats(), 1e-5f);
     }
 
-    private static string RepoFile(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "OnnxQuant.sln")))
-                return Path.Combine(dir.FullName, relative);
-        throw new InvalidOperationException($"OnnxQuant.sln not found above {AppContext.BaseDirectory}");
-    }
-
     /// <summary>
     /// The bundled trained DETR compiled at W4 mixed for size, with and without the split by container: the same
     /// allocation, fewer weight bytes, and in ONNX Runtime (optimizations off, so no kernel fusion differs) the same
@@ -168,7 +160,7 @@ public class QdqRewriterTests
         {
             var results = new Dictionary<bool, TargetResult>();
             foreach (var split in new[] { false, true })
-                results[split] = Compiler.Run(RepoFile("models/fixtures/detr_small.onnx"), RepoFile("models/data/calib.npz"),
+                results[split] = Compiler.Run(RepoPaths.File("models/fixtures/detr_small.onnx"), RepoPaths.File("models/data/calib.npz"),
                     Path.Combine(root, split ? "split" : "one"), new CompileOptions
                     {
                         Data = new() { CalibSamples = 8, VerifySamples = 8 },
