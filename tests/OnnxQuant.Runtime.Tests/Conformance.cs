@@ -23,81 +23,12 @@ internal static class Conformance
         try
         {
             using var session = InferenceSession.Create(Path.Combine(dir, "model.onnx"), NodeModels.Options);
-            var sets = Directory.EnumerateDirectories(dir, "test_data_set_*").Order(StringComparer.Ordinal).ToList();
-            if (sets.Count == 0)
-                return new NodeTestResult(name, false, "no test_data_set_* folder");
-            foreach (var set in sets)
-            {
-                if (session.Inputs.Concat(session.Outputs).FirstOrDefault(v => v.Kind != ValueKind.Tensor) is { } nonTensor)
-                    return new NodeTestResult(name, false, $"'{nonTensor.Name}' is a {nonTensor.Kind}; the binding exchanges tensors only");
-                // input_i.pb feeds the i-th graph input; files may name the tensor, but older ones leave it empty.
-                var inputs = Files(set, "input")
-                    .Select((path, i) => new NamedTensor(session.Inputs[i].Name, AsDeclared(TensorProtoFiles.Read(path), session.Inputs[i].DataType)))
-                    .ToList();
-                var outputNames = session.Outputs.Select(o => o.Name).ToList();
-                var expected = Files(set, "output").Select((path, i) => AsDeclared(TensorProtoFiles.Read(path), session.Outputs[i].DataType)).ToList();
-                var actual = session.Run(inputs, outputNames.Take(expected.Count).ToList());
-                for (var i = 0; i < expected.Count; i++)
-                {
-                    var mismatch = Compare(expected[i], actual[i].Data);
-                    if (mismatch is not null)
-                        return new NodeTestResult(name, false, $"{Path.GetFileName(set)} output '{outputNames[i]}': {mismatch}");
-                }
-            }
-            return new NodeTestResult(name, true, "");
+            var mismatch = BackendSuiteCase.RunRecorded(session, dir, RelativeTolerance, AbsoluteTolerance);
+            return new NodeTestResult(name, mismatch is null, mismatch ?? "");
         }
         catch (Exception ex) when (ex is OrtException or NotSupportedException or InvalidDataException or ArgumentException)
         {
             return new NodeTestResult(name, false, $"{ex.GetType().Name}: {ex.Message.ReplaceLineEndings(" ")}");
-        }
-    }
-
-    /// <summary>
-    /// The suite was generated with numpy, which has no bfloat16: it stores BFLOAT16 tensors as UINT16 bit patterns.
-    /// Reinterpreting them as declared keeps the bits and fixes the type.
-    /// </summary>
-    private static TensorData AsDeclared(TensorData data, DataType declared) =>
-        declared == DataType.BFloat16 && data.DataType == DataType.UInt16
-            ? TensorData.FromBFloat16Bits(data.GetArray<ushort>(), data.Shape)
-            : data;
-
-    private static IEnumerable<string> Files(string set, string prefix) =>
-        Directory.EnumerateFiles(set, prefix + "_*.pb")
-            .OrderBy(p => int.Parse(Path.GetFileNameWithoutExtension(p)[(prefix.Length + 1)..], System.Globalization.CultureInfo.InvariantCulture));
-
-    /// <summary>Null when equal within tolerance; otherwise what differs.</summary>
-    public static string? Compare(TensorData expected, TensorData actual)
-    {
-        if (expected.DataType != actual.DataType)
-            return $"type {actual.DataType}, expected {expected.DataType}";
-        if (!expected.Shape.SequenceEqual(actual.Shape))
-            return $"shape [{string.Join(", ", actual.Shape)}], expected [{string.Join(", ", expected.Shape)}]";
-        switch (expected.DataType)
-        {
-            case DataType.Float or DataType.Double or DataType.Float16 or DataType.BFloat16:
-                var e = expected.DataType == DataType.Double ? expected.GetArray<double>() : expected.ToFloats().Select(v => (double)v).ToArray();
-                var a = actual.DataType == DataType.Double ? actual.GetArray<double>() : actual.ToFloats().Select(v => (double)v).ToArray();
-                for (var i = 0; i < e.Length; i++)
-                {
-                    if (double.IsNaN(e[i]) && double.IsNaN(a[i]) || e[i] == a[i])
-                        continue;
-                    if (!(Math.Abs(a[i] - e[i]) <= AbsoluteTolerance + RelativeTolerance * Math.Abs(e[i])))
-                        return $"element {i} is {a[i]}, expected {e[i]}";
-                }
-                return null;
-            case DataType.String:
-                var es = expected.GetArray<string>();
-                var @as = actual.GetArray<string>();
-                for (var i = 0; i < es.Length; i++)
-                    if (es[i] != @as[i])
-                        return $"element {i} is '{@as[i]}', expected '{es[i]}'";
-                return null;
-            default:
-                // Integers and bools compare exactly, byte for byte.
-                var eb = expected.ToBytes();
-                var ab = actual.ToBytes();
-                var at = eb.AsSpan().CommonPrefixLength(ab);
-                return at == eb.Length && eb.Length == ab.Length ? null : $"differs at byte {at}";
         }
     }
 }

@@ -74,57 +74,11 @@ internal static class BackendSuiteConversion
         try
         {
             using var session = InferenceSession.Create(bytes, Options);
-            if (session.Inputs.Concat(session.Outputs).FirstOrDefault(v => v.Kind != ValueKind.Tensor) is { } nonTensor)
-                return $"'{nonTensor.Name}' is a {nonTensor.Kind}";
-            foreach (var set in Directory.EnumerateDirectories(dir, "test_data_set_*").Order(StringComparer.Ordinal))
-            {
-                var inputs = Files(set, "input")
-                    .Select((path, i) => new NamedTensor(session.Inputs[i].Name, AsDeclared(TensorProtoFiles.Read(path), session.Inputs[i].DataType)))
-                    .ToList();
-                var expected = Files(set, "output").Select((path, i) => AsDeclared(TensorProtoFiles.Read(path), session.Outputs[i].DataType)).ToList();
-                var names = session.Outputs.Select(o => o.Name).Take(expected.Count).ToList();
-                var actual = session.Run(inputs, names);
-                for (var i = 0; i < expected.Count; i++)
-                    if (Compare(expected[i], actual[i].Data) is { } mismatch)
-                        return $"{Path.GetFileName(set)} output '{names[i]}': {mismatch}";
-            }
-            return null;
+            return BackendSuiteCase.RunRecorded(session, dir, RelativeTolerance, AbsoluteTolerance);
         }
         catch (Exception ex) when (ex is OrtException or NotSupportedException or InvalidDataException or ArgumentException or IndexOutOfRangeException)
         {
             return $"{ex.GetType().Name}: {ex.Message.ReplaceLineEndings(" ")}";
-        }
-    }
-
-    // numpy has no bfloat16: the suite stores BFLOAT16 tensors as UINT16 bit patterns.
-    private static TensorData AsDeclared(TensorData data, DataType declared) =>
-        declared == DataType.BFloat16 && data.DataType == DataType.UInt16
-            ? TensorData.FromBFloat16Bits(data.GetArray<ushort>(), data.Shape)
-            : data;
-
-    private static IEnumerable<string> Files(string set, string prefix) =>
-        Directory.EnumerateFiles(set, prefix + "_*.pb")
-            .OrderBy(p => int.Parse(Path.GetFileNameWithoutExtension(p)[(prefix.Length + 1)..], System.Globalization.CultureInfo.InvariantCulture));
-
-    private static string? Compare(TensorData expected, TensorData actual)
-    {
-        if (expected.DataType != actual.DataType)
-            return $"type {actual.DataType}, expected {expected.DataType}";
-        if (!expected.Shape.SequenceEqual(actual.Shape))
-            return $"shape [{string.Join(", ", actual.Shape)}], expected [{string.Join(", ", expected.Shape)}]";
-        switch (expected.DataType)
-        {
-            case DataType.Float or DataType.Double or DataType.Float16 or DataType.BFloat16:
-                var e = expected.DataType == DataType.Double ? expected.GetArray<double>() : expected.ToFloats().Select(v => (double)v).ToArray();
-                var a = actual.DataType == DataType.Double ? actual.GetArray<double>() : actual.ToFloats().Select(v => (double)v).ToArray();
-                for (var i = 0; i < e.Length; i++)
-                    if (!(double.IsNaN(e[i]) && double.IsNaN(a[i]) || e[i] == a[i] || Math.Abs(a[i] - e[i]) <= AbsoluteTolerance + RelativeTolerance * Math.Abs(e[i])))
-                        return $"element {i} is {a[i]}, expected {e[i]}";
-                return null;
-            case DataType.String:
-                return expected.GetArray<string>().SequenceEqual(actual.GetArray<string>()) ? null : "strings differ";
-            default:
-                return expected.ToBytes().AsSpan().SequenceEqual(actual.ToBytes()) ? null : "bytes differ";
         }
     }
 }
