@@ -21,9 +21,9 @@ public sealed class ExportParityTests
     [InlineData("maskrcnn_swin_small")]
     public void OnnxRuntimeReproducesPyTorch(string fixture)
     {
-        var reference = Npz.Read(ReferenceModelTests.RepoFile($"models/fixtures/{fixture}.reference.npz"))
+        var reference = Npz.Read(RepoPaths.File($"models/fixtures/{fixture}.reference.npz"))
             .ToDictionary(a => a.Name, a => a.Array, StringComparer.Ordinal);
-        using var session = InferenceSession.Create(ReferenceModelTests.RepoFile($"models/fixtures/{fixture}.onnx"),
+        using var session = InferenceSession.Create(RepoPaths.File($"models/fixtures/{fixture}.onnx"),
             new SessionOptions { IntraOpThreads = 1 });
         var input = session.Inputs.Single();
         var image = reference[input.Name];

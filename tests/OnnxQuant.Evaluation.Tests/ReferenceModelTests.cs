@@ -14,23 +14,12 @@ public sealed class ReferenceModelTests
     private const int Images = 25;
     private const double Tolerance = 0.01;
 
-    internal static string RepoFile(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            var candidate = Path.Combine(dir.FullName, relative);
-            if (File.Exists(candidate))
-                return candidate;
-        }
-        throw new FileNotFoundException($"{relative} not found above {AppContext.BaseDirectory}; it is committed under models/");
-    }
-
     private static EvaluationResult EvaluateSubset(string model)
     {
-        var data = Npz.Read(RepoFile("models/data/eval.npz"));
-        var gt = CocoDataset.Load(RepoFile("models/data/eval.json"));
+        var data = Npz.Read(RepoPaths.File("models/data/eval.npz"));
+        var gt = CocoDataset.Load(RepoPaths.File("models/data/eval.json"));
         var subset = data.Select(a => a with { Array = a.Array.SliceFirstAxis(0, Images) }).ToList();
-        using var session = InferenceSession.Create(RepoFile(model), new SessionOptions { IntraOpThreads = 1 });
+        using var session = InferenceSession.Create(RepoPaths.File(model), new SessionOptions { IntraOpThreads = 1 });
         return DetectionEvaluator.Evaluate(session, subset, gt);
     }
 
