@@ -75,9 +75,12 @@ public class StartFromArtifactTests
         Assert.Equal(0, code);
         using var doc = JsonDocument.Parse(stdout.ToString());
         var delta = doc.RootElement.GetProperty("delta").GetProperty("bbox");
-        // (within 0.003 before 5/6-bit weights were split; measured since: AP -0.0038)
-        Assert.InRange(delta.GetProperty("AP").GetDouble(), -0.006, 0.006);
-        Assert.InRange(delta.GetProperty("AP50").GetDouble(), -0.006, 0.006);
+        // AP is a step function of the outputs, so the summation differences above move it by a few detections: within
+        // 0.003 before 5/6-bit weights were split, -0.0038 after, +0.0085 since the calibration runs a fused graph
+        // (another artifact of the same model: its activation ranges moved in the sixth digit); the output checks above
+        // are the close ones, this one bounds what the outputs' differences do to the metric.
+        Assert.InRange(delta.GetProperty("AP").GetDouble(), -0.01, 0.01);
+        Assert.InRange(delta.GetProperty("AP50").GetDouble(), -0.01, 0.01);
         Assert.True(doc.RootElement.GetProperty("bbox").GetProperty("AP").GetDouble() > 0.05);
     }
 }

@@ -62,13 +62,30 @@ public static class Calibrator
             }
             outputs.Add(extra);
         }
-        // Captured tensors are outputs only of the leading runs (ONNX Runtime computes just what a run asks for).
         // Sampling and gathering in the graph use int64 Max/Min and Slice steps (opset 12); older models hand over
         // the tensors whole, as they are.
         var inGraph = (instrumented.OpsetImports.Default ?? 0) >= 12;
+        var leading = tap is { LeadingSamples: > 0 } ? Math.Min(tap.LeadingSamples, samples) : 0;
+        var capturedSet = (tap?.CapturedTensors ?? []).ToHashSet(StringComparer.Ordinal);
+        var observers = targets.ToDictionary(t => t.Tensor, _ => Observers.Create(method, bits), StringComparer.Ordinal);
+        var moments = targets.Where(t => t.MomentsAxis is not null)
+            .ToDictionary(t => t.Tensor, t => new MomentAccumulator(t.MomentsAxis!.Value), StringComparer.Ordinal);
+        var reductions = method == CalibrationMethod.MinMax ? AddReductions(graph, targets.Where(t => t.MomentsAxis is null
+            && !inputNames.Contains(t.Tensor) && !(tap?.ExtraTensors.Contains(t.Tensor) ?? false)).Select(t => t.Tensor)) : [];
+        // Targets the tap reads only some elements of, on observed samples, once a whole run has shown their shape.
+        var selections = (inGraph ? tap?.SelectableTensors ?? [] : []).Where(reductions.ContainsKey).Distinct().Order(StringComparer.Ordinal)
+            .Select(t => AddSelection(graph, graph.FindValue(t)!)).ToList();
+        // Graph outputs cost every run, fetched or not: ONNX Runtime cannot reuse their buffers, and a captured tensor
+        // (a layer output, a cut value) keeps its producer from being fused (Conv + Relu, residual adds). So the runs
+        // that read the reductions use graphs without the reduced targets as outputs, and only the leading runs' graph
+        // has the captures; the graph with every target whole serves the runs that need them (no reductions, a
+        // selection that failed, a NaN to find).
+        var originalOutputs = model.Graph.Outputs.Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+        var reducedOnly = reductions.Keys.Where(t => !originalOutputs.Contains(t)).ToHashSet(StringComparer.Ordinal);
+        var lean = reductions.Count > 0 ? WithoutOutputs(instrumented, reducedOnly) : null;
+        // Captured tensors are outputs only of the leading runs (ONNX Runtime computes just what a run asks for).
         var captured = new List<string>();
         var sampleOf = new Dictionary<string, string>(StringComparer.Ordinal);
-        var leading = tap is { LeadingSamples: > 0 } ? Math.Min(tap.LeadingSamples, samples) : 0;
         if (leading > 0)
             foreach (var name in tap!.CapturedTensors)
             {
@@ -90,133 +107,186 @@ public static class Calibrator
                 }
                 captured.Add(name);
             }
-        var capturedSet = (tap?.CapturedTensors ?? []).ToHashSet(StringComparer.Ordinal);
-        var observers = targets.ToDictionary(t => t.Tensor, _ => Observers.Create(method, bits), StringComparer.Ordinal);
-        var moments = targets.Where(t => t.MomentsAxis is not null)
-            .ToDictionary(t => t.Tensor, t => new MomentAccumulator(t.MomentsAxis!.Value), StringComparer.Ordinal);
-        var reductions = method == CalibrationMethod.MinMax ? AddReductions(graph, targets.Where(t => t.MomentsAxis is null
-            && !inputNames.Contains(t.Tensor) && !(tap?.ExtraTensors.Contains(t.Tensor) ?? false)).Select(t => t.Tensor)) : [];
-        // Targets the tap reads only some elements of, on observed samples, once a whole run has shown their shape.
-        var selections = (inGraph ? tap?.SelectableTensors ?? [] : []).Where(reductions.ContainsKey).Distinct().Order(StringComparer.Ordinal)
-            .Select(t => AddSelection(graph, graph.FindValue(t)!)).ToList();
         var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
-        using var session = outputs.Count + captured.Count > 0 ? InferenceSession.Create(ModelIO.ToBytes(instrumented), sessionOptions) : null;
-        var floatOutputs = outputs.ToHashSet(StringComparer.Ordinal);
-        // A run returns every target whole only where the tap reads the values (and on the leading samples, which also
-        // hand over the captured tensors); elsewhere a min/max target comes back as its graph-reduced min, max and sum.
-        var wholeRun = outputs.Concat(captured).ToList();
-        var reducedRun = outputs.Where(o => !reductions.ContainsKey(o))
-            .Concat(reductions.Values.SelectMany(r => new[] { r.Min, r.Max, r.Sum })).ToList();
-        var observed = tap?.ObservedSamples ?? new HashSet<int>();
-        var alone = Enumerable.Range(0, samples).Where(s => s < leading || observed.Contains(s)).ToHashSet();
-        foreach (var (start, count, batch) in Plan(data, samples, alone, runBatch))
+        var leadingModel = lean is not null && leading > 0 ? WithoutOutputs(instrumented, reducedOnly.Where(t => !capturedSet.Contains(t)).ToHashSet(StringComparer.Ordinal)) : null;
+        using var sessions = outputs.Count + captured.Count > 0 ? new Sessions(instrumented, leadingModel, lean, sessionOptions) : null;
+        return Observe();
+
+        CalibrationTable Observe()
         {
-            var isLeading = start < leading;
-            foreach (var input in batch)
+            var floatOutputs = outputs.ToHashSet(StringComparer.Ordinal);
+            // A run returns every target whole only where the tap reads the values and cannot select them; elsewhere a
+            // min/max target comes back as its graph-reduced min, max and sum. The leading runs add the captured tensors.
+            var reducedRun = outputs.Where(o => !reductions.ContainsKey(o))
+                .Concat(reductions.Values.SelectMany(r => new[] { r.Min, r.Max, r.Sum })).ToList();
+            var capturedReduced = outputs.Where(o => capturedSet.Contains(o) && reductions.ContainsKey(o)).ToList();
+            var observed = tap?.ObservedSamples ?? new HashSet<int>();
+            var alone = Enumerable.Range(0, samples).Where(s => s < leading || observed.Contains(s)).ToHashSet();
+            if (sessions is not null && reductions.Count > 0 && selections.Count > 0 && observed.Count > 0)
             {
-                var isObserved = observers.TryGetValue(input.Name, out var o);
-                var capture = isLeading && capturedSet.Contains(input.Name);
-                if (!isObserved && !capture)
-                    continue;
-                var t = TensorData.FromBytes(input.DataType, input.Data, input.Shape);
-                if (capture)
-                    tap!.Capture(input.Name, start, t);
-                if (!isObserved)
-                    continue;
-                var values = t.ToFloats();
-                o!.Observe(values);
-                if (moments.TryGetValue(input.Name, out var m))
-                    m.Add(values, input.Shape);
-                tap?.Observe(input.Name, start, count, values, input.Shape);
+                // The selections need each tensor's shape: one run asks only for the shapes (the whole tensors of every
+                // target, a gigabyte on a 512x512 detector, are never copied out).
+                var (_, _, batch) = data.Runs(observed.Min(), 1, 1).First();
+                var inputs = batch.Select(b => b.ToNamedTensor())
+                    .Concat(selections.Select(x => new NamedTensor(x.Indices, TensorData.FromInt64s([0L], [1])))).ToList();
+                foreach (var (x, output) in selections.Zip(sessions.For(leading > 0, whole: false).Run(inputs, selections.Select(x => x.Shape).ToList())))
+                    shapes[x.Tensor] = output.Data.GetArray<long>();
             }
-            if (session is not null)
+            foreach (var (start, count, batch) in Plan(data, samples, alone, runBatch))
             {
-                // A run of an observed sample hands over the selected elements once every selected tensor's shape is
-                // known (and the tap wants a selection of each); before that it returns the targets whole.
-                var positions = !isLeading && observed.Contains(start) && count == 1 && selections.Count > 0
-                    && selections.All(x => shapes.ContainsKey(x.Tensor))
-                    ? selections.Select(x => tap!.Selection(x.Tensor, start, shapes[x.Tensor])).ToList() : null;
-                var select = positions is not null && positions.All(p => p is not null);
-                var whole = reductions.Count == 0 || (alone.Contains(start) && !select);
-                var wanted = whole ? (isLeading ? wholeRun : outputs)
-                    : select ? reducedRun.Concat(selections.SelectMany(x => new[] { x.Selected, x.Shape })).ToList() : reducedRun;
-                if (wanted.Count == 0)
-                    continue;
-                var inputs = batch.Select(b => b.ToNamedTensor()).ToList();
-                for (var i = 0; i < selections.Count; i++)
+                var isLeading = start < leading;
+                foreach (var input in batch)
                 {
-                    // Every run feeds the index inputs; a run that does not ask for the selections gathers nothing.
-                    var index = select ? positions![i]!.Select(p => Math.Max(0, p)).ToArray() : [0L];
-                    inputs.Add(new NamedTensor(selections[i].Indices, TensorData.FromInt64s(index, [index.Length])));
+                    var isObserved = observers.TryGetValue(input.Name, out var o);
+                    var capture = isLeading && capturedSet.Contains(input.Name);
+                    if (!isObserved && !capture)
+                        continue;
+                    var t = TensorData.FromBytes(input.DataType, input.Data, input.Shape);
+                    if (capture)
+                        tap!.Capture(input.Name, start, t);
+                    if (!isObserved)
+                        continue;
+                    var values = t.ToFloats();
+                    o!.Observe(values);
+                    if (moments.TryGetValue(input.Name, out var m))
+                        m.Add(values, input.Shape);
+                    tap?.Observe(input.Name, start, count, values, input.Shape);
                 }
-                var result = session.Run(inputs, wanted);
-                if (select)
+                if (sessions is not null)
+                {
+                    // A run of an observed sample hands over the selected elements once every selected tensor's shape is
+                    // known (and the tap wants a selection of each); before that it returns the targets whole.
+                    var positions = observed.Contains(start) && count == 1 && selections.Count > 0
+                        && selections.All(x => shapes.ContainsKey(x.Tensor))
+                        ? selections.Select(x => tap!.Selection(x.Tensor, start, shapes[x.Tensor])).ToList() : null;
+                    var select = positions is not null && positions.All(p => p is not null);
+                    var whole = reductions.Count == 0 || (observed.Contains(start) && !select);
+                    var wanted = (whole ? outputs : select ? reducedRun.Concat(selections.SelectMany(x => new[] { x.Selected, x.Shape })) : reducedRun)
+                        .Concat(isLeading ? captured.Concat(whole ? [] : capturedReduced) : []).ToList();
+                    if (wanted.Count == 0)
+                        continue;
+                    var inputs = batch.Select(b => b.ToNamedTensor()).ToList();
                     for (var i = 0; i < selections.Count; i++)
                     {
-                        var x = selections[i];
-                        var shape = result.First(o => o.Name == x.Shape).Data.GetArray<long>();
-                        if (shape.SequenceEqual(shapes[x.Tensor]))
+                        // Every run feeds the index inputs; a run that does not ask for the selections gathers nothing.
+                        var index = select ? positions![i]!.Select(p => Math.Max(0, p)).ToArray() : [0L];
+                        inputs.Add(new NamedTensor(selections[i].Indices, TensorData.FromInt64s(index, [index.Length])));
+                    }
+                    var result = sessions.For(isLeading, whole).Run(inputs, wanted);
+                    if (select)
+                        for (var i = 0; i < selections.Count; i++)
                         {
-                            tap!.ObserveSelection(x.Tensor, start, shape, result.First(o => o.Name == x.Selected).Data.AsFloats());
+                            var x = selections[i];
+                            var shape = result.First(o => o.Name == x.Shape).Data.GetArray<long>();
+                            if (shape.SequenceEqual(shapes[x.Tensor]))
+                            {
+                                tap!.ObserveSelection(x.Tensor, start, shape, result.First(o => o.Name == x.Selected).Data.AsFloats());
+                                continue;
+                            }
+                            // Another shape than the run that set the positions (a data-dependent shape): this tensor of
+                            // this sample is read whole after all.
+                            var again = sessions.For(isLeading, whole: true).Run(inputs, [x.Tensor])[0].Data;
+                            shapes[x.Tensor] = again.Shape;
+                            tap!.Observe(x.Tensor, start, count, again.AsFloats(), again.Shape);
+                        }
+                    var scalars = new Dictionary<string, float>(StringComparer.Ordinal);
+                    foreach (var output in result)
+                    {
+                        if (isLeading && sampleOf.TryGetValue(output.Name, out var sampled))
+                        {
+                            tap!.Capture(sampled, start, output.Data);
                             continue;
                         }
-                        // Another shape than the run that set the positions (a data-dependent shape): this tensor of
-                        // this sample is read whole after all.
-                        var again = session.Run(inputs, [x.Tensor])[0].Data;
-                        shapes[x.Tensor] = again.Shape;
-                        tap!.Observe(x.Tensor, start, count, again.AsFloats(), again.Shape);
+                        if (isLeading && capturedSet.Contains(output.Name))
+                        {
+                            tap!.Capture(output.Name, start, output.Data);
+                            if (!whole && reductions.ContainsKey(output.Name))
+                                continue; // observed through its reductions, as on the other runs
+                        }
+                        if (select && selections.Any(x => x.Selected == output.Name || x.Shape == output.Name))
+                            continue;
+                        if (!floatOutputs.Contains(output.Name))
+                        {
+                            if (!whole)
+                                scalars[output.Name] = output.Data.AsFloats()[0];
+                            continue;
+                        }
+                        // Read only here (observers, rows, energy), so no copy of each output.
+                        var values = output.Data.AsFloats();
+                        if (whole && count == 1 && selections.Any(x => x.Tensor == output.Name))
+                            shapes[output.Name] = output.Data.Shape;
+                        // Min propagates NaN, so one vectorized pass finds it.
+                        if (values.Length > 0 && float.IsNaN(TensorPrimitives.Min(values)))
+                            throw NaN(output.Name, start);
+                        if (observers.TryGetValue(output.Name, out var observer))
+                            observer.Observe(values);
+                        if (moments.TryGetValue(output.Name, out var m))
+                            m.Add(values, output.Data.Shape);
+                        tap?.Observe(output.Name, start, count, values, output.Data.Shape);
                     }
-                var scalars = new Dictionary<string, float>(StringComparer.Ordinal);
-                foreach (var output in result)
-                {
-                    if (isLeading && sampleOf.TryGetValue(output.Name, out var sampled))
-                    {
-                        tap!.Capture(sampled, start, output.Data);
-                        continue;
-                    }
-                    if (isLeading && capturedSet.Contains(output.Name))
-                        tap!.Capture(output.Name, start, output.Data);
-                    if (select && selections.Any(x => x.Selected == output.Name || x.Shape == output.Name))
-                        continue;
-                    if (!floatOutputs.Contains(output.Name))
-                    {
-                        if (!whole)
-                            scalars[output.Name] = output.Data.AsFloats()[0];
-                        continue;
-                    }
-                    // Read only here (observers, rows, energy), so no copy of each output.
-                    var values = output.Data.AsFloats();
-                    if (whole && count == 1 && selections.Any(x => x.Tensor == output.Name))
-                        shapes[output.Name] = output.Data.Shape;
-                    // Min propagates NaN, so one vectorized pass finds it.
-                    if (values.Length > 0 && float.IsNaN(TensorPrimitives.Min(values)))
-                        throw NaN(output.Name, start);
-                    if (observers.TryGetValue(output.Name, out var observer))
-                        observer.Observe(values);
-                    if (moments.TryGetValue(output.Name, out var m))
-                        m.Add(values, output.Data.Shape);
-                    tap?.Observe(output.Name, start, count, values, output.Data.Shape);
+                    if (!whole)
+                        foreach (var (tensor, r) in reductions)
+                        {
+                            // The graph's min and max need not propagate NaN, a sum does; a NaN sum (or an overflowing
+                            // one) is checked on the whole tensor as on the other runs.
+                            if (float.IsNaN(scalars[r.Sum]) && sessions.For(isLeading, whole: true).Run(inputs, [tensor]).Any(x => float.IsNaN(TensorPrimitives.Min(x.Data.AsFloats()))))
+                                throw NaN(tensor, start);
+                            observers[tensor].Observe([scalars[r.Min], scalars[r.Max]]);
+                        }
                 }
-                if (!whole)
-                    foreach (var (tensor, r) in reductions)
-                    {
-                        // The graph's min and max need not propagate NaN, a sum does; a NaN sum (or an overflowing
-                        // one) is checked on the whole tensor as on the other runs.
-                        if (float.IsNaN(scalars[r.Sum]) && session.Run(inputs, [tensor]).Any(x => float.IsNaN(TensorPrimitives.Min(x.Data.AsFloats()))))
-                            throw NaN(tensor, start);
-                        observers[tensor].Observe([scalars[r.Min], scalars[r.Max]]);
-                    }
+                progress?.Advance(count);
             }
-            progress?.Advance(count);
+            var ranges = targets.Select(t =>
+            {
+                var (min, max) = observers[t.Tensor].ComputeRange();
+                return new ActivationRange(t.Tensor, StableRounding.Round(min), StableRounding.Round(max));
+            }).ToList();
+            var momentList = targets.Where(t => moments.ContainsKey(t.Tensor))
+                .Select(t => new ChannelMoments(t.Tensor, t.MomentsAxis!.Value, moments[t.Tensor].Result())).ToList();
+            return new CalibrationTable(method, samples, ranges, momentList);
         }
-        var ranges = targets.Select(t =>
+    }
+
+    /// <summary>A copy of <paramref name="model"/> without the named graph outputs.</summary>
+    private static Model WithoutOutputs(Model model, IReadOnlySet<string> names)
+    {
+        var copy = model.Clone();
+        for (var i = copy.Graph.Outputs.Count - 1; i >= 0; i--)
+            if (names.Contains(copy.Graph.Outputs[i].Name))
+                copy.Graph.RemoveOutput(i);
+        return copy;
+    }
+
+    /// <summary>
+    /// The calibration's sessions, each created when first needed: the leading runs' graph (reductions, selections,
+    /// captures) until the leading runs are done, then the lean graph (reductions and selections); the graph with every
+    /// target whole beside them when a run needs it, and for every run when nothing is reduced.
+    /// </summary>
+    private sealed class Sessions(Model wholeModel, Model? leading, Model? lean, SessionOptions options) : IDisposable
+    {
+        private InferenceSession? _whole, _reduced;
+        private bool _reducedIsLeading;
+
+        public InferenceSession For(bool isLeading, bool whole)
         {
-            var (min, max) = observers[t.Tensor].ComputeRange();
-            return new ActivationRange(t.Tensor, StableRounding.Round(min), StableRounding.Round(max));
-        }).ToList();
-        var momentList = targets.Where(t => moments.ContainsKey(t.Tensor))
-            .Select(t => new ChannelMoments(t.Tensor, t.MomentsAxis!.Value, moments[t.Tensor].Result())).ToList();
-        return new CalibrationTable(method, samples, ranges, momentList);
+            if (whole || lean is null)
+                return _whole ??= InferenceSession.Create(ModelIO.ToBytes(wholeModel), options);
+            var wantLeading = isLeading && leading is not null;
+            if (_reduced is null || _reducedIsLeading != wantLeading)
+            {
+                _reduced?.Dispose();
+                _reduced = null;
+                _reduced = InferenceSession.Create(ModelIO.ToBytes(wantLeading ? leading! : lean), options);
+                _reducedIsLeading = wantLeading;
+            }
+            return _reduced;
+        }
+
+        public void Dispose()
+        {
+            _whole?.Dispose();
+            _reduced?.Dispose();
+        }
     }
 
     private static CompileException NaN(string tensor, int sample) =>

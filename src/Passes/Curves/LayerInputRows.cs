@@ -75,6 +75,7 @@ public sealed class LayerInputRows
             _rows.Add(Read(values, positions));
         _observedRows += draw.RunRows;
         _observedSamples += count;
+        _lastDraw = null;
     }
 
     /// <summary>
@@ -83,8 +84,19 @@ public sealed class LayerInputRows
     /// A caller that gathers these elements (in the graph) and hands them to <see cref="AddSelected"/> adds exactly the
     /// rows <see cref="Add"/> would take from the whole input.
     /// </summary>
-    public long[]? SelectionPositions(long[] shape, int sample) =>
-        Draw(shape, sample, 1) is { } draw ? draw.Rows.SelectMany(r => r).ToArray() : null;
+    public long[]? SelectionPositions(long[] shape, int sample)
+    {
+        if (Draw(shape, sample, 1) is not { } draw)
+            return null;
+        var positions = new long[draw.Rows.Sum(r => (long)r.Length)];
+        var offset = 0;
+        foreach (var r in draw.Rows)
+        {
+            r.CopyTo(positions, offset);
+            offset += r.Length;
+        }
+        return positions;
+    }
 
     /// <summary>Adds the rows of <paramref name="sample"/> from the elements at <see cref="SelectionPositions"/>
     /// (<paramref name="selected"/> in that order; the values at padding positions are ignored).</summary>
@@ -104,6 +116,7 @@ public sealed class LayerInputRows
         }
         _observedRows += draw.RunRows;
         _observedSamples += 1;
+        _lastDraw = null;
     }
 
     private static float[] Read(float[] values, long[] positions)
@@ -124,6 +137,18 @@ public sealed class LayerInputRows
     {
         if (Fallback is not null)
             return null;
+        // A selection asks for one sample's draw twice (the positions, then the rows): the last draw is kept.
+        if (_lastDraw is { } last && last.Sample == firstSample && last.Count == count && last.Shape.AsSpan().SequenceEqual(shape))
+            return last.Draw;
+        var draw = DrawNew(shape, firstSample, count);
+        _lastDraw = draw is { } d ? ((long[])shape.Clone(), firstSample, count, d) : null;
+        return draw;
+    }
+
+    private (long[] Shape, int Sample, int Count, (List<long[]> Rows, long RunRows) Draw)? _lastDraw;
+
+    private (List<long[]> Rows, long RunRows)? DrawNew(long[] shape, int firstSample, int count)
+    {
         long rows;
         Func<long, long[]> row;
         if (_conv is { } conv)

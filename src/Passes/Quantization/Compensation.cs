@@ -83,13 +83,6 @@ public sealed class InputStatistics
     }
 
     // In place: a second n^2 array would cost as much to fault in as the moments take to compute.
-    private static double[] RoundInPlace(double[] values)
-    {
-        for (long i = 0; i < values.LongLength; i++)
-            values[i] = StableRounding.Round(values[i]);
-        return values;
-    }
-
     /// <summary>S and the mean of <paramref name="rows"/> (each <paramref name="reduction"/> long).</summary>
     public static InputStatistics FromRows(IReadOnlyList<float[]> rows, int reduction, int rowLength, int channelsPerGroup)
     {
@@ -97,7 +90,7 @@ public sealed class InputStatistics
             throw new ArgumentException("no input rows", nameof(rows));
         // 6 significant digits, as every measured number that drives a decision: the rows come from ONNX Runtime, whose
         // last bits differ between thread counts and CPUs.
-        return new InputStatistics(reduction, () => RoundInPlace(DenseSpd.Moments(rows, reduction, threads: 0).Second),
+        return new InputStatistics(reduction, () => StableRounding.RoundInPlace(DenseSpd.Moments(rows, reduction, threads: 0).Second),
             DenseSpd.Mean(rows, reduction).Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
     }
 }

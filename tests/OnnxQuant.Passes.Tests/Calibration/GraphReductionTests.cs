@@ -224,12 +224,12 @@ public class GraphReductionTests
             using var tap = new CutCurveMeasurer(model, units, ["scores", "boxes"], Samples, new CurveOptions(),
                 new RewriteOptions { Compensation = OnnxQuant.Passes.Quantization.Compensation.All }, 1, GainSettings.Default, measure: false);
             Assert.Equal(Samples, tap.ObservedSamples.Count);
-            // Min/max: every layer input is reduced in the graph, so its rows are gathered there after sample 0.
-            // Percentile: no reductions, every observed sample returns its targets whole.
+            // Min/max: every layer input is reduced in the graph, so its rows are gathered there on every sample (one
+            // run asks for the shapes first). Percentile: no reductions, every observed sample returns its targets whole.
             var counting = new CountingTap(tap);
             Calibrator.Run(model, data, Samples, LayerInputs(model), method, 8, SessionOptions.Calibration, 4, tap: counting);
-            // Sample 0 shows the shapes; the 11 others hand over only the gathered elements of every row tensor.
-            Assert.Equal(method == CalibrationMethod.MinMax ? (Samples - 1) * tap.SelectableTensors.Count(t => model.Graph.FindValue(t)!.Producer is not null) : 0, counting.Selections);
+            // Every sample hands over only the gathered elements of every row tensor.
+            Assert.Equal(method == CalibrationMethod.MinMax ? Samples * tap.SelectableTensors.Count(t => model.Graph.FindValue(t)!.Producer is not null) : 0, counting.Selections);
             return (layers.ToDictionary(l => l.Name, l => tap.Statistics(l.Name)!.Second), layers.ToDictionary(l => l.Name, l => tap.Statistics(l.Name)!.Rows));
         }
         var gathered = Collect(CalibrationMethod.MinMax, false);
