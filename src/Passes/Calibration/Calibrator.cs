@@ -72,7 +72,7 @@ public static class Calibrator
             .ToDictionary(t => t.Tensor, t => new MomentAccumulator(t.MomentsAxis!.Value), StringComparer.Ordinal);
         var reductions = method == CalibrationMethod.MinMax ? AddReductions(graph, targets.Where(t => t.MomentsAxis is null
             && !inputNames.Contains(t.Tensor) && !(tap?.ExtraTensors.Contains(t.Tensor) ?? false)).Select(t => t.Tensor)) : [];
-        // Targets the tap reads only some elements of, on observed samples, once a whole run has shown their shape.
+        // Targets the tap reads only some elements of, on observed samples, once a run has shown their shape.
         var selections = (inGraph ? tap?.SelectableTensors ?? [] : []).Where(reductions.ContainsKey).Distinct().Order(StringComparer.Ordinal)
             .Select(t => AddSelection(graph, graph.FindValue(t)!)).ToList();
         // Graph outputs cost every run, fetched or not: ONNX Runtime cannot reuse their buffers, and a captured tensor
@@ -154,8 +154,8 @@ public static class Calibrator
                 }
                 if (sessions is not null)
                 {
-                    // A run of an observed sample hands over the selected elements once every selected tensor's shape is
-                    // known (and the tap wants a selection of each); before that it returns the targets whole.
+                    // A run of an observed sample hands over the selected elements when the tap wants a selection of every
+                    // selected tensor (shapes known from the shape run); otherwise it returns the targets whole.
                     var positions = observed.Contains(start) && count == 1 && selections.Count > 0
                         && selections.All(x => shapes.ContainsKey(x.Tensor))
                         ? selections.Select(x => tap!.Selection(x.Tensor, start, shapes[x.Tensor])).ToList() : null;

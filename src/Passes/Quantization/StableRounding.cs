@@ -33,7 +33,7 @@ public static class StableRounding
         var whole = Math.Floor(scaled);
         var fraction = scaled - whole;
         // Outside [1e5, 1e6 - 0.5) the logarithm put the sixth digit elsewhere or the rounding carries into a seventh.
-        if (Math.Abs(fraction - 0.5) < 1e-6 || scaled < 99_999.5 || scaled >= 999_999.5)
+        if (Math.Abs(fraction - 0.5) < 1e-6 || scaled < 100_000 || scaled >= 999_999.5)
             return ByFormatting(value);
         var digits = fraction > 0.5 ? whole + 1 : whole;
         var rounded = k >= 0 ? digits / Powers[k] : digits * Powers[-k];
