@@ -82,7 +82,6 @@ public sealed class InputStatistics
         }
     }
 
-    // In place: a second n^2 array would cost as much to fault in as the moments take to compute.
     /// <summary>S and the mean of <paramref name="rows"/> (each <paramref name="reduction"/> long).</summary>
     public static InputStatistics FromRows(IReadOnlyList<float[]> rows, int reduction, int rowLength, int channelsPerGroup)
     {

@@ -45,7 +45,8 @@ public static class StableRounding
     public static float Round(float value) =>
         value == 0 || !float.IsFinite(value) ? value : (float)Round((double)value);
 
-    /// <summary>Rounds every element in place, in parallel (each element alone, so the result does not depend on the threads).</summary>
+    /// <summary>Rounds every element in place (a second array of a layer's n^2 moments would cost as much to fault in as
+    /// they take to compute), in parallel (each element alone, so the result does not depend on the threads).</summary>
     public static double[] RoundInPlace(double[] values)
     {
         const int chunk = 1 << 16;
