@@ -110,141 +110,136 @@ public static class Calibrator
         var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
         var leadingModel = lean is not null && leading > 0 ? WithoutOutputs(instrumented, reducedOnly.Where(t => !capturedSet.Contains(t)).ToHashSet(StringComparer.Ordinal)) : null;
         using var sessions = outputs.Count + captured.Count > 0 ? new Sessions(instrumented, leadingModel, lean, sessionOptions) : null;
-        return Observe();
-
-        CalibrationTable Observe()
+        var floatOutputs = outputs.ToHashSet(StringComparer.Ordinal);
+        // A run returns every target whole only where the tap reads the values and cannot select them; elsewhere a
+        // min/max target comes back as its graph-reduced min, max and sum. The leading runs add the captured tensors.
+        var reducedRun = outputs.Where(o => !reductions.ContainsKey(o))
+            .Concat(reductions.Values.SelectMany(r => new[] { r.Min, r.Max, r.Sum })).ToList();
+        var capturedReduced = outputs.Where(o => capturedSet.Contains(o) && reductions.ContainsKey(o)).ToList();
+        var observed = tap?.ObservedSamples ?? new HashSet<int>();
+        var alone = Enumerable.Range(0, samples).Where(s => s < leading || observed.Contains(s)).ToHashSet();
+        if (sessions is not null && reductions.Count > 0 && selections.Count > 0 && observed.Count > 0)
         {
-            var floatOutputs = outputs.ToHashSet(StringComparer.Ordinal);
-            // A run returns every target whole only where the tap reads the values and cannot select them; elsewhere a
-            // min/max target comes back as its graph-reduced min, max and sum. The leading runs add the captured tensors.
-            var reducedRun = outputs.Where(o => !reductions.ContainsKey(o))
-                .Concat(reductions.Values.SelectMany(r => new[] { r.Min, r.Max, r.Sum })).ToList();
-            var capturedReduced = outputs.Where(o => capturedSet.Contains(o) && reductions.ContainsKey(o)).ToList();
-            var observed = tap?.ObservedSamples ?? new HashSet<int>();
-            var alone = Enumerable.Range(0, samples).Where(s => s < leading || observed.Contains(s)).ToHashSet();
-            if (sessions is not null && reductions.Count > 0 && selections.Count > 0 && observed.Count > 0)
+            // The selections need each tensor's shape: one run asks only for the shapes (the whole tensors of every
+            // target, a gigabyte on a 512x512 detector, are never copied out).
+            var (_, _, batch) = data.Runs(observed.Min(), 1, 1).First();
+            var inputs = batch.Select(b => b.ToNamedTensor())
+                .Concat(selections.Select(x => new NamedTensor(x.Indices, TensorData.FromInt64s([0L], [1])))).ToList();
+            foreach (var (x, output) in selections.Zip(sessions.For(leading > 0, whole: false).Run(inputs, selections.Select(x => x.Shape).ToList())))
+                shapes[x.Tensor] = output.Data.GetArray<long>();
+        }
+        foreach (var (start, count, batch) in Plan(data, samples, alone, runBatch))
+        {
+            var isLeading = start < leading;
+            foreach (var input in batch)
             {
-                // The selections need each tensor's shape: one run asks only for the shapes (the whole tensors of every
-                // target, a gigabyte on a 512x512 detector, are never copied out).
-                var (_, _, batch) = data.Runs(observed.Min(), 1, 1).First();
-                var inputs = batch.Select(b => b.ToNamedTensor())
-                    .Concat(selections.Select(x => new NamedTensor(x.Indices, TensorData.FromInt64s([0L], [1])))).ToList();
-                foreach (var (x, output) in selections.Zip(sessions.For(leading > 0, whole: false).Run(inputs, selections.Select(x => x.Shape).ToList())))
-                    shapes[x.Tensor] = output.Data.GetArray<long>();
+                var isObserved = observers.TryGetValue(input.Name, out var o);
+                var capture = isLeading && capturedSet.Contains(input.Name);
+                if (!isObserved && !capture)
+                    continue;
+                var t = TensorData.FromBytes(input.DataType, input.Data, input.Shape);
+                if (capture)
+                    tap!.Capture(input.Name, start, t);
+                if (!isObserved)
+                    continue;
+                var values = t.ToFloats();
+                o!.Observe(values);
+                if (moments.TryGetValue(input.Name, out var m))
+                    m.Add(values, input.Shape);
+                tap?.Observe(input.Name, start, count, values, input.Shape);
             }
-            foreach (var (start, count, batch) in Plan(data, samples, alone, runBatch))
+            if (sessions is not null)
             {
-                var isLeading = start < leading;
-                foreach (var input in batch)
+                // A run of an observed sample hands over the selected elements when the tap wants a selection of every
+                // selected tensor (shapes known from the shape run); otherwise it returns the targets whole.
+                var positions = observed.Contains(start) && count == 1 && selections.Count > 0
+                    && selections.All(x => shapes.ContainsKey(x.Tensor))
+                    ? selections.Select(x => tap!.Selection(x.Tensor, start, shapes[x.Tensor])).ToList() : null;
+                var select = positions is not null && positions.All(p => p is not null);
+                var whole = reductions.Count == 0 || (observed.Contains(start) && !select);
+                var wanted = (whole ? outputs : select ? reducedRun.Concat(selections.SelectMany(x => new[] { x.Selected, x.Shape })) : reducedRun)
+                    .Concat(isLeading ? captured.Concat(whole ? [] : capturedReduced) : []).ToList();
+                if (wanted.Count == 0)
+                    continue;
+                var inputs = batch.Select(b => b.ToNamedTensor()).ToList();
+                for (var i = 0; i < selections.Count; i++)
                 {
-                    var isObserved = observers.TryGetValue(input.Name, out var o);
-                    var capture = isLeading && capturedSet.Contains(input.Name);
-                    if (!isObserved && !capture)
-                        continue;
-                    var t = TensorData.FromBytes(input.DataType, input.Data, input.Shape);
-                    if (capture)
-                        tap!.Capture(input.Name, start, t);
-                    if (!isObserved)
-                        continue;
-                    var values = t.ToFloats();
-                    o!.Observe(values);
-                    if (moments.TryGetValue(input.Name, out var m))
-                        m.Add(values, input.Shape);
-                    tap?.Observe(input.Name, start, count, values, input.Shape);
+                    // Every run feeds the index inputs; a run that does not ask for the selections gathers nothing.
+                    var index = select ? positions![i]!.Select(p => Math.Max(0, p)).ToArray() : [0L];
+                    inputs.Add(new NamedTensor(selections[i].Indices, TensorData.FromInt64s(index, [index.Length])));
                 }
-                if (sessions is not null)
-                {
-                    // A run of an observed sample hands over the selected elements when the tap wants a selection of every
-                    // selected tensor (shapes known from the shape run); otherwise it returns the targets whole.
-                    var positions = observed.Contains(start) && count == 1 && selections.Count > 0
-                        && selections.All(x => shapes.ContainsKey(x.Tensor))
-                        ? selections.Select(x => tap!.Selection(x.Tensor, start, shapes[x.Tensor])).ToList() : null;
-                    var select = positions is not null && positions.All(p => p is not null);
-                    var whole = reductions.Count == 0 || (observed.Contains(start) && !select);
-                    var wanted = (whole ? outputs : select ? reducedRun.Concat(selections.SelectMany(x => new[] { x.Selected, x.Shape })) : reducedRun)
-                        .Concat(isLeading ? captured.Concat(whole ? [] : capturedReduced) : []).ToList();
-                    if (wanted.Count == 0)
-                        continue;
-                    var inputs = batch.Select(b => b.ToNamedTensor()).ToList();
+                var result = sessions.For(isLeading, whole).Run(inputs, wanted);
+                if (select)
                     for (var i = 0; i < selections.Count; i++)
                     {
-                        // Every run feeds the index inputs; a run that does not ask for the selections gathers nothing.
-                        var index = select ? positions![i]!.Select(p => Math.Max(0, p)).ToArray() : [0L];
-                        inputs.Add(new NamedTensor(selections[i].Indices, TensorData.FromInt64s(index, [index.Length])));
-                    }
-                    var result = sessions.For(isLeading, whole).Run(inputs, wanted);
-                    if (select)
-                        for (var i = 0; i < selections.Count; i++)
+                        var x = selections[i];
+                        var shape = result.First(o => o.Name == x.Shape).Data.GetArray<long>();
+                        if (shape.SequenceEqual(shapes[x.Tensor]))
                         {
-                            var x = selections[i];
-                            var shape = result.First(o => o.Name == x.Shape).Data.GetArray<long>();
-                            if (shape.SequenceEqual(shapes[x.Tensor]))
-                            {
-                                tap!.ObserveSelection(x.Tensor, start, shape, result.First(o => o.Name == x.Selected).Data.AsFloats());
-                                continue;
-                            }
-                            // Another shape than the run that set the positions (a data-dependent shape): this tensor of
-                            // this sample is read whole after all.
-                            var again = sessions.For(isLeading, whole: true).Run(inputs, [x.Tensor])[0].Data;
-                            shapes[x.Tensor] = again.Shape;
-                            tap!.Observe(x.Tensor, start, count, again.AsFloats(), again.Shape);
+                            tap!.ObserveSelection(x.Tensor, start, shape, result.First(o => o.Name == x.Selected).Data.AsFloats());
+                            continue;
                         }
-                    var scalars = new Dictionary<string, float>(StringComparer.Ordinal);
-                    foreach (var output in result)
+                        // Another shape than the run that set the positions (a data-dependent shape): this tensor of
+                        // this sample is read whole after all.
+                        var again = sessions.For(isLeading, whole: true).Run(inputs, [x.Tensor])[0].Data;
+                        shapes[x.Tensor] = again.Shape;
+                        tap!.Observe(x.Tensor, start, count, again.AsFloats(), again.Shape);
+                    }
+                var scalars = new Dictionary<string, float>(StringComparer.Ordinal);
+                foreach (var output in result)
+                {
+                    if (isLeading && sampleOf.TryGetValue(output.Name, out var sampled))
                     {
-                        if (isLeading && sampleOf.TryGetValue(output.Name, out var sampled))
-                        {
-                            tap!.Capture(sampled, start, output.Data);
-                            continue;
-                        }
-                        if (isLeading && capturedSet.Contains(output.Name))
-                        {
-                            tap!.Capture(output.Name, start, output.Data);
-                            if (!whole && reductions.ContainsKey(output.Name))
-                                continue; // observed through its reductions, as on the other runs
-                        }
-                        if (select && selections.Any(x => x.Selected == output.Name || x.Shape == output.Name))
-                            continue;
-                        if (!floatOutputs.Contains(output.Name))
-                        {
-                            if (!whole)
-                                scalars[output.Name] = output.Data.AsFloats()[0];
-                            continue;
-                        }
-                        // Read only here (observers, rows, energy), so no copy of each output.
-                        var values = output.Data.AsFloats();
-                        if (whole && count == 1 && selections.Any(x => x.Tensor == output.Name))
-                            shapes[output.Name] = output.Data.Shape;
-                        // Min propagates NaN, so one vectorized pass finds it.
-                        if (values.Length > 0 && float.IsNaN(TensorPrimitives.Min(values)))
-                            throw NaN(output.Name, start);
-                        if (observers.TryGetValue(output.Name, out var observer))
-                            observer.Observe(values);
-                        if (moments.TryGetValue(output.Name, out var m))
-                            m.Add(values, output.Data.Shape);
-                        tap?.Observe(output.Name, start, count, values, output.Data.Shape);
+                        tap!.Capture(sampled, start, output.Data);
+                        continue;
                     }
-                    if (!whole)
-                        foreach (var (tensor, r) in reductions)
-                        {
-                            // The graph's min and max need not propagate NaN, a sum does; a NaN sum (or an overflowing
-                            // one) is checked on the whole tensor as on the other runs.
-                            if (float.IsNaN(scalars[r.Sum]) && sessions.For(isLeading, whole: true).Run(inputs, [tensor]).Any(x => float.IsNaN(TensorPrimitives.Min(x.Data.AsFloats()))))
-                                throw NaN(tensor, start);
-                            observers[tensor].Observe([scalars[r.Min], scalars[r.Max]]);
-                        }
+                    if (isLeading && capturedSet.Contains(output.Name))
+                    {
+                        tap!.Capture(output.Name, start, output.Data);
+                        if (!whole && reductions.ContainsKey(output.Name))
+                            continue; // observed through its reductions, as on the other runs
+                    }
+                    if (select && selections.Any(x => x.Selected == output.Name || x.Shape == output.Name))
+                        continue;
+                    if (!floatOutputs.Contains(output.Name))
+                    {
+                        if (!whole)
+                            scalars[output.Name] = output.Data.AsFloats()[0];
+                        continue;
+                    }
+                    // Read only here (observers, rows, energy), so no copy of each output.
+                    var values = output.Data.AsFloats();
+                    if (whole && count == 1 && selections.Any(x => x.Tensor == output.Name))
+                        shapes[output.Name] = output.Data.Shape;
+                    // Min propagates NaN, so one vectorized pass finds it.
+                    if (values.Length > 0 && float.IsNaN(TensorPrimitives.Min(values)))
+                        throw NaN(output.Name, start);
+                    if (observers.TryGetValue(output.Name, out var observer))
+                        observer.Observe(values);
+                    if (moments.TryGetValue(output.Name, out var m))
+                        m.Add(values, output.Data.Shape);
+                    tap?.Observe(output.Name, start, count, values, output.Data.Shape);
                 }
-                progress?.Advance(count);
+                if (!whole)
+                    foreach (var (tensor, r) in reductions)
+                    {
+                        // The graph's min and max need not propagate NaN, a sum does; a NaN sum (or an overflowing
+                        // one) is checked on the whole tensor as on the other runs.
+                        if (float.IsNaN(scalars[r.Sum]) && sessions.For(isLeading, whole: true).Run(inputs, [tensor]).Any(x => float.IsNaN(TensorPrimitives.Min(x.Data.AsFloats()))))
+                            throw NaN(tensor, start);
+                        observers[tensor].Observe([scalars[r.Min], scalars[r.Max]]);
+                    }
             }
-            var ranges = targets.Select(t =>
-            {
-                var (min, max) = observers[t.Tensor].ComputeRange();
-                return new ActivationRange(t.Tensor, StableRounding.Round(min), StableRounding.Round(max));
-            }).ToList();
-            var momentList = targets.Where(t => moments.ContainsKey(t.Tensor))
-                .Select(t => new ChannelMoments(t.Tensor, t.MomentsAxis!.Value, moments[t.Tensor].Result())).ToList();
-            return new CalibrationTable(method, samples, ranges, momentList);
+            progress?.Advance(count);
         }
+        var ranges = targets.Select(t =>
+        {
+            var (min, max) = observers[t.Tensor].ComputeRange();
+            return new ActivationRange(t.Tensor, StableRounding.Round(min), StableRounding.Round(max));
+        }).ToList();
+        var momentList = targets.Where(t => moments.ContainsKey(t.Tensor))
+            .Select(t => new ChannelMoments(t.Tensor, t.MomentsAxis!.Value, moments[t.Tensor].Result())).ToList();
+        return new CalibrationTable(method, samples, ranges, momentList);
     }
 
     /// <summary>A copy of <paramref name="model"/> without the named graph outputs.</summary>
