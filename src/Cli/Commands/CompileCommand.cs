@@ -57,6 +57,12 @@ internal static class CompileCommand
         var keepInitializerInputs = new Option<bool>("--keep-initializer-inputs") { Description = "List initializers that the model also has as graph inputs among the quantized model's inputs again (those left in float; quantized weights cannot be overridden)" };
         var compensation = new Option<string?>("--compensation") { Description = "What compensates the weights' rounding error: none, bias (mean output shift folded into the bias), gptq (second-order rounding through the inverse input second moments) or all (default; none with --curves fast, whose proxy prices rounding to nearest)" };
         compensation.AcceptOnlyFromAmong("none", "bias", "gptq", "all");
+        var smooth = new Option<string?>("--smooth")
+        {
+            Description = "Activation-aware scaling of normalization outputs into the linear layers that read them (SmoothQuant/AWQ, powers of two, exact in float): " +
+                          "auto (default; each site scaled where the closed-form error drops) or off. Off with --emit-qat-recipe, whose student keeps the teacher's normalizations",
+        };
+        smooth.AcceptOnlyFromAmong("auto", "off");
         var runBatch = new Option<int>("--run-batch") { Description = "Samples stacked into one ONNX Runtime run when the model's batch axis is symbolic", DefaultValueFactory = _ => 8 };
         var curves = new Option<string>("--curves") { Description = "gain (closed-form local error x propagation gain measured on a few samples), exact (measured at every width on every sample) or fast (diagonal proxy scaled by one measured width)", DefaultValueFactory = _ => "gain" };
         curves.AcceptOnlyFromAmong("gain", "exact", "fast");
@@ -79,7 +85,7 @@ internal static class CompileCommand
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
-                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, deploy, blockSize, keepInitializerInputs, compensation, curves, curvesFile, writeCurves, cacheDir, noCache,
+                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, deploy, blockSize, keepInitializerInputs, compensation, smooth, curves, curvesFile, writeCurves, cacheDir, noCache,
                      maxDistortion, maxDrop, maxRepairRate, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
@@ -100,6 +106,13 @@ internal static class CompileCommand
                     GroupSize = parse.GetValue(groupSize),
                     Exclude = SplitAll(parse.GetValue(exclude)),
                     HeadBits = parse.GetValue(headBits),
+                },
+                Smoothing = new OnnxQuant.Passes.Smoothing.SmoothingOptions
+                {
+                    // A QAT recipe maps the artifact's weights onto the teacher's layers, whose normalizations keep
+                    // their constants: scaling would give the student other weights than the artifact's.
+                    Mode = parse.GetValue(smooth) == "off" || (parse.GetValue(smooth) is null && parse.GetValue(emitRecipe) is not null)
+                        ? OnnxQuant.Passes.Smoothing.SmoothingMode.Off : OnnxQuant.Passes.Smoothing.SmoothingMode.Auto,
                 },
                 Calibration = new CalibrationOptions
                 {
@@ -153,6 +166,8 @@ internal static class CompileCommand
             var recipePath = parse.GetValue(emitRecipe);
             if (recipePath is not null && options.Allocation.TargetBits.Count != 1)
                 throw new CliInputException("--emit-qat-recipe needs exactly one --target-bits value: a recipe describes one allocation");
+            if (recipePath is not null && parse.GetValue(smooth) == "auto")
+                throw new CliInputException("--emit-qat-recipe with --smooth auto: the recipe's student keeps the teacher's normalizations, so the scaled weights would not match; drop --smooth");
             var attentionBits = parse.GetValue(recipeAttentionBits);
             if (recipePath is not null && attentionBits != OnnxQuant.QatBridge.BitWidths.FloatBits)
                 OnnxQuant.QatBridge.BitWidths.CheckBits(attentionBits, "--qat-attention-bits");

@@ -84,6 +84,9 @@ public sealed record CompileReport
     /// <summary>What the accuracy guard's repair raised (null when no repair ran).</summary>
     public RepairReport? Repair { get; init; }
 
+    /// <summary>The activation-aware scaling applied to the model before calibration (null: not run).</summary>
+    public Smoothing.SmoothingResult? Smoothing { get; init; }
+
     /// <summary>The speed target's placement, cost and fusion check; null for the size target.</summary>
     public DeployReport? Deploy { get; init; }
 }

@@ -89,6 +89,41 @@ public static class ReportWriter
                 w.WriteEndObject();
             }
 
+            if (r.Smoothing is { } sm)
+            {
+                w.WriteStartObject("smoothing");
+                w.WriteString("mode", sm.Mode);
+                w.WriteNumber("samples", sm.Samples);
+                w.WriteNumber("scaled", sm.Scaled);
+                w.WriteStartArray("sites");
+                foreach (var site in sm.Sites)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("tensor", site.Tensor);
+                    w.WriteString("root", site.Root);
+                    w.WriteString("root_op", site.RootOp);
+                    w.WriteNumber("channels", site.Channels);
+                    w.WriteStartArray("layers");
+                    foreach (var l in site.Layers) w.WriteStringValue(l);
+                    w.WriteEndArray();
+                    if (site.Rule is { } rule)
+                    {
+                        w.WriteString("method", rule.Method);
+                        w.WriteNumber("alpha", rule.Alpha);
+                        w.WriteNumber("min_exponent", site.MinExponent);
+                        w.WriteNumber("max_exponent", site.MaxExponent);
+                    }
+                    else
+                        w.WriteString("not_scaled", site.Reason);
+                    w.WriteStartObject("relative_error");
+                    foreach (var x in site.Relative) w.WriteNumber(x.Bits.ToString(System.Globalization.CultureInfo.InvariantCulture), x.Relative);
+                    w.WriteEndObject();
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+
             w.WriteStartObject("sizes");
             w.WriteNumber("float_weight_bytes", r.Sizes.FloatWeightBytes);
             w.WriteNumber("ideal_packed_bits", r.Sizes.IdealPackedBits);

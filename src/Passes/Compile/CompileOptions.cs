@@ -19,6 +19,7 @@ public sealed record CompileOptions
     public DataOptions Data { get; init; } = new();
     public FeatureOptions Features { get; init; } = new();
     public UnitOptions Units { get; init; } = new();
+    public Smoothing.SmoothingOptions Smoothing { get; init; } = new();
     public CalibrationOptions Calibration { get; init; } = new();
     public CurveOptions Curves { get; init; } = new();
     public AllocationOptions Allocation { get; init; } = new();
@@ -28,7 +29,7 @@ public sealed record CompileOptions
     public ExecutionOptions Execution { get; init; } = new();
 
     /// <summary>Every stage's options, in pipeline order.</summary>
-    public IEnumerable<IStageOptions> Stages => [Data, Features, Units, Calibration, Curves, Allocation, Rewrite, Baseline, Guards, Execution];
+    public IEnumerable<IStageOptions> Stages => [Data, Features, Units, Smoothing, Calibration, Curves, Allocation, Rewrite, Baseline, Guards, Execution];
 
     public void Validate()
     {

@@ -9,6 +9,7 @@ using OnnxQuant.Passes.Load;
 using OnnxQuant.Passes.Measurement;
 using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Passes.Rewrite;
+using OnnxQuant.Passes.Smoothing;
 using OnnxQuant.Passes.Units;
 using OnnxQuant.Passes.Verify;
 
@@ -75,6 +76,17 @@ public static class Compiler
         var intake = Intake.Notes(loaded.Model).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded, options, outputDirectory))).ToList();
         var initializerInputs = options.Rewrite.KeepInitializerInputs ? DetachInitializerInputsPass.InitializerInputs(loaded.Model) : [];
 
+        // Activation-aware scaling changes the canonical model (exactly, in float) before anything measures it, so
+        // calibration, curves, compensation and the rewrite all see the scaled layers.
+        var smoothing = clock.Time("smooth", () =>
+        {
+            var widths = options.Allocation.TargetBits.Select(t => UniformBaseline.WidthFor(t, options.Curves.CandidateBits)).Distinct().Order().ToList();
+            var result = ActivationSmoothing.Run(canonical, discovery.Layers, loaded.Data, loaded.Samples, options.Smoothing, widths,
+                options.Calibration.ActBits, options.Rewrite, options.Execution.Instrumentation(), options.Execution.RunBatch);
+            if (result.Sites.Count > 0)
+                progress.Note($"activation scaling: {result.Scaled} of {result.Sites.Count} normalization output(s) scaled into their linear layers");
+            return result;
+        });
         // Pinned or cached curves are known before calibration, which then only collects what compensation needs.
         var known = clock.Time("curves", () => CurveStage.Lookup(canonical, discovery.Units, loaded.DataHash, options.Curves,
             options.CurveKey(), progress, pinned));
@@ -218,7 +230,7 @@ public static class Compiler
                           $"{deploy.WeightDequantizeLeft} DequantizeLinear left on weight paths; the activation quantization adds " +
                           $"{Quantization.StableRounding.Round(verified.Measured - deploy.SizeMeasured):G4} to the measured distortion of the size target ({deploy.SizeMeasured:G4})");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair) with { Baseline = baseline, Deploy = deploy }, bytes));
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair) with { Baseline = baseline, Deploy = deploy, Smoothing = smoothing }, bytes));
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];
