@@ -63,6 +63,7 @@ internal static class CompileCommand
                           "auto (default; each site scaled where the closed-form error drops) or off. Off with --emit-qat-recipe, whose student keeps the teacher's normalizations",
         };
         smooth.AcceptOnlyFromAmong("auto", "off");
+        var smoothSamples = new Option<int>("--smooth-samples") { Description = "Calibration samples (the first ones) whose activations choose the scaling", DefaultValueFactory = _ => 4 };
         var runBatch = new Option<int>("--run-batch") { Description = "Samples stacked into one ONNX Runtime run when the model's batch axis is symbolic", DefaultValueFactory = _ => 8 };
         var curves = new Option<string>("--curves") { Description = "gain (closed-form local error x propagation gain measured on a few samples), exact (measured at every width on every sample) or fast (diagonal proxy scaled by one measured width)", DefaultValueFactory = _ => "gain" };
         curves.AcceptOnlyFromAmong("gain", "exact", "fast");
@@ -85,7 +86,7 @@ internal static class CompileCommand
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
-                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, deploy, blockSize, keepInitializerInputs, compensation, smooth, curves, curvesFile, writeCurves, cacheDir, noCache,
+                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, deploy, blockSize, keepInitializerInputs, compensation, smooth, smoothSamples, curves, curvesFile, writeCurves, cacheDir, noCache,
                      maxDistortion, maxDrop, maxRepairRate, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
@@ -113,6 +114,7 @@ internal static class CompileCommand
                     // their constants: scaling would give the student other weights than the artifact's.
                     Mode = parse.GetValue(smooth) == "off" || (parse.GetValue(smooth) is null && parse.GetValue(emitRecipe) is not null)
                         ? OnnxQuant.Passes.Smoothing.SmoothingMode.Off : OnnxQuant.Passes.Smoothing.SmoothingMode.Auto,
+                    Samples = parse.GetValue(smoothSamples),
                 },
                 Calibration = new CalibrationOptions
                 {

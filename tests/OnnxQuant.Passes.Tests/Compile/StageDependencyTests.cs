@@ -22,12 +22,14 @@ public sealed class StageDependencyTests
         ["Curves"] = ["Pipeline", "Quantization", "Canonicalize", "Calibration", "Measurement", "Units", "Rewrite"],
         ["Allocate"] = ["Pipeline", "Units"],
         ["Rewrite"] = ["Pipeline", "Quantization", "Canonicalize", "Calibration", "Units", "Allocate"],
+        // Scaling prices candidates with the rewrite's weight quantizer and storage options.
+        ["Smoothing"] = ["Pipeline", "Quantization", "Canonicalize", "Calibration", "Units", "Rewrite"],
         ["Verify"] = ["Pipeline", "Quantization", "Calibration", "Measurement", "Rewrite"],
-        // The report shows what verification measured (the uniform baseline).
-        ["Artifact"] = ["Pipeline", "Units", "Curves", "Allocate", "Rewrite", "Verify"],
+        // The report shows what verification measured (the uniform baseline) and what the scaling did.
+        ["Artifact"] = ["Pipeline", "Units", "Curves", "Allocate", "Rewrite", "Verify", "Smoothing"],
         ["Guards"] = ["Pipeline", "Artifact", "Allocate"],
         ["Compile"] = ["Pipeline", "Quantization", "Canonicalize", "Calibration", "Measurement", "Load", "Units", "Curves",
-            "Allocate", "Rewrite", "Verify", "Artifact", "Guards"],
+            "Allocate", "Rewrite", "Verify", "Artifact", "Guards", "Smoothing"],
     };
 
     private static readonly Dictionary<string, string[]> ProjectReferences = new()
