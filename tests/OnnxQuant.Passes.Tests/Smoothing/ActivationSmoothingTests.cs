@@ -95,10 +95,16 @@ public sealed class ActivationSmoothingTests(ITestOutputHelper output) : IDispos
         return (modelPath, dataPath);
     }
 
-    private SmoothingResult Smooth(Model model, int samples = 8, int threads = 1, int[]? widths = null)
+    /// <summary>Canonicalizes <paramref name="model"/> in place and returns its quantizable layers.</summary>
+    private static IReadOnlyList<QuantLayer> Layers(Model model)
     {
         new PassManager(Canonicalization.Passes()).Run(model);
-        var layers = UnitDiscovery.DiscoverAllocatable(model, ["features"], new UnitOptions(), "transformer.onnx").Layers;
+        return UnitDiscovery.DiscoverAllocatable(model, ["features"], new UnitOptions(), "transformer.onnx").Layers;
+    }
+
+    private SmoothingResult Smooth(Model model, int samples = 8, int threads = 1, int[]? widths = null)
+    {
+        var layers = Layers(model);
         var data = Set(samples);
         return ActivationSmoothing.Run(model, layers, data, samples, new SmoothingOptions(), widths ?? [8], 8, new RewriteOptions(),
             new SessionOptions { IntraOpThreads = threads, Optimization = GraphOptimization.All }, 8);
@@ -136,9 +142,9 @@ public sealed class ActivationSmoothingTests(ITestOutputHelper output) : IDispos
     public void ScaledModelComputesTheSameFloatOutputs()
     {
         var original = Transformer();
-        new PassManager(Canonicalization.Passes()).Run(original);
+        Layers(original);
         var scaled = original.Clone();
-        var layers = UnitDiscovery.DiscoverAllocatable(scaled, ["features"], new UnitOptions(), "transformer.onnx").Layers;
+        var layers = Layers(scaled);
         var data = Set(8);
         var result = ActivationSmoothing.Run(scaled, layers, data, 8, new SmoothingOptions(), [8], 8, new RewriteOptions(),
             new SessionOptions { IntraOpThreads = 1 }, 8);
@@ -158,9 +164,8 @@ public sealed class ActivationSmoothingTests(ITestOutputHelper output) : IDispos
     public void OffLeavesTheModelAsItWas()
     {
         var model = Transformer();
-        new PassManager(Canonicalization.Passes()).Run(model);
+        var layers = Layers(model);
         var bytes = ModelIO.ToBytes(model);
-        var layers = UnitDiscovery.DiscoverAllocatable(model, ["features"], new UnitOptions(), "transformer.onnx").Layers;
         var result = ActivationSmoothing.Run(model, layers, Set(8), 8,
             new SmoothingOptions { Mode = SmoothingMode.Off }, [4], 8, new RewriteOptions(), new SessionOptions(), 8);
         Assert.Empty(result.Sites);
