@@ -509,6 +509,16 @@ public static class ActivationSmoothing
         var rows = new float[stats.Rows.Length];
         for (var r = 0; r < stats.RowCount; r++)
             TensorPrimitives.Divide(stats.Rows.AsSpan(r * c, c), s, rows.AsSpan(r * c, c));
+        // The activation grid's noise variance per element: the step over the scaled tensor's range, the same for every layer.
+        var lo = 0.0;
+        var hi = 0.0;
+        for (var j = 0; j < c; j++)
+        {
+            lo = Math.Min(lo, stats.Min[j] / s[j]);
+            hi = Math.Max(hi, stats.Max[j] / s[j]);
+        }
+        var step = actBits > 0 ? (hi - lo) / ((1 << actBits) - 1) : 0;
+        var noise = step * step / 12;
         var total = 0.0;
         for (var k = 0; k < weights.Count; k++)
         {
@@ -537,17 +547,7 @@ public static class ActivationSmoothing
             });
             total += perRow.Sum() / Math.Max(1, stats.RowCount);
             if (actBits > 0)
-            {
-                var lo = 0.0;
-                var hi = 0.0;
-                for (var j = 0; j < c; j++)
-                {
-                    lo = Math.Min(lo, stats.Min[j] / s[j]);
-                    hi = Math.Max(hi, stats.Max[j] / s[j]);
-                }
-                var step = (hi - lo) / ((1 << actBits) - 1);
-                total += step * step / 12 * TensorPrimitives.Dot(scaled, scaled);
-            }
+                total += noise * TensorPrimitives.Dot(scaled, scaled);
         }
         return total;
     }
