@@ -54,8 +54,9 @@ public sealed class InferenceSession : IDisposable
             throw new FileNotFoundException($"model not found: {modelPath}", modelPath);
         var fullPath = Path.GetFullPath(modelPath);
         var runtime = OrtRuntime.Shared;
-        return CreateWith(runtime, options ?? SessionOptions.Default, $"loading {modelPath}", nativeOptions =>
-            ManagedOrNative(runtime, () => new Ort.InferenceSession(fullPath, nativeOptions),
+        options ??= SessionOptions.Default;
+        return CreateWith(runtime, options, $"loading {modelPath}", nativeOptions =>
+            ManagedOrNative(runtime, options, () => new Ort.InferenceSession(fullPath, nativeOptions),
                 () => NativeSessionCore.FromPath(runtime, fullPath, nativeOptions), $"loading {modelPath}"));
     }
 
@@ -67,16 +68,18 @@ public sealed class InferenceSession : IDisposable
         ArgumentNullException.ThrowIfNull(model);
         var runtime = OrtRuntime.Shared;
         const string operation = "loading the model from memory";
-        return CreateWith(runtime, options ?? SessionOptions.Default, operation, nativeOptions =>
-            ManagedOrNative(runtime, () => new Ort.InferenceSession(model, nativeOptions),
+        options ??= SessionOptions.Default;
+        return CreateWith(runtime, options, operation, nativeOptions =>
+            ManagedOrNative(runtime, options, () => new Ort.InferenceSession(model, nativeOptions),
                 () => NativeSessionCore.FromBytes(runtime, model, nativeOptions), operation));
     }
 
-    private static ISessionCore ManagedOrNative(OrtRuntime runtime, Func<Ort.InferenceSession> managed, Func<ISessionCore> native, string operation)
+    private static ISessionCore ManagedOrNative(OrtRuntime runtime, SessionOptions options, Func<Ort.InferenceSession> managed, Func<ISessionCore> native, string operation)
     {
         try
         {
-            return new ManagedSessionCore(managed());
+            // Only the CPU arena is shrunk: the key names each device's arena, and the CPU EP's is the one runs grow.
+            return new ManagedSessionCore(managed(), options.ReleaseArenaAfterRun && options.Provider != ExecutionProvider.Cuda);
         }
         catch (Ort.OnnxRuntimeException ex) when (OrtErrors.IsUnregisteredElementType(ex))
         {
@@ -131,7 +134,10 @@ public sealed class InferenceSession : IDisposable
     private static ISessionCore CreateCore(OrtRuntime runtime, SessionOptions options, bool cuda, Func<Ort.SessionOptions, ISessionCore> create)
     {
         using var native = BuildOptions(runtime, options, cuda);
-        return create(native);
+        var core = create(native);
+        // Parsing the model and building the session leave their scratch free in the C heap.
+        NativeHeap.Release();
+        return core;
     }
 
     private static Ort.SessionOptions BuildOptions(OrtRuntime runtime, SessionOptions options, bool cuda)
@@ -162,6 +168,8 @@ public sealed class InferenceSession : IDisposable
                 native.IntraOpNumThreads = threads;
             if (!options.MemoryArena)
                 native.EnableCpuMemArena = false;
+            if (!options.MemoryPattern)
+                native.EnableMemoryPattern = false;
             if (options.OptimizedModelPath is { } optimized)
                 native.OptimizedModelFilePath = Path.GetFullPath(optimized);
             if (options.ProfilePrefix is { } prefix)
@@ -261,6 +269,7 @@ public sealed class InferenceSession : IDisposable
             return;
         _disposed = true;
         _core.Dispose();
+        NativeHeap.Release();
     }
 }
 

@@ -11,12 +11,17 @@ internal sealed class ManagedSessionCore : ISessionCore
     private readonly Ort.InferenceSession _session;
     private readonly Ort.RunOptions _runOptions = new();
 
+    /// <summary>ONNX Runtime's run configuration key that frees the arena's unused chunks when a run ends.</summary>
+    internal const string ArenaShrinkageKey = "memory.enable_memory_arena_shrinkage";
+
     public IReadOnlyList<TensorInfo> Inputs { get; }
     public IReadOnlyList<TensorInfo> Outputs { get; }
 
-    public ManagedSessionCore(Ort.InferenceSession session)
+    public ManagedSessionCore(Ort.InferenceSession session, bool releaseArena = false)
     {
         _session = session;
+        if (releaseArena)
+            _runOptions.AddRunConfigEntry(ArenaShrinkageKey, "cpu:0");
         Inputs = session.InputNames.Select(n => Describe(n, session.InputMetadata[n])).ToList();
         Outputs = session.OutputNames.Select(n => Describe(n, session.OutputMetadata[n])).ToList();
     }

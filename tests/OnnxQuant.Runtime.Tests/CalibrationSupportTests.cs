@@ -37,15 +37,24 @@ public class CalibrationSupportTests
         var withArena = SessionOptions.Default with { IntraOpThreads = 1 };
         using var arena = InferenceSession.Create(TestGraphs.ConvRelu(exposeConv: true), withArena);
         using var plain = InferenceSession.Create(TestGraphs.ConvRelu(exposeConv: true), withArena with { MemoryArena = false });
+        // The memory settings of calibration and verification: no planned block per run, the arena shrunk after each.
+        using var unplanned = InferenceSession.Create(TestGraphs.ConvRelu(exposeConv: true), withArena with { MemoryPattern = false });
+        using var shrunk = InferenceSession.Create(TestGraphs.ConvRelu(exposeConv: true), withArena with { ReleaseArenaAfterRun = true });
         // Several runs of different batch sizes: buffers are allocated and given back between them.
         for (var i = 0; i < 4; i++)
         {
             var input = Input(1 + i % 3, 20 + i);
             var expected = arena.Run([new("x", input)], ["c", "y"]);
-            var actual = plain.Run([new("x", input)], ["c", "y"]);
-            for (var k = 0; k < 2; k++)
-                Assert.Equal(expected[k].Data.ToBytes(), actual[k].Data.ToBytes());
+            foreach (var other in new[] { plain, unplanned, shrunk })
+            {
+                var actual = other.Run([new("x", input)], ["c", "y"]);
+                for (var k = 0; k < 2; k++)
+                    Assert.Equal(expected[k].Data.ToBytes(), actual[k].Data.ToBytes());
+            }
         }
+        // Handing free native memory back is allowed at any time, between runs and after sessions close.
+        NativeHeap.Release();
+        Assert.Equal(expected: arena.Run([new("x", Input(2, 7))], ["y"])[0].Data.ToBytes(), actual: shrunk.Run([new("x", Input(2, 7))], ["y"])[0].Data.ToBytes());
     }
 
     [Fact]

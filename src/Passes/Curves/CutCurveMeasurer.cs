@@ -19,12 +19,13 @@ namespace OnnxQuant.Passes.Curves;
 /// <param name="RowSamples">Calibration samples the rows are drawn from (evenly spaced over the set; 0 = every sample):
 /// only their runs of the calibration pass return the layer inputs whole. Every sample by default: on the bundled
 /// DETR, rows from 8, 16 or 32 samples left the compensated uniform 4- and 3-bit models 15 to 26 % more distorted.</param>
-/// <param name="CacheMemoryBytes">Cut activations kept in memory; the rest is spilled to a temporary folder.</param>
+/// <param name="CacheMemoryBytes">Cut activations kept in memory; the rest is spilled to a temporary folder (the runs of a segment
+/// read each of its values once).</param>
 /// <param name="SegmentLayers">Consecutive layers that share one cut session.</param>
 /// <param name="LowWidthSamples">Samples the gain at the lowest candidate width is also measured on (0 = not
 /// measured), for the widths below the reference; at most the samples of the reference gain.</param>
 public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double RelativeError = 0.25, int LocalRows = 512,
-    long CacheMemoryBytes = 512L << 20, int SegmentLayers = 8, int LowWidthSamples = 1, int RowSamples = 0)
+    long CacheMemoryBytes = 64L << 20, int SegmentLayers = 8, int LowWidthSamples = 1, int RowSamples = 0)
 {
     public static GainSettings Default { get; } = new();
 
@@ -203,17 +204,21 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     public void Dispose() => _cache.Dispose();
 
     /// <summary>Input statistics of a layer (by name) for compensation, from the rows the calibration pass fed; null
-    /// without compensation or rows. Computed on demand and kept up to 1 GiB.</summary>
+    /// without compensation or rows. Computed on demand and kept up to <see cref="StatisticsBudgetBytes"/>.</summary>
     public InputStatistics? Statistics(string layer)
     {
         if (_storage.Compensation == Compensation.None)
             return null;
         _statistics ??= new InputStatisticsCache(
-            name => _rows.FirstOrDefault(p => p.Key.Name == name).Value?.Statistics(), 1L << 30);
+            name => _rows.FirstOrDefault(p => p.Key.Name == name).Value?.Statistics(), StatisticsBudgetBytes);
         return _statistics.Find(layer);
     }
 
     private InputStatisticsCache? _statistics;
+
+    /// <summary>S and factors kept at once. The curves use each layer's once (every width in one pass) and the rewrites
+    /// find their widths in the memo, so little more than the largest layer's is ever reused.</summary>
+    internal const long StatisticsBudgetBytes = 256L << 20;
 
     /// <summary>The compensated weights the curves measured, for the rewrites to reuse (they are the same).</summary>
     public CompensationMemo Memo { get; } = new(512L << 20);
@@ -324,7 +329,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 sessionClock.Stop();
                 var floatWeights = cut.Layers.ToDictionary(l => l,
                     l => _model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray());
-                var runner = new CutRunner(session, cut, cache, _features, energy, floatWeights, runClock);
+                var runner = new CutRunner(session, cut, cache, _features, energy, floatWeights, runClock, keep: !exact);
                 foreach (var layer in cut.Layers)
                 {
                     var rows = exact ? null : _rows[layer];
@@ -468,12 +473,18 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 }
             }
         }
+        var spilled = cache.SpilledBytes;
+        var inMemory = cache.MemoryBytes;
+        // The cut activations serve only these runs, and S with its factor is cheaper to recompute from the rows than
+        // to hold through the rewrites, which take their widths from the memo.
+        cache.Dispose();
+        _statistics = null;
         var modelNodes = _model.Graph.Nodes.Count;
         var timing = new CurveTiming(fillClock.Elapsed.TotalSeconds, sessionClock.Elapsed.TotalSeconds, quantizeClock.Elapsed.TotalSeconds,
             localClock.Elapsed.TotalSeconds, runClock.Elapsed.TotalSeconds, missing.Count);
         notes.Insert(0, $"curves on graph cuts: {segments.Count} session(s) of up to {_settings.SegmentLayers} layers, each layer's cut holding " +
                         $"{100 * cutNodes / Math.Max(1, _layers.Count) / Math.Max(1, modelNodes):0}% of the model's nodes on average; " +
-                        $"{cacheSamples} sample(s) of cut activations cached ({cache.MemoryBytes >> 20} MiB in memory, {cache.SpilledBytes >> 20} MiB spilled)");
+                        $"{cacheSamples} sample(s) of cut activations cached ({inMemory >> 20} MiB in memory, {spilled >> 20} MiB spilled)");
         if (!exact && gains.Count > 0)
             notes.Insert(1, $"gain curves: D_u(b) = g_u(b) * L_u(b); gains measured at {referenceBits} bits on {gains.Min(g => g.Samples)}..{gains.Max(g => g.Samples)} samples " +
                             $"(mean {gains.Average(g => g.Samples).ToString("0.0", CultureInfo.InvariantCulture)}), local errors from {_settings.LocalRows} input rows per layer");
@@ -553,10 +564,34 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     }
 
     /// <summary>One run of a segment's cut session on one cached sample, one layer's weight replaced.</summary>
+    /// <param name="keep">Whether the segment's values are kept once read (gain mode: a few samples; exact mode reads every
+    /// sample and keeps none).</param>
     private sealed class CutRunner(InferenceSession session, GraphCut cut, ActivationCache cache, IReadOnlyList<string> features,
-        double[] energy, IReadOnlyDictionary<QuantLayer, float[]> floatWeights, System.Diagnostics.Stopwatch clock)
+        double[] energy, IReadOnlyDictionary<QuantLayer, float[]> floatWeights, System.Diagnostics.Stopwatch clock, bool keep)
     {
         private readonly Dictionary<QuantLayer, TensorData> _float = floatWeights.ToDictionary(p => p.Key, p => TensorData.FromFloats(p.Value, p.Key.WeightShape));
+        // The segment's cached values, read once per sample: the cache may have spilled them to disk, and every unit of
+        // the segment runs on the same few samples.
+        private readonly Dictionary<(string, int), TensorData> _values = [];
+        private readonly Dictionary<(string, int), float[]> _floats = [];
+
+        private TensorData Value(string name, int sample)
+        {
+            if (!keep)
+                return cache.Get(name, sample);
+            if (!_values.TryGetValue((name, sample), out var value))
+                _values[(name, sample)] = value = cache.Get(name, sample);
+            return value;
+        }
+
+        private float[] Floats(string name, int sample)
+        {
+            if (!keep)
+                return cache.Get(name, sample).ToFloats();
+            if (!_floats.TryGetValue((name, sample), out var value))
+                _floats[(name, sample)] = value = cache.Get(name, sample).ToFloats();
+            return value;
+        }
 
         /// <summary>Feature distortion d_s and, with <paramref name="local"/>, ||z - z_float||^2 at the layer's output.</summary>
         public (double Distortion, double Local) Run(int sample, QuantLayer layer, float[] weight, bool local)
@@ -574,7 +609,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 
         private (double Distortion, double Local) RunOnce(int sample, QuantLayer layer, float[] weight, bool local)
         {
-            var inputs = cut.CutValues.Select(n => new NamedTensor(n, cache.Get(n, sample))).ToList();
+            var inputs = cut.CutValues.Select(n => new NamedTensor(n, Value(n, sample))).ToList();
             foreach (var l in cut.Layers)
                 inputs.Add(new NamedTensor(l.WeightName, l == layer ? TensorData.FromFloats(weight, l.WeightShape) : _float[l]));
             var names = cut.FeaturesOf[layer].ToList();
@@ -585,7 +620,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             for (var i = 0; i < cut.FeaturesOf[layer].Count; i++)
             {
                 var name = cut.FeaturesOf[layer][i];
-                var reference = cache.Get(name, sample).ToFloats();
+                var reference = Floats(name, sample);
                 var perturbed = outputs[i].Data.ToFloats();
                 // A data-dependent size (detections after NMS) cannot be compared element by element: a user error in
                 // the choice of features, not a bug.
@@ -599,7 +634,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             if (local)
             {
                 var full = outputs[^1].Data.ToFloats();
-                var reference = cache.Get(cut.OutputOf[layer], sample).ToFloats();
+                var reference = Floats(cut.OutputOf[layer], sample);
                 var perturbed = reference.Length == full.Length ? full : Strided(full);
                 change = FeatureMetric.SquaredDistance(perturbed, reference) * (full.Length / (double)reference.Length);
             }

@@ -20,6 +20,9 @@ public sealed class Verifier
         SessionOptions sessionOptions, int runBatch)
     {
         _features = features;
+        // Every model measured here holds the float model's activations once more beside the compile's own state: the
+        // arena's unused chunks go back after each run, so they do not stack up on the compile's peak.
+        sessionOptions = sessionOptions with { ReleaseArenaAfterRun = true };
         _sessionOptions = sessionOptions;
         using var session = InferenceSession.Create(WithFeatureOutputs(floatModel), sessionOptions);
         _reference = new FeatureReference(features, data, start, count, runBatch, batch => Run(session, batch));
