@@ -136,7 +136,8 @@ public sealed class InferenceSession : IDisposable
         using var native = BuildOptions(runtime, options, cuda);
         var core = create(native);
         // Parsing the model and building the session leave their scratch free in the C heap.
-        NativeHeap.Release();
+        if (options.ReleaseNativeHeap)
+            NativeHeap.Release();
         return core;
     }
 
@@ -269,7 +270,8 @@ public sealed class InferenceSession : IDisposable
             return;
         _disposed = true;
         _core.Dispose();
-        NativeHeap.Release();
+        if (Options.ReleaseNativeHeap)
+            NativeHeap.Release();
     }
 }
 

@@ -15,7 +15,7 @@ public static class CalibrateStage
     /// <param name="rangesOnly">More tensors whose range is wanted (no moments).</param>
     public static CalibrationTable? Run(Model canonical, IReadOnlyList<(string Tensor, int ChannelAxis)> activations,
         CalibrationSet data, int samples, CalibrationOptions options, bool needMoments, ExecutionOptions execution,
-        IProgressSink progress, ICalibrationTap? tap = null, IReadOnlyList<string>? rangesOnly = null)
+        IProgressSink progress, ICalibrationTap? tap = null, IReadOnlyList<string>? rangesOnly = null, FloatRunRequest? floatRuns = null)
     {
         if (options.ActBits == 0 && !needMoments && tap is null)
             return null;
@@ -26,7 +26,7 @@ public static class CalibrateStage
                 targets.Add(new CalibrationTarget(tensor, null));
         using var stage = progress.Begin("calibrate", samples);
         var table = Calibrator.Run(canonical, data, samples, targets, options.ActCalibration, Math.Max(2, options.ActBits == 0 ? 8 : options.ActBits),
-            execution.Instrumentation(), execution.RunBatch, stage, tap);
+            execution.Instrumentation(), execution.RunBatch, stage, tap, floatRuns);
         // The whole tensors the runs returned are garbage now, gigabytes of large-object heap on a full-size model that
         // the runtime would otherwise keep resident through the curve stage: give them back before it starts.
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);

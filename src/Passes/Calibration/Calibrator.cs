@@ -20,6 +20,14 @@ public sealed record CalibrationTable(CalibrationMethod Method, int Samples, IRe
     public ChannelMoments? FindMoments(string tensor) => Moments.FirstOrDefault(m => m.Tensor == tensor);
 }
 
+/// <summary>
+/// Float runs a later stage wants on inputs other than the calibration samples (the verification's float features):
+/// calibration's session already holds the float model, so they cost no session of their own.
+/// </summary>
+/// <param name="Outputs">The tensors each run returns, in order.</param>
+/// <param name="Use">Receives the run function; called at most once, and the function is valid only during the call.</param>
+public sealed record FloatRunRequest(IReadOnlyList<string> Outputs, Action<Func<IReadOnlyList<NamedTensor>, IReadOnlyList<NamedTensor>>> Use);
+
 /// <summary>A tensor to calibrate and, when moments are wanted, the axis of its channels (-1 = last).</summary>
 public sealed record CalibrationTarget(string Tensor, int? MomentsAxis);
 
@@ -31,8 +39,12 @@ public sealed record CalibrationTarget(string Tensor, int? MomentsAxis);
 /// </summary>
 public static class Calibrator
 {
+    /// <param name="floatRuns">Called once every sample is observed, before the sessions close, with a function that runs
+    /// the float model on other inputs through calibration's own session and returns <see cref="FloatRunRequest.Outputs"/>;
+    /// not called when one of them is not an output of that session (the caller then needs a session of its own).</param>
     public static CalibrationTable Run(Model model, CalibrationSet data, int samples, IReadOnlyList<CalibrationTarget> targets,
-        CalibrationMethod method, int bits, SessionOptions sessionOptions, int runBatch, IStageProgress? progress = null, ICalibrationTap? tap = null)
+        CalibrationMethod method, int bits, SessionOptions sessionOptions, int runBatch, IStageProgress? progress = null, ICalibrationTap? tap = null,
+        FloatRunRequest? floatRuns = null)
     {
         var instrumented = model.Clone();
         var graph = instrumented.Graph;
@@ -231,6 +243,18 @@ public static class Calibrator
                     }
             }
             progress?.Advance(count);
+        }
+        if (floatRuns is not null && sessions is not null)
+        {
+            // The session the other runs use: the lean graph's outputs, or the instrumented graph's when nothing is reduced.
+            var available = (lean ?? instrumented).Graph.Outputs.Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+            if (floatRuns.Outputs.All(available.Contains))
+                floatRuns.Use(inputs =>
+                {
+                    // The selection index inputs are fed on every run; gathering nothing costs nothing.
+                    var fed = inputs.Concat(selections.Select(x => new NamedTensor(x.Indices, TensorData.FromInt64s([0L], [1])))).ToList();
+                    return sessions.For(isLeading: false, whole: false).Run(fed, floatRuns.Outputs);
+                });
         }
         var ranges = targets.Select(t =>
         {

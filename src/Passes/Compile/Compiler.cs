@@ -98,12 +98,18 @@ public static class Compiler
                 options.Curves.Gain, measure: measureOnCuts);
         // The speed target also quantizes layer outputs and the tensors between integer layers.
         var speed = options.Rewrite.Deploy == DeployTarget.Speed;
+        Verifier? verifier = null;
+        var verification = loaded.Verification;
         var calibration = clock.Time("calibrate", () => CalibrateStage.Run(canonical,
             discovery.Layers.Select(l => l.Activation).Distinct()
                 .Select(a => (a, discovery.Layers.First(l => l.Activation == a).ActivationChannelAxis)).ToList(),
             loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast && known is null, options.Execution, progress,
             cutCurves is { } tap && (tap.ExtraTensors.Count > 0 || tap.CollectsRows) ? tap : null,
-            speed ? SpeedRewriter.CalibrationTensors(canonical, discovery.Layers) : null));
+            speed ? SpeedRewriter.CalibrationTensors(canonical, discovery.Layers) : null,
+            Verifier.ForCalibration(features, verification.Data, verification.Start, verification.Count, options.Execution.Measurement(),
+                options.Execution.RunBatch, made => verifier = made)));
+        // From here on the input rows are read a layer at a time, so they need not stay in memory.
+        cutCurves?.SpillRows();
 
         var curves = known ?? clock.Time("curves", () => CurveStage.Measure(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
@@ -111,7 +117,6 @@ public static class Compiler
         Func<string, Quantization.InputStatistics?>? statistics = cutCurves is null ? null : cutCurves.Statistics;
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
-        Verifier? verifier = null;
         // Beside the artifact, not in it: a model ONNX Runtime rejects is never published.
         var debugDirectory = Path.TrimEndingDirectorySeparator(outputDirectory) + ".debug";
 
@@ -153,8 +158,7 @@ public static class Compiler
                 var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics, memo: cutCurves?.Memo));
                 return clock.Time("verify", () =>
                 {
-                    var split = loaded.Verification;
-                    verifier ??= new Verifier(canonical, features, split.Data, split.Start, split.Count,
+                    verifier ??= new Verifier(canonical, features, verification.Data, verification.Start, verification.Count,
                         options.Execution.Measurement(), options.Execution.RunBatch);
                     using var stage = progress.Begin($"verify {AllocationOptions.FormatBits(target)} bits", 1);
                     var result = VerifyStage.Run(rewritten,

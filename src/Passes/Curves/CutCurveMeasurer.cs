@@ -201,7 +201,36 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 
     internal static int StrideOf(int length) => Math.Max(1, (length + OutputSampleElements - 1) / OutputSampleElements);
 
-    public void Dispose() => _cache.Dispose();
+    private string? _rowFolder;
+
+    /// <summary>
+    /// Moves every layer's input rows to a private temporary folder once calibration is over (200 MB on DETR-R50):
+    /// the curves read each layer's once, the rewrites only where the memo lacks a width; the floats are the same.
+    /// </summary>
+    public void SpillRows()
+    {
+        if (_rows.Count == 0 || _rowFolder is not null)
+            return;
+        _rowFolder = Directory.CreateTempSubdirectory("onnxquant-rows-").FullName;
+        var index = 0;
+        foreach (var layer in _layers)
+            if (_rows.TryGetValue(layer, out var rows))
+                rows.Spill(Path.Combine(_rowFolder, $"{index++}.bin"));
+    }
+
+    private void DeleteRows()
+    {
+        if (_rowFolder is not null && Directory.Exists(_rowFolder))
+            Directory.Delete(_rowFolder, true);
+        _rowFolder = null;
+    }
+
+    public void Dispose()
+    {
+        _cache.Dispose();
+        Memo.Dispose();
+        DeleteRows();
+    }
 
     /// <summary>Input statistics of a layer (by name) for compensation, from the rows the calibration pass fed; null
     /// without compensation or rows. Computed on demand and kept up to <see cref="StatisticsBudgetBytes"/>.</summary>
@@ -221,7 +250,10 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     internal const long StatisticsBudgetBytes = 256L << 20;
 
     /// <summary>The compensated weights the curves measured, for the rewrites to reuse (they are the same).</summary>
-    public CompensationMemo Memo { get; } = new(512L << 20);
+    public CompensationMemo Memo { get; } = new(MemoBudgetBytes);
+
+    /// <summary>Quantized widths kept in memory; the rest wait on disk for the rewrites (DETR-R50's six widths are 250 MB).</summary>
+    internal const long MemoBudgetBytes = 64L << 20;
 
     /// <summary>The features: their energy over all calibration samples normalizes the gain measurements.</summary>
     public IReadOnlyCollection<string> ExtraTensors => !_measure || _options.Mode == CurveMode.Exact ? [] : _features.ToList();

@@ -25,6 +25,9 @@ public sealed class LayerInputRows
     private readonly int _rowsPerSample;
     private readonly int _seed;
     private readonly List<float[]> _rows = [];
+    // Once calibration is done the rows may wait in a file (see Spill): each layer reads them once or twice.
+    private string? _file;
+    private int _fileRows;
     private long _observedRows;
     private long _observedSamples;
 
@@ -61,7 +64,45 @@ public sealed class LayerInputRows
     /// <summary>Why the layer's rows cannot be formed (the caller falls back to the diagonal proxy); null when they can.</summary>
     public string? Fallback { get; private set; }
 
-    public int RowCount => _rows.Count;
+    public int RowCount => _file is null ? _rows.Count : _fileRows;
+
+    /// <summary>
+    /// Moves the rows to <paramref name="path"/> and frees them; later reads load them from there (the same floats).
+    /// Calibration must be over: no row can be added afterwards.
+    /// </summary>
+    public void Spill(string path)
+    {
+        if (_file is not null || _rows.Count == 0)
+            return;
+        using (var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write))
+            foreach (var row in _rows)
+                stream.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(row.AsSpan()));
+        _fileRows = _rows.Count;
+        _file = path;
+        _rows.Clear();
+        _rows.TrimExcess();
+    }
+
+    /// <summary>The rows, from memory or read back from their file.</summary>
+    private IReadOnlyList<float[]> Rows()
+    {
+        if (_file is null)
+            return _rows;
+        var rows = new float[_fileRows][];
+        using var stream = File.OpenRead(_file);
+        for (var r = 0; r < rows.Length; r++)
+        {
+            rows[r] = new float[Reduction];
+            stream.ReadExactly(System.Runtime.InteropServices.MemoryMarshal.AsBytes(rows[r].AsSpan()));
+        }
+        return rows;
+    }
+
+    private void CheckOpen()
+    {
+        if (_file is not null)
+            throw new InvalidOperationException($"layer '{_layer.Name}': rows added after they were spilled");
+    }
 
     /// <summary>Mean number of rows (output positions or tokens) one sample gives this layer.</summary>
     public double RowsPerSampleObserved => _observedSamples == 0 ? 0 : (double)_observedRows / _observedSamples;
@@ -69,6 +110,7 @@ public sealed class LayerInputRows
     /// <summary>Adds the layer input of <paramref name="count"/> samples stacked in one run.</summary>
     public void Add(float[] values, long[] shape, int firstSample, int count)
     {
+        CheckOpen();
         if (Draw(shape, firstSample, count) is not { } draw)
             return;
         foreach (var positions in draw.Rows)
@@ -102,6 +144,7 @@ public sealed class LayerInputRows
     /// (<paramref name="selected"/> in that order; the values at padding positions are ignored).</summary>
     public void AddSelected(long[] shape, int sample, ReadOnlySpan<float> selected)
     {
+        CheckOpen();
         if (Draw(shape, sample, 1) is not { } draw)
             return;
         var offset = 0;
@@ -211,12 +254,13 @@ public sealed class LayerInputRows
     /// </summary>
     public double[][] ChannelErrors(float[] weight, Func<int, float[]> quantize, IReadOnlyList<int> bits, bool centered, int threads)
     {
-        if (Fallback is not null || _rows.Count == 0)
+        if (Fallback is not null || RowCount == 0)
             throw new InvalidOperationException($"layer '{_layer.Name}' has no input rows ({Fallback ?? "none observed"})");
         var channels = _layer.Channels;
         var result = new double[bits.Count][];
-        var scale = RowsPerSampleObserved * Alpha * Alpha / _rows.Count;
-        var mean = centered ? Mean() : null;
+        var rows = Rows();
+        var scale = RowsPerSampleObserved * Alpha * Alpha / rows.Count;
+        var mean = centered ? Mean(rows) : null;
         for (var k = 0; k < bits.Count; k++)
         {
             var q = quantize(bits[k]);
@@ -228,7 +272,7 @@ public sealed class LayerInputRows
                 var (dw, offset) = ChannelDelta(weight, q, c);
                 double shift = mean is null ? 0 : TensorPrimitives.Dot(mean.AsSpan(offset, dw.Length), dw);
                 double sum = 0;
-                foreach (var x in _rows)
+                foreach (var x in rows)
                 {
                     double v = TensorPrimitives.Dot(x.AsSpan(offset, dw.Length), dw) - shift;
                     sum += v * v;
@@ -272,23 +316,24 @@ public sealed class LayerInputRows
         return result;
     }
 
-    private float[] Mean()
+    private float[] Mean(IReadOnlyList<float[]> rows)
     {
         var sum = new double[Reduction];
-        foreach (var x in _rows)
+        foreach (var x in rows)
             for (var i = 0; i < Reduction; i++)
                 sum[i] += x[i];
-        return sum.Select(v => (float)(v / _rows.Count)).ToArray();
+        return sum.Select(v => (float)(v / rows.Count)).ToArray();
     }
 
     /// <summary>S = E[x x^T] and E[x] of the kept rows, for compensation; null when no rows could be formed.</summary>
     public InputStatistics? Statistics()
     {
-        if (Fallback is not null || _rows.Count == 0)
+        if (Fallback is not null || RowCount == 0)
             return null;
         var rowLength = _layer.OpType == "Conv" ? (int)(_layer.Size / _layer.Channels) : Reduction;
         var perGroup = _layer.OpType == "Conv" ? _layer.Channels / Math.Max(1, _layer.Groups) : _layer.Channels;
-        return InputStatistics.FromRows(_rows, Reduction, rowLength, perGroup);
+        // A snapshot: S is computed later from these rows, whatever happens to the list.
+        return InputStatistics.FromRows(_file is null ? _rows.ToList() : Rows(), Reduction, rowLength, perGroup);
     }
 
     /// <summary>The weight change of output channel <paramref name="c"/> laid out like a slice of an input row.</summary>

@@ -31,7 +31,8 @@ public sealed record ExecutionOptions : IStageOptions
     /// the reductions keep every layer input's consumers apart, and one planned block per run held 214 MB more at the
     /// peak than buffers reused as they are freed, for no speed.
     /// </summary>
-    public SessionOptions Instrumentation() => new() { IntraOpThreads = Threads, Optimization = GraphOptimization.All, MemoryPattern = false };
+    public SessionOptions Instrumentation() =>
+        new() { IntraOpThreads = Threads, Optimization = GraphOptimization.All, MemoryPattern = false, ReleaseNativeHeap = true };
 
     /// <summary>Sessions that measure features (curves, verification): every optimization, exact MatMulNBits.</summary>
     public SessionOptions Measurement() =>

@@ -96,14 +96,22 @@ public sealed class InputStatistics
 
 /// <summary>
 /// Each layer's weight quantized at each width, computed once and shared by the curves (every width) and every rewrite
-/// (the allocated widths, the uniform baseline, repairs), up to a memory budget: second-order rounding of a large layer
+/// (the allocated widths, the uniform baseline, repairs), in memory up to a budget and on disk beyond it: second-order rounding of a large layer
 /// costs seconds, picking its channels from stored widths nothing. Channels are quantized independently, so a mix of
 /// widths is exactly the stored widths' channels side by side.
 /// </summary>
-public sealed class CompensationMemo(long budgetBytes)
+public sealed class CompensationMemo(long budgetBytes) : IDisposable
 {
+    // Beyond the in-memory budget an entry's integer values go to a file in a private temporary folder (its scales and
+    // output errors stay in memory): a width is never computed twice, and the memo costs the budget whatever the model.
     private readonly Dictionary<(string Layer, int Bits, string Layout, bool Gptq), WeightQuantization> _entries = [];
+    private readonly Dictionary<(string Layer, int Bits, string Layout, bool Gptq), (string Path, WeightQuantization Stub)> _spilled = [];
+    private string? _folder;
     private long _bytes;
+
+    /// <summary>Bytes of integer values held in memory, and written to the spill folder.</summary>
+    public long MemoryBytes => _bytes;
+    public long SpilledBytes { get; private set; }
 
     public WeightQuantization Quantize(string layer, float[] weight, WeightLayout layout, int[] channelBits, Func<InputStatistics?> statistics, bool gptq)
     {
@@ -118,7 +126,7 @@ public sealed class CompensationMemo(long budgetBytes)
     {
         List<int> missing;
         lock (_entries)
-            missing = widths.Distinct().Order().Where(b => !_entries.ContainsKey(Key(layer, b, layout, gptq))).ToList();
+            missing = widths.Distinct().Order().Where(b => Find(Key(layer, b, layout, gptq)) is null).ToList();
         if (missing.Count == 0)
             return;
         var computed = Compensator.QuantizeWidths(weight, layout, missing, gptq ? statistics() : null, threads);
@@ -129,13 +137,37 @@ public sealed class CompensationMemo(long budgetBytes)
     private static (string, int, string, bool) Key(string layer, int bits, WeightLayout layout, bool gptq) =>
         (layer, bits, $"{string.Join("x", layout.Shape)}/{layout.ChannelAxis}/{layout.BlockSize}", gptq);
 
+    /// <summary>The stored entry (read back from its file when spilled), or null. Callers hold the lock.</summary>
+    private WeightQuantization? Find((string, int, string, bool) key)
+    {
+        if (_entries.TryGetValue(key, out var found))
+            return found;
+        if (!_spilled.TryGetValue(key, out var spilled))
+            return null;
+        var values = new sbyte[new FileInfo(spilled.Path).Length];
+        using (var file = File.OpenRead(spilled.Path))
+            file.ReadExactly(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()));
+        return spilled.Stub with { Values = values };
+    }
+
     private void Store((string, int, string, bool) key, WeightQuantization computed)
     {
         lock (_entries)
         {
+            if (_entries.ContainsKey(key) || _spilled.ContainsKey(key))
+                return;
             var size = computed.Values.LongLength + computed.Scales.LongLength * sizeof(float);
-            if (_bytes + size <= budgetBytes && _entries.TryAdd(key, computed))
+            if (_bytes + size <= budgetBytes)
+            {
+                _entries[key] = computed;
                 _bytes += size;
+                return;
+            }
+            _folder ??= Directory.CreateTempSubdirectory("onnxquant-memo-").FullName;
+            var path = Path.Combine(_folder, $"{_spilled.Count}.bin");
+            File.WriteAllBytes(path, System.Runtime.InteropServices.MemoryMarshal.AsBytes(computed.Values.AsSpan()).ToArray());
+            _spilled[key] = (path, computed with { Values = [] });
+            SpilledBytes += computed.Values.LongLength;
         }
     }
 
@@ -144,12 +176,24 @@ public sealed class CompensationMemo(long budgetBytes)
         var key = Key(layer, bits, layout, gptq);
         lock (_entries)
         {
-            if (_entries.TryGetValue(key, out var found))
+            if (Find(key) is { } found)
                 return found;
         }
         var computed = Compensator.Quantize(weight, layout, Enumerable.Repeat(bits, layout.Channels).ToArray(), gptq ? statistics() : null, gptq);
         Store(key, computed);
         return computed;
+    }
+
+    public void Dispose()
+    {
+        lock (_entries)
+        {
+            _entries.Clear();
+            _spilled.Clear();
+            if (_folder is not null && Directory.Exists(_folder))
+                Directory.Delete(_folder, true);
+            _folder = null;
+        }
     }
 }
 

@@ -20,13 +20,33 @@ public sealed class Verifier
         SessionOptions sessionOptions, int runBatch)
     {
         _features = features;
-        // Every model measured here holds the float model's activations once more beside the compile's own state: the
-        // arena's unused chunks go back after each run, so they do not stack up on the compile's peak.
-        sessionOptions = sessionOptions with { ReleaseArenaAfterRun = true };
-        _sessionOptions = sessionOptions;
-        using var session = InferenceSession.Create(WithFeatureOutputs(floatModel), sessionOptions);
+        _sessionOptions = Shrinking(sessionOptions);
+        using var session = InferenceSession.Create(WithFeatureOutputs(floatModel), _sessionOptions);
         _reference = new FeatureReference(features, data, start, count, runBatch, batch => Run(session, batch));
     }
+
+    /// <summary>A verifier whose float features were computed elsewhere (by calibration's session, see
+    /// <see cref="ForCalibration"/>).</summary>
+    public Verifier(FeatureReference reference, SessionOptions sessionOptions)
+    {
+        _features = reference.Features;
+        _sessionOptions = Shrinking(sessionOptions);
+        _reference = reference;
+    }
+
+    /// <summary>
+    /// Asks calibration to compute the verification samples' float features with its own session (the float model is
+    /// loaded there already; a session of its own cost a second copy of the model at the compile's peak and its
+    /// build time); <paramref name="made"/> receives the verifier, or nothing when calibration's graph lacks a feature.
+    /// </summary>
+    public static FloatRunRequest ForCalibration(IReadOnlyList<string> features, CalibrationSet data, int start, int count,
+        SessionOptions sessionOptions, int runBatch, Action<Verifier> made) =>
+        new(features, run => made(new Verifier(new FeatureReference(features, data, start, count, runBatch,
+            batch => run(batch).Select(o => o.Data.ToFloats()).ToArray()), sessionOptions)));
+
+    // Every model measured here holds the float model's activations once more beside the compile's own state: the
+    // arena's unused chunks go back after each run, so they do not stack up on the compile's peak.
+    private static SessionOptions Shrinking(SessionOptions options) => options with { ReleaseArenaAfterRun = true, ReleaseNativeHeap = true };
 
     public int Samples => _reference.Samples;
 

@@ -56,17 +56,20 @@ public class CompensationTests
     /// recomputed (the statistics are not asked for again).
     /// </summary>
     [Theory]
-    [InlineData(true, 0)]
-    [InlineData(false, 0)]
-    [InlineData(true, 16)]
-    public void CompensationMemoEqualsDirectQuantization(bool gptq, int blockSize)
+    [InlineData(true, 0, 1 << 20)]
+    [InlineData(false, 0, 1 << 20)]
+    [InlineData(true, 16, 1 << 20)]
+    [InlineData(true, 0, 0)]
+    [InlineData(true, 16, 0)]
+    public void CompensationMemoEqualsDirectQuantization(bool gptq, int blockSize, long budget)
     {
         const int k = 48, n = 8;
         var rows = CorrelatedRows(256, k, 4);
         var statistics = InputStatistics.FromRows(rows, k, k, n);
         var weight = Net.RandomData(k * n, 6);
         var layout = blockSize > 0 ? new WeightLayout([k, n], channelAxis: 1, blockAxis: 0, blockSize: blockSize) : new WeightLayout([n, k], channelAxis: 0);
-        var memo = new CompensationMemo(1 << 20);
+        // A budget of 0 keeps every width's values on disk: read back, they are the same.
+        using var memo = new CompensationMemo(budget);
         var asked = 0;
         InputStatistics Statistics() { asked++; return statistics; }
         foreach (var bits in new[] { new[] { 4, 4, 4, 4, 4, 4, 4, 4 }, new[] { 2, 2, 3, 3, 4, 4, 8, 8 }, new[] { 8, 3, 2, 4, 4, 2, 3, 8 } })
@@ -79,9 +82,11 @@ public class CompensationTests
         }
         // Widths 2, 3, 4 and 8 were each computed once.
         Assert.Equal(gptq ? 4 : 0, asked);
+        Assert.Equal(budget == 0 ? 0 : 4 * k * n, memo.MemoryBytes - (budget == 0 ? 0 : 4 * n * layout.BlocksPerChannel * sizeof(float)));
+        Assert.Equal(budget == 0 ? 4 * k * n : 0, memo.SpilledBytes);
 
         // Prepared together (as the curves do), the widths are computed in one pass and read back bit for bit.
-        var prepared = new CompensationMemo(1 << 20);
+        using var prepared = new CompensationMemo(budget);
         asked = 0;
         prepared.Prepare("layer", weight, layout, [2, 3, 4, 8], Statistics, gptq, threads: 2);
         foreach (var width in new[] { 2, 3, 4, 8 })
