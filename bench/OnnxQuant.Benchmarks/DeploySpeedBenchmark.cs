@@ -16,16 +16,20 @@ namespace OnnxQuant.Benchmarks;
 /// at each thread count. Prints median latencies, the ratio float / quantized, weight bytes against float and the
 /// measured distortion. Models: a ResNet-18-shaped network built in code (<see cref="ResNetGraph"/>, 224x224),
 /// the bundled small DETR, and any `--model PATH --calib PATH` pair. Curves are `fast` (latency does not depend on
-/// how the bits were chosen, and the benchmark should not spend its time measuring curves).
-/// Usage: deploy-speed [--threads 1,2] [--runs 40] [--calib-samples 16] [--no-resnet] [--no-detr] [--model M --calib C]...
+/// how the bits were chosen, and the benchmark should not spend its time measuring curves). `--feature A,B` names the
+/// fixed-size tensors the `--model` compiles are verified on (a Mask-RCNN's detections change size with the data).
+/// Usage: deploy-speed [--threads 1,2] [--runs 40] [--calib-samples 16] [--no-resnet] [--no-detr] [--feature A,B] [--model M --calib C]...
 /// </summary>
 public static class DeploySpeedBenchmark
 {
     public static RatioBenchmark Benchmark { get; } = new("deploy-speed",
-        "deploy-speed [--threads 1,2] [--runs 40] [--calib-samples 16] [--no-resnet] [--no-detr] [--model M --calib C]...: " +
+        "deploy-speed [--threads 1,2] [--runs 40] [--calib-samples 16] [--no-resnet] [--no-detr] [--feature A,B] [--model M --calib C]...: " +
         "float / quantized latency of the size and speed targets", Run);
 
     private sealed record Variant(string Name, string Path, CompileReport? Report);
+
+    // The features of the --model compiles (the built and bundled models use their outputs).
+    private static IReadOnlyList<string> _features = [];
 
     private static int Run(string[] args)
     {
@@ -44,6 +48,7 @@ public static class DeploySpeedBenchmark
                 case "--calib-samples": samples = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-resnet": resnet = false; break;
                 case "--no-detr": detr = false; break;
+                case "--feature": _features = args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries); break;
                 case "--model":
                     var path = args[++i];
                     if (i + 2 >= args.Length || args[i + 1] != "--calib")
@@ -73,7 +78,8 @@ public static class DeploySpeedBenchmark
             var rows = new List<string>();
             foreach (var (name, model, calib) in models)
             {
-                var variants = Compile(name, model, calib, samples, Path.Combine(work, rows.Count.ToString(CultureInfo.InvariantCulture)));
+                var own = name.Contains("(bundled", StringComparison.Ordinal) || name.Contains("(built", StringComparison.Ordinal);
+                var variants = Compile(name, model, calib, samples, Path.Combine(work, rows.Count.ToString(CultureInfo.InvariantCulture)), own ? [] : _features);
                 foreach (var t in threads)
                     rows.Add(Time(name, variants, t, runs));
             }
@@ -91,7 +97,7 @@ public static class DeploySpeedBenchmark
         }
     }
 
-    private static List<Variant> Compile(string name, string model, string calib, int samples, string outDir)
+    private static List<Variant> Compile(string name, string model, string calib, int samples, string outDir, IReadOnlyList<string> features)
     {
         var variants = new List<Variant> { new("float", model, null) };
         foreach (var deploy in new[] { DeployTarget.Size, DeployTarget.Speed })
@@ -100,6 +106,7 @@ public static class DeploySpeedBenchmark
             var options = new CompileOptions
             {
                 Data = new() { CalibSamples = samples, VerifySamples = 8 },
+                Features = new() { Features = features },
                 // One curve cache per model: both targets share the curves (they do not depend on the deploy target).
                 Curves = new() { Mode = CurveMode.Fast, CacheDir = Path.Combine(outDir, "curves") },
                 Allocation = new() { TargetBits = [8, 4] },

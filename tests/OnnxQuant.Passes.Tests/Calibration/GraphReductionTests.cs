@@ -34,6 +34,48 @@ public class GraphReductionTests
         public void Capture(string tensor, int sample, TensorData value) { }
     }
 
+    /// <summary>
+    /// Float runs requested from calibration (the verification's float features) come from calibration's own session:
+    /// the model's outputs on other inputs, equal to a plain session's within float rounding (the sessions may fuse
+    /// differently: 1e-5 relative), and nothing is run when a requested tensor is not an output of that session.
+    /// </summary>
+    [Fact]
+    public void FloatRunsThroughCalibrationsSessionGiveTheModelsOutputs()
+    {
+        var model = TestModels.Detector();
+        var data = TestCalibration.Single("images", TestModels.Images(Samples, 5), 3, 16, 16);
+        var other = TestCalibration.Single("images", TestModels.Images(3, 9), 3, 16, 16);
+        var outputs = model.Graph.Outputs.Select(v => v.Name).ToList();
+        var runs = new List<float[][]>();
+        var request = new FloatRunRequest(outputs, run =>
+        {
+            foreach (var (_, _, inputs) in other.Runs(0, 3, 1))
+                runs.Add(run(inputs.Select(b => b.ToNamedTensor()).ToList()).Select(o => o.Data.ToFloats()).ToArray());
+        });
+        Calibrator.Run(model, data, Samples, LayerInputs(model), CalibrationMethod.MinMax, 8, SessionOptions.Calibration, 4, floatRuns: request);
+        Assert.Equal(3, runs.Count);
+        using var plain = InferenceSession.Create(ModelIO.ToBytes(model));
+        var k = 0;
+        foreach (var (_, _, inputs) in other.Runs(0, 3, 1))
+        {
+            var expected = plain.Run(inputs.Select(b => b.ToNamedTensor()).ToList(), outputs);
+            for (var o = 0; o < outputs.Count; o++)
+            {
+                var e = expected[o].Data.ToFloats();
+                var scale = Math.Max(1e-6, e.Max(v => Math.Abs(v)));
+                Assert.Equal(e.Length, runs[k][o].Length);
+                Assert.All(e.Zip(runs[k][o]), p => Assert.True(Math.Abs(p.First - p.Second) <= 1e-5 * scale, $"{p.First} vs {p.Second}"));
+            }
+            k++;
+        }
+
+        // A tensor the calibration graph does not output: the caller is not called and builds its own session.
+        var called = false;
+        Calibrator.Run(model, data, Samples, LayerInputs(model), CalibrationMethod.MinMax, 8, SessionOptions.Calibration, 4,
+            floatRuns: new FloatRunRequest([LayerInputs(model)[0].Tensor], _ => called = true));
+        Assert.False(called);
+    }
+
     [Fact]
     public void ReducedRangesEqualTheRangesOfTheWholeTensors()
     {
