@@ -70,6 +70,25 @@ public class GainCurveTests
             rows.Add(inputs[s], inputShape, s, 1);
         var predicted = rows.ChannelErrors(weight, layout, Bits, threads: 1).Select(c => c.Sum()).ToArray();
 
+        // Spilled to a file once calibration is over, the rows give the same errors and statistics to the bit.
+        var before = rows.Statistics()!;
+        var path = Path.Combine(Path.GetTempPath(), $"onnxquant-rows-{Guid.NewGuid():N}.bin");
+        try
+        {
+            var count = rows.RowCount;
+            rows.Spill(path);
+            Assert.Equal(count, rows.RowCount);
+            Assert.Equal(predicted, rows.ChannelErrors(weight, layout, Bits, threads: 1).Select(c => c.Sum()).ToArray());
+            var after = rows.Statistics()!;
+            Assert.Equal(before.Mean, after.Mean);
+            Assert.Equal(before.Second, after.Second);
+            Assert.Throws<InvalidOperationException>(() => rows.Add(inputs[0], inputShape, 0, 1));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+
         // Direct: the model with the weight as an input, run with the float and the quantized weights.
         var measuredModel = CurveMeasurer.BuildCurveModel(model, [layer], features);
         using var session = InferenceSession.Create(ModelIO.ToBytes(measuredModel), SessionOptions.Calibration);
