@@ -1,12 +1,13 @@
 using OnnxQuant.Frontend;
 using OnnxQuant.Runtime;
+using OnnxQuant.Passes.Pipeline;
 
 namespace OnnxQuant.Passes.Curves;
 
 /// <summary>
 /// Float activations at graph cuts, per tensor and sample, kept in memory up to a byte budget and spilled to raw files
 /// in a private temporary folder beyond it (deleted on dispose), so the cache never holds more than the budget in
-/// memory whatever the model size.
+/// memory whatever the model size (see <see cref="ScratchFolder"/> for folders a killed compile leaves).
 /// </summary>
 public sealed class ActivationCache(long memoryBudgetBytes) : IDisposable
 {
@@ -30,7 +31,7 @@ public sealed class ActivationCache(long memoryBudgetBytes) : IDisposable
             return;
         }
         var bytes = data.ToBytes();
-        _folder ??= Directory.CreateTempSubdirectory("onnxquant-activations-").FullName;
+        _folder ??= ScratchFolder.Create("activations");
         var path = Path.Combine(_folder, $"{_files++}.bin");
         File.WriteAllBytes(path, bytes);
         _disk[(tensor, sample)] = (path, data.DataType, data.Shape);

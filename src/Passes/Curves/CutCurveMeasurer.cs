@@ -211,7 +211,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     {
         if (_rows.Count == 0 || _rowFolder is not null)
             return;
-        _rowFolder = Directory.CreateTempSubdirectory("onnxquant-rows-").FullName;
+        _rowFolder = ScratchFolder.Create("rows");
         var index = 0;
         foreach (var layer in _layers)
             if (_rows.TryGetValue(layer, out var rows))

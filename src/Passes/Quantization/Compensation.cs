@@ -163,7 +163,7 @@ public sealed class CompensationMemo(long budgetBytes) : IDisposable
                 _bytes += size;
                 return;
             }
-            _folder ??= Directory.CreateTempSubdirectory("onnxquant-memo-").FullName;
+            _folder ??= OnnxQuant.Passes.Pipeline.ScratchFolder.Create("memo");
             var path = Path.Combine(_folder, $"{_spilled.Count}.bin");
             File.WriteAllBytes(path, System.Runtime.InteropServices.MemoryMarshal.AsBytes(computed.Values.AsSpan()).ToArray());
             _spilled[key] = (path, computed with { Values = [] });
