@@ -91,12 +91,23 @@ public abstract class FaultTests(FaultFixture fx)
         foreach (var a in args)
             start.ArgumentList.Add(a);
         start.Environment["ONNXQUANT_FAULT"] = fault ?? "";
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        Assert.True(process.WaitForExit(120_000), "onnxquant did not finish in 2 minutes");
-        process.WaitForExit();
-        return (process.ExitCode, stdout.Result, stderr.Result);
+        // A killed compile cannot delete its scratch folders (spilled rows, widths): each run gets a temporary folder of
+        // its own, deleted here, so the kill tests leave nothing in the machine's.
+        var scratch = Directory.CreateTempSubdirectory("onnxquant-fault-tmp-").FullName;
+        start.Environment["TMPDIR"] = scratch;
+        try
+        {
+            using var process = Process.Start(start)!;
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            var stderr = process.StandardError.ReadToEndAsync();
+            Assert.True(process.WaitForExit(120_000), "onnxquant did not finish in 2 minutes");
+            process.WaitForExit();
+            return (process.ExitCode, stdout.Result, stderr.Result);
+        }
+        finally
+        {
+            Directory.Delete(scratch, recursive: true);
+        }
     }
 
     /// <summary>
