@@ -372,13 +372,17 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                     var gptq = _storage.Compensation.HasFlag(Compensation.Gptq);
                     var quantized = new Dictionary<int, float[]>();
                     // The same quantizer as the rewrite, so the curves price the weights that are written.
+                    // Each width is read from the memo once (it may wait on disk): its values and the output errors
+                    // second-order rounding reported with them.
+                    var outputErrors = new Dictionary<int, double[]?>();
                     float[] Quantized(int b)
                     {
                         if (quantized.TryGetValue(b, out var q))
                             return q;
                         quantizeClock.Start();
-                        q = quantized[b] = Memo.Quantize(layer.Name, weight, layout, Enumerable.Repeat(b, layout.Channels).ToArray(),
-                            () => statistics, gptq).Dequantize();
+                        var stored = Memo.Quantize(layer.Name, weight, layout, Enumerable.Repeat(b, layout.Channels).ToArray(), () => statistics, gptq);
+                        q = quantized[b] = stored.Dequantize();
+                        outputErrors[b] = stored.OutputErrors;
                         quantizeClock.Stop();
                         return q;
                     }
@@ -395,7 +399,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                     // Second-order rounding reports each channel's dW S dW^T on the way; rounding to nearest needs a pass
                     // over the rows.
                     var reported = local && gptq && statistics is not null
-                        ? bits.Select(b => Memo.Quantize(layer.Name, weight, layout, Enumerable.Repeat(b, layout.Channels).ToArray(), () => statistics, gptq).OutputErrors).ToList()
+                        ? bits.Select(b => { Quantized(b); return outputErrors[b]; }).ToList()
                         : null;
                     var channelErrors = !local ? null
                         : reported is not null && reported.All(e => e is not null) ? rows!.ChannelErrors(weight, Quantized, bits, reported!, statistics!, centered)

@@ -126,7 +126,7 @@ public sealed class CompensationMemo(long budgetBytes) : IDisposable
     {
         List<int> missing;
         lock (_entries)
-            missing = widths.Distinct().Order().Where(b => Find(Key(layer, b, layout, gptq)) is null).ToList();
+            missing = widths.Distinct().Order().Where(b => !_entries.ContainsKey(Key(layer, b, layout, gptq)) && !_spilled.ContainsKey(Key(layer, b, layout, gptq))).ToList();
         if (missing.Count == 0)
             return;
         var computed = Compensator.QuantizeWidths(weight, layout, missing, gptq ? statistics() : null, threads);
@@ -165,7 +165,7 @@ public sealed class CompensationMemo(long budgetBytes) : IDisposable
             }
             _folder ??= OnnxQuant.Passes.Pipeline.ScratchFolder.Create("memo");
             var path = Path.Combine(_folder, $"{_spilled.Count}.bin");
-            File.WriteAllBytes(path, System.Runtime.InteropServices.MemoryMarshal.AsBytes(computed.Values.AsSpan()).ToArray());
+            File.WriteAllBytes(path, System.Runtime.InteropServices.MemoryMarshal.AsBytes(computed.Values.AsSpan()));
             _spilled[key] = (path, computed with { Values = [] });
             SpilledBytes += computed.Values.LongLength;
         }
