@@ -251,8 +251,27 @@ public static class SpeedRewriter
             graph.InsertNode(0, dq);
             graph.InsertNode(0, q);
         }
+        Node? perAxis = null;
         foreach (var use in uses)
+        {
+            if (use.InputIndex == 0 && FloatWeightAxis(use.Node) is { } axis)
+            {
+                // ONNX Runtime's WeightBiasQuantization gives a Conv, ConvTranspose or Gemm that reads a per-tensor
+                // DequantizeLinear symmetric per-tensor INT8 weights of its own, which no integer kernel then consumes
+                // (ConvTranspose has none on the CPU EP) and which change the values of a layer the plan keeps float.
+                // A per-axis DequantizeLinear with the same scale and zero point in every channel computes the same
+                // values and is not matched, so the layer keeps its float weights.
+                perAxis ??= PerAxisDequantize(graph, q.Outputs[0], tensor, p, axis.Axis, axis.Channels, dq);
+                if (perAxis is not null)
+                {
+                    use.Node.ReplaceInput(use.InputIndex, perAxis.Outputs[0]);
+                    continue;
+                }
+            }
             use.Node.ReplaceInput(use.InputIndex, dq.Outputs[0]);
+        }
+        if (dq.Outputs[0].Uses.Count == 0 && !tensor.IsGraphOutput)
+            graph.RemoveNode(dq);
         if (tensor.IsGraphOutput)
         {
             for (var i = 0; i < graph.Outputs.Count; i++)
@@ -262,6 +281,45 @@ public static class SpeedRewriter
             tensor.Name = graph.UniqueName(name + "_float");
             dq.Outputs[0].Name = name;
         }
+    }
+
+    /// <summary>
+    /// For a Conv, ConvTranspose or Gemm whose weight is still a float constant (a layer the plan keeps float): the axis
+    /// of its data input that holds the input channels and their count; null for any other reader or an unknown count.
+    /// </summary>
+    private static (int Axis, long Channels)? FloatWeightAxis(Node reader)
+    {
+        if (!GraphQueries.IsDefaultDomain(reader) || reader.OpType is not ("Conv" or "ConvTranspose" or "Gemm")
+            || reader.Inputs.Count < 2 || reader.Inputs[1] is not { Initializer: { DataType: DataType.Float } w } || w.Dims.Count < 2)
+            return null;
+        var group = reader.GetInt("group", 1);
+        return reader.OpType switch
+        {
+            "Conv" => (1, w.Dims[1] * group),
+            "ConvTranspose" => (1, w.Dims[0]),
+            // Gemm reads A as [M, K] (transA 0) or [K, M]; K is B's reduction dimension.
+            _ => (reader.GetInt("transA", 0) == 0 ? 1 : 0, reader.GetInt("transB", 0) == 0 ? w.Dims[0] : w.Dims[1]),
+        };
+    }
+
+    /// <summary>A DequantizeLinear of <paramref name="quantized"/> on <paramref name="axis"/> with the tensor's scale and
+    /// zero point repeated per channel; null where the tensor's rank is known and has no such axis.</summary>
+    private static Node? PerAxisDequantize(Graph graph, Value quantized, Value tensor, (Value Scale, Value Zero, float S) p, int axis, long channels, Node after)
+    {
+        if (tensor.Type is { Shape: { } shape } && (shape.Rank <= axis || shape[axis] is { IsFixed: true } d && d.Value != channels))
+            return null;
+        var zero = p.Zero.Initializer!.RawData.Span[0];
+        var name = tensor.Name;
+        var scale = graph.AddInitializer(graph.UniqueName(name + "_act_scale_per_channel"),
+            Tensor.FromFloats("s", [channels], Enumerable.Repeat(p.S, (int)channels).ToArray()));
+        var zeros = graph.AddInitializer(graph.UniqueName(name + "_act_zero_point_per_channel"),
+            Tensor.FromRaw("z", DataType.UInt8, [channels], Enumerable.Repeat(zero, (int)channels).ToArray()));
+        var dq = new Node("DequantizeLinear", [quantized, scale, zeros], [graph.UniqueName(name + "_dequantized_float_reader")],
+            name: graph.UniqueName(name + "_act_dq_float_reader"));
+        dq.SetAttribute(Attribute.FromInt("axis", axis));
+        dq.Outputs[0].Type = new TensorType(DataType.Float, tensor.Type?.Shape);
+        graph.InsertAfter(after, dq);
+        return dq;
     }
 
     /// <summary>
