@@ -24,7 +24,7 @@ from .train import DataSplit, TrainConfig, pick_device, pool, start_run, train_q
 VARIANTS = (("baseline", False, False), ("da", True, False), ("fqm", False, True), ("qdetr", True, True))
 
 # (stage-1 steps, stage-2 steps, batch, eval every, training pool, validation images)
-SCHEDULES = {"cpu": (100, 900, 4, 100, 512, 128), "long": (2000, 6000, 8, 250, 4096, 512)}
+SCHEDULES = {"cpu": (100, 900, 4, 100, 768, 256), "long": (2000, 6000, 8, 250, 4096, 512)}
 
 
 def main(argv=None) -> int:
@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--val-images", type=int)
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="weights")
     p.add_argument("--lr-quant", type=float, default=TrainConfig.lr_quant, help="LSQ steps and DA gamma/beta")
+    p.add_argument("--select-confidence", type=float, default=TrainConfig.select_confidence,
+                   help="a checkpoint replaces the start only if it beats it on this fraction of bootstrap resamples")
     p.add_argument("--variants", nargs="+", default=[v[0] for v in VARIANTS], help="a subset of " +
                    " ".join(v[0] for v in VARIANTS))
     p.add_argument("--device", default="auto")
@@ -72,10 +74,11 @@ def main(argv=None) -> int:
         untrained = TrainConfig(stage1_steps=0, stage2_steps=0, batch_size=batch)
         student, result = start_run(teacher, make_model, recipe, split, untrained, device)
         write_run(student, result, recipe, untrained, os.path.join(args.out, bits, "untrained", "train"), 128, device)
-        log(f"{bits} post-training start: validation AP50 {result.start_ap50:.4f}")
+        log(f"{bits} post-training start: validation AP {result.start_ap:.4f} AP50 {result.start_ap50:.4f}")
         for seed in args.seeds:
             base = TrainConfig(stage1_steps=s1, stage2_steps=s2, batch_size=batch, eval_every=every, seed=seed,
-                               log_every=max(every, 10), lr=args.lr, lr_quant=args.lr_quant)
+                               log_every=max(every, 10), lr=args.lr, lr_quant=args.lr_quant,
+                               select_confidence=args.select_confidence)
             folder = os.path.join(args.out, bits, f"seed{seed}")
 
             def run(name, config, **kw):
@@ -94,9 +97,9 @@ def main(argv=None) -> int:
                 config = TrainConfig(**{**base.__dict__, "distribution_alignment": da, "query_matching": fqm})
                 student, result = run(name, config, stage1_checkpoint=stage1[fqm])
                 write_run(student, result, recipe, config, os.path.join(folder, name, "train"), 128, device)
-                log(f"{bits} seed {seed} {name}: {result.seconds:.0f} s, validation AP50 start "
-                    f"{result.start_ap50:.4f} kept {result.kept.ap50:.4f} (stage {result.kept.stage} step "
-                    f"{result.kept.step})")
+                log(f"{bits} seed {seed} {name}: {result.seconds:.0f} s, validation AP start "
+                    f"{result.start_ap:.4f} kept {result.kept.ap:.4f} (AP50 {result.start_ap50:.4f} -> "
+                    f"{result.kept.ap50:.4f}; stage {result.kept.stage} step {result.kept.step})")
     return 0
 
 

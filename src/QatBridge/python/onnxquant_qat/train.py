@@ -11,9 +11,12 @@ co-attention queries.
 
 Optimization: AdamW with separate learning rates for weights (--lr) and quantizer parameters (LSQ steps, DA gamma
 and beta; --lr-quant, no weight decay), linear warm-up then cosine decay, gradient clipping, batch-norm statistics
-frozen. Every --eval-every steps the student is evaluated (AP50) on a validation split held out from the training
-pool; the best checkpoint is kept and exported, and the post-training start is a candidate, so the result is never
-worse than the start on the validation split (--keep last exports the last step instead).
+frozen. Every --eval-every steps the student is evaluated (box AP over IoU 0.50:0.95, and AP50) on a validation
+split held out from the training pool. The post-training start is kept unless a checkpoint beats it with confidence:
+on at least --select-confidence of the paired bootstrap resamples of the validation images (onnxquant_qat.validation);
+among those that do, the best on the whole split is exported. So the result is never worse than the start on the
+validation split, and a gain smaller than the split's noise does not replace it (--keep last exports the last step
+instead).
 
     python3 -m onnxquant_qat.train --teacher detr_small.pt --recipe recipe.json --out out/ [--da] [--fqm]
 """
@@ -40,6 +43,7 @@ from .fqm import LAMBDA, TAU, fqm_all_layers
 from .lsq import LsqQuantizer
 from .modules import DistributionAlignment, QuantSplitAttention
 from .recipe import Recipe
+from .validation import ValidationDetections, bootstrap_resamples, detections_of
 
 BACKBONE_PREFIX = "backbone."
 
@@ -62,6 +66,10 @@ class TrainConfig:
     grad_clip: float = 0.1
     eval_every: int = 25
     keep: str = "best"  # "best": the best validation checkpoint (the start included); "last": the last step
+    # A checkpoint replaces the post-training start only if it scores above it on at least this fraction of the
+    # paired bootstrap resamples of the validation images (0: the best point estimate wins).
+    select_confidence: float = 0.95
+    resamples: int = 300
 
 
 @dataclass
@@ -80,6 +88,8 @@ class Validation:
     stage: int  # 0: the post-training start
     step: int
     ap50: float
+    ap: float = float("nan")  # box AP over IoU 0.50:0.95, the selection score
+    p_better: Optional[float] = None  # fraction of bootstrap resamples on which it beats the start (stage 2)
 
 
 @dataclass
@@ -89,6 +99,7 @@ class TrainResult:
     stage1: Optional[ConversionReport] = None
     stage2: Optional[ConversionReport] = None
     start_ap50: float = float("nan")
+    start_ap: float = float("nan")
     kept: Optional[Validation] = None  # the checkpoint the student holds at the end
     seconds: float = 0.0
 
@@ -153,32 +164,36 @@ class DataSplit:
         return Batches(self.train_images, self.train_targets, batch_size, seed)
 
 
-def validation_ap50(model: nn.Module, images: torch.Tensor, targets: list, device: torch.device,
-                    chunk: int = 16) -> float:
-    """AP at IoU 0.5 (onnxquant_models.metrics, all queries as detections) of the model on held-out images."""
+def validation_detections(model: nn.Module, images: torch.Tensor, targets: list, device: torch.device,
+                          chunk: int = 16) -> ValidationDetections:
+    """The model's detections on held-out images (every query a detection: score = the highest real-class
+    probability), matched against the targets at every IoU threshold of onnxquant_qat.validation."""
     from onnxquant_models.boxes import box_cxcywh_to_xyxy
-    from onnxquant_models.detr import decode_detr
-    from onnxquant_models.metrics import GroundTruth, Prediction, sanity_metrics
     was_training = model.training
     model.eval()
     h, w = images.shape[-2:]
-    preds, gts = [], []
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    outputs, num_classes = [], 0
     with torch.no_grad():
         for start in range(0, len(targets), chunk):
             out = model(images[start:start + chunk].to(device))
-            dets = decode_detr(out["pred_logits"].float().cpu(), out["pred_boxes"].float().cpu(), w, h)
-            for i, image_dets in enumerate(dets):
-                image = start + i
-                preds += [Prediction(image, d.category_id, d.score, d.box_xyxy) for d in image_dets]
-    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-    for image, t in enumerate(targets):
-        boxes = box_cxcywh_to_xyxy(t["boxes"].float()) * scale
-        gts += [GroundTruth(image, int(label) + 1, tuple(float(v) for v in box))
-                for label, box in zip(t["labels"], boxes)]
+            logits, boxes = out["pred_logits"].float().cpu(), out["pred_boxes"].float().cpu()
+            num_classes = logits.shape[-1] - 1
+            scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+            xyxy = box_cxcywh_to_xyxy(boxes) * scale
+            outputs += [(xyxy[i].numpy().astype(np.float64), scores[i].numpy().astype(np.float64), labels[i].numpy())
+                        for i in range(len(logits))]
     if was_training:
         model.train()
         freeze_batchnorm(model)
-    return sanity_metrics(preds, gts).ap50
+    gts = [((box_cxcywh_to_xyxy(t["boxes"].float()) * scale).numpy().astype(np.float64), t["labels"].numpy())
+           for t in targets]
+    return detections_of(outputs, gts, num_classes)
+
+
+def validation_ap50(model: nn.Module, images: torch.Tensor, targets: list, device: torch.device) -> float:
+    """AP at IoU 0.5 of the model on held-out images (see validation_detections)."""
+    return validation_detections(model, images, targets, device).ap50()
 
 
 def calibrate(student: nn.Module, images: torch.Tensor, device: torch.device) -> None:
@@ -244,6 +259,29 @@ def lr_factor(step: int, steps: int, warmup: float) -> float:
 class _Candidate:
     validation: Validation
     state: dict
+    resample_aps: Optional[np.ndarray] = None  # the start's AP on each bootstrap resample (the guard)
+
+
+def _validate(model: nn.Module, split: DataSplit, device: torch.device, stage: int, step: int,
+              config: TrainConfig, start: Optional[_Candidate]) -> tuple:
+    """(Validation, AP per bootstrap resample) of the model; p_better against `start` when given."""
+    detections = validation_detections(model, split.val_images, split.val_targets, device)
+    resamples = bootstrap_resamples(len(detections), config.resamples)
+    aps = np.array([detections.ap(r) for r in resamples])
+    v = Validation(stage, step, detections.ap50(), detections.ap())
+    if start is not None and start.resample_aps is not None:
+        v.p_better = float(np.mean(aps > start.resample_aps)) if len(aps) else float(v.ap > start.validation.ap)
+    return v, aps
+
+
+def _replaces(v: Validation, best: Optional[_Candidate], start: Optional[_Candidate], confidence: float) -> bool:
+    """A checkpoint is kept over the current best when it scores higher, and, while a start is guarded, when it
+    beats the start on at least `confidence` of the resamples. Ties keep the earlier checkpoint."""
+    if best is None:
+        return True
+    if start is not None and confidence > 0 and not (v.p_better is not None and v.p_better >= confidence):
+        return False
+    return v.ap > best.validation.ap
 
 
 def run_stage(student: nn.Module, teacher: nn.Module, criterion: nn.Module, batches: Batches, steps: int,
@@ -254,15 +292,20 @@ def run_stage(student: nn.Module, teacher: nn.Module, criterion: nn.Module, batc
     student.train()
     freeze_batchnorm(student)
 
+    start = best  # the post-training start, guarded: only a checkpoint that beats it with confidence replaces it
+
     def evaluate(step: int) -> Validation:
-        v = Validation(stage, step, validation_ap50(student, split.val_images, split.val_targets, device))
+        nonlocal best
+        v, _ = _validate(student, split, device, stage, step, config, start)
         result.validations.append(v)
+        if _replaces(v, best, start, config.select_confidence):
+            best = _Candidate(v, copy.deepcopy(student.state_dict()))
+        guard = f", beats the start on {100 * v.p_better:.0f} % of resamples" if v.p_better is not None else ""
+        log(f"stage {stage} step {step} validation AP {v.ap:.4f} AP50 {v.ap50:.4f}{guard} (best AP "
+            f"{best.validation.ap:.4f} at stage {best.validation.stage} step {best.validation.step})")
         return v
 
-    v0 = evaluate(0)
-    if best is None or v0.ap50 > best.validation.ap50:
-        best = _Candidate(v0, copy.deepcopy(student.state_dict()))
-    log(f"stage {stage} step 0 validation AP50 {v0.ap50:.4f} (best {best.validation.ap50:.4f})")
+    evaluate(0)
     opt = torch.optim.AdamW(_param_groups(student, config))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, config.warmup))
     for step in range(1, steps + 1):
@@ -289,11 +332,7 @@ def run_stage(student: nn.Module, teacher: nn.Module, criterion: nn.Module, batc
             log(f"stage {stage} step {step}/{steps} loss {entry.loss:.4f} gt {entry.loss_gt:.4f} "
                 f"fqm {entry.loss_fqm:.4f} kept {kept} lr {lr:.2e}")
         if step % config.eval_every == 0 or step == steps:
-            v = evaluate(step)
-            if v.ap50 > best.validation.ap50:  # ties keep the earlier checkpoint
-                best = _Candidate(v, copy.deepcopy(student.state_dict()))
-            log(f"stage {stage} step {step} validation AP50 {v.ap50:.4f} (best {best.validation.ap50:.4f} at "
-                f"stage {best.validation.stage} step {best.validation.step})")
+            evaluate(step)
     if config.keep == "best":
         student.load_state_dict(best.state)
         return best
@@ -345,11 +384,12 @@ def train_qdetr(teacher: nn.Module, make_model: Callable[[], nn.Module], criteri
     start_candidate = None
     if not stage1_only:
         ptq = post_training_student(teacher, make_model, recipe, split, device, config.distribution_alignment)
-        v = Validation(0, 0, validation_ap50(ptq, split.val_images, split.val_targets, device))
+        v, aps = _validate(ptq, split, device, 0, 0, config, None)
         result.validations.append(v)
         result.start_ap50 = v.ap50
-        start_candidate = _Candidate(v, copy.deepcopy(ptq.state_dict()))
-        log(f"post-training start: validation AP50 {v.ap50:.4f}")
+        result.start_ap = v.ap
+        start_candidate = _Candidate(v, copy.deepcopy(ptq.state_dict()), aps)
+        log(f"post-training start: validation AP {v.ap:.4f} AP50 {v.ap50:.4f}")
         del ptq
 
     student, result.stage1 = build_student(teacher, make_model, recipe, backbone)
@@ -380,8 +420,8 @@ def train_qdetr(teacher: nn.Module, make_model: Callable[[], nn.Module], criteri
     kept = run_stage(student, teacher, criterion, batches, config.stage2_steps, 2, config, device, result, log, split,
                      best=start_candidate)
     result.kept = kept.validation
-    log(f"kept: stage {kept.validation.stage} step {kept.validation.step}, validation AP50 "
-        f"{kept.validation.ap50:.4f} (start {result.start_ap50:.4f})")
+    log(f"kept: stage {kept.validation.stage} step {kept.validation.step}, validation AP {kept.validation.ap:.4f} "
+        f"AP50 {kept.validation.ap50:.4f} (start {result.start_ap:.4f} / {result.start_ap50:.4f})")
     result.seconds = time.time() - start
     return student, result
 
@@ -422,8 +462,9 @@ def start_run(teacher: nn.Module, make_model: Callable[[], nn.Module], recipe: R
     student.to(device)
     calibrate(student, split.calib_images, device)
     init_alignment(student, teacher, split.calib_images, device)
-    v = Validation(0, 0, validation_ap50(student, split.val_images, split.val_targets, device))
-    result = TrainResult(validations=[v], stage1=report, stage2=ConversionReport(), start_ap50=v.ap50, kept=v,
+    v, _ = _validate(student, split, device, 0, 0, config, None)
+    result = TrainResult(validations=[v], stage1=report, stage2=ConversionReport(), start_ap50=v.ap50,
+                         start_ap=v.ap, kept=v,
                          seconds=time.time() - start)
     return student, result
 
@@ -447,6 +488,8 @@ def write_run(student: nn.Module, result: TrainResult, recipe: Recipe, config: T
         "grad_clip": config.grad_clip, "eval_every": config.eval_every, "keep": config.keep, "seed": config.seed,
         "device": str(device), "seconds": round(result.seconds, 1),
         "start_validation_ap50": result.start_ap50,
+        "start_validation_ap": result.start_ap,
+        "select_confidence": config.select_confidence, "resamples": config.resamples,
         "kept": asdict(result.kept) if result.kept else None,
         "quantized_layers": [asdict(c) for c in result.stage1.converted + result.stage2.converted],
         "float_layers": sorted(set(result.stage1.kept_float + result.stage2.kept_float)),
@@ -482,6 +525,10 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=25, help="validate every N steps (and at each stage's end)")
     p.add_argument("--keep", choices=("best", "last"), default="best",
                    help="export the best validation checkpoint, the start included (default), or the last step")
+    p.add_argument("--select-confidence", type=float, default=0.95,
+                   help="a checkpoint replaces the post-training start only if it beats it on this fraction of the "
+                        "bootstrap resamples of the validation images (0: the best validation score wins)")
+    p.add_argument("--resamples", type=int, default=300, help="bootstrap resamples of the validation images")
     p.add_argument("--tau", type=float, default=TAU)
     p.add_argument("--lam", type=float, default=LAMBDA)
     p.add_argument("--train-images", type=int, default=512, help="training pool, validation split included")
@@ -513,7 +560,8 @@ def main(argv=None) -> int:
     config = TrainConfig(stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, batch_size=args.batch_size,
                          lr=args.lr, lr_quant=args.lr_quant, distribution_alignment=args.da,
                          query_matching=args.fqm, tau=args.tau, lam=args.lam, seed=args.seed, warmup=args.warmup,
-                         grad_clip=args.grad_clip, eval_every=args.eval_every, keep=args.keep)
+                         grad_clip=args.grad_clip, eval_every=args.eval_every, keep=args.keep,
+                         select_confidence=args.select_confidence, resamples=args.resamples)
     images, targets = pool((args.data_seed, args.train_images, args.image_size), args.pool_cache)
     split = DataSplit.of(images, targets, args.val_images)
     log = lambda line: print(line, flush=True)
