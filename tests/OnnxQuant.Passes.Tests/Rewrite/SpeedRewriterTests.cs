@@ -38,10 +38,14 @@ public class SpeedRewriterTests
         return net.Model;
     }
 
-    private static (Model Model, IReadOnlyList<QuantLayer> Layers, CalibrationTable Calibration, float[] Data) Prepared()
+    private static (Model Model, IReadOnlyList<QuantLayer> Layers, CalibrationTable Calibration, float[] Data) Prepared() =>
+        Prepared(ConvMatMul(), "logits");
+
+    /// <summary>The model's layers and the calibrated ranges of every tensor the speed target may quantize, from
+    /// seeded random input [Samples, 3, 16, 16].</summary>
+    private static (Model Model, IReadOnlyList<QuantLayer> Layers, CalibrationTable Calibration, float[] Data) Prepared(Model model, string output)
     {
-        var model = ConvMatMul();
-        var layers = UnitDiscovery.Discover(model, ["logits"], new UnitOptions()).Layers;
+        var layers = UnitDiscovery.Discover(model, [output], new UnitOptions()).Layers;
         var data = Net.RandomData(Samples * 3 * 16 * 16, 9, 1.5f);
         var set = TestCalibration.Single("x", data, 3, 16, 16);
         var tensors = SpeedRewriter.CalibrationTensors(model, layers);
@@ -242,13 +246,8 @@ public class SpeedRewriterTests
     [Fact]
     public void AnUnquantizedLayerBetweenIntegerLayersLeavesNoWeightDequantize()
     {
-        var model = ConvTransposeBetweenConvs();
-        var layers = UnitDiscovery.Discover(model, ["y"], new UnitOptions()).Layers;
-        var data = Net.RandomData(Samples * 3 * 16 * 16, 9, 1.5f);
-        var set = TestCalibration.Single("x", data, 3, 16, 16);
-        var tensors = SpeedRewriter.CalibrationTensors(model, layers);
-        var calibration = Calibrator.Run(model, set, Samples, tensors.Select(t => new CalibrationTarget(t, null)).ToList(),
-            CalibrationMethod.MinMax, 8, SessionOptions.Calibration, runBatch: 8);
+        var (model, layers, calibration, data) = Prepared(ConvTransposeBetweenConvs(), "y");
+        Assert.Equal(2, layers.Count); // the ConvTranspose is not a unit
         var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(8, l.Channels).ToArray())).ToList();
         var speed = model.Clone();
         SpeedRewriter.Apply(speed, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed });
