@@ -12,6 +12,7 @@ GPU.
 src/QatBridge/qdetr_ablation.sh runs this, then imports and evaluates each student.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -19,7 +20,8 @@ import time
 import torch
 
 from .recipe import Recipe
-from .train import DataSplit, TrainConfig, pick_device, pool, start_run, train_qdetr, write_run
+from .train import (DataSplit, TrainConfig, pick_device, pool, start_run, train_qdetr, validation_detections,
+                    write_run)
 
 VARIANTS = (("baseline", False, False), ("da", True, False), ("fqm", False, True), ("qdetr", True, True))
 
@@ -69,6 +71,12 @@ def main(argv=None) -> int:
     log = lambda line: print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
     log(f"schedule: stage 1 {s1}, stage 2 {s2} steps, batch {batch}, validation every {every} steps on {val} of "
         f"{pool_size} pool images, seeds {args.seeds}, device {device}")
+    # The real-valued teacher on the same validation split: distillation can only pull a student towards it.
+    teacher_val = validation_detections(teacher.to(device).eval(), split.val_images, split.val_targets, device)
+    log(f"real-valued teacher: validation AP {teacher_val.ap():.4f} AP50 {teacher_val.ap50():.4f}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "teacher_validation.json"), "w") as f:
+        json.dump({"ap": teacher_val.ap(), "ap50": teacher_val.ap50(), "images": len(teacher_val)}, f)
     for bits in args.bits:
         recipe = Recipe.load(os.path.join(args.out, bits, "recipe.json"))
         untrained = TrainConfig(stage1_steps=0, stage2_steps=0, batch_size=batch)

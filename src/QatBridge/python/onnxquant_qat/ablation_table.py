@@ -30,10 +30,13 @@ def spread(values, scale=100.0):
 def main(argv):
     out, wall = argv
     teacher = load(os.path.join(out, "teacher_eval.json"))["bbox"]
+    teacher_val_path = os.path.join(out, "teacher_validation.json")
+    teacher_val = f"{100 * load(teacher_val_path)['ap']:.1f}" if os.path.exists(teacher_val_path) else ""
     rows = ["| W-A-Attention | method | DA | FQM | seeds | AP | AP50 | worst seed vs start: ΔAP / ΔAP50 | "
             "val AP start → kept | start kept |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-            f"| 32-32-32 | real-valued teacher | | | | {100 * teacher['AP']:.1f} | {100 * teacher['AP50']:.1f} | | | |"]
+            f"| 32-32-32 | real-valued teacher | | | | {100 * teacher['AP']:.1f} | {100 * teacher['AP50']:.1f} | | "
+            f"{teacher_val} | |"]
     schedule = None
     settings = [d for d in os.listdir(out) if os.path.isfile(os.path.join(out, d, "recipe.json"))]
     # Widest first (4-4-8 before 2-2-8).
