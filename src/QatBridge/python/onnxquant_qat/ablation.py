@@ -7,7 +7,7 @@ For every W-A-Attention setting it reads OUT/<bits>/recipe.json (written by `onn
 OUT/<bits>/untrained/train (the post-training start, which every variant starts from) and, per seed,
 OUT/<bits>/seed<S>/<variant>/train/{student.onnx,scales.json,train.json} for baseline, da, fqm and qdetr. Stage 1 is
 trained twice per setting and seed (without and with FQM) and shared by the two variants that use it. The default
-schedule is the CPU one (52 min for 3 seeds and both settings on the shared 2-core machine); --long is the one for a
+schedule is the CPU one (52 to 78 min for 3 seeds and both settings on the shared 2-core machine); --long is the one for a
 GPU.
 src/QatBridge/qdetr_ablation.sh runs this, then imports and evaluates each student.
 """
