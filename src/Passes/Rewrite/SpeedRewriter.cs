@@ -251,7 +251,7 @@ public static class SpeedRewriter
             graph.InsertNode(0, dq);
             graph.InsertNode(0, q);
         }
-        Node? perAxis = null;
+        var perAxis = new Dictionary<(int Axis, long Channels), Node?>();
         foreach (var use in uses)
         {
             if (use.InputIndex == 0 && FloatWeightAxis(use.Node) is { } axis)
@@ -261,10 +261,11 @@ public static class SpeedRewriter
                 // (ConvTranspose has none on the CPU EP) and which change the values of a layer the plan keeps float.
                 // A per-axis DequantizeLinear with the same scale and zero point in every channel computes the same
                 // values and is not matched, so the layer keeps its float weights.
-                perAxis ??= PerAxisDequantize(graph, q.Outputs[0], tensor, p, axis.Axis, axis.Channels, dq);
-                if (perAxis is not null)
+                if (!perAxis.TryGetValue(axis, out var reader))
+                    perAxis[axis] = reader = PerAxisDequantize(graph, q.Outputs[0], tensor, p, axis.Axis, axis.Channels, dq);
+                if (reader is not null)
                 {
-                    use.Node.ReplaceInput(use.InputIndex, perAxis.Outputs[0]);
+                    use.Node.ReplaceInput(use.InputIndex, reader.Outputs[0]);
                     continue;
                 }
             }
