@@ -73,10 +73,11 @@ def main(argv=None) -> int:
         f"{pool_size} pool images, seeds {args.seeds}, device {device}")
     # The real-valued teacher on the same validation split: distillation can only pull a student towards it.
     teacher_val = validation_detections(teacher.to(device).eval(), split.val_images, split.val_targets, device)
-    log(f"real-valued teacher: validation AP {teacher_val.ap():.4f} AP50 {teacher_val.ap50():.4f}")
+    teacher_scores = {"ap": teacher_val.ap(), "ap50": teacher_val.ap50(), "images": len(teacher_val)}
+    log(f"real-valued teacher: validation AP {teacher_scores['ap']:.4f} AP50 {teacher_scores['ap50']:.4f}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "teacher_validation.json"), "w") as f:
-        json.dump({"ap": teacher_val.ap(), "ap50": teacher_val.ap50(), "images": len(teacher_val)}, f)
+        json.dump(teacher_scores, f)
     for bits in args.bits:
         recipe = Recipe.load(os.path.join(args.out, bits, "recipe.json"))
         untrained = TrainConfig(stage1_steps=0, stage2_steps=0, batch_size=batch)

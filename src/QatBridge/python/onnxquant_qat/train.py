@@ -43,7 +43,7 @@ from .fqm import LAMBDA, TAU, fqm_all_layers
 from .lsq import LsqQuantizer
 from .modules import DistributionAlignment, QuantSplitAttention
 from .recipe import Recipe
-from .validation import ValidationDetections, bootstrap_resamples, detections_of
+from .validation import ValidationDetections, bootstrap_resamples, detections_of, probability_better
 
 BACKBONE_PREFIX = "backbone."
 
@@ -266,11 +266,10 @@ def _validate(model: nn.Module, split: DataSplit, device: torch.device, stage: i
               config: TrainConfig, start: Optional[_Candidate]) -> tuple:
     """(Validation, AP per bootstrap resample) of the model; p_better against `start` when given."""
     detections = validation_detections(model, split.val_images, split.val_targets, device)
-    resamples = bootstrap_resamples(len(detections), config.resamples)
-    aps = np.array([detections.ap(r) for r in resamples])
+    aps = detections.resample_aps(bootstrap_resamples(len(detections), config.resamples))
     v = Validation(stage, step, detections.ap50(), detections.ap())
     if start is not None and start.resample_aps is not None:
-        v.p_better = float(np.mean(aps > start.resample_aps)) if len(aps) else float(v.ap > start.validation.ap)
+        v.p_better = probability_better(aps, start.resample_aps) if len(aps) else float(v.ap > start.validation.ap)
     return v, aps
 
 

@@ -121,19 +121,20 @@ class ValidationDetections:
     def ap50(self, images: Optional[np.ndarray] = None) -> float:
         return float(self.ap_per_threshold(images)[0])
 
+    def resample_aps(self, resamples: np.ndarray) -> np.ndarray:
+        """AP on each resample (rows of bootstrap_resamples)."""
+        return np.array([self.ap(r) for r in resamples])
+
 
 def bootstrap_resamples(images: int, count: int, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """[count, images] image indices drawn with replacement, the same for every call with the same arguments."""
     return np.random.default_rng(seed).integers(0, images, size=(count, images))
 
 
-def probability_better(candidate: ValidationDetections, reference: ValidationDetections,
-                       resamples: np.ndarray) -> float:
-    """The fraction of paired resamples on which the candidate's AP is strictly above the reference's."""
-    if len(resamples) == 0:
-        return 1.0 if candidate.ap() > reference.ap() else 0.0
-    wins = sum(candidate.ap(r) > reference.ap(r) for r in resamples)
-    return wins / len(resamples)
+def probability_better(candidate_aps: np.ndarray, reference_aps: np.ndarray) -> float:
+    """The fraction of paired resamples on which the candidate's AP is strictly above the reference's (the arrays of
+    ValidationDetections.resample_aps over the same resamples)."""
+    return float(np.mean(candidate_aps > reference_aps)) if len(candidate_aps) else 0.0
 
 
 def detections_of(outputs: List[tuple], targets: list, num_classes: int) -> ValidationDetections:
