@@ -25,10 +25,9 @@ class DetrRecipe:
     grad_clip: float = 0.1
 
 
-# Phases 2 and 3 continue from the previous phase with a fresh optimizer and their own batch stream: phase 1 learns
-# localisation, the classes need the extra iterations at a high learning rate.
-DETR_PHASES = (DetrRecipe(), DetrRecipe(seed=1, iterations=1000, lr=1e-4, warmup=50),
-               DetrRecipe(seed=2, iterations=1000, lr=1e-4, warmup=50))
+# One long phase at the full learning rate: the classes are learned late (class-agnostic boxes first), and restarting
+# at a lower rate after 2,000 iterations left the model at AP50 0.26, where 5,000 iterations at 2e-4 reach about 0.8.
+DETR_PHASES = (DetrRecipe(iterations=10000),)
 
 
 def detr_batch(pool: SamplePool, rng: np.random.Generator, batch_size: int):
