@@ -50,7 +50,7 @@ public class TieRuleTests
     [Fact]
     public void WithoutTheRuleTheDetrAllocationAtEightBitsDependsOnNoise()
     {
-        // Two decoder units of this model do not affect the output (curves ~2e-13, pure kernel noise): to the last
+        // Two decoder units of this model do not affect the output (curves ~4e-13, pure kernel noise): to the last
         // digit their curves decide 6 or 8 bits at random; on the tie grid they are flat and take the budget's 8 bits.
         var curves = DetrCurves();
         var exact = new DpAllocator().Solve(Problem(curves, 8, 0));
