@@ -26,8 +26,9 @@ class MaskRcnnRecipe:
     grad_clip: float = 5.0
 
 
-# Phase 2 continues from phase 1 with a fresh optimizer and its own batch stream.
-MASKRCNN_PHASES = (MaskRcnnRecipe(), MaskRcnnRecipe(seed=1, iterations=600, lr=1e-4, warmup=50))
+# One long phase: boxes are learned early (class-agnostic AP50 0.69 after 3,000 iterations), the classes late (AP50
+# 0.30 with classes then, 0.47 after 4,500); two short phases of 1,500 + 600 iterations stopped at 0.29.
+MASKRCNN_PHASES = (MaskRcnnRecipe(iterations=12000),)
 
 
 def maskrcnn_batch(pool: SamplePool, rng: np.random.Generator, batch_size: int):
