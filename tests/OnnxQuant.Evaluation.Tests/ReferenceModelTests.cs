@@ -45,15 +45,15 @@ public sealed class ReferenceModelTests
         Assert.NotNull(r.Segm);
         Assert.Equal(ExpectedMaskRcnnMaskAp, r.Segm!.AP!.Value, Tolerance);
         Assert.Equal(ExpectedMaskRcnnMaskAp50, r.Segm.AP50!.Value, Tolerance);
-        // The model learned: far above what an untrained export scores on the same images (about 0).
-        Assert.True(r.Bbox.AP50 > 0.2);
+        // The reference-model bar (box AP50 of at least 0.60); an untrained export scores about 0 on the same images.
+        Assert.True(r.Bbox.AP50 >= 0.6);
     }
 
     // Measured by this evaluator (the code `onnxquant eval` runs) on images 1..25 of models/data/eval.npz, one thread.
     private const double ExpectedDetrAp = 0.7210;
     private const double ExpectedDetrAp50 = 0.9842;
-    private const double ExpectedMaskRcnnBoxAp = 0.1685;
-    private const double ExpectedMaskRcnnBoxAp50 = 0.3128;
-    private const double ExpectedMaskRcnnMaskAp = 0.1741;
-    private const double ExpectedMaskRcnnMaskAp50 = 0.3078;
+    private const double ExpectedMaskRcnnBoxAp = 0.6614;
+    private const double ExpectedMaskRcnnBoxAp50 = 0.8065;
+    private const double ExpectedMaskRcnnMaskAp = 0.6308;
+    private const double ExpectedMaskRcnnMaskAp50 = 0.8065;
 }
