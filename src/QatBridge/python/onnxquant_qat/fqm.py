@@ -4,7 +4,13 @@ only for the student queries that sit on ground-truth objects, each from the tea
 For one image with ground-truth boxes gt_i and student boxes b_j^S:
   G_i = max_j GIoU(gt_i, b_j^S);  query j is kept if GIoU(gt_i, b_j^S) > tau * G_i for some i;
   its teacher query is k* = argmax_k 2 GIoU(b_j^S, b_k^T) - 5 L1(b_j^S, b_k^T);
-  L_FQM = mean over kept j of || D_j^S - D_k*^T ||_2.
+  L_FQM = mean over kept j of || D_j^S - D_k*^T ||_2 / || D_k*^T ||_2.
+
+The distance is relative to the teacher feature's norm, so lambda = 2.5 weighs the term against the detection loss
+alike whatever the width and scale of the decoder features. With the plain distance, on the small DETR (d_model 128)
+the FQM term was about 5 x 2.5 against a detection loss of about 2.5: its gradient set the clipped update's direction,
+the distance did not fall over 900 steps and the validation AP fell from 0.59 to 0.50; relative, it falls from 0.6 to
+0.2 and the student ends above baseline QAT (4-4-8, seed 0: 0.643 against 0.622 validation AP).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ TAU = 0.6
 LAMBDA = 2.5
 GIOU_WEIGHT = 2.0
 L1_WEIGHT = 5.0
+NORM_FLOOR = 1e-6  # a teacher feature of zero norm (never seen in practice) would divide by zero
 
 
 def select_foreground_queries(student_boxes: torch.Tensor, gt_boxes: torch.Tensor, tau: float = TAU) -> torch.Tensor:
@@ -47,7 +54,7 @@ def fqm_distillation_loss(student_features: torch.Tensor, teacher_features: torc
                           student_boxes: torch.Tensor, teacher_boxes: torch.Tensor,
                           gt_boxes: List[torch.Tensor], tau: float = TAU) -> FqmResult:
     """student/teacher features [B, Nq, D] (decoder co-attention output), boxes [B, Nq, 4] cxcywh, gt_boxes one
-    [Ngt, 4] tensor per image. Returns the mean L2 distance over all kept queries of the batch (0 if none)."""
+    [Ngt, 4] tensor per image. Returns the mean relative L2 distance over all kept queries of the batch (0 if none)."""
     distances = []
     with torch.no_grad():
         sb, tb = student_boxes.detach().float(), teacher_boxes.detach().float()
@@ -56,8 +63,8 @@ def fqm_distillation_loss(student_features: torch.Tensor, teacher_features: torc
         if not bool(keep.any()):
             continue
         k_star = match_teacher_queries(sb[i][keep], tb[i])
-        diff = student_features[i][keep] - teacher_features[i][k_star].detach()
-        distances.append(diff.norm(dim=-1))
+        target = teacher_features[i][k_star].detach()
+        distances.append((student_features[i][keep] - target).norm(dim=-1) / target.norm(dim=-1).clamp_min(NORM_FLOOR))
     if not distances:
         return FqmResult(student_features.sum() * 0.0, 0)
     all_d = torch.cat(distances)

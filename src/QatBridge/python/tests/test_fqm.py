@@ -38,7 +38,18 @@ def test_loss_is_zero_when_student_equals_teacher_and_positive_otherwise():
     same = fqm_distillation_loss(feats, feats.clone(), boxes, boxes.clone(), [GT])
     assert same.kept == 3 and float(same.loss) == 0.0
     other = fqm_distillation_loss(feats + 1.0, feats, boxes, boxes, [GT])
-    assert abs(float(other.loss) - 4.0) < 1e-5  # ||1||_2 over 16 channels
+    keep = select_foreground_queries(STUDENT, GT)
+    expected = float((4.0 / feats[0, keep].norm(dim=-1)).mean())  # ||1||_2 over 16 channels, over each teacher norm
+    assert abs(float(other.loss) - expected) < 1e-5
+
+
+def test_loss_does_not_depend_on_the_feature_scale():
+    torch.manual_seed(1)
+    s, t = torch.randn(1, 5, 16), torch.randn(1, 5, 16)
+    boxes = STUDENT[None]
+    small = fqm_distillation_loss(s, t, boxes, boxes, [GT])
+    large = fqm_distillation_loss(50.0 * s, 50.0 * t, boxes, boxes, [GT])
+    assert abs(float(small.loss) - float(large.loss)) < 1e-5 and small.kept == large.kept
 
 
 def test_loss_gradient_reaches_only_student_features():
@@ -53,7 +64,7 @@ def test_fqm_covers_every_decoder_layer():
     from onnxquant_qat.fqm import fqm_all_layers
     torch.manual_seed(0)
     boxes = STUDENT[None]
-    feats = [torch.randn(1, 5, 8) for _ in range(3)]
+    feats = [torch.ones(1, 5, 8) for _ in range(3)]  # norm sqrt(8) everywhere
     teacher = {"decoder_features": feats[2], "pred_boxes": boxes,
                "aux_outputs": [{"decoder_features": f, "pred_boxes": boxes} for f in feats[:2]]}
     same = {"decoder_features": feats[2].clone(), "pred_boxes": boxes,
@@ -64,5 +75,5 @@ def test_fqm_covers_every_decoder_layer():
     result = fqm_all_layers(same, teacher, [GT])
     kept_per_layer = int(select_foreground_queries(STUDENT, GT).sum())
     assert result.kept == 3 * kept_per_layer
-    expected = (8 ** 0.5) / 3  # distance sqrt(8) on every kept query of one layer out of three
+    expected = 1.0 / 3  # distance sqrt(8) over a teacher norm of sqrt(8), on every kept query of one layer of three
     assert abs(float(result.loss) - expected) < 1e-5
