@@ -62,7 +62,6 @@ def test_loss_gradient_reaches_only_student_features():
 
 def test_fqm_covers_every_decoder_layer():
     from onnxquant_qat.fqm import fqm_all_layers
-    torch.manual_seed(0)
     boxes = STUDENT[None]
     feats = [torch.ones(1, 5, 8) for _ in range(3)]  # norm sqrt(8) everywhere
     teacher = {"decoder_features": feats[2], "pred_boxes": boxes,
