@@ -91,6 +91,30 @@ public class CurvesFileCompileTests(CompileCliFixture fixture) : IClassFixture<C
     }
 
     [Fact]
+    public void DefaultGainCurvesCachedOrPinnedGiveTheMeasuredArtifact()
+    {
+        // Gain curves capture cut activations in the calibration pass; fetched outputs change what ONNX Runtime fuses,
+        // and so the layer inputs compensation reads. Known curves must fetch the same, or a rerun with a warm cache
+        // (or a build with pinned curves) writes other bytes than the first compile did.
+        var model = RepoPaths.File("models/fixtures/detr_small.onnx");
+        string[] common = ["--calib", RepoPaths.File("models/data/calib.npz"), "--calib-samples", "16", "--verify-samples", "2",
+            "--target-bits", "4", "--quiet", "--cache-dir", Out("gain-cache")];
+        var curves = Out("gain.curves.json");
+        var (code, stdout, stderr) = Run(["compile", model, .. common, "-o", Out("gain-measured"), "--write-curves", curves]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("curves gain (", stdout);
+        Assert.DoesNotContain("(cache)", stdout);
+        (code, stdout, stderr) = Run(["compile", model, .. common, "-o", Out("gain-cached")]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("curves gain (cache)", stdout);
+        (code, _, stderr) = Run(["compile", model, .. common, "-o", Out("gain-pinned"), "--curves-file", curves]);
+        Assert.True(code == 0, stderr);
+        var reference = Sha(Path.Combine(Out("gain-measured"), "model.onnx"));
+        Assert.Equal(reference, Sha(Path.Combine(Out("gain-cached"), "model.onnx")));
+        Assert.Equal(reference, Sha(Path.Combine(Out("gain-pinned"), "model.onnx")));
+    }
+
+    [Fact]
     public void PinnedCurvesReproduceTheMeasuredCompile()
     {
         var curves = SmallCurves();

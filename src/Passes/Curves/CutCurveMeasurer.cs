@@ -122,7 +122,10 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         _energySamples = new int[features.Count];
         _measure = measure;
         _cache = new ActivationCache(_settings.CacheMemoryBytes);
-        if (measure)
+        // Known (cached or pinned) curves fetch the same tensors from the calibration pass as a measurement, and drop
+        // them: ONNX Runtime never fuses a node away whose output is fetched, so what is fetched moves the layer inputs
+        // in their last bits, and with them compensation's statistics and the artifact's bytes.
+        if (options.Mode != CurveMode.Fast)
         {
             var exactMode = options.Mode == CurveMode.Exact;
             _cacheSamples = exactMode ? samples : Math.Min(samples, _settings.MaxSamples);
@@ -173,7 +176,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 
     public void Capture(string tensor, int sample, TensorData value)
     {
-        if (sample >= _cacheSamples || _cache.Contains(tensor, sample))
+        if (!_measure || sample >= _cacheSamples || _cache.Contains(tensor, sample))
             return;
         // A layer output only serves ||dz||^2, which a fixed stride of its elements estimates (quantization noise is
         // spread over the whole tensor): the cache keeps at most OutputSampleElements of it.
@@ -256,7 +259,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     internal const long MemoBudgetBytes = 64L << 20;
 
     /// <summary>The features: their energy over all calibration samples normalizes the gain measurements.</summary>
-    public IReadOnlyCollection<string> ExtraTensors => !_measure || _options.Mode == CurveMode.Exact ? [] : _features.ToList();
+    public IReadOnlyCollection<string> ExtraTensors => _options.Mode == CurveMode.Gain ? _features.ToList() : [];
 
     public IReadOnlyCollection<string> SelectableTensors => _rowsByActivation.Keys.ToList();
 
