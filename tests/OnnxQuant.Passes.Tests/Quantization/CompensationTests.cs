@@ -137,18 +137,21 @@ public class CompensationTests
         var fast = Compensator.Quantize(weight, layout, Enumerable.Repeat(bits, n).ToArray(), statistics, gptq: true);
 
         var meanDiagonal = Enumerable.Range(0, k).Average(i => statistics.Second[i * k + i]);
+        // Act-order: the columns by decreasing diag S, ties in their own order.
+        var order = Enumerable.Range(0, k).OrderByDescending(i => statistics.Second[i * k + i]).ToArray();
+        Assert.NotEqual(Enumerable.Range(0, k), order);
         var h = MathNet.Numerics.LinearAlgebra.Matrix<double>.Build.Dense(k, k,
-            (i, j) => statistics.Second[i * k + j] + (i == j ? Compensator.Dampening * meanDiagonal : 0));
+            (i, j) => statistics.Second[order[i] * k + order[j]] + (i == j ? Compensator.Dampening * meanDiagonal : 0));
         var u = h.Inverse().Cholesky().Factor.Transpose();
         var reference = new sbyte[k * n];
         for (var c = 0; c < n; c++)
         {
-            var w = weight.AsSpan(c * k, k).ToArray().Select(v => (double)v).ToArray();
+            var w = order.Select(j => (double)weight[c * k + j]).ToArray();
             var scale = QuantMath.MseOptimalScale(weight.AsSpan(c * k, k), bits);
             for (var j = 0; j < k; j++)
             {
                 var q = Math.Clamp(Math.Round(w[j] / scale, MidpointRounding.ToEven), QuantMath.SignedMin(bits), QuantMath.SignedMax(bits));
-                reference[c * k + j] = (sbyte)q;
+                reference[c * k + order[j]] = (sbyte)q;
                 var error = (w[j] - q * scale) / u[j, j];
                 for (var t = j + 1; t < k; t++)
                     w[t] -= error * u[j, t];
@@ -160,6 +163,37 @@ public class CompensationTests
         var fastError = Compensator.LocalError(weight, fast.Dequantize(), layout, statistics, centered: false);
         var referenceError = Compensator.LocalError(weight, referenceWeights, layout, statistics, centered: false);
         Assert.Equal(1.0, fastError / referenceError, 0.01);
+    }
+
+    /// <summary>
+    /// Act-order (columns by decreasing input energy) against the columns' own order, on inputs where a few channels
+    /// carry most of the energy (the outlier channels of trained networks): 16 of 128 input channels 8x larger, spread
+    /// over the slice. At 3 bits the layer-output error tr(dW S dW^T) is at least 15 % lower, and at no width higher
+    /// by more than 2 %; both orders write b-bit values on the same per-channel scales.
+    /// </summary>
+    [Fact]
+    public void ActOrderLowersTheOutputErrorWhenFewChannelsCarryTheEnergy()
+    {
+        const int k = 128, n = 24;
+        var rows = CorrelatedRows(1024, k, 51);
+        foreach (var row in rows)
+            for (var i = 5; i < k; i += 8)
+                row[i] *= 8f;
+        var statistics = InputStatistics.FromRows(rows, k, k, n);
+        var weight = Net.RandomData(k * n, 53);
+        var layout = new WeightLayout([k, n], channelAxis: 1);
+        foreach (var bits in new[] { 2, 3, 4 })
+        {
+            var widths = Enumerable.Repeat(bits, n).ToArray();
+            var ordered = Compensator.Quantize(weight, layout, widths, statistics, gptq: true, actOrder: true);
+            var inOrder = Compensator.Quantize(weight, layout, widths, statistics, gptq: true, actOrder: false);
+            Assert.Equal(inOrder.Scales, ordered.Scales);
+            var orderedError = Compensator.LocalError(weight, ordered.Dequantize(), layout, statistics, centered: false);
+            var inOrderError = Compensator.LocalError(weight, inOrder.Dequantize(), layout, statistics, centered: false);
+            Assert.True(orderedError < 1.02 * inOrderError, $"{bits} bits: act-order {orderedError} vs in order {inOrderError}");
+            if (bits == 3)
+                Assert.True(orderedError < 0.85 * inOrderError, $"3 bits: act-order {orderedError} vs in order {inOrderError}");
+        }
     }
 
     /// <summary>
