@@ -34,13 +34,26 @@ def main(argv) -> int:
         torch.onnx.export(DetrExport(model, OUTPUT_NAMES), torch.zeros(1, 3, SIZE, SIZE),
                           os.path.join(out, "float.onnx"), opset_version=OPSET, input_names=[INPUT_NAME],
                           output_names=list(OUTPUT_NAMES))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, SIZE, SIZE, generator=g)
+    calib = torch.randn(4, 3, SIZE, SIZE, generator=g)
+    # Statistics of the float model's co-attention query inputs, so the exported DA is not the identity and the
+    # runtime check covers its normalize -> QuantizeLinear -> DequantizeLinear -> scale-back chain.
+    queries = {}
+    hooks = [layer.cross_attn.register_forward_pre_hook(lambda m, args, i=i: queries.__setitem__(i, args[0]))
+             for i, layer in enumerate(model.decoder)]
+    with torch.no_grad():
+        model(calib)
+    for h in hooks:
+        h.remove()
     quantize_model(model, Recipe(4, 4, 8, layers=(LayerRecipe("input_proj", 2, 8),), float_layers=("class_heads",)),
                    align_query=True)
     model.eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 3, SIZE, SIZE, generator=g)
+    for i, layer in enumerate(model.decoder):
+        flat = queries[i].reshape(-1, queries[i].shape[-1])
+        layer.cross_attn.align_from(flat.mean(0), flat.var(0, unbiased=False))
     with torch.no_grad():
-        model(torch.randn(4, 3, SIZE, SIZE, generator=g))  # initializes the activation steps
+        model(calib)  # initializes the activation steps
         ref = model(x)
     export_student(model, os.path.join(out, "student.onnx"), SIZE, scales_path=os.path.join(out, "scales.json"))
     x.numpy().astype("<f4").tofile(os.path.join(out, "input.bin"))

@@ -2,7 +2,7 @@
 
 Each replacement shares the original module's parameters, fake-quantizes its input activation per tensor and its
 weight per output channel. The attention replacement also quantizes q, k, v and the softmax output at the attention
-bits, and can align the query distribution before the query's quantizer (Q-DETR's DA).
+bits, and can align the query distribution around the query's input quantizer (Q-DETR's DA).
 """
 from __future__ import annotations
 
@@ -116,13 +116,21 @@ class QuantConv2d(nn.Module, _QuantWeightMixin):
 
 
 class DistributionAlignment(nn.Module):
-    """q* = gamma * (q - mu) / sqrt(sigma^2 + eps) + beta, per channel, before the query's quantizer.
+    """Q-DETR's distribution alignment of the co-attention query, in front of the query's low-bit quantizer:
+
+        forward(x, Q) = gamma * Q((x - mu) / sqrt(sigma^2 + eps)) + beta, per channel.
+
+    It sits on the query input of the decoder co-attention (tgt + query_pos), whose quantizer runs at the activation
+    bits (4 or 2), and not on the projected query, whose quantizer runs at the attention bits: an 8-bit quantizer
+    loses almost nothing, so alignment there could only add an affine map the weights learn anyway. The per-tensor
+    quantizer sees the normalized query, every channel spread over the same grid instead of the widest channel
+    setting the step for all; gamma and beta, applied after it, return the query to its own scale.
 
     mu and sigma^2 are frozen statistics (buffers), like the batch-norm statistics the trainer freezes: training and
-    the exported graph compute the same thing, and a batch of two images does not make the normalization noisy.
+    the exported graph compute the same thing, and a small batch does not make the normalization noisy.
     `init_from_statistics` takes them from the real-valued teacher's queries and sets gamma = sqrt(sigma^2 + eps),
-    beta = mu, so the aligned student starts exactly where the unaligned one does; gamma and beta then learn the
-    distribution the quantizer sees. Before that call mu = 0, sigma^2 = 1 - eps, gamma = 1, beta = 0 (identity too)."""
+    beta = mu, so without a quantizer the module is the identity; gamma and beta then learn. Before that call mu = 0,
+    sigma^2 = 1 - eps, gamma = 1, beta = 0 (identity too)."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
@@ -139,11 +147,22 @@ class DistributionAlignment(nn.Module):
             self.gamma.copy_(torch.sqrt(var + self.eps))
             self.beta.copy_(mean)
 
-    def normalize(self, q: torch.Tensor) -> torch.Tensor:
-        return (q - self.mean) / torch.sqrt(self.var + self.eps)
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / torch.sqrt(self.var + self.eps)
 
-    def forward(self, q: torch.Tensor) -> torch.Tensor:
-        return self.normalize(q) * self.gamma + self.beta
+    def forward(self, x: torch.Tensor, quantizer: Optional[nn.Module] = None) -> torch.Tensor:
+        x = self.normalize(x)
+        if quantizer is not None:
+            x = quantizer(x)
+        return x * self.gamma + self.beta
+
+
+def _align_from(align: DistributionAlignment, quantizer: nn.Module, mean: torch.Tensor, var: torch.Tensor) -> None:
+    align.init_from_statistics(mean, var)
+    # A step calibrated (or taken from a recipe) on the raw query does not fit the normalized one: the next
+    # calibration pass sets it again from what the quantizer now sees.
+    if isinstance(quantizer, LsqQuantizer):
+        quantizer.initialized.fill_(False)
 
 
 class QuantMultiheadAttention(nn.Module):
@@ -183,6 +202,10 @@ class QuantMultiheadAttention(nn.Module):
     def prepare_export(self) -> None:
         _QuantWeightMixin.prepare_export(self)
 
+    def align_from(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """DA from the statistics of the query input (per channel over every query)."""
+        _align_from(self.align, self.query_aq, mean, var)
+
     def forward(self, query, key, value, key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True):
         if not self.batch_first:
@@ -191,11 +214,10 @@ class QuantMultiheadAttention(nn.Module):
         nk = key.shape[1]
         w = _QuantWeightMixin.quantized_weight(self)
         bias = self.in_proj_bias if self.in_proj_bias is not None else torch.zeros(3 * e, device=query.device)
-        q = F.linear(self.query_aq(query), w[:e], bias[:e])
+        query = self.align(query, self.query_aq) if self.align is not None else self.query_aq(query)
+        q = F.linear(query, w[:e], bias[:e])
         k = F.linear(self.key_aq(key), w[e:2 * e], bias[e:2 * e])
         v = F.linear(self.value_aq(value), w[2 * e:], bias[2 * e:])
-        if self.align is not None:
-            q = self.align(q)
         q, k, v = self.q_quant(q), self.k_quant(k), self.v_quant(v)
         h, d = self.num_heads, self.head_dim
         q = q.reshape(b, nq, h, d).transpose(1, 2) * (d ** -0.5)
@@ -241,7 +263,8 @@ def is_split_projection_attention(module: nn.Module) -> bool:
 
 class QuantSplitAttention(nn.Module):
     """Quantized form of a split-projection attention: projections at the layer's W/A bits; q, k, v and the
-    softmax output at the attention bits; optional distribution alignment of q before its quantizer."""
+    softmax output at the attention bits; optional distribution alignment of the query input around q_proj's
+    activation quantizer."""
 
     def __init__(self, base: nn.Module, weight_bits: int, act_bits: int, attention_bits: int,
                  align_query: bool = False, eps: float = 1e-5):
@@ -259,13 +282,19 @@ class QuantSplitAttention(nn.Module):
         self.q_quant, self.k_quant, self.v_quant, self.softmax_quant = _attention_quantizers(attention_bits)
         self.align = DistributionAlignment(d, eps) if align_query else None
 
+    def align_from(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """DA from the statistics of the query input (per channel over every query)."""
+        _align_from(self.align, self.q_proj.aq, mean, var)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, nq, d = q.shape
         nk = k.shape[1]
-        q = self.q_proj(q)
         if self.align is not None:
-            q = self.align(q)
-        q = self.q_quant(q).reshape(b, nq, self.nhead, self.head_dim).transpose(1, 2)
+            q = F.linear(self.align(q, self.q_proj.aq), self.q_proj.quantized_weight(), self.q_proj.bias)
+        else:
+            q = self.q_proj(q)
+        q = self.q_quant(q)
+        q = q.reshape(b, nq, self.nhead, self.head_dim).transpose(1, 2)
         k = self.k_quant(self.k_proj(k)).reshape(b, nk, self.nhead, self.head_dim).transpose(1, 2)
         v = self.v_quant(self.v_proj(v)).reshape(b, nk, self.nhead, self.head_dim).transpose(1, 2)
         attn = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * (self.head_dim ** -0.5), dim=-1)

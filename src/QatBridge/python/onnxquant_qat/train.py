@@ -7,7 +7,8 @@ does) or, where the recipe has none, from the quantization MSE on a fixed calibr
 backbone and keeps encoder/decoder real-valued; stage 2 starts from stage 1's checkpoint and quantizes everything
 the recipe does not keep float. Loss: L = L_GT (the DETR set criterion) + lambda * L_FQM (with --fqm, over every
 decoder layer). --da adds distribution alignment, initialized from the teacher's query statistics, to the decoder
-co-attention queries.
+co-attention queries: the query input is normalized per channel in front of its activation quantizer and scaled back
+(gamma, beta) behind it.
 
 Optimization: AdamW with separate learning rates for weights (--lr) and quantizer parameters (LSQ steps, DA gamma
 and beta; --lr-quant, no weight decay), linear warm-up then cosine decay, gradient clipping, batch-norm statistics
@@ -41,7 +42,7 @@ from torch import nn
 from .convert import ConversionReport, fold_batchnorm, load_recipe_weights, quantize_model
 from .fqm import LAMBDA, TAU, fqm_all_layers
 from .lsq import LsqQuantizer
-from .modules import DistributionAlignment, QuantSplitAttention
+from .modules import DistributionAlignment, QuantMultiheadAttention, QuantSplitAttention
 from .recipe import Recipe
 from .validation import ValidationDetections, bootstrap_resamples, detections_of, probability_better
 
@@ -209,15 +210,19 @@ def calibrate(student: nn.Module, images: torch.Tensor, device: torch.device) ->
 
 
 def init_alignment(student: nn.Module, teacher: nn.Module, images: torch.Tensor, device: torch.device) -> int:
-    """DA from the teacher: the per-channel mean and variance of the teacher's co-attention queries (its q_proj
-    output, over all queries of the calibration batch) become each aligned block's statistics, gamma and beta, so
-    alignment starts as the identity. Returns how many blocks were initialized."""
-    aligned = {n: m for n, m in student.named_modules() if isinstance(m, QuantSplitAttention) and m.align is not None}
+    """DA from the teacher: the per-channel mean and variance of the query input of the teacher's co-attention
+    (tgt + query_pos, over all queries of the calibration batch) become each aligned block's statistics, gamma and
+    beta, so alignment is the identity but for what the query's quantizer sees. The query's input quantizer loses
+    its step; call `calibrate` afterwards to set it from the normalized query. Returns how many blocks were
+    initialized."""
+    aligned = {n: m for n, m in student.named_modules()
+               if isinstance(m, (QuantSplitAttention, QuantMultiheadAttention)) and m.align is not None}
     if not aligned:
         return 0
     captured: Dict[str, torch.Tensor] = {}
-    hooks = [teacher.get_submodule(name).q_proj.register_forward_hook(
-        lambda m, i, o, name=name: captured.__setitem__(name, o.detach())) for name in aligned]
+    # The query is the first positional argument of both attention forms as DETR calls them.
+    hooks = [teacher.get_submodule(name).register_forward_pre_hook(
+        lambda m, args, name=name: captured.__setitem__(name, args[0].detach())) for name in aligned]
     try:
         with torch.no_grad():
             teacher(images.to(device))
@@ -226,7 +231,7 @@ def init_alignment(student: nn.Module, teacher: nn.Module, images: torch.Tensor,
             h.remove()
     for name, module in aligned.items():
         q = captured[name].reshape(-1, captured[name].shape[-1]).float()
-        module.align.init_from_statistics(q.mean(dim=0), q.var(dim=0, unbiased=False))
+        module.align_from(q.mean(dim=0), q.var(dim=0, unbiased=False))
     return len(aligned)
 
 
@@ -355,11 +360,12 @@ def build_student(teacher: nn.Module, make_model: Callable[[], nn.Module], recip
 def post_training_student(teacher: nn.Module, make_model: Callable[[], nn.Module], recipe: Recipe, split: DataSplit,
                           device: torch.device, align: bool = False) -> nn.Module:
     """The start: every layer quantized at once from the recipe's grid (the calibration batch for the rest), DA
-    (if asked) as the identity from the teacher's statistics. No training step."""
+    (if asked) from the teacher's statistics, the query's input step calibrated on the normalized query. No
+    training step."""
     student, _ = build_student(teacher, make_model, recipe, lambda name: True, align)
     student.to(device)
-    calibrate(student, split.calib_images, device)
     init_alignment(student, teacher.to(device).eval(), split.calib_images, device)
+    calibrate(student, split.calib_images, device)
     return student
 
 
@@ -414,8 +420,8 @@ def train_qdetr(teacher: nn.Module, make_model: Callable[[], nn.Module], criteri
     result.stage2 = quantize_model(student, recipe, scope=lambda name: not backbone(name),
                                    align_query=config.distribution_alignment)
     student.to(device)
-    calibrate(student, split.calib_images, device)
     init_alignment(student, teacher, split.calib_images, device)
+    calibrate(student, split.calib_images, device)
     kept = run_stage(student, teacher, criterion, batches, config.stage2_steps, 2, config, device, result, log, split,
                      best=start_candidate)
     result.kept = kept.validation
@@ -459,8 +465,8 @@ def start_run(teacher: nn.Module, make_model: Callable[[], nn.Module], recipe: R
     teacher = teacher.to(device).eval()
     student, report = build_student(teacher, make_model, recipe, lambda name: True, config.distribution_alignment)
     student.to(device)
-    calibrate(student, split.calib_images, device)
     init_alignment(student, teacher, split.calib_images, device)
+    calibrate(student, split.calib_images, device)
     v, _ = _validate(student, split, device, 0, 0, config, None)
     result = TrainResult(validations=[v], stage1=report, stage2=ConversionReport(), start_ap50=v.ap50,
                          start_ap=v.ap, kept=v,
