@@ -58,7 +58,7 @@ public static class CompensationBenchmark
         var statistics = new InputStatistics(width, () => second, new double[width], width, channels, rows);
 
         clock.Restart();
-        var factor = Compensator.Factor(statistics, 0, 128, threads);
+        var factor = Compensator.Factor(statistics, 0, 128, ordered: true, threads);
         var factorSeconds = clock.Elapsed.TotalSeconds;
         if (factor is null)
         {

@@ -67,7 +67,10 @@ public sealed record RewriteOptions : IStageOptions
     ];
 
     // The fake-quantized weights the curves measure follow the storage layout (blocked for MatMulNBits) and the
-    // compensation (absent when none, so curves cached before compensation existed stay valid).
+    // compensation (absent when none, so curves cached before compensation existed stay valid). Second-order rounding
+    // names its column order: curves cached when it took the columns in their own order measured other weights.
     public IEnumerable<string> CurveKey() =>
-        ["format=" + Format, "block=" + BlockSize, .. Compensation == Compensation.None ? Array.Empty<string>() : ["compensation=" + Compensator.Name(Compensation)]];
+        ["format=" + Format, "block=" + BlockSize,
+            .. Compensation == Compensation.None ? Array.Empty<string>() : ["compensation=" + Compensator.Name(Compensation)],
+            .. Compensation is Compensation.Gptq or Compensation.All ? ["second-order=act-order"] : Array.Empty<string>()];
 }
