@@ -243,9 +243,9 @@ public sealed class InputStatisticsCache(Func<string, InputStatistics?> compute,
 /// <list type="bullet">
 /// <item>Second-order rounding (GPTQ, Frantar et al. 2023): for every output channel, the weights w_0..w_{L-1} of its
 /// input slice are quantized in order (with per-channel scales, by decreasing input energy diag S: "act-order", which
-/// rounds the costly columns while many cheap ones remain to absorb their error); after w_j, the error e = (w_j - Q(w_j)) / U_jj is subtracted from the later
-/// weights as <c>w_t -= e * U_jt</c>, U the upper Cholesky factor of <c>(S + lambda I)^-1</c> over the slice,
-/// <c>lambda = 0.01 * mean(diag S)</c>. This minimises the layer-output error <c>tr(dW S dW^T)</c> greedily instead
+/// rounds the costly columns while many cheap ones remain to absorb their error); after w_j, the error
+/// e = (w_j - Q(w_j)) / U_jj is subtracted from the later weights as <c>w_t -= e * U_jt</c>, U the upper Cholesky
+/// factor of <c>(S + lambda I)^-1</c> over the slice, <c>lambda = 0.01 * mean(diag S)</c>. This minimises the layer-output error <c>tr(dW S dW^T)</c> greedily instead
 /// of the weight error. Per-channel scales come from the float weights (MSE clipping, as without compensation); blocked
 /// scales are chosen when their block is reached, from the updated weights. Channels are independent, so each keeps
 /// its own width.</item>
