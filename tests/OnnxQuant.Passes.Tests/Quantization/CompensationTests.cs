@@ -120,41 +120,49 @@ public class CompensationTests
     }
 
     /// <summary>
-    /// The blocked, factor-only formulation against GPTQ as published, in double precision: U the upper Cholesky factor
-    /// of (S + lambda I)^-1 (MathNet: inverse, then Cholesky), each column's error pushed onto the later columns one by
-    /// one. Over 300 columns (three 128-column blocks) at 3 bits, at least 99 % of the integers agree (single
-    /// precision can flip a value that lies on a rounding boundary, and the flip then propagates) and the layer-output
-    /// errors tr(dW S dW^T) agree within 1 %.
+    /// The blocked, factor-only formulation against GPTQ as published, in double precision, with act-order: the
+    /// columns by decreasing diag S (ties in their own order), U the upper Cholesky factor of (S + lambda I)^-1 of the
+    /// permuted slice (MathNet: inverse, then Cholesky), each column's error pushed onto the later columns one by one.
+    /// Over 300 columns (three 128-column blocks) at 3 bits, at least 99 % of the integers agree (single precision can
+    /// flip a value that lies on a rounding boundary, and the flip then propagates) and the layer-output errors
+    /// tr(dW S dW^T) agree within 1 %: for a dense layer (the whole of S is one slice, permuted in place) and for a
+    /// grouped one (two groups, each channel reads its group's block of S).
     /// </summary>
-    [Fact]
-    public void SecondOrderRoundingMatchesTheTextbookAlgorithm()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void SecondOrderRoundingMatchesTheTextbookAlgorithm(int groups)
     {
         const int k = 300, n = 6, bits = 3;
-        var rows = CorrelatedRows(900, k, 21);
-        var statistics = InputStatistics.FromRows(rows, k, k, n);
+        var rows = CorrelatedRows(900, k * groups, 21);
+        var statistics = InputStatistics.FromRows(rows, k * groups, k, n / groups);
         var weight = Net.RandomData(k * n, 23);
         var layout = new WeightLayout([n, k], channelAxis: 0);
         var fast = Compensator.Quantize(weight, layout, Enumerable.Repeat(bits, n).ToArray(), statistics, gptq: true);
 
-        var meanDiagonal = Enumerable.Range(0, k).Average(i => statistics.Second[i * k + i]);
-        // Act-order: the columns by decreasing diag S, ties in their own order.
-        var order = Enumerable.Range(0, k).OrderByDescending(i => statistics.Second[i * k + i]).ToArray();
-        Assert.NotEqual(Enumerable.Range(0, k), order);
-        var h = MathNet.Numerics.LinearAlgebra.Matrix<double>.Build.Dense(k, k,
-            (i, j) => statistics.Second[order[i] * k + order[j]] + (i == j ? Compensator.Dampening * meanDiagonal : 0));
-        var u = h.Inverse().Cholesky().Factor.Transpose();
         var reference = new sbyte[k * n];
-        for (var c = 0; c < n; c++)
+        for (var g = 0; g < groups; g++)
         {
-            var w = order.Select(j => (double)weight[c * k + j]).ToArray();
-            var scale = QuantMath.MseOptimalScale(weight.AsSpan(c * k, k), bits);
-            for (var j = 0; j < k; j++)
+            var offset = g * k;
+            double S(int i, int j) => statistics.Second[(offset + i) * k * groups + offset + j];
+            var meanDiagonal = Enumerable.Range(0, k).Average(i => S(i, i));
+            var order = Enumerable.Range(0, k).OrderByDescending(i => S(i, i)).ToArray();
+            Assert.NotEqual(Enumerable.Range(0, k), order);
+            var h = MathNet.Numerics.LinearAlgebra.Matrix<double>.Build.Dense(k, k,
+                (i, j) => S(order[i], order[j]) + (i == j ? Compensator.Dampening * meanDiagonal : 0));
+            var u = h.Inverse().Cholesky().Factor.Transpose();
+            for (var c = g * n / groups; c < (g + 1) * n / groups; c++)
             {
-                var q = Math.Clamp(Math.Round(w[j] / scale, MidpointRounding.ToEven), QuantMath.SignedMin(bits), QuantMath.SignedMax(bits));
-                reference[c * k + order[j]] = (sbyte)q;
-                var error = (w[j] - q * scale) / u[j, j];
-                for (var t = j + 1; t < k; t++)
-                    w[t] -= error * u[j, t];
+                var w = order.Select(j => (double)weight[c * k + j]).ToArray();
+                var scale = QuantMath.MseOptimalScale(weight.AsSpan(c * k, k), bits);
+                for (var j = 0; j < k; j++)
+                {
+                    var q = Math.Clamp(Math.Round(w[j] / scale, MidpointRounding.ToEven), QuantMath.SignedMin(bits), QuantMath.SignedMax(bits));
+                    reference[c * k + order[j]] = (sbyte)q;
+                    var error = (w[j] - q * scale) / u[j, j];
+                    for (var t = j + 1; t < k; t++)
+                        w[t] -= error * u[j, t];
+                }
             }
         }
         var agree = fast.Values.Zip(reference, (a, b) => a == b ? 1 : 0).Sum() / (double)reference.Length;
