@@ -16,6 +16,10 @@ public sealed record ChannelMoments(string Tensor, int ChannelAxis, double[] Sec
 public sealed record CalibrationTable(CalibrationMethod Method, int Samples, IReadOnlyList<ActivationRange> Ranges,
     IReadOnlyList<ChannelMoments> Moments)
 {
+    /// <summary>The shape of one sample's value of the tensors whose rows calibration gathered (layer inputs), from
+    /// a run of one sample; a tensor not listed has no observed shape.</summary>
+    public IReadOnlyDictionary<string, long[]> SampleShapes { get; init; } = new Dictionary<string, long[]>(StringComparer.Ordinal);
+
     public ActivationRange? Find(string tensor) => Ranges.FirstOrDefault(r => r.Tensor == tensor);
     public ChannelMoments? FindMoments(string tensor) => Moments.FirstOrDefault(m => m.Tensor == tensor);
 }
@@ -140,6 +144,7 @@ public static class Calibrator
             foreach (var (x, output) in selections.Zip(sessions.For(leading > 0, whole: false).Run(inputs, selections.Select(x => x.Shape).ToList())))
                 shapes[x.Tensor] = output.Data.GetArray<long>();
         }
+        var sampleShapes = shapes.ToDictionary(p => p.Key, p => p.Value.ToArray(), StringComparer.Ordinal);
         foreach (var (start, count, batch) in Plan(data, samples, alone, runBatch))
         {
             var isLeading = start < leading;
@@ -263,7 +268,7 @@ public static class Calibrator
         }).ToList();
         var momentList = targets.Where(t => moments.ContainsKey(t.Tensor))
             .Select(t => new ChannelMoments(t.Tensor, t.MomentsAxis!.Value, moments[t.Tensor].Result())).ToList();
-        return new CalibrationTable(method, samples, ranges, momentList);
+        return new CalibrationTable(method, samples, ranges, momentList) { SampleShapes = sampleShapes };
     }
 
     /// <summary>A copy of <paramref name="model"/> without the named graph outputs.</summary>

@@ -21,8 +21,13 @@ public sealed record SpeedPlacement(int QuantizedTensors, IReadOnlyDictionary<st
 /// <item>Conv, and MatMul/Gemm above 4 bits: INT8 weight with per-channel DequantizeLinear, the bias as INT32 with
 /// scale s_x * s_w (every input of the node must come from a DequantizeLinear), and a QuantizeLinear on the output
 /// (after a Relu, which the output's zero point 0 makes redundant): QLinearConv, QLinearMatMul, QGemm.</item>
-/// <item>MatMul/Gemm at 4 bits or fewer: com.microsoft MatMulNBits (4-bit container, per-channel scales repeated per
-/// block) with accuracy_level 4, whose kernel quantizes the activation to int8 itself, so it needs no Q/DQ.</item>
+/// <item>MatMul/Gemm at 4 bits or fewer whose input is known to have at most <see cref="NBitsMaxRows"/> rows per sample:
+/// com.microsoft MatMulNBits (4-bit container, per-channel scales repeated per block) with accuracy_level 4, whose
+/// kernel quantizes the activation to int8 itself, so it needs no Q/DQ. With more rows (or an unknown count) they are
+/// written as INT8 like wider layers: the 4-bit kernel pays off where reading the weights dominates (a few rows), and
+/// on DETR-R50's transformer (100 to 256 rows of 256 to 2,048 channels) its 68 layers took 49 ms per run at one thread
+/// where QLinearMatMul took 16 ms for the same layers, and the float input and output it needs break the integer
+/// region around it.</item>
 /// <item>Between integer layers: Add and Concat (QLinearAdd, QLinearConcat) and AveragePool/GlobalAveragePool get
 /// their own calibrated output parameters; MaxPool, Resize, Transpose, Reshape, Flatten, Squeeze, Unsqueeze and Slice
 /// only move values, so their output reuses the input's parameters (ONNX Runtime then drops the pair) and costs no
@@ -71,7 +76,8 @@ public static class SpeedRewriter
             var weight = graph.FindInitializer(plan.Layer.WeightName)
                 ?? throw new InvalidOperationException($"weight '{plan.Layer.WeightName}' of layer '{plan.Layer.Name}' not found");
             var node = weight.Uses.Single().Node;
-            var kind = node.OpType != "Conv" && plan.MaxBits <= 4 && NBitsCompatible(node) ? LayerKind.NBits : LayerKind.Int8;
+            var kind = node.OpType != "Conv" && plan.MaxBits <= 4 && NBitsCompatible(node)
+                && RowsPerSample(node, calibration) is <= NBitsMaxRows ? LayerKind.NBits : LayerKind.Int8;
             nodes.Add(node, (plan, kind));
         }
         var int8 = new HashSet<Node>(nodes.Where(p => p.Value.Kind == LayerKind.Int8).Select(p => p.Key), ReferenceEqualityComparer.Instance);
@@ -138,6 +144,24 @@ public static class SpeedRewriter
         var placement = new SpeedPlacement(region.Tensors.Count, integerOps, nbits);
         var result = new RewriteResult(storage, model.OpsetImports.Default ?? opset, model.IrVersion, region.Tensors.Count, [], compensated) { Speed = placement };
         return (result, placement);
+    }
+
+    /// <summary>The most rows per sample (the product of the input's dimensions but the last) for which a layer at 4
+    /// bits or fewer runs as MatMulNBits.</summary>
+    public const long NBitsMaxRows = 8;
+
+    /// <summary>Rows per sample of the layer's input: from the shape calibration observed for one sample, else from the
+    /// graph's static shape of the input; null when neither knows.</summary>
+    private static long? RowsPerSample(Node node, CalibrationTable calibration)
+    {
+        if (node.Inputs[0] is not { } input)
+            return null;
+        var dims = calibration.SampleShapes.TryGetValue(input.Name, out var observed) ? observed
+            : (input.Type as TensorType)?.Shape?.ToFixedDims();
+        if (dims is null || dims.Length < 2)
+            return null;
+        // A Gemm's A is [M, K] (transA is 0 for MatMulNBits); a MatMul's input is [..., M, K].
+        return dims.Take(dims.Length - 1).Aggregate(1L, (a, b) => a * b);
     }
 
     /// <summary>Gemm maps onto MatMulNBits (Y = A B + bias) only without transA, scaling, or a bias of another shape.</summary>

@@ -183,6 +183,40 @@ public class GraphReductionTests
         Assert.Equal(first, Second(changed));
         Assert.NotEqual(first, Second(TestModels.Images(Samples, 7)));
     }
+    /// <summary>
+    /// A calibration that gathers input rows (the curves' tap) reports each gathered layer input's shape for one sample,
+    /// batched runs notwithstanding (runs of 4 here): the shape ONNX Runtime gives that tensor when the model runs one
+    /// sample with it as an output. The speed rewrite reads the rows per sample from it.
+    /// </summary>
+    [Fact]
+    public void GatheredLayerInputsReportTheirShapeForOneSample()
+    {
+        var model = TestModels.Detector();
+        var units = UnitDiscovery.Discover(model, ["scores", "boxes"], new UnitOptions()).Units;
+        var data = TestCalibration.Single("images", TestModels.Images(Samples, 5), 3, 16, 16);
+        using var tap = new CutCurveMeasurer(model, units, ["scores", "boxes"], Samples, new CurveOptions(),
+            new RewriteOptions { Compensation = OnnxQuant.Passes.Quantization.Compensation.All }, 1, GainSettings.Default, measure: false);
+        var table = Calibrator.Run(model, data, Samples, LayerInputs(model), CalibrationMethod.MinMax, 8, SessionOptions.Calibration, 4, tap: tap);
+
+        var computed = units.Select(u => u.Layer.Activation).Where(a => model.Graph.FindValue(a)!.Producer is not null).Distinct().ToList();
+        Assert.NotEmpty(computed);
+        var withOutputs = model.Clone();
+        foreach (var name in computed)
+        {
+            var value = withOutputs.Graph.FindValue(name)!;
+            ElementTypeInference.EnsureTyped(value);
+            withOutputs.Graph.AddOutput(value);
+        }
+        using var session = InferenceSession.Create(ModelIO.ToBytes(withOutputs));
+        var (_, _, one) = data.Runs(0, 1, 1).First();
+        var expected = session.Run(one.Select(b => b.ToNamedTensor()).ToList(), computed);
+        foreach (var (name, output) in computed.Zip(expected))
+        {
+            Assert.True(table.SampleShapes.TryGetValue(name, out var shape), $"no shape for '{name}'");
+            Assert.Equal(output.Data.Shape, shape);
+        }
+    }
+
     /// <summary>Captures the given tensors on the leading samples, sampled to the given number of elements where one is set.</summary>
     private sealed class CapturingTap(IReadOnlyDictionary<string, int?> captured, int leading) : ICalibrationTap
     {

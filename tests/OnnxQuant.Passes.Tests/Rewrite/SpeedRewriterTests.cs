@@ -71,13 +71,26 @@ public class SpeedRewriterTests
         return num / den;
     }
 
+    /// <summary>
+    /// <paramref name="rows"/>: the rows per sample calibration observed at the MatMul's and the Gemm's inputs (0: none
+    /// observed, as from a calibration that gathered no rows). A layer at 4 bits or fewer becomes MatMulNBits only with
+    /// a known count of at most <see cref="SpeedRewriter.NBitsMaxRows"/>.
+    /// </summary>
     [Theory]
-    [InlineData(8, 0)] // W8A8: every layer on QLinearConv / QLinearMatMul / QGemm
-    [InlineData(4, 2)] // W4: the MatMul and the Gemm become MatMulNBits (int8 compute), the convs stay INT8
-    public void SpeedArtifactFusesIntoIntegerKernelsAndStaysClose(int bits, int nbitsLayers)
+    [InlineData(8, 1, 0)] // W8A8: every layer on QLinearConv / QLinearMatMul / QGemm
+    [InlineData(4, 1, 2)] // W4, one row per sample: the MatMul and the Gemm become MatMulNBits (int8 compute), the convs stay INT8
+    [InlineData(4, 64, 0)] // W4, 64 rows: INT8 as at 8 bits, with the 4-bit values
+    [InlineData(4, 0, 0)] // W4, rows unknown: INT8
+    public void SpeedArtifactFusesIntoIntegerKernelsAndStaysClose(int bits, int rows, int nbitsLayers)
     {
         var (model, layers, calibration, data) = Prepared();
         Assert.Equal(4, layers.Count);
+        if (rows > 0)
+            calibration = calibration with
+            {
+                SampleShapes = layers.Where(l => l.OpType != "Conv").ToDictionary(l => l.Activation,
+                    l => new long[] { rows, l.WeightShape[l.InputChannelAxis] }, StringComparer.Ordinal),
+            };
         var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(bits, l.Channels).ToArray())).ToList();
         var speed = model.Clone();
         var (result, placement) = SpeedRewriter.Apply(speed, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed });
