@@ -144,7 +144,8 @@ public static class Calibrator
             foreach (var (x, output) in selections.Zip(sessions.For(leading > 0, whole: false).Run(inputs, selections.Select(x => x.Shape).ToList())))
                 shapes[x.Tensor] = output.Data.GetArray<long>();
         }
-        var sampleShapes = shapes.ToDictionary(p => p.Key, p => p.Value.ToArray(), StringComparer.Ordinal);
+        // A snapshot: later runs replace entries of `shapes` (never the arrays) when a tensor's shape changes.
+        var sampleShapes = new Dictionary<string, long[]>(shapes, StringComparer.Ordinal);
         foreach (var (start, count, batch) in Plan(data, samples, alone, runBatch))
         {
             var isLeading = start < leading;
