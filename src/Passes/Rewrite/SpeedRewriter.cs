@@ -20,7 +20,9 @@ public sealed record SpeedPlacement(int QuantizedTensors, IReadOnlyDictionary<st
 /// <list type="bullet">
 /// <item>Conv, and MatMul/Gemm above 4 bits: INT8 weight with per-channel DequantizeLinear, the bias as INT32 with
 /// scale s_x * s_w (every input of the node must come from a DequantizeLinear), and a QuantizeLinear on the output
-/// (after a Relu, which the output's zero point 0 makes redundant): QLinearConv, QLinearMatMul, QGemm.</item>
+/// (after a Relu, which the output's zero point 0 makes redundant): QLinearConv, QLinearMatMul, QGemm. A MatMul
+/// whose product alone feeds the Add of a constant bias is written as Gemm between two Reshapes first
+/// (<see cref="FoldBiasIntoGemm"/>), so the bias is added in the integer kernel.</item>
 /// <item>MatMul/Gemm at 4 bits or fewer whose input is known to have at most <see cref="NBitsMaxRows"/> rows per sample:
 /// com.microsoft MatMulNBits (4-bit container, per-channel scales repeated per block) with accuracy_level 4, whose
 /// kernel quantizes the activation to int8 itself, so it needs no Q/DQ. With more rows (or an unknown count) they are
@@ -55,10 +57,22 @@ public static class SpeedRewriter
         var byWeight = layers.ToDictionary(l => l.WeightName, StringComparer.Ordinal);
         var graph = canonical.Graph;
         var int8 = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        // The folds below change the graph: a copy, so that the canonical model stays as it is.
+        var copy = canonical.Clone();
+        graph = copy.Graph;
+        var folds = new List<BiasFold>();
         foreach (var layer in layers)
             if (graph.FindInitializer(layer.WeightName) is { Uses.Count: 1 } w)
-                int8.Add(w.Uses[0].Node);
-        var region = Region(graph, int8, _ => true);
+            {
+                var node = w.Uses[0].Node;
+                if (FoldBiasIntoGemm(copy, node) is { } fold)
+                {
+                    folds.Add(fold);
+                    node = fold.Gemm;
+                }
+                int8.Add(node);
+            }
+        var region = Region(graph, int8, _ => true, folds);
         return region.Tensors.Where(t => !region.SharesParameters.ContainsKey(t)).Select(t => t.Name)
             .Concat(layers.Select(l => l.Activation)).Distinct(StringComparer.Ordinal).ToList();
     }
@@ -80,8 +94,16 @@ public static class SpeedRewriter
                 && RowsPerSample(node, calibration) is <= NBitsMaxRows ? LayerKind.NBits : LayerKind.Int8;
             nodes.Add(node, (plan, kind));
         }
+        var folds = new List<BiasFold>();
+        foreach (var (node, entry) in nodes.Where(p => p.Value.Kind == LayerKind.Int8).ToList())
+            if (FoldBiasIntoGemm(model, node) is { } fold)
+            {
+                nodes.Remove(node);
+                nodes.Add(fold.Gemm, entry);
+                folds.Add(fold);
+            }
         var int8 = new HashSet<Node>(nodes.Where(p => p.Value.Kind == LayerKind.Int8).Select(p => p.Key), ReferenceEqualityComparer.Instance);
-        var region = Region(graph, int8, v => calibration.Find(v.Name) is not null);
+        var region = Region(graph, int8, v => calibration.Find(v.Name) is not null, folds);
 
         // Activation parameters first: the INT32 biases need the input scales.
         var parameters = new Dictionary<Value, (Value Scale, Value Zero, float S)>(ReferenceEqualityComparer.Instance);
@@ -176,6 +198,103 @@ public static class SpeedRewriter
         return node.GetFloat("beta", 1f) == 1f && node.Inputs[2]!.Initializer is { } c && c.Dims.Count == 1;
     }
 
+    /// <summary>
+    /// A MatMul and the Add of its bias rewritten as Gemm: <paramref name="Flatten"/> reshapes the input to [rows, K]
+    /// (null when it is 2-D already), <paramref name="Unflatten"/> gives the output its shape back, and a sole Relu
+    /// after the Add now runs on the 2-D output, between the two.
+    /// </summary>
+    private sealed record BiasFold(Node Gemm, Node? Flatten, Node? Unflatten);
+
+    /// <summary>
+    /// A linear layer exported as MatMul [.., K] x [K, N] followed by the Add of a constant [N] bias (how exporters
+    /// write a Linear on 3-D tokens) becomes Reshape -> Gemm(bias) -> Reshape, the Relu that alone reads the sum moved
+    /// before the second Reshape. ONNX Runtime fuses a QDQ Gemm into QGemm, which adds the INT32 bias in the integer
+    /// accumulator and requantizes once, where QLinearMatMul requantizes the product and a float Add with its own
+    /// Q/DQ pair adds the bias (on the small DETR those Adds and pairs took a fifth of the quantized model's kernel
+    /// time). The Reshapes move uint8 values only. The output keeps the Add's (or the Relu's) value name, so
+    /// calibration ranges carry over. Null (nothing changed) when the pattern does not hold.
+    /// </summary>
+    private static BiasFold? FoldBiasIntoGemm(Model model, Node node)
+    {
+        var graph = model.Graph;
+        // Slice with starts/ends inputs: opset 10.
+        if (node.OpType != "MatMul" || !GraphQueries.IsDefaultDomain(node) || (model.OpsetImports.Default ?? 1) < 10
+            || node.Inputs.Count != 2 || node.Inputs[0] is not { } x || node.Inputs[1] is not { Initializer: { } w } weight
+            || w.Dims.Count != 2 || w.DataType != DataType.Float)
+            return null;
+        var product = node.Outputs[0];
+        if (product.Uses.Count != 1 || product.IsGraphOutput || product.Uses[0].Node is not { OpType: "Add" } add
+            || !GraphQueries.IsDefaultDomain(add) || add.Inputs.Count != 2 || add.Outputs.Count != 1)
+            return null;
+        var k = w.Dims[0];
+        var n = w.Dims[1];
+        if (add.Inputs[1 - product.Uses[0].InputIndex] is not { Initializer: { } c } bias || c.DataType != DataType.Float
+            || c.Dims.Count != 1 || c.Dims[0] != n)
+            return null;
+        var sum = add.Outputs[0];
+        var relu = sum.Uses.Count == 1 && !sum.IsGraphOutput && sum.Uses[0].Node is { OpType: "Relu" } r
+            && GraphQueries.IsDefaultDomain(r) && r.Outputs.Count == 1 ? r : null;
+        var final = relu?.Outputs[0] ?? sum;
+        var rank = x.Type?.Shape?.Rank;
+        var name = node.Name.Length > 0 ? node.Name : product.Name;
+
+        Node? flatten = null;
+        var a = x;
+        if (rank != 2)
+        {
+            var flatShape = graph.AddInitializer(graph.UniqueName(name + "_rows_shape"), Tensor.FromInt64s("s", [2], [-1, k]));
+            flatten = new Node("Reshape", [x, flatShape], [graph.UniqueName(name + "_rows")], name: graph.UniqueName(name + "_rows"));
+            flatten.Outputs[0].Type = new TensorType(x.Type?.ElementType ?? DataType.Float, null);
+            graph.InsertBefore(node, flatten);
+            a = flatten.Outputs[0];
+        }
+        var gemm = new Node("Gemm", [a, weight, bias], [graph.UniqueName(name + "_gemm")], name: graph.UniqueName(name + "_gemm"));
+        gemm.Outputs[0].Type = new TensorType(DataType.Float, null);
+        graph.InsertBefore(node, gemm);
+        var last = gemm.Outputs[0];
+        Node? movedRelu = null;
+        if (relu is not null)
+        {
+            movedRelu = new Node("Relu", [last], [graph.UniqueName(name + "_gemm_relu")], name: graph.UniqueName(relu.Name.Length > 0 ? relu.Name : name + "_relu"));
+            movedRelu.Outputs[0].Type = new TensorType(DataType.Float, null);
+            graph.InsertAfter(gemm, movedRelu);
+            last = movedRelu.Outputs[0];
+        }
+        Node? unflatten = null;
+        if (flatten is not null)
+        {
+            // The output's shape is the input's with its last dimension N: Shape -> Slice(0, -1) -> Concat([N]).
+            var shape = new Node("Shape", [x], [graph.UniqueName(name + "_input_shape")], name: graph.UniqueName(name + "_input_shape"));
+            var zero = graph.AddInitializer(graph.UniqueName(name + "_zero"), Tensor.FromInt64s("z", [1], [0]));
+            var minusOne = graph.AddInitializer(graph.UniqueName(name + "_minus_one"), Tensor.FromInt64s("m", [1], [-1]));
+            var lead = new Node("Slice", [shape.Outputs[0], zero, minusOne, zero], [graph.UniqueName(name + "_leading_dims")],
+                name: graph.UniqueName(name + "_leading_dims"));
+            var width = graph.AddInitializer(graph.UniqueName(name + "_width"), Tensor.FromInt64s("n", [1], [n]));
+            var target = new Node("Concat", [lead.Outputs[0], width], [graph.UniqueName(name + "_output_shape")],
+                name: graph.UniqueName(name + "_output_shape"), attributes: [Attribute.FromInt("axis", 0)]);
+            foreach (var v in new[] { shape.Outputs[0], lead.Outputs[0], target.Outputs[0] })
+                v.Type = new TensorType(DataType.Int64, null);
+            unflatten = new Node("Reshape", [last, target.Outputs[0]], [graph.UniqueName(name + "_output")], name: graph.UniqueName(name + "_output"));
+            unflatten.Outputs[0].Type = final.Type;
+            var after = movedRelu ?? gemm;
+            graph.InsertAfter(after, shape);
+            graph.InsertAfter(shape, lead);
+            graph.InsertAfter(lead, target);
+            graph.InsertAfter(target, unflatten);
+            last = unflatten.Outputs[0];
+        }
+        else
+            last.Type = final.Type;
+        var finalName = final.Name;
+        if (relu is not null)
+            graph.RemoveNode(relu, force: true);
+        graph.RemoveNode(add, force: true);
+        graph.RemoveNode(node, force: true);
+        graph.ReplaceAllUsesWith(final, last, replaceGraphOutputs: true);
+        last.Name = finalName;
+        return new BiasFold(gemm, flatten, unflatten);
+    }
+
     /// <summary>The integer region: nodes that will run on uint8 data and the tensors that carry it.</summary>
     private sealed record IntegerRegion(List<Node> Nodes, List<Value> Tensors, Dictionary<Value, Value> SharesParameters);
 
@@ -184,8 +303,9 @@ public static class SpeedRewriter
     /// consumer, which the output's zero point makes redundant); a requantizing or pass-through op joins when every
     /// float input it reads is already quantized and (requantizing) its output has a range.
     /// </summary>
-    private static IntegerRegion Region(Graph graph, HashSet<Node> int8Layers, Func<Value, bool> hasRange)
+    private static IntegerRegion Region(Graph graph, HashSet<Node> int8Layers, Func<Value, bool> hasRange, IReadOnlyList<BiasFold> folds)
     {
+        var foldOf = folds.ToDictionary(f => f.Gemm, f => f, (IEqualityComparer<Node>)ReferenceEqualityComparer.Instance);
         var nodes = new List<Node>();
         var tensors = new List<Value>();
         var seen = new HashSet<Value>(ReferenceEqualityComparer.Instance);
@@ -201,6 +321,29 @@ public static class SpeedRewriter
             {
                 var input = node.Inputs[0]!;
                 var output = Tail(node.Outputs[0]);
+                if (foldOf.TryGetValue(node, out var fold) && fold.Flatten is not null)
+                {
+                    // A folded linear: the ranges are those of its 3-D input and output, which the Reshapes share.
+                    var x = fold.Flatten.Inputs[0]!;
+                    var y = fold.Unflatten!.Outputs[0];
+                    if (!hasRange(x) || !hasRange(y))
+                        continue;
+                    if (!nodes.Contains(fold.Flatten))
+                        nodes.Add(fold.Flatten);
+                    nodes.Add(node);
+                    nodes.Add(fold.Unflatten);
+                    Add(x);
+                    if (seen.Add(input))
+                    {
+                        tensors.Add(input);
+                        shares[input] = shares.GetValueOrDefault(x, x);
+                    }
+                    Add(y);
+                    seen.Add(output);
+                    tensors.Add(output);
+                    shares[output] = y;
+                    continue;
+                }
                 if (!hasRange(input) || !hasRange(output))
                     continue;
                 nodes.Add(node);
@@ -216,7 +359,7 @@ public static class SpeedRewriter
             if (PassThrough.Contains(node.OpType))
             {
                 var output = node.Outputs[0];
-                if (!IsFloat(output) && output.Type is not null)
+                if ((!IsFloat(output) && output.Type is not null) || seen.Contains(output))
                     continue;
                 nodes.Add(node);
                 Add(output);

@@ -278,6 +278,55 @@ public class SpeedRewriterTests
         Assert.InRange(RelativeError(model, speed, data), 0, 1e-3);
     }
 
+    /// <summary>
+    /// Tokens as exporters write a transformer's feed-forward block: x [B, 3, 16, 16] -> Reshape [B, 48, 16] ->
+    /// MatMul [16, 32] -> Add(bias) -> Relu -> MatMul [32, 16] -> Add(bias) -> Add(residual) -> "y" [B, 48, 16].
+    /// </summary>
+    private static Model TokenFeedForward()
+    {
+        var net = new Net(opset: 17, seed: 6);
+        var x = net.BatchInput("x", 3, 16, 16);
+        var tokens = net.Op("Reshape", [x, net.Ints("tokens_shape", -1, 48, 16)]);
+        var hidden = net.Op("Relu", [net.Op("Add", [net.Op("MatMul", [tokens, net.Random("ff1.w", [16, 32], 0.3f)]), net.Random("ff1.b", [32], 0.1f)])]);
+        var projected = net.Op("Add", [net.Random("ff2.b", [16], 0.1f), net.Op("MatMul", [hidden, net.Random("ff2.w", [32, 16], 0.3f)])]);
+        var y = net.Op("Add", [projected, tokens]);
+        y.Name = "y";
+        net.Output(y);
+        return net.Model;
+    }
+
+    [Fact]
+    public void TokenLinearsWithABiasAddRunAsQGemmAndKeepTheirShape()
+    {
+        var (model, layers, calibration, data) = Prepared(TokenFeedForward(), "y");
+        Assert.Equal(2, layers.Count);
+        var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(8, l.Channels).ToArray())).ToList();
+        var speed = model.Clone();
+        var (_, placement) = SpeedRewriter.Apply(speed, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed });
+        // Each MatMul and its bias Add became one Gemm; the Relu between them runs on the 2-D rows.
+        Assert.DoesNotContain(speed.Graph.Nodes, n => n.OpType == "MatMul");
+        Assert.Equal(2, speed.Graph.Nodes.Count(n => n.OpType == "Gemm"));
+        Assert.Equal(4, placement.IntegerOps["Reshape"]); // two per linear (the model's own reads the float input)
+        Assert.Equal(1, placement.IntegerOps["Add"]); // the residual only
+
+        var fusion = FusionCheck.Run(speed, SessionOptions.Default);
+        Assert.Equal(0, fusion.WeightDequantizeLeft);
+        Assert.Equal(2, fusion.OpTypes.GetValueOrDefault("QGemm"));
+        Assert.False(fusion.OpTypes.ContainsKey("QLinearMatMul"), "a linear still runs as QLinearMatMul with a float bias Add");
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QLinearAdd"));
+
+        // The output has the float model's shape at any batch (the symbolic batch goes through the Shape-based Reshape).
+        foreach (var batch in new[] { 1, 3 })
+        {
+            var input = data.AsSpan(0, batch * 3 * 16 * 16).ToArray();
+            using var session = InferenceSession.Create(ModelIO.ToBytes(speed));
+            var output = session.Run([new NamedTensor("x", TensorData.FromFloats(input, [batch, 3, 16, 16]))])[0].Data;
+            Assert.Equal(new long[] { batch, 48, 16 }, output.Shape);
+        }
+        // Tolerance: about 4x the relative squared error this seeded block measures at W8A8 (8.8e-5).
+        Assert.InRange(RelativeError(model, speed, data), 0, 3.5e-4);
+    }
+
     [Fact]
     public void SpeedNeedsEightBitActivations()
     {
