@@ -55,20 +55,26 @@ public sealed record OpProfile(int Runs, double MsPerRun, IReadOnlyList<OpTime> 
     /// load affects all alike. The trace files are deleted after reading.
     /// </summary>
     public static IReadOnlyList<OpProfile> Measure(IReadOnlyList<string> modelPaths, SessionOptions options,
-        IReadOnlyList<IReadOnlyList<NamedTensor>> inputs, int runs, int warmup)
+        IReadOnlyList<IReadOnlyList<NamedTensor>> inputs, int runs, int warmup) =>
+        Measure(modelPaths.Select(p => (Func<SessionOptions, InferenceSession>)(o => InferenceSession.Create(p, o))).ToList(), options, inputs, runs, warmup);
+
+    /// <param name="open">Opens each model with the options it is given (the profiling ones).</param>
+    /// <param name="outputs">The outputs each run fetches (ONNX Runtime computes only what they need); null: all.</param>
+    public static IReadOnlyList<OpProfile> Measure(IReadOnlyList<Func<SessionOptions, InferenceSession>> open, SessionOptions options,
+        IReadOnlyList<IReadOnlyList<NamedTensor>> inputs, int runs, int warmup, IReadOnlyList<string>? outputs = null)
     {
         var sessions = new List<InferenceSession>();
         var traces = new List<string>();
         try
         {
-            foreach (var path in modelPaths)
-                sessions.Add(InferenceSession.Create(path, options with
+            foreach (var create in open)
+                sessions.Add(create(options with
                 {
                     ProfilePrefix = Path.Combine(Path.GetTempPath(), $"onnxquant-profile-{Environment.ProcessId}-{Guid.NewGuid():N}"),
                 }));
             for (var i = 0; i < warmup + runs; i++)
                 for (var m = 0; m < sessions.Count; m++)
-                    sessions[m].Run(inputs[m]);
+                    sessions[m].Run(inputs[m], outputs);
             foreach (var session in sessions)
                 traces.Add(session.EndProfiling());
             return traces.Select(t => Read(t, warmup)).ToList();

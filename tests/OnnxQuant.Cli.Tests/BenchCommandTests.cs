@@ -123,6 +123,54 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
     }
 
+    /// <summary>x [1, 8, 32, 32] -> Relu -> "mid" -> Conv 3x3 -> "y": an inner tensor with work after it.</summary>
+    private string ReluThenConv()
+    {
+        var g = new OnnxQuant.Frontend.Graph("relu_conv");
+        var x = new OnnxQuant.Frontend.Value("x", new OnnxQuant.Frontend.TensorType(OnnxQuant.Frontend.DataType.Float, OnnxQuant.Frontend.Shape.Of(1, 8, 32, 32)));
+        g.AddInput(x);
+        var relu = new OnnxQuant.Frontend.Node("Relu", [x], ["mid"]);
+        g.AddNode(relu);
+        var w = g.AddInitializer("w", OnnxQuant.Frontend.Tensor.FromFloats("w", [8, 8, 3, 3], Enumerable.Range(0, 576).Select(i => (i % 7 - 3) * 0.05f).ToArray()));
+        var conv = new OnnxQuant.Frontend.Node("Conv", [relu.Outputs[0], w], ["y"],
+            attributes: [OnnxQuant.Frontend.Attribute.FromInts("pads", [1, 1, 1, 1])]);
+        g.AddNode(conv);
+        g.AddOutput(conv.Outputs[0]);
+        var model = new OnnxQuant.Frontend.Model(g) { ProducerName = "onnxquant-tests" };
+        model.OpsetImports.Default = 17;
+        var path = Path.Combine(_dir, "relu_conv.onnx");
+        OnnxQuant.Frontend.ModelIO.Save(model, path);
+        return path;
+    }
+
+    [Fact]
+    public void OutputTimesOnlyWhatTheNamedTensorsNeed()
+    {
+        var model = ReluThenConv();
+        string[] Ops(string json, int index) => JsonDocument.Parse(json).RootElement.GetProperty("profiles")[index].GetProperty("ops")
+            .EnumerateArray().Select(o => o.GetProperty("op_type").GetString()!).ToArray();
+
+        var whole = Run("bench", model, "--vs", model, "--runs", "2", "--warmup", "0", "--threads", "1", "--profile-runs", "2", "--json");
+        Assert.True(whole.Code == ExitCodes.Ok, whole.Err);
+        Assert.Contains(Ops(whole.Out, 0), o => o.Contains("Conv", StringComparison.Ordinal)); // not vacuous: the whole model convolves
+
+        var cut = Run("bench", model, "--vs", model, "--output", "mid", "--runs", "2", "--warmup", "0", "--threads", "1", "--profile-runs", "2", "--json");
+        Assert.True(cut.Code == ExitCodes.Ok, cut.Err);
+        using var doc = JsonDocument.Parse(cut.Out);
+        Assert.Equal(["mid"], doc.RootElement.GetProperty("outputs").EnumerateArray().Select(o => o.GetString()!));
+        for (var m = 0; m < 2; m++)
+            Assert.Equal(["Relu"], Ops(cut.Out, m));
+
+        var table = Run("bench", model, "--output", "mid", "--output", "y", "--runs", "2", "--warmup", "0", "--threads", "1");
+        Assert.True(table.Code == ExitCodes.Ok, table.Err);
+        Assert.Contains("timed up to: mid, y", table.Out);
+
+        var missing = Run("bench", model, "--output", "nothing", "--runs", "1");
+        Assert.Equal(ExitCodes.BadInput, missing.Code);
+        Assert.Contains("--output 'nothing'", missing.Err);
+        Assert.Contains("its outputs: y", missing.Err);
+    }
+
     [Fact]
     public void MissingOrCorruptModelsAreUserErrors()
     {

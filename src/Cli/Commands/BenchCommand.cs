@@ -30,6 +30,13 @@ internal static class BenchCommand
         };
         var vs = new Option<string?>("--vs") { Description = "A second model to time alternately; prints the latency ratio", HelpName = "OTHER.onnx" };
         var seed = new Option<int>("--seed") { Description = "Seed of the random inputs", DefaultValueFactory = _ => 0 };
+        var outputs = new Option<string[]>("--output")
+        {
+            Description = "Time only what these tensors need (repeatable): graph outputs, or inner tensors such as a backbone's, " +
+                          "made outputs for the runs (post-processing whose cost depends on the data, e.g. NMS, then stays out); " +
+                          "with --vs both models must have them",
+            HelpName = "NAME",
+        };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of a table" };
         var profileRuns = new Option<int>("--profile-runs")
         {
@@ -39,7 +46,7 @@ internal static class BenchCommand
 
         var command = new Command("bench", "Time a model in ONNX Runtime: median and p90 latency after warm-up, and peak memory");
         command.Arguments.Add(model);
-        foreach (var option in new Option[] { ep, threads, runs, warmup, shapes, vs, seed, json, profileRuns, ortLib })
+        foreach (var option in new Option[] { ep, threads, runs, warmup, shapes, vs, outputs, seed, json, profileRuns, ortLib })
             command.Options.Add(option);
         command.SetAction(parse =>
         {
@@ -60,11 +67,16 @@ internal static class BenchCommand
             var paths = new List<string> { parse.GetValue(model)! };
             if (parse.GetValue(vs) is { } other)
                 paths.Add(other);
+            var fetch = (parse.GetValue(outputs) ?? []).Distinct(StringComparer.Ordinal).ToList();
+            var open = paths.Select(path => fetch.Count == 0
+                ? (Func<SessionOptions, InferenceSession>)(o => InferenceSession.Create(path, o))
+                : WithOutputs(path, fetch)).ToList();
+            var fetched = fetch.Count > 0 ? fetch : null;
             var sessions = new List<InferenceSession>();
             try
             {
-                foreach (var path in paths)
-                    sessions.Add(InferenceSession.Create(path, options));
+                foreach (var create in open)
+                    sessions.Add(create(options));
                 var unused = shapeMap.Keys.Where(name => sessions.All(s => s.Inputs.All(i => i.Name != name))).ToList();
                 if (unused.Count > 0)
                     throw new CliInputException(
@@ -87,22 +99,22 @@ internal static class BenchCommand
                 // Alternate the models run by run so drift in machine load affects both alike.
                 for (var i = 0; i < warmupCount; i++)
                     for (var m = 0; m < sessions.Count; m++)
-                        sessions[m].Run(feeds[m]);
+                        sessions[m].Run(feeds[m], fetched);
                 var samples = sessions.Select(_ => new List<double>(runCount)).ToList();
                 for (var i = 0; i < runCount; i++)
                     for (var m = 0; m < sessions.Count; m++)
                     {
                         var (session, feed) = (sessions[m], feeds[m]);
-                        samples[m].Add(LatencyStats.TimeMs(() => session.Run(feed)));
+                        samples[m].Add(LatencyStats.TimeMs(() => session.Run(feed, fetched)));
                     }
 
                 // The profiler costs time per node, so its runs come after the timed ones, in sessions of their own.
                 var profiles = sessions.Count > 1 && profileCount > 0
-                    ? OpProfile.Measure(paths, options, feeds, profileCount, Math.Min(warmupCount, 2))
+                    ? OpProfile.Measure(open, options, feeds, profileCount, Math.Min(warmupCount, 2), fetched)
                     : null;
                 var results = sessions.Select((s, m) => new ModelResult(paths[m], LatencyStats.From(samples[m]), feeds[m], profiles?[m])).ToList();
                 var report = new BenchReport(results, runCount, warmupCount, options.IntraOpThreads, sessions[0].ActiveProvider,
-                    options.Provider, ProcessMemory.PeakResidentBytes(), runtime.Version);
+                    options.Provider, ProcessMemory.PeakResidentBytes(), runtime.Version, fetched);
                 if (parse.GetValue(json))
                     parse.InvocationConfiguration.Output.WriteLine(JsonSerializer.Serialize(report.ToJson(), JsonOptions));
                 else
@@ -116,6 +128,40 @@ internal static class BenchCommand
             }
         });
         return command;
+    }
+
+    /// <summary>Opens the model with <paramref name="names"/> as its only graph outputs (inner tensors included) and
+    /// without the nodes they do not need: ONNX Runtime runs every node of a graph whatever a run fetches.</summary>
+    private static Func<SessionOptions, InferenceSession> WithOutputs(string path, IReadOnlyList<string> names)
+    {
+        OnnxQuant.Frontend.Model model;
+        try
+        {
+            model = OnnxQuant.Frontend.ModelIO.Load(path);
+        }
+        catch (OnnxQuant.Frontend.FrontendException ex)
+        {
+            throw new CliInputException($"{path}: {ex.Message}");
+        }
+        var graph = model.Graph;
+        foreach (var name in names)
+        {
+            var value = graph.FindValue(name)
+                ?? throw new CliInputException($"--output '{name}': {path} has no tensor of that name; its outputs: {string.Join(", ", graph.Outputs.Select(o => o.Name))}");
+            if (value.IsGraphOutput)
+                continue;
+            OnnxQuant.Frontend.ElementTypeInference.EnsureTyped(value);
+            graph.AddOutput(value);
+        }
+        for (var i = graph.Outputs.Count - 1; i >= 0; i--)
+            if (!names.Contains(graph.Outputs[i].Name))
+                graph.RemoveOutput(i);
+        // In reverse order a node's consumers are gone before it is looked at.
+        for (var i = graph.Nodes.Count - 1; i >= 0; i--)
+            if (graph.Nodes[i].Outputs.All(o => o.Uses.Count == 0 && !o.IsGraphOutput))
+                graph.RemoveNode(graph.Nodes[i]);
+        var bytes = OnnxQuant.Frontend.ModelIO.ToBytes(model);
+        return o => InferenceSession.Create(bytes, o);
     }
 
     /// <summary>Parses repeated NAME=DxDx... values (dimensions also comma-separated); the last '=' splits, since input names may contain '='.</summary>
@@ -150,7 +196,8 @@ internal static class BenchCommand
     private sealed record ModelResult(string Path, LatencyStats Latency, IReadOnlyList<NamedTensor> Inputs, OpProfile? Profile);
 
     private sealed record BenchReport(IReadOnlyList<ModelResult> Models, int Runs, int Warmup, int Threads,
-        ExecutionProvider ActiveProvider, ExecutionProvider RequestedProvider, long PeakRssBytes, string OrtVersion)
+        ExecutionProvider ActiveProvider, ExecutionProvider RequestedProvider, long PeakRssBytes, string OrtVersion,
+        IReadOnlyList<string>? Outputs = null)
     {
         /// <summary>Median latency of the --vs model divided by the first model's: below 1 means the other is faster.</summary>
         public double? Ratio => Models.Count > 1 ? Models[1].Latency.MedianMs / Models[0].Latency.MedianMs : null;
@@ -167,7 +214,8 @@ internal static class BenchCommand
                 Models.All(m => m.Profile is not null)
                     ? Models.Select(m => new ProfileJson(m.Path, m.Profile!.Runs, Round(m.Profile.MsPerRun),
                         m.Profile.Ops.Select(o => new OpJson(o.OpType, Round(o.MsPerRun), Math.Round(o.NodesPerRun, 2))).ToList())).ToList()
-                    : null);
+                    : null,
+                Outputs);
         }
     }
 
@@ -185,7 +233,7 @@ internal static class BenchCommand
 
     private sealed record BenchJson(string Model, string Ep, string EpRequested, int Runs, int Warmup, int Threads,
         double MedianMs, double P90Ms, double MeanMs, double MinMs, double PeakRssMb, string OrtVersion,
-        IReadOnlyList<InputJson> Inputs, VsJson? Vs, double? Ratio, IReadOnlyList<ProfileJson>? Profiles);
+        IReadOnlyList<InputJson> Inputs, VsJson? Vs, double? Ratio, IReadOnlyList<ProfileJson>? Profiles, IReadOnlyList<string>? Outputs);
 
     private static void WriteTable(BenchReport report, TextWriter output)
     {
@@ -204,6 +252,8 @@ internal static class BenchCommand
         console.Write(table);
         var threads = report.Threads == 0 ? "ONNX Runtime default" : report.Threads.ToString(CultureInfo.InvariantCulture);
         console.WriteLine($"ONNX Runtime {report.OrtVersion}, threads: {threads}, warm-up runs: {report.Warmup}");
+        if (report.Outputs is { } timed)
+            console.WriteLine($"timed up to: {string.Join(", ", timed)} (only what they need runs)");
         console.WriteLine($"peak resident memory: {report.PeakRssBytes / 1048576.0:F1} MiB");
         if (report.Ratio is { } ratio)
             console.WriteLine($"latency ratio (median {report.Models[1].Path} / {report.Models[0].Path}): {ratio:F3}");
