@@ -151,7 +151,7 @@ public static class SpeedRewriter
             storage.Add(new LayerStorage(layer.Name, "qdq", DataType.Int8, plan.MaxBits, layer.Size, ideal, weightBytes + biasBytes, floatBytes));
         }
 
-        foreach (var tensor in region.Tensors)
+        foreach (var tensor in region.Tensors.Where(region.Quantized.Contains))
             InsertPair(graph, tensor, parameters[tensor]);
 
         var opset = Math.Max(13, model.OpsetImports.Default ?? 13);
@@ -163,8 +163,8 @@ public static class SpeedRewriter
         graph.TopologicalSort();
         var integerOps = region.Nodes.Where(n => !int8.Contains(n)).GroupBy(n => n.OpType, StringComparer.Ordinal)
             .OrderBy(g => g.Key, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
-        var placement = new SpeedPlacement(region.Tensors.Count, integerOps, nbits);
-        var result = new RewriteResult(storage, model.OpsetImports.Default ?? opset, model.IrVersion, region.Tensors.Count, [], compensated) { Speed = placement };
+        var placement = new SpeedPlacement(region.Quantized.Count, integerOps, nbits);
+        var result = new RewriteResult(storage, model.OpsetImports.Default ?? opset, model.IrVersion, region.Quantized.Count, [], compensated) { Speed = placement };
         return (result, placement);
     }
 
@@ -296,7 +296,9 @@ public static class SpeedRewriter
     }
 
     /// <summary>The integer region: nodes that will run on uint8 data and the tensors that carry it.</summary>
-    private sealed record IntegerRegion(List<Node> Nodes, List<Value> Tensors, Dictionary<Value, Value> SharesParameters);
+    /// <param name="Tensors">Every tensor with activation parameters (shared ones included), in order.</param>
+    /// <param name="Quantized">The tensors that get a Q/DQ pair: those an integer kernel reads or must write.</param>
+    private sealed record IntegerRegion(List<Node> Nodes, List<Value> Tensors, Dictionary<Value, Value> SharesParameters, HashSet<Value> Quantized);
 
     /// <summary>
     /// Walks the graph in order: an integer layer quantizes its input and its output (after a single Relu
@@ -374,7 +376,30 @@ public static class SpeedRewriter
                 Add(output);
             }
         }
-        return new IntegerRegion(nodes, tensors, shares);
+        // Which tensors an integer kernel needs quantized: every integer layer's input, a convolution's output (QLinearConv
+        // writes uint8; QGemm and MatMulIntegerToFloat may write float), and, backwards, the inputs of a region op whose
+        // output is needed. The rest keep their parameters (others may share them) but no Q/DQ pair: quantizing a
+        // tensor that only float ops read costs accuracy and a round trip, and the split DequantizeLinear nodes keep
+        // ONNX Runtime from fusing the float ops (GELU, SkipLayerNormalization) behind it.
+        var needed = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        var writes = new Dictionary<Node, Value>(ReferenceEqualityComparer.Instance);
+        foreach (var node in nodes)
+        {
+            if (int8Layers.Contains(node))
+            {
+                needed.Add(node.Inputs[0]!);
+                if (node.OpType == "Conv")
+                    needed.Add(Tail(node.Outputs[0]));
+            }
+            else
+                writes[node] = PassThrough.Contains(node.OpType) ? node.Outputs[0] : Tail(node.Outputs[0]);
+        }
+        for (var i = nodes.Count - 1; i >= 0; i--)
+            if (writes.TryGetValue(nodes[i], out var written) && needed.Contains(written))
+                needed.UnionWith(DataInputs(nodes[i]));
+        needed.IntersectWith(tensors);
+        nodes.RemoveAll(n => writes.TryGetValue(n, out var w) && !needed.Contains(w));
+        return new IntegerRegion(nodes, tensors, shares, needed);
     }
 
     /// <summary>The float tensors an op computes on (shape, index and axes inputs excluded).</summary>
