@@ -123,7 +123,8 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
     }
 
-    /// <summary>x [1, 8, 32, 32] -> Relu -> "mid" -> Conv 3x3 -> "y": an inner tensor with work after it.</summary>
+    /// <summary>x [1, 8, 32, 32] -> Relu -> "mid" -> Conv 3x3 -> "y", and "z" = If(true) { Neg(y) } else { Abs(y) }: an
+    /// inner tensor with work after it.</summary>
     private string ReluThenConv()
     {
         var g = new OnnxQuant.Frontend.Graph("relu_conv");
@@ -136,6 +137,27 @@ public sealed class BenchCommandTests : IDisposable
             attributes: [OnnxQuant.Frontend.Attribute.FromInts("pads", [1, 1, 1, 1])]);
         g.AddNode(conv);
         g.AddOutput(conv.Outputs[0]);
+        // An If whose branches read the Conv's output from the outer graph: pruning must see through subgraph reads.
+        OnnxQuant.Frontend.Graph Branch(string op)
+        {
+            var branch = new OnnxQuant.Frontend.Graph(op + "_branch");
+            var node = new OnnxQuant.Frontend.Node(op, [conv.Outputs[0]], [op + "_y"]);
+            branch.AddNode(node);
+            node.Outputs[0].Type = new OnnxQuant.Frontend.TensorType(OnnxQuant.Frontend.DataType.Float, OnnxQuant.Frontend.Shape.Of(1, 8, 32, 32));
+            branch.AddOutput(node.Outputs[0]);
+            return branch;
+        }
+        // A condition computed from the data, so that ONNX Runtime cannot fold the If away.
+        var max = new OnnxQuant.Frontend.Node("ReduceMax", [x], ["x_max"], attributes: [OnnxQuant.Frontend.Attribute.FromInt("keepdims", 0)]);
+        g.AddNode(max);
+        var floor = g.AddInitializer("floor", OnnxQuant.Frontend.Tensor.FromFloats("floor", [], [-1e30f]));
+        var test = new OnnxQuant.Frontend.Node("Greater", [max.Outputs[0], floor], ["cond"]);
+        g.AddNode(test);
+        var branchIf = new OnnxQuant.Frontend.Node("If", [test.Outputs[0]], ["z"],
+            attributes: [OnnxQuant.Frontend.Attribute.FromGraph("then_branch", Branch("Neg")), OnnxQuant.Frontend.Attribute.FromGraph("else_branch", Branch("Abs"))]);
+        g.AddNode(branchIf);
+        branchIf.Outputs[0].Type = new OnnxQuant.Frontend.TensorType(OnnxQuant.Frontend.DataType.Float, OnnxQuant.Frontend.Shape.Of(1, 8, 32, 32));
+        g.AddOutput(branchIf.Outputs[0]);
         var model = new OnnxQuant.Frontend.Model(g) { ProducerName = "onnxquant-tests" };
         model.OpsetImports.Default = 17;
         var path = Path.Combine(_dir, "relu_conv.onnx");
@@ -153,6 +175,7 @@ public sealed class BenchCommandTests : IDisposable
         var whole = Run("bench", model, "--vs", model, "--runs", "2", "--warmup", "0", "--threads", "1", "--profile-runs", "2", "--json");
         Assert.True(whole.Code == ExitCodes.Ok, whole.Err);
         Assert.Contains(Ops(whole.Out, 0), o => o.Contains("Conv", StringComparison.Ordinal)); // not vacuous: the whole model convolves
+        Assert.Contains("If", Ops(whole.Out, 0));
 
         var cut = Run("bench", model, "--vs", model, "--output", "mid", "--runs", "2", "--warmup", "0", "--threads", "1", "--profile-runs", "2", "--json");
         Assert.True(cut.Code == ExitCodes.Ok, cut.Err);
@@ -168,7 +191,7 @@ public sealed class BenchCommandTests : IDisposable
         var missing = Run("bench", model, "--output", "nothing", "--runs", "1");
         Assert.Equal(ExitCodes.BadInput, missing.Code);
         Assert.Contains("--output 'nothing'", missing.Err);
-        Assert.Contains("its outputs: y", missing.Err);
+        Assert.Contains("its outputs: y, z", missing.Err);
     }
 
     [Fact]
