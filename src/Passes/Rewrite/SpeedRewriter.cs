@@ -308,6 +308,7 @@ public static class SpeedRewriter
     private static IntegerRegion Region(Graph graph, HashSet<Node> int8Layers, Func<Value, bool> hasRange, IReadOnlyList<BiasFold> folds)
     {
         var foldOf = folds.ToDictionary(f => f.Gemm, f => f, (IEqualityComparer<Node>)ReferenceEqualityComparer.Instance);
+        var activation = new HashSet<Node>(ReferenceEqualityComparer.Instance);
         var nodes = new List<Node>();
         var tensors = new List<Value>();
         var seen = new HashSet<Value>(ReferenceEqualityComparer.Instance);
@@ -353,6 +354,24 @@ public static class SpeedRewriter
                 Add(output);
                 continue;
             }
+            if (IsActivationMatMul(node))
+            {
+                // Both operands are activations (attention's scores and weighted sum): quantized like a layer's
+                // input, each with its own range, whatever produced them; ONNX Runtime runs the product on integers
+                // (MatMulIntegerToFloat, or QLinearMatMul where its output is needed quantized).
+                var a = node.Inputs[0]!;
+                var b = node.Inputs[1]!;
+                // An operand that passed through Reshape/Transpose from a quantized tensor shares its parameters.
+                if (!(seen.Contains(a) || hasRange(a)) || !(seen.Contains(b) || hasRange(b)))
+                    continue;
+                nodes.Add(node);
+                Add(a);
+                Add(b);
+                activation.Add(node);
+                if (hasRange(Tail(node.Outputs[0])))
+                    Add(Tail(node.Outputs[0]));
+                continue;
+            }
             if (!GraphQueries.IsDefaultDomain(node) || node.Outputs.Count != 1)
                 continue;
             var data = DataInputs(node);
@@ -391,6 +410,11 @@ public static class SpeedRewriter
                 if (node.OpType == "Conv")
                     needed.Add(Tail(node.Outputs[0]));
             }
+            else if (activation.Contains(node))
+            {
+                needed.Add(node.Inputs[0]!);
+                needed.Add(node.Inputs[1]!);
+            }
             else
                 writes[node] = PassThrough.Contains(node.OpType) ? node.Outputs[0] : Tail(node.Outputs[0]);
         }
@@ -401,6 +425,11 @@ public static class SpeedRewriter
         nodes.RemoveAll(n => writes.TryGetValue(n, out var w) && !needed.Contains(w));
         return new IntegerRegion(nodes, tensors, shares, needed);
     }
+
+    /// <summary>A MatMul of two float activations (neither a constant), e.g. attention's Q K^T and its weighted sum of V.</summary>
+    private static bool IsActivationMatMul(Node node) =>
+        node.OpType == "MatMul" && GraphQueries.IsDefaultDomain(node) && node.Inputs.Count == 2 && node.Outputs.Count == 1
+        && node.Inputs.All(v => v is { IsInitializer: false } && v.Producer?.OpType != "Constant" && (v.Type is null || IsFloat(v)));
 
     /// <summary>The float tensors an op computes on (shape, index and axes inputs excluded).</summary>
     private static List<Value> DataInputs(Node node) => node.OpType switch
