@@ -281,15 +281,30 @@ public class SpeedRewriterTests
         Assert.InRange(RelativeError(model, speed, data), 0, 1e-3);
     }
 
+    /// <summary>The input x [B, 3, 16, 16] as 48 tokens of 16 channels.</summary>
+    private static (Net Net, Value Tokens) Tokens(int seed)
+    {
+        var net = new Net(opset: 17, seed: seed);
+        var x = net.BatchInput("x", 3, 16, 16);
+        return (net, net.Op("Reshape", [x, net.Ints("tokens_shape", -1, 48, 16)]));
+    }
+
+    /// <summary>Every layer at 8 bits through the speed rewrite, and what ONNX Runtime fused the result into.</summary>
+    private static (Model Speed, SpeedPlacement Placement, FusionReport Fusion) W8Speed(Model model, IReadOnlyList<QuantLayer> layers, CalibrationTable calibration)
+    {
+        var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(8, l.Channels).ToArray())).ToList();
+        var speed = model.Clone();
+        var (_, placement) = SpeedRewriter.Apply(speed, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed });
+        return (speed, placement, FusionCheck.Run(speed, SessionOptions.Default));
+    }
+
     /// <summary>
     /// Tokens as exporters write a transformer's feed-forward block: x [B, 3, 16, 16] -> Reshape [B, 48, 16] ->
     /// MatMul [16, 32] -> Add(bias) -> Relu -> MatMul [32, 16] -> Add(bias) -> Add(residual) -> "y" [B, 48, 16].
     /// </summary>
     private static Model TokenFeedForward()
     {
-        var net = new Net(opset: 17, seed: 6);
-        var x = net.BatchInput("x", 3, 16, 16);
-        var tokens = net.Op("Reshape", [x, net.Ints("tokens_shape", -1, 48, 16)]);
+        var (net, tokens) = Tokens(seed: 6);
         var hidden = net.Op("Relu", [net.Op("Add", [net.Op("MatMul", [tokens, net.Random("ff1.w", [16, 32], 0.3f)]), net.Random("ff1.b", [32], 0.1f)])]);
         var projected = net.Op("Add", [net.Random("ff2.b", [16], 0.1f), net.Op("MatMul", [hidden, net.Random("ff2.w", [32, 16], 0.3f)])]);
         var y = net.Op("Add", [projected, tokens]);
@@ -303,9 +318,7 @@ public class SpeedRewriterTests
     {
         var (model, layers, calibration, data) = Prepared(TokenFeedForward(), "y");
         Assert.Equal(2, layers.Count);
-        var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(8, l.Channels).ToArray())).ToList();
-        var speed = model.Clone();
-        var (_, placement) = SpeedRewriter.Apply(speed, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed });
+        var (speed, placement, fusion) = W8Speed(model, layers, calibration);
         // Each MatMul and its bias Add became one Gemm; the Relu between them runs on the 2-D rows.
         Assert.DoesNotContain(speed.Graph.Nodes, n => n.OpType == "MatMul");
         Assert.Equal(2, speed.Graph.Nodes.Count(n => n.OpType == "Gemm"));
@@ -315,7 +328,6 @@ public class SpeedRewriterTests
         Assert.Equal(3, placement.IntegerOps["Reshape"]);
         Assert.False(placement.IntegerOps.ContainsKey("Add"));
 
-        var fusion = FusionCheck.Run(speed, SessionOptions.Default);
         Assert.Equal(0, fusion.WeightDequantizeLeft);
         Assert.Equal(2, fusion.OpTypes.GetValueOrDefault("QGemm"));
         Assert.False(fusion.OpTypes.ContainsKey("QLinearMatMul"), "a linear still runs as QLinearMatMul with a float bias Add");
@@ -341,9 +353,7 @@ public class SpeedRewriterTests
     /// </summary>
     private static Model TokenAttention()
     {
-        var net = new Net(opset: 17, seed: 8);
-        var x = net.BatchInput("x", 3, 16, 16);
-        var tokens = net.Op("Reshape", [x, net.Ints("tokens_shape", -1, 48, 16)]);
+        var (net, tokens) = Tokens(seed: 8);
         Value Projection(string name) =>
             net.Op("Add", [net.Op("MatMul", [tokens, net.Random(name + ".w", [16, 16], 0.3f)]), net.Random(name + ".b", [16], 0.1f)]);
         var keys = net.Op("Transpose", [Projection("k")], Attribute.FromInts("perm", [0, 2, 1]));
@@ -359,10 +369,7 @@ public class SpeedRewriterTests
     {
         var (model, layers, calibration, data) = Prepared(TokenAttention(), "y");
         Assert.Equal(3, layers.Count);
-        var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(8, l.Channels).ToArray())).ToList();
-        var speed = model.Clone();
-        SpeedRewriter.Apply(speed, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed });
-        var fusion = FusionCheck.Run(speed, SessionOptions.Default);
+        var (speed, _, fusion) = W8Speed(model, layers, calibration);
         Assert.Equal(0, fusion.WeightDequantizeLeft);
         Assert.Equal(3, fusion.OpTypes.GetValueOrDefault("QGemm"));
         // q k^T and Softmax(.) v: both operands quantized (the keys through their Transpose, the probabilities with their
