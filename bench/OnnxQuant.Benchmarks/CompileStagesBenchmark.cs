@@ -18,7 +18,8 @@ namespace OnnxQuant.Benchmarks;
 /// run, as the compile runs a model with a fixed batch). Usage:
 /// compile-stages [model=models/fixtures/detr_small.onnx] [calib=models/data/calib.npz] [--calib-samples 64] [--target-bits 4]
 /// [--verify-data eval.npz] [--curves gain|exact|fast] [--compensation none|bias|gptq|all] [--feature name,...]
-/// [--row-samples N] (samples the layer input rows come from) [--segment-layers N] (layers per cut session). The
+/// [--row-samples N] (samples the layer input rows come from) [--segment-layers N] (layers per cut session)
+/// [--gain MIN,MAX,ERROR,LOW] (gain sampling, as in curve-quality). The
 /// compile's options are the CLI's defaults otherwise (compensation all, none with fast curves). Peak resident memory
 /// is the process's high-water mark (VmHWM) reset before the compile (Linux: /proc/self/clear_refs), so the float
 /// pass's session, closed by then, does not count.
@@ -26,7 +27,7 @@ namespace OnnxQuant.Benchmarks;
 public static class CompileStagesBenchmark
 {
     public static RatioBenchmark Benchmark { get; } = new("compile-stages",
-        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--verify-data F] [--curves gain|exact|fast] [--compensation M] [--feature a,b] [--row-samples N] [--segment-layers N]: " +
+        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--verify-data F] [--curves gain|exact|fast] [--compensation M] [--feature a,b] [--row-samples N] [--segment-layers N] [--gain MIN,MAX,ERROR,LOW]: " +
         "stage times, compile / float-forward ratio, peak memory", Run);
 
     private static int Run(string[] args)
@@ -48,6 +49,15 @@ public static class CompileStagesBenchmark
             else if (args[i] == "--feature") features = args[++i].Split(',');
             else if (args[i] == "--row-samples") gain = gain with { RowSamples = int.Parse(args[++i], CultureInfo.InvariantCulture) };
             else if (args[i] == "--segment-layers") gain = gain with { SegmentLayers = int.Parse(args[++i], CultureInfo.InvariantCulture) };
+            else if (args[i] == "--gain")
+            {
+                var p = args[++i].Split(',');
+                gain = gain with
+                {
+                    MinSamples = int.Parse(p[0], CultureInfo.InvariantCulture), MaxSamples = int.Parse(p[1], CultureInfo.InvariantCulture),
+                    RelativeError = double.Parse(p[2], CultureInfo.InvariantCulture), LowWidthSamples = int.Parse(p[3], CultureInfo.InvariantCulture),
+                };
+            }
             else positional.Add(args[i]);
         }
         var compensate = compensation is not null ? Compensator.Parse(compensation)
