@@ -381,6 +381,24 @@ public class SpeedRewriterTests
     }
 
     [Fact]
+    public void ALinearWithoutBiasThatOnlyFloatOpsReadRunsAsMatMulIntegerToFloat()
+    {
+        // tokens -> MatMul (no bias) -> Sigmoid -> "y": no Gemm to fold into, and nothing integer reads the product,
+        // so it gets no QuantizeLinear and ONNX Runtime must still take the weight into an integer kernel.
+        var (net, tokens) = Tokens(seed: 9);
+        var y = net.Op("Sigmoid", [net.Op("MatMul", [tokens, net.Random("p.w", [16, 24], 0.3f)])]);
+        y.Name = "y";
+        net.Output(y);
+        var (model, layers, calibration, data) = Prepared(net.Model, "y");
+        Assert.Single(layers);
+        var (speed, _, fusion) = W8Speed(model, layers, calibration);
+        Assert.Equal(0, fusion.WeightDequantizeLeft);
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("MatMulIntegerToFloat"));
+        // Tolerance: about 4x the relative squared error this seeded net measures at W8A8 (2.0e-6).
+        Assert.InRange(RelativeError(model, speed, data), 0, 8e-6);
+    }
+
+    [Fact]
     public void SpeedNeedsEightBitActivations()
     {
         var options = new CompileOptions { Calibration = new() { ActBits = 16 }, Rewrite = new() { Deploy = DeployTarget.Speed } };
