@@ -49,15 +49,7 @@ public static class CompileStagesBenchmark
             else if (args[i] == "--feature") features = args[++i].Split(',');
             else if (args[i] == "--row-samples") gain = gain with { RowSamples = int.Parse(args[++i], CultureInfo.InvariantCulture) };
             else if (args[i] == "--segment-layers") gain = gain with { SegmentLayers = int.Parse(args[++i], CultureInfo.InvariantCulture) };
-            else if (args[i] == "--gain")
-            {
-                var p = args[++i].Split(',');
-                gain = gain with
-                {
-                    MinSamples = int.Parse(p[0], CultureInfo.InvariantCulture), MaxSamples = int.Parse(p[1], CultureInfo.InvariantCulture),
-                    RelativeError = double.Parse(p[2], CultureInfo.InvariantCulture), LowWidthSamples = int.Parse(p[3], CultureInfo.InvariantCulture),
-                };
-            }
+            else if (args[i] == "--gain") gain = CurveQualityBenchmark.ParseGain(args[++i], gain);
             else positional.Add(args[i]);
         }
         var compensate = compensation is not null ? Compensator.Parse(compensation)

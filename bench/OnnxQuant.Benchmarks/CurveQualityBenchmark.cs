@@ -22,6 +22,18 @@ public static class CurveQualityBenchmark
 
     private static readonly double[] Budgets = [8, 6, 5, 4, 3];
 
+    /// <summary>MIN,MAX,ERROR,LOW (samples per gain, the error bar that stops adding samples, the low-width gain's
+    /// samples) over <paramref name="basis"/>'s other settings.</summary>
+    internal static GainSettings ParseGain(string text, GainSettings basis)
+    {
+        var p = text.Split(',');
+        return basis with
+        {
+            MinSamples = int.Parse(p[0], CultureInfo.InvariantCulture), MaxSamples = int.Parse(p[1], CultureInfo.InvariantCulture),
+            RelativeError = double.Parse(p[2], CultureInfo.InvariantCulture), LowWidthSamples = int.Parse(p[3], CultureInfo.InvariantCulture),
+        };
+    }
+
     private static int Run(string[] args)
     {
         var positional = new List<string>();
@@ -33,11 +45,7 @@ public static class CurveQualityBenchmark
             if (args[i] == "--calib-samples") samples = int.Parse(args[++i], CultureInfo.InvariantCulture);
             else if (args[i] == "--verify-data") verify = args[++i];
             else if (args[i] == "--gain")
-            {
-                var p = args[++i].Split(',');
-                settings.Add(new GainSettings(int.Parse(p[0], CultureInfo.InvariantCulture), int.Parse(p[1], CultureInfo.InvariantCulture),
-                    double.Parse(p[2], CultureInfo.InvariantCulture), LowWidthSamples: int.Parse(p[3], CultureInfo.InvariantCulture)));
-            }
+                settings.Add(ParseGain(args[++i], GainSettings.Default));
             else positional.Add(args[i]);
         }
         if (settings.Count == 0)

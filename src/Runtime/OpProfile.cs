@@ -59,7 +59,8 @@ public sealed record OpProfile(int Runs, double MsPerRun, IReadOnlyList<OpTime> 
         Measure(modelPaths.Select(p => (Func<SessionOptions, InferenceSession>)(o => InferenceSession.Create(p, o))).ToList(), options, inputs, runs, warmup);
 
     /// <param name="open">Opens each model with the options it is given (the profiling ones).</param>
-    /// <param name="outputs">The outputs each run fetches (ONNX Runtime computes only what they need); null: all.</param>
+    /// <param name="outputs">The outputs each run fetches; null: all. ONNX Runtime still runs every node of the graph, so a
+    /// caller that wants less computed passes a model pruned to these outputs.</param>
     public static IReadOnlyList<OpProfile> Measure(IReadOnlyList<Func<SessionOptions, InferenceSession>> open, SessionOptions options,
         IReadOnlyList<IReadOnlyList<NamedTensor>> inputs, int runs, int warmup, IReadOnlyList<string>? outputs = null)
     {
