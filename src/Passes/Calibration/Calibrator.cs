@@ -99,7 +99,8 @@ public static class Calibrator
         var originalOutputs = model.Graph.Outputs.Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
         var reducedOnly = reductions.Keys.Where(t => !originalOutputs.Contains(t)).ToHashSet(StringComparer.Ordinal);
         var lean = reductions.Count > 0 ? WithoutOutputs(instrumented, reducedOnly) : null;
-        // Captured tensors are outputs only of the leading runs (ONNX Runtime computes just what a run asks for).
+        // Captured tensors are outputs only of the leading runs' graph: ONNX Runtime runs every node of a graph whatever a run
+        // fetches, so what the other runs need not compute must not be in their graphs.
         var captured = new List<string>();
         var sampleOf = new Dictionary<string, string>(StringComparer.Ordinal);
         if (leading > 0)
