@@ -619,12 +619,14 @@ public static class Compensator
     private static void LazyUpdate(float[] sums, float[] errors, ReadOnlySpan<float> panel, int rows, int length, int block, int width, int from)
     {
         ref var pp = ref MemoryMarshal.GetReference(panel);
-        for (var i0 = 0; i0 < rows; i0 += 4)
+        // Each 16-column chunk of the panel is read by every row tile while it is in the first-level cache (read once
+        // per 4 rows, the whole panel streamed from memory).
+        for (var t = from; t < length; t += 16)
         {
-            var tileRows = Math.Min(4, rows - i0);
-            for (var t = from; t < length; t += 16)
+            var chunk = (t - from) / 16 * width * 16;
+            for (var i0 = 0; i0 < rows; i0 += 4)
             {
-                var chunk = (t - from) / 16 * width * 16;
+                var tileRows = Math.Min(4, rows - i0);
                 if (tileRows == 4 && t + 16 <= length && Vector256.IsHardwareAccelerated)
                 {
                     Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default,

@@ -77,26 +77,30 @@ public static class DenseSpd
         }
         var second = new double[(long)n * n];
         var mean = new double[n];
-        var tiles = (n + RowTile - 1) / RowTile;
-        Parallel.For(0, tiles, Options(threads), tile =>
+        // Rows are taken GroupRows at a time and each packed 8-column panel is read once for the whole group: read once
+        // per 4 rows, the panels streamed from memory and the product ran at a fifth of the multiply-add rate.
+        var groups = (n + GroupRows - 1) / GroupRows;
+        Parallel.For(0, groups, Options(threads), group =>
         {
-            var i0 = tile * RowTile;
-            var i1 = Math.Min(n, i0 + RowTile);
+            var g0 = group * GroupRows;
+            var g1 = Math.Min(n, g0 + GroupRows);
             Span<double> acc = stackalloc double[RowTile * 8];
-            for (var i = i0; i < i1; i++)
+            for (var i = g0; i < g1; i++)
             {
                 double s = 0;
                 for (var r = 0; r < m; r++)
                     s += transposed[(long)i * m + r];
                 mean[i] = s / m;
             }
-            for (var j = 0; j < i1; j += 8)
-            {
-                Tile(transposed, (long)i0 * m, i1 - i0, m, packed, (long)j / 8 * m * 8, m, Math.Min(8, n - j), acc);
-                for (var i = i0; i < i1; i++)
-                    for (var c = 0; c < 8 && j + c <= i; c++)
-                        second[(long)i * n + j + c] = acc[(i - i0) * 8 + c] / m;
-            }
+            for (var j = 0; j < g1; j += 8)
+                for (var i0 = Math.Max(g0, j / RowTile * RowTile); i0 < g1; i0 += RowTile)
+                {
+                    var i1 = Math.Min(g1, i0 + RowTile);
+                    Tile(transposed, (long)i0 * m, i1 - i0, m, packed, (long)j / 8 * m * 8, m, Math.Min(8, n - j), acc);
+                    for (var i = i0; i < i1; i++)
+                        for (var c = 0; c < 8 && j + c <= i; c++)
+                            second[(long)i * n + j + c] = acc[(i - i0) * 8 + c] / m;
+                }
         });
         for (var i = 0; i < n; i++)
             for (var j = i + 1; j < n; j++)
@@ -166,6 +170,9 @@ public static class DenseSpd
     }
 
     private const int RowTile = 4;
+
+    /// <summary>Rows that share each pass over a packed panel (a multiple of <see cref="RowTile"/>).</summary>
+    private const int GroupRows = 32;
 
     /// <summary>
     /// Rows [i0, i1) of the trailing triangle: <c>w[i, j] -= sum_k w[i, start + k] * panel[k, j]</c> for
