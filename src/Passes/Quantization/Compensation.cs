@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -624,7 +625,11 @@ public static class Compensator
         for (var t = from; t < length; t += 16)
         {
             var chunk = (t - from) / 16 * width * 16;
-            for (var i0 = 0; i0 < rows; i0 += 4)
+            var i0 = 0;
+            if (t + 16 <= length && Vector512.IsHardwareAccelerated)
+                for (; i0 + 8 <= rows; i0 += 8)
+                    UpdateTile512(sums, errors, ref pp, chunk, i0, length, block, width, t);
+            for (; i0 < rows; i0 += 4)
             {
                 var tileRows = Math.Min(4, rows - i0);
                 if (tileRows == 4 && t + 16 <= length && Vector256.IsHardwareAccelerated)
@@ -666,6 +671,39 @@ public static class Compensator
             }
         }
     }
+
+    /// <summary>Rows i0..i0+7 by the 16 columns from t: 8 rows in 512-bit registers, each entry the same multiply-add
+    /// chain in k order as the 256-bit tile, so the values do not depend on the vector width.</summary>
+    private static void UpdateTile512(float[] sums, float[] errors, ref float pp, int chunk, int i0, int length, int block, int width, int t)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        ref var e = ref MemoryMarshal.GetArrayDataReference(errors);
+        ref var e0 = ref Unsafe.Add(ref e, i0 * block);
+        for (var k = 0; k < width; k++)
+        {
+            var u = Vector512.LoadUnsafe(ref pp, (nuint)(chunk + k * 16));
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref e0, k)), u, a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref e0, block + k)), u, a1);
+            a2 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref e0, 2 * block + k)), u, a2);
+            a3 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref e0, 3 * block + k)), u, a3);
+            a4 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref e0, 4 * block + k)), u, a4);
+            a5 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref e0, 5 * block + k)), u, a5);
+            a6 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref e0, 6 * block + k)), u, a6);
+            a7 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref e0, 7 * block + k)), u, a7);
+        }
+        ref var p = ref MemoryMarshal.GetArrayDataReference(sums);
+        Add512(ref p, i0 * length + t, a0);
+        Add512(ref p, (i0 + 1) * length + t, a1);
+        Add512(ref p, (i0 + 2) * length + t, a2);
+        Add512(ref p, (i0 + 3) * length + t, a3);
+        Add512(ref p, (i0 + 4) * length + t, a4);
+        Add512(ref p, (i0 + 5) * length + t, a5);
+        Add512(ref p, (i0 + 6) * length + t, a6);
+        Add512(ref p, (i0 + 7) * length + t, a7);
+    }
+
+    private static void Add512(ref float p, int at, Vector512<float> value) =>
+        (Vector512.LoadUnsafe(ref p, (nuint)at) + value).StoreUnsafe(ref p, (nuint)at);
 
     private static void Add(float[] sums, int at, Vector256<float> low, Vector256<float> high)
     {

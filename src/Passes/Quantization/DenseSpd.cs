@@ -169,7 +169,7 @@ public static class DenseSpd
         return true;
     }
 
-    private const int RowTile = 4;
+    private const int RowTile = 8;
 
     /// <summary>Rows that share each pass over a packed panel (a multiple of <see cref="RowTile"/>).</summary>
     private const int GroupRows = 32;
@@ -192,49 +192,82 @@ public static class DenseSpd
 
     /// <summary>
     /// <c>acc[r, c] = sum_k a[first + r * stride + k] * panel[at + k * 8 + c]</c> for <paramref name="rows"/> (at most
-    /// 4) rows and <paramref name="columns"/> (at most 8) columns: one multiply-add chain per entry in k order, so the
-    /// value is the same whether it is computed in the 4 x 8 register tile or alone.
+    /// 8) rows and <paramref name="columns"/> (at most 8) columns: one multiply-add chain per entry in k order, so the
+    /// value is the same whether it is computed in a 512-bit or a 256-bit register tile or alone.
     /// </summary>
     private static void Tile(double[] a, long first, int rows, long stride, double[] panel, long at, int width, int columns, Span<double> acc)
     {
-        if (rows == RowTile && columns == 8 && Vector256.IsHardwareAccelerated)
+        if (rows == 8 && columns == 8 && Vector512.IsHardwareAccelerated)
         {
-            Vector256<double> a00 = default, a01 = default, a10 = default, a11 = default,
-                a20 = default, a21 = default, a30 = default, a31 = default;
-            ref var p = ref MemoryMarshal.GetArrayDataReference(panel);
-            ref var x = ref MemoryMarshal.GetArrayDataReference(a);
-            for (var k = 0; k < width; k++)
-            {
-                var offset = (nuint)(at + k * 8);
-                var u0 = Vector256.LoadUnsafe(ref p, offset);
-                var u1 = Vector256.LoadUnsafe(ref p, offset + 4);
-                var e0 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + k)));
-                var e1 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + stride + k)));
-                var e2 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + 2 * stride + k)));
-                var e3 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + 3 * stride + k)));
-                a00 = Vector256.FusedMultiplyAdd(e0, u0, a00);
-                a01 = Vector256.FusedMultiplyAdd(e0, u1, a01);
-                a10 = Vector256.FusedMultiplyAdd(e1, u0, a10);
-                a11 = Vector256.FusedMultiplyAdd(e1, u1, a11);
-                a20 = Vector256.FusedMultiplyAdd(e2, u0, a20);
-                a21 = Vector256.FusedMultiplyAdd(e2, u1, a21);
-                a30 = Vector256.FusedMultiplyAdd(e3, u0, a30);
-                a31 = Vector256.FusedMultiplyAdd(e3, u1, a31);
-            }
-            a00.CopyTo(acc); a01.CopyTo(acc[4..]);
-            a10.CopyTo(acc[8..]); a11.CopyTo(acc[12..]);
-            a20.CopyTo(acc[16..]); a21.CopyTo(acc[20..]);
-            a30.CopyTo(acc[24..]); a31.CopyTo(acc[28..]);
+            Tile512(a, first, stride, panel, at, width, acc);
             return;
         }
-        for (var r = 0; r < rows; r++)
-            for (var c = 0; c < columns; c++)
-            {
-                double s = 0;
-                for (var k = 0; k < width; k++)
-                    s = Math.FusedMultiplyAdd(a[first + r * stride + k], panel[at + k * 8 + c], s);
-                acc[r * 8 + c] = s;
-            }
+        for (var r0 = 0; r0 < rows; r0 += 4)
+        {
+            var tileRows = Math.Min(4, rows - r0);
+            if (tileRows == 4 && columns == 8 && Vector256.IsHardwareAccelerated)
+                Tile256(a, first + r0 * stride, stride, panel, at, width, acc[(r0 * 8)..]);
+            else
+                for (var r = r0; r < r0 + tileRows; r++)
+                    for (var c = 0; c < columns; c++)
+                    {
+                        double s = 0;
+                        for (var k = 0; k < width; k++)
+                            s = Math.FusedMultiplyAdd(a[first + r * stride + k], panel[at + k * 8 + c], s);
+                        acc[r * 8 + c] = s;
+                    }
+        }
+    }
+
+    private static void Tile512(double[] a, long first, long stride, double[] panel, long at, int width, Span<double> acc)
+    {
+        Vector512<double> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        ref var p = ref MemoryMarshal.GetArrayDataReference(panel);
+        ref var x = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(a), (nint)first);
+        for (var k = 0; k < width; k++)
+        {
+            var u = Vector512.LoadUnsafe(ref p, (nuint)(at + k * 8));
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref x, (nint)k)), u, a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref x, (nint)(stride + k))), u, a1);
+            a2 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref x, (nint)(2 * stride + k))), u, a2);
+            a3 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref x, (nint)(3 * stride + k))), u, a3);
+            a4 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref x, (nint)(4 * stride + k))), u, a4);
+            a5 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref x, (nint)(5 * stride + k))), u, a5);
+            a6 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref x, (nint)(6 * stride + k))), u, a6);
+            a7 = Vector512.FusedMultiplyAdd(Vector512.Create(Unsafe.Add(ref x, (nint)(7 * stride + k))), u, a7);
+        }
+        a0.CopyTo(acc); a1.CopyTo(acc[8..]); a2.CopyTo(acc[16..]); a3.CopyTo(acc[24..]);
+        a4.CopyTo(acc[32..]); a5.CopyTo(acc[40..]); a6.CopyTo(acc[48..]); a7.CopyTo(acc[56..]);
+    }
+
+    private static void Tile256(double[] a, long first, long stride, double[] panel, long at, int width, Span<double> acc)
+    {
+        Vector256<double> a00 = default, a01 = default, a10 = default, a11 = default,
+            a20 = default, a21 = default, a30 = default, a31 = default;
+        ref var p = ref MemoryMarshal.GetArrayDataReference(panel);
+        ref var x = ref MemoryMarshal.GetArrayDataReference(a);
+        for (var k = 0; k < width; k++)
+        {
+            var offset = (nuint)(at + k * 8);
+            var u0 = Vector256.LoadUnsafe(ref p, offset);
+            var u1 = Vector256.LoadUnsafe(ref p, offset + 4);
+            var e0 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + k)));
+            var e1 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + stride + k)));
+            var e2 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + 2 * stride + k)));
+            var e3 = Vector256.Create(Unsafe.Add(ref x, (nint)(first + 3 * stride + k)));
+            a00 = Vector256.FusedMultiplyAdd(e0, u0, a00);
+            a01 = Vector256.FusedMultiplyAdd(e0, u1, a01);
+            a10 = Vector256.FusedMultiplyAdd(e1, u0, a10);
+            a11 = Vector256.FusedMultiplyAdd(e1, u1, a11);
+            a20 = Vector256.FusedMultiplyAdd(e2, u0, a20);
+            a21 = Vector256.FusedMultiplyAdd(e2, u1, a21);
+            a30 = Vector256.FusedMultiplyAdd(e3, u0, a30);
+            a31 = Vector256.FusedMultiplyAdd(e3, u1, a31);
+        }
+        a00.CopyTo(acc); a01.CopyTo(acc[4..]);
+        a10.CopyTo(acc[8..]); a11.CopyTo(acc[12..]);
+        a20.CopyTo(acc[16..]); a21.CopyTo(acc[20..]);
+        a30.CopyTo(acc[24..]); a31.CopyTo(acc[28..]);
     }
 
     private static ParallelOptions Options(int threads) =>
