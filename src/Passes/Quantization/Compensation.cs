@@ -90,7 +90,7 @@ public sealed class InputStatistics
             throw new ArgumentException("no input rows", nameof(rows));
         // 6 significant digits, as every measured number that drives a decision: the rows come from ONNX Runtime, whose
         // last bits differ between thread counts and CPUs.
-        return new InputStatistics(reduction, () => StableRounding.RoundInPlace(DenseSpd.Moments(rows, reduction, threads: 0).Second),
+        return new InputStatistics(reduction, () => DenseSpd.Moments(rows, reduction, threads: 0, StableRounding.Round).Second,
             DenseSpd.Mean(rows, reduction).Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
     }
 }
@@ -592,10 +592,7 @@ public static class Compensator
                         var scaled = (double)sum[t] + (double)error * r.Diagonal[t];
                         outputErrors[request][channel] += scaled * scaled - r.Added[t] * error * error;
                         if (t + 1 < j1)
-                        {
-                            var rest = sum.Slice(t + 1, j1 - t - 1);
-                            TensorPrimitives.FusedMultiplyAdd(r.InBlock(t, j1), error, rest, rest);
-                        }
+                            AddScaled(sum.Slice(t + 1, j1 - t - 1), r.InBlock(t, j1), error);
                     }
                 }
                 if (r is not null && j1 < length)
@@ -670,6 +667,27 @@ public static class Compensator
                     }
             }
         }
+    }
+
+    /// <summary><c>rest[u] = fma(row[u], e, rest[u])</c>, each element one fused multiply-add whatever the vector width:
+    /// called once per weight and width (hundreds of millions of times on a large model) over at most a column block,
+    /// where a library call's fixed cost is as large as the work.</summary>
+    private static void AddScaled(Span<float> rest, ReadOnlySpan<float> row, float e)
+    {
+        ref var d = ref MemoryMarshal.GetReference(rest);
+        ref var x = ref MemoryMarshal.GetReference(row);
+        var n = rest.Length;
+        if (row.Length < n)
+            throw new ArgumentException("the factor's row is shorter than the block's rest");
+        var i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var ve = Vector256.Create(e);
+            for (; i + 8 <= n; i += 8)
+                Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref x, (nuint)i), ve, Vector256.LoadUnsafe(ref d, (nuint)i)).StoreUnsafe(ref d, (nuint)i);
+        }
+        for (; i < n; i++)
+            Unsafe.Add(ref d, i) = MathF.FusedMultiplyAdd(Unsafe.Add(ref x, i), e, Unsafe.Add(ref d, i));
     }
 
     /// <summary>Rows i0..i0+7 by the 16 columns from t: 8 rows in 512-bit registers, each entry the same multiply-add

@@ -59,7 +59,8 @@ public static class DenseSpd
     /// <summary>
     /// <c>S = X^T X / m</c> and <c>E[x] = X^T 1 / m</c> of <paramref name="rows"/> (m rows of length n), S row-major.
     /// </summary>
-    public static (double[] Second, double[] Mean) Moments(IReadOnlyList<float[]> rows, int n, int threads)
+    /// <param name="round">Applied to each entry of S as it is written (the mirrored half copies the result).</param>
+    public static (double[] Second, double[] Mean) Moments(IReadOnlyList<float[]> rows, int n, int threads, Func<double, double>? round = null)
     {
         var m = rows.Count;
         // X^T (each column of X one contiguous row) for the left operand and X packed 8 columns at a time for the
@@ -99,7 +100,7 @@ public static class DenseSpd
                     Tile(transposed, (long)i0 * m, i1 - i0, m, packed, (long)j / 8 * m * 8, m, Math.Min(8, n - j), acc);
                     for (var i = i0; i < i1; i++)
                         for (var c = 0; c < 8 && j + c <= i; c++)
-                            second[(long)i * n + j + c] = acc[(i - i0) * 8 + c] / m;
+                            second[(long)i * n + j + c] = round is null ? acc[(i - i0) * 8 + c] / m : round(acc[(i - i0) * 8 + c] / m);
                 }
         });
         for (var i = 0; i < n; i++)
