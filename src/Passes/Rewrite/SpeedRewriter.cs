@@ -153,6 +153,7 @@ public static class SpeedRewriter
 
         foreach (var tensor in region.Tensors.Where(region.Quantized.Contains))
             InsertPair(graph, tensor, parameters[tensor]);
+        ReshapeChains.Collapse(graph);
 
         var opset = Math.Max(13, model.OpsetImports.Default ?? 13);
         if ((model.OpsetImports.Default ?? 1) < opset)
