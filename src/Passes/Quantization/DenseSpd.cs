@@ -8,7 +8,7 @@ namespace OnnxQuant.Passes.Quantization;
 /// The dense symmetric positive definite algebra compensation needs, on row-major double arrays: the second-moment
 /// matrix of input rows, and the upper Cholesky factor of an inverse. MathNet's managed provider does both at about
 /// 0.5 GFLOP/s (a 4608-wide 3x3 Conv took minutes), and its native OpenBLAS provider has no Linux build in the package
-/// feeds, so these few loops are written here: dot products of contiguous rows in a fixed order with 256-bit vectors,
+/// feeds, so these few loops are written here: dot products of contiguous rows in a fixed order with 256-bit (512-bit where the CPU has them) vectors,
 /// parallel over independent rows or columns. Every element is one dot product whose summation order depends on nothing
 /// but its length, so results are identical for any thread count and on any x86-64 machine (AVX-512 or not).
 /// </summary>
