@@ -121,8 +121,7 @@ internal static class ReshapeChains
             return null;
         if (Is(producer, "Gemm") && producer.Inputs.Count >= 2 && producer.Inputs[1] is { } b && Dims(b) is [var rows, var columns])
             return producer.GetInt("transB", 0) == 1 ? rows : columns;
-        if ((Is(producer, "Relu") || Is(producer, "QuantizeLinear") || Is(producer, "DequantizeLinear"))
-            && producer.Inputs[0] is { } input && (producer.OpType == "Relu" || producer.Inputs[1]?.ConstantValue?.GetDims().Length == 0))
+        if (ShapeKeepingInput(producer) is { } input)
             return Columns(input);
         return null;
     }
@@ -136,8 +135,7 @@ internal static class ReshapeChains
             return null;
         if (Is(producer, "Reshape") && producer.Inputs.Count >= 2 && Target(producer) is { } target && target.All(d => d > 0))
             return target;
-        if ((Is(producer, "Relu") || Is(producer, "QuantizeLinear") || Is(producer, "DequantizeLinear"))
-            && producer.Inputs[0] is { } input && (producer.OpType == "Relu" || producer.Inputs[1]?.ConstantValue?.GetDims().Length == 0))
+        if (ShapeKeepingInput(producer) is { } input)
             return KnownShape(input);
         return null;
     }
@@ -153,15 +151,21 @@ internal static class ReshapeChains
             || (slice.Inputs.Count == 4 && Int64s(slice.Inputs[3]) is not [0]) || shape.Inputs[0] is not { } v)
             return null;
         var producer = v.Producer;
-        while (producer is not null && (Is(producer, "Relu") || Is(producer, "QuantizeLinear") || Is(producer, "DequantizeLinear"))
-               && (producer.OpType == "Relu" || producer.Inputs[1]?.ConstantValue?.GetDims().Length == 0))
-            producer = producer.Inputs[0]?.Producer;
+        while (producer is not null && ShapeKeepingInput(producer) is { } input)
+            producer = input.Producer;
         if (producer is null || !Is(producer, "Reshape") || producer.Inputs.Count < 2 || producer.Inputs[1]?.Producer is not { } concat
             || !Is(concat, "Concat") || concat.GetInt("axis", 0) != 0 || concat.Inputs.Count != 2 || Int64s(concat.Inputs[1]) is not [> 0]
             || concat.Inputs[0] is not { } leading)
             return null;
         return leading;
     }
+
+    /// <summary>The input of a node whose output has its input's shape (Relu, per-tensor Q/DQ), else null.</summary>
+    private static Value? ShapeKeepingInput(Node node) =>
+        (Is(node, "Relu") || ((Is(node, "QuantizeLinear") || Is(node, "DequantizeLinear")) && node.Inputs.Count >= 2
+                              && node.Inputs[1]?.ConstantValue?.GetDims().Length == 0))
+            ? node.Inputs[0]
+            : null;
 
     private static long[]? Int64s(Value? value) => value?.ConstantValue is { DataType: DataType.Int64 } t ? t.ToInt64Array() : null;
 

@@ -298,6 +298,18 @@ public class SpeedRewriterTests
         return (speed, placement, FusionCheck.Run(speed, SessionOptions.Default));
     }
 
+    /// <summary>The speed artifact's output "y" is [B, 48, 16] for inputs of batch 1 and 3.</summary>
+    private static void AssertTokenShapeAtBatchesOneAndThree(Model speed, float[] data)
+    {
+        using var session = InferenceSession.Create(ModelIO.ToBytes(speed));
+        foreach (var batch in new[] { 1, 3 })
+        {
+            var input = data.AsSpan(0, batch * 3 * 16 * 16).ToArray();
+            var output = session.Run([new NamedTensor("x", TensorData.FromFloats(input, [batch, 3, 16, 16]))])[0].Data;
+            Assert.Equal(new long[] { batch, 48, 16 }, output.Shape);
+        }
+    }
+
     /// <summary>
     /// Tokens as exporters write a transformer's feed-forward block: x [B, 3, 16, 16] -> Reshape [B, 48, 16] ->
     /// MatMul [16, 32] -> Add(bias) -> Relu -> MatMul [32, 16] -> Add(bias) -> Add(residual) -> "y" [B, 48, 16].
@@ -341,13 +353,7 @@ public class SpeedRewriterTests
         Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QuantizeLinear"));
 
         // The output has the float model's shape at any batch (the symbolic batch goes through the Shape-based Reshape).
-        foreach (var batch in new[] { 1, 3 })
-        {
-            var input = data.AsSpan(0, batch * 3 * 16 * 16).ToArray();
-            using var session = InferenceSession.Create(ModelIO.ToBytes(speed));
-            var output = session.Run([new NamedTensor("x", TensorData.FromFloats(input, [batch, 3, 16, 16]))])[0].Data;
-            Assert.Equal(new long[] { batch, 48, 16 }, output.Shape);
-        }
+        AssertTokenShapeAtBatchesOneAndThree(speed, data);
         // Tolerance: about 4x the relative squared error this seeded block measures at W8A8 (8.8e-5).
         Assert.InRange(RelativeError(model, speed, data), 0, 3.5e-4);
     }
@@ -412,12 +418,7 @@ public class SpeedRewriterTests
         Assert.Equal("Gemm", split.Inputs[0]!.Producer?.OpType);
         Assert.Equal(6, speed.Graph.Nodes.Count(n => n.OpType == "Reshape"));
         Assert.DoesNotContain(speed.Graph.Nodes, n => n.OpType == "QuantizeLinear" && n.Inputs[0]?.Producer?.OpType == "DequantizeLinear");
-        foreach (var batch in new[] { 1, 3 })
-        {
-            using var session = InferenceSession.Create(ModelIO.ToBytes(speed));
-            var output = session.Run([new NamedTensor("x", TensorData.FromFloats(data.AsSpan(0, batch * 3 * 16 * 16).ToArray(), [batch, 3, 16, 16]))])[0].Data;
-            Assert.Equal(new long[] { batch, 48, 16 }, output.Shape);
-        }
+        AssertTokenShapeAtBatchesOneAndThree(speed, data);
         // Tolerance: 4x the relative squared error this seeded block measures at W8A8 (6.2e-5).
         Assert.InRange(RelativeError(model, speed, data), 0, 2.5e-4);
     }
