@@ -155,8 +155,12 @@ public sealed class PercentileObserver(double percentile) : HistogramObserver
 }
 
 /// <summary>
-/// Range minimising KL(P || Q) where P is the observed distribution clipped to a window (outliers folded into the
-/// edge bins) and Q is P quantized to 2^bits levels and spread back uniformly over each level's non-empty bins.
+/// Range minimising KL(P || Q) (TensorRT's calibration, on both ends): P is the observed distribution clipped to a
+/// window, the values outside it folded into the edge bins; Q is the window's own counts (without what was folded in)
+/// quantized to 2^bits levels and spread back uniformly over each level's non-empty bins. Q does not hold the clipped
+/// mass, so a window that clips much costs much; a Q built from P, folded mass included, prices clipping only by how
+/// the edge level's mass is spread, and chose windows 2-6x narrower than the data on the bundled DETR (measured
+/// distortion 0.667 against 0.00066 with min/max at W8A8).
 /// </summary>
 public sealed class EntropyObserver(int bits) : HistogramObserver
 {
@@ -170,38 +174,57 @@ public sealed class EntropyObserver(int bits) : HistogramObserver
         // A window narrower than the level count would quantize losslessly (KL 0) and always win.
         if (bins < levels)
             return null;
-        var p = new double[bins];
-        for (var i = 0; i < counts.Length; i++)
-            p[Math.Clamp(i - first, 0, bins - 1)] += counts[i];
-        return Divergence(p, levels);
+        var inside = counts.Slice(first, bins);
+        var p = inside.ToArray();
+        for (var i = 0; i < first; i++)
+            p[0] += counts[i];
+        for (var i = last + 1; i < counts.Length; i++)
+            p[bins - 1] += counts[i];
+        return Divergence(p, Expand(inside, levels));
     }
 
-    private static double Divergence(double[] p, int levels)
+    /// <summary>The window's counts quantized to <paramref name="levels"/> levels, each level's mass spread evenly over
+    /// its non-empty bins.</summary>
+    private static double[] Expand(ReadOnlySpan<double> inside, int levels)
     {
-        var total = p.Sum();
-        if (total == 0)
-            return 0;
-        var q = new double[p.Length];
+        var q = new double[inside.Length];
         for (var level = 0; level < levels; level++)
         {
-            var start = (int)((long)level * p.Length / levels);
-            var end = (int)((long)(level + 1) * p.Length / levels);
+            var start = (int)((long)level * inside.Length / levels);
+            var end = (int)((long)(level + 1) * inside.Length / levels);
             double mass = 0;
             var nonEmpty = 0;
             for (var i = start; i < end; i++)
             {
-                mass += p[i];
-                if (p[i] > 0) nonEmpty++;
+                mass += inside[i];
+                if (inside[i] > 0) nonEmpty++;
             }
             for (var i = start; i < end; i++)
-                q[i] = p[i] > 0 ? mass / nonEmpty : 0;
+                q[i] = inside[i] > 0 ? mass / nonEmpty : 0;
         }
+        return q;
+    }
+
+    /// <summary>KL(P || Q) of the two normalized; a bin where P has mass and Q none (an empty edge bin that only
+    /// clipped values fill) gets Q a small floor taken evenly from Q's other bins, as TensorRT and ONNX Runtime smooth.</summary>
+    private static double Divergence(double[] p, double[] q)
+    {
+        double pTotal = p.Sum(), qTotal = q.Sum();
+        if (pTotal == 0)
+            return 0;
+        if (qTotal == 0)
+            return double.PositiveInfinity;
+        const double Floor = 1e-4;
+        var zeros = q.Count(v => v == 0);
+        var taken = zeros == q.Length ? 0 : Floor * zeros / (q.Length - zeros);
         double kl = 0;
         for (var i = 0; i < p.Length; i++)
         {
             if (p[i] <= 0)
                 continue;
-            kl += p[i] / total * Math.Log(p[i] / q[i]);
+            var pi = p[i] / pTotal;
+            var qi = q[i] == 0 ? Floor : Math.Max(q[i] / qTotal - taken, Floor);
+            kl += pi * Math.Log(pi / qi);
         }
         return kl;
     }

@@ -63,6 +63,35 @@ public class ObserverTests
         Assert.True(min < -1.5f, $"{method} clipped the lower side: min {min}");
     }
 
+    /// <summary>
+    /// Values spread evenly over [-1, 1] (and ReLU-like: half of them exactly 0, the rest even over [0, 1]): every
+    /// window that clips loses mass that no level represents, so entropy keeps (nearly) the whole range. Pricing the
+    /// clipped mass as if the edge level held it clipped the ReLU-like spread.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void EntropyDoesNotClipAnEvenSpread(bool relu)
+    {
+        var random = new Random(3);
+        var data = Enumerable.Range(0, 200_000).Select(i => relu
+            ? (i % 2 == 0 ? 0f : (float)random.NextDouble())
+            : (float)(2 * random.NextDouble() - 1)).ToArray();
+        foreach (var bits in new[] { 8, 4 })
+        {
+            var o = Observers.Create(CalibrationMethod.Entropy, bits);
+            foreach (var chunk in data.Chunk(10_000))
+                o.Observe(chunk);
+            var (min, max) = o.ComputeRange();
+            // Tolerance: the search moves each end in steps of 1/128 of the range.
+            Assert.InRange(max, 0.95f, 1f);
+            if (relu)
+                Assert.Equal(0f, min);
+            else
+                Assert.InRange(min, -1f, -0.95f);
+        }
+    }
+
     [Fact]
     public void MemoryIsBoundedByBins()
     {
