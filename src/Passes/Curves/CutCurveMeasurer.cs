@@ -340,6 +340,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 energy[f] = 1; // an all-zero feature: fall back to the absolute squared error
         }
 
+        var exactWorkers = Math.Clamp(_threads > 0 ? _threads : Environment.ProcessorCount, 1, Math.Max(1, _samples));
         var notes = new List<string>();
         var gains = new List<UnitGain>();
         var curves = new List<UnitCurve>(_units.Count);
@@ -360,11 +361,19 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                     return (type, fixedShape ? shape : (long[]?)null);
                 }, StringComparer.Ordinal);
                 var cutModel = cut.Build(_model, n => types[n], withLayerOutputs: !exact);
-                using var session = InferenceSession.Create(ModelIO.ToBytes(cutModel), sessionOptions);
+                var cutBytes = ModelIO.ToBytes(cutModel);
+                // Exact curves run every sample through one-thread sessions side by side, one per core: the cut models
+                // of a model small enough for exact curves are too small for ONNX Runtime to spread one run over the
+                // cores, and a one-thread kernel gives every run the same value whatever --threads is.
+                using var sessions = new SessionGroup(Enumerable.Range(0, exact ? exactWorkers : 1)
+                    .Select(_ => InferenceSession.Create(cutBytes, exact ? sessionOptions with { IntraOpThreads = 1 } : sessionOptions)));
                 sessionClock.Stop();
                 var floatWeights = cut.Layers.ToDictionary(l => l,
                     l => _model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray());
-                var runner = new CutRunner(session, cut, cache, _features, energy, floatWeights, runClock, keep: !exact);
+                var runner = new CutRunner(sessions[0], cut, cache, _features, energy, floatWeights, runClock, keep: !exact);
+                // Each worker times itself; the clock of the stage is the wall time of the parallel section.
+                var exactRunners = !exact ? [] : sessions.Select(session =>
+                    new CutRunner(session, cut, cache, _features, energy, floatWeights, new System.Diagnostics.Stopwatch(), keep: false)).ToArray();
                 foreach (var layer in cut.Layers)
                 {
                     var rows = exact ? null : _rows[layer];
@@ -433,9 +442,19 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                             for (var k = 0; k < bits.Length; k++)
                             {
                                 var w = Perturbed(bits[k]);
+                                var distortions = new double[_samples];
+                                runClock.Start();
+                                Parallel.For(0, exactRunners.Length, new ParallelOptions { MaxDegreeOfParallelism = exactRunners.Length }, worker =>
+                                {
+                                    for (var s = worker; s < _samples; s += exactRunners.Length)
+                                        distortions[s] = exactRunners[worker].Run(s, layer, w, false).Distortion;
+                                });
+                                runClock.Stop();
+                                runs += _samples;
+                                // Summed in sample order, whichever worker ran a sample.
                                 double sum = 0;
-                                for (var s = 0; s < _samples; s++, runs++)
-                                    sum += runner.Run(s, layer, w, false).Distortion;
+                                foreach (var d in distortions)
+                                    sum += d;
                                 values[k] = StableRounding.Round(sum / _samples);
                             }
                         }
@@ -605,6 +624,39 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     /// <summary>One run of a segment's cut session on one cached sample, one layer's weight replaced.</summary>
     /// <param name="keep">Whether the segment's values are kept once read (gain mode: a few samples; exact mode reads every
     /// sample and keeps none).</param>
+    /// <summary>Sessions of one cut model, closed together.</summary>
+    private sealed class SessionGroup(IEnumerable<InferenceSession> sessions) : IDisposable
+    {
+        private readonly List<InferenceSession> _sessions = Open(sessions);
+
+        private static List<InferenceSession> Open(IEnumerable<InferenceSession> sessions)
+        {
+            var opened = new List<InferenceSession>();
+            try
+            {
+                foreach (var session in sessions)
+                    opened.Add(session);
+                return opened;
+            }
+            catch
+            {
+                foreach (var session in opened)
+                    session.Dispose();
+                throw;
+            }
+        }
+
+        public InferenceSession this[int index] => _sessions[index];
+
+        public IEnumerable<TResult> Select<TResult>(Func<InferenceSession, TResult> selector) => _sessions.Select(selector);
+
+        public void Dispose()
+        {
+            foreach (var session in _sessions)
+                session.Dispose();
+        }
+    }
+
     private sealed class CutRunner(InferenceSession session, GraphCut cut, ActivationCache cache, IReadOnlyList<string> features,
         double[] energy, IReadOnlyDictionary<QuantLayer, float[]> floatWeights, System.Diagnostics.Stopwatch clock, bool keep)
     {

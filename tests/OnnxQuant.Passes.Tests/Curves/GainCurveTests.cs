@@ -162,6 +162,43 @@ public class GainCurveTests
     }
 
     /// <summary>
+    /// Exact curves run their samples through one-thread sessions side by side (one per thread): with one thread and
+    /// with two, every curve value and every artifact byte is the same, and the run count is units x widths x samples.
+    /// </summary>
+    [Fact]
+    public void ExactCurvesAreTheSameWithOneAndTwoThreads()
+    {
+        var root = Path.Combine(Path.GetTempPath(), $"onnxquant-exact-threads-{Guid.NewGuid():N}");
+        try
+        {
+            var (modelPath, dataPath) = TestModels.WriteDetector(Path.Combine(root, "in"));
+            CompileResult Compile(int threads) => Compiler.Run(modelPath, dataPath, Path.Combine(root, $"t{threads}"),
+                new CompileOptions
+                {
+                    Allocation = new() { TargetBits = [4] }, Curves = new() { Mode = CurveMode.Exact }, Data = new() { CalibSamples = 7 },
+                    Execution = new() { Threads = threads },
+                }, "test", SilentProgress.Instance);
+            var one = Compile(1);
+            var two = Compile(2);
+            var curves = one.Targets[0].Report.Curves;
+            Assert.NotEmpty(curves);
+            Assert.Equal(curves.Count * curves[0].Bits.Count * 7, one.CurveRuns);
+            Assert.Equal(one.CurveRuns, two.CurveRuns);
+            foreach (var (a, b) in curves.Zip(two.Targets[0].Report.Curves))
+            {
+                Assert.Equal(a.Name, b.Name);
+                Assert.Equal(a.Distortion, b.Distortion);
+                Assert.All(a.Distortion, d => Assert.True(d >= 0));
+            }
+            Assert.Equal(File.ReadAllBytes(one.Targets[0].ModelPath), File.ReadAllBytes(two.Targets[0].ModelPath));
+        }
+        finally
+        {
+            Directory.Delete(root, true);
+        }
+    }
+
+    /// <summary>
     /// Cut activations spilled to disk (an in-memory budget of 0 bytes) give the same curves, gains and artifact bytes
     /// as activations held in memory: the spill is raw bytes, read back once per segment and sample.
     /// </summary>
