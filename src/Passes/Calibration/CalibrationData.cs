@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Globalization;
 using System.Security.Cryptography;
 using OnnxQuant.Data;
 using OnnxQuant.Frontend;
@@ -215,6 +216,38 @@ public sealed class CalibrationSet
             result[i] = new InputBatch(input.Name, input.DataType, shape, data);
         }
         return result;
+    }
+
+    /// <summary>
+    /// What makes samples [0, <paramref name="count"/>) describe almost nothing, one line each for the compile's notes:
+    /// a floating-point input that holds one value in every sample (blank images, a normalization that zeroed them),
+    /// or samples that are all the same. Ranges, curves and compensation computed from such data describe one point
+    /// of the input space, and the artifact looks fine until real inputs arrive.
+    /// </summary>
+    public IReadOnlyList<string> Degeneracies(int count)
+    {
+        count = Math.Min(count, Count);
+        var lines = new List<string>();
+        if (count == 0)
+            return lines;
+        var first = Batch(0, 1);
+        float[] Values(int sample, int input) => TensorData.FromBytes(_inputs[input].DataType,
+            sample == 0 ? first[input].Data : Batch(sample, 1)[input].Data, first[input].Shape).ToFloats();
+        var constant = new bool[_inputs.Count];
+        for (var i = 0; i < _inputs.Count; i++)
+        {
+            if (_inputs[i].DataType is not (DataType.Float or DataType.Double or DataType.Float16) || first[i].Data.Length == 0)
+                continue;
+            var v = Values(0, i)[0];
+            constant[i] = Enumerable.Range(0, count).All(s => Values(s, i).All(x => x.Equals(v)));
+            if (constant[i])
+                lines.Add($"calibration input '{_inputs[i].Name}' holds the single value {v.ToString("G6", CultureInfo.InvariantCulture)} in all {count} sample(s): " +
+                          "the ranges and curves describe that one value; check the data (blank images, a normalization that zeroed them?)");
+        }
+        if (count > 1 && !constant.All(c => c)
+            && Enumerable.Range(1, count - 1).All(s => Batch(s, 1).Zip(first).All(p => p.First.Data.AsSpan().SequenceEqual(p.Second.Data))))
+            lines.Add($"all {count} calibration samples are identical: the ranges, curves and compensation see one input; give representative samples");
+        return lines;
     }
 
     /// <summary>SHA-256 of samples [0, count): input names, types, shapes and bytes, for cache keys and manifests.</summary>

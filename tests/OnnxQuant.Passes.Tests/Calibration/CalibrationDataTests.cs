@@ -40,6 +40,23 @@ public sealed class CalibrationDataTests : IDisposable
         Assert.Throws<CompileException>(() => CalibrationSet.Load(Write("wrong.npz", new float[16], 2, 4, 2), [image]));
     }
 
+    /// <summary>Blank (constant) inputs and identical samples are named in the compile's notes; varied data is not.</summary>
+    [Fact]
+    public void DegenerateCalibrationDataIsNamed()
+    {
+        var blank = CalibrationSet.Load(Write("blank.npz", new float[4 * 3], 4, 3), [Symbolic]);
+        var line = Assert.Single(blank.Degeneracies(4));
+        Assert.Contains("'x' holds the single value 0 in all 4 sample(s)", line);
+
+        var same = CalibrationSet.Load(Write("same.npz", [1, 2, 3, 1, 2, 3, 1, 2, 3], 3, 3), [Symbolic]);
+        Assert.Contains("all 3 calibration samples are identical", Assert.Single(same.Degeneracies(3)));
+        // Only the samples the compile uses count: the first one alone is neither.
+        Assert.Empty(same.Degeneracies(1));
+
+        var varied = CalibrationSet.Load(Write("varied.npz", [1, 2, 3, 1, 2, 4], 2, 3), [Symbolic]);
+        Assert.Empty(varied.Degeneracies(2));
+    }
+
     [Fact]
     public void FolderConcatenatesSamplesInNameOrder()
     {
