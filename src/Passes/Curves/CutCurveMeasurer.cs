@@ -340,7 +340,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 energy[f] = 1; // an all-zero feature: fall back to the absolute squared error
         }
 
-        var exactWorkers = Math.Clamp(_threads > 0 ? _threads : Environment.ProcessorCount, 1, Math.Max(1, _samples));
+        var exactWorkers = Math.Clamp(_threads > 0 ? _threads : Environment.ProcessorCount, 1, Math.Min(MaxExactSessions, Math.Max(1, _samples)));
         var notes = new List<string>();
         var gains = new List<UnitGain>();
         var curves = new List<UnitCurve>(_units.Count);
@@ -362,11 +362,15 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 }, StringComparer.Ordinal);
                 var cutModel = cut.Build(_model, n => types[n], withLayerOutputs: !exact);
                 var cutBytes = ModelIO.ToBytes(cutModel);
-                // Exact curves run every sample through one-thread sessions side by side, one per core: the cut models
+                // Exact curves run the samples through one-thread sessions side by side, one per thread: the cut models
                 // of a model small enough for exact curves are too small for ONNX Runtime to spread one run over the
-                // cores, and a one-thread kernel gives every run the same value whatever --threads is.
-                using var sessions = new SessionGroup(Enumerable.Range(0, exact ? exactWorkers : 1)
-                    .Select(_ => InferenceSession.Create(cutBytes, exact ? sessionOptions with { IntraOpThreads = 1 } : sessionOptions)));
+                // cores, and a one-thread kernel gives every run the same value whatever --threads is. Each session holds
+                // its own copy of the cut's weights and activations, so at most 1 GiB of cut models are open at once;
+                // where that leaves fewer sessions than threads, each session gets the threads left over.
+                var workers = exact ? (int)Math.Clamp(ExactSessionBytes / Math.Max(1, cutBytes.LongLength), 1, exactWorkers) : 1;
+                var cutOptions = !exact ? sessionOptions
+                    : sessionOptions with { IntraOpThreads = workers == exactWorkers ? 1 : Math.Max(1, exactWorkers / workers) };
+                using var sessions = new SessionGroup(Enumerable.Range(0, workers).Select(_ => InferenceSession.Create(cutBytes, cutOptions)));
                 sessionClock.Stop();
                 var floatWeights = cut.Layers.ToDictionary(l => l,
                     l => _model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray());
@@ -624,6 +628,13 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     /// <summary>One run of a segment's cut session on one cached sample, one layer's weight replaced.</summary>
     /// <param name="keep">Whether the segment's values are kept once read (gain mode: a few samples; exact mode reads every
     /// sample and keeps none).</param>
+    /// <summary>One-thread sessions exact curves run side by side on one cut, at most: beyond a few, the cores share
+    /// memory bandwidth, and each session holds the cut's weights.</summary>
+    internal const int MaxExactSessions = 8;
+
+    /// <summary>Serialized bytes of cut models exact curves hold open at once.</summary>
+    internal const long ExactSessionBytes = 1L << 30;
+
     /// <summary>Sessions of one cut model, closed together.</summary>
     private sealed class SessionGroup(IEnumerable<InferenceSession> sessions) : IDisposable
     {
