@@ -225,8 +225,6 @@ public static class Compiler
             var rewrite = verified.Rewritten.Result;
             if (initializerInputs.Count > 0)
                 notes.Add($"--keep-initializer-inputs: {relisted} of {initializerInputs.Count} initializer inputs listed again (the others were quantized or folded away)");
-            if (options.Calibration.ActBits > 0 && rewrite.WeightOnlyLayers.Count > 0)
-                notes.Add($"{rewrite.WeightOnlyLayers.Count} INT2 layer(s) keep float activations (ONNX Runtime 1.30 cannot fuse INT2 weights with quantized activations): {string.Join(", ", rewrite.WeightOnlyLayers)}");
             if (repair is not null)
                 notes.Add($"accuracy guard repair ({repair.Report.Guard}): {repair.Report.Raised.Count} unit(s) raised above the allocation, rate {repair.Report.InitialRate:0.000} -> {repair.Report.FinalRate:0.000} (float layers count 32 bits)");
             if (deploy is not null)

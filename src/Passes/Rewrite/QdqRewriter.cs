@@ -22,10 +22,9 @@ public sealed record LayerStorage(string Layer, string Format, DataType Containe
 }
 
 /// <summary>What the rewrite produced.</summary>
-/// <param name="WeightOnlyLayers">Quantized layers left without activation Q/DQ (INT2 containers).</param>
 /// <param name="Compensated">What compensated each layer's rounding (layers without input statistics get none).</param>
 public sealed record RewriteResult(IReadOnlyList<LayerStorage> Layers, long Opset, long IrVersion, int ActivationPairs,
-    IReadOnlyList<string> WeightOnlyLayers, IReadOnlyList<LayerCompensation>? Compensated = null)
+    IReadOnlyList<LayerCompensation>? Compensated = null)
 {
     /// <summary>What the speed target placed; null for the size target.</summary>
     public SpeedPlacement? Speed { get; init; }
@@ -69,7 +68,6 @@ public static class QdqRewriter
         long requiredOpset = 13; // per-axis DequantizeLinear
         var usesMicrosoft = false;
         var quantizedNodes = new HashSet<Node>(ReferenceEqualityComparer.Instance);
-        var weightOnly = new List<string>();
         foreach (var plan in plans)
         {
             var layer = plan.Layer;
@@ -106,13 +104,6 @@ public static class QdqRewriter
                     var bytes = ReplaceWithDequantize(graph, weightValue, layer, quantized, container);
                     storage.Add(new LayerStorage(layer.Name, "qdq", container, plan.MaxBits, layer.Size, ideal, bytes, floatBytes));
                 }
-                // ONNX Runtime 1.30 fuses quantized activations with DQ weights into integer kernels that refuse INT2,
-                // so INT2 layers stay weight-only (DQ -> op, which it runs and fuses into MatMulNBits).
-                if (container == DataType.Int2)
-                {
-                    weightOnly.Add(layer.Name);
-                    continue;
-                }
             }
             quantizedNodes.Add(node);
         }
@@ -132,7 +123,7 @@ public static class QdqRewriter
         var finalOpset = model.OpsetImports.Default ?? requiredOpset;
         model.IrVersion = Math.Max(model.IrVersion, finalOpset >= 25 ? 12 : finalOpset >= 21 ? 10 : finalOpset >= 19 ? 9 : 7);
         graph.TopologicalSort();
-        return new RewriteResult(storage, finalOpset, model.IrVersion, pairs, weightOnly, compensated);
+        return new RewriteResult(storage, finalOpset, model.IrVersion, pairs, compensated);
     }
 
     /// <summary>

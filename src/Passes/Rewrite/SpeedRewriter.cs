@@ -165,7 +165,7 @@ public static class SpeedRewriter
         var integerOps = region.Nodes.Where(n => !int8.Contains(n)).GroupBy(n => n.OpType, StringComparer.Ordinal)
             .OrderBy(g => g.Key, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
         var placement = new SpeedPlacement(region.Quantized.Count, integerOps, nbits);
-        var result = new RewriteResult(storage, model.OpsetImports.Default ?? opset, model.IrVersion, region.Quantized.Count, [], compensated) { Speed = placement };
+        var result = new RewriteResult(storage, model.OpsetImports.Default ?? opset, model.IrVersion, region.Quantized.Count, compensated) { Speed = placement };
         return (result, placement);
     }
 
