@@ -361,16 +361,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                     return (type, fixedShape ? shape : (long[]?)null);
                 }, StringComparer.Ordinal);
                 var cutModel = cut.Build(_model, n => types[n], withLayerOutputs: !exact);
-                var cutBytes = ModelIO.ToBytes(cutModel);
-                // Exact curves run the samples through one-thread sessions side by side, one per thread: the cut models
-                // of a model small enough for exact curves are too small for ONNX Runtime to spread one run over the
-                // cores, and a one-thread kernel gives every run the same value whatever --threads is. Each session holds
-                // its own copy of the cut's weights and activations, so at most 1 GiB of cut models are open at once;
-                // where that leaves fewer sessions than threads, each session gets the threads left over.
-                var workers = exact ? (int)Math.Clamp(ExactSessionBytes / Math.Max(1, cutBytes.LongLength), 1, exactWorkers) : 1;
-                var cutOptions = !exact ? sessionOptions
-                    : sessionOptions with { IntraOpThreads = workers == exactWorkers ? 1 : Math.Max(1, exactWorkers / workers) };
-                using var sessions = new SessionGroup(Enumerable.Range(0, workers).Select(_ => InferenceSession.Create(cutBytes, cutOptions)));
+                using var sessions = OpenSessions(cutModel, exact ? exactWorkers : 0, sessionOptions);
                 sessionClock.Stop();
                 var floatWeights = cut.Layers.ToDictionary(l => l,
                     l => _model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray());
@@ -628,6 +619,24 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     /// <summary>One run of a segment's cut session on one cached sample, one layer's weight replaced.</summary>
     /// <param name="keep">Whether the segment's values are kept once read (gain mode: a few samples; exact mode reads every
     /// sample and keeps none).</param>
+    /// <summary>
+    /// The sessions of one cut: one with <paramref name="options"/> for gain curves (<paramref name="exactWorkers"/> 0);
+    /// for exact curves one-thread sessions side by side, one per thread. The cut models of a model small enough for
+    /// exact curves are too small for ONNX Runtime to spread one run over the cores, and a one-thread kernel gives every
+    /// run the same value whatever --threads is. Each session holds its own copy of the cut's weights and activations,
+    /// so at most <see cref="ExactSessionBytes"/> of cut models are open at once; where that leaves fewer sessions than
+    /// threads, each session gets the threads left over. The serialized model is not kept beyond this call.
+    /// </summary>
+    private static SessionGroup OpenSessions(Model cutModel, int exactWorkers, SessionOptions options)
+    {
+        var bytes = ModelIO.ToBytes(cutModel);
+        if (exactWorkers == 0)
+            return new SessionGroup([InferenceSession.Create(bytes, options)]);
+        var workers = (int)Math.Clamp(ExactSessionBytes / Math.Max(1, bytes.LongLength), 1, exactWorkers);
+        var perSession = options with { IntraOpThreads = workers == exactWorkers ? 1 : Math.Max(1, exactWorkers / workers) };
+        return new SessionGroup(Enumerable.Range(0, workers).Select(_ => InferenceSession.Create(bytes, perSession)));
+    }
+
     /// <summary>One-thread sessions exact curves run side by side on one cut, at most: beyond a few, the cores share
     /// memory bandwidth, and each session holds the cut's weights.</summary>
     internal const int MaxExactSessions = 8;
