@@ -153,7 +153,7 @@ public static class QdqRewriter
 
     /// <summary>
     /// The packed width each output channel is stored at: 2 (INT2), 4 (INT4), 6 (INT4 high part + UINT2 low part, only
-    /// where INT2-family types are allowed) or 8 (INT8). The widest decides whether the layer is weight-only.
+    /// where INT2-family types are allowed) or 8 (INT8). The widest is the layer's container.
     /// </summary>
     private static int[] PackedWidths(QuantLayer layer, int[] channelBits, bool allowInt2)
     {
