@@ -616,9 +616,6 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         }
     }
 
-    /// <summary>One run of a segment's cut session on one cached sample, one layer's weight replaced.</summary>
-    /// <param name="keep">Whether the segment's values are kept once read (gain mode: a few samples; exact mode reads every
-    /// sample and keeps none).</param>
     /// <summary>
     /// The sessions of one cut: one with <paramref name="options"/> for gain curves (<paramref name="exactWorkers"/> 0);
     /// for exact curves one-thread sessions side by side, one per thread. The cut models of a model small enough for
@@ -677,6 +674,9 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         }
     }
 
+    /// <summary>One run of a segment's cut session on one cached sample, one layer's weight replaced.</summary>
+    /// <param name="keep">Whether the segment's values are kept once read (gain mode: a few samples; exact mode reads every
+    /// sample and keeps none).</param>
     private sealed class CutRunner(InferenceSession session, GraphCut cut, ActivationCache cache, IReadOnlyList<string> features,
         double[] energy, IReadOnlyDictionary<QuantLayer, float[]> floatWeights, System.Diagnostics.Stopwatch clock, bool keep)
     {
