@@ -236,7 +236,9 @@ public sealed class CalibrationSet
         var constant = new bool[_inputs.Count];
         for (var i = 0; i < _inputs.Count; i++)
         {
-            if (_inputs[i].DataType is not (DataType.Float or DataType.Double or DataType.Float16) || first[i].Data.Length == 0)
+            // A small input (a scale factor, an image size) may well be the same number everywhere; an image may not.
+            if (_inputs[i].DataType is not (DataType.Float or DataType.Double or DataType.Float16)
+                || first[i].Shape.Aggregate(1L, (a, b) => a * b) < ConstantCheckElements)
                 continue;
             var v = Values(0, i)[0];
             constant[i] = Enumerable.Range(0, count).All(s => Values(s, i).All(x => x.Equals(v)));
@@ -249,6 +251,9 @@ public sealed class CalibrationSet
             lines.Add($"all {count} calibration samples are identical: the ranges, curves and compensation see one input; give representative samples");
         return lines;
     }
+
+    /// <summary>Elements one sample of an input needs before one value throughout it is worth a note.</summary>
+    internal const int ConstantCheckElements = 64;
 
     /// <summary>SHA-256 of samples [0, count): input names, types, shapes and bytes, for cache keys and manifests.</summary>
     public string Hash(int count)

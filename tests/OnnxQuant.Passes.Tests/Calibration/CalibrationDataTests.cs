@@ -44,9 +44,13 @@ public sealed class CalibrationDataTests : IDisposable
     [Fact]
     public void DegenerateCalibrationDataIsNamed()
     {
-        var blank = CalibrationSet.Load(Write("blank.npz", new float[4 * 3], 4, 3), [Symbolic]);
+        var image = new InputSpec("x", DataType.Float, [null, 64]);
+        var blank = CalibrationSet.Load(Write("blank.npz", new float[4 * 64], 4, 64), [image]);
         var line = Assert.Single(blank.Degeneracies(4));
         Assert.Contains("'x' holds the single value 0 in all 4 sample(s)", line);
+        // A small input (here 3 values a sample) may be one number throughout: only the identical samples are named.
+        var small = CalibrationSet.Load(Write("small.npz", Enumerable.Repeat(1f, 4 * 3).ToArray(), 4, 3), [Symbolic]);
+        Assert.Contains("all 4 calibration samples are identical", Assert.Single(small.Degeneracies(4)));
 
         var same = CalibrationSet.Load(Write("same.npz", [1, 2, 3, 1, 2, 3, 1, 2, 3], 3, 3), [Symbolic]);
         Assert.Contains("all 3 calibration samples are identical", Assert.Single(same.Degeneracies(3)));
