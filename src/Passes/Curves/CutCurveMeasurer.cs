@@ -439,11 +439,20 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                                 var w = Perturbed(bits[k]);
                                 var distortions = new double[_samples];
                                 runClock.Start();
-                                Parallel.For(0, exactRunners.Length, new ParallelOptions { MaxDegreeOfParallelism = exactRunners.Length }, worker =>
+                                try
                                 {
-                                    for (var s = worker; s < _samples; s += exactRunners.Length)
-                                        distortions[s] = exactRunners[worker].Run(s, layer, w, false).Distortion;
-                                });
+                                    Parallel.For(0, exactRunners.Length, new ParallelOptions { MaxDegreeOfParallelism = exactRunners.Length }, worker =>
+                                    {
+                                        for (var s = worker; s < _samples; s += exactRunners.Length)
+                                            distortions[s] = exactRunners[worker].Run(s, layer, w, false).Distortion;
+                                    });
+                                }
+                                catch (AggregateException e) when (e.InnerExceptions.Count > 0)
+                                {
+                                    // What a run says (a feature whose size depends on the data, ONNX Runtime's own
+                                    // error) reaches the user as it would from one session.
+                                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
+                                }
                                 runClock.Stop();
                                 runs += _samples;
                                 // Summed in sample order, whichever worker ran a sample.
