@@ -231,23 +231,36 @@ public sealed class CalibrationSet
         if (count == 0)
             return lines;
         var first = Batch(0, 1);
-        float[] Values(int sample, int input) => TensorData.FromBytes(_inputs[input].DataType,
-            sample == 0 ? first[input].Data : Batch(sample, 1)[input].Data, first[input].Shape).ToFloats();
+        // A small input (a scale factor, an image size) may well be the same number everywhere; an image may not.
         var constant = new bool[_inputs.Count];
+        var value = new float[_inputs.Count];
         for (var i = 0; i < _inputs.Count; i++)
+            if (_inputs[i].DataType is DataType.Float or DataType.Double or DataType.Float16
+                && first[i].Shape.Aggregate(1L, (a, b) => a * b) >= ConstantCheckElements)
+            {
+                constant[i] = true;
+                value[i] = TensorData.FromBytes(_inputs[i].DataType, first[i].Data, first[i].Shape).ToFloats()[0];
+            }
+        // One pass over the samples, stopping once neither can hold.
+        var identical = count > 1;
+        for (var s = 0; s < count && (identical || constant.Any(c => c)); s++)
         {
-            // A small input (a scale factor, an image size) may well be the same number everywhere; an image may not.
-            if (_inputs[i].DataType is not (DataType.Float or DataType.Double or DataType.Float16)
-                || first[i].Shape.Aggregate(1L, (a, b) => a * b) < ConstantCheckElements)
-                continue;
-            var v = Values(0, i)[0];
-            constant[i] = Enumerable.Range(0, count).All(s => Values(s, i).All(x => x.Equals(v)));
-            if (constant[i])
-                lines.Add($"calibration input '{_inputs[i].Name}' holds the single value {v.ToString("G6", CultureInfo.InvariantCulture)} in all {count} sample(s): " +
-                          "the ranges and curves describe that one value; check the data (blank images, a normalization that zeroed them?)");
+            var batch = s == 0 ? first : Batch(s, 1);
+            for (var i = 0; i < _inputs.Count; i++)
+                if (constant[i])
+                {
+                    var v = value[i];
+                    constant[i] = TensorData.FromBytes(_inputs[i].DataType, batch[i].Data, batch[i].Shape).ToFloats().All(x => x.Equals(v));
+                }
+            if (s > 0 && identical)
+                identical = batch.Zip(first).All(p => p.First.Data.AsSpan().SequenceEqual(p.Second.Data));
         }
-        if (count > 1 && !constant.All(c => c)
-            && Enumerable.Range(1, count - 1).All(s => Batch(s, 1).Zip(first).All(p => p.First.Data.AsSpan().SequenceEqual(p.Second.Data))))
+        for (var i = 0; i < _inputs.Count; i++)
+            if (constant[i])
+                lines.Add($"calibration input '{_inputs[i].Name}' holds the single value {value[i].ToString("G6", CultureInfo.InvariantCulture)} in all {count} sample(s): " +
+                          "the ranges and curves describe that one value; check the data (blank images, a normalization that zeroed them?)");
+        // Constant inputs say it already when every input is one.
+        if (identical && !constant.All(c => c))
             lines.Add($"all {count} calibration samples are identical: the ranges, curves and compensation see one input; give representative samples");
         return lines;
     }

@@ -365,10 +365,11 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 sessionClock.Stop();
                 var floatWeights = cut.Layers.ToDictionary(l => l,
                     l => _model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray());
-                var runner = new CutRunner(sessions[0], cut, cache, _features, energy, floatWeights, runClock, keep: !exact);
-                // Each worker times itself; the clock of the stage is the wall time of the parallel section.
-                var exactRunners = !exact ? [] : sessions.Select(session =>
-                    new CutRunner(session, cut, cache, _features, energy, floatWeights, new System.Diagnostics.Stopwatch(), keep: false)).ToArray();
+                // One runner per session. Exact curves run them in parallel: each times itself, and the clock of the
+                // stage is the wall time of the parallel section.
+                var runners = sessions.Select(session => new CutRunner(session, cut, cache, _features, energy, floatWeights,
+                    exact ? new System.Diagnostics.Stopwatch() : runClock, keep: !exact)).ToArray();
+                var runner = runners[0];
                 foreach (var layer in cut.Layers)
                 {
                     var rows = exact ? null : _rows[layer];
@@ -441,10 +442,10 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                                 runClock.Start();
                                 try
                                 {
-                                    Parallel.For(0, exactRunners.Length, new ParallelOptions { MaxDegreeOfParallelism = exactRunners.Length }, worker =>
+                                    Parallel.For(0, runners.Length, new ParallelOptions { MaxDegreeOfParallelism = runners.Length }, worker =>
                                     {
-                                        for (var s = worker; s < _samples; s += exactRunners.Length)
-                                            distortions[s] = exactRunners[worker].Run(s, layer, w, false).Distortion;
+                                        for (var s = worker; s < _samples; s += runners.Length)
+                                            distortions[s] = runners[worker].Run(s, layer, w, false).Distortion;
                                     });
                                 }
                                 catch (AggregateException e) when (e.InnerExceptions.Count > 0)
