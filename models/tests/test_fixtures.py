@@ -78,3 +78,21 @@ def test_maskrcnn_fixture_graph():
     with np.load(os.path.join(FIXTURES, "maskrcnn_swin_small.reference.npz")) as ref:
         assert sorted(ref.files) == sorted(("images",) + MASKRCNN_OUTPUTS)
         assert ref["masks"].shape[1:] == (1, 128, 128) and ref["boxes"].shape[1] == 4
+
+
+def test_large_eval_set_begins_with_the_committed_eval_set(tmp_path):
+    # make_eval_set.py's larger set must extend models/data/eval.npz, so figures on either are on the same split.
+    import subprocess
+    import sys
+    models = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, os.path.join(models, "make_eval_set.py"), "--count", "110", "--out", str(tmp_path)],
+                   check=True)
+    with np.load(tmp_path / "eval110.npz") as big, np.load(os.path.join(models, "data", "eval.npz")) as small:
+        assert big["images"].shape == (110,) + small["images"].shape[1:]
+        assert np.array_equal(big["images"][:100], small["images"])
+        assert list(big["image_ids"]) == list(range(1, 111))
+    coco = json.loads((tmp_path / "eval110.json").read_text(encoding="utf-8"))
+    with open(os.path.join(models, "data", "eval.json"), encoding="utf-8") as f:
+        committed = json.load(f)
+    assert [a for a in coco["annotations"] if a["image_id"] <= 100] == committed["annotations"]
+    assert len(coco["images"]) == 110
