@@ -51,20 +51,22 @@ internal static class TestCalibration
         return clone;
     }
 
-    /// <summary>The compiler's metric computed independently in double: sum over features of ||q - f||^2 / ||f||^2.</summary>
+    /// <summary>The compiler's metric computed independently in double: sum over features of ||q - f||^2 / ||f - mean(f)||^2.</summary>
     public static double RelativeError(float[][] reference, float[][] perturbed)
     {
         double total = 0;
         for (var f = 0; f < reference.Length; f++)
         {
-            double error = 0, energy = 0;
+            // Two passes (mean, then squared deviations), not the compiler's running sums.
+            var mean = reference[f].Average(v => (double)v);
+            double error = 0, variation = 0;
             for (var i = 0; i < reference[f].Length; i++)
             {
                 var d = (double)perturbed[f][i] - reference[f][i];
                 error += d * d;
-                energy += (double)reference[f][i] * reference[f][i];
+                variation += (reference[f][i] - mean) * (reference[f][i] - mean);
             }
-            total += error / energy;
+            total += error / variation;
         }
         return total;
     }

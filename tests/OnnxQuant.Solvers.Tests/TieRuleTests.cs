@@ -61,15 +61,21 @@ public class TieRuleTests
     }
 
     [Fact]
-    public void SnappingCostsTheDetrAllocationsLessThanOnePartInTenThousand()
+    public void SnappingCostsTheDetrAllocationsWithinTheirBoundAndUnderOnePartInAThousand()
     {
-        // Predicted distortion (curves as given) of the DP on the tie grid vs the exact DP to the last digit.
+        // Predicted distortion (curves as given) of the DP on the tie grid vs the exact DP to the last digit. A value
+        // moves by at most step sqrt(D) + step^2/4 on the grid, so the tied optimum is above the exact one by at most
+        // the moves of both allocations' values; on these curves the largest cost is 2.5e-4 (relative, target 6).
         var curves = DetrCurves();
         foreach (var target in Targets)
         {
-            var exact = new DpAllocator().Solve(Problem(curves, target, 0)).PredictedDistortion;
-            var tied = new DpAllocator().Solve(Problem(curves, target, TieRule.DefaultTolerance)).PredictedDistortion;
-            Assert.InRange(tied, exact, exact * (1 + 1e-4));
+            var exact = new DpAllocator().Solve(Problem(curves, target, 0));
+            var problem = Problem(curves, target, TieRule.DefaultTolerance);
+            var tied = new DpAllocator().Solve(problem);
+            var step = problem.TieStep;
+            var bound = exact.Units.Concat(tied.Units).Sum(u => step * Math.Sqrt(u.Distortion) + step * step / 4);
+            Assert.InRange(tied.PredictedDistortion, exact.PredictedDistortion, exact.PredictedDistortion + bound);
+            Assert.InRange(tied.PredictedDistortion, exact.PredictedDistortion, exact.PredictedDistortion * (1 + 1e-3));
         }
     }
 

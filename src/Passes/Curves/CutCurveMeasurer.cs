@@ -92,8 +92,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     private readonly List<QuantLayer> _layers;
     private readonly Dictionary<string, List<LayerInputRows>> _rowsByActivation = new(StringComparer.Ordinal);
     private readonly Dictionary<QuantLayer, LayerInputRows> _rows = [];
-    private readonly double[] _energy;
-    private readonly int[] _energySamples;
+    private readonly FeatureEnergy[] _energy;
     private readonly bool _measure;
     private readonly int _cacheSamples;
     private readonly IReadOnlyList<GraphCut> _segments = [];
@@ -118,8 +117,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         _threads = threads;
         _settings = settings ?? GainSettings.Default;
         _layers = units.Select(u => u.Layer).Distinct().ToList();
-        _energy = new double[features.Count];
-        _energySamples = new int[features.Count];
+        _energy = features.Select(_ => new FeatureEnergy()).ToArray();
         _measure = measure;
         _cache = new ActivationCache(_settings.CacheMemoryBytes);
         // Known (cached or pinned) curves fetch the same tensors from the calibration pass as a measurement, and drop
@@ -298,10 +296,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 r.Add(values, shape, firstSample, count);
         for (var f = 0; f < _features.Count; f++)
             if (_features[f] == tensor)
-            {
-                _energy[f] += SumOfSquares(values);
-                _energySamples[f] += count;
-            }
+                _energy[f].Add(values, count);
     }
 
     /// <summary>Measures every unit's curve. In gain mode the calibration pass must have run with this object as its tap.</summary>
@@ -328,16 +323,14 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         var energy = new double[_features.Count];
         for (var f = 0; f < _features.Count; f++)
         {
-            if (!exact && _energySamples[f] > 0)
-                energy[f] = _energy[f] / _energySamples[f];
-            else
+            var e = _energy[f];
+            if (exact || e.Samples == 0)
             {
+                e = new FeatureEnergy();
                 for (var s = 0; s < cacheSamples; s++)
-                    energy[f] += SumOfSquares(cache.Get(_features[f], s).ToFloats());
-                energy[f] /= cacheSamples;
+                    e.Add(cache.Get(_features[f], s).ToFloats(), 1);
             }
-            if (energy[f] == 0)
-                energy[f] = 1; // an all-zero feature: fall back to the absolute squared error
+            energy[f] = e.PerSample;
         }
 
         var exactWorkers = Math.Clamp(_threads > 0 ? _threads : Environment.ProcessorCount, 1, Math.Min(MaxExactSessions, Math.Max(1, _samples)));
@@ -592,7 +585,6 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         return (g, se / g);
     }
 
-    private static double SumOfSquares(float[] values) => FeatureMetric.SquaredDistance(values, new float[values.Length]);
 
     private static double Round3(double v) => double.IsFinite(v) ? Math.Round(v, 3) : v;
 

@@ -22,7 +22,8 @@ public sealed record FeatureOptions : IStageOptions
 
     public IEnumerable<OptionEntry> Manifest() => [new("features", string.Join(",", Features))];
 
-    public IEnumerable<string> CurveKey() => ["features=" + string.Join(",", Features)];
+    // The metric's denominator is part of what a curve measures: curves cached under the uncentered one differ.
+    public IEnumerable<string> CurveKey() => ["features=" + string.Join(",", Features), "metric=centered"];
 }
 
 /// <summary>Which layers are quantized and how they are cut into allocation units.</summary>

@@ -222,9 +222,10 @@ public class SpeedRewriterTests
             Assert.True(deploy.IntegerKernels >= report.Layers.Count, $"{deploy.IntegerKernels} integer kernels for {report.Layers.Count} layers");
             // The cost is the speed artifact's measured distortion minus the size target's, both on the same samples.
             Assert.Equal(report.Distortion.Measured - deploy.SizeMeasured, deploy.ActivationCost(report.Distortion.Measured), 12);
-            // The detector measures 5.6e-5 for the size target; the speed target adds its activation quantization.
-            Assert.InRange(deploy.SizeMeasured, 0, 5e-4);
-            Assert.InRange(report.Distortion.Measured, 0, 5e-3);
+            // The detector measures 7.6e-4 for the size target and 8.6e-4 for the speed target, which adds its activation
+            // quantization (against each feature's variation; its box-like outputs carry large offsets).
+            Assert.InRange(deploy.SizeMeasured, 0, 5e-3);
+            Assert.InRange(report.Distortion.Measured, 0, 1e-2);
 
             using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "out", "manifest.json")));
             var entries = manifest.RootElement.GetProperty("options");

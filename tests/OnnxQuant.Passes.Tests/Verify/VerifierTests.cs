@@ -69,6 +69,48 @@ public class VerifierTests
     }
 
     [Fact]
+    public void AnOffsetOnTheFeatureDoesNotChangeTheMeasuredDistortion()
+    {
+        // y = x W + 5: scaling W by 1.01 moves y by 0.01 x W whatever the offset, and the offset is no variation, so
+        // the measure is the offset-free model's (an uncentered norm would divide it by about 25 / ||x W||^2 + 1).
+        Model Linear(float offset)
+        {
+            var net = new Net(opset: 17, seed: 14);
+            var x = net.BatchInput("x", 24);
+            var y = net.Op("Add", [net.Op("MatMul", [x, net.Random("w", [24, 10], 0.5f)]), net.Init("offset", [1], [offset])]);
+            y.Name = "y";
+            net.Output(y);
+            return net.Model;
+        }
+        var plain = Verifier(Linear(0), ["y"]).Measure(Scaled(Linear(0), "w", 1.01));
+        var shifted = Verifier(Linear(5), ["y"]).Measure(Scaled(Linear(5), "w", 1.01));
+        Assert.InRange(plain, 0.9e-4, 1.1e-4);
+        // float32 features around 5 carry about 5e-7 absolute rounding: 1e-3 relative of a 1e-4 measure.
+        Assert.True(Math.Abs(shifted - plain) <= 1e-3 * plain, $"offset 5: {shifted:R}, no offset: {plain:R}");
+    }
+
+    [Fact]
+    public void FeatureEnergyIsTheVariationWithFallbacksForConstantFeatures()
+    {
+        var values = Net.RandomData(1000, seed: 9).Select(v => v + 1000f).ToArray();
+        var mean = values.Average(v => (double)v);
+        var expected = values.Sum(v => (v - mean) * (v - mean));
+        var energy = new OnnxQuant.Passes.Measurement.FeatureEnergy();
+        energy.Add(values.AsSpan(0, 400), 2);
+        energy.Add(values.AsSpan(400), 3);
+        Assert.Equal(5, energy.Samples);
+        // An offset of 1000 on a spread of about 1: the running sums lose about 1e-10 relative in double.
+        Assert.True(Math.Abs(energy.Total - expected) <= 1e-6 * expected, $"{energy.Total:R} against {expected:R}");
+        Assert.Equal(energy.Total / 5, energy.PerSample, 12);
+        var constant = new OnnxQuant.Passes.Measurement.FeatureEnergy();
+        constant.Add(Enumerable.Repeat(3f, 50).ToArray(), 1);
+        Assert.Equal(450.0, constant.Total, 9);
+        var zero = new OnnxQuant.Passes.Measurement.FeatureEnergy();
+        zero.Add(new float[50], 1);
+        Assert.Equal(1.0, zero.Total);
+    }
+
+    [Fact]
     public void IntermediateTensorsAreMeasuredAsFeatures()
     {
         var model = TwoLayers();
