@@ -19,7 +19,14 @@ public static class CocoEvaluator
     // The distance from 1.0 to the next double, added to precision's denominator as the reference does.
     private const double Epsilon = 2.220446049250313e-16;
 
-    public static CocoMetrics Evaluate(CocoDataset groundTruth, IReadOnlyList<Detection> detections, IouType iouType, CocoParams? parameters = null)
+    public static CocoMetrics Evaluate(CocoDataset groundTruth, IReadOnlyList<Detection> detections, IouType iouType, CocoParams? parameters = null) =>
+        Match(groundTruth, detections, iouType, parameters).Metrics();
+
+    /// <summary>
+    /// The per-image matching of <see cref="Evaluate"/> (the expensive part), kept so that metrics over weighted or
+    /// resampled images (<see cref="CocoMatches.Ap"/>, <see cref="PairedBootstrap"/>) need no second matching.
+    /// </summary>
+    public static CocoMatches Match(CocoDataset groundTruth, IReadOnlyList<Detection> detections, IouType iouType, CocoParams? parameters = null)
     {
         var p = parameters ?? new CocoParams();
         var imageIds = groundTruth.Images.Select(i => i.Id).Order().ToArray();
@@ -65,62 +72,11 @@ public static class CocoEvaluator
                 evaluated[k, a, i] = MatchImage(d, g, ious, p.AreaRanges[a], iouType, p.IouThresholds);
         }
 
-        // precision[t, r, k, a, m] and recall[t, k, a, m]; -1 = undefined (no ground truth).
-        var precision = new double[nT, nR, nCats, nA, nM];
-        var recall = new double[nT, nCats, nA, nM];
-        Fill(precision, -1);
-        Fill(recall, -1);
-        for (var k = 0; k < nCats; k++)
-        for (var a = 0; a < nA; a++)
-        for (var m = 0; m < nM; m++)
-            Accumulate(evaluated, k, a, m, p, precision, recall, nImages);
-
-        double? Ap(int a, int m, double? iou = null, int? category = null)
-        {
-            double sum = 0;
-            long n = 0;
-            for (var t = 0; t < nT; t++)
-            {
-                if (iou is { } thr && Math.Abs(p.IouThresholds[t] - thr) > 1e-9)
-                    continue;
-                for (var r = 0; r < nR; r++)
-                for (var k = 0; k < nCats; k++)
-                {
-                    if (category is { } only && only != k)
-                        continue;
-                    var v = precision[t, r, k, a, m];
-                    if (v > -1) { sum += v; n++; }
-                }
-            }
-            return n == 0 ? null : sum / n;
-        }
-
-        double? Ar(int a, int m)
-        {
-            double sum = 0;
-            long n = 0;
-            for (var t = 0; t < nT; t++)
-            for (var k = 0; k < nCats; k++)
-            {
-                var v = recall[t, k, a, m];
-                if (v > -1) { sum += v; n++; }
-            }
-            return n == 0 ? null : sum / n;
-        }
-
-        // The summary always reads the default ranges by position: all, small, medium, large; maxDets 1, 10, 100.
-        int last = nM - 1, mid = Math.Min(1, last);
-        var perCategory = categories.Select((c, k) => new CategoryAp(c.Id, c.Name, Ap(0, last, category: k))).ToList();
-        return new CocoMetrics(
-            Ap(0, last), Ap(0, last, 0.5), Ap(0, last, 0.75),
-            Ap(Math.Min(1, nA - 1), last), Ap(Math.Min(2, nA - 1), last), Ap(Math.Min(3, nA - 1), last),
-            Ar(0, 0), Ar(0, mid), Ar(0, last),
-            Ar(Math.Min(1, nA - 1), last), Ar(Math.Min(2, nA - 1), last), Ar(Math.Min(3, nA - 1), last),
-            perCategory);
+        return new CocoMatches(evaluated, imageIds, categories, p);
     }
 
     /// <summary>Matching of one image and category in one area range, at every IoU threshold.</summary>
-    private sealed class ImageResult(double[] scores, bool[,] matched, bool[,] ignored, int countedGt)
+    internal sealed class ImageResult(double[] scores, bool[,] matched, bool[,] ignored, int countedGt)
     {
         /// <summary>Scores of the detections, best first.</summary>
         public double[] Scores { get; } = scores;
@@ -210,9 +166,13 @@ public static class CocoEvaluator
         return new ImageResult(dets.Select(d => d.Score).ToArray(), matched, ignored, gtIgnored.Count(x => !x));
     }
 
-    private static void Accumulate(ImageResult?[,,] evaluated, int k, int a, int m, CocoParams p,
-        double[,,,,] precision, double[,,,] recall, int nImages)
+    /// <param name="weights">Times each image counts (null = once).</param>
+    /// <param name="outArea">Index of the area range in the outputs (default: <paramref name="a"/>).</param>
+    /// <param name="outMax">Index of the detection limit in the outputs (default: <paramref name="m"/>).</param>
+    internal static void Accumulate(ImageResult?[,,] evaluated, int k, int a, int m, CocoParams p,
+        double[,,,,] precision, double[,,,] recall, int nImages, int[]? weights, int? outArea = null, int? outMax = null)
     {
+        int oa = outArea ?? a, om = outMax ?? m;
         var maxDet = p.MaxDetections[m];
         var entries = new List<(double Score, int Image, int Det)>();
         var counted = 0;
@@ -220,10 +180,10 @@ public static class CocoEvaluator
         for (var i = 0; i < nImages; i++)
         {
             var e = evaluated[k, a, i];
-            if (e is null)
+            if (e is null || weights is { } ws && ws[i] == 0)
                 continue;
             any = true;
-            counted += e.CountedGt;
+            counted += e.CountedGt * (weights?[i] ?? 1);
             for (var d = 0; d < Math.Min(maxDet, e.Scores.Length); d++)
                 entries.Add((e.Scores[d], i, d));
         }
@@ -242,12 +202,13 @@ public static class CocoEvaluator
                 var e = evaluated[k, a, i]!;
                 if (e.Ignored[t, d])
                     continue;
-                if (e.Matched[t, d]) tp++;
-                else fp++;
+                var copies = weights?[i] ?? 1;
+                if (e.Matched[t, d]) tp += copies;
+                else fp += copies;
                 rc.Add(tp / counted);
                 pr.Add(tp / (tp + fp + Epsilon));
             }
-            recall[t, k, a, m] = rc.Count > 0 ? rc[^1] : 0;
+            recall[t, k, oa, om] = rc.Count > 0 ? rc[^1] : 0;
             // Interpolated precision: the best precision at any recall at least as high.
             for (var j = pr.Count - 1; j > 0; j--)
                 if (pr[j] > pr[j - 1])
@@ -258,20 +219,130 @@ public static class CocoEvaluator
                 // First detection whose recall reaches the threshold; precision 0 when recall never gets there.
                 while (pos < rc.Count && rc[pos] < p.RecallThresholds[r])
                     pos++;
-                precision[t, r, k, a, m] = pos < rc.Count ? pr[pos] : 0;
+                precision[t, r, k, oa, om] = pos < rc.Count ? pr[pos] : 0;
             }
         }
     }
 
-    private static void Fill(double[,,,,] array, double value)
+    internal static void Fill(double[,,,,] array, double value)
     {
         if (array.Length > 0)
             System.Runtime.InteropServices.MemoryMarshal.CreateSpan(ref array[0, 0, 0, 0, 0], array.Length).Fill(value);
     }
 
-    private static void Fill(double[,,,] array, double value)
+    internal static void Fill(double[,,,] array, double value)
     {
         if (array.Length > 0)
             System.Runtime.InteropServices.MemoryMarshal.CreateSpan(ref array[0, 0, 0, 0], array.Length).Fill(value);
     }
+}
+
+/// <summary>
+/// Detections matched to the ground truth per image, category and area range (<see cref="CocoEvaluator.Match"/>):
+/// the full summary, or AP with each image counted a given number of times, as a resample of the images would.
+/// </summary>
+public sealed class CocoMatches
+{
+    private readonly CocoEvaluator.ImageResult?[,,] _evaluated;
+    private readonly CocoCategory[] _categories;
+    private readonly CocoParams _params;
+
+    internal CocoMatches(CocoEvaluator.ImageResult?[,,] evaluated, long[] imageIds, CocoCategory[] categories, CocoParams parameters)
+    {
+        _evaluated = evaluated;
+        ImageIds = imageIds;
+        _categories = categories;
+        _params = parameters;
+    }
+
+    /// <summary>The images in the order weights refer to them (ascending id).</summary>
+    public IReadOnlyList<long> ImageIds { get; }
+
+    /// <summary>
+    /// AP (IoU 0.50:0.95, all areas, the most detections) with image i counted <paramref name="weights"/>[i] times
+    /// (0 leaves it out): its objects count that many times and its detections enter the ranking that many times, in
+    /// one step each, which gives the same precision at every recall point as that many copies of the image. Null
+    /// when no counted object remains.
+    /// </summary>
+    public double? Ap(ReadOnlySpan<int> weights)
+    {
+        if (weights.Length != ImageIds.Count)
+            throw new ArgumentException($"{weights.Length} weights for {ImageIds.Count} images", nameof(weights));
+        var p = _params;
+        int nT = p.IouThresholds.Count, nR = p.RecallThresholds.Count, nCats = _categories.Length, last = p.MaxDetections.Count - 1;
+        var precision = new double[nT, nR, nCats, 1, 1];
+        var recall = new double[nT, nCats, 1, 1];
+        CocoEvaluator.Fill(precision, -1);
+        CocoEvaluator.Fill(recall, -1);
+        var w = weights.ToArray();
+        for (var k = 0; k < nCats; k++)
+            CocoEvaluator.Accumulate(_evaluated, k, 0, last, p, precision, recall, ImageIds.Count, w, outArea: 0, outMax: 0);
+        double sum = 0;
+        long n = 0;
+        foreach (var v in precision)
+            if (v > -1) { sum += v; n++; }
+        return n == 0 ? null : sum / n;
+    }
+
+    /// <summary>The twelve COCO numbers and per-category AP, every image counted once.</summary>
+    public CocoMetrics Metrics()
+    {
+        var p = _params;
+        var categories = _categories;
+        int nImages = ImageIds.Count, nCats = categories.Length;
+        int nT = p.IouThresholds.Count, nR = p.RecallThresholds.Count, nA = p.AreaRanges.Count, nM = p.MaxDetections.Count;
+        // precision[t, r, k, a, m] and recall[t, k, a, m]; -1 = undefined (no ground truth).
+        var precision = new double[nT, nR, nCats, nA, nM];
+        var recall = new double[nT, nCats, nA, nM];
+        CocoEvaluator.Fill(precision, -1);
+        CocoEvaluator.Fill(recall, -1);
+        for (var k = 0; k < nCats; k++)
+        for (var a = 0; a < nA; a++)
+        for (var m = 0; m < nM; m++)
+            CocoEvaluator.Accumulate(_evaluated, k, a, m, p, precision, recall, nImages, null);
+
+        double? Ap(int a, int m, double? iou = null, int? category = null)
+        {
+            double sum = 0;
+            long n = 0;
+            for (var t = 0; t < nT; t++)
+            {
+                if (iou is { } thr && Math.Abs(p.IouThresholds[t] - thr) > 1e-9)
+                    continue;
+                for (var r = 0; r < nR; r++)
+                for (var k = 0; k < nCats; k++)
+                {
+                    if (category is { } only && only != k)
+                        continue;
+                    var v = precision[t, r, k, a, m];
+                    if (v > -1) { sum += v; n++; }
+                }
+            }
+            return n == 0 ? null : sum / n;
+        }
+
+        double? Ar(int a, int m)
+        {
+            double sum = 0;
+            long n = 0;
+            for (var t = 0; t < nT; t++)
+            for (var k = 0; k < nCats; k++)
+            {
+                var v = recall[t, k, a, m];
+                if (v > -1) { sum += v; n++; }
+            }
+            return n == 0 ? null : sum / n;
+        }
+
+        // The summary always reads the default ranges by position: all, small, medium, large; maxDets 1, 10, 100.
+        int last = nM - 1, mid = Math.Min(1, last);
+        var perCategory = categories.Select((c, k) => new CategoryAp(c.Id, c.Name, Ap(0, last, category: k))).ToList();
+        return new CocoMetrics(
+            Ap(0, last), Ap(0, last, 0.5), Ap(0, last, 0.75),
+            Ap(Math.Min(1, nA - 1), last), Ap(Math.Min(2, nA - 1), last), Ap(Math.Min(3, nA - 1), last),
+            Ar(0, 0), Ar(0, mid), Ar(0, last),
+            Ar(Math.Min(1, nA - 1), last), Ar(Math.Min(2, nA - 1), last), Ar(Math.Min(3, nA - 1), last),
+            perCategory);
+    }
+
 }

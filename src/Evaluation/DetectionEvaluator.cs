@@ -13,8 +13,13 @@ public sealed record EvaluationOptions
     public int BatchSize { get; init; } = 8;
 }
 
-/// <summary>Box metrics, mask metrics (null when the model or the annotations have no masks) and what was run.</summary>
-public sealed record EvaluationResult(CocoMetrics Bbox, CocoMetrics? Segm, DecoderKind Decoder, int ImageCount, int DetectionCount);
+/// <summary>Box metrics, mask metrics (null when the model or the annotations have no masks) and what was run, with
+/// the matchings behind them (for <see cref="PairedBootstrap"/>).</summary>
+public sealed record EvaluationResult(CocoMatches BboxMatches, CocoMatches? SegmMatches, DecoderKind Decoder, int ImageCount, int DetectionCount)
+{
+    public CocoMetrics Bbox { get; } = BboxMatches.Metrics();
+    public CocoMetrics? Segm { get; } = SegmMatches?.Metrics();
+}
 
 /// <summary>
 /// Runs a detection model over a dataset in ONNX Runtime batch by batch, decodes each batch's outputs into COCO
@@ -70,9 +75,9 @@ public static class DetectionEvaluator
         var evaluated = images.Select(i => i.Id).ToHashSet();
         var subset = new CocoDataset(images.OrderBy(i => i.Id).ToList(), groundTruth.Categories,
             groundTruth.Annotations.Where(a => evaluated.Contains(a.ImageId)).ToList());
-        var bbox = CocoEvaluator.Evaluate(subset, detections, IouType.Bbox);
+        var bbox = CocoEvaluator.Match(subset, detections, IouType.Bbox);
         var hasMasks = decoder.ProducesMasks && subset.Annotations.All(a => a.Segmentation is not null);
-        var segm = hasMasks ? CocoEvaluator.Evaluate(subset, detections, IouType.Segm) : null;
+        var segm = hasMasks ? CocoEvaluator.Match(subset, detections, IouType.Segm) : null;
         return new EvaluationResult(bbox, segm, decoder.Kind, count, detections.Count);
     }
 

@@ -85,6 +85,35 @@ public sealed class EvalCommandTests : IDisposable
     }
 
     [Fact]
+    public void BootstrapGivesAnIntervalAroundTheDifferenceAndNeedsASecondModel()
+    {
+        WriteDetrCase();
+        ModelIO.Save(EvalTestModels.Detr(Queries, Classes, cxShift: 0.08f), F("shifted.onnx"));
+        var (code, stdout, stderr) = Run("eval", F("detr.onnx"), "--vs", F("shifted.onnx"), "--data", F("data.npz"),
+            "--annotations", F("gt.json"), "--json", "--threads", "1", "--bootstrap", "50");
+        Assert.True(code == ExitCodes.Ok, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var delta = doc.RootElement.GetProperty("delta");
+        var b = delta.GetProperty("bootstrap").GetProperty("bbox");
+        Assert.Equal(delta.GetProperty("bbox").GetProperty("AP").GetDouble(), b.GetProperty("ap_difference").GetDouble(), 1e-12);
+        Assert.Equal(50, b.GetProperty("resamples").GetInt32());
+        // The shifted boxes score lower on both images, so on every resample of them.
+        Assert.InRange(b.GetProperty("ap_difference").GetDouble(), b.GetProperty("lower_95").GetDouble(), b.GetProperty("upper_95").GetDouble());
+        Assert.True(b.GetProperty("upper_95").GetDouble() < 0);
+        Assert.Equal(0.0, b.GetProperty("second_higher").GetDouble());
+
+        var (code2, table, _) = Run("eval", F("detr.onnx"), "--vs", F("shifted.onnx"), "--data", F("data.npz"),
+            "--annotations", F("gt.json"), "--threads", "1", "--bootstrap", "50");
+        Assert.Equal(ExitCodes.Ok, code2);
+        Assert.Contains("bbox AP shifted.onnx - detr.onnx: -0.7000, 95 % interval", table);
+        Assert.Contains("the interval excludes 0", table);
+
+        var (code3, _, error) = Run("eval", F("detr.onnx"), "--data", F("data.npz"), "--annotations", F("gt.json"), "--bootstrap", "50");
+        Assert.Equal(ExitCodes.BadInput, code3);
+        Assert.Contains("--vs", error);
+    }
+
+    [Fact]
     public void MaskRcnnReportsMaskAp()
     {
         const int m = 2;

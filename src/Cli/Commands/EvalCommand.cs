@@ -35,19 +35,29 @@ internal static class EvalCommand
         decoder.AcceptOnlyFromAmong("detr", "maskrcnn");
         var batch = new Option<int>("--batch") { Description = "Images per run for models with a free batch axis", DefaultValueFactory = _ => 8 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of tables" };
+        var bootstrap = new Option<int>("--bootstrap")
+        {
+            Description = "With --vs: resamples of the images (with replacement, fixed seed) for a 95 % interval of the AP difference; 0 = none",
+            DefaultValueFactory = _ => 0,
+        };
         var ep = RuntimeCliOptions.ExecutionProvider();
         var threads = RuntimeCliOptions.Threads();
         var ortLib = RuntimeCliOptions.OrtLib();
 
         var command = new Command("eval", "COCO AP, AP50, AP75 (boxes, and masks for Mask R-CNN) of a detection model on a dataset");
         command.Arguments.Add(model);
-        foreach (var option in new Option[] { data, annotations, vs, decoder, batch, json, ep, threads, ortLib })
+        foreach (var option in new Option[] { data, annotations, vs, decoder, batch, json, bootstrap, ep, threads, ortLib })
             command.Options.Add(option);
         command.SetAction(parse =>
         {
             var batchSize = parse.GetValue(batch);
             if (batchSize < 1)
                 throw new CliInputException($"--batch must be at least 1, got {batchSize}");
+            var resamples = parse.GetValue(bootstrap);
+            if (resamples < 0)
+                throw new CliInputException($"--bootstrap must be 0 (none) or a number of resamples, got {resamples}");
+            if (resamples > 0 && parse.GetValue(vs) is null)
+                throw new CliInputException("--bootstrap compares two models: give the second with --vs");
             var options = new EvaluationOptions
             {
                 BatchSize = batchSize,
@@ -81,17 +91,49 @@ internal static class EvalCommand
                 results.Add(new ModelEvaluation(path, result));
             }
 
+            var comparisons = resamples > 0 ? Compare(results, resamples) : [];
             var output = parse.InvocationConfiguration.Output;
             if (parse.GetValue(json))
-                output.WriteLine(JsonSerializer.Serialize(ToJson(results), JsonOptions));
+                output.WriteLine(JsonSerializer.Serialize(ToJson(results, comparisons), JsonOptions));
             else
+            {
                 WriteTables(results, output);
+                foreach (var c in comparisons)
+                    output.WriteLine(Describe(c, results));
+            }
             return ExitCodes.Ok;
         });
         return command;
     }
 
     private sealed record ModelEvaluation(string Path, EvaluationResult Result);
+
+    private sealed record Comparison(string Kind, BootstrapComparison Result);
+
+    // The second model against the first, per metric kind both have, on the same images.
+    private static List<Comparison> Compare(IReadOnlyList<ModelEvaluation> results, int resamples)
+    {
+        var (a, b) = (results[0].Result, results[1].Result);
+        var list = new List<Comparison> { new("bbox", PairedBootstrap.Compare(a.BboxMatches, b.BboxMatches, resamples)) };
+        if (a.SegmMatches is { } sa && b.SegmMatches is { } sb)
+            list.Add(new("segm", PairedBootstrap.Compare(sa, sb, resamples)));
+        return list;
+    }
+
+    private static string Describe(Comparison c, IReadOnlyList<ModelEvaluation> results)
+    {
+        var r = c.Result;
+        string S(double v) => v.ToString("+0.0000;-0.0000;0.0000", CultureInfo.InvariantCulture);
+        var verdict = r.Lower > 0 || r.Upper < 0
+            ? "the interval excludes 0: these images resolve the difference"
+            : "the interval includes 0: the difference is within what the choice of images moves";
+        var (second, first) = (Path.GetFileName(results[1].Path), Path.GetFileName(results[0].Path));
+        if (second == first)
+            (second, first) = (results[1].Path, results[0].Path);
+        return $"{c.Kind} AP {second} - {first}: {S(r.Difference)}, " +
+               $"95 % interval [{S(r.Lower)}, {S(r.Upper)}] over {r.Resamples} image resamples (seed {r.Seed}); higher on " +
+               $"{(100 * r.SecondHigher).ToString("0.#", CultureInfo.InvariantCulture)} % of them; {verdict}";
+    }
 
     /// <summary>
     /// Runs <paramref name="work"/> with progress on stderr: a live bar on a terminal, otherwise a plain line at
@@ -145,10 +187,19 @@ internal static class EvalCommand
         private static double? D(double? a, double? b) => a is { } x && b is { } y ? x - y : null;
     }
 
-    /// <summary>The --vs model's metrics minus the first model's.</summary>
+    /// <summary>The --vs model's metrics minus the first model's, and the bootstrap of the AP difference when asked.</summary>
     private sealed record DeltaJson(
         [property: JsonPropertyName("bbox")] MetricsJson Bbox,
-        [property: JsonPropertyName("segm")] MetricsJson? Segm);
+        [property: JsonPropertyName("segm")] MetricsJson? Segm,
+        [property: JsonPropertyName("bootstrap"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Dictionary<string, BootstrapJson>? Bootstrap);
+
+    private sealed record BootstrapJson(
+        [property: JsonPropertyName("ap_difference")] double Difference,
+        [property: JsonPropertyName("lower_95")] double Lower,
+        [property: JsonPropertyName("upper_95")] double Upper,
+        [property: JsonPropertyName("second_higher")] double SecondHigher,
+        [property: JsonPropertyName("resamples")] int Resamples,
+        [property: JsonPropertyName("seed")] int Seed);
 
     private sealed record VsJson(
         [property: JsonPropertyName("model")] string Model,
@@ -166,7 +217,7 @@ internal static class EvalCommand
         [property: JsonPropertyName("vs")] VsJson? Vs,
         [property: JsonPropertyName("delta")] DeltaJson? Delta);
 
-    private static EvalJson ToJson(IReadOnlyList<ModelEvaluation> results)
+    private static EvalJson ToJson(IReadOnlyList<ModelEvaluation> results, IReadOnlyList<Comparison> comparisons)
     {
         var a = results[0];
         var bbox = MetricsJson.From(a.Result.Bbox)!;
@@ -179,7 +230,9 @@ internal static class EvalCommand
             var bboxB = MetricsJson.From(b.Result.Bbox)!;
             var segmB = MetricsJson.From(b.Result.Segm);
             vs = new VsJson(b.Path, Name(b.Result.Decoder), bboxB, segmB);
-            delta = new DeltaJson(bboxB.Minus(bbox), segm is not null && segmB is not null ? segmB.Minus(segm) : null);
+            delta = new DeltaJson(bboxB.Minus(bbox), segm is not null && segmB is not null ? segmB.Minus(segm) : null,
+                comparisons.Count == 0 ? null : comparisons.ToDictionary(c => c.Kind, c => new BootstrapJson(
+                    c.Result.Difference, c.Result.Lower, c.Result.Upper, c.Result.SecondHigher, c.Result.Resamples, c.Result.Seed)));
         }
         return new EvalJson(a.Path, Name(a.Result.Decoder), a.Result.ImageCount, a.Result.DetectionCount, bbox, segm, vs, delta);
     }
