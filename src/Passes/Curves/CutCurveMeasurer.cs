@@ -585,7 +585,6 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         return (g, se / g);
     }
 
-
     private static double Round3(double v) => double.IsFinite(v) ? Math.Round(v, 3) : v;
 
     /// <summary>Runs the model once per missing sample with every cached tensor as an output.</summary>
