@@ -34,7 +34,7 @@ public static class CocoEvaluator
         var categoryIndex = categories.Select((c, i) => (c.Id, i)).ToDictionary(x => x.Id, x => x.i);
         var imageIndex = imageIds.Select((id, i) => (id, i)).ToDictionary(x => x.id, x => x.i);
         int nImages = imageIds.Length, nCats = categories.Length;
-        int nT = p.IouThresholds.Count, nR = p.RecallThresholds.Count, nA = p.AreaRanges.Count, nM = p.MaxDetections.Count;
+        var nA = p.AreaRanges.Count;
         var maxDet = p.MaxDetections.Max();
 
         var gts = new List<CocoAnnotation>?[nImages, nCats];
