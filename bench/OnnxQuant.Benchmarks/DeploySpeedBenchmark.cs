@@ -12,7 +12,7 @@ namespace OnnxQuant.Benchmarks;
 
 /// <summary>
 /// Ratio benchmark `deploy-speed`: compiles each model at W8A8 and W4-mixed (A8) for both deploy targets, then times
-/// the float model and the four artifacts in one process, alternating run by run (so machine load affects all alike),
+/// the float model and the four artifacts in one process, alternating in blocks of runs (so machine load affects all alike),
 /// at each thread count. Prints median latencies, the ratio float / quantized, weight bytes against float and the
 /// measured distortion. Models: a ResNet-18-shaped network built in code (<see cref="ResNetGraph"/>, 224x224),
 /// the bundled small DETR, and any `--model PATH --calib PATH` pair. Curves are `fast` (latency does not depend on
@@ -135,16 +135,7 @@ public static class DeploySpeedBenchmark
         try
         {
             var feeds = sessions.Select(s => RandomInputs.Create(RandomInputs.ResolveShapes(s.Inputs, new Dictionary<string, long[]>()), 0)).ToList();
-            for (var i = 0; i < 3; i++)
-                for (var m = 0; m < sessions.Count; m++)
-                    sessions[m].Run(feeds[m]);
-            var samples = sessions.Select(_ => new List<double>()).ToList();
-            for (var i = 0; i < runs; i++)
-                for (var m = 0; m < sessions.Count; m++)
-                {
-                    var (session, feed) = (sessions[m], feeds[m]);
-                    samples[m].Add(LatencyStats.TimeMs(() => session.Run(feed)));
-                }
+            var samples = AlternatingTimer.Time(sessions.Select((session, m) => (Action)(() => session.Run(feeds[m]))).ToList(), 3, runs);
             var medians = samples.Select(s => LatencyStats.From(s).MedianMs).ToList();
             // Columns in the table's order: W8 size, W8 speed, W4 size, W4 speed.
             string Cell(string variant)

@@ -60,3 +60,51 @@ public static class ProcessMemory
         return null;
     }
 }
+
+/// <summary>
+/// Times several models in one process in alternating turns, so that drift in the machine's load affects all alike,
+/// while each timed run finds its own model in the state repeated inference keeps it in. A model needs runs, not one
+/// run, to get there after another has run: on this project's 2-core machine the bundled small DETR's W8A8 artifact
+/// took about 12 runs to fall from 2.35 to 1.56 ms at one thread after the float model had run, and both models were
+/// up to 3 times slower for about 15 runs at two threads (the other session's worker threads still competing for the
+/// cores). Run-by-run alternation therefore times every run in that transient. Each turn starts with
+/// <c>settle</c> untimed runs; <c>block = 1, settle = 0</c> is run-by-run alternation.
+/// </summary>
+public static class AlternatingTimer
+{
+    /// <summary>Timed runs per model and turn unless the caller says otherwise.</summary>
+    public const int DefaultBlock = 20;
+
+    /// <summary>Untimed runs at the start of each turn unless the caller says otherwise.</summary>
+    public const int DefaultSettle = 20;
+
+    /// <summary>
+    /// Runs each model <paramref name="warmup"/> times untimed, then times <paramref name="runs"/> runs of each in turns
+    /// of <paramref name="block"/> timed runs (models in order), each turn after <paramref name="settle"/> untimed runs
+    /// when there is more than one model. Returns the milliseconds of every timed run, per model, in run order.
+    /// </summary>
+    public static IReadOnlyList<IReadOnlyList<double>> Time(IReadOnlyList<Action> models, int warmup, int runs,
+        int block = DefaultBlock, int settle = DefaultSettle)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(warmup);
+        ArgumentOutOfRangeException.ThrowIfNegative(settle);
+        ArgumentOutOfRangeException.ThrowIfLessThan(runs, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(block, 1);
+        foreach (var model in models)
+            for (var i = 0; i < warmup; i++)
+                model();
+        var samples = models.Select(_ => new List<double>(runs)).ToList();
+        for (var done = 0; done < runs; done += block)
+        {
+            var count = Math.Min(block, runs - done);
+            for (var m = 0; m < models.Count; m++)
+            {
+                for (var i = 0; models.Count > 1 && i < settle; i++)
+                    models[m]();
+                for (var i = 0; i < count; i++)
+                    samples[m].Add(LatencyStats.TimeMs(models[m]));
+            }
+        }
+        return samples;
+    }
+}

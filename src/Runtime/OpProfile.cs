@@ -51,8 +51,9 @@ public sealed record OpProfile(int Runs, double MsPerRun, IReadOnlyList<OpTime> 
 
     /// <summary>
     /// Profiles models under the same conditions: a fresh profiling session per model, <paramref name="warmup"/> runs
-    /// not counted, then <paramref name="runs"/> counted, the models alternating run by run so that a change in machine
-    /// load affects all alike. The trace files are deleted after reading.
+    /// not counted, then <paramref name="runs"/> counted, one model after the other: alternating run by run would start
+    /// every run with the other model's data in the caches and its threads still spinning, and a kernel's time is far
+    /// less exposed to drift in the machine's load than a run's. The trace files are deleted after reading.
     /// </summary>
     public static IReadOnlyList<OpProfile> Measure(IReadOnlyList<string> modelPaths, SessionOptions options,
         IReadOnlyList<IReadOnlyList<NamedTensor>> inputs, int runs, int warmup) =>
@@ -73,8 +74,8 @@ public sealed record OpProfile(int Runs, double MsPerRun, IReadOnlyList<OpTime> 
                 {
                     ProfilePrefix = Path.Combine(Path.GetTempPath(), $"onnxquant-profile-{Environment.ProcessId}-{Guid.NewGuid():N}"),
                 }));
-            for (var i = 0; i < warmup + runs; i++)
-                for (var m = 0; m < sessions.Count; m++)
+            for (var m = 0; m < sessions.Count; m++)
+                for (var i = 0; i < warmup + runs; i++)
                     sessions[m].Run(inputs[m], outputs);
             foreach (var session in sessions)
                 traces.Add(session.EndProfiling());

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using OnnxQuant.Cli;
+using OnnxQuant.Runtime;
 
 namespace OnnxQuant.Cli.Tests;
 
@@ -32,6 +33,7 @@ public sealed class BenchCommandTests : IDisposable
         var inputs = root.GetProperty("inputs").EnumerateArray().Select(i => i.GetProperty("name").GetString()!).ToArray();
         Assert.Equal(["x", "y"], inputs);
         Assert.False(root.TryGetProperty("ratio", out _));
+        Assert.False(root.TryGetProperty("turns", out _));
     }
 
     [Fact]
@@ -57,6 +59,9 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(Conv, vs.GetProperty("model").GetString());
         var expected = vs.GetProperty("median_ms").GetDouble() / root.GetProperty("median_ms").GetDouble();
         Assert.Equal(expected, root.GetProperty("ratio").GetDouble(), 0.01 * expected + 1e-3);
+        var turns = root.GetProperty("turns");
+        Assert.Equal(AlternatingTimer.DefaultBlock, turns.GetProperty("block").GetInt32());
+        Assert.Equal(AlternatingTimer.DefaultSettle, turns.GetProperty("settle").GetInt32());
         // The op-type profile of both models: the Add model runs one Add per run, the Conv model one Conv.
         var profiles = root.GetProperty("profiles").EnumerateArray().ToList();
         Assert.Equal([Add, Conv], profiles.Select(p => p.GetProperty("model").GetString()));
@@ -66,8 +71,9 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(1.0, addOps[0].GetProperty("nodes_per_run").GetDouble());
         Assert.Contains(profiles[1].GetProperty("ops").EnumerateArray(), o => o.GetProperty("op_type").GetString()!.Contains("Conv"));
 
-        var table = Run("bench", Add, "--vs", Conv, "--runs", "3", "--warmup", "0", "--threads", "1", "--profile-runs", "2");
+        var table = Run("bench", Add, "--vs", Conv, "--runs", "3", "--warmup", "0", "--threads", "1", "--profile-runs", "2", "--block", "1", "--settle", "0");
         Assert.Equal(ExitCodes.Ok, table.Code);
+        Assert.Contains("turns of 1 timed runs after 0 untimed", table.Out);
         Assert.Contains("latency ratio (median", table.Out);
         Assert.Contains("time per op type (ONNX Runtime profiler, 2 runs per model", table.Out);
         Assert.Contains("│ Add ", table.Out);
@@ -109,6 +115,8 @@ public sealed class BenchCommandTests : IDisposable
     [Theory]
     [InlineData("--runs", "0")]
     [InlineData("--warmup", "-1")]
+    [InlineData("--block", "0")]
+    [InlineData("--settle", "-1")]
     [InlineData("--threads", "-2")]
     [InlineData("--shape", "x=3x4x")]
     [InlineData("--shape", "nonexistent=1x2")]

@@ -17,6 +17,28 @@ public class MeasurementTests
     }
 
     [Fact]
+    public void AlternatingTimerTimesTurnsAfterUntimedSettleRuns()
+    {
+        var calls = new List<char>();
+        var samples = AlternatingTimer.Time([() => calls.Add('a'), () => calls.Add('b')], warmup: 1, runs: 5, block: 3, settle: 2);
+        Assert.Equal([5, 5], samples.Select(s => s.Count));
+        // Warm-up a, b; then turns of (2 untimed + 3 timed) per model, the last turn 2 timed.
+        Assert.Equal("ab" + "aaaaa" + "bbbbb" + "aaaa" + "bbbb", new string(calls.ToArray()));
+        Assert.All(samples.SelectMany(s => s), ms => Assert.True(ms >= 0));
+
+        calls.Clear();
+        AlternatingTimer.Time([() => calls.Add('a'), () => calls.Add('b')], warmup: 0, runs: 3, block: 1, settle: 0);
+        Assert.Equal("ababab", new string(calls.ToArray()));
+
+        // One model has nothing to recover from: no settle runs.
+        calls.Clear();
+        Assert.Equal(4, AlternatingTimer.Time([() => calls.Add('a')], warmup: 0, runs: 4, block: 2, settle: 7)[0].Count);
+        Assert.Equal(4, calls.Count);
+        Assert.Throws<ArgumentOutOfRangeException>(() => AlternatingTimer.Time([() => { }], 0, 1, block: 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => AlternatingTimer.Time([() => { }], 0, 1, settle: -1));
+    }
+
+    [Fact]
     public void ReadsResidentMemory()
     {
         var current = ProcessMemory.CurrentResidentBytes();

@@ -29,6 +29,17 @@ internal static class BenchCommand
             HelpName = "NAME=DxDx...",
         };
         var vs = new Option<string?>("--vs") { Description = "A second model to time alternately; prints the latency ratio", HelpName = "OTHER.onnx" };
+        var block = new Option<int>("--block")
+        {
+            Description = "With --vs: timed runs of one model per turn before the other takes its turn",
+            DefaultValueFactory = _ => AlternatingTimer.DefaultBlock,
+        };
+        var settle = new Option<int>("--settle")
+        {
+            Description = "With --vs: untimed runs at the start of each turn, while the model recovers from the other's run " +
+                          "(--block 1 --settle 0 alternates run by run)",
+            DefaultValueFactory = _ => AlternatingTimer.DefaultSettle,
+        };
         var seed = new Option<int>("--seed") { Description = "Seed of the random inputs", DefaultValueFactory = _ => 0 };
         var outputs = new Option<string[]>("--output")
         {
@@ -46,7 +57,7 @@ internal static class BenchCommand
 
         var command = new Command("bench", "Time a model in ONNX Runtime: median and p90 latency after warm-up, and peak memory");
         command.Arguments.Add(model);
-        foreach (var option in new Option[] { ep, threads, runs, warmup, shapes, vs, outputs, seed, json, profileRuns, ortLib })
+        foreach (var option in new Option[] { ep, threads, runs, warmup, block, settle, shapes, vs, outputs, seed, json, profileRuns, ortLib })
             command.Options.Add(option);
         command.SetAction(parse =>
         {
@@ -57,6 +68,12 @@ internal static class BenchCommand
                 throw new CliInputException($"--runs must be 1..{MaxRuns}, got {runCount}");
             if (warmupCount is < 0 or > MaxRuns)
                 throw new CliInputException($"--warmup must be 0..{MaxRuns}, got {warmupCount}");
+            var blockCount = parse.GetValue(block);
+            if (blockCount is < 1 or > MaxRuns)
+                throw new CliInputException($"--block must be 1..{MaxRuns}, got {blockCount}");
+            var settleCount = parse.GetValue(settle);
+            if (settleCount is < 0 or > MaxRuns)
+                throw new CliInputException($"--settle must be 0..{MaxRuns}, got {settleCount}");
             var profileCount = parse.GetValue(profileRuns);
             if (profileCount is < 0 or > MaxRuns)
                 throw new CliInputException($"--profile-runs must be 0..{MaxRuns}, got {profileCount}");
@@ -96,24 +113,15 @@ internal static class BenchCommand
                     }
                 }
 
-                // Alternate the models run by run so drift in machine load affects both alike.
-                for (var i = 0; i < warmupCount; i++)
-                    for (var m = 0; m < sessions.Count; m++)
-                        sessions[m].Run(feeds[m], fetched);
-                var samples = sessions.Select(_ => new List<double>(runCount)).ToList();
-                for (var i = 0; i < runCount; i++)
-                    for (var m = 0; m < sessions.Count; m++)
-                    {
-                        var (session, feed) = (sessions[m], feeds[m]);
-                        samples[m].Add(LatencyStats.TimeMs(() => session.Run(feed, fetched)));
-                    }
+                var samples = AlternatingTimer.Time(
+                    sessions.Select((session, m) => (Action)(() => session.Run(feeds[m], fetched))).ToList(), warmupCount, runCount, blockCount, settleCount);
 
                 // The profiler costs time per node, so its runs come after the timed ones, in sessions of their own.
                 var profiles = sessions.Count > 1 && profileCount > 0
                     ? OpProfile.Measure(open, options, feeds, profileCount, Math.Min(warmupCount, 2), fetched)
                     : null;
                 var results = sessions.Select((s, m) => new ModelResult(paths[m], LatencyStats.From(samples[m]), feeds[m], profiles?[m])).ToList();
-                var report = new BenchReport(results, runCount, warmupCount, options.IntraOpThreads, sessions[0].ActiveProvider,
+                var report = new BenchReport(results, runCount, warmupCount, sessions.Count > 1 ? new Turns(blockCount, settleCount) : null, options.IntraOpThreads, sessions[0].ActiveProvider,
                     options.Provider, ProcessMemory.PeakResidentBytes(), runtime.Version, fetched);
                 if (parse.GetValue(json))
                     parse.InvocationConfiguration.Output.WriteLine(JsonSerializer.Serialize(report.ToJson(), JsonOptions));
@@ -212,7 +220,7 @@ internal static class BenchCommand
 
     private sealed record ModelResult(string Path, LatencyStats Latency, IReadOnlyList<NamedTensor> Inputs, OpProfile? Profile);
 
-    private sealed record BenchReport(IReadOnlyList<ModelResult> Models, int Runs, int Warmup, int Threads,
+    private sealed record BenchReport(IReadOnlyList<ModelResult> Models, int Runs, int Warmup, Turns? Turns, int Threads,
         ExecutionProvider ActiveProvider, ExecutionProvider RequestedProvider, long PeakRssBytes, string OrtVersion,
         IReadOnlyList<string>? Outputs = null)
     {
@@ -222,7 +230,7 @@ internal static class BenchCommand
         public BenchJson ToJson()
         {
             var first = Models[0];
-            return new BenchJson(first.Path, Name(ActiveProvider), Name(RequestedProvider), Runs, Warmup, Threads,
+            return new BenchJson(first.Path, Name(ActiveProvider), Name(RequestedProvider), Runs, Warmup, Turns, Threads,
                 Round(first.Latency.MedianMs), Round(first.Latency.P90Ms), Round(first.Latency.MeanMs), Round(first.Latency.MinMs),
                 Math.Round(PeakRssBytes / 1048576.0, 1), OrtVersion,
                 first.Inputs.Select(i => new InputJson(i.Name, i.Data.DataType.ToString(), i.Data.Shape)).ToList(),
@@ -240,6 +248,9 @@ internal static class BenchCommand
 
     private static double Round(double ms) => Math.Round(ms, 4);
 
+    /// <summary>How the models alternated: timed runs per turn, untimed runs starting each turn.</summary>
+    private sealed record Turns(int Block, int Settle);
+
     private sealed record InputJson(string Name, string Type, long[] Shape);
 
     private sealed record VsJson(string Model, double MedianMs, double P90Ms, double MeanMs);
@@ -248,7 +259,7 @@ internal static class BenchCommand
 
     private sealed record ProfileJson(string Model, int Runs, double MsPerRun, IReadOnlyList<OpJson> Ops);
 
-    private sealed record BenchJson(string Model, string Ep, string EpRequested, int Runs, int Warmup, int Threads,
+    private sealed record BenchJson(string Model, string Ep, string EpRequested, int Runs, int Warmup, Turns? Turns, int Threads,
         double MedianMs, double P90Ms, double MeanMs, double MinMs, double PeakRssMb, string OrtVersion,
         IReadOnlyList<InputJson> Inputs, VsJson? Vs, double? Ratio, IReadOnlyList<ProfileJson>? Profiles, IReadOnlyList<string>? Outputs);
 
@@ -268,7 +279,8 @@ internal static class BenchCommand
                 F(m.Latency.MinMs), m.Latency.Runs.ToString(CultureInfo.InvariantCulture));
         console.Write(table);
         var threads = report.Threads == 0 ? "ONNX Runtime default" : report.Threads.ToString(CultureInfo.InvariantCulture);
-        console.WriteLine($"ONNX Runtime {report.OrtVersion}, threads: {threads}, warm-up runs: {report.Warmup}");
+        var turns = report.Turns is { } t ? $", turns of {t.Block} timed runs after {t.Settle} untimed" : "";
+        console.WriteLine($"ONNX Runtime {report.OrtVersion}, threads: {threads}, warm-up runs: {report.Warmup}{turns}");
         if (report.Outputs is { } timed)
             console.WriteLine($"timed up to: {string.Join(", ", timed)} (only what they need runs)");
         console.WriteLine($"peak resident memory: {report.PeakRssBytes / 1048576.0:F1} MiB");
