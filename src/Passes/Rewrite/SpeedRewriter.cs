@@ -151,8 +151,9 @@ public static class SpeedRewriter
             storage.Add(new LayerStorage(layer.Name, "qdq", DataType.Int8, plan.MaxBits, layer.Size, ideal, weightBytes + biasBytes, floatBytes));
         }
 
+        var integerNodes = new HashSet<Node>(region.Nodes, ReferenceEqualityComparer.Instance);
         foreach (var tensor in region.Tensors.Where(region.Quantized.Contains))
-            InsertPair(graph, tensor, parameters[tensor]);
+            InsertPair(graph, tensor, parameters[tensor], FloatProduced(tensor, integerNodes) ? integerNodes : null);
         ReshapeChains.Collapse(graph);
 
         var opset = Math.Max(13, model.OpsetImports.Default ?? 13);
@@ -454,8 +455,28 @@ public static class SpeedRewriter
         return output;
     }
 
-    /// <summary>Q then DQ on a tensor; every reader of the tensor (a graph output too) reads the DQ.</summary>
-    private static void InsertPair(Graph graph, Value tensor, (Value Scale, Value Zero, float S) p)
+    /// <summary>
+    /// Whether a float kernel computes <paramref name="tensor"/>: a graph input or the output of an op outside the
+    /// integer region. Such a tensor exists in float whatever is quantized, so its float readers can keep it. The output
+    /// of an integer kernel (or of the Relu its zero point absorbs) exists only as uint8 once ONNX Runtime fuses the
+    /// quantization into the kernel, and a float reader of it would undo that fusion.
+    /// </summary>
+    private static bool FloatProduced(Value tensor, HashSet<Node> integerNodes)
+    {
+        if (tensor.Producer is not { } producer)
+            return true;
+        if (integerNodes.Contains(producer))
+            return false;
+        return !(producer.OpType == "Relu" && producer.Inputs[0]?.Producer is { } layer && integerNodes.Contains(layer));
+    }
+
+    /// <summary>
+    /// Q then DQ on a tensor. Every reader of the tensor (a graph output too) reads the DQ, unless
+    /// <paramref name="integerReaders"/> is given (the tensor is computed in float, see <see cref="FloatProduced"/>): then
+    /// only those read the DQ, and float readers (a residual Add, a LayerNormalization, a graph output) keep the exact
+    /// value, without the rounding and without a DequantizeLinear that runs on every call.
+    /// </summary>
+    private static void InsertPair(Graph graph, Value tensor, (Value Scale, Value Zero, float S) p, HashSet<Node>? integerReaders)
     {
         var uses = tensor.Uses.ToList();
         var name = tensor.Name;
@@ -476,6 +497,8 @@ public static class SpeedRewriter
         var perAxis = new Dictionary<(int Axis, long Channels), Node?>();
         foreach (var use in uses)
         {
+            if (integerReaders is not null && !integerReaders.Contains(use.Node))
+                continue;
             if (use.InputIndex == 0 && FloatWeightAxis(use.Node) is { } axis)
             {
                 // ONNX Runtime's WeightBiasQuantization gives a Conv, ConvTranspose or Gemm that reads a per-tensor
@@ -493,9 +516,14 @@ public static class SpeedRewriter
             }
             use.Node.ReplaceInput(use.InputIndex, dq.Outputs[0]);
         }
-        if (dq.Outputs[0].Uses.Count == 0 && !tensor.IsGraphOutput)
+        var outputReadsDequantized = tensor.IsGraphOutput && integerReaders is null;
+        if (dq.Outputs[0].Uses.Count == 0 && !outputReadsDequantized)
+        {
             graph.RemoveNode(dq);
-        if (tensor.IsGraphOutput)
+            if (q.Outputs[0].Uses.Count == 0)
+                graph.RemoveNode(q);
+        }
+        if (outputReadsDequantized)
         {
             for (var i = 0; i < graph.Outputs.Count; i++)
                 if (ReferenceEquals(graph.Outputs[i], tensor))
