@@ -154,6 +154,7 @@ public static class SpeedRewriter
         var integerNodes = new HashSet<Node>(region.Nodes, ReferenceEqualityComparer.Instance);
         foreach (var tensor in region.Tensors.Where(region.Quantized.Contains))
             InsertPair(graph, tensor, parameters[tensor], FloatProduced(tensor, integerNodes) ? integerNodes : null);
+        FoldScalesIntoProducts(graph, region.Nodes.Where(IsActivationMatMul));
         ReshapeChains.Collapse(graph);
 
         var opset = Math.Max(13, model.OpsetImports.Default ?? 13);
@@ -426,6 +427,52 @@ public static class SpeedRewriter
         needed.IntersectWith(tensors);
         nodes.RemoveAll(n => writes.TryGetValue(n, out var w) && !needed.Contains(w));
         return new IntegerRegion(nodes, tensors, shares, needed);
+    }
+
+    /// <summary>
+    /// A positive constant scalar that multiplies (or divides) an integer activation product and nothing else, such as
+    /// attention's 1/sqrt(d) on q k^T, moves into the scale of the product's second operand's DequantizeLinear:
+    /// (a s_b (q_b - z_b)) c = a (s_b c) (q_b - z_b). ONNX Runtime then runs product and scaling as one
+    /// MatMulIntegerToFloat, where the float graph had them as one FusedMatMul, instead of a separate Mul on every run.
+    /// </summary>
+    private static void FoldScalesIntoProducts(Graph graph, IEnumerable<Node> products)
+    {
+        foreach (var product in products.ToList())
+        {
+            var output = product.Outputs[0];
+            if (output.IsGraphOutput || output.Uses.Count != 1)
+                continue;
+            var (scaling, index) = (output.Uses[0].Node, output.Uses[0].InputIndex);
+            if (scaling.OpType is not ("Mul" or "Div") || !GraphQueries.IsDefaultDomain(scaling) || scaling.Inputs.Count != 2
+                || (scaling.OpType == "Div" && index != 0) || scaling.Outputs[0].IsGraphOutput)
+                continue;
+            // A constant of higher rank than the product would broadcast the product to a new shape.
+            if (scaling.Inputs[1 - index]?.ConstantValue is not { DataType: DataType.Float, ElementCount: 1 } constant
+                || (constant.Rank > 0 && (output.Type?.Shape is not { } shape || shape.Rank < constant.Rank)))
+                continue;
+            var c = constant.ToFloatArray()[0];
+            if (scaling.OpType == "Div")
+                c = 1f / c;
+            if (!(c > 0) || !float.IsFinite(c))
+                continue;
+            if (product.Inputs[1]?.Producer is not { OpType: "DequantizeLinear" } dequantize
+                || dequantize.Inputs[1]?.ConstantValue is not { DataType: DataType.Float, ElementCount: 1 } operandScale)
+                continue;
+            var scaled = operandScale.ToFloatArray()[0] * c;
+            if (!(scaled > 0) || !float.IsFinite(scaled))
+                continue;
+            var scale = graph.AddInitializer(graph.UniqueName(scaling.Name + "_folded_scale"), Tensor.FromFloats("s", [], [scaled]));
+            Value?[] inputs = dequantize.Inputs.Count > 2 ? [dequantize.Inputs[0], scale, dequantize.Inputs[2]] : [dequantize.Inputs[0], scale];
+            var operand = new Node("DequantizeLinear", inputs, [graph.UniqueName(dequantize.Outputs[0].Name + "_scaled")],
+                name: graph.UniqueName(dequantize.Name + "_scaled"));
+            operand.Outputs[0].Type = dequantize.Outputs[0].Type;
+            graph.InsertAfter(dequantize, operand);
+            product.ReplaceInput(1, operand.Outputs[0]);
+            if (dequantize.Outputs[0].Uses.Count == 0 && !dequantize.Outputs[0].IsGraphOutput)
+                graph.RemoveNode(dequantize);
+            graph.ReplaceAllUsesWith(scaling.Outputs[0], output);
+            graph.RemoveNode(scaling);
+        }
     }
 
     /// <summary>A MatMul of two float activations (neither a constant), e.g. attention's Q K^T and its weighted sum of V.</summary>

@@ -363,26 +363,35 @@ public class SpeedRewriterTests
     /// One attention head over 48 tokens: x [B, 3, 16, 16] -> Reshape [B, 48, 16]; q, k, v = tokens W + b;
     /// scores = q k^T; y = Softmax(scores) v -> "y" [B, 48, 16].
     /// </summary>
-    private static Model TokenAttention()
+    private static Model TokenAttention(string? scaling = null)
     {
         var (net, tokens) = Tokens(seed: 8);
         Value Projection(string name) =>
             net.Op("Add", [net.Op("MatMul", [tokens, net.Random(name + ".w", [16, 16], 0.3f)]), net.Random(name + ".b", [16], 0.1f)]);
         var keys = net.Op("Transpose", [Projection("k")], Attribute.FromInts("perm", [0, 2, 1]));
         var scores = net.Op("MatMul", [Projection("q"), keys]);
+        // 1/sqrt(16) as exporters write it: a Mul by the constant, or a Div by its inverse.
+        if (scaling is not null)
+            scores = net.Op(scaling, [scores, net.Init("scale", [], [scaling == "Mul" ? 0.25f : 4f])]);
         var y = net.Op("MatMul", [net.Op("Softmax", [scores], Attribute.FromInt("axis", -1)), Projection("v")]);
         y.Name = "y";
         net.Output(y);
         return net.Model;
     }
 
-    [Fact]
-    public void AttentionProductsOfTwoActivationsRunOnIntegers()
+    [Theory]
+    [InlineData(null)]
+    [InlineData("Mul")]
+    [InlineData("Div")]
+    public void AttentionProductsOfTwoActivationsRunOnIntegers(string? scaling)
     {
-        var (model, layers, calibration, data) = Prepared(TokenAttention(), "y");
+        var (model, layers, calibration, data) = Prepared(TokenAttention(scaling), "y");
         Assert.Equal(3, layers.Count);
         var (speed, _, fusion) = W8Speed(model, layers, calibration);
         Assert.Equal(0, fusion.WeightDequantizeLeft);
+        // The scores' scaling moved into the keys' DequantizeLinear scale: no node of its own in either graph.
+        Assert.DoesNotContain(speed.Graph.Nodes, n => n.OpType is "Mul" or "Div");
+        Assert.False(fusion.OpTypes.ContainsKey("Mul") || fusion.OpTypes.ContainsKey("Div"), string.Join(", ", fusion.OpTypes));
         Assert.Equal(3, fusion.OpTypes.GetValueOrDefault("QGemm"));
         // q k^T and Softmax(.) v: both operands quantized (the keys through their Transpose, the probabilities with their
         // own range), the products integer; nothing downstream reads them quantized, so they write float.
