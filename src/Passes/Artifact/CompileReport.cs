@@ -37,6 +37,9 @@ public sealed record RepairReport(string Guard, double InitialMeasured, double F
 public sealed record DeployReport(string Target, double SizeMeasured, int QuantizedTensors, IReadOnlyDictionary<string, int> IntegerOps,
     IReadOnlyList<string> NBitsLayers, int WeightDequantizeLeft, int IntegerKernels, IReadOnlyDictionary<string, int> OptimizedOpTypes)
 {
+    /// <summary>Layers whose INT32 bias needed a coarser weight scale in some channels (see the speed rewrite).</summary>
+    public IReadOnlyList<Rewrite.BiasFit> BiasFits { get; init; } = [];
+
     public double ActivationCost(double measured) => measured - SizeMeasured;
 }
 

@@ -83,6 +83,16 @@ public static class ReportWriter
                 w.WriteEndArray();
                 w.WriteNumber("weight_dequantize_left", d.WeightDequantizeLeft);
                 w.WriteNumber("integer_kernels", d.IntegerKernels);
+                w.WriteStartArray("bias_fits");
+                foreach (var fit in d.BiasFits)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("layer", fit.Layer);
+                    w.WriteNumber("channels", fit.Channels);
+                    w.WriteNumber("largest_scale_factor", fit.Largest);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
                 w.WriteStartObject("optimized_op_types");
                 foreach (var (op, count) in d.OptimizedOpTypes) w.WriteNumber(op, count);
                 w.WriteEndObject();

@@ -217,7 +217,7 @@ public static class Compiler
                     verifier!, debugDirectory, label + "-size");
                 var placement = verified.Rewritten.Result.Speed!;
                 return new DeployReport("speed", size.Measured, placement.QuantizedTensors, placement.IntegerOps, placement.NBitsLayers,
-                    fusion.WeightDequantizeLeft, fusion.IntegerKernels, fusion.OpTypes);
+                    fusion.WeightDequantizeLeft, fusion.IntegerKernels, fusion.OpTypes) { BiasFits = placement.BiasFits };
             }) : null;
             var baseline = clock.Time("baseline", () => Baseline(target, allocation, verified.Measured));
             var notes = loaded.Notes.Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
@@ -231,6 +231,10 @@ public static class Compiler
                 notes.Add($"deploy speed: {deploy.QuantizedTensors} activation tensors quantized, {deploy.IntegerKernels} integer kernels after ONNX Runtime's fusions, " +
                           $"{deploy.WeightDequantizeLeft} DequantizeLinear left on weight paths; the activation quantization adds " +
                           $"{Quantization.StableRounding.Round(verified.Measured - deploy.SizeMeasured):G4} to the measured distortion of the size target ({deploy.SizeMeasured:G4})");
+            if (deploy is { BiasFits.Count: > 0 } fits)
+                notes.Add($"deploy speed: the INT32 bias of {fits.BiasFits.Sum(f => f.Channels)} output channel(s) in {fits.BiasFits.Count} layer(s) did not fit at the " +
+                          $"chosen weight scale (an input scale tiny against the bias); their weight scale was raised to fit, at most {fits.BiasFits.Max(f => f.Largest):G3}x " +
+                          $"({string.Join(", ", fits.BiasFits.Take(3).Select(f => f.Layer))}{(fits.BiasFits.Count > 3 ? ", ..." : "")})");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
                 rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair) with { Baseline = baseline, Deploy = deploy, Smoothing = smoothing }, bytes));
         }

@@ -476,6 +476,42 @@ public class SpeedRewriterTests
         Assert.InRange(RelativeError(model, speed, data), 0, 6.5e-5);
     }
 
+    /// <summary>
+    /// tokens * 1e-5 -> MatMul [16, 8] -> Add(bias about 1) -> "y": the linear's input scale (about 1e-7) times its weight
+    /// scale (about 2e-3) makes a product step of about 3e-10, so a bias of 1 would be 3e9 steps, past INT32.
+    /// </summary>
+    [Fact]
+    public void ABiasThatDoesNotFitInt32GetsACoarserWeightScaleInsteadOfSaturating()
+    {
+        var (net, tokens) = Tokens(seed: 14);
+        var small = net.Op("Mul", [tokens, net.Init("tiny", [], [1e-5f])]);
+        var y = net.Op("Add", [net.Op("MatMul", [small, net.Random("p.w", [16, 8], 0.3f)]), net.Random("p.b", [8], 0.5f, 1f)]);
+        y.Name = "y";
+        net.Output(y);
+        var (model, layers, calibration, data) = Prepared(net.Model, "y");
+        var layer = Assert.Single(layers);
+        var plans = layers.Select(l => new LayerPlan(l, Enumerable.Repeat(8, l.Channels).ToArray())).ToList();
+        var speed = model.Clone();
+        var (_, placement) = SpeedRewriter.Apply(speed, plans, calibration, new RewriteOptions { Deploy = DeployTarget.Speed });
+        var fit = Assert.Single(placement.BiasFits);
+        Assert.Equal(layer.Name, fit.Layer);
+        Assert.InRange(fit.Channels, 1, layer.Channels); // the channels whose weight scale is too fine for their bias
+        Assert.True(fit.Largest > 1, $"{fit.Largest}");
+        var fusion = FusionCheck.Run(speed, SessionOptions.Default);
+        Assert.Equal(0, fusion.WeightDequantizeLeft);
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QGemm"));
+
+        var shape = new long[] { Samples, 3, 16, 16 };
+        using var a = InferenceSession.Create(ModelIO.ToBytes(model));
+        using var b = InferenceSession.Create(ModelIO.ToBytes(speed));
+        var input = new[] { new NamedTensor("x", TensorData.FromFloats(data, shape)) };
+        var expected = a.Run(input)[0].Data.ToFloats();
+        var actual = b.Run(input)[0].Data.ToFloats();
+        // A saturated bias would be off by about 0.4 (2^31 product steps of 3e-10 against biases of 0.5 to 1.5); the
+        // products are about 1e-5 and their rounding about 1e-7. Tolerance 1e-5 absolute.
+        Assert.All(Enumerable.Range(0, expected.Length), i => Assert.Equal(expected[i], actual[i], 1e-5f));
+    }
+
     [Fact]
     public void ALinearWithoutBiasThatOnlyFloatOpsReadRunsAsMatMulIntegerToFloat()
     {
