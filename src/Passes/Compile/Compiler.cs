@@ -212,8 +212,8 @@ public static class Compiler
                 var fusion = VerifyStage.CheckFusion(verified.Rewritten.Model, options.Execution.Measurement(), debugDirectory, label);
                 var sizeOptions = options.Rewrite with { Deploy = DeployTarget.Size };
                 var plans = finalPlans;
-                var size = VerifyStage.Run(RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, statistics: statistics),
-                    () => RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, allowInt2: false, statistics: statistics),
+                var size = VerifyStage.Run(RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, statistics: statistics, memo: cutCurves?.Memo),
+                    () => RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, allowInt2: false, statistics: statistics, memo: cutCurves?.Memo),
                     verifier!, debugDirectory, label + "-size");
                 var placement = verified.Rewritten.Result.Speed!;
                 return new DeployReport("speed", size.Measured, placement.QuantizedTensors, placement.IntegerOps, placement.NBitsLayers,
