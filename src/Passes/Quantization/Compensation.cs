@@ -21,9 +21,13 @@ public enum Compensation
 
 /// <summary>
 /// The statistics of a layer's input rows (a token for MatMul/Gemm, an im2col patch for Conv) that compensation needs:
-/// the second-moment matrix <c>S = E[x x^T]</c> (row-major, <see cref="Reduction"/>^2) and the mean <c>E[x]</c>. Output
-/// channel c reads the slice [<see cref="Offset"/>(c), + <see cref="RowLength"/>) of a row (a group's slice for a
-/// grouped Conv; the whole row otherwise). The mean is computed at once; S, the expensive part, when first read.
+/// the second-moment matrix <c>S = E[x x^T]</c> and the mean <c>E[x]</c>. Output channel c reads the slice
+/// [<see cref="Offset"/>(c), + <see cref="RowLength"/>) of a row (a group's slice for a grouped Conv; the whole row
+/// otherwise), so only S's diagonal blocks over the slices are ever read, and only they are kept: <see cref="Second"/>
+/// holds one <see cref="RowLength"/>^2 block per slice, row-major, block after block (the whole of S for a layer with
+/// one slice). A depthwise convolution of 1,152 channels with 5x5 kernels has rows of 28,800 values, whose whole S
+/// would be 6.6 GB, and 1,152 blocks of 25 x 25 hold all it needs. The mean is computed at once; S, the expensive part,
+/// when first read.
 /// </summary>
 public sealed class InputStatistics
 {
@@ -69,6 +73,13 @@ public sealed class InputStatistics
 
     public int Offset(int channel) => channel / ChannelsPerGroup * RowLength;
 
+    /// <summary>Slices of a row: 1 for a dense layer, the groups of a grouped Conv.</summary>
+    public int Slices => Reduction / RowLength;
+
+    /// <summary>Where the block of the slice at <paramref name="offset"/> starts in <see cref="Second"/>: S(offset + i,
+    /// offset + j) is <c>Second[Block(offset) + i * RowLength + j]</c>.</summary>
+    public long Block(int offset) => (long)(offset / RowLength) * RowLength * RowLength;
+
     private readonly Dictionary<(int Offset, int Block, bool Ordered), SecondOrderFactor?> _factors = [];
 
     /// <summary>The factor of the slice at <paramref name="offset"/> for blocks of <paramref name="block"/> columns,
@@ -83,15 +94,35 @@ public sealed class InputStatistics
         }
     }
 
-    /// <summary>S and the mean of <paramref name="rows"/> (each <paramref name="reduction"/> long).</summary>
+    /// <summary>S's blocks and the mean of <paramref name="rows"/> (each <paramref name="reduction"/> long, in slices of
+    /// <paramref name="rowLength"/>).</summary>
     public static InputStatistics FromRows(IReadOnlyList<float[]> rows, int reduction, int rowLength, int channelsPerGroup)
     {
         if (rows.Count == 0)
             throw new ArgumentException("no input rows", nameof(rows));
+        if (rowLength <= 0 || reduction % rowLength != 0)
+            throw new ArgumentException($"rows of {reduction} values do not split into slices of {rowLength}", nameof(rowLength));
         // 6 significant digits, as every measured number that drives a decision: the rows come from ONNX Runtime, whose
         // last bits differ between thread counts and CPUs.
-        return new InputStatistics(reduction, () => DenseSpd.Moments(rows, reduction, threads: 0, StableRounding.Round).Second,
+        return new InputStatistics(reduction, () => SecondBlocks(rows, reduction, rowLength),
             DenseSpd.Mean(rows, reduction).Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
+    }
+
+    // Each entry is one multiply-add chain over the rows in order, so a block equals the same entries of the whole S.
+    private static double[] SecondBlocks(IReadOnlyList<float[]> rows, int reduction, int rowLength)
+    {
+        if (rowLength == reduction)
+            return DenseSpd.Moments(rows, reduction, threads: 0, StableRounding.Round).Second;
+        var blockSize = (long)rowLength * rowLength;
+        var blocks = new double[reduction / rowLength * blockSize];
+        var slice = rows.Select(_ => new float[rowLength]).ToArray();
+        for (var g = 0; g < reduction / rowLength; g++)
+        {
+            for (var r = 0; r < rows.Count; r++)
+                Array.Copy(rows[r], g * rowLength, slice[r], 0, rowLength);
+            Array.Copy(DenseSpd.Moments(slice, rowLength, threads: 0, StableRounding.Round).Second, 0, blocks, g * blockSize, blockSize);
+        }
+        return blocks;
     }
 }
 
@@ -235,7 +266,7 @@ public sealed class InputStatisticsCache(Func<string, InputStatistics?> compute,
     }
 
     // S (doubles) and, once second-order rounding ran, its factor (about half a square of floats per slice).
-    private static long Size(InputStatistics? s) => s is null ? 0 : (long)s.Reduction * s.Reduction * sizeof(double) + (long)s.Reduction * s.RowLength * sizeof(float);
+    private static long Size(InputStatistics? s) => s is null ? 0 : (long)s.Reduction * s.RowLength * (sizeof(double) + sizeof(float));
 }
 
 /// <summary>
@@ -347,13 +378,15 @@ public static class Compensator
         var row = new float[length];
         var quantized = new float[length];
         var indices = new int[length];
-        var n = statistics.Reduction;
+        var n = statistics.RowLength;
+        var second = statistics.Second;
         double total = 0;
         for (var c = 0; c < layout.Channels; c++)
         {
             rowLayout.GatherBlock(weight, c, 0, row, indices);
             rowLayout.GatherBlock(dequantized, c, 0, quantized, indices);
             var offset = statistics.Offset(c);
+            var block = statistics.Block(offset);
             var d = new double[length];
             for (var j = 0; j < length; j++)
                 d[j] = (double)quantized[j] - row[j];
@@ -362,7 +395,7 @@ public static class Compensator
             {
                 double inner = 0;
                 for (var j = 0; j < length; j++)
-                    inner += statistics.Second[(offset + i) * n + offset + j] * d[j];
+                    inner += second[block + (long)i * n + j] * d[j];
                 sum += d[i] * inner;
                 mean += d[i] * statistics.Mean[offset + i];
             }
@@ -376,17 +409,19 @@ public static class Compensator
     /// <remarks>With J the reversal permutation, <c>J H J = L L^T</c> (Cholesky) gives <c>R = J L J</c>, upper.</remarks>
     private static SecondOrderFactor? ReverseFactor(InputStatistics statistics, int offset, int length, int block, bool ordered, int threads)
     {
-        var n = statistics.Reduction;
+        // The slice's block of S: n x n from `start`, the slice's columns at 0..n-1.
+        var n = statistics.RowLength;
         var second = statistics.Second;
-        var order = ordered ? ColumnOrder(second, n, offset, length) : null;
+        var start = statistics.Block(offset);
+        var order = ordered ? ColumnOrder(second, n, start, length) : null;
         double trace = 0;
         for (var i = 0; i < length; i++)
-            trace += second[(long)(offset + i) * n + offset + i];
+            trace += second[start + (long)i * n + i];
         var meanDiagonal = trace / length;
         if (!(meanDiagonal > 0) || !double.IsFinite(meanDiagonal))
             return null;
         double[] l;
-        if (offset == 0 && length == n)
+        if (statistics.Slices == 1 && length == n)
         {
             // The whole of S: J S J is S's array reversed, so the factorization runs in S's own array (a second n^2
             // array costs as much to fault in as the factorization takes); S is computed again if asked for later.
@@ -402,13 +437,13 @@ public static class Compensator
             {
                 if (order is null)
                 {
-                    var source = (long)(offset + length - 1 - i) * n + offset + length - 1;
+                    var source = start + (long)(length - 1 - i) * n + length - 1;
                     for (var j = 0; j <= i; j++)
                         l[(long)i * length + j] = second[source - j];
                 }
                 else
                 {
-                    var source = (long)(offset + order[length - 1 - i]) * n + offset;
+                    var source = start + (long)order[length - 1 - i] * n;
                     for (var j = 0; j <= i; j++)
                         l[(long)i * length + j] = second[source + order[length - 1 - j]];
                 }
@@ -431,11 +466,11 @@ public static class Compensator
     /// "act-order". The columns rounded first are the ones whose error costs most; later, cheaper columns absorb it,
     /// which lowers the output error most where a few input channels carry most of the energy (3 bits and below).
     /// Null when that order is the slice's own.</summary>
-    private static int[]? ColumnOrder(double[] second, int n, int offset, int length)
+    private static int[]? ColumnOrder(double[] second, int n, long start, int length)
     {
         var energy = new double[length];
         for (var i = 0; i < length; i++)
-            energy[i] = second[(long)(offset + i) * n + offset + i];
+            energy[i] = second[start + (long)i * n + i];
         // OrderBy is a stable sort, so equal energies keep their positions and the order is the same on every machine.
         var order = Enumerable.Range(0, length).OrderByDescending(i => energy[i]).ToArray();
         for (var i = 0; i < length; i++)

@@ -128,6 +128,27 @@ public class CompensationTests
     /// tr(dW S dW^T) agree within 1 %: for a dense layer (the whole of S is one slice, permuted in place) and for a
     /// grouped one (two groups, each channel reads its group's block of S).
     /// </summary>
+    /// <summary>
+    /// A grouped layer's statistics keep S's diagonal blocks only (what its channels read): 5 groups of 36 columns hold
+    /// 5 x 36^2 values instead of 180^2, equal to the bit to the same entries of the whole S.
+    /// </summary>
+    [Fact]
+    public void GroupedStatisticsKeepOnlyTheDiagonalBlocksOfS()
+    {
+        const int k = 36, groups = 5;
+        var rows = CorrelatedRows(200, k * groups, 31);
+        var statistics = InputStatistics.FromRows(rows, k * groups, k, 2);
+        Assert.Equal(groups, statistics.Slices);
+        Assert.Equal(groups * k * k, statistics.Second.Length);
+        var whole = DenseSpd.Moments(rows, k * groups, threads: 1, StableRounding.Round).Second;
+        for (var g = 0; g < groups; g++)
+            for (var i = 0; i < k; i++)
+                for (var j = 0; j < k; j++)
+                    Assert.Equal(whole[(g * k + i) * k * groups + g * k + j], statistics.Second[statistics.Block(g * k) + i * k + j]);
+        Assert.Equal(statistics.Block(3 * k), statistics.Block(statistics.Offset(7)));
+        Assert.Throws<ArgumentException>(() => InputStatistics.FromRows(rows, k * groups, 7, 2));
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(2)]
@@ -144,7 +165,7 @@ public class CompensationTests
         for (var g = 0; g < groups; g++)
         {
             var offset = g * k;
-            double S(int i, int j) => statistics.Second[(offset + i) * k * groups + offset + j];
+            double S(int i, int j) => statistics.Second[statistics.Block(offset) + i * k + j];
             var meanDiagonal = Enumerable.Range(0, k).Average(i => S(i, i));
             var order = Enumerable.Range(0, k).OrderByDescending(i => S(i, i)).ToArray();
             Assert.NotEqual(Enumerable.Range(0, k), order);
