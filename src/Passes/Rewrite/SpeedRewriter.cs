@@ -37,8 +37,9 @@ public sealed record BiasFit(string Layer, int Channels, double Largest);
 /// on DETR-R50's transformer (100 to 256 rows of 256 to 2,048 channels) its 68 layers took 49 ms per run at one thread
 /// where QLinearMatMul took 16 ms for the same layers, and the float input and output it needs break the integer
 /// region around it.</item>
-/// <item>Between integer layers: Add and Concat (QLinearAdd, QLinearConcat) and AveragePool/GlobalAveragePool get
-/// their own calibrated output parameters; MaxPool, Resize, Transpose, Reshape, Flatten, Squeeze, Unsqueeze and Slice
+/// <item>Between integer layers: Add, Mul and Concat (QLinearAdd, QLinearMul, QLinearConcat), Sigmoid and LeakyRelu
+/// (QLinearSigmoid, QLinearLeakyRelu: a SiLU is a Sigmoid and a Mul) and AveragePool/GlobalAveragePool get their own
+/// calibrated output parameters; MaxPool, Resize, Transpose, Reshape, Flatten, Squeeze, Unsqueeze and Slice
 /// only move values, so their output reuses the input's parameters (ONNX Runtime then drops the pair) and costs no
 /// accuracy. An op joins only when all its float inputs are already quantized, so no Q is added on a float path for
 /// an op's sake.</item>
@@ -55,7 +56,7 @@ public sealed record BiasFit(string Layer, int Channels, double Largest);
 public static class SpeedRewriter
 {
     /// <summary>Ops ONNX Runtime runs on uint8 inputs with their own output scale.</summary>
-    private static readonly HashSet<string> Requantizing = ["Add", "Concat", "AveragePool", "GlobalAveragePool"];
+    private static readonly HashSet<string> Requantizing = ["Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"];
 
     /// <summary>Ops whose Q/DQ ONNX Runtime drops when input and output parameters are equal (they move values).</summary>
     private static readonly HashSet<string> PassThrough = ["MaxPool", "Resize", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Slice"];
@@ -501,7 +502,7 @@ public static class SpeedRewriter
     /// <summary>The float tensors an op computes on (shape, index and axes inputs excluded).</summary>
     private static List<Value> DataInputs(Node node) => node.OpType switch
     {
-        "Add" or "Concat" => node.Inputs.Where(v => v is not null).Select(v => v!).ToList(),
+        "Add" or "Mul" or "Concat" => node.Inputs.Where(v => v is not null).Select(v => v!).ToList(),
         _ => node.Inputs.Count > 0 && node.Inputs[0] is { } x ? [x] : [],
     };
 

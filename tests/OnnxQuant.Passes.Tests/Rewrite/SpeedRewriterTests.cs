@@ -512,6 +512,39 @@ public class SpeedRewriterTests
         Assert.All(Enumerable.Range(0, expected.Length), i => Assert.Equal(expected[i], actual[i], 1e-5f));
     }
 
+    /// <summary>
+    /// Conv -> SiLU (x * Sigmoid(x), as exporters write EfficientNet's activation) -> Conv -> "y": the Sigmoid and the Mul
+    /// get their own calibrated output ranges, so ONNX Runtime runs them as QLinearSigmoid and QLinearMul between the
+    /// QLinearConvs instead of dequantizing and quantizing around float ops on every call.
+    /// </summary>
+    [Fact]
+    public void ASiluBetweenIntegerConvolutionsRunsOnIntegers()
+    {
+        var net = new Net(opset: 17, seed: 15);
+        var x = net.BatchInput("x", 3, 16, 16);
+        var pads = Attribute.FromInts("pads", [1, 1, 1, 1]);
+        var c1 = net.Op("Conv", [x, net.Random("c1.w", [8, 3, 3, 3], 0.3f), net.Random("c1.b", [8], 0.1f)], pads);
+        var silu = net.Op("Mul", [c1, net.Op("Sigmoid", [c1])]);
+        var y = net.Op("Conv", [silu, net.Random("c2.w", [8, 8, 3, 3], 0.2f), net.Random("c2.b", [8], 0.1f)], pads);
+        y.Name = "y";
+        net.Output(y);
+        var (model, layers, calibration, data) = Prepared(net.Model, "y");
+        Assert.Equal(2, layers.Count);
+        var (speed, placement, fusion) = W8Speed(model, layers, calibration);
+        Assert.Equal(1, placement.IntegerOps.GetValueOrDefault("Sigmoid"));
+        Assert.Equal(1, placement.IntegerOps.GetValueOrDefault("Mul"));
+        Assert.Equal(0, fusion.WeightDequantizeLeft);
+        Assert.Equal(2, fusion.OpTypes.GetValueOrDefault("QLinearConv"));
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QLinearSigmoid"));
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QLinearMul"));
+        Assert.False(fusion.OpTypes.ContainsKey("Sigmoid") || fusion.OpTypes.ContainsKey("Mul"), string.Join(", ", fusion.OpTypes));
+        // One QuantizeLinear (the input's) and one DequantizeLinear (the output's, which QLinearConv writes as uint8).
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QuantizeLinear"));
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("DequantizeLinear"));
+        // Tolerance: about 4x the relative squared error this seeded net measures at W8A8 (3.1e-4).
+        Assert.InRange(RelativeError(model, speed, data), 0, 1.25e-3);
+    }
+
     [Fact]
     public void ALinearWithoutBiasThatOnlyFloatOpsReadRunsAsMatMulIntegerToFloat()
     {
