@@ -12,7 +12,7 @@ namespace OnnxQuant.Benchmarks;
 
 /// <summary>
 /// Ratio benchmark `deploy-speed`: compiles each model at W8A8 and W4-mixed (A8) for both deploy targets, then times
-/// the float model and the four artifacts in one process, alternating in blocks of runs (so machine load affects all alike),
+/// the float model and the four artifacts in one process, in alternating turns of runs (<see cref="AlternatingTimer"/>: machine load affects all alike),
 /// at each thread count. Prints median latencies, the ratio float / quantized, weight bytes against float and the
 /// measured distortion. Models: a ResNet-18-shaped network built in code (<see cref="ResNetGraph"/>, 224x224),
 /// the bundled small DETR, and any `--model PATH --calib PATH` pair. Curves are `fast` (latency does not depend on
