@@ -66,7 +66,7 @@ public static class ProcessMemory
 /// while each timed run finds its own model in the state repeated inference keeps it in. A model needs runs, not one
 /// run, to get there after another has run: on this project's 2-core machine the bundled small DETR's W8A8 artifact
 /// took about 12 runs to fall from 2.35 to 1.56 ms at one thread after the float model had run, and both models were
-/// up to 3 times slower for about 15 runs at two threads (the other session's worker threads still competing for the
+/// up to 4 times slower for about 15 runs at two threads (the other session's worker threads still competing for the
 /// cores). Run-by-run alternation therefore times every run in that transient. Each turn starts with
 /// <c>settle</c> untimed runs; <c>block = 1, settle = 0</c> is run-by-run alternation.
 /// </summary>
