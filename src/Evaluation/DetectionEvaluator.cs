@@ -35,50 +35,108 @@ public static class DetectionEvaluator
     public static EvaluationResult Evaluate(InferenceSession session, IReadOnlyList<NamedArray> data, CocoDataset groundTruth,
         EvaluationOptions? options = null, Action<int, int>? progress = null)
     {
-        options ??= new EvaluationOptions();
-        if (options.BatchSize < 1)
-            throw new ArgumentOutOfRangeException(nameof(options), $"batch size must be at least 1, got {options.BatchSize}");
-        var decoder = DecoderSelector.Select(session.Outputs, groundTruth, options.Decoder);
-        var bindings = Bind(session.Inputs, data);
-        var count = bindings[0].Count;
-        var images = ImagesOf(data, groundTruth, count);
-        var (inputHeight, inputWidth) = ImageSize(bindings);
-
-        var unbatched = bindings.Any(b => b.Unbatched);
-        var fixedBatch = bindings.Select(b => b.Input.Dims.Count > 0 && !b.Unbatched ? b.Input.Dims[0] : -1).Where(d => d > 0).Distinct().ToList();
-        if (fixedBatch.Count > 1)
-            throw new EvaluationException($"the model's inputs declare different batch sizes: {string.Join(", ", fixedBatch)}");
-        var batch = unbatched || decoder.OneImagePerRun ? 1 : fixedBatch.Count == 1 ? (int)fixedBatch[0] : options.BatchSize;
-        if (decoder.OneImagePerRun && fixedBatch is [> 1])
-            throw new EvaluationException($"Mask R-CNN outputs describe one image, but the model's batch axis is fixed at {fixedBatch[0]}");
-        var padToFixed = fixedBatch.Count == 1;
-
+        var plan = Plan.Make(session, data, groundTruth, options);
         var detections = new List<Detection>();
-        for (var start = 0; start < count; start += batch)
+        plan.RunAll(session, (start, n, outputs) => detections.AddRange(plan.Decoder.Decode(outputs, plan.Images.GetRange(start, n), plan.InputHeight, plan.InputWidth)), progress);
+        return plan.Score(detections);
+    }
+
+    /// <summary>
+    /// Runs the model once over the data and keeps its raw outputs, so that they can be scored again with changes
+    /// (<see cref="DetectionOutputs.Score"/>) without running the model again. For fixed-size outputs (DETR's logits
+    /// and boxes): a Mask R-CNN's outputs follow the detections and are refused.
+    /// </summary>
+    public static DetectionOutputs Collect(InferenceSession session, IReadOnlyList<NamedArray> data, CocoDataset groundTruth,
+        EvaluationOptions? options = null)
+    {
+        var plan = Plan.Make(session, data, groundTruth, options);
+        if (plan.Decoder.OneImagePerRun)
+            throw new EvaluationException($"the model's detection outputs ({string.Join(", ", plan.Decoder.OutputNames)}) change size with the detections; only fixed-size outputs (DETR's logits and boxes) can be kept and scored again");
+        var batches = new List<DetectionOutputs.Batch>();
+        plan.RunAll(session, (start, n, outputs) => batches.Add(new DetectionOutputs.Batch(start, n, outputs)), null);
+        return new DetectionOutputs(plan, batches);
+    }
+
+    /// <summary>What one evaluation runs: the decoder, the data bound to the inputs, the images and the batching.</summary>
+    internal sealed class Plan
+    {
+        private readonly List<Binding> _bindings;
+        private readonly int _batch;
+        private readonly bool _padToFixed;
+
+        private Plan(IDetectionDecoder decoder, List<Binding> bindings, List<CocoImage> images, int height, int width, int batch,
+            bool padToFixed, CocoDataset groundTruth)
         {
-            var n = Math.Min(batch, count - start);
-            var feeds = bindings.Select(b => new NamedTensor(b.Input.Name, b.Slice(start, n, padToFixed ? batch : n))).ToList();
-            IReadOnlyList<NamedTensor> outputs;
-            try
-            {
-                outputs = session.Run(feeds, decoder.OutputNames);
-            }
-            catch (OrtException ex)
-            {
-                throw new EvaluationException($"running images {start}..{start + n - 1} failed: {ex.Message}");
-            }
-            detections.AddRange(decoder.Decode(outputs.Select(o => o.Data).ToList(), images.GetRange(start, n), inputHeight, inputWidth));
-            progress?.Invoke(start + n, count);
+            Decoder = decoder;
+            _bindings = bindings;
+            Images = images;
+            InputHeight = height;
+            InputWidth = width;
+            _batch = batch;
+            _padToFixed = padToFixed;
+            GroundTruth = groundTruth;
         }
 
-        // Only the images that were run are scored: objects on other images of the file are not misses.
-        var evaluated = images.Select(i => i.Id).ToHashSet();
-        var subset = new CocoDataset(images.OrderBy(i => i.Id).ToList(), groundTruth.Categories,
-            groundTruth.Annotations.Where(a => evaluated.Contains(a.ImageId)).ToList());
-        var bbox = CocoEvaluator.Match(subset, detections, IouType.Bbox);
-        var hasMasks = decoder.ProducesMasks && subset.Annotations.All(a => a.Segmentation is not null);
-        var segm = hasMasks ? CocoEvaluator.Match(subset, detections, IouType.Segm) : null;
-        return new EvaluationResult(bbox, segm, decoder.Kind, count, detections.Count);
+        public IDetectionDecoder Decoder { get; }
+        public List<CocoImage> Images { get; }
+        public int InputHeight { get; }
+        public int InputWidth { get; }
+        public CocoDataset GroundTruth { get; }
+
+        public static Plan Make(InferenceSession session, IReadOnlyList<NamedArray> data, CocoDataset groundTruth, EvaluationOptions? options)
+        {
+            options ??= new EvaluationOptions();
+            if (options.BatchSize < 1)
+                throw new ArgumentOutOfRangeException(nameof(options), $"batch size must be at least 1, got {options.BatchSize}");
+            var decoder = DecoderSelector.Select(session.Outputs, groundTruth, options.Decoder);
+            var bindings = Bind(session.Inputs, data);
+            var count = bindings[0].Count;
+            var images = ImagesOf(data, groundTruth, count);
+            var (inputHeight, inputWidth) = ImageSize(bindings);
+
+            var unbatched = bindings.Any(b => b.Unbatched);
+            var fixedBatch = bindings.Select(b => b.Input.Dims.Count > 0 && !b.Unbatched ? b.Input.Dims[0] : -1).Where(d => d > 0).Distinct().ToList();
+            if (fixedBatch.Count > 1)
+                throw new EvaluationException($"the model's inputs declare different batch sizes: {string.Join(", ", fixedBatch)}");
+            var batch = unbatched || decoder.OneImagePerRun ? 1 : fixedBatch.Count == 1 ? (int)fixedBatch[0] : options.BatchSize;
+            if (decoder.OneImagePerRun && fixedBatch is [> 1])
+                throw new EvaluationException($"Mask R-CNN outputs describe one image, but the model's batch axis is fixed at {fixedBatch[0]}");
+            return new Plan(decoder, bindings, images, inputHeight, inputWidth, batch, fixedBatch.Count == 1, groundTruth);
+        }
+
+        /// <summary>Runs every batch and hands its decoder outputs to <paramref name="consume"/> (start, count, outputs).</summary>
+        public void RunAll(InferenceSession session, Action<int, int, IReadOnlyList<TensorData>> consume, Action<int, int>? progress)
+        {
+            var count = Images.Count;
+            for (var start = 0; start < count; start += _batch)
+            {
+                var n = Math.Min(_batch, count - start);
+                var feeds = _bindings.Select(b => new NamedTensor(b.Input.Name, b.Slice(start, n, _padToFixed ? _batch : n))).ToList();
+                IReadOnlyList<NamedTensor> outputs;
+                try
+                {
+                    outputs = session.Run(feeds, Decoder.OutputNames);
+                }
+                catch (OrtException ex)
+                {
+                    throw new EvaluationException($"running images {start}..{start + n - 1} failed: {ex.Message}");
+                }
+                consume(start, n, outputs.Select(o => o.Data).ToList());
+                progress?.Invoke(start + n, count);
+            }
+        }
+
+        public EvaluationResult Score(IReadOnlyList<Detection> detections)
+        {
+            // Only the images that were run are scored: objects on other images of the file are not misses.
+            var evaluated = Images.Select(i => i.Id).ToHashSet();
+            var subset = new CocoDataset(Images.OrderBy(i => i.Id).ToList(), GroundTruth.Categories,
+                GroundTruth.Annotations.Where(a => evaluated.Contains(a.ImageId)).ToList());
+            var bbox = CocoEvaluator.Match(subset, detections, IouType.Bbox);
+            var hasMasks = Decoder.ProducesMasks && subset.Annotations.All(a => a.Segmentation is not null);
+            var segm = hasMasks ? CocoEvaluator.Match(subset, detections, IouType.Segm) : null;
+            return new EvaluationResult(bbox, segm, Decoder.Kind, Images.Count, detections.Count);
+        }
     }
 
     /// <summary>A model input and the data array that feeds it.</summary>
@@ -188,5 +246,56 @@ public static class DetectionEvaluator
                     ?? throw new EvaluationException("no model input looks like images ([N, C, H, W])");
         var s = image.Array.Shape;
         return ((int)s[^2], (int)s[^1]);
+    }
+}
+
+/// <summary>
+/// A detection model's raw outputs over a dataset (<see cref="DetectionEvaluator.Collect"/>), scored on demand, with
+/// or without a change to the outputs: what a perturbation of one output costs in AP, without running the model again.
+/// </summary>
+public sealed class DetectionOutputs
+{
+    private readonly DetectionEvaluator.Plan _plan;
+    private readonly IReadOnlyList<Batch> _batches;
+
+    internal DetectionOutputs(DetectionEvaluator.Plan plan, IReadOnlyList<Batch> batches)
+    {
+        _plan = plan;
+        _batches = batches;
+    }
+
+    /// <summary>One run's outputs, in <see cref="OutputNames"/> order, for images [Start, Start + Count).</summary>
+    internal sealed record Batch(int Start, int Count, IReadOnlyList<TensorData> Outputs);
+
+    /// <summary>The outputs the decoder reads, in the order <see cref="Score"/>'s change receives them.</summary>
+    public IReadOnlyList<string> OutputNames => _plan.Decoder.OutputNames;
+
+    public DecoderKind Decoder => _plan.Decoder.Kind;
+
+    public int ImageCount => _plan.Images.Count;
+
+    /// <summary>Every run's values of output <paramref name="output"/> (index into <see cref="OutputNames"/>), in run order.</summary>
+    public IEnumerable<float[]> Values(int output) => _batches.Select(b => b.Outputs[output].ToFloats());
+
+    /// <summary>
+    /// Scores the kept outputs; <paramref name="change"/> (output index, run index, values), when given, returns the
+    /// values to decode instead of an output's own (same length).
+    /// </summary>
+    public EvaluationResult Score(Func<int, int, float[], float[]>? change = null)
+    {
+        var detections = new List<Detection>();
+        for (var r = 0; r < _batches.Count; r++)
+        {
+            var batch = _batches[r];
+            var outputs = batch.Outputs;
+            if (change is not null)
+                outputs = outputs.Select((o, k) =>
+                {
+                    var changed = change(k, r, o.ToFloats());
+                    return TensorData.FromFloats(changed, o.Shape);
+                }).ToList();
+            detections.AddRange(_plan.Decoder.Decode(outputs, _plan.Images.GetRange(batch.Start, batch.Count), _plan.InputHeight, _plan.InputWidth));
+        }
+        return _plan.Score(detections);
     }
 }

@@ -31,7 +31,9 @@ internal static class CompileCommand
         var calibSamples = new Option<int>("--calib-samples") { Description = "Samples for calibration and curves", DefaultValueFactory = _ => 64 };
         var verifyData = new Option<string?>("--verify-data") { Description = "Held-out data for verification (default: the samples after the calibration ones)" };
         var verifySamples = new Option<int>("--verify-samples") { Description = "Held-out samples (after the calibration ones) for verification", DefaultValueFactory = _ => 16 };
-        var feature = new Option<string[]>("--feature") { Description = "Tensor(s) whose distortion the curves measure (default: the model's float outputs)", AllowMultipleArgumentsPerToken = true };
+        var feature = new Option<string[]>("--feature") { Description = "Tensor(s) whose distortion the curves measure (default: the model's float outputs); NAME=W weighs one W times in the sum", AllowMultipleArgumentsPerToken = true };
+        var taskAnnotations = new Option<string?>("--task-annotations") { Description = "COCO annotations of the calibration images (or of --task-data): measure on the detection outputs, each weighed by the box AP that noise in it costs" };
+        var taskData = new Option<string?>("--task-data") { Description = "Images (.npz) that --task-annotations describes, instead of the calibration data" };
         var bits = new Option<string>("--bits") { Description = "Candidate weight widths", DefaultValueFactory = _ => "2,3,4,5,6,8" };
         var minBits = new Option<int?>("--min-bits") { Description = "Least width of a unit (default: max(2, floor(target) - 2))" };
         var solver = new Option<string>("--solver") { Description = "dp (exact) or lagrangian", DefaultValueFactory = _ => "dp" };
@@ -85,7 +87,7 @@ internal static class CompileCommand
 
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
-        foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, bits, minBits, solver, epsilon,
+        foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, taskAnnotations, taskData, bits, minBits, solver, epsilon,
                      actBits, actCalibration, granularity, groupSize, exclude, headBits, format, deploy, blockSize, keepInitializerInputs, compensation, smooth, smoothSamples, curves, curvesFile, writeCurves, cacheDir, noCache,
                      maxDistortion, maxDrop, maxRepairRate, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
@@ -100,7 +102,7 @@ internal static class CompileCommand
                     VerifySamples = parse.GetValue(verifySamples),
                     VerifyData = parse.GetValue(verifyData),
                 },
-                Features = new FeatureOptions { Features = SplitAll(parse.GetValue(feature)) },
+                Features = FeatureOptions.Parse(SplitAll(parse.GetValue(feature)), parse.GetValue(taskAnnotations), parse.GetValue(taskData)),
                 Units = new UnitOptions
                 {
                     Granularity = parse.GetValue(granularity) == "group" ? Granularity.Group : Granularity.Layer,

@@ -23,11 +23,12 @@ public static class ArtifactStage
 {
     /// <summary>The inputs a compile reads; the output folder and every file output are checked against them.</summary>
     public static IReadOnlyList<InputPath> Inputs(string modelPath, string calibPath, string? verifyData, string? curvesFile,
-        string? evalData, string? evalAnnotations) =>
+        string? evalData, string? evalAnnotations, string? taskData = null, string? taskAnnotations = null) =>
         new (string Label, string? Path)[]
         {
             ("input model", modelPath), ("calibration data", calibPath), ("verification data", verifyData),
             ("curves file", curvesFile), ("evaluation data", evalData), ("evaluation annotations", evalAnnotations),
+            ("task data", taskData), ("task annotations", taskAnnotations),
         }.Where(p => !string.IsNullOrWhiteSpace(p.Path)).Select(p => new InputPath(p.Label, p.Path!)).ToList();
 
     public static string ModelPath(string outputDirectory, double target, bool single) =>

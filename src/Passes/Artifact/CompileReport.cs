@@ -54,6 +54,12 @@ public sealed record CompileReport
     public required string Solver { get; init; }
     public required int MinBits { get; init; }
     public required IReadOnlyList<string> Features { get; init; }
+
+    /// <summary>Each feature's weight in the metric (feature order); empty when every feature counts once.</summary>
+    public IReadOnlyList<double> FeatureWeights { get; init; } = [];
+
+    /// <summary>How the weights were measured from the task's annotations; null when they were not.</summary>
+    public Measurement.TaskWeighting? TaskWeighting { get; init; }
     public required CurveMode CurveMode { get; init; }
     public required bool CurvesFromCache { get; init; }
     public required string WeightFormat { get; init; }

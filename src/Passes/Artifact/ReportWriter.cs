@@ -27,6 +27,33 @@ public static class ReportWriter
             w.WriteStartArray("features");
             foreach (var f in r.Features) w.WriteStringValue(f);
             w.WriteEndArray();
+            if (r.FeatureWeights.Count > 0)
+            {
+                w.WriteStartArray("feature_weights");
+                foreach (var weight in r.FeatureWeights) w.WriteNumberValue(weight);
+                w.WriteEndArray();
+            }
+            if (r.TaskWeighting is { } task)
+            {
+                w.WriteStartObject("task_weighting");
+                w.WriteNumber("images", task.Images);
+                w.WriteNumber("float_box_ap", Math.Round(task.FloatAp, 6));
+                w.WriteNumber("noise", task.Noise);
+                w.WriteNumber("trials", task.Trials);
+                w.WriteStartArray("outputs");
+                foreach (var o in task.Weights)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("feature", o.Feature);
+                    w.WriteNumber("weight", o.Weight);
+                    w.WriteNumber("box_ap_drop", Math.Round(o.ApDrop, 6));
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                if (task.Note is { } note)
+                    w.WriteString("note", note);
+                w.WriteEndObject();
+            }
             w.WriteString("curve_mode", r.CurveMode.ToString().ToLowerInvariant());
             w.WriteBoolean("curves_from_cache", r.CurvesFromCache);
             w.WriteString("format", r.WeightFormat);

@@ -1,3 +1,6 @@
+using System.Globalization;
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Allocate;
 using OnnxQuant.Passes.Artifact;
@@ -45,7 +48,8 @@ public static class Compiler
         // The output folder is checked, locked and staged before any expensive stage, so a folder that cannot be
         // written or is busy fails in a second, not after the whole compile.
         using var output = OutputFolder.Open(outputDirectory, ArtifactStage.Inputs(modelPath, calibPath,
-            options.Data.VerifyData, options.Curves.CurvesFile, options.Guards.EvalData, options.Guards.EvalAnnotations));
+            options.Data.VerifyData, options.Curves.CurvesFile, options.Guards.EvalData, options.Guards.EvalAnnotations,
+            options.Features.TaskData, options.Features.TaskAnnotations));
         // The cache only saves time: a cache folder that cannot be used is skipped with a note, never an error.
         if (options.Curves.CacheDir is { } cacheDir && options.Curves.CurvesFile is null && CurveCache.Unusable(cacheDir) is { } unusable)
         {
@@ -64,6 +68,23 @@ public static class Compiler
             return (model, Features.Resolve(model, options.Features));
         });
         options = options with { Features = options.Features with { Features = features } };
+        // Task weights replace the features by the detection outputs, weighed by the AP their noise costs.
+        var weighting = options.Features.TaskAnnotations is null ? null : clock.Time("weigh", () =>
+        {
+            var result = TaskWeights.Compute(loaded.Model, Npz.Read(options.Features.TaskData ?? calibPath),
+                CocoDataset.Load(options.Features.TaskAnnotations), options.Execution.Measurement());
+            progress.Note($"task weights on {result.Images} images (float box AP {result.FloatAp.ToString("0.000", CultureInfo.InvariantCulture)}): " +
+                string.Join(", ", result.Weights.Select(w => $"{w.Feature} {FeatureOptions.Format(w.Weight)} (noise cost {(w.ApDrop * 100).ToString("0.00", CultureInfo.InvariantCulture)} AP)")) +
+                (result.Note is { } note ? "; " + note : ""));
+            return result;
+        });
+        if (weighting is not null)
+        {
+            features = Features.Resolve(canonical, new FeatureOptions { Features = weighting.Weights.Select(w => w.Feature).ToList() });
+            options = options with { Features = options.Features with { Features = features, Weights = weighting.Weights.Select(w => w.Weight).ToList() } };
+        }
+        options.Features.Validate();
+        var featureWeights = options.Features.Weights;
 
         var discovery = clock.Time("discover", () =>
         {
@@ -95,7 +116,7 @@ public static class Compiler
         // activations of the first samples); compensation reads the same rows, whatever the curves.
         using var cutCurves = !measureOnCuts && options.Rewrite.Compensation == Quantization.Compensation.None ? null
             : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads,
-                options.Curves.Gain, measure: measureOnCuts);
+                options.Curves.Gain, measure: measureOnCuts, featureWeights: featureWeights);
         // The speed target also quantizes layer outputs and the tensors between integer layers.
         var speed = options.Rewrite.Deploy == DeployTarget.Speed;
         Verifier? verifier = null;
@@ -107,13 +128,13 @@ public static class Compiler
             cutCurves is { } tap && (tap.ExtraTensors.Count > 0 || tap.CollectsRows) ? tap : null,
             speed ? SpeedRewriter.CalibrationTensors(canonical, discovery.Layers) : null,
             Verifier.ForCalibration(features, verification.Data, verification.Start, verification.Count, options.Execution.Measurement(),
-                options.Execution.RunBatch, made => verifier = made)));
+                options.Execution.RunBatch, made => verifier = made, featureWeights)));
         // From here on the input rows are read a layer at a time, so they need not stay in memory.
         cutCurves?.SpillRows();
 
         var curves = known ?? clock.Time("curves", () => CurveStage.Measure(canonical, discovery.Units, features, loaded.Data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
-            options.CurveKey(), progress, measureOnCuts ? cutCurves : null));
+            options.CurveKey(), progress, measureOnCuts ? cutCurves : null, featureWeights));
         Func<string, Quantization.InputStatistics?>? statistics = cutCurves is null ? null : cutCurves.Statistics;
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
@@ -159,7 +180,7 @@ public static class Compiler
                 return clock.Time("verify", () =>
                 {
                     verifier ??= new Verifier(canonical, features, verification.Data, verification.Start, verification.Count,
-                        options.Execution.Measurement(), options.Execution.RunBatch);
+                        options.Execution.Measurement(), options.Execution.RunBatch, featureWeights);
                     using var stage = progress.Begin($"verify {AllocationOptions.FormatBits(target)} bits", 1);
                     var result = VerifyStage.Run(rewritten,
                         () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics, memo: cutCurves?.Memo),
@@ -236,7 +257,7 @@ public static class Compiler
                           $"chosen weight scale (an input scale tiny against the bias); their weight scale was raised to fit, at most {fits.BiasFits.Max(f => f.Largest):G3}x " +
                           $"({string.Join(", ", fits.BiasFits.Take(3).Select(f => f.Layer))}{(fits.BiasFits.Count > 3 ? ", ..." : "")})");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair) with { Baseline = baseline, Deploy = deploy, Smoothing = smoothing }, bytes));
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair) with { Baseline = baseline, Deploy = deploy, Smoothing = smoothing, FeatureWeights = options.Features.Weights, TaskWeighting = weighting }, bytes));
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];

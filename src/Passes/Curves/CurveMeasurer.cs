@@ -33,7 +33,7 @@ public static class CurveMeasurer
 {
     public static CurveSet Measure(Model model, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features,
         CalibrationSet data, int samples, CalibrationTable? calibration, CurveOptions options, RewriteOptions storage, int runBatch,
-        SessionOptions sessionOptions, IProgressSink progress)
+        SessionOptions sessionOptions, IProgressSink progress, IReadOnlyList<double>? featureWeights = null)
     {
         var bits = options.CandidateBits.OrderBy(b => b).ToArray();
         var layers = units.Select(u => u.Layer).Distinct().ToList();
@@ -41,7 +41,7 @@ public static class CurveMeasurer
         var weights = layers.Select(l => new WeightInput(l.WeightName, l.WeightShape,
             model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray())).ToList();
         var weightByLayer = layers.Zip(weights).ToDictionary(p => p.First, p => p.Second.Values);
-        using var distortion = new FeatureDistortion(ModelIO.ToBytes(curveModel), data, samples, features, weights, sessionOptions, runBatch);
+        using var distortion = new FeatureDistortion(ModelIO.ToBytes(curveModel), data, samples, features, weights, sessionOptions, runBatch, featureWeights);
 
         var measuredBits = options.Mode == CurveMode.Exact ? bits : [ReferenceBits(bits)];
         var runs = 0;

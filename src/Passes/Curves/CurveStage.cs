@@ -41,11 +41,11 @@ public static class CurveStage
     public static CurveSet Measure(Model canonical, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features,
         CalibrationSet data, int samples, string dataHash, CalibrationTable? calibration, CurveOptions options,
         RewriteOptions storage, ExecutionOptions execution, IEnumerable<string> keyParts, IProgressSink progress,
-        CutCurveMeasurer? cutCurves)
+        CutCurveMeasurer? cutCurves, IReadOnlyList<double>? featureWeights = null)
     {
         var set = cutCurves?.Measure(data, execution.Measurement(), progress)
             ?? CurveMeasurer.Measure(canonical, units, features, data, samples, calibration, options, storage,
-                execution.RunBatch, execution.Measurement(), progress);
+                execution.RunBatch, execution.Measurement(), progress, featureWeights);
         if (options.CacheDir is { } dir && !new CurveCache(dir).TryStore(Key(canonical, dataHash, keyParts), set.Curves, out var stored))
             progress.Note(stored!);
         return set;

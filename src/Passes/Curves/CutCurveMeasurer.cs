@@ -93,6 +93,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     private readonly Dictionary<string, List<LayerInputRows>> _rowsByActivation = new(StringComparer.Ordinal);
     private readonly Dictionary<QuantLayer, LayerInputRows> _rows = [];
     private readonly FeatureEnergy[] _energy;
+    private readonly IReadOnlyList<double>? _featureWeights;
     private readonly bool _measure;
     private readonly int _cacheSamples;
     private readonly IReadOnlyList<GraphCut> _segments = [];
@@ -106,8 +107,10 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     /// <param name="model">The canonical model (not modified).</param>
     /// <param name="measure">Whether curves will be measured (false: only compensation statistics are collected).</param>
     public CutCurveMeasurer(Model model, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features, int samples,
-        CurveOptions options, RewriteOptions storage, int threads, GainSettings? settings = null, bool measure = true)
+        CurveOptions options, RewriteOptions storage, int threads, GainSettings? settings = null, bool measure = true,
+        IReadOnlyList<double>? featureWeights = null)
     {
+        _featureWeights = featureWeights;
         _model = model;
         _units = units;
         _features = features;
@@ -330,7 +333,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 for (var s = 0; s < cacheSamples; s++)
                     e.Add(cache.Get(_features[f], s).ToFloats(), 1);
             }
-            energy[f] = e.PerSample;
+            energy[f] = e.PerSample / Measurement.FeatureMetric.Weight(_featureWeights, f);
         }
 
         var exactWorkers = Math.Clamp(_threads > 0 ? _threads : Environment.ProcessorCount, 1, Math.Min(MaxExactSessions, Math.Max(1, _samples)));

@@ -23,12 +23,12 @@ public sealed class FeatureDistortion : IDisposable
     /// <param name="model">The model with every measured weight turned into a graph input of the same name.</param>
     /// <param name="samples">Samples [0, samples) of <paramref name="data"/> are used.</param>
     public FeatureDistortion(byte[] model, CalibrationSet data, int samples, IReadOnlyList<string> features,
-        IReadOnlyList<WeightInput> weights, SessionOptions options, int runBatch)
+        IReadOnlyList<WeightInput> weights, SessionOptions options, int runBatch, IReadOnlyList<double>? featureWeights = null)
     {
         _session = InferenceSession.Create(model, options);
         _features = features;
         _floatWeights = weights.ToDictionary(w => w.Name, w => new NamedTensor(w.Name, TensorData.FromFloats(w.Values, w.Shape)), StringComparer.Ordinal);
-        _reference = new FeatureReference(features, data, 0, samples, runBatch, batch => Run(batch, null));
+        _reference = new FeatureReference(features, data, 0, samples, runBatch, batch => Run(batch, null), featureWeights);
     }
 
     /// <summary>Number of ONNX Runtime runs one measurement takes.</summary>

@@ -11,11 +11,15 @@ namespace OnnxQuant.Passes.Measurement;
 /// changes, so features of different scales add up sensibly (0 means identical). Centered because a consumer reads
 /// the variation, not the offset: a detector's sigmoid boxes have about six times more energy than variance, so an
 /// uncentered norm counted their errors six times less than an equally harmful error of the logits. See
-/// <see cref="FeatureEnergy"/> for features that do not vary.
+/// <see cref="FeatureEnergy"/> for features that do not vary. Each term may carry a weight (named by the user, or
+/// measured from the task by <see cref="TaskWeights"/>); without weights every feature counts once.
 /// </summary>
 public static class FeatureMetric
 {
     public const string Description = "sum over features of ||y_q - y||^2 / ||y - mean(y)||^2 (relative squared error against the feature's variation)";
+
+    /// <summary>Feature <paramref name="index"/>'s weight in the sum: 1 without weights.</summary>
+    public static double Weight(IReadOnlyList<double>? weights, int index) => weights is null || weights.Count == 0 ? 1 : weights[index];
 
     /// <summary>||a - b||^2, accumulated in double over float chunks.</summary>
     public static double SquaredDistance(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
@@ -103,8 +107,9 @@ public sealed class FeatureReference
     private readonly double[] _energy;
 
     /// <param name="runFloat">Runs the float model on one run's inputs and returns the features in order.</param>
+    /// <param name="weights">Each feature's weight in the sum (feature order); null = 1 each.</param>
     public FeatureReference(IReadOnlyList<string> features, CalibrationSet data, int start, int count, int runBatch,
-        Func<IReadOnlyList<NamedTensor>, float[][]> runFloat)
+        Func<IReadOnlyList<NamedTensor>, float[][]> runFloat, IReadOnlyList<double>? weights = null)
     {
         Features = features;
         Samples = count;
@@ -117,7 +122,8 @@ public sealed class FeatureReference
             for (var f = 0; f < outputs.Length; f++)
                 energy[f].Add(outputs[f], 1);
         }
-        _energy = energy.Select(e => e.Total).ToArray();
+        // A feature of weight w counts its error w times: its denominator is divided by w.
+        _energy = energy.Select((e, f) => e.Total / FeatureMetric.Weight(weights, f)).ToArray();
     }
 
     public IReadOnlyList<string> Features { get; }

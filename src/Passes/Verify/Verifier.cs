@@ -17,12 +17,12 @@ public sealed class Verifier
     private readonly FeatureReference _reference;
 
     public Verifier(Model floatModel, IReadOnlyList<string> features, CalibrationSet data, int start, int count,
-        SessionOptions sessionOptions, int runBatch)
+        SessionOptions sessionOptions, int runBatch, IReadOnlyList<double>? weights = null)
     {
         _features = features;
         _sessionOptions = Shrinking(sessionOptions);
         using var session = InferenceSession.Create(WithFeatureOutputs(floatModel), _sessionOptions);
-        _reference = new FeatureReference(features, data, start, count, runBatch, batch => Run(session, batch));
+        _reference = new FeatureReference(features, data, start, count, runBatch, batch => Run(session, batch), weights);
     }
 
     /// <summary>A verifier whose float features were computed elsewhere (by calibration's session, see
@@ -40,9 +40,9 @@ public sealed class Verifier
     /// build time); <paramref name="made"/> receives the verifier, or nothing when calibration's graph lacks a feature.
     /// </summary>
     public static FloatRunRequest ForCalibration(IReadOnlyList<string> features, CalibrationSet data, int start, int count,
-        SessionOptions sessionOptions, int runBatch, Action<Verifier> made) =>
+        SessionOptions sessionOptions, int runBatch, Action<Verifier> made, IReadOnlyList<double>? weights = null) =>
         new(features, run => made(new Verifier(new FeatureReference(features, data, start, count, runBatch,
-            batch => run(batch).Select(o => o.Data.ToFloats()).ToArray()), sessionOptions)));
+            batch => run(batch).Select(o => o.Data.ToFloats()).ToArray(), weights), sessionOptions)));
 
     // Every model measured here holds the float model's activations once more beside the compile's own state: the
     // arena's unused chunks go back after each run, so they do not stack up on the compile's peak.

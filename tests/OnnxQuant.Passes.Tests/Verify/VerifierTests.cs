@@ -128,6 +128,19 @@ public class VerifierTests
     }
 
     [Fact]
+    public void WeightedFeaturesCountTheirWeightTimes()
+    {
+        var model = TwoLayers();
+        // fc1 scaled by 1.01 puts 1e-4 on each feature (see above): weights 3 and 0.5 make it 3.5e-4.
+        var weighted = new Verifier(model, ["hidden", "y"], Data(41), 0, Samples, SessionOptions.Calibration, 8, [3.0, 0.5]);
+        var measured = weighted.Measure(Scaled(model, "w1", 1.01));
+        Assert.True(Math.Abs(measured - 3.5e-4) <= 4 * Tolerance, $"weighted: {measured:R}, expected 3.5e-4");
+        // fc2 leaves "hidden" alone: only y's 1e-4 counts, half of it.
+        var second = weighted.Measure(Scaled(model, "w2", 1.01));
+        Assert.True(Math.Abs(second - 0.5e-4) <= Tolerance, $"weighted, fc2 scaled: {second:R}, expected 5e-5");
+    }
+
+    [Fact]
     public void ArbitraryPerturbationEqualsIndependentMetricOnTheVerificationWindow()
     {
         var model = TwoLayers();

@@ -1,0 +1,124 @@
+using System.Globalization;
+using OnnxQuant.Data;
+using OnnxQuant.Evaluation;
+using OnnxQuant.Frontend;
+using OnnxQuant.Runtime;
+
+namespace OnnxQuant.Passes.Measurement;
+
+/// <summary>One detection output's weight in the metric and the box AP that noise in it cost.</summary>
+public sealed record FeatureWeight(string Feature, double Weight, double ApDrop);
+
+/// <summary>
+/// How the detection outputs were weighed (<see cref="TaskWeights"/>): on how many images, the float model's box AP
+/// there, the noise, and per output the mean AP drop and the weight. <see cref="Note"/> says why the weights are
+/// equal when no output's noise cost AP.
+/// </summary>
+public sealed record TaskWeighting(int Images, double FloatAp, double Noise, int Trials, IReadOnlyList<FeatureWeight> Weights, string? Note);
+
+/// <summary>
+/// Weights for the distortion metric from what a detector's task reads. The metric sums each feature's squared error
+/// relative to its variation, so every feature counts the same however much the detections depend on it: a DETR's
+/// logits and boxes (and any side output) weigh alike, although box AP at high IoU thresholds reads the boxes' last
+/// digits and the class scores only through their ranking. Here each output the detection decoder reads gets Gaussian
+/// noise of <see cref="Noise"/> times its variation (exactly that contribution to the metric), the outputs are decoded
+/// and scored against the annotations, and the mean AP lost over <see cref="Trials"/> seeds becomes the output's
+/// weight, so that the metric approximates the AP a perturbation costs to first order. The model runs once; the
+/// noise is added to its kept outputs.
+/// </summary>
+public static class TaskWeights
+{
+    /// <summary>The noise's energy relative to each output's variation: about the measured distortion of a 3- to
+    /// 4-bit compile, where the allocation's choices decide the accuracy.</summary>
+    public const double Noise = 0.01;
+
+    /// <summary>Noise draws per output; AP is a step function of the detections, so one draw is too coarse.</summary>
+    public const int Trials = 8;
+
+    /// <summary>The smallest weight, against the largest: an output whose noise cost no AP on these images still
+    /// counts a little, so that its layers are not priced at nothing.</summary>
+    public const double Floor = 0.02;
+
+    /// <summary>Significant digits the weights keep, so that AP differences in the last digits between machines'
+    /// kernels do not move the allocation.</summary>
+    public const int Digits = 2;
+
+    /// <exception cref="CompileException">The model's outputs are not fixed-size detections, or the data and the
+    /// annotations do not fit it.</exception>
+    public static TaskWeighting Compute(Model model, IReadOnlyList<NamedArray> data, CocoDataset truth, SessionOptions options)
+    {
+        DetectionOutputs outputs;
+        using (var session = InferenceSession.Create(ModelIO.ToBytes(model), options))
+        {
+            try
+            {
+                outputs = DetectionEvaluator.Collect(session, data, truth);
+            }
+            catch (EvaluationException ex)
+            {
+                throw new CompileException($"--task-annotations: {ex.Message}");
+            }
+        }
+        var names = outputs.OutputNames;
+        var floatAp = outputs.Score().Bbox.AP ?? 0;
+        var drops = new double[names.Count];
+        for (var k = 0; k < names.Count; k++)
+        {
+            var energy = new FeatureEnergy();
+            long elements = 0;
+            foreach (var values in outputs.Values(k))
+            {
+                energy.Add(values, 1);
+                elements += values.Length;
+            }
+            var sigma = Math.Sqrt(Noise * energy.Total / Math.Max(1, elements));
+            double lost = 0;
+            for (var t = 0; t < Trials; t++)
+            {
+                var output = k;
+                var trial = t;
+                var ap = outputs.Score((o, run, values) => o == output ? Noised(values, sigma, Seed(output, trial, run)) : values).Bbox.AP ?? 0;
+                lost += floatAp - ap;
+            }
+            drops[k] = lost / Trials;
+        }
+        var largest = drops.Max();
+        if (!(largest > 0))
+            return new TaskWeighting(outputs.ImageCount, floatAp, Noise, Trials,
+                names.Select((n, k) => new FeatureWeight(n, 1, drops[k])).ToList(),
+                $"noise of {Noise.ToString(CultureInfo.InvariantCulture)} of each output's variation cost no box AP on these {outputs.ImageCount} images: the outputs weigh alike");
+        var raw = drops.Select(d => Math.Max(d, Floor * largest)).ToArray();
+        var sum = raw.Sum();
+        // Scaled so the weights sum to the number of outputs, as the unweighted metric's do: distortions and
+        // --max-distortion keep their scale.
+        var weights = raw.Select(r => Round(r * names.Count / sum)).ToArray();
+        return new TaskWeighting(outputs.ImageCount, floatAp, Noise, Trials,
+            names.Select((n, k) => new FeatureWeight(n, weights[k], drops[k])).ToList(), null);
+    }
+
+    private static double Round(double value)
+    {
+        var scale = Math.Pow(10, Digits - 1 - (int)Math.Floor(Math.Log10(value)));
+        return Math.Round(value * scale) / scale;
+    }
+
+    private static int Seed(int output, int trial, int run) => unchecked(1_000_003 * output + 7_919 * trial + run + 17);
+
+    /// <summary><paramref name="values"/> plus independent normal noise of standard deviation <paramref name="sigma"/>
+    /// (Box-Muller on a seeded generator: the same draws on every machine).</summary>
+    internal static float[] Noised(float[] values, double sigma, int seed)
+    {
+        var random = new Random(seed);
+        var result = new float[values.Length];
+        for (var i = 0; i < values.Length; i += 2)
+        {
+            var u1 = 1.0 - random.NextDouble();
+            var u2 = random.NextDouble();
+            var radius = sigma * Math.Sqrt(-2 * Math.Log(u1));
+            result[i] = (float)(values[i] + radius * Math.Cos(2 * Math.PI * u2));
+            if (i + 1 < values.Length)
+                result[i + 1] = (float)(values[i + 1] + radius * Math.Sin(2 * Math.PI * u2));
+        }
+        return result;
+    }
+}
