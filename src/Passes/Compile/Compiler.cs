@@ -94,7 +94,10 @@ public static class Compiler
         });
         // A pinned curves file is checked against the units before any expensive stage.
         var pinned = PinnedCurves.Load(options.Curves, discovery.Units);
-        var intake = Intake.Notes(loaded.Model).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded, options, outputDirectory))).ToList();
+        // What ONNX Runtime refuses in INT2 containers: every layer when the model does not load at opset 25 (known
+        // here), else the layers it refuses as the artifacts are verified, learned once for every artifact.
+        var int2 = new Int2Exclusions();
+        var intake = Intake.Notes(loaded.Model).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded, options, outputDirectory, int2))).ToList();
         var initializerInputs = options.Rewrite.KeepInitializerInputs ? DetachInitializerInputsPass.InitializerInputs(loaded.Model) : [];
 
         // Activation-aware scaling changes the canonical model (exactly, in float) before anything measures it, so
@@ -156,10 +159,8 @@ public static class Compiler
             {
                 using var stage = progress.Begin($"uniform baseline {width} bits", 1);
                 var plans = RewriteStage.Plans(discovery, partition, _ => width);
-                var rewritten = RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics, memo: cutCurves?.Memo);
-                measured = VerifyStage.Run(rewritten,
-                    () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics, memo: cutCurves?.Memo),
-                    verifier!, debugDirectory, $"uniform-{width}").Measured;
+                RewrittenModel Rewrite() => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, int2, statistics, cutCurves?.Memo);
+                measured = VerifyStage.Run(Rewrite(), Rewrite, int2, verifier!, debugDirectory, $"uniform-{width}").Measured;
                 uniformMeasured[width] = measured;
                 stage.Advance();
             }
@@ -176,15 +177,14 @@ public static class Compiler
             {
                 var plans = RewriteStage.Plans(discovery, partition, bitsOf);
                 finalPlans = plans;
-                var rewritten = clock.Time("rewrite", () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, statistics: statistics, memo: cutCurves?.Memo));
+                RewrittenModel Rewrite() => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, int2, statistics, cutCurves?.Memo);
+                var rewritten = clock.Time("rewrite", Rewrite);
                 return clock.Time("verify", () =>
                 {
                     verifier ??= new Verifier(canonical, features, verification.Data, verification.Start, verification.Count,
                         options.Execution.Measurement(), options.Execution.RunBatch, featureWeights);
                     using var stage = progress.Begin($"verify {AllocationOptions.FormatBits(target)} bits", 1);
-                    var result = VerifyStage.Run(rewritten,
-                        () => RewriteStage.Run(canonical, plans, calibration, options.Rewrite, options.Calibration.ActBits, allowInt2: false, statistics: statistics, memo: cutCurves?.Memo),
-                        verifier, debugDirectory, $"bits-{AllocationOptions.FormatBits(target)}");
+                    var result = VerifyStage.Run(rewritten, Rewrite, int2, verifier, debugDirectory, $"bits-{AllocationOptions.FormatBits(target)}");
                     stage.Advance();
                     return result;
                 });
@@ -233,9 +233,8 @@ public static class Compiler
                 var fusion = VerifyStage.CheckFusion(verified.Rewritten.Model, options.Execution.Measurement(), debugDirectory, label);
                 var sizeOptions = options.Rewrite with { Deploy = DeployTarget.Size };
                 var plans = finalPlans;
-                var size = VerifyStage.Run(RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, statistics: statistics, memo: cutCurves?.Memo),
-                    () => RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, allowInt2: false, statistics: statistics, memo: cutCurves?.Memo),
-                    verifier!, debugDirectory, label + "-size");
+                RewrittenModel Rewrite() => RewriteStage.Run(canonical, plans, calibration, sizeOptions, options.Calibration.ActBits, int2, statistics, cutCurves?.Memo);
+                var size = VerifyStage.Run(Rewrite(), Rewrite, int2, verifier!, debugDirectory, label + "-size");
                 var placement = verified.Rewritten.Result.Speed!;
                 return new DeployReport("speed", size.Measured, placement.QuantizedTensors, placement.IntegerOps, placement.NBitsLayers,
                     fusion.WeightDequantizeLeft, fusion.IntegerKernels, fusion.OpTypes) { BiasFits = placement.BiasFits };

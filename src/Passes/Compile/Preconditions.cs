@@ -14,7 +14,9 @@ namespace OnnxQuant.Passes.Compile;
 public static class Preconditions
 {
     /// <summary>Runs the checks; returns notes on what the compile will do differently (e.g. INT2 kept in INT4).</summary>
-    public static IReadOnlyList<string> Check(Model canonical, LoadedInputs loaded, CompileOptions options, string outputDirectory)
+    /// <param name="int2">Told to keep every layer out of INT2 when the model does not load at opset 25.</param>
+    public static IReadOnlyList<string> Check(Model canonical, LoadedInputs loaded, CompileOptions options, string outputDirectory,
+        Int2Exclusions? int2 = null)
     {
         CheckWritable(outputDirectory);
         // Without graph optimizations: the session only has to prove the model loads and runs, and starts faster.
@@ -38,6 +40,7 @@ public static class Preconditions
         if (needed > 21 && Raised(canonical, needed, sessionOptions) is { } int2Failure)
         {
             notes.Add($"2-bit weights are stored in INT4 containers (opset 21): at opset {needed}, {int2Failure}");
+            int2?.ExcludeAll();
             needed = 21;
         }
         if (needed <= 21 && Raised(canonical, needed, sessionOptions) is { } failure)

@@ -49,15 +49,16 @@ public static class QdqRewriter
     public const string MicrosoftDomain = "com.microsoft";
 
     /// <param name="actBits">Bits of the activations entering quantized layers (0 = weight-only).</param>
-    /// <param name="allowInt2">
-    /// False keeps 2-bit weights in INT4 containers (same values, opset 21 instead of 25), for models with ops that
-    /// the runtime cannot load at opset 25.
+    /// <param name="int2">
+    /// Layers whose 2-bit weights stay in INT4 containers (and 5-6-bit ones in INT8) with the same values: all of them
+    /// (opset 21 instead of 25) for models with ops the runtime cannot load at opset 25, or those the runtime fuses
+    /// into kernels without INT2 (<see cref="Int2Exclusions"/>). Null: none.
     /// </param>
     /// <param name="statistics">Input statistics per layer name, for <see cref="RewriteOptions.Compensation"/>; layers
     /// without them are rounded to nearest.</param>
     /// <param name="memo">Weights already quantized at each width (by the curves); null = quantize here.</param>
     public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, RewriteOptions options,
-        int actBits, bool allowInt2 = true, Func<string, InputStatistics?>? statistics = null, CompensationMemo? memo = null)
+        int actBits, Int2Exclusions? int2 = null, Func<string, InputStatistics?>? statistics = null, CompensationMemo? memo = null)
     {
         if (options.Deploy == DeployTarget.Speed)
             return SpeedRewriter.Apply(model, plans, calibration
@@ -88,7 +89,7 @@ public static class QdqRewriter
             }
             else
             {
-                var packed = PackedWidths(layer, plan.ChannelBits, allowInt2);
+                var packed = PackedWidths(layer, plan.ChannelBits, int2?.Allows(layer.Name) ?? true);
                 var container = Container(packed.Max());
                 var used = packed.Distinct().Order().ToArray();
                 var containers = used.SelectMany(w => w == SplitWidth ? new[] { DataType.Int4, DataType.UInt2 } : [Container(w)]).Distinct().ToArray();
@@ -470,5 +471,38 @@ public static class QdqRewriter
             pairs++;
         }
         return pairs;
+    }
+}
+
+/// <summary>
+/// The layers of one compile whose weights stay out of the INT2 family (2-bit values in INT4 containers, 5-6-bit
+/// ones in INT8; the same values), learned from ONNX Runtime as the artifacts are verified. ONNX Runtime 1.32 fuses a
+/// DequantizeLinear(INT2) -> Conv -> QuantizeLinear group into QLinearConv, which takes no INT2, and then refuses the
+/// whole model: only such layers need the larger container, the others keep INT2. A model that fails for another
+/// reason (an op with no kernel at opset 25) keeps every layer out (<see cref="All"/>).
+/// </summary>
+public sealed class Int2Exclusions
+{
+    private readonly SortedSet<string> _layers = new(StringComparer.Ordinal);
+
+    /// <summary>Every layer is kept out.</summary>
+    public bool All { get; private set; }
+
+    /// <summary>The layers kept out one by one, in name order.</summary>
+    public IReadOnlyCollection<string> Layers => _layers;
+
+    public bool Allows(string layer) => !All && !_layers.Contains(layer);
+
+    /// <summary>Keeps <paramref name="layer"/> out; false when it already was.</summary>
+    public bool Add(string layer) => !All && _layers.Add(layer);
+
+    public void ExcludeAll() => All = true;
+
+    /// <summary>Every layer out from the start (what a caller that cannot learn asks for).</summary>
+    public static Int2Exclusions Everything()
+    {
+        var all = new Int2Exclusions();
+        all.ExcludeAll();
+        return all;
     }
 }

@@ -48,11 +48,11 @@ public static class RewriteStage
     }
 
     public static RewrittenModel Run(Model canonical, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration,
-        RewriteOptions options, int actBits, bool allowInt2 = true, Func<string, InputStatistics?>? statistics = null,
+        RewriteOptions options, int actBits, Int2Exclusions? int2 = null, Func<string, InputStatistics?>? statistics = null,
         CompensationMemo? memo = null)
     {
         var quantized = canonical.Clone();
-        var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, allowInt2, statistics, memo);
+        var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, int2, statistics, memo);
         return new RewrittenModel(quantized, result);
     }
 }

@@ -9,42 +9,92 @@ namespace OnnxQuant.Passes.Verify;
 public sealed record VerifiedModel(RewrittenModel Rewritten, double Measured, IReadOnlyList<string> Notes);
 
 /// <summary>
-/// Rewrites one target and verifies it in ONNX Runtime. A model with INT2 containers that ONNX Runtime cannot load
-/// at opset 25 (some ops resolve to versions it has no kernel for, e.g. RoiAlign-22 in 1.30) is rewritten once more
-/// with the same 2-bit values in INT4 containers at opset 21. If ONNX Runtime still rejects the compiler's own
-/// output, that is a bug: the model and the error are kept in a folder under the debug directory and an
-/// <see cref="InternalFailureException"/> is thrown.
+/// Rewrites one target and verifies it in ONNX Runtime. ONNX Runtime refuses some models with INT2 containers: it
+/// fuses DequantizeLinear(INT2) -> Conv -> QuantizeLinear into QLinearConv, which takes no INT2, or an op resolves at
+/// opset 25 to a version it has no kernel for (RoiAlign-22 in 1.30). A refusal that names a layer's INT2 weight keeps
+/// that layer out of the INT2 family and rewrites again (up to <see cref="MaxLayersOneByOne"/> layers, learned for the
+/// whole compile in <see cref="Int2Exclusions"/>); any other refusal keeps every layer out (opset 21). If ONNX Runtime
+/// still rejects the compiler's own output, that is a bug: the model and the error are kept in a folder under the
+/// debug directory and an <see cref="InternalFailureException"/> is thrown.
 /// </summary>
 public static class VerifyStage
 {
-    /// <param name="withoutInt2">The same rewrite with 2-bit weights in INT4 containers.</param>
-    public static VerifiedModel Run(RewrittenModel rewritten, Func<RewrittenModel> withoutInt2, Verifier verifier,
+    /// <summary>Layers kept out of INT2 one refusal at a time before every layer is (each costs a rewrite and a
+    /// session build that fails).</summary>
+    public const int MaxLayersOneByOne = 32;
+
+    /// <param name="rewritten">The rewrite under <paramref name="int2"/> as it stands.</param>
+    /// <param name="rewrite">The same rewrite again, reading <paramref name="int2"/> each time it is called.</param>
+    /// <param name="int2">The compile's INT2 exclusions: read by <paramref name="rewrite"/>, grown here.</param>
+    public static VerifiedModel Run(RewrittenModel rewritten, Func<RewrittenModel> rewrite, Int2Exclusions int2, Verifier verifier,
         string debugDirectory, string label)
     {
         var notes = new List<string>();
-        try
+        var oneByOne = 0;
+        while (true)
         {
-            return new VerifiedModel(rewritten, StableRounding.Round(verifier.Measure(rewritten.Model)), notes);
+            try
+            {
+                var measured = StableRounding.Round(verifier.Measure(rewritten.Model));
+                if (int2.Layers.Count > 0 && !int2.All)
+                    notes.Add($"ONNX Runtime fuses {int2.Layers.Count} layer(s) with 2-bit weights into integer kernels that take no INT2 " +
+                              $"({string.Join(", ", int2.Layers.Take(3))}{(int2.Layers.Count > 3 ? ", ..." : "")}): their 2-bit weights are stored in " +
+                              "INT4 containers and their 5-6-bit weights in INT8 (same values); the other layers keep INT2");
+                return new VerifiedModel(rewritten, measured, notes);
+            }
+            catch (OrtException ex) when (!int2.All && rewritten.Result.Layers.Any(l => l.Containers.Any(c => c is DataType.Int2 or DataType.UInt2)))
+            {
+                if (oneByOne < MaxLayersOneByOne && Int2Offender(ex.Message, rewritten) is { } layer && int2.Add(layer))
+                    oneByOne++;
+                else
+                {
+                    int2.ExcludeAll();
+                    notes.Add($"ONNX Runtime could not load the model with INT2 containers at opset {rewritten.Result.Opset} " +
+                              $"({FirstLine(ex.Message)}); 2-bit weights are stored in INT4 containers instead (same values, larger file)");
+                }
+                rewritten = rewrite();
+            }
+            catch (OrtException ex)
+            {
+                throw Rejected(rewritten.Model, ex, debugDirectory, label);
+            }
         }
-        catch (OrtException ex) when (rewritten.Result.Layers.Any(l => l.Containers.Any(c => c is DataType.Int2 or DataType.UInt2)))
+    }
+
+    private static readonly System.Text.RegularExpressions.Regex TypeError = new(
+        @"Type 'tensor\((u?int2)\)' of input parameter \((?<param>[^)]*)\) of operator \([^)]*\) in node \((?<node>[^)]*)\)",
+        System.Text.RegularExpressions.RegexOptions.CultureInvariant);
+
+    /// <summary>
+    /// The layer whose INT2-family weight ONNX Runtime's type check refused: the fused node keeps the layer's node
+    /// name; otherwise the refused initializer is followed to the quantized layer that reads it. Null when the error
+    /// is another one.
+    /// </summary>
+    internal static string? Int2Offender(string message, RewrittenModel rewritten)
+    {
+        var match = TypeError.Match(message);
+        if (!match.Success)
+            return null;
+        var layers = rewritten.Result.Layers.Where(l => l.Containers.Any(c => c is DataType.Int2 or DataType.UInt2))
+            .Select(l => l.Layer).ToHashSet(StringComparer.Ordinal);
+        var node = match.Groups["node"].Value;
+        if (layers.Contains(node))
+            return node;
+        // The weight's DequantizeLinear (and, for split layers, the Add and Mul that join its parts) lead to the layer.
+        var graph = rewritten.Model.Graph;
+        var frontier = graph.FindValue(match.Groups["param"].Value) is { } value ? new List<Value> { value } : [];
+        for (var hop = 0; hop < 6 && frontier.Count > 0; hop++)
         {
-            var failedOpset = rewritten.Result.Opset;
-            rewritten = withoutInt2();
-            notes.Add($"ONNX Runtime could not load the model with INT2 containers at opset {failedOpset} " +
-                      $"({FirstLine(ex.Message)}); 2-bit weights are stored in INT4 containers instead (same values, larger file)");
+            var next = new List<Value>();
+            foreach (var use in frontier.SelectMany(v => v.Uses))
+            {
+                if (use.Node.Name is { } name && layers.Contains(name))
+                    return name;
+                next.AddRange(use.Node.Outputs);
+            }
+            frontier = next;
         }
-        catch (OrtException ex)
-        {
-            throw Rejected(rewritten.Model, ex, debugDirectory, label);
-        }
-        try
-        {
-            return new VerifiedModel(rewritten, StableRounding.Round(verifier.Measure(rewritten.Model)), notes);
-        }
-        catch (OrtException ex)
-        {
-            throw Rejected(rewritten.Model, ex, debugDirectory, label);
-        }
+        return null;
     }
 
     /// <summary>
