@@ -43,8 +43,11 @@ public class TaskWeightsCompileTests
             var text = manifest.RootElement.ToString();
             Assert.Contains("pred_boxes=", text);
             Assert.Contains("calib.json", text);
-            Assert.True(root.GetProperty("distortion").GetProperty("measured").GetDouble() > 0);
-            Assert.Contains("3", stdout);
+            var distortion = root.GetProperty("distortion");
+            Assert.True(distortion.GetProperty("measured").GetDouble() > 0);
+            Assert.Contains($"weighted: pred_logits {weights[0]:R}, pred_boxes {weights[1]:R}", distortion.GetProperty("metric").GetString());
+            Assert.Contains(root.GetProperty("notes").EnumerateArray(), n => n.GetString()!.StartsWith("task weights on 64 images"));
+            Assert.Contains("weighted: pred_logits", stdout);
         }
         finally
         {

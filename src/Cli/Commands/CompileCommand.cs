@@ -331,7 +331,7 @@ internal static class CompileCommand
             table.AddRow(row.Select(Markup.Escape).ToArray());
         }
         console.Write(table);
-        console.WriteLine($"distortion: {Compiler.Metric}, measured on {first.Distortion.Samples} {(first.Distortion.HeldOut ? "held-out" : "calibration")} samples; " +
+        console.WriteLine($"distortion: {first.Distortion.Metric}, measured on {first.Distortion.Samples} {(first.Distortion.HeldOut ? "held-out" : "calibration")} samples; " +
                           (first.Baseline is { Skipped: { } skipped } ? $"uniform baseline {skipped}" : "uniform: every unit at the width nearest the target, measured the same way"));
         console.WriteLine("stages: " + string.Join(", ", result.Timings.Select(s => $"{s.Stage} {s.Seconds:0.0}s")));
         foreach (var note in result.Targets.SelectMany(t => t.Report.Notes).Distinct())

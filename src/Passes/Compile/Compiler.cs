@@ -1,4 +1,3 @@
-using System.Globalization;
 using OnnxQuant.Data;
 using OnnxQuant.Evaluation;
 using OnnxQuant.Frontend;
@@ -73,9 +72,7 @@ public static class Compiler
         {
             var result = TaskWeights.Compute(loaded.Model, Npz.Read(options.Features.TaskData ?? calibPath),
                 CocoDataset.Load(options.Features.TaskAnnotations), options.Execution.Measurement());
-            progress.Note($"task weights on {result.Images} images (float box AP {result.FloatAp.ToString("0.000", CultureInfo.InvariantCulture)}): " +
-                string.Join(", ", result.Weights.Select(w => $"{w.Feature} {FeatureOptions.Format(w.Weight)} (noise cost {(w.ApDrop * 100).ToString("0.00", CultureInfo.InvariantCulture)} AP)")) +
-                (result.Note is { } note ? "; " + note : ""));
+            progress.Note(result.Describe());
             return result;
         });
         if (weighting is not null)
@@ -240,7 +237,7 @@ public static class Compiler
                     fusion.WeightDequantizeLeft, fusion.IntegerKernels, fusion.OpTypes) { BiasFits = placement.BiasFits };
             }) : null;
             var baseline = clock.Time("baseline", () => Baseline(target, allocation, verified.Measured));
-            var notes = loaded.Notes.Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
+            var notes = loaded.Notes.Concat(weighting is null ? [] : [weighting.Describe()]).Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
             if (initializerInputs.Count > 0)
@@ -330,7 +327,7 @@ public static class Compiler
             Layers = rewrite.Layers,
             Sizes = new SizeReport(rewrite.Layers.Sum(l => l.FloatBytes), rewrite.Layers.Sum(l => l.IdealBits),
                 rewrite.Layers.Sum(l => l.Bytes), model.LongLength),
-            Distortion = new DistortionReport(repaired is null ? allocation.PredictedDistortion : allocation.Units.Sum(u => RepairedDistortion(u.Name)), measured, samples, heldOut, Metric),
+            Distortion = new DistortionReport(repaired is null ? allocation.PredictedDistortion : allocation.Units.Sum(u => RepairedDistortion(u.Name)), measured, samples, heldOut, FeatureMetric.Describe(features, options.Features.Weights)),
             Notes = notes,
             CurveGains = curves.Gains,
             Compensation = Quantization.Compensator.Name(options.Rewrite.Compensation),

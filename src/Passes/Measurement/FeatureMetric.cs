@@ -18,6 +18,13 @@ public static class FeatureMetric
 {
     public const string Description = "sum over features of ||y_q - y||^2 / ||y - mean(y)||^2 (relative squared error against the feature's variation)";
 
+    /// <summary>The metric's description for <paramref name="features"/> with <paramref name="weights"/> (the plain
+    /// <see cref="Description"/> without).</summary>
+    public static string Describe(IReadOnlyList<string> features, IReadOnlyList<double> weights) =>
+        weights.Count == 0 || weights.All(w => w == 1) ? Description
+            : "sum over features of w * ||y_q - y||^2 / ||y - mean(y)||^2 (relative squared error against the feature's variation, weighted: " +
+              string.Join(", ", features.Select((f, i) => $"{f} {weights[i].ToString("R", System.Globalization.CultureInfo.InvariantCulture)}")) + ")";
+
     /// <summary>Feature <paramref name="index"/>'s weight in the sum: 1 without weights.</summary>
     public static double Weight(IReadOnlyList<double>? weights, int index) => weights is null || weights.Count == 0 ? 1 : weights[index];
 

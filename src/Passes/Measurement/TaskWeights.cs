@@ -14,7 +14,15 @@ public sealed record FeatureWeight(string Feature, double Weight, double ApDrop)
 /// there, the noise, and per output the mean AP drop and the weight. <see cref="Note"/> says why the weights are
 /// equal when no output's noise cost AP.
 /// </summary>
-public sealed record TaskWeighting(int Images, double FloatAp, double Noise, int Trials, IReadOnlyList<FeatureWeight> Weights, string? Note);
+public sealed record TaskWeighting(int Images, double FloatAp, double Noise, int Trials, IReadOnlyList<FeatureWeight> Weights, string? Note)
+{
+    /// <summary>One line for the notes: the weights and what noise in each output cost.</summary>
+    public string Describe() =>
+        $"task weights on {Images} images (float box AP {FloatAp.ToString("0.000", CultureInfo.InvariantCulture)}, noise of " +
+        $"{Noise.ToString(CultureInfo.InvariantCulture)} of each output's variation): " +
+        string.Join(", ", Weights.Select(w => $"{w.Feature} {w.Weight.ToString("R", CultureInfo.InvariantCulture)} (noise cost {(w.ApDrop * 100).ToString("0.00", CultureInfo.InvariantCulture)} AP)")) +
+        (Note is { } note ? "; " + note : "");
+}
 
 /// <summary>
 /// Weights for the distortion metric from what a detector's task reads. The metric sums each feature's squared error
