@@ -54,18 +54,36 @@ public sealed class Int2FallbackTests : IDisposable
         return net.Model;
     }
 
+    /// <summary>Every unit at 2 bits (candidates 2 and 4), 16 calibration and 8 verification samples of 3x16x16.</summary>
+    private CompileResult CompileAtTwoBits(Model model, string name)
+    {
+        Directory.CreateDirectory(_root);
+        var modelPath = Path.Combine(_root, name + ".onnx");
+        ModelIO.Save(model, modelPath);
+        var dataPath = Path.Combine(_root, name + ".npz");
+        Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(24, 3), 24, 3, 16, 16))]);
+        return Compiler.Run(modelPath, dataPath, Path.Combine(_root, "out-" + name),
+            new CompileOptions { Allocation = new() { TargetBits = [2] }, Curves = new() { CandidateBits = [2, 4], CacheDir = null }, Data = new() { CalibSamples = 16, VerifySamples = 8 } },
+            "test", SilentProgress.Instance);
+    }
+
+    /// <summary>Checks that the model's largest INT4 initializer (a 16x3x3x3 weight; its zero point is INT4 too) holds
+    /// 2-bit values, runs the model on one image and returns the output's shape.</summary>
+    private static long[] RunWithTwoBitValuesInInt4(string path)
+    {
+        var model = ModelIO.Load(path);
+        var weight = model.Graph.Initializers.Where(v => v.Initializer!.DataType == DataType.Int4)
+            .MaxBy(v => v.Initializer!.ElementCount)!.Initializer!.ToFloatArray();
+        Assert.Equal(16 * 3 * 3 * 3, weight.Length);
+        Assert.All(weight, v => Assert.InRange(v, -2, 1));
+        using var session = InferenceSession.Create(path);
+        return session.Run([new NamedTensor("images", TensorData.FromFloats(TestModels.Images(1, 9), [1, 3, 16, 16]))]).Single().Data.Shape;
+    }
+
     [Fact]
     public void OnlyTheLayersTheRuntimeFusesIntoKernelsWithoutInt2MoveToInt4()
     {
-        Directory.CreateDirectory(_root);
-        var modelPath = Path.Combine(_root, "convs.onnx");
-        ModelIO.Save(TwoConvs(), modelPath);
-        var dataPath = Path.Combine(_root, "calib.npz");
-        Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(24, 3), 24, 3, 16, 16))]);
-
-        var result = Compiler.Run(modelPath, dataPath, Path.Combine(_root, "out"),
-            new CompileOptions { Allocation = new() { TargetBits = [2] }, Curves = new() { CandidateBits = [2, 4], CacheDir = null }, Data = new() { CalibSamples = 16, VerifySamples = 8 } },
-            "test", SilentProgress.Instance);
+        var result = CompileAtTwoBits(TwoConvs(), "convs");
 
         var report = result.Targets.Single().Report;
         Assert.All(report.Units, u => Assert.Equal(2, u.Bits));
@@ -75,29 +93,14 @@ public sealed class Int2FallbackTests : IDisposable
         Assert.Contains(report.Notes, n => n.Contains("fuses 1 layer(s)") && n.Contains("first"));
         Assert.DoesNotContain(report.Notes, n => n.Contains("INT4 containers instead"));
 
-        // The artifact loads and runs, and the first layer's INT4 weight holds 2-bit values.
-        var model = ModelIO.Load(result.Targets[0].ModelPath);
-        var weight = model.Graph.Initializers.Where(v => v.Initializer!.DataType == DataType.Int4)
-            .MaxBy(v => v.Initializer!.ElementCount)!.Initializer!.ToFloatArray();
-        Assert.Equal(16 * 3 * 3 * 3, weight.Length);
-        Assert.All(weight, v => Assert.InRange(v, -2, 1));
-        using var session = InferenceSession.Create(result.Targets[0].ModelPath);
-        var output = session.Run([new NamedTensor("images", TensorData.FromFloats(TestModels.Images(1, 9), [1, 3, 16, 16]))]).Single();
-        Assert.Equal([1L, 8, 16, 16], output.Data.Shape);
+        // The artifact runs, and the first layer's INT4 weight holds 2-bit values.
+        Assert.Equal([1L, 8, 16, 16], RunWithTwoBitValuesInInt4(result.Targets[0].ModelPath));
     }
 
     [Fact]
     public void TwoBitLayersFallBackToInt4WhenTheRuntimeRefusesOpset25()
     {
-        Directory.CreateDirectory(_root);
-        var modelPath = Path.Combine(_root, "roi.onnx");
-        ModelIO.Save(ConvThenRoiAlign(), modelPath);
-        var dataPath = Path.Combine(_root, "calib.npz");
-        Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(24, 3), 24, 3, 16, 16))]);
-
-        var result = Compiler.Run(modelPath, dataPath, Path.Combine(_root, "out"),
-            new CompileOptions { Allocation = new() { TargetBits = [2] }, Curves = new() { CandidateBits = [2, 4], CacheDir = null }, Data = new() { CalibSamples = 16, VerifySamples = 8 } },
-            "test", SilentProgress.Instance);
+        var result = CompileAtTwoBits(ConvThenRoiAlign(), "roi");
 
         var report = result.Targets.Single().Report;
         Assert.Equal(2, report.Units.Single().Bits);
@@ -109,15 +112,7 @@ public sealed class Int2FallbackTests : IDisposable
         Assert.Single(report.Notes, n => n.Contains("INT4 containers") && n.Contains("RoiAlign"));
 
         // The written model holds 2-bit values in its INT4 weight and runs.
-        var model = ModelIO.Load(result.Targets[0].ModelPath);
-        // The weight is the largest INT4 initializer (its zero point is INT4 too).
-        var weight = model.Graph.Initializers.Where(v => v.Initializer!.DataType == DataType.Int4)
-            .MaxBy(v => v.Initializer!.ElementCount)!.Initializer!.ToFloatArray();
-        Assert.Equal(16 * 3 * 3 * 3, weight.Length);
-        Assert.All(weight, v => Assert.InRange(v, -2, 1));
-        using var session = InferenceSession.Create(result.Targets[0].ModelPath);
-        var output = session.Run([new NamedTensor("images", TensorData.FromFloats(TestModels.Images(1, 9), [1, 3, 16, 16]))]).Single();
-        Assert.Equal([2L, 16, 2, 2], output.Data.Shape);
+        Assert.Equal([2L, 16, 2, 2], RunWithTwoBitValuesInInt4(result.Targets[0].ModelPath));
         Assert.True(report.Distortion.Measured < 1, $"measured distortion {report.Distortion.Measured}");
     }
 }
