@@ -89,7 +89,9 @@ public static class QdqRewriter
             }
             else
             {
-                var packed = PackedWidths(layer, plan.ChannelBits, int2?.Allows(layer.Name) ?? true);
+                // A layer the runtime fuses into a kernel without INT2 keeps its split 5-6-bit weights: their UINT2
+                // part is joined by an Add, which no integer kernel absorbs.
+                var packed = PackedWidths(layer, plan.ChannelBits, int2?.Allows(layer.Name) ?? true, !(int2?.All ?? false));
                 var container = Container(packed.Max());
                 var used = packed.Distinct().Order().ToArray();
                 var containers = used.SelectMany(w => w == SplitWidth ? new[] { DataType.Int4, DataType.UInt2 } : [Container(w)]).Distinct().ToArray();
@@ -153,12 +155,13 @@ public static class QdqRewriter
     internal const int SplitWidth = 6;
 
     /// <summary>
-    /// The packed width each output channel is stored at: 2 (INT2), 4 (INT4), 6 (INT4 high part + UINT2 low part, only
-    /// where INT2-family types are allowed) or 8 (INT8). The widest is the layer's container.
+    /// The packed width each output channel is stored at: 2 (INT2, where <paramref name="allowInt2"/>), 4 (INT4), 6
+    /// (INT4 high part + UINT2 low part, where <paramref name="allowSplit"/>: the model loads at opset 25) or 8 (INT8).
+    /// The widest is the layer's container.
     /// </summary>
-    private static int[] PackedWidths(QuantLayer layer, int[] channelBits, bool allowInt2)
+    private static int[] PackedWidths(QuantLayer layer, int[] channelBits, bool allowInt2, bool allowSplit)
     {
-        var widths = channelBits.Select(b => b <= 2 ? (allowInt2 ? 2 : 4) : b <= 4 ? 4 : b <= 6 && allowInt2 ? SplitWidth : 8).ToArray();
+        var widths = channelBits.Select(b => b <= 2 ? (allowInt2 ? 2 : 4) : b <= 4 ? 4 : b <= 6 && allowSplit ? SplitWidth : 8).ToArray();
         // ONNX Runtime 1.30 fuses DequantizeLinear(INT2) -> MatMul/Gemm into MatMulNBits and gets the wrong answer when
         // the output channels are not a multiple of 4 (checked by a test); such channels keep their 2-bit values in an
         // INT4 container. A split weight is not fused, but its INT2 part follows the same rule to stay on the safe side.
@@ -475,11 +478,13 @@ public static class QdqRewriter
 }
 
 /// <summary>
-/// The layers of one compile whose weights stay out of the INT2 family (2-bit values in INT4 containers, 5-6-bit
-/// ones in INT8; the same values), learned from ONNX Runtime as the artifacts are verified. ONNX Runtime 1.32 fuses a
-/// DequantizeLinear(INT2) -> Conv -> QuantizeLinear group into QLinearConv, which takes no INT2, and then refuses the
-/// whole model: only such layers need the larger container, the others keep INT2. A model that fails for another
-/// reason (an op with no kernel at opset 25) keeps every layer out (<see cref="All"/>).
+/// The layers of one compile whose 2-bit weights stay out of INT2 containers (in INT4, the same values), learned from
+/// ONNX Runtime as the artifacts are verified. ONNX Runtime 1.32 fuses a DequantizeLinear(INT2) -> Conv ->
+/// QuantizeLinear group into QLinearConv, which takes no INT2, and then refuses the whole model: only such layers need
+/// the larger container, the others keep INT2. Whether a layer is fused depends on its neighbours, which every target
+/// quantizes alike, so what one target learns holds for the others. A model that fails for another reason (an op with
+/// no kernel at opset 25) keeps every layer out of the INT2 family, the split 5-6-bit weights' UINT2 part included
+/// (<see cref="All"/>).
 /// </summary>
 public sealed class Int2Exclusions
 {

@@ -36,10 +36,12 @@ public static class VerifyStage
             try
             {
                 var measured = StableRounding.Round(verifier.Measure(rewritten.Model));
-                if (int2.Layers.Count > 0 && !int2.All)
-                    notes.Add($"ONNX Runtime fuses {int2.Layers.Count} layer(s) with 2-bit weights into integer kernels that take no INT2 " +
-                              $"({string.Join(", ", int2.Layers.Take(3))}{(int2.Layers.Count > 3 ? ", ..." : "")}): their 2-bit weights are stored in " +
-                              "INT4 containers and their 5-6-bit weights in INT8 (same values); the other layers keep INT2");
+                // Only layers of this artifact below 8 bits can have lost an INT2-family container.
+                var moved = int2.All ? [] : rewritten.Result.Layers.Where(l => l.MaxBits < 8 && !int2.Allows(l.Layer)).Select(l => l.Layer).ToList();
+                if (moved.Count > 0)
+                    notes.Add($"ONNX Runtime fuses {moved.Count} layer(s) with 2-bit weights into integer kernels that take no INT2 " +
+                              $"({string.Join(", ", moved.Take(3))}{(moved.Count > 3 ? ", ..." : "")}): their 2-bit weights are stored in " +
+                              "INT4 containers (same values); the other layers keep INT2");
                 return new VerifiedModel(rewritten, measured, notes);
             }
             catch (OrtException ex) when (!int2.All && rewritten.Result.Layers.Any(l => l.Containers.Any(c => c is DataType.Int2 or DataType.UInt2)))
