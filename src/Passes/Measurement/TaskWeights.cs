@@ -94,7 +94,9 @@ public static class TaskWeights
         if (!(largest > 0))
             return new TaskWeighting(outputs.ImageCount, floatAp, Noise, Trials,
                 names.Select((n, k) => new FeatureWeight(n, 1, drops[k])).ToList(),
-                $"noise of {Noise.ToString(CultureInfo.InvariantCulture)} of each output's variation cost no box AP on these {outputs.ImageCount} images: the outputs weigh alike");
+                floatAp > 0
+                    ? $"noise of {Noise.ToString(CultureInfo.InvariantCulture)} of each output's variation cost no box AP on these {outputs.ImageCount} images: the outputs weigh alike"
+                    : $"the float model scores no box AP on these {outputs.ImageCount} images (untrained, or annotations that do not describe them): the outputs weigh alike");
         var raw = drops.Select(d => Math.Max(d, Floor * largest)).ToArray();
         var sum = raw.Sum();
         // Scaled so the weights sum to the number of outputs, as the unweighted metric's do: distortions and
