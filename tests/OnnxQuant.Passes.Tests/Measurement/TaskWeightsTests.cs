@@ -95,6 +95,20 @@ public class TaskWeightsTests
     }
 
     [Fact]
+    public void AModelThatScoresNothingWeighsItsOutputsAlikeAndSaysWhy()
+    {
+        var model = ModelIO.Load(RepoPaths.File("models/fixtures/detr_small.onnx"));
+        var data = Npz.Read(RepoPaths.File("models/data/calib.npz"));
+        var truth = CocoDataset.Load(RepoPaths.File("models/data/calib.json"));
+        // The same images without a single object: no AP to lose, whatever the noise.
+        var empty = new CocoDataset(truth.Images, truth.Categories, []);
+        var weighting = TaskWeights.Compute(model, data, empty, new SessionOptions { IntraOpThreads = 1 });
+        Assert.Equal(0, weighting.FloatAp);
+        Assert.All(weighting.Weights, w => Assert.Equal(1, w.Weight));
+        Assert.Contains("scores no box AP", weighting.Note);
+    }
+
+    [Fact]
     public void OutputsThatFollowTheDetectionsCannotBeWeighed()
     {
         var model = ModelIO.Load(RepoPaths.File("models/fixtures/maskrcnn_swin_small.onnx"));
