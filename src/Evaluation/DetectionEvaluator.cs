@@ -77,6 +77,9 @@ public static class DetectionEvaluator
             GroundTruth = groundTruth;
         }
 
+        /// <summary>The same plan scored against other annotations of the same images.</summary>
+        public Plan With(CocoDataset groundTruth) => new(Decoder, _bindings, Images, InputHeight, InputWidth, _batch, _padToFixed, groundTruth);
+
         public IDetectionDecoder Decoder { get; }
         public List<CocoImage> Images { get; }
         public int InputHeight { get; }
@@ -276,6 +279,13 @@ public sealed class DetectionOutputs
 
     /// <summary>Every run's values of output <paramref name="output"/> (index into <see cref="OutputNames"/>), in run order.</summary>
     public IEnumerable<float[]> Values(int output) => _batches.Select(b => b.Outputs[output].ToFloats());
+
+    /// <summary>Every image's detections, decoded from the kept outputs as they are.</summary>
+    public IReadOnlyList<Detection> Detections() =>
+        _batches.SelectMany(b => _plan.Decoder.Decode(b.Outputs, _plan.Images.GetRange(b.Start, b.Count), _plan.InputHeight, _plan.InputWidth)).ToList();
+
+    /// <summary>The same outputs, scored against other annotations of the same images (e.g. pseudo-labels).</summary>
+    public DetectionOutputs Against(CocoDataset groundTruth) => new(_plan.With(groundTruth), _batches);
 
     /// <summary>
     /// Scores the kept outputs; <paramref name="change"/> (output index, run index, values), when given, returns the

@@ -57,6 +57,30 @@ public class TaskWeightsCompileTests
     }
 
     [Fact]
+    public void SelfStandsInForAnnotations()
+    {
+        var output = Output();
+        try
+        {
+            var (code, _, stderr) = CliRunner.Run(["compile", RepoPaths.File("models/fixtures/detr_small.onnx"), .. Common,
+                "--target-bits", "4", "--task-annotations", "self", "-o", output]);
+            Assert.True(code == 0, stderr);
+            using var report = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(output, "report.json")));
+            var task = report.RootElement.GetProperty("task_weighting");
+            Assert.Equal(1.0, task.GetProperty("float_box_ap").GetDouble(), 9); // the model against its own detections
+            var weights = report.RootElement.GetProperty("feature_weights").EnumerateArray().Select(w => w.GetDouble()).ToList();
+            Assert.True(weights[1] > 20 * weights[0]);
+            using var manifest = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(output, "manifest.json")));
+            Assert.Contains("\"self\"", manifest.RootElement.ToString());
+        }
+        finally
+        {
+            if (Directory.Exists(output))
+                Directory.Delete(output, true);
+        }
+    }
+
+    [Fact]
     public void MaskRcnnOutputsAndNamedFeaturesAreRefused()
     {
         var output = Output();

@@ -32,7 +32,7 @@ internal static class CompileCommand
         var verifyData = new Option<string?>("--verify-data") { Description = "Held-out data for verification (default: the samples after the calibration ones)" };
         var verifySamples = new Option<int>("--verify-samples") { Description = "Held-out samples (after the calibration ones) for verification", DefaultValueFactory = _ => 16 };
         var feature = new Option<string[]>("--feature") { Description = "Tensor(s) whose distortion the curves measure (default: the model's float outputs); NAME=W weighs one W times in the sum", AllowMultipleArgumentsPerToken = true };
-        var taskAnnotations = new Option<string?>("--task-annotations") { Description = "COCO annotations of the calibration images (or of --task-data): measure on the detection outputs, each weighed by the box AP that noise in it costs" };
+        var taskAnnotations = new Option<string?>("--task-annotations") { Description = "COCO annotations of the calibration images (or of --task-data): measure on the detection outputs, each weighed by the box AP that noise in it costs; \"self\": the float model's own detections of score 0.5 or more stand in for annotations" };
         var taskData = new Option<string?>("--task-data") { Description = "Images (.npz) that --task-annotations describes, instead of the calibration data" };
         var bits = new Option<string>("--bits") { Description = "Candidate weight widths", DefaultValueFactory = _ => "2,3,4,5,6,8" };
         var minBits = new Option<int?>("--min-bits") { Description = "Least width of a unit (default: max(2, floor(target) - 2))" };

@@ -48,7 +48,7 @@ public static class Compiler
         // written or is busy fails in a second, not after the whole compile.
         using var output = OutputFolder.Open(outputDirectory, ArtifactStage.Inputs(modelPath, calibPath,
             options.Data.VerifyData, options.Curves.CurvesFile, options.Guards.EvalData, options.Guards.EvalAnnotations,
-            options.Features.TaskData, options.Features.TaskAnnotations));
+            options.Features.TaskData, options.Features.TaskAnnotations == TaskWeights.Self ? null : options.Features.TaskAnnotations));
         // The cache only saves time: a cache folder that cannot be used is skipped with a note, never an error.
         if (options.Curves.CacheDir is { } cacheDir && options.Curves.CurvesFile is null && CurveCache.Unusable(cacheDir) is { } unusable)
         {
@@ -70,8 +70,10 @@ public static class Compiler
         // Task weights replace the features by the detection outputs, weighed by the AP their noise costs.
         var weighting = options.Features.TaskAnnotations is null ? null : clock.Time("weigh", () =>
         {
-            var result = TaskWeights.Compute(loaded.Model, Npz.Read(options.Features.TaskData ?? calibPath),
-                CocoDataset.Load(options.Features.TaskAnnotations), options.Execution.Measurement());
+            var data = Npz.Read(options.Features.TaskData ?? calibPath);
+            var result = options.Features.TaskAnnotations == TaskWeights.Self
+                ? TaskWeights.ComputeSelf(loaded.Model, data, options.Execution.Measurement())
+                : TaskWeights.Compute(loaded.Model, data, CocoDataset.Load(options.Features.TaskAnnotations), options.Execution.Measurement());
             progress.Note(result.Describe());
             return result;
         });

@@ -51,22 +51,55 @@ public static class TaskWeights
     /// kernels do not move the allocation.</summary>
     public const int Digits = 2;
 
+    /// <summary>The value of <c>--task-annotations</c> that asks for <see cref="ComputeSelf"/>.</summary>
+    public const string Self = "self";
+
+    /// <summary>Score from which the float model's own detections stand in for annotations (<see cref="ComputeSelf"/>).</summary>
+    public const double SelfScore = 0.5;
+
     /// <exception cref="CompileException">The model's outputs are not fixed-size detections, or the data and the
     /// annotations do not fit it.</exception>
-    public static TaskWeighting Compute(Model model, IReadOnlyList<NamedArray> data, CocoDataset truth, SessionOptions options)
+    public static TaskWeighting Compute(Model model, IReadOnlyList<NamedArray> data, CocoDataset truth, SessionOptions options) =>
+        Weigh(Collect(model, data, truth, options), null);
+
+    /// <summary>
+    /// Weights without annotations: the float model's own detections of score at least <see cref="SelfScore"/> on the
+    /// images stand in for them, so the weights say how much noise in each output changes the detections the model
+    /// makes (box AP against itself), not how much it costs against the truth. Classes are the model's own indices.
+    /// </summary>
+    public static TaskWeighting ComputeSelf(Model model, IReadOnlyList<NamedArray> data, SessionOptions options)
     {
-        DetectionOutputs outputs;
-        using (var session = InferenceSession.Create(ModelIO.ToBytes(model), options))
+        data = data.Where(a => a.Name != "image_ids").ToList();
+        var count = data.Count > 0 && data[0].Array.Shape.Length > 0 ? (int)data[0].Array.Shape[0] : 0;
+        var shape = data.FirstOrDefault(a => a.Array.Shape.Length >= 4)?.Array.Shape;
+        int height = shape is null ? 1 : (int)shape[^2], width = shape is null ? 1 : (int)shape[^1];
+        var images = Enumerable.Range(1, count).Select(i => new CocoImage(i, width, height, $"sample {i}")).ToList();
+        // One placeholder category: the decoder then names each class by its index.
+        var outputs = Collect(model, data, new CocoDataset(images, [new CocoCategory(0, "class 0")], []), options);
+        var detections = outputs.Detections();
+        var kept = detections.Where(d => d.Score >= SelfScore).ToList();
+        var categories = detections.Select(d => d.CategoryId).Distinct().Order().Select(id => new CocoCategory(id, $"class {id}")).ToList();
+        var annotations = kept.Select((d, k) => new CocoAnnotation(k + 1, d.ImageId, d.CategoryId, d.Box, d.Box.Area, false, null)).ToList();
+        return Weigh(outputs.Against(new CocoDataset(images, categories, annotations)),
+            kept.Count == 0 ? $"the float model makes no detection of score {SelfScore.ToString(CultureInfo.InvariantCulture)} or more on these {count} images: the outputs weigh alike" : null);
+    }
+
+    private static DetectionOutputs Collect(Model model, IReadOnlyList<NamedArray> data, CocoDataset truth, SessionOptions options)
+    {
+        using var session = InferenceSession.Create(ModelIO.ToBytes(model), options);
+        try
         {
-            try
-            {
-                outputs = DetectionEvaluator.Collect(session, data, truth);
-            }
-            catch (EvaluationException ex)
-            {
-                throw new CompileException($"--task-annotations: {ex.Message}");
-            }
+            return DetectionEvaluator.Collect(session, data, truth);
         }
+        catch (EvaluationException ex)
+        {
+            throw new CompileException($"--task-annotations: {ex.Message}");
+        }
+    }
+
+    /// <param name="noScore">What to say when the float model scores nothing (null: the annotations' wording).</param>
+    private static TaskWeighting Weigh(DetectionOutputs outputs, string? noScore)
+    {
         var names = outputs.OutputNames;
         var floatAp = outputs.Score().Bbox.AP ?? 0;
         var drops = new double[names.Count];
@@ -96,7 +129,7 @@ public static class TaskWeights
                 names.Select((n, k) => new FeatureWeight(n, 1, drops[k])).ToList(),
                 floatAp > 0
                     ? $"noise of {Noise.ToString(CultureInfo.InvariantCulture)} of each output's variation cost no box AP on these {outputs.ImageCount} images: the outputs weigh alike"
-                    : $"the float model scores no box AP on these {outputs.ImageCount} images (untrained, or annotations that do not describe them): the outputs weigh alike");
+                    : noScore ?? $"the float model scores no box AP on these {outputs.ImageCount} images (untrained, or annotations that do not describe them): the outputs weigh alike");
         var raw = drops.Select(d => Math.Max(d, Floor * largest)).ToArray();
         var sum = raw.Sum();
         // Scaled so the weights sum to the number of outputs, as the unweighted metric's do: distortions and

@@ -23,7 +23,8 @@ public sealed record FeatureOptions : IStageOptions
     public IReadOnlyList<double> Weights { get; init; } = [];
 
     /// <summary>COCO annotations of the task images: the detection outputs become the features, weighed by the box AP
-    /// that noise in each costs (<see cref="Measurement.TaskWeights"/>).</summary>
+    /// that noise in each costs (<see cref="Measurement.TaskWeights"/>); "self" takes the float model's own confident
+    /// detections as the annotations.</summary>
     public string? TaskAnnotations { get; init; }
 
     /// <summary>The images <see cref="TaskAnnotations"/> describes (.npz); null = the calibration data.</summary>
