@@ -1,4 +1,5 @@
 using System.Text.Json;
+using OnnxQuant.Data;
 
 namespace OnnxQuant.Cli.Tests;
 
@@ -21,10 +22,13 @@ public class TaskWeightsCompileTests
     public void DetectionOutputsAreWeighedByTheApTheirNoiseCosts()
     {
         var output = Output();
+        // The calibration images without their ids: sample i is then the annotations' i-th image.
+        var withoutIds = output + "-images.npz";
+        Npz.Write(withoutIds, Npz.Read(RepoPaths.File("models/data/calib.npz")).Where(a => a.Name != "image_ids").ToList());
         try
         {
             var (code, stdout, stderr) = CliRunner.Run(["compile", RepoPaths.File("models/fixtures/detr_small.onnx"), .. Common,
-                "--target-bits", "3", "--task-annotations", RepoPaths.File("models/data/calib.json"), "-o", output]);
+                "--target-bits", "3", "--task-annotations", RepoPaths.File("models/data/calib.json"), "--task-data", withoutIds, "-o", output]);
             Assert.True(code == 0, stderr);
             using var report = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(output, "report.json")));
             var root = report.RootElement;
@@ -33,7 +37,7 @@ public class TaskWeightsCompileTests
             Assert.Equal(2, weights.Count);
             Assert.True(weights[1] > 20 * weights[0], $"weights {string.Join(", ", weights)}");
             var task = root.GetProperty("task_weighting");
-            Assert.Equal(64, task.GetProperty("images").GetInt32()); // every annotated calibration image, not --calib-samples
+            Assert.Equal(16, task.GetProperty("images").GetInt32()); // the first --calib-samples of the 64 annotated images
             Assert.Equal(0.01, task.GetProperty("noise").GetDouble());
             var outputs = task.GetProperty("outputs").EnumerateArray().ToList();
             Assert.Equal(weights, outputs.Select(o => o.GetProperty("weight").GetDouble()));
@@ -46,13 +50,14 @@ public class TaskWeightsCompileTests
             var distortion = root.GetProperty("distortion");
             Assert.True(distortion.GetProperty("measured").GetDouble() > 0);
             Assert.Contains($"weighted: pred_logits {weights[0]:R}, pred_boxes {weights[1]:R}", distortion.GetProperty("metric").GetString());
-            Assert.Contains(root.GetProperty("notes").EnumerateArray(), n => n.GetString()!.StartsWith("task weights on 64 images"));
+            Assert.Contains(root.GetProperty("notes").EnumerateArray(), n => n.GetString()!.StartsWith("task weights on 16 images"));
             Assert.Contains("weighted: pred_logits", stdout);
         }
         finally
         {
             if (Directory.Exists(output))
                 Directory.Delete(output, true);
+            File.Delete(withoutIds);
         }
     }
 
