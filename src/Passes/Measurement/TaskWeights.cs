@@ -47,6 +47,10 @@ public static class TaskWeights
     /// counts a little, so that its layers are not priced at nothing.</summary>
     public const double Floor = 0.02;
 
+    /// <summary>The float model's box AP below which its losses are noise, not a measure of what the outputs are worth:
+    /// the outputs then weigh alike.</summary>
+    public const double MinFloatAp = 0.05;
+
     /// <summary>Significant digits the weights keep, so that AP differences in the last digits between machines'
     /// kernels do not move the allocation.</summary>
     public const int Digits = 2;
@@ -124,12 +128,12 @@ public static class TaskWeights
             drops[k] = lost / Trials;
         }
         var largest = drops.Max();
-        if (!(largest > 0))
+        if (floatAp < MinFloatAp || !(largest > 0))
             return new TaskWeighting(outputs.ImageCount, floatAp, Noise, Trials,
                 names.Select((n, k) => new FeatureWeight(n, 1, drops[k])).ToList(),
-                floatAp > 0
+                floatAp >= MinFloatAp
                     ? $"noise of {Noise.ToString(CultureInfo.InvariantCulture)} of each output's variation cost no box AP on these {outputs.ImageCount} images: the outputs weigh alike"
-                    : noScore ?? $"the float model scores no box AP on these {outputs.ImageCount} images (untrained, or annotations that do not describe them): the outputs weigh alike");
+                    : noScore ?? $"the float model scores box AP {floatAp.ToString("0.000", CultureInfo.InvariantCulture)} on these {outputs.ImageCount} images, too little to tell what costs it (untrained, or annotations that do not describe them): the outputs weigh alike");
         var raw = drops.Select(d => Math.Max(d, Floor * largest)).ToArray();
         var sum = raw.Sum();
         // Scaled so the weights sum to the number of outputs, as the unweighted metric's do: distortions and

@@ -125,7 +125,7 @@ public class TaskWeightsTests
         var weighting = TaskWeights.Compute(model, data, empty, new SessionOptions { IntraOpThreads = 1 });
         Assert.Equal(0, weighting.FloatAp);
         Assert.All(weighting.Weights, w => Assert.Equal(1, w.Weight));
-        Assert.Contains("scores no box AP", weighting.Note);
+        Assert.Contains("scores box AP 0.000", weighting.Note);
     }
 
     [Fact]
