@@ -281,8 +281,7 @@ public sealed class DetectionOutputs
     public IEnumerable<float[]> Values(int output) => _batches.Select(b => b.Outputs[output].ToFloats());
 
     /// <summary>Every image's detections, decoded from the kept outputs as they are.</summary>
-    public IReadOnlyList<Detection> Detections() =>
-        _batches.SelectMany(b => _plan.Decoder.Decode(b.Outputs, _plan.Images.GetRange(b.Start, b.Count), _plan.InputHeight, _plan.InputWidth)).ToList();
+    public IReadOnlyList<Detection> Detections() => Decode(null);
 
     /// <summary>The same outputs, scored against other annotations of the same images (e.g. pseudo-labels).</summary>
     public DetectionOutputs Against(CocoDataset groundTruth) => new(_plan.With(groundTruth), _batches);
@@ -291,7 +290,9 @@ public sealed class DetectionOutputs
     /// Scores the kept outputs; <paramref name="change"/> (output index, run index, values), when given, returns the
     /// values to decode instead of an output's own (same length).
     /// </summary>
-    public EvaluationResult Score(Func<int, int, float[], float[]>? change = null)
+    public EvaluationResult Score(Func<int, int, float[], float[]>? change = null) => _plan.Score(Decode(change));
+
+    private List<Detection> Decode(Func<int, int, float[], float[]>? change)
     {
         var detections = new List<Detection>();
         for (var r = 0; r < _batches.Count; r++)
@@ -301,11 +302,13 @@ public sealed class DetectionOutputs
             if (change is not null)
                 outputs = outputs.Select((o, k) =>
                 {
-                    var changed = change(k, r, o.ToFloats());
-                    return TensorData.FromFloats(changed, o.Shape);
+                    var values = o.ToFloats();
+                    var changed = change(k, r, values);
+                    // An output handed back as it came is decoded from the kept tensor, not a copy.
+                    return ReferenceEquals(changed, values) ? o : TensorData.FromFloats(changed, o.Shape);
                 }).ToList();
             detections.AddRange(_plan.Decoder.Decode(outputs, _plan.Images.GetRange(batch.Start, batch.Count), _plan.InputHeight, _plan.InputWidth));
         }
-        return _plan.Score(detections);
+        return detections;
     }
 }

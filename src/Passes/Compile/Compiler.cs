@@ -1,5 +1,3 @@
-using OnnxQuant.Data;
-using OnnxQuant.Evaluation;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Allocate;
 using OnnxQuant.Passes.Artifact;
@@ -70,27 +68,7 @@ public static class Compiler
         // Task weights replace the features by the detection outputs, weighed by the AP their noise costs.
         var weighting = options.Features.TaskAnnotations is null ? null : clock.Time("weigh", () =>
         {
-            // At most --calib-samples images: the weighing is one float pass over them, like calibration's.
-            var data = Npz.Read(options.Features.TaskData ?? calibPath);
-            var images = data.Where(a => a.Name != "image_ids").Select(a => a.Array.Shape.Length > 0 ? a.Array.Shape[0] : 0).DefaultIfEmpty(0).Min();
-            if (images > options.Data.CalibSamples)
-                data = data.Select(a => a.Array.Shape.Length > 0 && a.Array.Shape[0] == images
-                    ? a with { Array = a.Array.SliceFirstAxis(0, options.Data.CalibSamples) } : a).ToList();
-            TaskWeighting result;
-            if (options.Features.TaskAnnotations == TaskWeights.Self)
-                result = TaskWeights.ComputeSelf(loaded.Model, data, options.Execution.Measurement());
-            else
-            {
-                var truth = CocoDataset.Load(options.Features.TaskAnnotations);
-                // Without image ids, sample i is the annotations' i-th image: the first ones go with the first samples.
-                if (images > options.Data.CalibSamples && data.All(a => a.Name != "image_ids") && truth.Images.Count == images)
-                {
-                    var kept = truth.Images.Take(options.Data.CalibSamples).ToList();
-                    var ids = kept.Select(i => i.Id).ToHashSet();
-                    truth = new CocoDataset(kept, truth.Categories, truth.Annotations.Where(a => ids.Contains(a.ImageId)).ToList());
-                }
-                result = TaskWeights.Compute(loaded.Model, data, truth, options.Execution.Measurement());
-            }
+            var result = TaskWeights.Run(loaded.Model, options.Features, calibPath, options.Data.CalibSamples, options.Execution.Measurement());
             progress.Note(result.Describe());
             return result;
         });

@@ -61,6 +61,31 @@ public static class TaskWeights
     /// <summary>Score from which the float model's own detections stand in for annotations (<see cref="ComputeSelf"/>).</summary>
     public const double SelfScore = 0.5;
 
+    /// <summary>
+    /// The weighing <paramref name="features"/> asks for: its task data (else the calibration data) and annotations
+    /// (or <see cref="Self"/>), on at most <paramref name="samples"/> images, the first ones: one float pass over them,
+    /// like calibration's.
+    /// </summary>
+    public static TaskWeighting Run(Model model, Units.FeatureOptions features, string calibPath, int samples, SessionOptions options)
+    {
+        var data = Npz.Read(features.TaskData ?? calibPath);
+        var images = data.Where(a => a.Name != "image_ids").Select(a => a.Array.Shape.Length > 0 ? a.Array.Shape[0] : 0).DefaultIfEmpty(0).Min();
+        var cut = images > samples;
+        if (cut)
+            data = data.Select(a => a.Array.Shape.Length > 0 && a.Array.Shape[0] == images ? a with { Array = a.Array.SliceFirstAxis(0, samples) } : a).ToList();
+        if (features.TaskAnnotations == Self)
+            return ComputeSelf(model, data, options);
+        var truth = CocoDataset.Load(features.TaskAnnotations!);
+        // Without image ids, sample i is the annotations' i-th image: the first ones go with the first samples.
+        if (cut && data.All(a => a.Name != "image_ids") && truth.Images.Count == images)
+        {
+            var kept = truth.Images.Take(samples).ToList();
+            var ids = kept.Select(i => i.Id).ToHashSet();
+            truth = new CocoDataset(kept, truth.Categories, truth.Annotations.Where(a => ids.Contains(a.ImageId)).ToList());
+        }
+        return Compute(model, data, truth, options);
+    }
+
     /// <exception cref="CompileException">The model's outputs are not fixed-size detections, or the data and the
     /// annotations do not fit it.</exception>
     public static TaskWeighting Compute(Model model, IReadOnlyList<NamedArray> data, CocoDataset truth, SessionOptions options) =>
