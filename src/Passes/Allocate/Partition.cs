@@ -8,7 +8,14 @@ public sealed record HeadReport(string Layer, string OpType, long Size, int Bits
 
 /// <summary>The units the budget is shared over (with their curves), and the layers kept outside it.</summary>
 public sealed record Partition(IReadOnlyList<QuantUnit> FreeUnits, IReadOnlyList<UnitCurve> FreeCurves,
-    IReadOnlyList<HeadReport> Heads, IReadOnlyList<string> Notes);
+    IReadOnlyList<HeadReport> Heads, IReadOnlyList<string> Notes)
+{
+    /// <summary>Units of tied layers (<see cref="WeightTie"/>) that take the width of another unit, by name.</summary>
+    public IReadOnlyDictionary<string, string> TiedTo { get; init; } = new Dictionary<string, string>(StringComparer.Ordinal);
+
+    /// <summary>The unit whose width <paramref name="unit"/> takes: itself unless it is a tied copy.</summary>
+    public string Representative(string unit) => TiedTo.TryGetValue(unit, out var r) ? r : unit;
+}
 
 /// <summary>
 /// Splits the discovered units into those the budget is shared over and the layers kept at --head-bits outside it:
@@ -19,21 +26,71 @@ public static class PartitionStage
 {
     public static Partition Run(UnitDiscoveryResult discovery, IReadOnlyList<UnitCurve> curves, IReadOnlyList<string> features, int headBits)
     {
+        // Tied layers share one width per unit: the first's units stand for all, their curves summed (each copy's error
+        // reaches the features on its own path: pyramid levels, separate heads).
+        var original = discovery;
+        var (tiedTo, merged) = Tie(discovery, curves);
+        if (tiedTo.Count > 0)
+        {
+            discovery = discovery with { Units = discovery.Units.Where(u => !tiedTo.ContainsKey(u.Name)).ToList() };
+            curves = curves.Where(c => !tiedTo.ContainsKey(c.Name)).Select(c => merged.GetValueOrDefault(c.Name, c)).ToList();
+        }
         var zero = curves.Where(c => c.Distortion.All(d => d == 0)).Select(c => c.Name).ToHashSet(StringComparer.Ordinal);
         var zeroLayers = discovery.Units.Where(u => zero.Contains(u.Name)).Select(u => u.Layer).Distinct()
             .Where(l => discovery.Units.Where(u => u.Layer == l).All(u => zero.Contains(u.Name))).ToList();
         var freeUnits = discovery.Units.Where(u => !zero.Contains(u.Name) && !zeroLayers.Contains(u.Layer)).ToList();
         if (freeUnits.Count == 0)
             throw new CompileException($"every unit's error curve is zero at the features {string.Join(", ", features)}: nothing to allocate (choose another --feature)");
+        var unitLayer = discovery.Units.ToDictionary(u => u.Name, u => u.Layer, StringComparer.Ordinal);
+        var zeroCopies = original.Units.Where(u => tiedTo.TryGetValue(u.Name, out var r) && zeroLayers.Contains(unitLayer[r]))
+            .Select(u => u.Layer).Distinct().ToList();
         var heads = discovery.Heads.Select(h => new HeadReport(h.Name, h.OpType, h.Size, headBits,
                 "does not reach the feature; kept at --head-bits outside the budget"))
-            .Concat(zeroLayers.Select(h => new HeadReport(h.Name, h.OpType, h.Size, headBits,
+            .Concat(zeroLayers.Concat(zeroCopies).Select(h => new HeadReport(h.Name, h.OpType, h.Size, headBits,
                 "error curve is zero at the feature; kept at --head-bits outside the budget")))
             .ToList();
-        var notes = heads.Count > 0
-            ? new[] { $"{heads.Count} layer(s) do not affect the feature and are kept at {headBits} bits outside the budget (see heads)" }
+        IReadOnlyList<string> notes = heads.Count > 0
+            ? [$"{heads.Count} layer(s) do not affect the feature and are kept at {headBits} bits outside the budget (see heads)"]
             : [];
+        if (tiedTo.Count > 0)
+        {
+            var ties = discovery.Ties.Where(t => t.Layers.Count(l => l.ReachesFeature) > 1).ToList();
+            notes = [.. notes, $"{ties.Count} weight(s) applied by {ties.Sum(t => t.Layers.Count(l => l.ReachesFeature))} layers: each shares one width per unit and one quantized weight"];
+        }
         var byName = curves.ToDictionary(c => c.Name, StringComparer.Ordinal);
-        return new Partition(freeUnits, freeUnits.Select(u => byName[u.Name]).ToList(), heads, notes);
+        return new Partition(freeUnits, freeUnits.Select(u => byName[u.Name]).ToList(), heads, notes) { TiedTo = tiedTo };
+    }
+
+    private static (Dictionary<string, string> TiedTo, Dictionary<string, UnitCurve> Merged) Tie(UnitDiscoveryResult discovery, IReadOnlyList<UnitCurve> curves)
+    {
+        var tiedTo = new Dictionary<string, string>(StringComparer.Ordinal);
+        var merged = new Dictionary<string, UnitCurve>(StringComparer.Ordinal);
+        if (discovery.Ties.Count == 0)
+            return (tiedTo, merged);
+        var byName = curves.ToDictionary(c => c.Name, StringComparer.Ordinal);
+        foreach (var tie in discovery.Ties)
+        {
+            var reaching = tie.Layers.Where(l => l.ReachesFeature).ToList();
+            if (reaching.Count < 2)
+                continue;
+            var representative = discovery.Units.Where(u => u.Layer == reaching[0]).ToList();
+            foreach (var copy in reaching.Skip(1))
+            {
+                var units = discovery.Units.Where(u => u.Layer == copy).ToList();
+                if (units.Count != representative.Count)
+                    throw new InvalidOperationException($"tied layers '{reaching[0].Name}' and '{copy.Name}' have different units");
+                for (var i = 0; i < units.Count; i++)
+                {
+                    var target = representative[i].Name;
+                    tiedTo[units[i].Name] = target;
+                    var sum = merged.GetValueOrDefault(target, byName[target]);
+                    var add = byName[units[i].Name];
+                    if (!sum.Bits.SequenceEqual(add.Bits))
+                        throw new InvalidOperationException($"tied units '{target}' and '{add.Name}' were measured at different widths");
+                    merged[target] = sum with { Distortion = sum.Distortion.Zip(add.Distortion, (a, b) => Quantization.StableRounding.Round(a + b)).ToList() };
+                }
+            }
+        }
+        return (tiedTo, merged);
     }
 }

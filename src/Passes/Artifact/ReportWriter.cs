@@ -221,6 +221,8 @@ public static class ReportWriter
                 w.WriteNumber("ideal_bits", l.IdealBits);
                 w.WriteNumber("bytes", l.Bytes);
                 w.WriteNumber("float_bytes", l.FloatBytes);
+                if (l.SharesWeightOf is { } shares)
+                    w.WriteString("shares_weight_of", shares);
                 w.WriteEndObject();
             }
             w.WriteEndArray();

@@ -34,6 +34,7 @@ public static class Canonicalization
         new RemoveIdentityPass(),
         new RemoveDropoutPass(),
         new FoldWeightTransformsPass(),
+        new UnshareWeightsPass(),
         new FoldBatchNormPass(),
         new DeadNodeEliminationPass(),
         new NameNodesPass(),

@@ -99,7 +99,9 @@ public static class Compiler
         var smoothing = clock.Time("smooth", () =>
         {
             var widths = options.Allocation.TargetBits.Select(t => UniformBaseline.WidthFor(t, options.Curves.CandidateBits)).Distinct().Order().ToList();
-            var result = ActivationSmoothing.Run(canonical, discovery.Layers, loaded.Data, loaded.Samples, options.Smoothing, widths,
+            // A tied layer's weight must stay equal to its copies', which scaling one input would break.
+            var scalable = discovery.Layers.Where(l => discovery.TieOf(l) is null).ToList();
+            var result = ActivationSmoothing.Run(canonical, scalable, loaded.Data, loaded.Samples, options.Smoothing, widths,
                 options.Calibration.ActBits, options.Rewrite, options.Execution.Instrumentation(), options.Execution.RunBatch);
             if (result.Sites.Count > 0)
                 progress.Note($"activation scaling: {result.Scaled} of {result.Sites.Count} normalization output(s) scaled into their linear layers");
@@ -113,7 +115,7 @@ public static class Compiler
         // activations of the first samples); compensation reads the same rows, whatever the curves.
         using var cutCurves = !measureOnCuts && options.Rewrite.Compensation == Quantization.Compensation.None ? null
             : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads,
-                options.Curves.Gain, measure: measureOnCuts, featureWeights: featureWeights);
+                options.Curves.Gain, measure: measureOnCuts, featureWeights: featureWeights, ties: discovery.Ties);
         // The speed target also quantizes layer outputs and the tensors between integer layers.
         var speed = options.Rewrite.Deploy == DeployTarget.Speed;
         Verifier? verifier = null;

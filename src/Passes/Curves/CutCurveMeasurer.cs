@@ -94,6 +94,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     private readonly Dictionary<QuantLayer, LayerInputRows> _rows = [];
     private readonly FeatureEnergy[] _energy;
     private readonly IReadOnlyList<double>? _featureWeights;
+    private readonly IReadOnlyList<WeightTie> _ties;
     private readonly bool _measure;
     private readonly int _cacheSamples;
     private readonly IReadOnlyList<GraphCut> _segments = [];
@@ -108,9 +109,13 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     /// <param name="measure">Whether curves will be measured (false: only compensation statistics are collected).</param>
     public CutCurveMeasurer(Model model, IReadOnlyList<QuantUnit> units, IReadOnlyList<string> features, int samples,
         CurveOptions options, RewriteOptions storage, int threads, GainSettings? settings = null, bool measure = true,
-        IReadOnlyList<double>? featureWeights = null)
+        IReadOnlyList<double>? featureWeights = null, IReadOnlyList<WeightTie>? ties = null)
     {
         _featureWeights = featureWeights;
+        _ties = ties ?? [];
+        foreach (var tie in _ties)
+            foreach (var copy in tie.Copies)
+                Memo.Alias(copy.Name, tie.Representative.Name);
         _model = model;
         _units = units;
         _features = features;
@@ -242,8 +247,16 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     {
         if (_storage.Compensation == Compensation.None)
             return null;
-        _statistics ??= new InputStatisticsCache(
-            name => _rows.FirstOrDefault(p => p.Key.Name == name).Value?.Statistics(), StatisticsBudgetBytes);
+        _statistics ??= new InputStatisticsCache(name =>
+        {
+            var layer = _rows.Keys.FirstOrDefault(l => l.Name == name);
+            if (layer is null)
+                return null;
+            // Tied layers are compensated together: one quantized weight serves every input.
+            if (_ties.FirstOrDefault(t => t.Layers.Contains(layer)) is { } tie)
+                return LayerInputRows.Combined(tie.Layers.Where(_rows.ContainsKey).Select(l => _rows[l]).ToList());
+            return _rows[layer].Statistics();
+        }, StatisticsBudgetBytes);
         return _statistics.Find(layer);
     }
 
@@ -402,7 +415,9 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                     var centered = statistics is not null && _storage.Compensation.HasFlag(Compensation.Bias);
                     // Second-order rounding reports each channel's dW S dW^T on the way; rounding to nearest needs a pass
                     // over the rows.
-                    var reported = local && gptq && statistics is not null
+                    // A tied layer's rounding reports the error over every tied input; its own curve needs its own.
+                    var tied = _ties.Any(t => t.Layers.Contains(layer));
+                    var reported = local && gptq && statistics is not null && !tied
                         ? bits.Select(b => { Quantized(b); return outputErrors[b]; }).ToList()
                         : null;
                     var channelErrors = !local ? null

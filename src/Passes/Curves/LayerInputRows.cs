@@ -336,6 +336,23 @@ public sealed class LayerInputRows
         return InputStatistics.FromRows(_file is null ? _rows.ToList() : Rows(), Reduction, rowLength, perGroup);
     }
 
+    /// <summary>
+    /// The statistics of layers that share one weight (<see cref="Units.WeightTie"/>): the rows of all, in the order
+    /// given, so that compensation fits the one quantized weight to every input it is applied to. Layers without rows
+    /// add none; null when none has any.
+    /// </summary>
+    public static InputStatistics? Combined(IReadOnlyList<LayerInputRows> layers)
+    {
+        var usable = layers.Where(l => l.Fallback is null && l.RowCount > 0).ToList();
+        if (usable.Count == 0)
+            return null;
+        var first = usable[0];
+        var rows = usable.SelectMany(l => l._file is null ? l._rows.ToList() : l.Rows()).ToList();
+        var rowLength = first._layer.OpType == "Conv" ? (int)(first._layer.Size / first._layer.Channels) : first.Reduction;
+        var perGroup = first._layer.OpType == "Conv" ? first._layer.Channels / Math.Max(1, first._layer.Groups) : first._layer.Channels;
+        return InputStatistics.FromRows(rows, first.Reduction, rowLength, perGroup);
+    }
+
     /// <summary>The weight change of output channel <paramref name="c"/> laid out like a slice of an input row.</summary>
     private (float[] Delta, int Offset) ChannelDelta(float[] w, float[] q, int c)
     {

@@ -166,8 +166,17 @@ public sealed class CompensationMemo(long budgetBytes) : IDisposable
             Store(Key(layer, missing[k], layout, gptq), computed[k]);
     }
 
-    private static (string, int, string, bool) Key(string layer, int bits, WeightLayout layout, bool gptq) =>
-        (layer, bits, $"{string.Join("x", layout.Shape)}/{layout.ChannelAxis}/{layout.BlockSize}", gptq);
+    private readonly Dictionary<string, string> _aliases = new(StringComparer.Ordinal);
+
+    /// <summary>Layers whose weights and statistics are those of another (tied layers) take its entries.</summary>
+    public void Alias(string layer, string sameAs)
+    {
+        lock (_entries)
+            _aliases[layer] = sameAs;
+    }
+
+    private (string, int, string, bool) Key(string layer, int bits, WeightLayout layout, bool gptq) =>
+        (_aliases.GetValueOrDefault(layer, layer), bits, $"{string.Join("x", layout.Shape)}/{layout.ChannelAxis}/{layout.BlockSize}", gptq);
 
     /// <summary>The stored entry (read back from its file when spilled), or null. Callers hold the lock.</summary>
     private WeightQuantization? Find((string, int, string, bool) key)

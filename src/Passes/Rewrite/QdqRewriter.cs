@@ -10,6 +10,10 @@ namespace OnnxQuant.Passes.Rewrite;
 public sealed record LayerPlan(QuantLayer Layer, int[] ChannelBits)
 {
     public int MaxBits => ChannelBits.Max();
+
+    /// <summary>The layer whose weight values this one shares (<see cref="WeightTie"/>): where both quantize to the same
+    /// tensors, the artifact keeps the other's.</summary>
+    public string? SharesWeightOf { get; init; }
 }
 
 /// <summary>How one layer's weight was stored: container type, ideal packed bits and actual bytes.</summary>
@@ -19,6 +23,13 @@ public sealed record LayerStorage(string Layer, string Format, DataType Containe
 {
     /// <summary>Every container the layer's weight is stored in (one unless split).</summary>
     public IReadOnlyList<DataType> Containers { get; init; } = [Container];
+
+    /// <summary>The layer whose quantized weight this one reads (tied layers); its own bytes are then what it adds
+    /// beside it (a corrected or integer bias), and its float bytes are counted with that layer's.</summary>
+    public string? SharesWeightOf { get; init; }
+
+    /// <summary>The initializers the rewrite made for this layer.</summary>
+    internal IReadOnlyList<string> Created { get; init; } = [];
 }
 
 /// <summary>What the rewrite produced.</summary>
@@ -75,6 +86,7 @@ public static class QdqRewriter
             var weightValue = graph.FindInitializer(layer.WeightName)
                 ?? throw new InvalidOperationException($"weight '{layer.WeightName}' of layer '{layer.Name}' not found");
             var node = weightValue.Uses.Single().Node;
+            using var created = new CreatedInitializers(graph, storage);
             var weights = weightValue.Initializer!.ToFloatArray();
             var floatBytes = weightValue.Initializer.ByteSize;
             var layout = layer.Layout(options.Format, options.BlockSize);
@@ -509,5 +521,32 @@ public sealed class Int2Exclusions
         var all = new Int2Exclusions();
         all.ExcludeAll();
         return all;
+    }
+}
+
+/// <summary>
+/// Notes the initializers a layer's rewrite adds and, when disposed, records them on the storage entry the rewrite
+/// added last (tied layers' copies are matched against them, see <see cref="RewriteStage"/>).
+/// </summary>
+internal sealed class CreatedInitializers : IDisposable
+{
+    private readonly Graph _graph;
+    private readonly List<LayerStorage> _storage;
+    private readonly HashSet<Value> _before;
+    private readonly int _entries;
+
+    public CreatedInitializers(Graph graph, List<LayerStorage> storage)
+    {
+        _graph = graph;
+        _storage = storage;
+        _before = new HashSet<Value>(graph.Initializers, ReferenceEqualityComparer.Instance);
+        _entries = storage.Count;
+    }
+
+    public void Dispose()
+    {
+        if (_storage.Count != _entries + 1)
+            return;
+        _storage[^1] = _storage[^1] with { Created = _graph.Initializers.Where(v => !_before.Contains(v)).Select(v => v.Name).ToList() };
     }
 }

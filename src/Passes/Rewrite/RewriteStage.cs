@@ -37,12 +37,16 @@ public static class RewriteStage
             else
             {
                 var units = partition.FreeUnits.Where(u => u.Layer == layer).ToList();
-                if (units.Count == 0 || units.All(u => bitsOf(u.Name) == FloatBits))
+                // A tied copy's units take their representative's widths.
+                if (units.Count == 0)
+                    units = discovery.Units.Where(u => u.Layer == layer && partition.TiedTo.ContainsKey(u.Name)).ToList();
+                int BitsOf(QuantUnit u) => bitsOf(partition.Representative(u.Name));
+                if (units.Count == 0 || units.All(u => BitsOf(u) == FloatBits))
                     continue;
                 foreach (var u in units)
-                    Array.Fill(bits, bitsOf(u.Name), u.ChannelStart, u.ChannelCount);
+                    Array.Fill(bits, BitsOf(u), u.ChannelStart, u.ChannelCount);
             }
-            plans.Add(new LayerPlan(layer, bits));
+            plans.Add(new LayerPlan(layer, bits) { SharesWeightOf = discovery.TieOf(layer) is { } tie && tie.Representative != layer ? tie.Representative.Name : null });
         }
         return plans;
     }
@@ -53,6 +57,50 @@ public static class RewriteStage
     {
         var quantized = canonical.Clone();
         var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, int2, statistics, memo);
-        return new RewrittenModel(quantized, result);
+        return new RewrittenModel(quantized, ShareTiedWeights(quantized.Graph, plans, result));
     }
+
+    /// <summary>
+    /// Tied layers quantized alike (same widths, same compensation statistics) made byte-identical tensors: each copy's
+    /// is replaced by its representative's, so the artifact stores the weight once and every node keeps its own
+    /// DequantizeLinear (what ONNX Runtime's fusions expect). A copy whose tensors differ (another width after a guard
+    /// repair, a bias that needed a coarser scale) keeps its own.
+    /// </summary>
+    internal static RewriteResult ShareTiedWeights(Graph graph, IReadOnlyList<LayerPlan> plans, RewriteResult result)
+    {
+        if (plans.All(p => p.SharesWeightOf is null))
+            return result;
+        var storage = result.Layers.ToList();
+        var index = new Dictionary<string, int>(StringComparer.Ordinal);
+        for (var i = 0; i < storage.Count; i++)
+            index[storage[i].Layer] = i;
+        foreach (var plan in plans)
+        {
+            if (plan.SharesWeightOf is not { } representative || !index.TryGetValue(plan.Layer.Name, out var mine) || !index.TryGetValue(representative, out var theirs))
+                continue;
+            var candidates = storage[theirs].Created.Select(graph.FindInitializer).OfType<Value>().ToList();
+            var kept = new List<Value>();
+            var shared = 0;
+            foreach (var value in storage[mine].Created.Select(graph.FindInitializer).OfType<Value>())
+            {
+                if (candidates.FirstOrDefault(c => SameTensor(c.Initializer!, value.Initializer!)) is { } same)
+                {
+                    graph.ReplaceAllUsesWith(value, same);
+                    graph.RemoveInitializer(value);
+                    shared++;
+                }
+                else
+                    kept.Add(value);
+            }
+            // The weight is shared when its largest tensor (the integers) is: what is left is this layer's own.
+            var weightShared = shared > 0 && kept.All(v => v.Initializer!.ByteSize < candidates.Max(c => c.Initializer!.ByteSize));
+            storage[mine] = weightShared
+                ? storage[mine] with { SharesWeightOf = representative, Bytes = kept.Sum(v => v.Initializer!.ByteSize), IdealBits = 0, FloatBytes = 0 }
+                : storage[mine] with { FloatBytes = 0 };
+        }
+        return result with { Layers = storage };
+    }
+
+    private static bool SameTensor(Tensor a, Tensor b) =>
+        a.DataType == b.DataType && a.Dims.SequenceEqual(b.Dims) && a.RawData.Span.SequenceEqual(b.RawData.Span);
 }

@@ -144,6 +144,7 @@ public static class SpeedRewriter
             var layer = plan.Layer;
             var weightValue = graph.FindInitializer(layer.WeightName)!;
             var node = weightValue.Uses.Single().Node;
+            using var created = new CreatedInitializers(graph, storage);
             var weights = weightValue.Initializer!.ToFloatArray();
             var floatBytes = weightValue.Initializer.ByteSize;
             // The values of the size target: per output channel, each channel at its own width, compensated alike (a

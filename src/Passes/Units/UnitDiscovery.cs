@@ -75,12 +75,28 @@ public sealed record QuantUnit(string Name, QuantLayer Layer, int ChannelStart, 
 /// <summary>A Conv/Gemm/MatMul left in float, and why.</summary>
 public sealed record SkippedLayer(string Name, string OpType, string Reason);
 
+/// <summary>
+/// Layers whose weights hold the same values (one weight applied by several nodes, see
+/// <see cref="Canonicalize.UnshareWeightsPass"/>, or an export that repeated it): they get one width per unit, are
+/// compensated with their inputs' statistics together, and the artifact stores their quantized weight once.
+/// </summary>
+public sealed record WeightTie(QuantLayer Representative, IReadOnlyList<QuantLayer> Copies)
+{
+    public IEnumerable<QuantLayer> Layers => Copies.Prepend(Representative);
+}
+
 /// <summary>The layers found, the units the allocator distributes bits over, the head layers and what was skipped.</summary>
 public sealed record UnitDiscoveryResult(
     IReadOnlyList<QuantLayer> Layers,
     IReadOnlyList<QuantUnit> Units,
     IReadOnlyList<QuantLayer> Heads,
-    IReadOnlyList<SkippedLayer> Skipped);
+    IReadOnlyList<SkippedLayer> Skipped)
+{
+    public IReadOnlyList<WeightTie> Ties { get; init; } = [];
+
+    /// <summary>The tie a layer belongs to, if any.</summary>
+    public WeightTie? TieOf(QuantLayer layer) => Ties.FirstOrDefault(t => t.Layers.Contains(layer));
+}
 
 /// <summary>
 /// Finds the quantizable layers of a canonicalized model. Conv, Gemm and MatMul with a constant float weight are
@@ -136,7 +152,34 @@ public static class UnitDiscovery
                 units.Add(new QuantUnit($"{layer.Name}[{c}:{c + count}]", layer, c, count));
             }
         }
-        return new UnitDiscoveryResult(layers, units, layers.Where(l => !l.ReachesFeature).ToList(), skipped);
+        return new UnitDiscoveryResult(layers, units, layers.Where(l => !l.ReachesFeature).ToList(), skipped) { Ties = Ties(graph, layers) };
+    }
+
+    /// <summary>
+    /// Groups of layers (in graph order, the first represents the group) of the same kind and shape whose weights hold
+    /// byte-identical values. Copies made by canonicalization share their data, so most comparisons are one reference
+    /// check.
+    /// </summary>
+    private static IReadOnlyList<WeightTie> Ties(Graph graph, IReadOnlyList<QuantLayer> layers)
+    {
+        var ties = new List<WeightTie>();
+        var candidates = layers.GroupBy(l => (l.OpType, Shape: string.Join('x', l.WeightShape), l.ChannelAxis, l.InputChannelAxis, l.Groups))
+            .Where(g => g.Count() > 1);
+        foreach (var group in candidates)
+        {
+            var open = group.ToList();
+            while (open.Count > 1)
+            {
+                var first = open[0];
+                var data = graph.FindInitializer(first.WeightName)!.Initializer!.RawData;
+                var same = open.Skip(1).Where(l => graph.FindInitializer(l.WeightName)!.Initializer!.RawData is var other &&
+                    (other.Equals(data) || other.Span.SequenceEqual(data.Span))).ToList();
+                if (same.Count > 0)
+                    ties.Add(new WeightTie(first, same));
+                open.RemoveAll(l => l == first || same.Contains(l));
+            }
+        }
+        return ties.OrderBy(t => layers.ToList().IndexOf(t.Representative)).ToList();
     }
 
     /// <summary>

@@ -1,0 +1,180 @@
+using OnnxQuant.Data;
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Canonicalize;
+using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Passes.Rewrite;
+using OnnxQuant.Passes.Units;
+using OnnxQuant.Passes.Verify;
+using OnnxQuant.Runtime;
+using Xunit;
+using Attribute = OnnxQuant.Frontend.Attribute;
+
+namespace OnnxQuant.Passes.Tests.Compile;
+
+/// <summary>
+/// One weight applied by several nodes, as one-stage detector heads apply theirs at every pyramid level: the nodes
+/// are quantized with one width, compensated together, and the artifact stores the quantized weight once.
+/// </summary>
+public sealed class SharedWeightTests : IDisposable
+{
+    private readonly string _root = Path.Combine(Path.GetTempPath(), $"onnxquant-shared-{Guid.NewGuid():N}");
+
+    public void Dispose()
+    {
+        if (Directory.Exists(_root))
+            Directory.Delete(_root, true);
+    }
+
+    private const int HeadWeights = 16 * 16 * 3 * 3;
+
+    /// <summary>
+    /// A stem Conv (level 3, 16x16) and a strided Conv (level 4, 8x8); one head Conv weight applied to both levels,
+    /// Relu, one output Conv weight applied to both: two graph outputs, one per level.
+    /// </summary>
+    private static Model PyramidWithSharedHead()
+    {
+        var net = new Net(17, seed: 11);
+        var x = net.BatchInput("images", 3, 16, 16);
+        var pads = Attribute.FromInts("pads", [1, 1, 1, 1]);
+        var stem = net.Op("Conv", [x, net.Random("stem.weight", [16, 3, 3, 3], 0.4f)], pads);
+        stem.Producer!.Name = "stem";
+        var p3 = net.Op("Relu", [stem]);
+        var down = net.Op("Conv", [p3, net.Random("down.weight", [16, 16, 3, 3], 0.15f)], pads, Attribute.FromInts("strides", [2, 2]));
+        down.Producer!.Name = "down";
+        var p4 = net.Op("Relu", [down]);
+        var head = net.Random("head.weight", [16, 16, 3, 3], 0.15f);
+        var headBias = net.Random("head.bias", [16], 0.1f);
+        var cls = net.Random("cls.weight", [8, 16, 3, 3], 0.15f);
+        var level = 3;
+        foreach (var p in new[] { p3, p4 })
+        {
+            var h = net.Op("Relu", [net.Op("Conv", [p, head, headBias], pads)]);
+            h.Producer!.Inputs[0]!.Producer!.Name = $"head.p{level}";
+            var o = net.Op("Conv", [h, cls], pads);
+            o.Producer!.Name = $"cls.p{level}";
+            o.Name = $"logits_p{level++}";
+            net.Output(o);
+        }
+        return net.Model;
+    }
+
+    private CompileResult Compile(Model model, string name, DeployTarget deploy = DeployTarget.Size)
+    {
+        Directory.CreateDirectory(_root);
+        var modelPath = Path.Combine(_root, name + ".onnx");
+        ModelIO.Save(model, modelPath);
+        var dataPath = Path.Combine(_root, name + ".npz");
+        Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(24, 3), 24, 3, 16, 16))]);
+        return Compiler.Run(modelPath, dataPath, Path.Combine(_root, "out-" + name),
+            new CompileOptions
+            {
+                Allocation = new() { TargetBits = [4] },
+                Curves = new() { CandidateBits = [2, 4, 8], CacheDir = null },
+                Data = new() { CalibSamples = 16, VerifySamples = 8 },
+                Rewrite = new() { Deploy = deploy },
+                Calibration = new() { ActBits = deploy == DeployTarget.Speed ? 8 : 0 },
+            },
+            "test", SilentProgress.Instance);
+    }
+
+    [Fact]
+    public void EveryLayerUseOfASharedWeightGetsItsOwnInitializerWithTheSameData()
+    {
+        var net = new Net(17, seed: 3);
+        var x = net.BatchInput("x", 8);
+        var w = net.Random("w", [8, 8]);
+        var a = net.Op("MatMul", [x, w]);
+        var b = net.Op("MatMul", [a, w]);
+        net.Output(b);
+        var alsoRead = net.Op("Transpose", [w]);
+        net.Output(alsoRead);
+        var model = net.Model;
+
+        var changed = new UnshareWeightsPass().Run(model);
+
+        Assert.Equal(2, changed.Rewrites);
+        var matmuls = model.Graph.Nodes.Where(n => n.OpType == "MatMul").ToList();
+        Assert.All(matmuls, m => Assert.Single(m.Inputs[1]!.Uses));
+        Assert.NotSame(matmuls[0].Inputs[1], matmuls[1].Inputs[1]);
+        // The Transpose keeps the original; the copies share its data.
+        var original = model.Graph.FindInitializer("w")!;
+        Assert.Equal("Transpose", original.Uses.Single().Node.OpType);
+        Assert.All(matmuls, m => Assert.True(m.Inputs[1]!.Initializer!.RawData.Span.SequenceEqual(original.Initializer!.RawData.Span)));
+    }
+
+    [Fact]
+    public void DiscoveryTiesTheLayersOfOneWeight()
+    {
+        var model = PyramidWithSharedHead();
+        new PassManager(Canonicalization.Passes()).Run(model);
+
+        var discovery = UnitDiscovery.Discover(model, ["logits_p3", "logits_p4"], new UnitOptions());
+
+        Assert.Empty(discovery.Skipped);
+        Assert.Equal(6, discovery.Layers.Count);
+        Assert.Equal(2, discovery.Ties.Count);
+        Assert.Equal(["head.p3", "head.p4"], discovery.Ties[0].Layers.Select(l => l.Name));
+        Assert.Equal(["cls.p3", "cls.p4"], discovery.Ties[1].Layers.Select(l => l.Name));
+    }
+
+    [Fact]
+    public void TiedLayersShareOneWidthAndTheArtifactStoresTheirWeightOnce()
+    {
+        var result = Compile(PyramidWithSharedHead(), "size");
+        var report = result.Targets.Single().Report;
+
+        // Four units: stem, down and one for each shared weight; the copy's curve is added to the representative's.
+        Assert.Equal(["stem", "down", "head.p3", "cls.p3"], report.Units.Select(u => u.Layer));
+        foreach (var name in new[] { "head", "cls" })
+        {
+            var unit = report.Units.Single(u => u.Layer == $"{name}.p3");
+            var p3 = report.Curves.Single(c => c.Name == $"{name}.p3");
+            var p4 = report.Curves.Single(c => c.Name == $"{name}.p4");
+            var k = p3.Bits.ToList().IndexOf(unit.Bits);
+            var sum = p3.Distortion[k] + p4.Distortion[k];
+            Assert.True(Math.Abs(unit.PredictedDistortion - sum) <= 1e-5 * sum, $"{name}: unit distortion {unit.PredictedDistortion}, curves sum {sum}");
+            var copy = report.Layers.Single(l => l.Layer == $"{name}.p4");
+            Assert.Equal($"{name}.p3", copy.SharesWeightOf);
+            Assert.Equal(0, copy.FloatBytes);
+            Assert.Equal(report.Layers.Single(l => l.Layer == $"{name}.p3").MaxBits, copy.MaxBits);
+        }
+
+        // The written model: one integer tensor per shared weight, read by both levels' DequantizeLinear.
+        var model = ModelIO.Load(result.Targets[0].ModelPath);
+        var graph = model.Graph;
+        // Stem, down, head, cls: four integer weights for six Conv nodes (zero points have one value per channel).
+        var integers = graph.Initializers.Where(v => v.Initializer!.DataType is DataType.Int2 or DataType.Int4 or DataType.Int8 or DataType.UInt2
+            && v.Initializer.ElementCount > 16).ToList();
+        Assert.Equal([16L * 3 * 9, 8 * 16 * 9, HeadWeights, HeadWeights], integers.Select(v => v.Initializer!.ElementCount).Order());
+        Assert.DoesNotContain(graph.Initializers, v => v.Initializer!.DataType == DataType.Float && v.Initializer.ElementCount >= HeadWeights / 2);
+        foreach (var conv in graph.Nodes.Where(n => n.OpType == "Conv"))
+            Assert.Equal("DequantizeLinear", conv.Inputs[1]!.Producer?.OpType);
+
+        // It runs, and each level's output is close to the float model's (a 4-bit budget on random weights).
+        using var session = InferenceSession.Create(result.Targets[0].ModelPath);
+        var image = new NamedTensor("images", TensorData.FromFloats(TestModels.Images(1, 9), [1, 3, 16, 16]));
+        var outputs = session.Run([image]);
+        Assert.Equal([1L, 8, 16, 16], outputs.Single(o => o.Name == "logits_p3").Data.Shape);
+        Assert.Equal([1L, 8, 8, 8], outputs.Single(o => o.Name == "logits_p4").Data.Shape);
+        Assert.InRange(report.Distortion.Measured, 1e-6, 0.1);
+        Assert.True(report.Sizes.FloatWeightBytes == 4L * (16 * 3 * 9 + 16 * 16 * 9 * 2 + 8 * 16 * 9), $"float bytes {report.Sizes.FloatWeightBytes}");
+    }
+
+    [Fact]
+    public void TheSpeedTargetRunsEverySharedApplicationOnIntegerKernels()
+    {
+        var result = Compile(PyramidWithSharedHead(), "speed", DeployTarget.Speed);
+        var report = result.Targets.Single().Report;
+
+        Assert.Equal(0, report.Deploy!.WeightDequantizeLeft);
+        Assert.True(report.Deploy.IntegerKernels >= 4, $"integer kernels: {report.Deploy.IntegerKernels}");
+        var model = ModelIO.Load(result.Targets[0].ModelPath);
+        Assert.Equal([16L * 3 * 9, 8 * 16 * 9, HeadWeights, HeadWeights], model.Graph.Initializers
+            .Where(v => v.Initializer!.DataType == DataType.Int8 && v.Initializer.ElementCount > 16).Select(v => v.Initializer!.ElementCount).Order());
+        Assert.Equal("head.p3", report.Layers.Single(l => l.Layer == "head.p4").SharesWeightOf);
+        using var session = InferenceSession.Create(result.Targets[0].ModelPath);
+        Assert.Equal(2, session.Run([new NamedTensor("images", TensorData.FromFloats(TestModels.Images(1, 9), [1, 3, 16, 16]))]).Count);
+        Assert.InRange(report.Distortion.Measured, 1e-6, 0.1);
+    }
+}
