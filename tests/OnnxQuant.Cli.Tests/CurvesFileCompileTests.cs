@@ -48,7 +48,7 @@ public class CurvesFileCompileTests(CompileCliFixture fixture) : IClassFixture<C
         var measured = Out("detr-measured");
         var (code, stdout, stderr) = Run(["compile", model, .. common, "-o", measured, "--cache-dir", Out("detr-cache"), "--write-curves", curves]);
         Assert.True(code == 0, stderr);
-        Assert.Contains("(curves, 65 units)", stdout);
+        Assert.Contains("(curves, 71 units)", stdout);
 
         // Every distortion times (1 + r), |r| <= 1e-6, fixed seed.
         var rng = new Random(11);

@@ -253,8 +253,9 @@ public class GainCurveTests
     /// <summary>
     /// The quality regression of the issue on the bundled trained DETR: the allocation from gain curves (the default)
     /// has a held-out measured distortion within 10 % of the allocation from exact curves at 4 and 3 bits, and over the
-    /// budgets 8, 6, 5, 4, 3 its predicted and measured distortions rank alike (Spearman >= 0.95). Both use the first 16
-    /// calibration samples so the exact curves stay affordable in a test.
+    /// budgets 8, 6, 5, 4, 3 its predicted and measured distortions rank alike (Spearman >= 0.95). Both use the first 32
+    /// calibration samples (the default is 64) so the exact curves stay affordable in a test; on 16 the exact reference
+    /// itself rests on few samples (gain/exact measured 1.106 at 4 bits there, 0.973 on 32, 1.031 on 64).
     /// </summary>
     [Fact]
     public void GainAllocationOnDetrSmallIsAsGoodAsExact()
@@ -266,7 +267,7 @@ public class GainCurveTests
         try
         {
             CompileResult Compile(string name, CurveMode mode, IReadOnlyList<double> targets) => Compiler.Run(model, calib, Path.Combine(root, name),
-                new CompileOptions { Allocation = new() { TargetBits = targets }, Curves = new() { Mode = mode }, Data = new() { CalibSamples = 16, VerifyData = eval } }, "test", SilentProgress.Instance);
+                new CompileOptions { Allocation = new() { TargetBits = targets }, Curves = new() { Mode = mode }, Data = new() { CalibSamples = 32, VerifyData = eval } }, "test", SilentProgress.Instance);
             var exact = Compile("exact", CurveMode.Exact, [4, 3]);
             var gain = Compile("gain", CurveMode.Gain, [8, 6, 5, 4, 3]);
             foreach (var target in new[] { 4.0, 3.0 })
