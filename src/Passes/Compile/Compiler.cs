@@ -91,6 +91,7 @@ public static class Compiler
         // What ONNX Runtime refuses in INT2 containers: every layer when the model does not load at opset 25 (known
         // here), else the layers it refuses as the artifacts are verified, learned once for every artifact.
         var int2 = new Int2Exclusions();
+        int2.Tie(discovery.Ties.Select(t => t.Layers.Select(l => l.Name).ToList()));
         var intake = Intake.Notes(loaded.Model).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded, options, outputDirectory, int2))).ToList();
         var initializerInputs = options.Rewrite.KeepInitializerInputs ? DetachInitializerInputsPass.InitializerInputs(loaded.Model) : [];
 

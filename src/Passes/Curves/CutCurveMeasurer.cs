@@ -113,9 +113,6 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     {
         _featureWeights = featureWeights;
         _ties = ties ?? [];
-        foreach (var tie in _ties)
-            foreach (var copy in tie.Copies)
-                Memo.Alias(copy.Name, tie.Representative.Name);
         _model = model;
         _units = units;
         _features = features;
@@ -156,6 +153,13 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             if (!_rowsByActivation.TryGetValue(layer.Activation, out var list))
                 _rowsByActivation[layer.Activation] = list = [];
             list.Add(rows);
+        }
+        // Tied layers are compensated with their rows together, so each width is quantized once for all of them.
+        foreach (var tie in _ties)
+        {
+            var measured = tie.Layers.Where(_rows.ContainsKey).ToList();
+            foreach (var copy in measured.Skip(1))
+                Memo.Alias(copy.Name, measured[0].Name);
         }
     }
 

@@ -510,8 +510,26 @@ public sealed class Int2Exclusions
 
     public bool Allows(string layer) => !All && !_layers.Contains(layer);
 
-    /// <summary>Keeps <paramref name="layer"/> out; false when it already was.</summary>
-    public bool Add(string layer) => !All && _layers.Add(layer);
+    private readonly Dictionary<string, IReadOnlyList<string>> _tied = new(StringComparer.Ordinal);
+
+    /// <summary>Layers that store one weight (<see cref="WeightTie"/>): keeping one out keeps all out, so their
+    /// containers stay alike.</summary>
+    public void Tie(IEnumerable<IReadOnlyList<string>> groups)
+    {
+        foreach (var group in groups)
+            foreach (var layer in group)
+                _tied[layer] = group;
+    }
+
+    /// <summary>Keeps <paramref name="layer"/> (and the layers tied to it) out; false when it already was.</summary>
+    public bool Add(string layer)
+    {
+        if (All || !_layers.Add(layer))
+            return false;
+        if (_tied.TryGetValue(layer, out var group))
+            _layers.UnionWith(group);
+        return true;
+    }
 
     public void ExcludeAll() => All = true;
 

@@ -104,6 +104,18 @@ public sealed class SharedWeightTests : IDisposable
     }
 
     [Fact]
+    public void KeepingOneTiedLayerOutOfInt2KeepsAllOfThemOut()
+    {
+        var int2 = new Int2Exclusions();
+        int2.Tie([["head.p3", "head.p4", "head.p5"]]);
+
+        Assert.True(int2.Add("head.p4"));
+        Assert.False(int2.Add("head.p5"));
+        Assert.Equal(["head.p3", "head.p4", "head.p5"], int2.Layers);
+        Assert.True(int2.Allows("stem"));
+    }
+
+    [Fact]
     public void DiscoveryTiesTheLayersOfOneWeight()
     {
         var model = PyramidWithSharedHead();
