@@ -10,7 +10,8 @@ namespace OnnxQuant.Solvers;
 ///  "units": [{"name": "blocks.0.attn.qkv", "size": 1769472, "bits": [2,3,4,5,6,8],
 ///             "distortion": [..one per bit width..], "pinned_bits": null, "allowed_bits": null}]}
 /// </code>
-/// <c>pinned_bits</c> and <c>allowed_bits</c> are optional (null or absent = none). Unknown keys are rejected so a
+/// <c>pinned_bits</c> and <c>allowed_bits</c> are optional (null or absent = none); so is <c>tied_to</c>, the unit
+/// whose width a unit applying the same weight takes (<see cref="TiedCurves"/>), written only where set. Unknown keys are rejected so a
 /// misspelt field is not silently ignored. Output is deterministic: fixed key order, shortest round-trip numbers,
 /// "\n" line ends, so identical curves give identical bytes.
 /// </summary>
@@ -18,7 +19,7 @@ public static class CurvesFile
 {
     public const string Schema = "onnxquant.curves/1";
 
-    private static readonly string[] UnitKeys = ["name", "size", "bits", "distortion", "pinned_bits", "allowed_bits"];
+    private static readonly string[] UnitKeys = ["name", "size", "bits", "distortion", "pinned_bits", "allowed_bits", "tied_to"];
 
     /// <summary>Reads and checks a curves file (structure and types; curve values are checked by <see cref="AllocationProblem"/>).</summary>
     /// <exception cref="SolverException">The file is not valid JSON or does not follow the schema.</exception>
@@ -117,6 +118,8 @@ public static class CurvesFile
                     writer.WriteNumberValue(b);
                 writer.WriteEndArray();
             }
+            if (u.TiedTo is { } tied)
+                writer.WriteString("tied_to", tied);
             writer.WriteEndObject();
         }
         writer.WriteEndArray();
@@ -176,7 +179,10 @@ public static class CurvesFile
             pinned = p;
         }
         var allowed = IntArray(unit, "allowed_bits", at, source, required: false);
-        return new UnitCurve(name, size, bits, distortion, pinned) { AllowedBits = allowed };
+        string? tiedTo = null;
+        if (unit.TryGetProperty("tied_to", out var tiedElement) && tiedElement.ValueKind != JsonValueKind.Null)
+            tiedTo = tiedElement.ValueKind == JsonValueKind.String ? tiedElement.GetString() : throw Bad(source, $"{at} \"tied_to\" must be a unit name or null");
+        return new UnitCurve(name, size, bits, distortion, pinned) { AllowedBits = allowed, TiedTo = tiedTo };
     }
 
     private static int[]? IntArray(JsonElement unit, string key, string at, string source, bool required)

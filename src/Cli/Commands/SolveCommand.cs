@@ -57,7 +57,8 @@ internal static class SolveCommand
         command.SetAction(parse =>
         {
             var targetList = ParseTargets(parse.GetValue(targets)!);
-            var units = CurvesFile.Read(parse.GetValue(curves)!);
+            // Units that apply one weight (tied_to) are allocated as one, as the compile that wrote them did.
+            var (units, tiedTo) = TiedCurves.Merge(CurvesFile.Read(parse.GetValue(curves)!), OnnxQuant.Passes.Quantization.StableRounding.Round);
             var policy = parse.GetValue(monotone) ? CurvePolicy.MakeMonotone : CurvePolicy.UseAsGiven;
             var problem = new AllocationProblem(units, targetList[0], parse.GetValue(minBits), policy, parse.GetValue(tieTolerance));
             var solverName = parse.GetValue(solver)!;
@@ -67,6 +68,8 @@ internal static class SolveCommand
 
             var output = parse.InvocationConfiguration.Output;
             var error = parse.InvocationConfiguration.Error;
+            if (tiedTo.Count > 0)
+                error.WriteLine($"note: {tiedTo.Count} tied unit(s) take the width of the unit they are tied to (their curves are added to its)");
             if (targetList.Count == 1)
             {
                 var allocation = allocator.Solve(problem);

@@ -29,11 +29,11 @@ public static class PartitionStage
         // Tied layers share one width per unit: the first's units stand for all, their curves summed (each copy's error
         // reaches the features on its own path: pyramid levels, separate heads).
         var original = discovery;
-        var (tiedTo, merged) = Tie(discovery, curves);
+        var (merged, tiedTo) = TiedCurves.Merge(MarkTies(discovery, curves), Quantization.StableRounding.Round);
         if (tiedTo.Count > 0)
         {
             discovery = discovery with { Units = discovery.Units.Where(u => !tiedTo.ContainsKey(u.Name)).ToList() };
-            curves = curves.Where(c => !tiedTo.ContainsKey(c.Name)).Select(c => merged.GetValueOrDefault(c.Name, c)).ToList();
+            curves = merged;
         }
         var zero = curves.Where(c => c.Distortion.All(d => d == 0)).Select(c => c.Name).ToHashSet(StringComparer.Ordinal);
         var zeroLayers = discovery.Units.Where(u => zero.Contains(u.Name)).Select(u => u.Layer).Distinct()
@@ -58,16 +58,17 @@ public static class PartitionStage
             notes = [.. notes, $"{ties.Count} weight(s) applied by {ties.Sum(t => t.Layers.Count(l => l.ReachesFeature))} layers: each shares one width per unit and one quantized weight"];
         }
         var byName = curves.ToDictionary(c => c.Name, StringComparer.Ordinal);
-        return new Partition(freeUnits, freeUnits.Select(u => byName[u.Name]).ToList(), heads, notes) { TiedTo = tiedTo };
+        return new Partition(freeUnits, freeUnits.Select(u => byName[u.Name]).ToList(), heads, notes) { TiedTo = new Dictionary<string, string>(tiedTo, StringComparer.Ordinal) };
     }
 
-    private static (Dictionary<string, string> TiedTo, Dictionary<string, UnitCurve> Merged) Tie(UnitDiscoveryResult discovery, IReadOnlyList<UnitCurve> curves)
+    /// <summary>
+    /// The curves with <see cref="UnitCurve.TiedTo"/> set from <paramref name="discovery"/>'s ties (and cleared
+    /// elsewhere, whatever a curves file said): every unit of a tied layer that reaches the features takes the width of
+    /// the same unit of the tie's first such layer.
+    /// </summary>
+    public static IReadOnlyList<UnitCurve> MarkTies(UnitDiscoveryResult discovery, IReadOnlyList<UnitCurve> curves)
     {
         var tiedTo = new Dictionary<string, string>(StringComparer.Ordinal);
-        var merged = new Dictionary<string, UnitCurve>(StringComparer.Ordinal);
-        if (discovery.Ties.Count == 0)
-            return (tiedTo, merged);
-        var byName = curves.ToDictionary(c => c.Name, StringComparer.Ordinal);
         foreach (var tie in discovery.Ties)
         {
             var reaching = tie.Layers.Where(l => l.ReachesFeature).ToList();
@@ -80,17 +81,9 @@ public static class PartitionStage
                 if (units.Count != representative.Count)
                     throw new InvalidOperationException($"tied layers '{reaching[0].Name}' and '{copy.Name}' have different units");
                 for (var i = 0; i < units.Count; i++)
-                {
-                    var target = representative[i].Name;
-                    tiedTo[units[i].Name] = target;
-                    var sum = merged.GetValueOrDefault(target, byName[target]);
-                    var add = byName[units[i].Name];
-                    if (!sum.Bits.SequenceEqual(add.Bits))
-                        throw new InvalidOperationException($"tied units '{target}' and '{add.Name}' were measured at different widths");
-                    merged[target] = sum with { Distortion = sum.Distortion.Zip(add.Distortion, (a, b) => Quantization.StableRounding.Round(a + b)).ToList() };
-                }
+                    tiedTo[units[i].Name] = representative[i].Name;
             }
         }
-        return (tiedTo, merged);
+        return curves.Select(c => c.TiedTo == tiedTo.GetValueOrDefault(c.Name) ? c : c with { TiedTo = tiedTo.GetValueOrDefault(c.Name) }).ToList();
     }
 }

@@ -136,6 +136,8 @@ public static class Compiler
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
             options.CurveKey(), progress, measureOnCuts ? cutCurves : null, featureWeights));
         Func<string, Quantization.InputStatistics?>? statistics = cutCurves is null ? null : cutCurves.Statistics;
+        // The curves carry the ties, so the report, --write-curves and `onnxquant solve` allocate as this compile does.
+        curves = curves with { Curves = PartitionStage.MarkTies(discovery, curves.Curves) };
 
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
         // Beside the artifact, not in it: a model ONNX Runtime rejects is never published.

@@ -146,6 +146,8 @@ public sealed class SharedWeightTests : IDisposable
             var k = p3.Bits.ToList().IndexOf(unit.Bits);
             var sum = p3.Distortion[k] + p4.Distortion[k];
             Assert.True(Math.Abs(unit.PredictedDistortion - sum) <= 1e-5 * sum, $"{name}: unit distortion {unit.PredictedDistortion}, curves sum {sum}");
+            Assert.Equal($"{name}.p3", p4.TiedTo);
+            Assert.Null(p3.TiedTo);
             var copy = report.Layers.Single(l => l.Layer == $"{name}.p4");
             Assert.Equal($"{name}.p3", copy.SharesWeightOf);
             Assert.Equal(0, copy.FloatBytes);
