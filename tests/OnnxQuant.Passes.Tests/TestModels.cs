@@ -64,6 +64,18 @@ internal static class TestModels
         return data;
     }
 
+    /// <summary>Saves <paramref name="model"/> (one 3x16x16 "images" input) as NAME.onnx in <paramref name="dir"/> with
+    /// 24 seeded images as NAME.npz, and compiles it into out-NAME.</summary>
+    public static OnnxQuant.Passes.Compile.CompileResult CompileImages(Model model, string dir, string name, OnnxQuant.Passes.Compile.CompileOptions options)
+    {
+        Directory.CreateDirectory(dir);
+        var modelPath = Path.Combine(dir, name + ".onnx");
+        ModelIO.Save(model, modelPath);
+        var dataPath = Path.Combine(dir, name + ".npz");
+        Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(Images(24, 3), 24, 3, 16, 16))]);
+        return OnnxQuant.Passes.Compile.Compiler.Run(modelPath, dataPath, Path.Combine(dir, "out-" + name), options, "test", OnnxQuant.Passes.Pipeline.SilentProgress.Instance);
+    }
+
     /// <summary>Writes the detector and its calibration data into <paramref name="dir"/>; returns (model, data) paths.</summary>
     public static (string Model, string Data) WriteDetector(string dir, int samples = 80)
     {

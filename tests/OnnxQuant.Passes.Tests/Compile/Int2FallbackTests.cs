@@ -55,17 +55,9 @@ public sealed class Int2FallbackTests : IDisposable
     }
 
     /// <summary>Every unit at 2 bits (candidates 2 and 4), 16 calibration and 8 verification samples of 3x16x16.</summary>
-    private CompileResult CompileAtTwoBits(Model model, string name)
-    {
-        Directory.CreateDirectory(_root);
-        var modelPath = Path.Combine(_root, name + ".onnx");
-        ModelIO.Save(model, modelPath);
-        var dataPath = Path.Combine(_root, name + ".npz");
-        Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(24, 3), 24, 3, 16, 16))]);
-        return Compiler.Run(modelPath, dataPath, Path.Combine(_root, "out-" + name),
-            new CompileOptions { Allocation = new() { TargetBits = [2] }, Curves = new() { CandidateBits = [2, 4], CacheDir = null }, Data = new() { CalibSamples = 16, VerifySamples = 8 } },
-            "test", SilentProgress.Instance);
-    }
+    private CompileResult CompileAtTwoBits(Model model, string name) =>
+        TestModels.CompileImages(model, _root, name,
+            new CompileOptions { Allocation = new() { TargetBits = [2] }, Curves = new() { CandidateBits = [2, 4], CacheDir = null }, Data = new() { CalibSamples = 16, VerifySamples = 8 } });
 
     /// <summary>Checks that the model's largest INT4 initializer (a 16x3x3x3 weight; its zero point is INT4 too) holds
     /// 2-bit values, runs the model on one image and returns the output's shape.</summary>

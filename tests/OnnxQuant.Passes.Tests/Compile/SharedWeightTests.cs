@@ -59,24 +59,15 @@ public sealed class SharedWeightTests : IDisposable
         return net.Model;
     }
 
-    private CompileResult Compile(Model model, string name, DeployTarget deploy = DeployTarget.Size)
-    {
-        Directory.CreateDirectory(_root);
-        var modelPath = Path.Combine(_root, name + ".onnx");
-        ModelIO.Save(model, modelPath);
-        var dataPath = Path.Combine(_root, name + ".npz");
-        Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(24, 3), 24, 3, 16, 16))]);
-        return Compiler.Run(modelPath, dataPath, Path.Combine(_root, "out-" + name),
-            new CompileOptions
-            {
-                Allocation = new() { TargetBits = [4] },
-                Curves = new() { CandidateBits = [2, 4, 8], CacheDir = null },
-                Data = new() { CalibSamples = 16, VerifySamples = 8 },
-                Rewrite = new() { Deploy = deploy },
-                Calibration = new() { ActBits = deploy == DeployTarget.Speed ? 8 : 0 },
-            },
-            "test", SilentProgress.Instance);
-    }
+    private CompileResult Compile(Model model, string name, DeployTarget deploy = DeployTarget.Size) =>
+        TestModels.CompileImages(model, _root, name, new CompileOptions
+        {
+            Allocation = new() { TargetBits = [4] },
+            Curves = new() { CandidateBits = [2, 4, 8], CacheDir = null },
+            Data = new() { CalibSamples = 16, VerifySamples = 8 },
+            Rewrite = new() { Deploy = deploy },
+            Calibration = new() { ActBits = deploy == DeployTarget.Speed ? 8 : 0 },
+        });
 
     [Fact]
     public void EveryLayerUseOfASharedWeightGetsItsOwnInitializerWithTheSameData()
