@@ -68,6 +68,24 @@ public class InspectCommandTests
     }
 
     [Fact]
+    public void SharedWeightsAreListedAsTiedLayers()
+    {
+        // The bundled DETR's reference-point MLP (two weights) is applied by each of its three decoder layers.
+        var model = RepoPaths.File("models/fixtures/detr_small.onnx");
+        var (code, stdout, _) = Run("inspect", model, "--json");
+        Assert.Equal(0, code);
+        var layers = JsonDocument.Parse(stdout).RootElement.GetProperty("quantizable").EnumerateArray().ToList();
+        Assert.Equal(71, layers.Count);
+        var tied = layers.Where(l => l.TryGetProperty("shares_weight_of", out _))
+            .Select(l => (l.GetProperty("node").GetString(), l.GetProperty("shares_weight_of").GetString())).ToList();
+        Assert.Equal(4, tied.Count);
+        Assert.Contains(("/model/ref_point_head/layers.0_2/MatMul", "/model/ref_point_head/layers.0/MatMul"), tied);
+        var (code2, table, _) = Run("inspect", model);
+        Assert.Equal(0, code2);
+        Assert.Contains("shared weights: 2 weight(s) applied by 6 of these layers", table);
+    }
+
+    [Fact]
     public void TablesNameTheSections()
     {
         var (code, stdout, _) = Run("inspect", $"{SuiteRoot}/node/test_loop11/model.onnx");

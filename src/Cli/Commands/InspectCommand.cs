@@ -98,6 +98,8 @@ internal static class InspectCommand
                 w.WriteEndArray();
                 w.WriteNumber("parameters", q.Size);
                 w.WriteBoolean("reaches_output", q.ReachesFeature);
+                if (layers.Discovery!.TieOf(q) is { } tie && tie.Representative != q)
+                    w.WriteString("shares_weight_of", tie.Representative.Name);
                 w.WriteEndObject();
             }
             w.WriteEndArray();
@@ -198,6 +200,10 @@ internal static class InspectCommand
         foreach (var l in found.Layers)
             AddRow(q, l.Name.Length > 0 ? l.Name : "-", l.OpType, l.WeightName, "[" + string.Join(", ", l.WeightShape) + "]", l.Size.ToString("N0"));
         console.Write(q);
+        if (found.Ties.Count > 0)
+            console.WriteLine($"shared weights: {found.Ties.Count} weight(s) applied by {found.Ties.Sum(t => t.Layers.Count())} of these layers; " +
+                              "each is tied (one width, stored once): " + string.Join("; ", found.Ties.Take(3).Select(t => string.Join(", ", t.Layers.Select(l => l.Name)))) +
+                              (found.Ties.Count > 3 ? "; ..." : ""));
         if (found.Skipped.Count > 0)
         {
             var skipped = new Table().Title($"kept in float: {found.Skipped.Count}").AddColumns("node", "op", "reason");
