@@ -63,8 +63,8 @@ public static class RewriteStage
     /// <summary>
     /// Tied layers quantized alike (same widths, same compensation statistics) made byte-identical tensors: each copy's
     /// is replaced by its representative's, so the artifact stores the weight once and every node keeps its own
-    /// DequantizeLinear (what ONNX Runtime's fusions expect). A copy whose tensors differ (another width after a guard
-    /// repair, a bias that needed a coarser scale) keeps its own.
+    /// DequantizeLinear (what ONNX Runtime's fusions expect). A copy whose weight tensors differ (the speed target giving
+    /// one a coarser scale so that its INT32 bias fits) keeps its own.
     /// </summary>
     internal static RewriteResult ShareTiedWeights(Graph graph, IReadOnlyList<LayerPlan> plans, RewriteResult result)
     {
