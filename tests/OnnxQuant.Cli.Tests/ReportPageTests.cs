@@ -135,6 +135,14 @@ public class ReportPageTests(BundledExampleFixture example) : IClassFixture<Bund
             Assert.Equal(expected.Order(), marks.Select(m => (m[0], m[1])).Order());
             Assert.Equal(report.GetProperty("heads").GetArrayLength(), await strip.Locator(".head-mark").CountAsync());
             Assert.Equal(report.GetProperty("skipped").GetArrayLength(), await strip.Locator(".float-mark").CountAsync());
+            // The bundled DETR's reference-point MLP: four layers apply the weights of two others, each marked at their width.
+            var tied = report.GetProperty("layers").EnumerateArray().Where(l => l.TryGetProperty("shares_weight_of", out _))
+                .Select(l => (l.GetProperty("layer").GetString()!, l.GetProperty("shares_weight_of").GetString()!)).ToList();
+            Assert.Equal(4, tied.Count);
+            var tiedMarks = await strip.Locator(".tied-mark").EvaluateAllAsync<string[][]>("els => els.map(e => [e.dataset.name, e.dataset.bits])");
+            Assert.Equal(tied.Select(t => t.Item1).Order(), tiedMarks.Select(m => m[0]).Order());
+            var bitsOf = marks.ToDictionary(m => m[0], m => m[1]);
+            Assert.All(tied, t => Assert.Equal(bitsOf[t.Item2], tiedMarks.Single(m => m[0] == t.Item1)[1]));
         }
 
         // Hovering a unit shows its name and width.

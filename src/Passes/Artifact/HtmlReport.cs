@@ -331,6 +331,12 @@ public static class HtmlReport
             foreach (var u in unitsByLayer[layer.Layer].OrderBy(u => u.ChannelStart))
                 if (placed.Add(u.Name))
                     marks.Add(UnitMark(u));
+            // A layer applying another's weight takes that layer's units' widths (one weight, stored once).
+            if (layer.SharesWeightOf is { } shares && !heads.ContainsKey(layer.Layer) && !unitsByLayer[layer.Layer].Any())
+                foreach (var u in unitsByLayer[shares].OrderBy(u => u.ChannelStart))
+                    marks.Add(new Mark("tied", layer.Layer, u.Bits,
+                        $"{layer.Layer}\n{u.Bits} bits, tied\napplies the weight of {shares}: its unit {u.Name}, one width, stored once",
+                        unitIndex.TryGetValue(u.Name, out var i) ? i : -1));
         }
         marks.AddRange(t.Units.Where(u => placed.Add(u.Name)).Select(UnitMark));
         marks.AddRange(t.Skipped.Select(s => new Mark("float", s.Layer, 32, $"{s.Layer}\nfloat\n{s.OpType}: {s.Reason}", -1)));
@@ -503,7 +509,7 @@ figure.curve figcaption{font-size:10.5px;color:#333;max-width:200px;white-space:
 figure.curve.hl{outline:2px solid #d62728}
 .barcell{width:240px}.bar{display:inline-block;height:9px;background:#1f77b4}
 #tip{position:fixed;z-index:10;background:#222;color:#fff;padding:6px 8px;border-radius:4px;font-size:12px;white-space:pre;pointer-events:none;max-width:560px;overflow:hidden}
-[data-tip]{cursor:default}.unit-mark,.head-mark,.float-mark{cursor:pointer}
+[data-tip]{cursor:default}.unit-mark,.head-mark,.float-mark,.tied-mark{cursor:pointer}
 @media print{nav,#tip,label{display:none}body{margin:0;max-width:none}section{break-inside:auto}h2{break-after:avoid}.alloc{break-inside:avoid}}
 
 """;

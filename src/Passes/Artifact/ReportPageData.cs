@@ -26,7 +26,8 @@ public sealed record PageHead(string Layer, string OpType, long Size, int Bits, 
 
 public sealed record PageSkipped(string Layer, string OpType, string Reason);
 
-public sealed record PageLayer(string Layer, string Format, string Container, int MaxBits, long Weights, long IdealBits, long Bytes, long FloatBytes);
+public sealed record PageLayer(string Layer, string Format, string Container, int MaxBits, long Weights, long IdealBits, long Bytes, long FloatBytes,
+    string? SharesWeightOf = null);
 
 /// <summary>What the manifest records: tool, inputs, options and outputs, in file order.</summary>
 public sealed record PageManifest(string ToolVersion, IReadOnlyList<(string Key, string Value)> Input,
@@ -101,7 +102,8 @@ public sealed record ReportPageData(PageManifest Manifest, IReadOnlyList<PageTar
                 k.GetProperty("reason").GetString()!)).ToList(),
             r.GetProperty("layers").EnumerateArray().Select(l => new PageLayer(l.GetProperty("layer").GetString()!, l.GetProperty("format").GetString()!,
                 l.GetProperty("container").GetString()!, l.GetProperty("max_bits").GetInt32(), l.GetProperty("weights").GetInt64(),
-                l.GetProperty("ideal_bits").GetInt64(), l.GetProperty("bytes").GetInt64(), l.GetProperty("float_bytes").GetInt64())).ToList(),
+                l.GetProperty("ideal_bits").GetInt64(), l.GetProperty("bytes").GetInt64(), l.GetProperty("float_bytes").GetInt64(),
+                l.TryGetProperty("shares_weight_of", out var shares) ? shares.GetString() : null)).ToList(),
             CurvesFile.Parse(Encoding.UTF8.GetBytes(r.GetProperty("curves").GetRawText()), path),
             r.GetProperty("notes").EnumerateArray().Select(n => n.GetString()!).ToList(),
             r.GetProperty("timings_s").EnumerateObject().Select(t => (t.Name, t.Value.GetDouble())).ToList());

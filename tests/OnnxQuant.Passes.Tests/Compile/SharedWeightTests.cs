@@ -167,6 +167,33 @@ public sealed class SharedWeightTests : IDisposable
     }
 
     [Fact]
+    public void ChannelGroupsOfTiedLayersAreTiedGroupByGroup()
+    {
+        var result = TestModels.CompileImages(PyramidWithSharedHead(), _root, "groups", new CompileOptions
+        {
+            Allocation = new() { TargetBits = [3] },
+            Curves = new() { CandidateBits = [2, 4, 8], CacheDir = null },
+            Data = new() { CalibSamples = 16, VerifySamples = 8 },
+            Units = new() { Granularity = Granularity.Group, GroupSize = 8 },
+            Calibration = new() { ActBits = 0 },
+        });
+        var report = result.Targets.Single().Report;
+
+        // stem, down and head have 16 channels (2 groups each), cls 8 (1): 7 units; the p4 copies' groups are tied.
+        Assert.Equal(7, report.Units.Count);
+        Assert.DoesNotContain(report.Units, u => u.Layer.EndsWith(".p4", StringComparison.Ordinal));
+        Assert.Equal(["head.p3[0:8]", "head.p3[8:16]"], report.Curves.Where(c => c.Name.StartsWith("head.p4", StringComparison.Ordinal)).Select(c => c.TiedTo));
+        Assert.Equal("head.p3", report.Layers.Single(l => l.Layer == "head.p4").SharesWeightOf);
+        Assert.Equal("cls.p3", report.Layers.Single(l => l.Layer == "cls.p4").SharesWeightOf);
+        // Whatever containers the groups' widths need, the integers of the four weights are stored once.
+        var model = ModelIO.Load(result.Targets[0].ModelPath);
+        Assert.Equal(16L * 3 * 9 + HeadWeights * 2 + 8 * 16 * 9, model.Graph.Initializers
+            .Where(v => v.Initializer!.DataType is not DataType.Float && v.Initializer.ElementCount > 16).Sum(v => v.Initializer!.ElementCount));
+        using var session = InferenceSession.Create(result.Targets[0].ModelPath);
+        Assert.Equal(2, session.Run([new NamedTensor("images", TensorData.FromFloats(TestModels.Images(1, 9), [1, 3, 16, 16]))]).Count);
+    }
+
+    [Fact]
     public void TheSpeedTargetRunsEverySharedApplicationOnIntegerKernels()
     {
         var result = Compile(PyramidWithSharedHead(), "speed", DeployTarget.Speed);
