@@ -72,6 +72,30 @@ public sealed class SolveCommandTests : IDisposable
     }
 
     [Fact]
+    public void TiedUnitsAreAllocatedAsTheirRepresentative()
+    {
+        // mlp.p4 applies mlp's weight: one unit of mlp's size whose curve is the sum, as the compile that wrote it allocates.
+        const string tied = """
+            {"schema": "onnxquant.curves/1", "units": [
+              {"name": "attn", "size": 16384, "bits": [2,4,8], "distortion": [2.5, 0.5, 0.03], "pinned_bits": null},
+              {"name": "mlp", "size": 32768, "bits": [2,4,8], "distortion": [3.0, 0.45, 0.02], "pinned_bits": null},
+              {"name": "mlp.p4", "size": 32768, "bits": [2,4,8], "distortion": [1.0, 0.15, 0.01], "pinned_bits": null, "tied_to": "mlp"}
+            ]}
+            """;
+        var (code, stdout, stderr) = Run("solve", Write(tied), "--target-bits", "4", "--json");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("1 tied unit(s)", stderr);
+        var root = JsonDocument.Parse(stdout).RootElement;
+        var allocation = root.GetProperty("allocation");
+        Assert.Equal(["attn", "mlp"], allocation.EnumerateObject().Select(p => p.Name));
+        // 49,152 weights at 4 bits: both at 4 (mlp counted once), distortion 0.5 + (0.45 + 0.15).
+        Assert.Equal(4, allocation.GetProperty("attn").GetInt32());
+        Assert.Equal(4, allocation.GetProperty("mlp").GetInt32());
+        Assert.Equal(4.0, root.GetProperty("rate").GetDouble(), 12);
+        Assert.Equal(1.1, root.GetProperty("distortion").GetDouble(), 9);
+    }
+
+    [Fact]
     public void TablePrintsEveryUnit()
     {
         var (code, stdout, _) = Run("solve", Write(Curves), "--target-bits", "4");
