@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Pipeline;
 
@@ -37,5 +38,41 @@ public sealed class UnshareWeightsPass : IPass
             }
         }
         return PassResult.Changed(copies);
+    }
+
+    /// <summary>
+    /// Joins float initializers that still hold one weight's data (copies this pass made that nothing quantized: a layer
+    /// kept float by --exclude or a guard) back into one, so a rewritten model stores a float weight as often as its
+    /// input did. Only copies that share the data itself are joined, never tensors that merely hold equal values.
+    /// </summary>
+    public static int Reshare(Graph graph)
+    {
+        var first = new Dictionary<(object Data, int Offset, int Length, string Dims), Value>();
+        var joined = 0;
+        foreach (var value in graph.Initializers.ToList())
+        {
+            if (value.Initializer is not { DataType: DataType.Float } tensor || value.IsGraphInput || value.IsGraphOutput || value.Uses.Count == 0
+                || Identity(tensor) is not { } key)
+                continue;
+            if (first.TryGetValue(key, out var kept))
+            {
+                graph.ReplaceAllUsesWith(value, kept);
+                graph.RemoveInitializer(value);
+                joined++;
+            }
+            else
+                first[key] = value;
+        }
+        return joined;
+    }
+
+    private static (object, int, int, string)? Identity(Tensor tensor)
+    {
+        var dims = string.Join('x', tensor.Dims);
+        if (tensor is { IsLoaded: false, External: { } external })
+            return (external, 0, 0, dims);
+        return MemoryMarshal.TryGetArray(tensor.RawData, out var segment) && segment.Array is { } array
+            ? (array, segment.Offset, segment.Count, dims)
+            : null;
     }
 }

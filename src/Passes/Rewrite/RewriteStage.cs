@@ -57,7 +57,9 @@ public static class RewriteStage
     {
         var quantized = canonical.Clone();
         var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, int2, statistics, memo);
-        return new RewrittenModel(quantized, ShareTiedWeights(quantized.Graph, plans, result));
+        var shared = ShareTiedWeights(quantized.Graph, plans, result);
+        Canonicalize.UnshareWeightsPass.Reshare(quantized.Graph);
+        return new RewrittenModel(quantized, shared);
     }
 
     /// <summary>

@@ -167,6 +167,30 @@ public sealed class SharedWeightTests : IDisposable
     }
 
     [Fact]
+    public void ASharedWeightKeptFloatIsStoredOnce()
+    {
+        var result = TestModels.CompileImages(PyramidWithSharedHead(), _root, "excluded", new CompileOptions
+        {
+            Allocation = new() { TargetBits = [4] },
+            Curves = new() { CandidateBits = [2, 4, 8], CacheDir = null },
+            Data = new() { CalibSamples = 16, VerifySamples = 8 },
+            Units = new() { Exclude = ["head.*"] },
+            Calibration = new() { ActBits = 0 },
+        });
+
+        var report = result.Targets.Single().Report;
+        Assert.Equal(["head.p3", "head.p4"], report.Skipped.Select(s => s.Name));
+        // Both levels' head Convs read one float weight, as in the input model.
+        var model = ModelIO.Load(result.Targets[0].ModelPath);
+        var heads = model.Graph.Nodes.Where(n => n.Name is "head.p3" or "head.p4").ToList();
+        Assert.Equal(2, heads.Count);
+        Assert.Same(heads[0].Inputs[1], heads[1].Inputs[1]);
+        Assert.Single(model.Graph.Initializers, v => v.Initializer!.DataType == DataType.Float && v.Initializer.ElementCount == HeadWeights);
+        using var session = InferenceSession.Create(result.Targets[0].ModelPath);
+        Assert.Equal(2, session.Run([new NamedTensor("images", TensorData.FromFloats(TestModels.Images(1, 9), [1, 3, 16, 16]))]).Count);
+    }
+
+    [Fact]
     public void ChannelGroupsOfTiedLayersAreTiedGroupByGroup()
     {
         var result = TestModels.CompileImages(PyramidWithSharedHead(), _root, "groups", new CompileOptions
