@@ -59,13 +59,16 @@ public sealed class SharedWeightTests : IDisposable
         return net.Model;
     }
 
-    private CompileResult Compile(Model model, string name, DeployTarget deploy = DeployTarget.Size) =>
-        TestModels.CompileImages(model, _root, name, new CompileOptions
+    /// <summary>Candidates 2, 4 and 8 bits, 16 calibration and 8 verification samples; float activations unless the
+    /// target is speed (8-bit).</summary>
+    private CompileResult Compile(string name, double target = 4, DeployTarget deploy = DeployTarget.Size, UnitOptions? units = null) =>
+        TestModels.CompileImages(PyramidWithSharedHead(), _root, name, new CompileOptions
         {
-            Allocation = new() { TargetBits = [4] },
+            Allocation = new() { TargetBits = [target] },
             Curves = new() { CandidateBits = [2, 4, 8], CacheDir = null },
             Data = new() { CalibSamples = 16, VerifySamples = 8 },
             Rewrite = new() { Deploy = deploy },
+            Units = units ?? new(),
             Calibration = new() { ActBits = deploy == DeployTarget.Speed ? 8 : 0 },
         });
 
@@ -124,7 +127,7 @@ public sealed class SharedWeightTests : IDisposable
     [Fact]
     public void TiedLayersShareOneWidthAndTheArtifactStoresTheirWeightOnce()
     {
-        var result = Compile(PyramidWithSharedHead(), "size");
+        var result = Compile("size");
         var report = result.Targets.Single().Report;
 
         // Four units: stem, down and one for each shared weight; the copy's curve is added to the representative's.
@@ -169,14 +172,7 @@ public sealed class SharedWeightTests : IDisposable
     [Fact]
     public void ASharedWeightKeptFloatIsStoredOnce()
     {
-        var result = TestModels.CompileImages(PyramidWithSharedHead(), _root, "excluded", new CompileOptions
-        {
-            Allocation = new() { TargetBits = [4] },
-            Curves = new() { CandidateBits = [2, 4, 8], CacheDir = null },
-            Data = new() { CalibSamples = 16, VerifySamples = 8 },
-            Units = new() { Exclude = ["head.*"] },
-            Calibration = new() { ActBits = 0 },
-        });
+        var result = Compile("excluded", units: new() { Exclude = ["head.*"] });
 
         var report = result.Targets.Single().Report;
         Assert.Equal(["head.p3", "head.p4"], report.Skipped.Select(s => s.Name));
@@ -193,14 +189,7 @@ public sealed class SharedWeightTests : IDisposable
     [Fact]
     public void ChannelGroupsOfTiedLayersAreTiedGroupByGroup()
     {
-        var result = TestModels.CompileImages(PyramidWithSharedHead(), _root, "groups", new CompileOptions
-        {
-            Allocation = new() { TargetBits = [3] },
-            Curves = new() { CandidateBits = [2, 4, 8], CacheDir = null },
-            Data = new() { CalibSamples = 16, VerifySamples = 8 },
-            Units = new() { Granularity = Granularity.Group, GroupSize = 8 },
-            Calibration = new() { ActBits = 0 },
-        });
+        var result = Compile("groups", target: 3, units: new() { Granularity = Granularity.Group, GroupSize = 8 });
         var report = result.Targets.Single().Report;
 
         // stem, down and head have 16 channels (2 groups each), cls 8 (1): 7 units; the p4 copies' groups are tied.
@@ -220,7 +209,7 @@ public sealed class SharedWeightTests : IDisposable
     [Fact]
     public void TheSpeedTargetRunsEverySharedApplicationOnIntegerKernels()
     {
-        var result = Compile(PyramidWithSharedHead(), "speed", DeployTarget.Speed);
+        var result = Compile("speed", deploy: DeployTarget.Speed);
         var report = result.Targets.Single().Report;
 
         Assert.Equal(0, report.Deploy!.WeightDequantizeLeft);
