@@ -326,15 +326,7 @@ public sealed class LayerInputRows
     }
 
     /// <summary>S = E[x x^T] and E[x] of the kept rows, for compensation; null when no rows could be formed.</summary>
-    public InputStatistics? Statistics()
-    {
-        if (Fallback is not null || RowCount == 0)
-            return null;
-        var rowLength = _layer.OpType == "Conv" ? (int)(_layer.Size / _layer.Channels) : Reduction;
-        var perGroup = _layer.OpType == "Conv" ? _layer.Channels / Math.Max(1, _layer.Groups) : _layer.Channels;
-        // A snapshot: S is computed later from these rows, whatever happens to the list.
-        return InputStatistics.FromRows(_file is null ? _rows.ToList() : Rows(), Reduction, rowLength, perGroup);
-    }
+    public InputStatistics? Statistics() => Combined([this]);
 
     /// <summary>
     /// The statistics of layers that share one weight (<see cref="Units.WeightTie"/>): the rows of all, in the order
@@ -347,6 +339,7 @@ public sealed class LayerInputRows
         if (usable.Count == 0)
             return null;
         var first = usable[0];
+        // A snapshot: S is computed later from these rows, whatever happens to the lists.
         var rows = usable.SelectMany(l => l._file is null ? l._rows.ToList() : l.Rows()).ToList();
         var rowLength = first._layer.OpType == "Conv" ? (int)(first._layer.Size / first._layer.Channels) : first.Reduction;
         var perGroup = first._layer.OpType == "Conv" ? first._layer.Channels / Math.Max(1, first._layer.Groups) : first._layer.Channels;
