@@ -94,7 +94,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     private readonly Dictionary<QuantLayer, LayerInputRows> _rows = [];
     private readonly FeatureEnergy[] _energy;
     private readonly IReadOnlyList<double>? _featureWeights;
-    private readonly IReadOnlyList<WeightTie> _ties;
+    private readonly Dictionary<QuantLayer, WeightTie> _tieOf = [];
     private readonly bool _measure;
     private readonly int _cacheSamples;
     private readonly IReadOnlyList<GraphCut> _segments = [];
@@ -112,7 +112,10 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         IReadOnlyList<double>? featureWeights = null, IReadOnlyList<WeightTie>? ties = null)
     {
         _featureWeights = featureWeights;
-        _ties = ties ?? [];
+        ties ??= [];
+        foreach (var tie in ties)
+            foreach (var layer in tie.Layers)
+                _tieOf[layer] = tie;
         _model = model;
         _units = units;
         _features = features;
@@ -155,7 +158,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             list.Add(rows);
         }
         // Tied layers are compensated with their rows together, so each width is quantized once for all of them.
-        foreach (var tie in _ties)
+        foreach (var tie in ties)
         {
             var measured = tie.Layers.Where(_rows.ContainsKey).ToList();
             foreach (var copy in measured.Skip(1))
@@ -257,7 +260,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             if (layer is null)
                 return null;
             // Tied layers are compensated together: one quantized weight serves every input.
-            if (_ties.FirstOrDefault(t => t.Layers.Contains(layer)) is { } tie)
+            if (_tieOf.TryGetValue(layer, out var tie))
                 return LayerInputRows.Combined(tie.Layers.Where(_rows.ContainsKey).Select(l => _rows[l]).ToList());
             return _rows[layer].Statistics();
         }, StatisticsBudgetBytes);
@@ -420,7 +423,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                     // Second-order rounding reports each channel's dW S dW^T on the way; rounding to nearest needs a pass
                     // over the rows.
                     // A tied layer's rounding reports the error over every tied input; its own curve needs its own.
-                    var tied = _ties.Any(t => t.Layers.Contains(layer));
+                    var tied = _tieOf.ContainsKey(layer);
                     var reported = local && gptq && statistics is not null && !tied
                         ? bits.Select(b => { Quantized(b); return outputErrors[b]; }).ToList()
                         : null;
