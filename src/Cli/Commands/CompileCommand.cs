@@ -40,7 +40,7 @@ internal static class CompileCommand
         solver.AcceptOnlyFromAmong("dp", "lagrangian");
         var epsilon = new Option<double>("--epsilon") { Description = "Lagrangian rate tolerance", DefaultValueFactory = _ => 0.02 };
         var actBits = new Option<int>("--act-bits") { Description = "Bits of activations entering quantized layers: 8, 16, or 0 for weight-only", DefaultValueFactory = _ => 8 };
-        var actCalibration = new Option<string>("--act-calibration") { Description = "Activation range method", DefaultValueFactory = _ => "minmax" };
+        var actCalibration = new Option<string>("--act-calibration") { Description = "Activation range method: minmax (exact range, read in the graph), mse (least squared rounding error; whole tensors leave ONNX Runtime, so calibration is slower), percentile (99.99th), entropy (KL divergence; clips the tails that box regression reads, see the README)", DefaultValueFactory = _ => "minmax" };
         actCalibration.AcceptOnlyFromAmong("minmax", "percentile", "entropy", "mse");
         var granularity = new Option<string>("--granularity") { Description = "Unit of allocation: a layer, or a group of output channels", DefaultValueFactory = _ => "layer" };
         granularity.AcceptOnlyFromAmong("layer", "group");
