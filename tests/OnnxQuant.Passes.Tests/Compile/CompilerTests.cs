@@ -162,6 +162,7 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
         var start = text.IndexOf("\"timings_s\"", StringComparison.Ordinal);
         return text[..start];
     }
+
     /// <summary>On the bundled small DETR at 8 bits the weights' predicted distortion is tens of times below the measured
     /// one with 8-bit activations; the compile says where the rest comes from, and only when activations are quantized.</summary>
     [Fact]
