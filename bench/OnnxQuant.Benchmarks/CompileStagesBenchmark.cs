@@ -61,15 +61,14 @@ public static class CompileStagesBenchmark
         var inputs = model.Graph.Inputs.Where(v => !v.IsInitializer)
             .Select(v => new InputSpec(v.Name, v.Type!.ElementType, v.Type.Shape!.Dims.Select(d => d.Value is { } x && x > 0 ? x : (long?)null).ToList()))
             .ToList();
-        var data = CalibrationSet.Load(calibPath, inputs);
-        samples = Math.Min(samples, data.Count);
-
         // One float forward pass over the calibration samples.
         var options = new SessionOptions(); // the compile's curve sessions use ORT's default threads too
         var forward = double.PositiveInfinity;
         var clock = new Stopwatch();
+        using (var data = CalibrationSet.Load(calibPath, inputs))
         using (var session = InferenceSession.Create(modelPath, options))
         {
+            samples = Math.Min(samples, data.Count);
             Forward(session, data, Math.Min(4, samples)); // warm-up
             // The fastest of three passes: the machine may be shared, and the ratio should not flatter the compile.
             for (var pass = 0; pass < 3; pass++)
@@ -79,8 +78,7 @@ public static class CompileStagesBenchmark
                 forward = Math.Min(forward, clock.Elapsed.TotalSeconds);
             }
         }
-        // The float session is gone before the compile starts, so the peak below is the compile's (plus the
-        // calibration data this process holds, as the CLI does).
+        // The float session and this pass's data are gone before the compile starts, so the peak below is the compile's.
         var outDir = Path.Combine(Path.GetTempPath(), $"onnxquant-bench-{Guid.NewGuid():N}");
         try
         {

@@ -22,9 +22,78 @@ public static class Npy
         return Read(stream, path);
     }
 
+    /// <summary>A .npy file through <see cref="ReadRows(Stream, string, long, Func{string})"/>.</summary>
+    public static INpyRows ReadRows(string path, long memoryBytes, Func<string> spillPath)
+    {
+        using var stream = OpenRead(path);
+        return ReadRows(stream, path, memoryBytes, spillPath);
+    }
+
     /// <summary>Reads one .npy array from the current position of <paramref name="stream"/>.</summary>
     /// <param name="source">Names the data in error messages (a file path, or "archive.npz:entry.npy").</param>
     public static NpyArray Read(Stream stream, string source = "<stream>")
+    {
+        var header = ReadHeader(stream, source);
+        if (header.ByteCount > Array.MaxLength)
+            throw new DataFormatException($"{source}: array of {header.ByteCount} bytes exceeds the {Array.MaxLength}-byte limit of one array");
+        var data = new byte[header.ByteCount];
+        var read = ReadFully(stream, data);
+        if (read < header.ByteCount)
+            throw Truncated(source, header, read);
+        Normalize(data, header, source);
+        return new NpyArray(header.DataType, header.Shape, data);
+    }
+
+    /// <summary>
+    /// Reads one .npy array from <paramref name="stream"/>: arrays of at most <paramref name="memoryBytes"/> into
+    /// memory, larger ones into a new file that <paramref name="spillPath"/> names (copied in pieces, so no array is ever
+    /// whole in memory and none is limited to 2 GiB), read back row by row.
+    /// </summary>
+    public static INpyRows ReadRows(Stream stream, string source, long memoryBytes, Func<string> spillPath)
+    {
+        var header = ReadHeader(stream, source);
+        if (header.ByteCount <= memoryBytes || header.Shape.Length == 0)
+        {
+            if (header.ByteCount > Array.MaxLength)
+                throw new DataFormatException($"{source}: array of {header.ByteCount} bytes exceeds the {Array.MaxLength}-byte limit of one array");
+            var data = new byte[header.ByteCount];
+            var got = ReadFully(stream, data);
+            if (got < header.ByteCount)
+                throw Truncated(source, header, got);
+            Normalize(data, header, source);
+            return new NpyArray(header.DataType, header.Shape, data);
+        }
+        var path = spillPath();
+        var elementSize = NpyArray.ElementSize(header.DataType);
+        // Whole elements per piece, so a byte swap never straddles two pieces.
+        var buffer = new byte[(1 << 20) / elementSize * elementSize];
+        long copied = 0;
+        try
+        {
+            using (var file = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16))
+                while (copied < header.ByteCount)
+                {
+                    var want = (int)Math.Min(buffer.Length, header.ByteCount - copied);
+                    var got = ReadFully(stream, buffer.AsSpan(0, want));
+                    if (got < want)
+                        throw Truncated(source, header, copied + got);
+                    Normalize(buffer.AsSpan(0, want), header, source);
+                    file.Write(buffer, 0, want);
+                    copied += want;
+                }
+            return new NpyArrayFile(header.DataType, header.Shape, path);
+        }
+        catch
+        {
+            File.Delete(path);
+            throw;
+        }
+    }
+
+    /// <summary>What a .npy header says: element type, byte order and shape.</summary>
+    private sealed record Header(DataType DataType, bool Swap, long[] Shape, long ByteCount);
+
+    private static Header ReadHeader(Stream stream, string source)
     {
         var prefix = new byte[8];
         var got = ReadFully(stream, prefix);
@@ -54,21 +123,24 @@ public static class Npy
         long count;
         try { count = NpyArray.ElementCountOf(shape); }
         catch (OverflowException) { throw new DataFormatException($"{source}: shape ({FormatShape(shape)}) overflows the element count"); }
-        var byteCount = count * elementSize;
-        if (byteCount > Array.MaxLength)
-            throw new DataFormatException($"{source}: array of {byteCount} bytes exceeds the {Array.MaxLength}-byte limit of one array");
-        var data = new byte[byteCount];
-        var read = ReadFully(stream, data);
-        if (read < byteCount)
-            throw new DataFormatException(
-                $"{source}: truncated .npy data: shape ({FormatShape(shape)}) of {DescrOf(dataType)} needs {byteCount} bytes, found {read}");
-        if (swap)
-            SwapInPlace(data, elementSize);
-        if (dataType == DataType.Bool)
+        long byteCount;
+        try { byteCount = checked(count * elementSize); }
+        catch (OverflowException) { throw new DataFormatException($"{source}: shape ({FormatShape(shape)}) overflows the byte count"); }
+        return new Header(dataType, swap, shape, byteCount);
+    }
+
+    private static DataFormatException Truncated(string source, Header header, long read) =>
+        new($"{source}: truncated .npy data: shape ({FormatShape(header.Shape)}) of {DescrOf(header.DataType)} needs {header.ByteCount} bytes, found {read}");
+
+    /// <summary>Little-endian order, and booleans checked to be 0 or 1.</summary>
+    private static void Normalize(Span<byte> data, Header header, string source)
+    {
+        if (header.Swap)
+            SwapInPlace(data, NpyArray.ElementSize(header.DataType));
+        if (header.DataType == DataType.Bool)
             foreach (var b in data)
                 if (b > 1)
                     throw new DataFormatException($"{source}: boolean array holds byte value {b} (only 0 and 1 are valid)");
-        return new NpyArray(dataType, shape, data);
     }
 
     /// <summary>Writes <paramref name="array"/> to <paramref name="path"/> atomically (temporary file, then rename).</summary>

@@ -8,7 +8,7 @@ namespace OnnxQuant.Data;
 /// A dense C-order array as stored in a .npy file: element type, shape and the raw element bytes, always kept in
 /// little-endian order whatever the file used, so the bytes can be handed to ONNX Runtime as they are.
 /// </summary>
-public sealed class NpyArray
+public sealed class NpyArray : INpyRows
 {
     private readonly byte[] _data;
 
@@ -150,6 +150,13 @@ public sealed class NpyArray
         var shape = (long[])Shape.Clone();
         shape[0] = count;
         return new NpyArray(DataType, shape, data);
+    }
+
+    public byte[] RowBytes(long start, long count) => SliceFirstAxis(start, count)._data;
+
+    /// <summary>Nothing to release: the bytes are managed memory.</summary>
+    public void Dispose()
+    {
     }
 
     public override string ToString() => $"{DataType}[{string.Join(", ", Shape)}]";

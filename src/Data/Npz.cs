@@ -39,7 +39,40 @@ public static class Npz
     /// <summary>Reads every array of an .npz archive held in <paramref name="stream"/>.</summary>
     public static IReadOnlyList<NamedArray> Read(Stream stream, string source = "<stream>") => Read(stream, source, _ => true, null);
 
+    /// <summary>
+    /// As <see cref="Read(string, Func{string, bool}, out IReadOnlyList{string})"/>, but an array of more than
+    /// <paramref name="memoryBytes"/> is decompressed piece by piece into a new file named by <paramref name="spillPath"/>
+    /// (see <see cref="Npy.ReadRows"/>) instead of into memory.
+    /// </summary>
+    public static IReadOnlyList<(string Name, INpyRows Array)> ReadRows(string path, Func<string, bool> wanted, long memoryBytes,
+        Func<string> spillPath, out IReadOnlyList<string> names)
+    {
+        using var stream = Npy.OpenRead(path);
+        var all = new List<string>();
+        var result = new List<(string, INpyRows)>();
+        try
+        {
+            Visit(stream, path, wanted, all, (name, entry, source) => result.Add((name, Npy.ReadRows(entry, source, memoryBytes, spillPath))));
+        }
+        catch
+        {
+            foreach (var (_, array) in result)
+                array.Dispose();
+            throw;
+        }
+        names = all;
+        return result;
+    }
+
     private static IReadOnlyList<NamedArray> Read(Stream stream, string source, Func<string, bool> wanted, List<string>? names)
+    {
+        var result = new List<NamedArray>();
+        Visit(stream, source, wanted, names, (name, entry, entrySource) => result.Add(new NamedArray(name, Npy.Read(entry, entrySource))));
+        return result;
+    }
+
+    /// <summary>Hands every wanted entry's stream to <paramref name="read"/>, in the archive's order.</summary>
+    private static void Visit(Stream stream, string source, Func<string, bool> wanted, List<string>? names, Action<string, Stream, string> read)
     {
         ZipArchive zip;
         try
@@ -52,7 +85,6 @@ public static class Npz
         }
         using (zip)
         {
-            var result = new List<NamedArray>();
             var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var entry in zip.Entries)
             {
@@ -68,7 +100,7 @@ public static class Npz
                 try
                 {
                     using var entryStream = entry.Open();
-                    result.Add(new NamedArray(name, Npy.Read(entryStream, entrySource)));
+                    read(name, entryStream, entrySource);
                 }
                 catch (InvalidDataException ex)
                 {
@@ -79,7 +111,6 @@ public static class Npz
                     throw new DataFormatException($"{entrySource}: unsupported zip compression ({ex.Message}); use np.savez or np.savez_compressed", ex);
                 }
             }
-            return result;
         }
     }
 

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Security.Cryptography;
 using OnnxQuant.Data;
 using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Runtime;
 
 namespace OnnxQuant.Passes.Calibration;
@@ -33,23 +34,47 @@ public sealed record InputBatch(string Name, DataType DataType, long[] Shape, by
 /// first axis (the input's batch axis: its fixed size is the rows of one sample, a symbolic one takes any number); an
 /// array of one more rank than an input without a batch axis (e.g. [N, 3, H, W] for an input [3, H, W]) holds one
 /// sample per entry of its first axis, fed one per run. Samples are kept as the arrays they came in (one per
-/// input per file) and sliced on demand, so nothing is copied per sample until a batch is built.
+/// input per file) and sliced on demand, so nothing is copied per sample until a batch is built. An array larger than
+/// <see cref="DefaultMemoryBytes"/> is decompressed into a private temporary file instead of memory and its samples
+/// are read back as runs need them (240 MB of 512x512 images held for a whole DETR-R50 compile before; a set larger
+/// than the machine's memory, or than the 2 GiB of one array, could not be loaded at all).
 /// </summary>
-public sealed class CalibrationSet
+public sealed class CalibrationSet : IDisposable
 {
+    /// <summary>Largest array kept in memory; larger ones wait in a temporary file.</summary>
+    public const long DefaultMemoryBytes = 32L << 20;
+
     private readonly IReadOnlyList<InputSpec> _inputs;
     // Per input: the source arrays in file order, and the first sample index each starts at.
-    private readonly List<(NpyArray Array, int FirstSample)>[] _chunks;
+    private readonly List<(INpyRows Array, int FirstSample)>[] _chunks;
     // Per input: true when its arrays carry an extra leading sample axis the model's input does not have.
     private readonly bool[] _stacked;
+    private readonly string? _folder;
 
-    private CalibrationSet(IReadOnlyList<InputSpec> inputs, List<(NpyArray, int)>[] chunks, bool[] stacked, int count, string source)
+    private CalibrationSet(IReadOnlyList<InputSpec> inputs, List<(INpyRows, int)>[] chunks, bool[] stacked, int count, string source, string? folder)
     {
         _inputs = inputs;
         _chunks = chunks;
         _stacked = stacked;
         Count = count;
         Source = source;
+        _folder = folder;
+    }
+
+    /// <summary>Whether some samples are read from a temporary file rather than kept in memory.</summary>
+    public bool IsSpilled => _chunks.Any(c => c.Any(x => x.Array is NpyArrayFile));
+
+    /// <summary>The temporary folder of the spilled arrays; null when everything is in memory.</summary>
+    internal string? SpillFolder => _folder;
+
+    /// <summary>Closes and deletes the temporary file of the spilled arrays.</summary>
+    public void Dispose()
+    {
+        foreach (var chunk in _chunks)
+            foreach (var (array, _) in chunk)
+                array.Dispose();
+        if (_folder is not null && Directory.Exists(_folder))
+            Directory.Delete(_folder, recursive: true);
     }
 
     public IReadOnlyList<InputSpec> Inputs => _inputs;
@@ -62,7 +87,8 @@ public sealed class CalibrationSet
     /// </summary>
     /// <exception cref="CompileException">Missing, unknown or mismatched arrays; the message names the input.</exception>
     /// <exception cref="DataFormatException">A file that is not valid NumPy data.</exception>
-    public static CalibrationSet Load(string path, IReadOnlyList<InputSpec> inputs)
+    /// <param name="memoryBytes">Largest array kept in memory (see <see cref="DefaultMemoryBytes"/>).</param>
+    public static CalibrationSet Load(string path, IReadOnlyList<InputSpec> inputs, long memoryBytes = DefaultMemoryBytes)
     {
         if (inputs.Count == 0)
             throw new CompileException("the model has no inputs to calibrate");
@@ -84,54 +110,79 @@ public sealed class CalibrationSet
             throw new CompileException($"{path}: calibration data not found (give an .npz, an .npy or a folder of them)");
         }
 
-        var chunks = inputs.Select(_ => new List<(NpyArray, int)>()).ToArray();
+        var chunks = inputs.Select(_ => new List<(INpyRows, int)>()).ToArray();
         var counts = new int[inputs.Count];
         var stacked = new bool?[inputs.Count];
-        foreach (var file in files)
+        string? folder = null;
+        var spilled = 0;
+        string SpillPath()
         {
-            var arrays = ReadFile(file, inputs);
-            int? fileSamples = null;
-            for (var i = 0; i < inputs.Count; i++)
-            {
-                var array = arrays[i];
-                var samples = Check(file, inputs[i], array, out var extraAxis);
-                if (stacked[i] is { } before && before != extraAxis)
-                    throw new CompileException(
-                        $"{file}: input '{inputs[i].Name}' has rank {array.Shape.Length} here but {array.Shape.Length + (extraAxis ? -1 : 1)} in an earlier file; use one layout");
-                stacked[i] = extraAxis;
-                if (fileSamples is { } n && n != samples)
-                    throw new CompileException(
-                        $"{file}: input '{inputs[i].Name}' has {samples} samples but '{inputs[0].Name}' has {n}; every input needs the same number");
-                fileSamples = samples;
-                chunks[i].Add((array, counts[i]));
-                counts[i] += samples;
-            }
+            folder ??= ScratchFolder.Create("data");
+            return Path.Combine(folder, $"{spilled++}.bin");
         }
-        if (counts[0] == 0)
-            throw new CompileException($"{path}: calibration data holds no samples");
-        return new CalibrationSet(inputs, chunks, stacked.Select(x => x ?? false).ToArray(), counts[0], path);
+        var loaded = new List<INpyRows>();
+        try
+        {
+            foreach (var file in files)
+            {
+                var arrays = ReadFile(file, inputs, memoryBytes, SpillPath);
+                loaded.AddRange(arrays);
+                int? fileSamples = null;
+                for (var i = 0; i < inputs.Count; i++)
+                {
+                    var array = arrays[i];
+                    var samples = Check(file, inputs[i], array, out var extraAxis);
+                    if (stacked[i] is { } before && before != extraAxis)
+                        throw new CompileException(
+                            $"{file}: input '{inputs[i].Name}' has rank {array.Shape.Length} here but {array.Shape.Length + (extraAxis ? -1 : 1)} in an earlier file; use one layout");
+                    stacked[i] = extraAxis;
+                    if (fileSamples is { } n && n != samples)
+                        throw new CompileException(
+                            $"{file}: input '{inputs[i].Name}' has {samples} samples but '{inputs[0].Name}' has {n}; every input needs the same number");
+                    fileSamples = samples;
+                    chunks[i].Add((array, counts[i]));
+                    counts[i] += samples;
+                }
+            }
+            if (counts[0] == 0)
+                throw new CompileException($"{path}: calibration data holds no samples");
+        }
+        catch
+        {
+            foreach (var array in loaded)
+                array.Dispose();
+            if (folder is not null && Directory.Exists(folder))
+                Directory.Delete(folder, recursive: true);
+            throw;
+        }
+        return new CalibrationSet(inputs, chunks, stacked.Select(x => x ?? false).ToArray(), counts[0], path, folder);
     }
 
-    private static NpyArray[] ReadFile(string file, IReadOnlyList<InputSpec> inputs)
+    private static INpyRows[] ReadFile(string file, IReadOnlyList<InputSpec> inputs, long memoryBytes, Func<string> spillPath)
     {
         if (file.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
         {
             if (inputs.Count != 1)
                 throw new CompileException(
                     $"{file}: an .npy file holds one array but the model has {inputs.Count} inputs ({string.Join(", ", inputs.Select(i => i.Name))}); use an .npz keyed by input name");
-            return [Npy.Read(file)];
+            return [Npy.ReadRows(file, memoryBytes, spillPath)];
         }
         // Arrays that name no input (e.g. image ids stored beside the images) are skipped unread; missing inputs are errors.
         var inputNames = inputs.Select(i => i.Name).ToHashSet(StringComparer.Ordinal);
-        var named = Npz.Read(file, inputNames.Contains, out var all);
+        var named = Npz.ReadRows(file, inputNames.Contains, memoryBytes, spillPath, out var all);
         var byName = named.ToDictionary(a => a.Name, a => a.Array, StringComparer.Ordinal);
-        return inputs.Select(i => byName.TryGetValue(i.Name, out var a)
-            ? a
-            : throw new CompileException($"{file}: no array for model input '{i.Name}' (the file holds {string.Join(", ", all.Select(n => $"'{n}'"))})")).ToArray();
+        var missing = inputs.FirstOrDefault(i => !byName.ContainsKey(i.Name));
+        if (missing is not null)
+        {
+            foreach (var (_, array) in named)
+                array.Dispose();
+            throw new CompileException($"{file}: no array for model input '{missing.Name}' (the file holds {string.Join(", ", all.Select(n => $"'{n}'"))})");
+        }
+        return inputs.Select(i => byName[i.Name]).ToArray();
     }
 
     /// <summary>Validates one array against its input and returns its sample count.</summary>
-    private static int Check(string file, InputSpec input, NpyArray array, out bool extraAxis)
+    private static int Check(string file, InputSpec input, INpyRows array, out bool extraAxis)
     {
         var where = $"{file}: input '{input.Name}'";
         if (array.DataType != input.DataType)
@@ -150,15 +201,23 @@ public sealed class CalibrationSet
         if (array.Shape[0] % rows != 0)
             throw new CompileException(
                 $"{where} has {array.Shape[0]} rows, not a multiple of the model's batch size {rows}");
-        if (input.DataType is DataType.Float or DataType.Double or DataType.Float16)
+        if (input.DataType is DataType.Float or DataType.Double or DataType.Float16 && array.Shape[0] > 0)
         {
-            var values = array.ToFloats();
-            for (var k = 0; k < values.Length; k++)
-                if (!float.IsFinite(values[k]))
-                {
-                    var row = k / Math.Max(1, values.Length / Math.Max(1, array.Shape[0]));
-                    throw new CompileException($"{where} holds {(float.IsNaN(values[k]) ? "NaN" : "infinity")} in sample {row / rows} (row {row})");
-                }
+            // A few megabytes at a time: a spilled array is never whole in memory.
+            var rowShape = array.Shape[1..];
+            var rowElements = rowShape.Aggregate(1L, (a, b) => a * b);
+            var block = Math.Max(1, (4L << 20) / Math.Max(1, rowElements));
+            for (long first = 0; first < array.Shape[0]; first += block)
+            {
+                var n = Math.Min(block, array.Shape[0] - first);
+                var values = new NpyArray(array.DataType, [n, .. rowShape], array.RowBytes(first, n)).ToFloats();
+                for (var k = 0; k < values.Length; k++)
+                    if (!float.IsFinite(values[k]))
+                    {
+                        var row = first + k / Math.Max(1, rowElements);
+                        throw new CompileException($"{where} holds {(float.IsNaN(values[k]) ? "NaN" : "infinity")} in sample {row / rows} (row {row})");
+                    }
+            }
         }
         return checked((int)(array.Shape[0] / rows));
     }
@@ -204,9 +263,12 @@ public sealed class CalibrationSet
                 var (array, first) = _chunks[i].Last(c => c.FirstSample <= s);
                 var available = (int)(array.Shape[0] / rows) - (s - first);
                 var take = Math.Min(available, start + count - s);
-                var slice = array.SliceFirstAxis((s - first) * rows, take * rows);
-                pieces.Add(slice.RawBytes);
-                shape ??= (long[])slice.Shape.Clone();
+                pieces.Add(array.RowBytes((s - first) * rows, take * rows));
+                if (shape is null)
+                {
+                    shape = (long[])array.Shape.Clone();
+                    shape[0] = take * rows;
+                }
                 s += take;
             }
             shape![0] = count * rows;

@@ -56,7 +56,7 @@ public static class Compiler
         var guards = GuardStage.Prepare(options.Guards);
         var clock = new StageClock();
 
-        var loaded = clock.Time("load", () => LoadStage.Run(modelPath, calibPath, options.Data));
+        using var loaded = clock.Time("load", () => LoadStage.Run(modelPath, calibPath, options.Data));
 
         var (canonical, features) = clock.Time("canonicalize", () =>
         {

@@ -1,4 +1,5 @@
 using System.Globalization;
+using OnnxQuant.Passes.Calibration;
 using OnnxQuant.Passes.Pipeline;
 
 namespace OnnxQuant.Passes.Load;
@@ -14,6 +15,9 @@ public sealed record DataOptions : IStageOptions
 
     /// <summary>Data for verification (same format as calibration data); null = the samples after the calibration ones.</summary>
     public string? VerifyData { get; init; }
+
+    /// <summary>Largest data array kept in memory; larger ones wait in a temporary file (same samples, same bytes).</summary>
+    public long MemoryBytes { get; init; } = CalibrationSet.DefaultMemoryBytes;
 
     public void Validate()
     {

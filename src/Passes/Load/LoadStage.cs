@@ -15,7 +15,16 @@ public sealed record LoadedInputs(
     int Samples,
     string DataHash,
     VerificationSplit Verification,
-    IReadOnlyList<string> Notes);
+    IReadOnlyList<string> Notes) : IDisposable
+{
+    /// <summary>Deletes the temporary files of spilled calibration and verification samples.</summary>
+    public void Dispose()
+    {
+        Data.Dispose();
+        if (!ReferenceEquals(Verification.Data, Data))
+            Verification.Data.Dispose();
+    }
+}
 
 /// <summary>
 /// Loads the model and the calibration (and verification) data, checks the data against the model's inputs, and
@@ -31,7 +40,20 @@ public static class LoadStage
         var model = ModelIO.Load(modelPath);
         var modelHash = Hashing.Sha256Hex(ModelIO.ToBytes(model));
         var inputs = model.Graph.Inputs.Where(v => !v.IsInitializer).Select(v => Spec(v, modelPath)).ToList();
-        var data = CalibrationSet.Load(calibPath, inputs);
+        var data = CalibrationSet.Load(calibPath, inputs, options.MemoryBytes);
+        try
+        {
+            return Split(model, modelHash, data, options);
+        }
+        catch
+        {
+            data.Dispose();
+            throw;
+        }
+    }
+
+    private static LoadedInputs Split(Model model, string modelHash, CalibrationSet data, DataOptions options)
+    {
         var notes = new List<string>();
         var samples = Math.Min(options.CalibSamples, data.Count);
         if (samples < options.CalibSamples)
@@ -40,7 +62,7 @@ public static class LoadStage
         VerificationSplit split;
         if (options.VerifyData is { } verifyPath)
         {
-            var verifyData = CalibrationSet.Load(verifyPath, inputs);
+            var verifyData = CalibrationSet.Load(verifyPath, data.Inputs, options.MemoryBytes);
             split = new VerificationSplit(verifyData, 0, Math.Min(Math.Max(1, options.VerifySamples), verifyData.Count), true);
         }
         else if (options.VerifySamples > 0 && data.Count > samples)

@@ -101,6 +101,85 @@ public sealed class CalibrationDataTests : IDisposable
         Assert.Contains("infinity in sample 4", error.Message);
     }
 
+    /// <summary>
+    /// Arrays above the memory limit are read back from a temporary file: a deflated .npz, a stored .npz and a
+    /// big-endian .npy in one folder give the same samples, hash and notes as in memory, and the file goes with the set.
+    /// </summary>
+    [Fact]
+    public void SpilledSamplesAreTheBytesHeldInMemory()
+    {
+        var folder = Path.Combine(_dir, "spill");
+        Directory.CreateDirectory(folder);
+        var rng = new Random(5);
+        var values = Enumerable.Range(0, 9 * 3).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
+        Npz.Write(Path.Combine(folder, "a.npz"), [new NamedArray("x", NpyArray.FromFloats(values[..12], 4, 3))], compress: true);
+        Npz.Write(Path.Combine(folder, "b.npz"), [new NamedArray("x", NpyArray.FromFloats(values[12..18], 2, 3))]);
+        File.WriteAllBytes(Path.Combine(folder, "c.npy"), BigEndianNpy(values[18..], 3, 3));
+        using var memory = CalibrationSet.Load(folder, [Symbolic]);
+        using var spilled = CalibrationSet.Load(folder, [Symbolic], memoryBytes: 0);
+        Assert.False(memory.IsSpilled);
+        Assert.True(spilled.IsSpilled);
+        Assert.Equal(9, spilled.Count);
+        for (var start = 0; start < 9; start++)
+            for (var count = 1; start + count <= 9; count++)
+            {
+                var a = memory.Batch(start, count).Single();
+                var b = spilled.Batch(start, count).Single();
+                Assert.Equal(a.Shape, b.Shape);
+                Assert.Equal(a.Data, b.Data);
+            }
+        // The big-endian file's values arrive in the machine's order: sample 7 is values[21..24].
+        Assert.Equal(values[21..24], TensorData.FromBytes(DataType.Float, spilled.Batch(7, 1)[0].Data, [1, 3]).ToFloats());
+        Assert.Equal(memory.Hash(9), spilled.Hash(9));
+        Assert.Equal(memory.Degeneracies(9), spilled.Degeneracies(9));
+        var spillFolder = spilled.SpillFolder!;
+        Assert.Equal(3, Directory.GetFiles(spillFolder).Length);
+        spilled.Dispose();
+        Assert.False(Directory.Exists(spillFolder));
+    }
+
+    /// <summary>A NaN in a spilled array is found with its sample (the check reads the file a few megabytes at a time).</summary>
+    [Fact]
+    public void NaNInASpilledArrayIsRejectedWithTheSample()
+    {
+        var data = new float[6 * 3];
+        data[3 * 3 + 2] = float.NaN;
+        var path = Write("nan.npz", data, 6, 3);
+        var error = Assert.Throws<CompileException>(() => CalibrationSet.Load(path, [Symbolic], memoryBytes: 0));
+        Assert.Contains("NaN in sample 3", error.Message);
+    }
+
+    /// <summary>A truncated array is refused before anything of it is used, and its partial file is deleted.</summary>
+    [Fact]
+    public void TruncatedSpilledArrayIsRefused()
+    {
+        var path = Path.Combine(_dir, "cut.npy");
+        Npy.Write(path, NpyArray.FromFloats(new float[4 * 3], 4, 3));
+        var bytes = File.ReadAllBytes(path);
+        File.WriteAllBytes(path, bytes[..^5]);
+        var spill = Path.Combine(_dir, "cut.bin");
+        var error = Assert.Throws<DataFormatException>(() => Npy.ReadRows(path, 0, () => spill));
+        Assert.Contains("truncated .npy data", error.Message);
+        Assert.False(File.Exists(spill));
+    }
+
+    /// <summary>A .npy file as a big-endian machine's numpy writes it ('&gt;f4').</summary>
+    private static byte[] BigEndianNpy(float[] values, params long[] shape)
+    {
+        var header = $"{{'descr': '>f4', 'fortran_order': False, 'shape': ({string.Join(", ", shape)}), }}";
+        header = header.PadRight(118 - 10) + "\n";
+        using var stream = new MemoryStream();
+        stream.Write([0x93, (byte)'N', (byte)'U', (byte)'M', (byte)'P', (byte)'Y', 1, 0, (byte)header.Length, 0]);
+        stream.Write(System.Text.Encoding.Latin1.GetBytes(header));
+        var element = new byte[4];
+        foreach (var v in values)
+        {
+            System.Buffers.Binary.BinaryPrimitives.WriteSingleBigEndian(element, v);
+            stream.Write(element);
+        }
+        return stream.ToArray();
+    }
+
     [Fact]
     public void NpyNeedsASingleInputModel()
     {

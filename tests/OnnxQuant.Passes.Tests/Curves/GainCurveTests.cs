@@ -203,7 +203,7 @@ public class GainCurveTests
     /// as activations held in memory: the spill is raw bytes, read back once per segment and sample.
     /// </summary>
     [Fact]
-    public void SpilledCutActivationsGiveTheSameCurvesAndArtifact()
+    public void SpilledCutActivationsAndSamplesGiveTheSameCurvesAndArtifact()
     {
         var root = Path.Combine(Path.GetTempPath(), $"onnxquant-spill-{Guid.NewGuid():N}");
         try
@@ -214,7 +214,8 @@ public class GainCurveTests
                 {
                     Allocation = new() { TargetBits = [4] },
                     Curves = new() { Gain = GainSettings.Default with { CacheMemoryBytes = budget } },
-                    Data = new() { CalibSamples = 16 },
+                    // The calibration samples wait in a temporary file too.
+                    Data = new() { CalibSamples = 16, MemoryBytes = budget },
                 }, "test", SilentProgress.Instance);
             var memory = Compile("memory", 1L << 30);
             var spilled = Compile("spilled", 0);

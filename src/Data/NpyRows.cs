@@ -1,0 +1,70 @@
+using Microsoft.Win32.SafeHandles;
+using OnnxQuant.Frontend;
+
+namespace OnnxQuant.Data;
+
+/// <summary>
+/// An array read along its first axis (samples): element type, shape, and the little-endian C-order bytes of any run
+/// of rows. <see cref="NpyArray"/> holds them in memory; <see cref="NpyArrayFile"/> in a file.
+/// </summary>
+public interface INpyRows : IDisposable
+{
+    DataType DataType { get; }
+
+    /// <summary>The dimensions (not to be modified).</summary>
+    long[] Shape { get; }
+
+    /// <summary>A copy of the bytes of rows [<paramref name="start"/>, start + count) of the first axis.</summary>
+    byte[] RowBytes(long start, long count);
+}
+
+/// <summary>
+/// An array whose little-endian C-order bytes fill a file (written by <see cref="Npy.ReadRows"/>); rows are read with
+/// positional reads, so any number of threads may read at once. The file is the caller's to delete once disposed.
+/// </summary>
+public sealed class NpyArrayFile : INpyRows
+{
+    private readonly SafeFileHandle _handle;
+    private readonly long _rowBytes;
+
+    public NpyArrayFile(DataType dataType, long[] shape, string path)
+    {
+        if (shape.Length == 0)
+            throw new ArgumentException("a scalar has no rows to read from a file", nameof(shape));
+        DataType = dataType;
+        Shape = (long[])shape.Clone();
+        Path = path;
+        _rowBytes = NpyArray.ElementSize(dataType) * NpyArray.ElementCountOf(shape.AsSpan(1));
+        _handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        var expected = _rowBytes * shape[0];
+        if (RandomAccess.GetLength(_handle) != expected)
+        {
+            _handle.Dispose();
+            throw new DataFormatException($"{path}: holds {new FileInfo(path).Length} bytes, shape ({string.Join(", ", shape)}) of {dataType} needs {expected}");
+        }
+    }
+
+    public DataType DataType { get; }
+    public long[] Shape { get; }
+    public string Path { get; }
+
+    public byte[] RowBytes(long start, long count)
+    {
+        if (start < 0 || count < 0 || start + count > Shape[0])
+            throw new ArgumentOutOfRangeException(nameof(start), $"rows {start}..{start + count} outside 0..{Shape[0]}");
+        var data = new byte[checked((int)(count * _rowBytes))];
+        var done = 0;
+        while (done < data.Length)
+        {
+            var got = RandomAccess.Read(_handle, data.AsSpan(done), start * _rowBytes + done);
+            if (got == 0)
+                throw new IOException($"{Path}: ends before row {start + count} (changed while in use?)");
+            done += got;
+        }
+        return data;
+    }
+
+    public void Dispose() => _handle.Dispose();
+
+    public override string ToString() => $"{DataType}[{string.Join(", ", Shape)}] in {Path}";
+}
