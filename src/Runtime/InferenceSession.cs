@@ -74,6 +74,26 @@ public sealed class InferenceSession : IDisposable
                 () => NativeSessionCore.FromBytes(runtime, model, nativeOptions), operation));
     }
 
+    /// <summary>
+    /// Builds a session from a model serialized on demand. The serialized bytes (as large as the weights) are
+    /// collected before the session's first run when they pass <see cref="CollectAfterBytes"/>, so they never sit in
+    /// the managed heap beside the runs' activations: a compile builds a few dozen sessions of a full-size model.
+    /// </summary>
+    public static InferenceSession Create(Func<byte[]> serialize, SessionOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(serialize);
+        var bytes = serialize();
+        var large = bytes.LongLength >= CollectAfterBytes;
+        var session = Create(bytes, options);
+        bytes = null;
+        if (large)
+            GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
+        return session;
+    }
+
+    /// <summary>Serialized size from which <see cref="Create(Func{byte[]}, SessionOptions?)"/> collects the bytes at once.</summary>
+    public const long CollectAfterBytes = 32L << 20;
+
     private static ISessionCore ManagedOrNative(OrtRuntime runtime, SessionOptions options, Func<Ort.InferenceSession> managed, Func<ISessionCore> native, string operation)
     {
         try

@@ -11,6 +11,18 @@ public class CalibrationSupportTests
         return TensorData.FromFloats(Enumerable.Range(0, batch * 3 * 64).Select(_ => rng.NextSingle() * 2 - 1).ToArray(), [batch, 3, 8, 8]);
     }
 
+    /// <summary>A session built from a model serialized on demand serializes it once and runs as one built from the bytes.</summary>
+    [Fact]
+    public void SessionFromAModelSerializedOnDemandRunsAsFromItsBytes()
+    {
+        var calls = 0;
+        using var onDemand = InferenceSession.Create(() => { calls++; return TestGraphs.ConvRelu(exposeConv: false); }, SessionOptions.Calibration);
+        using var fromBytes = InferenceSession.Create(TestGraphs.ConvRelu(exposeConv: false), SessionOptions.Calibration);
+        Assert.Equal(1, calls);
+        var x = Input(2, 3);
+        Assert.Equal(fromBytes.Run([new("x", x)], ["y"])[0].Data.GetArray<float>(), onDemand.Run([new("x", x)], ["y"])[0].Data.GetArray<float>());
+    }
+
     [Fact]
     public void FetchesAnIntermediateTensorMadeAGraphOutput()
     {

@@ -296,13 +296,13 @@ public static class Calibrator
         public InferenceSession For(bool isLeading, bool whole)
         {
             if (whole || lean is null)
-                return _whole ??= InferenceSession.Create(ModelIO.ToBytes(wholeModel), options);
+                return _whole ??= InferenceSession.Create(() => ModelIO.ToBytes(wholeModel), options);
             var wantLeading = isLeading && leading is not null;
             if (_reduced is null || _reducedIsLeading != wantLeading)
             {
                 _reduced?.Dispose();
                 _reduced = null;
-                _reduced = InferenceSession.Create(ModelIO.ToBytes(wantLeading ? leading! : lean), options);
+                _reduced = InferenceSession.Create(() => ModelIO.ToBytes(wantLeading ? leading! : lean), options);
                 _reducedIsLeading = wantLeading;
             }
             return _reduced;

@@ -652,9 +652,9 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     /// </summary>
     private static SessionGroup OpenSessions(Model cutModel, int exactWorkers, SessionOptions options)
     {
-        var bytes = ModelIO.ToBytes(cutModel);
         if (exactWorkers == 0)
-            return new SessionGroup([InferenceSession.Create(bytes, options)]);
+            return new SessionGroup([InferenceSession.Create(() => ModelIO.ToBytes(cutModel), options)]);
+        var bytes = ModelIO.ToBytes(cutModel);
         var workers = (int)Math.Clamp(ExactSessionBytes / Math.Max(1, bytes.LongLength), 1, exactWorkers);
         var perSession = options with { IntraOpThreads = workers == exactWorkers ? 1 : Math.Max(1, exactWorkers / workers) };
         return new SessionGroup(Enumerable.Range(0, workers).Select(_ => InferenceSession.Create(bytes, perSession)));
