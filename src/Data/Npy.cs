@@ -31,9 +31,10 @@ public static class Npy
 
     /// <summary>Reads one .npy array from the current position of <paramref name="stream"/>.</summary>
     /// <param name="source">Names the data in error messages (a file path, or "archive.npz:entry.npy").</param>
-    public static NpyArray Read(Stream stream, string source = "<stream>")
+    public static NpyArray Read(Stream stream, string source = "<stream>") => ReadData(stream, ReadHeader(stream, source), source);
+
+    private static NpyArray ReadData(Stream stream, Header header, string source)
     {
-        var header = ReadHeader(stream, source);
         if (header.ByteCount > Array.MaxLength)
             throw new DataFormatException($"{source}: array of {header.ByteCount} bytes exceeds the {Array.MaxLength}-byte limit of one array");
         var data = new byte[header.ByteCount];
@@ -53,16 +54,7 @@ public static class Npy
     {
         var header = ReadHeader(stream, source);
         if (header.ByteCount <= memoryBytes || header.Shape.Length == 0)
-        {
-            if (header.ByteCount > Array.MaxLength)
-                throw new DataFormatException($"{source}: array of {header.ByteCount} bytes exceeds the {Array.MaxLength}-byte limit of one array");
-            var data = new byte[header.ByteCount];
-            var got = ReadFully(stream, data);
-            if (got < header.ByteCount)
-                throw Truncated(source, header, got);
-            Normalize(data, header, source);
-            return new NpyArray(header.DataType, header.Shape, data);
-        }
+            return ReadData(stream, header, source);
         var path = spillPath();
         var elementSize = NpyArray.ElementSize(header.DataType);
         // Whole elements per piece, so a byte swap never straddles two pieces.
