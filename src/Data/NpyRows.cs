@@ -37,10 +37,11 @@ public sealed class NpyArrayFile : INpyRows
         _rowBytes = NpyArray.ElementSize(dataType) * NpyArray.ElementCountOf(shape.AsSpan(1));
         _handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
         var expected = _rowBytes * shape[0];
-        if (RandomAccess.GetLength(_handle) != expected)
+        var length = RandomAccess.GetLength(_handle);
+        if (length != expected)
         {
             _handle.Dispose();
-            throw new DataFormatException($"{path}: holds {new FileInfo(path).Length} bytes, shape ({string.Join(", ", shape)}) of {dataType} needs {expected}");
+            throw new DataFormatException($"{path}: holds {length} bytes, shape ({string.Join(", ", shape)}) of {dataType} needs {expected}");
         }
     }
 

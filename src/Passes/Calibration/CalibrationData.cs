@@ -68,13 +68,14 @@ public sealed class CalibrationSet : IDisposable
     internal string? SpillFolder => _folder;
 
     /// <summary>Closes and deletes the temporary file of the spilled arrays.</summary>
-    public void Dispose()
+    public void Dispose() => Release(_chunks.SelectMany(c => c.Select(x => x.Array)), _folder);
+
+    private static void Release(IEnumerable<INpyRows> arrays, string? folder)
     {
-        foreach (var chunk in _chunks)
-            foreach (var (array, _) in chunk)
-                array.Dispose();
-        if (_folder is not null && Directory.Exists(_folder))
-            Directory.Delete(_folder, recursive: true);
+        foreach (var array in arrays)
+            array.Dispose();
+        if (folder is not null && Directory.Exists(folder))
+            Directory.Delete(folder, recursive: true);
     }
 
     public IReadOnlyList<InputSpec> Inputs => _inputs;
@@ -149,10 +150,7 @@ public sealed class CalibrationSet : IDisposable
         }
         catch
         {
-            foreach (var array in loaded)
-                array.Dispose();
-            if (folder is not null && Directory.Exists(folder))
-                Directory.Delete(folder, recursive: true);
+            Release(loaded, folder);
             throw;
         }
         return new CalibrationSet(inputs, chunks, stacked.Select(x => x ?? false).ToArray(), counts[0], path, folder);
