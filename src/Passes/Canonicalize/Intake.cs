@@ -20,6 +20,10 @@ public static class Intake
         if (initializerInputs.Count > 0)
             notes.Add($"{initializerInputs.Count} initializer(s) are also graph inputs (first '{initializerInputs[0]}'): they are treated as weights "
                 + "and dropped from the quantized model's inputs (--keep-initializer-inputs lists the unquantized ones again)");
+        if (HalfPrecisionPass.HalfCount(model) > 0)
+            notes.Add("the model computes in half precision: it is compiled, calibrated and verified in float32 with casts at its half-precision "
+                + "inputs and outputs, so the quantized model keeps its interface; distortion is measured against the float32 computation "
+                + "and weight sizes are compared with float32 weights (the model stores two bytes per weight)");
         if (model.IrVersion is > 0 and < 4)
             notes.Add($"IR version {model.IrVersion} is written back as IR version {ModelIO.DefaultIrVersion} or newer");
         if (model.OpsetImports.Default is { } opset && opset > NewestKnownOpset)

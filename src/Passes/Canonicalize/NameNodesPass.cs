@@ -30,6 +30,7 @@ public static class Canonicalization
 {
     public static IReadOnlyList<IPass> Passes() =>
     [
+        new HalfPrecisionPass(),
         new DetachInitializerInputsPass(),
         new RemoveIdentityPass(),
         new RemoveDropoutPass(),
