@@ -184,7 +184,8 @@ public sealed class CalibrationSet : IDisposable
     {
         var where = $"{file}: input '{input.Name}'";
         if (array.DataType != input.DataType)
-            throw new CompileException($"{where} has element type {array.DataType}, the model expects {input.DataType}");
+            throw new CompileException($"{where} has element type {array.DataType}, the model expects {input.DataType}"
+                + (Npy.IsSupported(input.DataType) ? $" (numpy dtype '{Npy.DescrOf(input.DataType)}': save the array with .astype(that dtype))" : ""));
         extraAxis = array.Shape.Length == input.Shape.Count + 1;
         if (array.Shape.Length != input.Shape.Count && !extraAxis)
             throw new CompileException(

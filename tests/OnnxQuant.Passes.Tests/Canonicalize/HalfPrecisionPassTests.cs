@@ -110,6 +110,31 @@ public class HalfPrecisionPassTests
             Net.AssertClose(halfOutputs[o], converted[o], 1e-2f);
     }
 
+    /// <summary>Float32 samples for a float16 input are refused with the numpy dtype to save them as.</summary>
+    [Fact]
+    public void Float32SamplesForAFloat16InputAreRefusedWithTheDtypeToUse()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), $"onnxquant-half-data-{Guid.NewGuid():N}");
+        try
+        {
+            Directory.CreateDirectory(dir);
+            var modelPath = Path.Combine(dir, "half.onnx");
+            ModelIO.Save(ToHalf(TestModels.Detector()), modelPath);
+            var dataPath = Path.Combine(dir, "calib.npz");
+            Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(8, 1), 8, 3, 16, 16))]);
+            var e = Assert.Throws<CompileException>(() => Compiler.Run(modelPath, dataPath, Path.Combine(dir, "out"),
+                new CompileOptions { Allocation = new() { TargetBits = [8] } }, "test", SilentProgress.Instance));
+            Assert.Contains("element type Float, the model expects Float16", e.Message);
+            Assert.Contains("'<f2'", e.Message);
+            Assert.False(Directory.Exists(Path.Combine(dir, "out")));
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+                Directory.Delete(dir, true);
+        }
+    }
+
     /// <summary>
     /// A float16 detector compiles like its float32 original: the artifact takes and returns float16 under the same
     /// names, runs in ONNX Runtime, and its distortion against the float16 model, measured here on the held-out
