@@ -20,6 +20,11 @@ public static class Intake
         if (initializerInputs.Count > 0)
             notes.Add($"{initializerInputs.Count} initializer(s) are also graph inputs (first '{initializerInputs[0]}'): they are treated as weights "
                 + "and dropped from the quantized model's inputs (--keep-initializer-inputs lists the unquantized ones again)");
+        if (InferenceBatchNormPass.Count(model) is var training and > 0)
+            notes.Add($"{training} BatchNormalization node(s) are in training mode (exported with the model in training mode?): ONNX Runtime "
+                + "normalizes them with each batch's own statistics; they are compiled in inference mode, with their running statistics, "
+                + "so the quantized model and the float reference of its distortion compute what an inference export would "
+                + "(re-export with the model in eval mode to compare like with like)");
         if (HalfPrecisionPass.HalfCount(model) > 0)
             notes.Add("the model computes in half precision: it is compiled, calibrated and verified in float32 with casts at its half-precision "
                 + "inputs and outputs, so the quantized model keeps its interface; distortion is measured against the float32 computation "

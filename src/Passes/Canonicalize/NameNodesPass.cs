@@ -34,6 +34,7 @@ public static class Canonicalization
         new DetachInitializerInputsPass(),
         new RemoveIdentityPass(),
         new RemoveDropoutPass(),
+        new InferenceBatchNormPass(),
         new FoldWeightTransformsPass(),
         new UnshareWeightsPass(),
         new FoldBatchNormPass(),
