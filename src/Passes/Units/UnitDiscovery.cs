@@ -206,6 +206,13 @@ public static class UnitDiscovery
         if (discovery.Layers.Count > 0)
             throw new CompileException($"{modelPath}: none of the {discovery.Layers.Count} quantizable layers reaches the features {string.Join(", ", features)}");
         var skipped = discovery.Skipped.Count > 0 ? $"; skipped: {string.Join("; ", discovery.Skipped.Select(s => $"{s.Name}: {s.Reason}"))}" : "";
+        // A quantized model (this tool's output, or another quantizer's) reads its weights through DequantizeLinear.
+        var dequantized = model.Graph.AllNodes().Count(n => n.OpType is "Conv" or "Gemm" or "MatMul" && n.Inputs.Count > 1
+            && n.Inputs[1]?.Producer is { OpType: "DequantizeLinear" } dq && dq.Inputs[0]?.ConstantValue is not null);
+        var integer = model.Graph.AllNodes().Count(n => n.OpType is "QLinearConv" or "QLinearMatMul" or "QGemm" or "MatMulNBits" or "ConvInteger" or "MatMulInteger");
+        if (dequantized + integer > 0)
+            throw new CompileException($"{modelPath}: the model is already quantized ({dequantized + integer} layer(s) read integer weights through "
+                + "DequantizeLinear or run integer kernels) and has no float layer left; compile the float model it was made from");
         throw new CompileException($"{modelPath}: no quantizable layer (Conv, Gemm or MatMul with a constant float weight) was found{skipped}");
     }
 

@@ -62,6 +62,19 @@ public class CompilerTests(CompileFixture fixture) : IClassFixture<CompileFixtur
         Assert.True(File.Exists(Path.Combine(result.OutputDirectory, "manifest.json")));
     }
 
+    /// <summary>A quantized model given back (ours, for size and speed) is refused as such, not as a model without layers.</summary>
+    [Theory]
+    [InlineData(OnnxQuant.Passes.Rewrite.DeployTarget.Size)]
+    [InlineData(OnnxQuant.Passes.Rewrite.DeployTarget.Speed)]
+    public void AnAlreadyQuantizedModelIsRefusedAsSuch(OnnxQuant.Passes.Rewrite.DeployTarget deploy)
+    {
+        var first = fixture.Compile($"quantized-{deploy}", new CompileOptions { Allocation = new() { TargetBits = [8] }, Rewrite = new() { Deploy = deploy } });
+        var e = Assert.Throws<CompileException>(() => Compiler.Run(first.Targets[0].ModelPath, fixture.DataPath, Path.Combine(fixture.Root, $"again-{deploy}"),
+            new CompileOptions { Allocation = new() { TargetBits = [4] } }, "test", SilentProgress.Instance));
+        Assert.Contains("already quantized", e.Message);
+        Assert.Contains("compile the float model", e.Message);
+    }
+
     [Fact]
     public void MixedAllocationBeatsUniformAtTheSameSize()
     {
