@@ -335,7 +335,7 @@ internal static class CompileCommand
                           (first.Baseline is { Skipped: { } skipped } ? $"uniform baseline {skipped}" : "uniform: every unit at the width nearest the target, measured the same way"));
         console.WriteLine("stages: " + string.Join(", ", result.Timings.Select(s => $"{s.Stage} {s.Seconds:0.0}s")));
         foreach (var note in result.Targets.SelectMany(t => t.Report.Notes).Distinct())
-            console.WriteLine("note: " + (note.Length > 240 ? note[..237] + "..." : note));
+            console.WriteLine("note: " + (note.Length > 240 ? note[..237] + "... (whole note in report.json)" : note));
         console.WriteLine($"written: {Path.Combine(result.OutputDirectory, "manifest.json")}");
     }
 
