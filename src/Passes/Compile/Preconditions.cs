@@ -28,7 +28,8 @@ public static class Preconditions
         }
         catch (OrtException ex)
         {
-            throw new CompileException($"the float model does not run in ONNX Runtime on the first calibration sample: {ex.Message.ReplaceLineEndings(" ")}");
+            throw new CompileException($"the float model does not run in ONNX Runtime on the first calibration sample: {ex.Message.ReplaceLineEndings(" ")}"
+                + CustomOperatorHint(canonical));
         }
 
         var notes = new List<string>();
@@ -48,6 +49,20 @@ public static class Preconditions
         if (opset < 13)
             notes.Add($"the model's opset {opset} is raised to {needed} (the quantized weights' containers need it)");
         return notes;
+    }
+
+    /// <summary>The operator domains ONNX Runtime's CPU build registers kernels for.</summary>
+    private static readonly HashSet<string> ShippedDomains = new(StringComparer.Ordinal) { "", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc" };
+
+    /// <summary>What to do when the model holds operators of domains ONNX Runtime does not ship (an exporter's own
+    /// operators, such as a detection library's RoI or NMS kernels); empty otherwise.</summary>
+    internal static string CustomOperatorHint(Model model)
+    {
+        var custom = model.Graph.AllNodes().Where(n => !ShippedDomains.Contains(n.Domain))
+            .Select(n => $"{n.Domain}:{n.OpType}").Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
+        return custom.Count == 0 ? ""
+            : $" (the model uses operators ONNX Runtime does not ship: {string.Join(", ", custom.Take(5))}{(custom.Count > 5 ? ", ..." : "")}; " +
+              "export them as standard ONNX operators, e.g. with the exporter's option to avoid custom ops, and compile that model)";
     }
 
     /// <summary>The opset the widest-ranging choice of containers needs: INT2 25, INT4 (or 16-bit activations) 21, else 13.</summary>

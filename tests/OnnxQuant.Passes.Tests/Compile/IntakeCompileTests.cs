@@ -134,6 +134,23 @@ public sealed class IntakeCompileTests(Xunit.Abstractions.ITestOutputHelper log)
         Assert.False(Directory.Exists(Path.Combine(_root, "refused")));
     }
 
+    /// <summary>An exporter's own operator (no kernel in ONNX Runtime) is refused naming it, and what to do.</summary>
+    [Fact]
+    public void AnOperatorOfAnotherDomainIsRefusedNamingItAndWhatToDo()
+    {
+        var model = OldCnn();
+        model.OpsetImports["com.example"] = 1;
+        var relu = model.Graph.Nodes.Last(n => n.OpType == "Relu");
+        relu.OpType = "MyRelu";
+        relu.Domain = "com.example";
+        var (modelPath, dataPath) = Write(model);
+        var ex = Assert.Throws<CompileException>(() => Compile(modelPath, dataPath, "custom", new CompileOptions { Allocation = new() { TargetBits = [4] } }));
+        Assert.Contains("does not run in ONNX Runtime", ex.Message);
+        Assert.Contains("operators ONNX Runtime does not ship: com.example:MyRelu", ex.Message);
+        Assert.Contains("export them as standard ONNX operators", ex.Message);
+        Assert.False(Directory.Exists(Path.Combine(_root, "custom")));
+    }
+
     [Fact]
     public void OperatorTheConverterCannotRaiseIsRefusedBeforeCalibrationNamingIt()
     {
