@@ -110,6 +110,45 @@ public class HalfPrecisionPassTests
             Net.AssertClose(halfOutputs[o], converted[o], 1e-2f);
     }
 
+    /// <summary>
+    /// An output that other nodes also read, and an input passed straight through as an output: the readers take the
+    /// float32 value, the passed-through input stays the float16 input, and the model runs as before.
+    /// </summary>
+    [Fact]
+    public void OutputsReadInsideAndAPassedThroughInputKeepTheirMeaning()
+    {
+        var net = new Net(seed: 4);
+        var x = net.Input("x", 1, 8);
+        var hidden = net.Op("MatMul", [x, net.Random("w1", [8, 8], 0.5f)]);
+        hidden.Name = "hidden";
+        var y = net.Op("MatMul", [net.Op("Relu", [hidden]), net.Random("w2", [8, 4], 0.5f)]);
+        y.Name = "y";
+        net.Output(hidden);
+        net.Output(y);
+        net.Output(x);
+        var half = ToHalf(net.Model);
+        var data = Net.RandomData(8, 2);
+        float[][] RunHalf() => Run1(half, data);
+        var before = RunHalf();
+        new HalfPrecisionPass().Run(half);
+        Assert.Equal(["hidden", "y", "x"], half.Graph.Outputs.Select(o => o.Name));
+        Assert.All(half.Graph.Outputs, o => Assert.Equal(DataType.Float16, o.Type!.ElementType));
+        Assert.Same(half.Graph.Inputs[0], half.Graph.Outputs[2]);
+        var relu = half.Graph.Nodes.Single(n => n.OpType == "Relu");
+        Assert.Equal(DataType.Float, relu.Inputs[0]!.Type!.ElementType);
+        var after = RunHalf();
+        for (var o = 0; o < 3; o++)
+            Net.AssertClose(before[o], after[o], 1e-2f);
+        Assert.Equal(before[2], after[2]);
+    }
+
+    private static float[][] Run1(Model model, float[] data)
+    {
+        using var session = InferenceSession.Create(ModelIO.ToBytes(model), SessionOptions.Calibration);
+        var input = TensorData.FromFloat16s(data.Select(v => (Half)v).ToArray(), [1, data.Length]);
+        return session.Run([new NamedTensor("x", input)]).Select(o => o.Data.ToFloats()).ToArray();
+    }
+
     /// <summary>Float32 samples for a float16 input are refused with the numpy dtype to save them as.</summary>
     [Fact]
     public void Float32SamplesForAFloat16InputAreRefusedWithTheDtypeToUse()
