@@ -12,7 +12,7 @@ public static class Features
         var requested = options.Features;
         if (requested.Count == 0)
         {
-            var outputs = graph.Outputs.Select(Measured).OfType<Value>().Select(o => o.Name).Distinct().ToList();
+            var outputs = DefaultFeatures(model);
             if (outputs.Count == 0)
                 throw new CompileException("the model has no float outputs to measure distortion on; name tensors with --feature");
             return outputs;
@@ -30,6 +30,10 @@ public static class Features
         }
         return resolved.Distinct().ToList();
     }
+
+    /// <summary>The features when none are named: the float32 values of the model's float outputs.</summary>
+    public static IReadOnlyList<string> DefaultFeatures(Model model) =>
+        model.Graph.Outputs.Select(Measured).OfType<Value>().Select(o => o.Name).Distinct().ToList();
 
     /// <summary>
     /// The float32 tensor distortion is measured on for <paramref name="value"/>: itself, or for a half-precision value

@@ -190,8 +190,7 @@ public static class UnitDiscovery
     {
         var canonical = model.Clone();
         new Pipeline.PassManager(Canonicalization.Passes()).Run(canonical);
-        var outputs = canonical.Graph.Outputs.Where(o => o.Type?.ElementType == DataType.Float).Select(o => o.Name).ToList();
-        return Discover(canonical, outputs, new UnitOptions());
+        return Discover(canonical, Features.DefaultFeatures(canonical), new UnitOptions());
     }
 
     /// <summary>
