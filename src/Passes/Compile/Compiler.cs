@@ -82,7 +82,8 @@ public static class Compiler
 
         var discovery = clock.Time("discover", () =>
         {
-            var found = UnitDiscovery.DiscoverAllocatable(canonical, features, options.Units, modelPath);
+            var units = options.Units with { IntegerKernelsOnly = options.Rewrite.Deploy == DeployTarget.Speed };
+            var found = UnitDiscovery.DiscoverAllocatable(canonical, features, units, modelPath);
             progress.Note($"units: {found.Units.Count} in {found.Layers.Count - found.Heads.Count} layers, {found.Heads.Count} head layer(s), {found.Skipped.Count} skipped");
             return found;
         });

@@ -45,13 +45,22 @@ public sealed class LayerInputRows
                 _conv = ConvGeometry.Of(node, layer.WeightShape, out var reason);
                 Fallback = reason;
                 break;
+            case "ConvTranspose":
+                // Each output position sums over the input positions its kernel overlaps, which differ with the
+                // position's phase: no one row per output, so no closed form (curves measured, rounding to nearest).
+                Fallback = "ConvTranspose (no one input row per output position)";
+                break;
             case "Gemm":
                 _transposedInput = node.GetInt("transA", 0) != 0;
                 Alpha = node.GetFloat("alpha", 1f);
                 break;
         }
-        Reduction = layer.OpType == "Conv" ? (int)(layer.WeightShape[1] * layer.Groups * layer.WeightShape.Skip(2).Aggregate(1L, (a, b) => a * b))
-            : (int)layer.WeightShape[layer.InputChannelAxis];
+        Reduction = layer.OpType switch
+        {
+            "Conv" => (int)(layer.WeightShape[1] * layer.Groups * layer.WeightShape.Skip(2).Aggregate(1L, (a, b) => a * b)),
+            "ConvTranspose" => (int)(layer.Size / layer.Channels),
+            _ => (int)layer.WeightShape[layer.InputChannelAxis],
+        };
     }
 
     public QuantLayer Layer => _layer;

@@ -99,8 +99,8 @@ public sealed record UnitDiscoveryResult(
 }
 
 /// <summary>
-/// Finds the quantizable layers of a canonicalized model. Conv, Gemm and MatMul with a constant float weight are
-/// layers (backbone convs, transformer projections, MLP heads); everything else (LayerNorm, Softmax, detection
+/// Finds the quantizable layers of a canonicalized model. Conv, ConvTranspose, Gemm and MatMul with a constant float
+/// weight are layers (backbone convs, upsampling deconvolutions, transformer projections, MLP heads); everything else (LayerNorm, Softmax, detection
 /// post-processing such as NMS, RoiAlign, TopK and box decoding arithmetic) stays float because it is not one of these
 /// ops. Layers whose weight is shared with other nodes, tiny (fewer than <see cref="MinimumWeights"/> weights) or
 /// excluded by name pattern / op type are skipped with a reason. Layers from which no feature tensor can be reached
@@ -122,7 +122,7 @@ public static class UnitDiscovery
         var skipped = new List<SkippedLayer>();
         foreach (var node in graph.Nodes)
         {
-            if (node.OpType is not ("Conv" or "Gemm" or "MatMul") || !GraphQueries.IsDefaultDomain(node) || node.Inputs.Count < 2)
+            if (node.OpType is not ("Conv" or "ConvTranspose" or "Gemm" or "MatMul") || !GraphQueries.IsDefaultDomain(node) || node.Inputs.Count < 2)
                 continue;
             var layer = Describe(node, reaches.Contains(node), out var reason);
             if (layer is null)
@@ -134,6 +134,11 @@ public static class UnitDiscovery
             if (options.Exclude.Contains(node.OpType, StringComparer.Ordinal) || excludes.Any(g => g.IsMatch(node.Name)))
             {
                 skipped.Add(new SkippedLayer(node.Name, node.OpType, "excluded by --exclude"));
+                continue;
+            }
+            if (options.IntegerKernelsOnly && UnitOptions.WithoutIntegerKernel.Contains(layer.OpType))
+            {
+                skipped.Add(new SkippedLayer(node.Name, node.OpType, $"--deploy speed: ONNX Runtime's CPU execution provider has no integer {layer.OpType} kernel, so it stays float"));
                 continue;
             }
             layers.Add(layer);
@@ -212,7 +217,7 @@ public static class UnitDiscovery
         if (dequantized + integer > 0)
             throw new CompileException($"{modelPath}: the model is already quantized ({dequantized + integer} layer(s) read integer weights through "
                 + "DequantizeLinear or run integer kernels) and has no float layer left; compile the float model it was made from");
-        throw new CompileException($"{modelPath}: no quantizable layer (Conv, Gemm or MatMul with a constant float weight) was found{skipped}");
+        throw new CompileException($"{modelPath}: no quantizable layer (Conv, ConvTranspose, Gemm or MatMul with a constant float weight) was found{skipped}");
     }
 
     private static QuantLayer? Describe(Node node, bool reaches, out string? reason)
@@ -250,6 +255,19 @@ public static class UnitDiscovery
                     return null;
                 }
                 return new QuantLayer(node.Name, "Conv", weight.Name, shape, 0, 1, (int)node.GetInt("group", 1), activation.Name, 1, reaches);
+            case "ConvTranspose":
+                // The weight is [C_in, C_out / group, k...]: output channels on axis 1.
+                if (shape.Length < 3)
+                {
+                    reason = $"ConvTranspose weight of rank {shape.Length}";
+                    return null;
+                }
+                if (node.GetInt("group", 1) != 1)
+                {
+                    reason = "grouped ConvTranspose (each group's output channels sit in another slice of the weight)";
+                    return null;
+                }
+                return new QuantLayer(node.Name, "ConvTranspose", weight.Name, shape, 1, 0, 1, activation.Name, 1, reaches);
             case "Gemm":
                 if (shape.Length != 2)
                     return null;

@@ -113,6 +113,13 @@ public sealed record UnitOptions : IStageOptions
     /// <summary>Bits of the layers that do not reach the feature (detection heads), kept outside the budget.</summary>
     public int HeadBits { get; init; } = 8;
 
+    /// <summary>Only layers ONNX Runtime's CPU execution provider has an integer kernel for are units (set for
+    /// <c>--deploy speed</c>, which the manifest records): a ConvTranspose stays float there. Not a separate option.</summary>
+    public bool IntegerKernelsOnly { get; init; }
+
+    /// <summary>Layer kinds with no integer kernel on the CPU execution provider.</summary>
+    public static IReadOnlySet<string> WithoutIntegerKernel { get; } = new HashSet<string>(StringComparer.Ordinal) { "ConvTranspose" };
+
     public void Validate()
     {
         if (HeadBits is < 2 or > 8)
