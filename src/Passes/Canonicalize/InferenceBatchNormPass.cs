@@ -1,5 +1,6 @@
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Pipeline;
+using Attribute = OnnxQuant.Frontend.Attribute;
 
 namespace OnnxQuant.Passes.Canonicalize;
 
@@ -36,6 +37,9 @@ public sealed class InferenceBatchNormPass : IPass
                 y.Name = graph.UniqueName(name + "_training");
                 var inference = new Node("BatchNormalization", node.Inputs, [name], name: node.Name,
                     attributes: node.Attributes.Where(a => a.Name is not ("training_mode" or "is_test")));
+                // Before opset 7 the mode is also an attribute, whose default is training.
+                if (opset < 7)
+                    inference.SetAttribute(Attribute.FromInt("is_test", 1));
                 graph.InsertBefore(node, inference);
                 inference.Outputs[0].Type = y.Type;
                 graph.ReplaceAllUsesWith(y, inference.Outputs[0], replaceGraphOutputs: true);

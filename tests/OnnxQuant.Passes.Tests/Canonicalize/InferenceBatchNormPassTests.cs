@@ -47,6 +47,18 @@ public class InferenceBatchNormPassTests
         Assert.Equal(0, InferenceBatchNormPass.Count(net.Model));
     }
 
+    /// <summary>Before opset 7 the mode is also the is_test attribute (default training): the inference form sets it.</summary>
+    [Fact]
+    public void AnOpset6TrainingBatchNormGetsIsTest()
+    {
+        var (net, _) = ConvBn(6, 5, false);
+        Assert.True(new InferenceBatchNormPass().Run(net.Model).Modified);
+        var bn = net.Graph.Nodes.Single(n => n.OpType == "BatchNormalization");
+        Assert.Single(bn.Outputs);
+        Assert.Equal(1, bn.GetInt("is_test", 0));
+        Assert.Equal(1e-3f, bn.GetFloat("epsilon", 0));
+    }
+
     [Fact]
     public void ABatchNormWhoseRunningMeanIsReadStaysAsItIs()
     {
