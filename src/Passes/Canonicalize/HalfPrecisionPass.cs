@@ -38,13 +38,18 @@ public sealed class HalfPrecisionPass : IPass
         foreach (var graph in model.Graph.AllGraphs())
         {
             count += graph.Initializers.Count(v => IsHalf(v.Initializer!.DataType));
-            count += graph.Inputs.Concat(graph.Outputs).Concat(graph.ValueInfo).Concat(graph.Nodes.SelectMany(n => n.Outputs)).Distinct()
-                .Count(v => v.Type is { } t && IsHalf(t.ElementType) && !done.Contains(v));
+            count += Values(graph).Count(v => v.Type is { } t && IsHalf(t.ElementType) && !done.Contains(v));
             count += graph.Nodes.Sum(n => n.Attributes.Count(a => a.Kind == AttributeKind.Tensor && IsHalf(a.AsTensor().DataType)));
             count += graph.Nodes.Count(n => HalfTypeAttribute(n) is not null && !n.Outputs.Any(done.Contains));
         }
         return count;
     }
+
+    /// <summary>Every value a graph defines or names: inputs, outputs, value_info and node outputs.</summary>
+    private static IEnumerable<Value> Values(Graph graph) =>
+        graph.Inputs.Concat(graph.Outputs).Concat(graph.ValueInfo).Concat(graph.Nodes.SelectMany(n => n.Outputs)).Distinct();
+
+    private static Tensor ToFloat32(Tensor tensor, string name) => Tensor.FromFloats(name, tensor.GetDims(), tensor.ToFloatArray());
 
     /// <summary>A half-precision graph input that is only read through casts to float32.</summary>
     private static bool InputDone(Value input) =>
@@ -97,10 +102,10 @@ public sealed class HalfPrecisionPass : IPass
                 var tensor = value.Initializer!;
                 if (!IsHalf(tensor.DataType))
                     continue;
-                graph.SetInitializer(value, Tensor.FromFloats(value.Name, tensor.GetDims(), tensor.ToFloatArray()));
+                graph.SetInitializer(value, ToFloat32(tensor, value.Name));
                 rewrites++;
             }
-            foreach (var value in graph.Inputs.Concat(graph.Outputs).Concat(graph.ValueInfo).Concat(graph.Nodes.SelectMany(n => n.Outputs)).Distinct().ToList())
+            foreach (var value in Values(graph).ToList())
             {
                 // The interface keeps its types: the inputs, and the outputs the casts above now compute.
                 if (value.Type is not { } type || !IsHalf(type.ElementType) || (graph == main && kept.Contains(value)))
@@ -146,13 +151,13 @@ public sealed class HalfPrecisionPass : IPass
         {
             if (attr.Kind == AttributeKind.Tensor && attr.AsTensor() is { } t && IsHalf(t.DataType))
             {
-                node.SetAttribute(Attribute.FromTensor(attr.Name, Tensor.FromFloats(t.Name, t.GetDims(), t.ToFloatArray())));
+                node.SetAttribute(Attribute.FromTensor(attr.Name, ToFloat32(t, t.Name)));
                 rewrites++;
             }
             else if (attr.Kind == AttributeKind.Tensors && attr.AsTensors().Any(x => IsHalf(x.DataType)))
             {
                 node.SetAttribute(Attribute.FromTensors(attr.Name, attr.AsTensors()
-                    .Select(x => IsHalf(x.DataType) ? Tensor.FromFloats(x.Name, x.GetDims(), x.ToFloatArray()) : x)));
+                    .Select(x => IsHalf(x.DataType) ? ToFloat32(x, x.Name) : x)));
                 rewrites++;
             }
         }

@@ -24,9 +24,10 @@ public static class Features
                 $"--feature '{f}' names no tensor of the model (outputs: {string.Join(", ", graph.Outputs.Select(o => o.Name))})");
             if (value.IsInitializer || value.IsGraphInput)
                 throw new CompileException($"--feature '{f}' is a model input or constant, not computed by the model");
-            if (value.Type is { } t && Measured(value) is null)
+            var measured = Measured(value);
+            if (value.Type is { } t && measured is null)
                 throw new CompileException($"--feature '{f}' is {t.ElementType}; distortion is measured on float tensors");
-            resolved.Add((Measured(value) ?? value).Name);
+            resolved.Add((measured ?? value).Name);
         }
         return resolved.Distinct().ToList();
     }

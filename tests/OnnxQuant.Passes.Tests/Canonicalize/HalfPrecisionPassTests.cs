@@ -52,14 +52,17 @@ public class HalfPrecisionPassTests
         return model;
     }
 
-    private static float[][] Run(Model model, DataType inputType, float[] images, int samples)
+    private static float[][] Run(Model model, DataType inputType, float[] images, int samples) =>
+        Run(model, "images", inputType, images, [samples, 3, 16, 16]);
+
+    /// <summary>Runs <paramref name="model"/> on one input given as floats, fed as <paramref name="inputType"/>.</summary>
+    private static float[][] Run(Model model, string input, DataType inputType, float[] data, long[] shape)
     {
         using var session = InferenceSession.Create(ModelIO.ToBytes(model), SessionOptions.Calibration);
-        long[] shape = [samples, 3, 16, 16];
-        var input = inputType == DataType.Float16
-            ? TensorData.FromFloat16s(images.Select(v => (Half)v).ToArray(), shape)
-            : TensorData.FromFloats(images, shape);
-        return session.Run([new NamedTensor("images", input)]).Select(o => o.Data.ToFloats()).ToArray();
+        var tensor = inputType == DataType.Float16
+            ? TensorData.FromFloat16s(data.Select(v => (Half)v).ToArray(), shape)
+            : TensorData.FromFloats(data, shape);
+        return session.Run([new NamedTensor(input, tensor)]).Select(o => o.Data.ToFloats()).ToArray();
     }
 
     private static bool AnyHalf(Model model, IReadOnlySet<Value> interfaceValues) =>
@@ -128,7 +131,7 @@ public class HalfPrecisionPassTests
         net.Output(x);
         var half = ToHalf(net.Model);
         var data = Net.RandomData(8, 2);
-        float[][] RunHalf() => Run1(half, data);
+        float[][] RunHalf() => Run(half, "x", DataType.Float16, data, [1, data.Length]);
         var before = RunHalf();
         new HalfPrecisionPass().Run(half);
         Assert.Equal(["hidden", "y", "x"], half.Graph.Outputs.Select(o => o.Name));
@@ -140,13 +143,6 @@ public class HalfPrecisionPassTests
         for (var o = 0; o < 3; o++)
             Net.AssertClose(before[o], after[o], 1e-2f);
         Assert.Equal(before[2], after[2]);
-    }
-
-    private static float[][] Run1(Model model, float[] data)
-    {
-        using var session = InferenceSession.Create(ModelIO.ToBytes(model), SessionOptions.Calibration);
-        var input = TensorData.FromFloat16s(data.Select(v => (Half)v).ToArray(), [1, data.Length]);
-        return session.Run([new NamedTensor("x", input)]).Select(o => o.Data.ToFloats()).ToArray();
     }
 
     /// <summary>Float32 samples for a float16 input are refused with the numpy dtype to save them as.</summary>
