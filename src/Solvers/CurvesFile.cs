@@ -11,7 +11,8 @@ namespace OnnxQuant.Solvers;
 ///             "distortion": [..one per bit width..], "pinned_bits": null, "allowed_bits": null}]}
 /// </code>
 /// <c>pinned_bits</c> and <c>allowed_bits</c> are optional (null or absent = none); so is <c>tied_to</c>, the unit
-/// whose width a unit applying the same weight takes (<see cref="TiedCurves"/>), written only where set. Unknown keys are rejected so a
+/// whose width a unit applying the same weight takes (<see cref="TiedCurves"/>), written only where set, and <c>gain</c>, the
+/// measured propagation gain of a gain curve (<see cref="UnitCurve.Gain"/>), which prices the unit's input quantization. Unknown keys are rejected so a
 /// misspelt field is not silently ignored. Output is deterministic: fixed key order, shortest round-trip numbers,
 /// "\n" line ends, so identical curves give identical bytes.
 /// </summary>
@@ -19,7 +20,7 @@ public static class CurvesFile
 {
     public const string Schema = "onnxquant.curves/1";
 
-    private static readonly string[] UnitKeys = ["name", "size", "bits", "distortion", "pinned_bits", "allowed_bits", "tied_to"];
+    private static readonly string[] UnitKeys = ["name", "size", "bits", "distortion", "pinned_bits", "allowed_bits", "tied_to", "gain"];
 
     /// <summary>Reads and checks a curves file (structure and types; curve values are checked by <see cref="AllocationProblem"/>).</summary>
     /// <exception cref="SolverException">The file is not valid JSON or does not follow the schema.</exception>
@@ -120,6 +121,12 @@ public static class CurvesFile
             }
             if (u.TiedTo is { } tied)
                 writer.WriteString("tied_to", tied);
+            if (u.Gain is { } gain)
+            {
+                if (!double.IsFinite(gain) || gain < 0)
+                    throw new SolverException(SolverErrorKind.InvalidCurve, $"unit '{u.Name}' has gain {gain}: a gain is finite and non-negative");
+                writer.WriteNumber("gain", gain);
+            }
             writer.WriteEndObject();
         }
         writer.WriteEndArray();
@@ -182,7 +189,14 @@ public static class CurvesFile
         string? tiedTo = null;
         if (unit.TryGetProperty("tied_to", out var tiedElement) && tiedElement.ValueKind != JsonValueKind.Null)
             tiedTo = tiedElement.ValueKind == JsonValueKind.String ? tiedElement.GetString() : throw Bad(source, $"{at} \"tied_to\" must be a unit name or null");
-        return new UnitCurve(name, size, bits, distortion, pinned) { AllowedBits = allowed, TiedTo = tiedTo };
+        double? gain = null;
+        if (unit.TryGetProperty("gain", out var gainElement) && gainElement.ValueKind != JsonValueKind.Null)
+        {
+            if (gainElement.ValueKind != JsonValueKind.Number || !gainElement.TryGetDouble(out var g) || !double.IsFinite(g) || g < 0)
+                throw Bad(source, $"{at} \"gain\" must be a non-negative number or null, found {gainElement.GetRawText()}");
+            gain = g;
+        }
+        return new UnitCurve(name, size, bits, distortion, pinned) { AllowedBits = allowed, TiedTo = tiedTo, Gain = gain };
     }
 
     private static int[]? IntArray(JsonElement unit, string key, string at, string source, bool required)

@@ -27,6 +27,13 @@ public sealed record UnitCurve(
     /// allocator sees them as one unit, <see cref="TiedCurves"/>. Null: none.
     /// </summary>
     public string? TiedTo { get; init; }
+
+    /// <summary>
+    /// The measured propagation gain behind the curve (gain curves): the feature distortion one unit of squared error
+    /// in the layer's output adds, per sample. It prices other errors injected at the same layer, such as the
+    /// rounding of its quantized input. Null: not measured (exact or fast curves, or a file without it).
+    /// </summary>
+    public double? Gain { get; init; }
 }
 
 /// <summary>

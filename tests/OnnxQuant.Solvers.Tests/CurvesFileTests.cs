@@ -10,6 +10,7 @@ public class CurvesFileTests
         new("blocks.0.attn.qkv", 1769472, [2, 3, 4, 5, 6, 8], [2.5, 1.1, 0.5, 0.22, 0.1, 1.0 / 3]),
         new("head", 196608, [8], [0.01], PinnedBits: 8),
         new("blocks.0.mlp.fc1[0:64]", 49152, [2, 4, 8], [3e-7, 1e-8, 0]) { AllowedBits = [4, 8] },
+        new("blocks.0.mlp.fc2", 49152, [2, 4, 8], [4e-7, 2e-8, 1e-9]) { Gain = 0.0123456789 },
     ];
 
     [Fact]
@@ -26,7 +27,10 @@ public class CurvesFileTests
             Assert.Equal(Units[i].Distortion, back[i].Distortion); // shortest round-trip numbers: bit-exact
             Assert.Equal(Units[i].PinnedBits, back[i].PinnedBits);
             Assert.Equal(Units[i].AllowedBits, back[i].AllowedBits);
+            Assert.Equal(Units[i].Gain, back[i].Gain);
         }
+        // A gain is written only where measured.
+        Assert.Single(json.Split('\n'), l => l.Contains("\"gain\""));
         Assert.Equal(json, CurvesFile.ToJson(back));
     }
 
@@ -51,7 +55,7 @@ public class CurvesFileTests
             CurvesFile.WriteFile(path, Units);
             Assert.Equal(CurvesFile.ToJson(Units), File.ReadAllText(path));
             Assert.Single(Directory.GetFiles(dir));
-            Assert.Equal(3, CurvesFile.Read(path).Count);
+            Assert.Equal(Units.Length, CurvesFile.Read(path).Count);
         }
         finally
         {
@@ -64,6 +68,8 @@ public class CurvesFileTests
     {
         var error = Assert.Throws<SolverException>(() => CurvesFile.ToJson([new UnitCurve("x", 1, [2], [double.NaN])]));
         Assert.Contains("unit 'x' has distortion NaN", error.Message);
+        error = Assert.Throws<SolverException>(() => CurvesFile.ToJson([new UnitCurve("x", 1, [2], [1]) { Gain = -1 }]));
+        Assert.Contains("unit 'x' has gain -1", error.Message);
     }
 
     [Theory]
@@ -79,6 +85,8 @@ public class CurvesFileTests
     [InlineData("{\"schema\": \"onnxquant.curves/1\", \"units\": [{\"name\": \"a\", \"size\": 4, \"bits\": [2], \"distortion\": [null]}]}", "\"distortion\"[0] must be a finite number, found null")]
     [InlineData("{\"schema\": \"onnxquant.curves/1\", \"units\": [{\"name\": \"a\", \"size\": 4, \"bits\": [2], \"distortion\": [1e999]}]}", "\"distortion\"[0] must be a finite number")]
     [InlineData("{\"schema\": \"onnxquant.curves/1\", \"units\": [{\"name\": \"a\", \"size\": 4, \"bits\": [2], \"distortion\": [1], \"pinned_bits\": \"8\"}]}", "\"pinned_bits\" must be a whole number or null")]
+    [InlineData("{\"schema\": \"onnxquant.curves/1\", \"units\": [{\"name\": \"a\", \"size\": 4, \"bits\": [2], \"distortion\": [1], \"gain\": -0.5}]}", "\"gain\" must be a non-negative number or null, found -0.5")]
+    [InlineData("{\"schema\": \"onnxquant.curves/1\", \"units\": [{\"name\": \"a\", \"size\": 4, \"bits\": [2], \"distortion\": [1], \"gain\": \"1\"}]}", "\"gain\" must be a non-negative number or null, found \"1\"")]
     public void MalformedFilesSayWhatAndWhere(string json, string expected)
     {
         var error = Assert.Throws<SolverException>(() => CurvesFile.Parse(Encoding.UTF8.GetBytes(json), "model.curves.json"));

@@ -14,8 +14,17 @@ public sealed record UnitReport(string Name, string Layer, string OpType, int Ch
 /// <summary>Sizes of the quantized weights: ideal packed bits and actual bytes, against float.</summary>
 public sealed record SizeReport(long FloatWeightBytes, long IdealPackedBits, long QuantizedWeightBytes, long ModelBytes);
 
-/// <summary>Predicted (sum of curves) and measured distortion of the features.</summary>
-public sealed record DistortionReport(double Predicted, double Measured, int Samples, bool HeldOut, string Metric);
+/// <summary>
+/// Predicted and measured distortion of the features. The prediction is the weights' (the sum of the allocated curves)
+/// plus, where priced, the quantized activations' (<see cref="ActivationPrice"/>).
+/// </summary>
+public sealed record DistortionReport(double PredictedWeights, double Measured, int Samples, bool HeldOut, string Metric)
+{
+    /// <summary>What the quantized layer inputs add (null: float activations, or not priced).</summary>
+    public double? PredictedActivations { get; init; }
+
+    public double Predicted => PredictedActivations is { } a ? Quantization.StableRounding.Round(PredictedWeights + a) : PredictedWeights;
+}
 
 /// <summary>Box AP (0..1) of the float model and of this target's model on the evaluation set (<c>--eval-data</c>).</summary>
 public sealed record AccuracyReport(double FloatAp, double QuantizedAp);
@@ -78,6 +87,9 @@ public sealed record CompileReport
 
     /// <summary>Per unit, the measured propagation gain behind its curve (gain curves measured in this compile).</summary>
     public IReadOnlyList<UnitGain> CurveGains { get; init; } = [];
+
+    /// <summary>The quantized activations' priced share, per tensor; null when activations are float or not priced.</summary>
+    public ActivationPrice? Activations { get; init; }
 
     /// <summary>Uniform widths at the same size, measured on the same samples; null when the compile had none.</summary>
     public UniformBaseline? Baseline { get; init; }

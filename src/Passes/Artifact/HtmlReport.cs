@@ -81,12 +81,13 @@ public static class HtmlReport
         h.Append($"<p class=\"sub\">onnxquant {E(data.Manifest.ToolVersion)} &middot; targets {E(string.Join(", ", data.Targets.Select(t => Bits(t.TargetBits))))} average bits &middot; " +
                  $"solver {E(first.Solver)} &middot; curves {E(first.CurveMode)} &middot; activations {(first.ActBits == 0 ? "float" : $"{first.ActBits}-bit {E(first.ActCalibration)}")} &middot; " +
                  $"format {E(first.Format)} &middot; opset {first.Opset}</p>\n");
-        h.Append("<nav><a href=\"#front\">front</a> <a href=\"#allocation\">allocation</a> <a href=\"#curves\">curves</a> <a href=\"#sizes\">sizes</a> " +
+        h.Append("<nav><a href=\"#front\">front</a> <a href=\"#allocation\">allocation</a> <a href=\"#curves\">curves</a> <a href=\"#activations\">activations</a> <a href=\"#sizes\">sizes</a> " +
                  "<a href=\"#times\">stage times</a> <a href=\"#notes\">notes</a> <a href=\"#manifest\">manifest</a></nav>\n");
 
         Front(h, data.Targets);
         Allocation(h, data.Targets);
         Curves(h, data.Targets);
+        Activations(h, data.Targets);
         Sizes(h, data.Targets);
         Times(h, first);
         Notes(h, data.Targets);
@@ -174,13 +175,14 @@ public static class HtmlReport
 
         // The same figures as a table, and AP when it was measured.
         var withAp = targets.Any(t => t.Accuracy is not null);
-        h.Append("<table class=\"num\"><thead><tr><th>target</th><th>rate</th><th>predicted</th><th>measured</th><th>measured / predicted</th><th>uniform width</th><th>uniform predicted</th><th>uniform measured</th>");
+        h.Append("<table class=\"num\"><thead><tr><th>target</th><th>rate</th><th>predicted</th><th>of it activations</th><th>measured</th><th>measured / predicted</th><th>uniform width</th><th>uniform predicted</th><th>uniform measured</th>");
         if (withAp)
             h.Append("<th>AP float</th><th>AP quantized</th>");
         h.Append("</tr></thead><tbody>\n");
         foreach (var t in targets)
         {
-            h.Append($"<tr><td>{Bits(t.TargetBits)}</td><td>{Rate(t.Rate)}</td><td>{G(t.Distortion.Predicted)}</td><td>{G(t.Distortion.Measured)}</td>" +
+            h.Append($"<tr><td>{Bits(t.TargetBits)}</td><td>{Rate(t.Rate)}</td><td>{G(t.Distortion.Predicted)}</td>" +
+                     $"<td>{(t.Distortion.PredictedActivations is { } pa ? G(pa) : "&ndash;")}</td><td>{G(t.Distortion.Measured)}</td>" +
                      $"<td>{(t.Distortion.Predicted > 0 ? (t.Distortion.Measured / t.Distortion.Predicted).ToString("0.00", Inv) : "&ndash;")}</td>");
             h.Append(t.Baseline switch
             {
@@ -397,6 +399,39 @@ public static class HtmlReport
     }
 
     // ---- sizes, times, notes, manifest ----
+
+    /// <summary>Quantized activations, priced per tensor (the same for every target: their ranges do not depend on the widths).</summary>
+    private static void Activations(StringBuilder h, IReadOnlyList<PageTarget> targets)
+    {
+        h.Append("<section id=\"activations\">\n<h2>Quantized activations</h2>\n");
+        var priced = targets.FirstOrDefault(t => t.Activations is { Tensors.Count: > 0 })?.Activations;
+        if (priced is null)
+        {
+            h.Append(targets[0].ActBits == 0
+                ? "<p>Activations stay float (<code>--act-bits 0</code>).</p>\n</section>\n"
+                : "<p>Not priced in this compile (exact or fast curves carry no measured gains, or no calibration rows were kept): their error is only in the measured distortion.</p>\n</section>\n");
+            return;
+        }
+        h.Append($"<p>The {priced.Bits}-bit inputs of {priced.Tensors.Sum(t => t.Layers.Count)} layers ({priced.Tensors.Count} tensors) add a predicted {G(priced.Predicted)} " +
+                 "to the features' distortion: each tensor's rounding on the calibration rows, through the weights of the layers that read it, times each layer's measured gain. " +
+                 "The weights add " + string.Join(", ", targets.Select(t => $"{G(t.Distortion.PredictedWeights ?? t.Distortion.Predicted)} at {Bits(t.TargetBits)} bits")) + "." +
+                 (priced.Unpriced > 0 ? $" {priced.Unpriced} layer input(s) could not be priced (see report.json)." : "") + "</p>\n");
+        var shown = priced.Tensors.Take(20).ToList();
+        var largest = shown.Count > 0 ? shown[0].Predicted : 0;
+        h.Append($"<table id=\"activation-table\" class=\"num\"><thead><tr><th>tensor</th><th>step</th><th>predicted</th><th>share</th><th></th><th>read by</th></tr></thead><tbody>\n");
+        foreach (var t in shown)
+        {
+            var share = priced.Predicted > 0 ? t.Predicted / priced.Predicted : 0;
+            var width = largest > 0 ? 120 * t.Predicted / largest : 0;
+            h.Append($"<tr><td title=\"{E(t.Tensor)}\">{E(Short(t.Tensor))}</td><td>{G(t.Step)}</td><td>{G(t.Predicted)}</td><td>{(share * 100).ToString("0.0", Inv)} %</td>" +
+                     $"<td><svg width=\"120\" height=\"10\" aria-hidden=\"true\"><rect width=\"{N(width)}\" height=\"10\" fill=\"#d62728\"/></svg></td>" +
+                     $"<td title=\"{E(string.Join(", ", t.Layers))}\">{E(Short(t.Layers[0]))}{(t.Layers.Count > 1 ? $" +{t.Layers.Count - 1}" : "")}</td></tr>\n");
+        }
+        h.Append("</tbody></table>\n");
+        if (priced.Tensors.Count > shown.Count)
+            h.Append($"<p>{priced.Tensors.Count - shown.Count} more tensors in report.json (<code>activations.tensors</code>).</p>\n");
+        h.Append("</section>\n");
+    }
 
     private static void Sizes(StringBuilder h, IReadOnlyList<PageTarget> targets)
     {

@@ -9,9 +9,25 @@ public sealed record PageTarget(string ReportPath, double TargetBits, double Rat
     string Format, int ActBits, string ActCalibration, long Opset, PageDistortion Distortion, PageBaseline? Baseline,
     PageAccuracy? Accuracy, PageSizes Sizes, IReadOnlyList<PageUnit> Units, IReadOnlyList<PageHead> Heads,
     IReadOnlyList<PageSkipped> Skipped, IReadOnlyList<PageLayer> Layers, IReadOnlyList<UnitCurve> Curves,
-    IReadOnlyList<string> Notes, IReadOnlyList<(string Stage, double Seconds)> Timings);
+    IReadOnlyList<string> Notes, IReadOnlyList<(string Stage, double Seconds)> Timings)
+{
+    /// <summary>The quantized activations' priced share (null: float activations, or not priced).</summary>
+    public PageActivations? Activations { get; init; }
+}
 
-public sealed record PageDistortion(double Predicted, double Measured, int Samples, bool HeldOut, string Metric);
+/// <param name="Predicted">Weights and priced activations together.</param>
+public sealed record PageDistortion(double Predicted, double Measured, int Samples, bool HeldOut, string Metric)
+{
+    public double? PredictedActivations { get; init; }
+
+    /// <summary>The weights' share of <see cref="Predicted"/> (all of it in reports without activations).</summary>
+    public double? PredictedWeights { get; init; }
+}
+
+/// <summary>The report's <c>activations</c> section: each priced tensor, largest first, and how many layer inputs were not priced.</summary>
+public sealed record PageActivations(int Bits, double Predicted, IReadOnlyList<PageActivation> Tensors, int Unpriced);
+
+public sealed record PageActivation(string Tensor, double Step, double Predicted, IReadOnlyList<string> Layers);
 
 /// <summary>The uniform baseline as the report holds it: figures, or the reason it was skipped.</summary>
 public sealed record PageBaseline(int Bits, double Rate, double Predicted, double Measured, bool SameAsMixed, string? Skipped);
@@ -89,7 +105,11 @@ public sealed record ReportPageData(PageManifest Manifest, IReadOnlyList<PageTar
             r.GetProperty("min_bits").GetInt32(), r.GetProperty("curve_mode").GetString()!, r.GetProperty("format").GetString()!,
             r.GetProperty("act_bits").GetInt32(), r.GetProperty("act_calibration").GetString()!, r.GetProperty("opset").GetInt64(),
             new PageDistortion(d.GetProperty("predicted").GetDouble(), d.GetProperty("measured").GetDouble(), d.GetProperty("samples").GetInt32(),
-                d.GetProperty("held_out").GetBoolean(), d.GetProperty("metric").GetString()!),
+                d.GetProperty("held_out").GetBoolean(), d.GetProperty("metric").GetString()!)
+            {
+                PredictedActivations = d.TryGetProperty("predicted_activations", out var pa) && pa.ValueKind == JsonValueKind.Number ? pa.GetDouble() : null,
+                PredictedWeights = d.TryGetProperty("predicted_weights", out var pw) && pw.ValueKind == JsonValueKind.Number ? pw.GetDouble() : null,
+            },
             baseline, accuracy,
             new PageSizes(s.GetProperty("float_weight_bytes").GetInt64(), s.GetProperty("ideal_packed_bytes").GetInt64(),
                 s.GetProperty("quantized_weight_bytes").GetInt64(), s.GetProperty("model_bytes").GetInt64()),
@@ -106,7 +126,13 @@ public sealed record ReportPageData(PageManifest Manifest, IReadOnlyList<PageTar
                 l.TryGetProperty("shares_weight_of", out var shares) ? shares.GetString() : null)).ToList(),
             CurvesFile.Parse(Encoding.UTF8.GetBytes(r.GetProperty("curves").GetRawText()), path),
             r.GetProperty("notes").EnumerateArray().Select(n => n.GetString()!).ToList(),
-            r.GetProperty("timings_s").EnumerateObject().Select(t => (t.Name, t.Value.GetDouble())).ToList());
+            r.GetProperty("timings_s").EnumerateObject().Select(t => (t.Name, t.Value.GetDouble())).ToList())
+        {
+            Activations = r.TryGetProperty("activations", out var act) ? new PageActivations(act.GetProperty("bits").GetInt32(), act.GetProperty("predicted").GetDouble(),
+                act.GetProperty("tensors").EnumerateArray().Select(t => new PageActivation(t.GetProperty("tensor").GetString()!, t.GetProperty("step").GetDouble(),
+                    t.GetProperty("predicted").GetDouble(), t.GetProperty("layers").EnumerateArray().Select(l => l.GetString()!).ToList())).ToList(),
+                act.GetProperty("unpriced").GetArrayLength()) : null,
+        };
     }
 
     private static string Text(JsonElement value) => value.ValueKind == JsonValueKind.String ? value.GetString()! : value.GetRawText();

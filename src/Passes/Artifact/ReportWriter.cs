@@ -63,12 +63,48 @@ public static class ReportWriter
 
             w.WriteStartObject("distortion");
             w.WriteNumber("predicted", r.Distortion.Predicted);
+            w.WriteNumber("predicted_weights", r.Distortion.PredictedWeights);
+            if (r.Distortion.PredictedActivations is { } pa)
+                w.WriteNumber("predicted_activations", pa);
+            else
+                w.WriteNull("predicted_activations");
             w.WriteNumber("measured", r.Distortion.Measured);
             w.WriteNumber("measured_over_predicted", r.Distortion.Predicted > 0 ? Math.Round(r.Distortion.Measured / r.Distortion.Predicted, 4) : 0);
             w.WriteNumber("samples", r.Distortion.Samples);
             w.WriteBoolean("held_out", r.Distortion.HeldOut);
             w.WriteString("metric", r.Distortion.Metric);
             w.WriteEndObject();
+
+            if (r.Activations is { } act)
+            {
+                w.WriteStartObject("activations");
+                w.WriteNumber("bits", act.Bits);
+                w.WriteBoolean("priced", act.Priced);
+                w.WriteNumber("predicted", act.Total);
+                w.WriteStartArray("tensors");
+                foreach (var t in act.Tensors)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("tensor", t.Tensor);
+                    w.WriteNumber("step", t.Step);
+                    w.WriteNumber("predicted", t.Distortion);
+                    w.WriteStartArray("layers");
+                    foreach (var l in t.Layers) w.WriteStringValue(l);
+                    w.WriteEndArray();
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteStartArray("unpriced");
+                foreach (var u in act.Unpriced)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("layer", u.Layer);
+                    w.WriteString("reason", u.Reason);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
 
             if (r.Baseline is { } b)
             {

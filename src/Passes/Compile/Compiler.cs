@@ -140,6 +140,13 @@ public static class Compiler
         // The curves carry the ties, so the report, --write-curves and `onnxquant solve` allocate as this compile does.
         curves = curves with { Curves = PartitionStage.MarkTies(discovery, curves.Curves) };
 
+        // The quantized layer inputs priced like the weights (their rounding on the calibration rows, times each unit's
+        // gain), so the prediction holds what the 8-bit activations add; the allocation does not depend on it.
+        var activations = options.Calibration.ActBits == 0 || calibration is null ? null : clock.Time("activations", () => ActivationPricing.Run(canonical, discovery.Units,
+            curves.Curves, l => cutCurves?.RowsOf(l), calibration, options.Calibration.ActBits,
+            l => !(options.Rewrite.Format == Quantization.WeightFormat.MatMulNBits && l.OpType == "MatMul"), options.Execution.Threads));
+        if (activations is not null)
+            progress.Note(activations.Describe());
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);
         // Beside the artifact, not in it: a model ONNX Runtime rejects is never published.
         var debugDirectory = Path.TrimEndingDirectorySeparator(outputDirectory) + ".debug";
@@ -164,7 +171,7 @@ public static class Compiler
                 uniformMeasured[width] = measured;
                 stage.Advance();
             }
-            return new UniformBaseline(width, width, predicted, measured, sameAsMixed, null);
+            return new UniformBaseline(width, width, activations is { Priced: true } a ? Quantization.StableRounding.Round(predicted + a.Total) : predicted, measured, sameAsMixed, null);
         }
 
         var artifacts = new List<TargetArtifact>();
@@ -240,7 +247,7 @@ public static class Compiler
                     fusion.WeightDequantizeLeft, fusion.IntegerKernels, fusion.OpTypes) { BiasFits = placement.BiasFits };
             }) : null;
             var baseline = clock.Time("baseline", () => Baseline(target, allocation, verified.Measured));
-            var notes = loaded.Notes.Concat(weighting is null ? [] : [weighting.Describe()]).Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(partition.Notes).Concat(verified.Notes)
+            var notes = loaded.Notes.Concat(weighting is null ? [] : [weighting.Describe()]).Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(activations is null ? [] : [activations.Describe()]).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
             if (initializerInputs.Count > 0)
@@ -251,14 +258,14 @@ public static class Compiler
                 notes.Add($"deploy speed: {deploy.QuantizedTensors} activation tensors quantized, {deploy.IntegerKernels} integer kernels after ONNX Runtime's fusions, " +
                           $"{deploy.WeightDequantizeLeft} DequantizeLinear left on weight paths; the activation quantization adds " +
                           $"{Quantization.StableRounding.Round(verified.Measured - deploy.SizeMeasured):G4} to the measured distortion of the size target ({deploy.SizeMeasured:G4})");
-            if (MeasuredGapNote(options.Calibration.ActBits, repair is null ? allocation.Allocation.PredictedDistortion : null, verified.Measured) is { } gap)
+            if (MeasuredGapNote(options.Calibration.ActBits, repair is null ? allocation.Allocation.PredictedDistortion : null, activations, verified.Measured) is { } gap)
                 notes.Add(gap);
             if (deploy is { BiasFits.Count: > 0 } fits)
                 notes.Add($"deploy speed: the INT32 bias of {fits.BiasFits.Sum(f => f.Channels)} output channel(s) in {fits.BiasFits.Count} layer(s) did not fit at the " +
                           $"chosen weight scale (an input scale tiny against the bias); their weight scale was raised to fit, at most {fits.BiasFits.Max(f => f.Largest):G3}x " +
                           $"({string.Join(", ", fits.BiasFits.Take(3).Select(f => f.Layer))}{(fits.BiasFits.Count > 3 ? ", ..." : "")})");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, repair) with { Baseline = baseline, Deploy = deploy, Smoothing = smoothing, FeatureWeights = options.Features.Weights, TaskWeighting = weighting }, bytes));
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, activations, repair) with { Baseline = baseline, Deploy = deploy, Smoothing = smoothing, FeatureWeights = options.Features.Weights, TaskWeighting = weighting }, bytes));
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];
@@ -293,7 +300,7 @@ public static class Compiler
 
     private static CompileReport Report(string toolVersion, CompileOptions options, IReadOnlyList<string> features,
         UnitDiscoveryResult discovery, Partition partition, CurveSet curves, TargetAllocation target, RewriteResult rewrite,
-        byte[] model, double measured, int samples, bool heldOut, IReadOnlyList<string> notes, RepairOutcome? repair = null)
+        byte[] model, double measured, int samples, bool heldOut, IReadOnlyList<string> notes, ActivationPrice? activations, RepairOutcome? repair = null)
     {
         var allocation = target.Allocation;
         var repaired = repair?.Bits;
@@ -332,7 +339,11 @@ public static class Compiler
             Layers = rewrite.Layers,
             Sizes = new SizeReport(rewrite.Layers.Sum(l => l.FloatBytes), rewrite.Layers.Sum(l => l.IdealBits),
                 rewrite.Layers.Sum(l => l.Bytes), model.LongLength),
-            Distortion = new DistortionReport(repaired is null ? allocation.PredictedDistortion : allocation.Units.Sum(u => RepairedDistortion(u.Name)), measured, samples, heldOut, FeatureMetric.Describe(features, options.Features.Weights)),
+            Distortion = new DistortionReport(repaired is null ? allocation.PredictedDistortion : allocation.Units.Sum(u => RepairedDistortion(u.Name)), measured, samples, heldOut, FeatureMetric.Describe(features, options.Features.Weights))
+            {
+                PredictedActivations = activations is { Priced: true } ? activations.Total : null,
+            },
+            Activations = activations,
             Notes = notes,
             CurveGains = curves.Gains,
             Compensation = Quantization.Compensator.Name(options.Rewrite.Compensation),
@@ -345,14 +356,25 @@ public static class Compiler
     internal const double MeasuredGapRatio = 3;
 
     /// <summary>
-    /// The curves price each unit's weights alone, so with quantized activations a measured distortion far above the
-    /// prediction is mostly the activations' own error (on the full-size DETR-R50 at W4A8, 0.0062 of 0.0089): say so,
-    /// and how to see the two apart. Null when the gap is small, activations are float or the prediction is unknown.
+    /// With quantized activations, a measured distortion far above the prediction: say what the prediction holds and
+    /// how to see the parts apart. Unpriced activations (exact or fast curves, no rows) are the usual cause: on the
+    /// full-size DETR-R50 at W4A8 they were 0.0062 of 0.0089. Null when the gap is small, activations are float or the
+    /// prediction is unknown.
     /// </summary>
-    internal static string? MeasuredGapNote(int actBits, double? predicted, double measured) =>
-        actBits > 0 && predicted is > 0 and var p && measured > MeasuredGapRatio * p
-            ? $"measured distortion {measured:G3} is {measured / p:0.#}x the predicted {p:G3}: the curves price each unit's weights alone, " +
-              $"so the error of the {actBits}-bit activations entering the quantized layers (and what the units do together) is only in the measured value; " +
-              "--act-bits 0 measures the weights alone, and --act-calibration mse chooses the ranges by squared error"
-            : null;
+    internal static string? MeasuredGapNote(int actBits, double? weights, ActivationPrice? activations, double measured)
+    {
+        if (actBits == 0 || weights is not > 0)
+            return null;
+        var p = activations is { Priced: true } ? weights.Value + activations.Total : weights.Value;
+        if (measured <= MeasuredGapRatio * p)
+            return null;
+        var priced = activations is { Priced: true, Unpriced.Count: 0 };
+        return $"measured distortion {measured:G3} is {measured / p:0.#}x the predicted {p:G3}: " +
+               (priced
+                   ? $"the prediction holds the weights ({weights.Value:G3}) and the {actBits}-bit activations entering the quantized layers ({activations!.Total:G3}) " +
+                     "as if their errors added; the rest is what they do together (or activations the speed target quantizes beyond the layer inputs); "
+                   : $"the curves price each unit's weights, and {(activations is null ? "the" : $"{activations.Unpriced.Count} of the")} {actBits}-bit activations entering the quantized layers " +
+                     "were not priced, so their error (and what the units do together) is only in the measured value; ") +
+               "--act-bits 0 measures the weights alone, and --act-calibration mse chooses the ranges by squared error";
+    }
 }

@@ -248,6 +248,9 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         DeleteRows();
     }
 
+    /// <summary>The calibration rows of a layer's input; null when this measurer keeps none for it.</summary>
+    public LayerInputRows? RowsOf(QuantLayer layer) => _rows.GetValueOrDefault(layer);
+
     /// <summary>Input statistics of a layer (by name) for compensation, from the rows the calibration pass fed; null
     /// without compensation or rows. Computed on demand and kept up to <see cref="StatisticsBudgetBytes"/>.</summary>
     public InputStatistics? Statistics(string layer)
@@ -450,6 +453,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                         }
 
                         double[] values;
+                        double? unitGain = null;
                         if (exact)
                         {
                             values = new double[bits.Length];
@@ -500,6 +504,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                                 if (relative <= _settings.RelativeError)
                                     break;
                             }
+                            unitGain = StableRounding.Round(gain);
                             if (local)
                             {
                                 var unitLocal = channelErrors!.Select(e => e.Skip(unit.ChannelStart).Take(unit.ChannelCount).Sum()).ToArray();
@@ -548,7 +553,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                                     StableRounding.Round(l.Average()), double.NaN, "measured"));
                             }
                         }
-                        curves.Add(new UnitCurve(unit.Name, unit.Size, bits, values));
+                        curves.Add(new UnitCurve(unit.Name, unit.Size, bits, values) { Gain = unitGain });
                         stage.Advance();
                     }
                 }
@@ -589,7 +594,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 
     /// <summary>What the curve cache key adds for curves measured here (the engine, and the gain settings).</summary>
     public static IEnumerable<string> KeyParts(GainSettings? settings = null) =>
-        new[] { "engine=cut/1" }.Concat((settings ?? GainSettings.Default).KeyParts());
+        new[] { "engine=cut/2" }.Concat((settings ?? GainSettings.Default).KeyParts());
 
     /// <summary>g = sum d / sum l and the relative standard error of that ratio estimator (NaN with one sample).</summary>
     internal static (double Gain, double Relative) RatioEstimate(IReadOnlyList<double> d, IReadOnlyList<double> l)

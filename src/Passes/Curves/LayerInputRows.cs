@@ -325,6 +325,45 @@ public sealed class LayerInputRows
         return result;
     }
 
+    /// <summary>
+    /// Per output channel: the expected squared error that quantizing this layer's input with
+    /// <paramref name="activation"/> adds to the channel, summed over one sample's rows, scaled as
+    /// <see cref="ChannelErrors(float[], WeightLayout, IReadOnlyList{int}, int)"/>. Each kept row x gives its own
+    /// rounding error e = Q(x) - x (zeros, a Conv's padding among them, quantize exactly), so
+    /// <c>mean_r (w_c . e_r)^2</c> is the error of this input's real values, not of a uniform-noise model; the weight is
+    /// the float one (what the quantized weight changes is second order).
+    /// </summary>
+    public double[] ActivationErrors(float[] weight, ActivationQuantization activation, int threads)
+    {
+        if (Fallback is not null || RowCount == 0)
+            throw new InvalidOperationException($"layer '{_layer.Name}' has no input rows ({Fallback ?? "none observed"})");
+        var rows = Rows();
+        var scale = RowsPerSampleObserved * Alpha * Alpha / rows.Count;
+        var errors = new float[rows.Count][];
+        for (var r = 0; r < rows.Count; r++)
+        {
+            var e = (float[])rows[r].Clone();
+            QuantMath.FakeQuantizeActivation(e, activation);
+            TensorPrimitives.Subtract(e, rows[r], e);
+            errors[r] = e;
+        }
+        var result = new double[_layer.Channels];
+        var parallel = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
+        // Each channel is summed sequentially in row order, so the result does not depend on the thread count.
+        Parallel.For(0, result.Length, parallel, c =>
+        {
+            var (w, offset) = ChannelSlice(weight, null, c);
+            double sum = 0;
+            foreach (var e in errors)
+            {
+                double v = TensorPrimitives.Dot(e.AsSpan(offset, w.Length), w);
+                sum += v * v;
+            }
+            result[c] = sum * scale;
+        });
+        return result;
+    }
+
     private float[] Mean(IReadOnlyList<float[]> rows)
     {
         var sum = new double[Reduction];
@@ -356,26 +395,40 @@ public sealed class LayerInputRows
     }
 
     /// <summary>The weight change of output channel <paramref name="c"/> laid out like a slice of an input row.</summary>
-    private (float[] Delta, int Offset) ChannelDelta(float[] w, float[] q, int c)
+    private (float[] Delta, int Offset) ChannelDelta(float[] w, float[] q, int c) => ChannelSlice(w, q, c);
+
+    /// <summary>
+    /// Output channel <paramref name="c"/>'s weights (<paramref name="q"/> null) or their change q - w, laid out like a
+    /// slice of an input row, with the slice's offset in the row (a grouped Conv's group).
+    /// </summary>
+    private (float[] Values, int Offset) ChannelSlice(float[] w, float[]? q, int c)
     {
         var shape = _layer.WeightShape;
         if (_layer.OpType == "Conv")
         {
             var length = (int)(_layer.Size / _layer.Channels);
-            var delta = new float[length];
-            TensorPrimitives.Subtract(q.AsSpan(c * length, length), w.AsSpan(c * length, length), delta);
+            var slice = new float[length];
+            if (q is null)
+                w.AsSpan(c * length, length).CopyTo(slice);
+            else
+                TensorPrimitives.Subtract(q.AsSpan(c * length, length), w.AsSpan(c * length, length), slice);
             var perGroup = _layer.Channels / Math.Max(1, _layer.Groups);
-            return (delta, c / perGroup * length);
+            return (slice, c / perGroup * length);
         }
         var k = (int)shape[_layer.InputChannelAxis];
         var d = new float[k];
         if (_layer.ChannelAxis == 0)
-            TensorPrimitives.Subtract(q.AsSpan(c * k, k), w.AsSpan(c * k, k), d);
+        {
+            if (q is null)
+                w.AsSpan(c * k, k).CopyTo(d);
+            else
+                TensorPrimitives.Subtract(q.AsSpan(c * k, k), w.AsSpan(c * k, k), d);
+        }
         else
         {
             var n = (int)shape[1];
             for (var i = 0; i < k; i++)
-                d[i] = q[i * n + c] - w[i * n + c];
+                d[i] = q is null ? w[i * n + c] : q[i * n + c] - w[i * n + c];
         }
         return (d, 0);
     }

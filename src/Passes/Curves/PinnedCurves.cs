@@ -77,7 +77,7 @@ public sealed record PinnedCurves(string Path, string Sha256, IReadOnlyList<Unit
             if (curve.Distortion.FirstOrDefault(d => d < 0) is var negative && negative < 0)
                 throw Mismatch(path, $"gives unit '{unit.Name}' negative distortion {negative.ToString("R", CultureInfo.InvariantCulture)}: distortion must be non-negative");
             var distortion = bits.Select(b => curve.Distortion[IndexOf(curve.Bits, b)]).ToArray();
-            ordered.Add(new UnitCurve(unit.Name, unit.Size, bits, distortion));
+            ordered.Add(new UnitCurve(unit.Name, unit.Size, bits, distortion) { Gain = curve.Gain });
         }
         var hash = Hashing.Sha256Hex(bytes);
         return new PinnedCurves(path, hash, ordered,
