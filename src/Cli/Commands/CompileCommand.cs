@@ -42,6 +42,7 @@ internal static class CompileCommand
         var actBits = new Option<int>("--act-bits") { Description = "Bits of activations entering quantized layers: 8, 16, or 0 for weight-only", DefaultValueFactory = _ => 8 };
         var actCalibration = new Option<string>("--act-calibration") { Description = "Activation range method: minmax (exact range, read in the graph), mse (least squared rounding error; whole tensors leave ONNX Runtime, so calibration is slower), percentile (99.99th), entropy (KL divergence; clips the tails that box regression reads, see the README)", DefaultValueFactory = _ => "minmax" };
         actCalibration.AcceptOnlyFromAmong("minmax", "percentile", "entropy", "mse");
+        var act16Tensors = new Option<int>("--act16-tensors") { Description = "Quantize the N activation tensors of the largest priced error (report.json activations) at 16 bits instead of 8, for targets with A16W8 layers (size target, gain curves)", DefaultValueFactory = _ => 0 };
         var granularity = new Option<string>("--granularity") { Description = "Unit of allocation: a layer, or a group of output channels", DefaultValueFactory = _ => "layer" };
         granularity.AcceptOnlyFromAmong("layer", "group");
         var groupSize = new Option<int>("--group-size") { Description = "Output channels per unit with --granularity group", DefaultValueFactory = _ => 64 };
@@ -88,7 +89,7 @@ internal static class CompileCommand
         var command = new Command("compile", "Quantize a model to a mixed-precision QDQ model: calibrate, measure error curves, allocate bits, rewrite, verify");
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, taskAnnotations, taskData, bits, minBits, solver, epsilon,
-                     actBits, actCalibration, granularity, groupSize, exclude, headBits, format, deploy, blockSize, keepInitializerInputs, compensation, smooth, smoothSamples, curves, curvesFile, writeCurves, cacheDir, noCache,
+                     actBits, actCalibration, act16Tensors, granularity, groupSize, exclude, headBits, format, deploy, blockSize, keepInitializerInputs, compensation, smooth, smoothSamples, curves, curvesFile, writeCurves, cacheDir, noCache,
                      maxDistortion, maxDrop, maxRepairRate, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
@@ -121,6 +122,7 @@ internal static class CompileCommand
                 Calibration = new CalibrationOptions
                 {
                     ActBits = parse.GetValue(actBits),
+                    Act16Tensors = parse.GetValue(act16Tensors),
                     ActCalibration = parse.GetValue(actCalibration) switch
                     {
                         "percentile" => CalibrationMethod.Percentile,

@@ -38,7 +38,7 @@ public sealed record CompileOptions
         Allocation.ValidateFeasible(Curves.CandidateBits);
         if (Curves.Mode == CurveMode.Fast && Rewrite.Compensation != Quantization.Compensation.None)
             throw new CompileException("--curves fast prices weights rounded to nearest: use --compensation none with it, or --curves gain or exact");
-        Rewrite.ValidateWith(Calibration.ActBits);
+        Rewrite.ValidateWith(Calibration.ActBits, Calibration.Act16Tensors);
     }
 
     /// <summary>

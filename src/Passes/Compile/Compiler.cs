@@ -114,8 +114,10 @@ public static class Compiler
             options.CurveKey(), progress, pinned));
         var measureOnCuts = known is null && options.Curves.Mode != CurveMode.Fast;
         // Exact and gain curves run on graph cuts, fed by the calibration pass (input rows, feature energy, cut
-        // activations of the first samples); compensation reads the same rows, whatever the curves.
-        using var cutCurves = !measureOnCuts && options.Rewrite.Compensation == Quantization.Compensation.None ? null
+        // activations of the first samples); compensation reads the same rows, whatever the curves, and so does the
+        // activations' price, so that a compile finding its gain curves in the cache prices them as the one that measured them.
+        var priceActivations = options.Calibration.ActBits > 0 && options.Curves.Mode == CurveMode.Gain;
+        using var cutCurves = !measureOnCuts && options.Rewrite.Compensation == Quantization.Compensation.None && !priceActivations ? null
             : new CutCurveMeasurer(canonical, discovery.Units, features, loaded.Samples, options.Curves, options.Rewrite, options.Execution.Threads,
                 options.Curves.Gain, measure: measureOnCuts, featureWeights: featureWeights, ties: discovery.Ties);
         // The speed target also quantizes layer outputs and the tensors between integer layers.
@@ -145,6 +147,17 @@ public static class Compiler
         var activations = options.Calibration.ActBits == 0 || calibration is null ? null : clock.Time("activations", () => ActivationPricing.Run(canonical, discovery.Units,
             curves.Curves, l => cutCurves?.RowsOf(l), calibration, options.Calibration.ActBits,
             l => !(options.Rewrite.Format == Quantization.WeightFormat.MatMulNBits && l.OpType == "MatMul"), options.Execution.Threads));
+        if (activations is not null && options.Calibration.Act16Tensors > 0)
+        {
+            if (!activations.Priced)
+                throw new CompileException($"--act16-tensors chooses the tensors by their priced error, and none could be priced " +
+                                           $"({activations.Unpriced.FirstOrDefault()?.Reason ?? "no quantized layer input"}): compile with gain curves (--curves gain, the default) and without a curves file that lacks gains");
+            activations = clock.Time("activations", () => ActivationPricing.Raise(activations, options.Calibration.Act16Tensors, wide =>
+                ActivationPricing.Run(canonical, discovery.Units, curves.Curves, l => cutCurves?.RowsOf(l), calibration!, options.Calibration.ActBits,
+                    l => wide.Contains(l.Activation) && !(options.Rewrite.Format == Quantization.WeightFormat.MatMulNBits && l.OpType == "MatMul"),
+                    options.Execution.Threads, t => wide.Contains(t) ? 16 : options.Calibration.ActBits)));
+            options = options with { Rewrite = options.Rewrite with { Act16 = activations.RaisedFrom.Select(t => t.Tensor).ToHashSet(StringComparer.Ordinal) } };
+        }
         if (activations is not null)
             progress.Note(activations.Describe());
         var partition = PartitionStage.Run(discovery, curves.Curves, features, options.Units.HeadBits);

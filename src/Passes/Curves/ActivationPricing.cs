@@ -8,10 +8,11 @@ namespace OnnxQuant.Passes.Curves;
 
 /// <summary>One quantized activation tensor's share of the predicted feature distortion.</summary>
 /// <param name="Tensor">The layer input the Q/DQ pair quantizes.</param>
+/// <param name="Bits">Its width (16 for the tensors <c>--act16-tensors</c> raised).</param>
 /// <param name="Step">Its quantization step (range / (2^bits - 1)).</param>
 /// <param name="Distortion">Feature distortion its rounding adds, summed over the layers that read it.</param>
 /// <param name="Layers">Those layers.</param>
-public sealed record PricedActivation(string Tensor, double Step, double Distortion, IReadOnlyList<string> Layers);
+public sealed record PricedActivation(string Tensor, int Bits, double Step, double Distortion, IReadOnlyList<string> Layers);
 
 /// <summary>A layer input left out of the price, and why.</summary>
 public sealed record UnpricedLayer(string Layer, string Reason);
@@ -27,16 +28,20 @@ public sealed record ActivationPrice(int Bits, IReadOnlyList<PricedActivation> T
     /// <summary>Whether any tensor was priced (else <see cref="Total"/> says nothing).</summary>
     public bool Priced => Tensors.Count > 0;
 
+    /// <summary>The tensors raised to 16 bits, with what they were priced at the base width (empty when none).</summary>
+    public IReadOnlyList<PricedActivation> RaisedFrom { get; init; } = [];
+
     /// <summary>One line for the console and the report's notes.</summary>
     public string Describe()
     {
         if (!Priced)
             return $"activations: the {Bits}-bit inputs of the quantized layers are not priced ({(Unpriced.Count > 0 ? Unpriced[0].Reason : "no layer input is quantized")}): " +
                    "the prediction holds the weights alone";
-        var largest = Tensors.Take(3).Select(t => $"'{t.Tensor}' {t.Distortion:G3}");
+        var largest = Tensors.Take(3).Select(t => $"'{t.Tensor}' {t.Distortion:G3}{(t.Bits != Bits ? $" ({t.Bits}-bit)" : "")}");
         var layers = Tensors.Sum(t => t.Layers.Count);
         return $"activations: the {Bits}-bit inputs of {layers} layer(s) ({Tensors.Count} tensor(s)) priced at {Total:G3} of feature distortion " +
                $"(closed form on the calibration rows x each unit's gain; added to the weights' prediction)" +
+               (RaisedFrom.Count > 0 ? $"; {RaisedFrom.Count} tensor(s) at 16 bits (--act16-tensors), priced {StableRounding.Round(RaisedFrom.Sum(t => t.Distortion)):G3} at {Bits} bits" : "") +
                (Tensors.Count > 0 ? $"; largest {string.Join(", ", largest)}" : "") +
                (Unpriced.Count > 0 ? $"; {Unpriced.Count} layer input(s) not priced ({Unpriced[0].Reason}{(Unpriced.Count > 1 ? ", ..." : "")})" : "");
     }
@@ -56,12 +61,15 @@ public static class ActivationPricing
 {
     /// <param name="rowsOf">The calibration rows of a layer; null when none were kept.</param>
     /// <param name="quantizedInput">Whether the rewrite quantizes the layer's input (not for weight-only containers).</param>
+    /// <param name="bits">The activations' width.</param>
+    /// <param name="bitsOf">A tensor's own width when it differs (<c>--act16-tensors</c>); null: <paramref name="bits"/> for all.</param>
     public static ActivationPrice Run(Model model, IReadOnlyList<QuantUnit> units, IReadOnlyList<UnitCurve> curves,
-        Func<QuantLayer, LayerInputRows?> rowsOf, CalibrationTable calibration, int bits, Func<QuantLayer, bool> quantizedInput, int threads)
+        Func<QuantLayer, LayerInputRows?> rowsOf, CalibrationTable calibration, int bits, Func<QuantLayer, bool> quantizedInput, int threads,
+        Func<string, int>? bitsOf = null)
     {
         var gainOf = curves.ToDictionary(c => c.Name, c => c.Gain, StringComparer.Ordinal);
         var unpriced = new List<UnpricedLayer>();
-        var byTensor = new Dictionary<string, (double Step, double Sum, List<string> Layers)>(StringComparer.Ordinal);
+        var byTensor = new Dictionary<string, (int Bits, double Step, double Sum, List<string> Layers)>(StringComparer.Ordinal);
         foreach (var group in units.GroupBy(u => u.Layer))
         {
             var layer = group.Key;
@@ -84,7 +92,8 @@ public static class ActivationPricing
                 unpriced.Add(new UnpricedLayer(layer.Name, reason));
                 continue;
             }
-            var parameters = QuantMath.ActivationParameters(range!.Min, range.Max, bits);
+            var width = bitsOf?.Invoke(layer.Activation) ?? bits;
+            var parameters = QuantMath.ActivationParameters(range!.Min, range.Max, width);
             var weight = model.Graph.FindInitializer(layer.WeightName)!.Initializer!.ToFloatArray();
             var channel = rows!.ActivationErrors(weight, parameters, threads);
             double distortion = 0;
@@ -96,12 +105,27 @@ public static class ActivationPricing
                 distortion += gainOf[unit.Name]!.Value * local;
             }
             if (!byTensor.TryGetValue(layer.Activation, out var entry))
-                entry = (parameters.Scale, 0, []);
+                entry = (width, parameters.Scale, 0, []);
             entry.Layers.Add(layer.Name);
-            byTensor[layer.Activation] = (entry.Step, entry.Sum + distortion, entry.Layers);
+            byTensor[layer.Activation] = (entry.Bits, entry.Step, entry.Sum + distortion, entry.Layers);
         }
-        var tensors = byTensor.Select(kv => new PricedActivation(kv.Key, kv.Value.Step, StableRounding.Round(kv.Value.Sum), kv.Value.Layers))
+        var tensors = byTensor.Select(kv => new PricedActivation(kv.Key, kv.Value.Bits, kv.Value.Step, StableRounding.Round(kv.Value.Sum), kv.Value.Layers))
             .OrderByDescending(t => t.Distortion).ThenBy(t => t.Tensor, StringComparer.Ordinal).ToList();
         return new ActivationPrice(bits, tensors, unpriced);
+    }
+
+    /// <summary>
+    /// The price with the <paramref name="count"/> tensors of the largest priced error raised to 16 bits, the most any
+    /// choice of that many tensors removes from the prediction; <paramref name="reprice"/> prices the layers that read
+    /// the given tensors at the given widths (only those are computed again).
+    /// </summary>
+    public static ActivationPrice Raise(ActivationPrice price, int count, Func<IReadOnlySet<string>, ActivationPrice> reprice)
+    {
+        var raised = price.Tensors.Take(count).ToList();
+        var names = raised.Select(t => t.Tensor).ToHashSet(StringComparer.Ordinal);
+        var again = reprice(names);
+        var tensors = price.Tensors.Where(t => !names.Contains(t.Tensor)).Concat(again.Tensors)
+            .OrderByDescending(t => t.Distortion).ThenBy(t => t.Tensor, StringComparer.Ordinal).ToList();
+        return new ActivationPrice(price.Bits, tensors, price.Unpriced) { RaisedFrom = raised };
     }
 }

@@ -126,9 +126,10 @@ public static class QdqRewriter
         var pairs = 0;
         if (actBits > 0 && calibration is not null)
         {
-            if (actBits == 16)
+            pairs = InsertActivationQdq(graph, plans, quantizedNodes, calibration, t => options.Act16.Contains(t) ? 16 : actBits, out var wide);
+            // UINT16 Q/DQ are opset 21's.
+            if (wide)
                 requiredOpset = Math.Max(requiredOpset, 21);
-            pairs = InsertActivationQdq(graph, plans, quantizedNodes, calibration, actBits);
         }
         var opset = model.OpsetImports.Default ?? 1;
         if (opset < requiredOpset)
@@ -457,10 +458,10 @@ public static class QdqRewriter
     }
 
     private static int InsertActivationQdq(Graph graph, IReadOnlyList<LayerPlan> plans, HashSet<Node> quantized,
-        CalibrationTable calibration, int actBits)
+        CalibrationTable calibration, Func<string, int> bitsOf, out bool wide)
     {
-        var container = actBits == 16 ? DataType.UInt16 : DataType.UInt8;
         var pairs = 0;
+        wide = false;
         foreach (var name in plans.Select(p => p.Layer.Activation).Distinct())
         {
             var value = graph.FindValue(name);
@@ -470,6 +471,9 @@ public static class QdqRewriter
             var consumers = value.Uses.Where(u => u.InputIndex == 0 && quantized.Contains(u.Node)).ToList();
             if (consumers.Count == 0)
                 continue;
+            var actBits = bitsOf(name);
+            var container = actBits == 16 ? DataType.UInt16 : DataType.UInt8;
+            wide |= actBits == 16;
             var p = QuantMath.ActivationParameters(range.Min, range.Max, actBits);
             var scale = graph.AddInitializer(graph.UniqueName(name + "_act_scale"), Tensor.FromFloats("s", [], [p.Scale]));
             var zeroBytes = container == DataType.UInt16 ? BitConverter.GetBytes((ushort)p.ZeroPoint) : [(byte)p.ZeroPoint];

@@ -41,6 +41,12 @@ public sealed record RewriteOptions : IStageOptions
     /// <summary>What compensates the weights' rounding error (the curves are measured with the same).</summary>
     public Compensation Compensation { get; init; } = Compensation.None;
 
+    /// <summary>
+    /// Activation tensors quantized at 16 bits whatever the activation width (chosen by the compiler from their priced
+    /// error, <c>--act16-tensors</c>); the size target only.
+    /// </summary>
+    public IReadOnlySet<string> Act16 { get; init; } = new HashSet<string>(StringComparer.Ordinal);
+
     public void Validate()
     {
         if (BlockSize is not (16 or 32 or 64 or 128))
@@ -50,10 +56,12 @@ public sealed record RewriteOptions : IStageOptions
     }
 
     /// <summary>Checks what the speed target needs from the other stages' options.</summary>
-    public void ValidateWith(int actBits)
+    public void ValidateWith(int actBits, int act16Tensors = 0)
     {
         if (Deploy == DeployTarget.Speed && actBits != 8)
             throw new CompileException($"--deploy speed runs integer kernels on 8-bit activations; --act-bits {actBits} cannot be used with it (use --act-bits 8 or --deploy size)");
+        if (Deploy == DeployTarget.Speed && act16Tensors > 0)
+            throw new CompileException("--deploy speed runs integer kernels on 8-bit activations; --act16-tensors cannot be used with it (use --deploy size)");
     }
 
     // Compensation and the deploy target only when used, so manifests of compiles without them keep their bytes.

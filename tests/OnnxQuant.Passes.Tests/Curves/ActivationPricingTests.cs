@@ -94,11 +94,12 @@ public class ActivationPricingTests
         var root = Path.Combine(Path.GetTempPath(), $"onnxquant-actprice-{Guid.NewGuid():N}");
         try
         {
-            CompileReport Compile(string name, int actBits) => Compiler.Run(RepoPaths.File("models/fixtures/detr_small.onnx"),
+            CompileReport Compile(string name, int actBits, int act16 = 0, IReadOnlySet<string>? wideTensors = null) => Compiler.Run(RepoPaths.File("models/fixtures/detr_small.onnx"),
                 RepoPaths.File("models/data/calib.npz"), Path.Combine(root, name), new CompileOptions
                 {
                     Allocation = new() { TargetBits = [8] },
-                    Calibration = new() { ActBits = actBits },
+                    Rewrite = new() { Act16 = wideTensors ?? new HashSet<string>() },
+                    Calibration = new() { ActBits = actBits, Act16Tensors = act16 },
                     Data = new() { CalibSamples = 64, VerifyData = RepoPaths.File("models/data/eval.npz") },
                     Curves = new() { CacheDir = Path.Combine(root, "cache") },
                 }, "test", SilentProgress.Instance).Targets[0].Report;
@@ -134,6 +135,27 @@ public class ActivationPricingTests
             Assert.Contains("id=\"activation-table\"", html);
             Assert.Contains($"title=\"{System.Net.WebUtility.HtmlEncode(price.Tensors[0].Tensor)}\"", html);
             Assert.Contains("Activations stay float", File.ReadAllText(Path.Combine(root, "a0", "report.html")));
+
+            // --act16-tensors 5: the five largest tensors get UINT16 Q/DQ pairs (opset 21), their share of the
+            // prediction all but vanishes, and the measured distortion falls.
+            var wide = Compile("a8w", 8, act16: 5);
+            var raised = price.Tensors.Take(5).Select(t => t.Tensor).ToList();
+            Assert.Equal(raised, wide.Activations!.RaisedFrom.Select(t => t.Tensor));
+            Assert.All(wide.Activations.Tensors, t => Assert.Equal(raised.Contains(t.Tensor) ? 16 : 8, t.Bits));
+            var removed = price.Tensors.Take(5).Sum(t => t.Distortion);
+            Assert.Equal(price.Total - removed, wide.Activations.Total, price.Total * 1e-3);
+            Assert.True(wide.Distortion.Measured < activations.Distortion.Measured,
+                $"five tensors at 16 bits measured {wide.Distortion.Measured}, all at 8 bits {activations.Distortion.Measured}");
+            var model = ModelIO.Load(Path.Combine(root, "a8w", "model.onnx"));
+            Assert.True(model.OpsetImports.Default >= 21);
+            var wideInputs = model.Graph.Nodes.Where(n => n.OpType == "QuantizeLinear" && n.Inputs.Count == 3 && n.Inputs[2]!.Initializer?.DataType == DataType.UInt16)
+                .Select(n => n.Inputs[0]!.Name).Order(StringComparer.Ordinal).ToList();
+            Assert.Equal(raised.Order(StringComparer.Ordinal), wideInputs);
+            Assert.Contains(wide.Notes, n => n.Contains("5 tensor(s) at 16 bits (--act16-tensors)"));
+            // The ranking is what buys it: the five of the smallest priced error at 16 bits change the measured value by little.
+            var smallest = Compile("a8s", 8, wideTensors: price.Tensors.TakeLast(5).Select(t => t.Tensor).ToHashSet());
+            Assert.True(wide.Distortion.Measured < 0.7 * activations.Distortion.Measured, $"largest five: {wide.Distortion.Measured} of {activations.Distortion.Measured}");
+            Assert.True(smallest.Distortion.Measured > 0.9 * activations.Distortion.Measured, $"smallest five: {smallest.Distortion.Measured} of {activations.Distortion.Measured}");
         }
         finally
         {
@@ -142,11 +164,25 @@ public class ActivationPricingTests
         }
     }
 
+    [Theory]
+    [InlineData(16, "size", "with --act-bits 16 there are none to raise")]
+    [InlineData(8, "speed", "--act16-tensors cannot be used with it")]
+    public void SixteenBitTensorsNeedEightBitActivationsAndTheSizeTarget(int actBits, string deploy, string expected)
+    {
+        var options = new CompileOptions
+        {
+            Calibration = new() { ActBits = actBits, Act16Tensors = 3 },
+            Rewrite = new() { Deploy = deploy == "speed" ? OnnxQuant.Passes.Rewrite.DeployTarget.Speed : OnnxQuant.Passes.Rewrite.DeployTarget.Size },
+        };
+        Assert.Contains(expected, Assert.Throws<CompileException>(options.Validate).Message);
+        Assert.Contains("--act16-tensors -1", Assert.Throws<CompileException>(new OnnxQuant.Passes.Calibration.CalibrationOptions { Act16Tensors = -1 }.Validate).Message);
+    }
+
     /// <summary>The gap note names what the prediction holds: priced activations, or the layers left unpriced.</summary>
     [Fact]
     public void TheGapNoteSaysWhetherTheActivationsWerePriced()
     {
-        var priced = new ActivationPrice(8, [new PricedActivation("x", 0.01, 2e-4, ["conv"])], []);
+        var priced = new ActivationPrice(8, [new PricedActivation("x", 8, 0.01, 2e-4, ["conv"])], []);
         Assert.Null(Compiler.MeasuredGapNote(8, 1e-4, priced, 8e-4)); // 8e-4 is under 3 x 3e-4
         var note = Compiler.MeasuredGapNote(8, 1e-4, priced, 1e-3)!;
         Assert.Contains("3.3x the predicted 0.0003", note);
