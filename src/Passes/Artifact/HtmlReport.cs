@@ -415,15 +415,16 @@ public static class HtmlReport
         h.Append($"<p>The {priced.Bits}-bit inputs of {priced.Tensors.Sum(t => t.Layers.Count)} layers ({priced.Tensors.Count} tensors) add a predicted {G(priced.Predicted)} " +
                  "to the features' distortion: each tensor's rounding on the calibration rows, through the weights of the layers that read it, times each layer's measured gain. " +
                  "The weights add " + string.Join(", ", targets.Select(t => $"{G(t.Distortion.PredictedWeights ?? t.Distortion.Predicted)} at {Bits(t.TargetBits)} bits")) + "." +
-                 (priced.Unpriced > 0 ? $" {priced.Unpriced} layer input(s) could not be priced (see report.json)." : "") + "</p>\n");
+                 (priced.Unpriced > 0 ? $" {priced.Unpriced} layer input(s) could not be priced (see report.json)." : "") +
+                 (priced.Tensors.Any(t => t.Bits != priced.Bits) ? $" {priced.Tensors.Count(t => t.Bits != priced.Bits)} tensor(s) are quantized at 16 bits (<code>--act16-tensors</code>)." : "") + "</p>\n");
         var shown = priced.Tensors.Take(20).ToList();
         var largest = shown.Count > 0 ? shown[0].Predicted : 0;
-        h.Append($"<table id=\"activation-table\" class=\"num\"><thead><tr><th>tensor</th><th>step</th><th>predicted</th><th>share</th><th></th><th>read by</th></tr></thead><tbody>\n");
+        h.Append($"<table id=\"activation-table\" class=\"num\"><thead><tr><th>tensor</th><th>bits</th><th>step</th><th>predicted</th><th>share</th><th></th><th>read by</th></tr></thead><tbody>\n");
         foreach (var t in shown)
         {
             var share = priced.Predicted > 0 ? t.Predicted / priced.Predicted : 0;
             var width = largest > 0 ? 120 * t.Predicted / largest : 0;
-            h.Append($"<tr><td title=\"{E(t.Tensor)}\">{E(Short(t.Tensor))}</td><td>{G(t.Step)}</td><td>{G(t.Predicted)}</td><td>{(share * 100).ToString("0.0", Inv)} %</td>" +
+            h.Append($"<tr><td title=\"{E(t.Tensor)}\">{E(Short(t.Tensor))}</td><td>{t.Bits}</td><td>{G(t.Step)}</td><td>{G(t.Predicted)}</td><td>{(share * 100).ToString("0.0", Inv)} %</td>" +
                      $"<td><svg width=\"120\" height=\"10\" aria-hidden=\"true\"><rect width=\"{N(width)}\" height=\"10\" fill=\"#d62728\"/></svg></td>" +
                      $"<td title=\"{E(string.Join(", ", t.Layers))}\">{E(Short(t.Layers[0]))}{(t.Layers.Count > 1 ? $" +{t.Layers.Count - 1}" : "")}</td></tr>\n");
         }

@@ -27,7 +27,7 @@ public sealed record PageDistortion(double Predicted, double Measured, int Sampl
 /// <summary>The report's <c>activations</c> section: each priced tensor, largest first, and how many layer inputs were not priced.</summary>
 public sealed record PageActivations(int Bits, double Predicted, IReadOnlyList<PageActivation> Tensors, int Unpriced);
 
-public sealed record PageActivation(string Tensor, double Step, double Predicted, IReadOnlyList<string> Layers);
+public sealed record PageActivation(string Tensor, int Bits, double Step, double Predicted, IReadOnlyList<string> Layers);
 
 /// <summary>The uniform baseline as the report holds it: figures, or the reason it was skipped.</summary>
 public sealed record PageBaseline(int Bits, double Rate, double Predicted, double Measured, bool SameAsMixed, string? Skipped);
@@ -129,7 +129,7 @@ public sealed record ReportPageData(PageManifest Manifest, IReadOnlyList<PageTar
             r.GetProperty("timings_s").EnumerateObject().Select(t => (t.Name, t.Value.GetDouble())).ToList())
         {
             Activations = r.TryGetProperty("activations", out var act) ? new PageActivations(act.GetProperty("bits").GetInt32(), act.GetProperty("predicted").GetDouble(),
-                act.GetProperty("tensors").EnumerateArray().Select(t => new PageActivation(t.GetProperty("tensor").GetString()!, t.GetProperty("step").GetDouble(),
+                act.GetProperty("tensors").EnumerateArray().Select(t => new PageActivation(t.GetProperty("tensor").GetString()!, t.GetProperty("bits").GetInt32(), t.GetProperty("step").GetDouble(),
                     t.GetProperty("predicted").GetDouble(), t.GetProperty("layers").EnumerateArray().Select(l => l.GetString()!).ToList())).ToList(),
                 act.GetProperty("unpriced").GetArrayLength()) : null,
         };

@@ -86,11 +86,21 @@ public static class ReportWriter
                 {
                     w.WriteStartObject();
                     w.WriteString("tensor", t.Tensor);
+                    w.WriteNumber("bits", t.Bits);
                     w.WriteNumber("step", t.Step);
                     w.WriteNumber("predicted", t.Distortion);
                     w.WriteStartArray("layers");
                     foreach (var l in t.Layers) w.WriteStringValue(l);
                     w.WriteEndArray();
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteStartArray("raised_to_16_bits");
+                foreach (var t in act.RaisedFrom)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("tensor", t.Tensor);
+                    w.WriteNumber("predicted_at_base_bits", t.Distortion);
                     w.WriteEndObject();
                 }
                 w.WriteEndArray();

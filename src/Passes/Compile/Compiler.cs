@@ -265,6 +265,11 @@ public static class Compiler
             var rewrite = verified.Rewritten.Result;
             if (initializerInputs.Count > 0)
                 notes.Add($"--keep-initializer-inputs: {relisted} of {initializerInputs.Count} initializer inputs listed again (the others were quantized or folded away)");
+            if (RepairActivationNote(repair?.Report, options.Guards.MaxDistortion, activations) is { } act)
+            {
+                notes.Add(act);
+                progress.Note(act);
+            }
             if (repair is not null)
                 notes.Add($"accuracy guard repair ({repair.Report.Guard}): {repair.Report.Raised.Count} unit(s) raised above the allocation, rate {repair.Report.InitialRate:0.000} -> {repair.Report.FinalRate:0.000} (float layers count 32 bits)");
             if (deploy is not null)
@@ -364,6 +369,16 @@ public static class Compiler
             Repair = repair?.Report,
         };
     }
+
+    /// <summary>
+    /// A repair that did not meet --max-distortion while the activations' price is a large part of it (a third or more):
+    /// raising weights cannot remove that part, so say what can. Null otherwise.
+    /// </summary>
+    internal static string? RepairActivationNote(RepairReport? repair, double? maxDistortion, ActivationPrice? activations) =>
+        repair is { Met: false } && maxDistortion is > 0 and var max && activations is { Priced: true } a && a.Total >= max / 3
+            ? $"the {a.Bits}-bit activations are priced at {a.Total:G3}, {100 * a.Total / max:0}% of --max-distortion {max:G3}, and no weight width removes that: " +
+              $"--act16-tensors N quantizes the N tensors of the largest price at 16 bits ('{a.Tensors[0].Tensor}' first, {a.Tensors[0].Distortion:G3}), --act-bits 16 all of them"
+            : null;
 
     /// <summary>Measured over predicted distortion above which a compile with quantized activations says why.</summary>
     internal const double MeasuredGapRatio = 3;

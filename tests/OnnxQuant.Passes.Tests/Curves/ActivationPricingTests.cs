@@ -6,7 +6,6 @@ using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Passes.Quantization;
 using OnnxQuant.Passes.Units;
 using OnnxQuant.Runtime;
-using Attribute = OnnxQuant.Frontend.Attribute;
 
 namespace OnnxQuant.Passes.Tests.Curves;
 
@@ -25,31 +24,7 @@ public class ActivationPricingTests
     [InlineData("gemm", 3)]
     public void ClosedFormActivationErrorMatchesTheMeasuredLayerOutputError(string kind, int bits)
     {
-        var net = new Net(seed: 5);
-        long[] inputShape;
-        switch (kind)
-        {
-            case "conv":
-                inputShape = [1, 4, 10, 10];
-                net.Output(net.Op("Conv", [net.Input("x", inputShape), net.Random("w", [6, 4, 3, 3], 0.3f), net.Random("b", [6], 0.1f)],
-                    Attribute.FromInts("pads", [1, 0, 1, 2]), Attribute.FromInts("strides", [2, 1])));
-                break;
-            case "grouped-conv":
-                inputShape = [1, 4, 9, 9];
-                net.Output(net.Op("Conv", [net.Input("x", inputShape), net.Random("w", [8, 2, 3, 3], 0.3f)], Attribute.FromInt("group", 2),
-                    Attribute.FromInts("pads", [1, 1, 1, 1])));
-                break;
-            case "matmul":
-                inputShape = [1, 12, 16];
-                net.Output(net.Op("MatMul", [net.Input("x", inputShape), net.Random("w", [16, 24], 0.3f)]));
-                break;
-            default:
-                inputShape = [5, 16];
-                net.Output(net.Op("Gemm", [net.Input("x", inputShape), net.Random("w", [24, 16], 0.3f), net.Random("b", [24], 0.1f)],
-                    Attribute.FromInt("transB", 1), Attribute.FromFloat("alpha", 0.7f)));
-                break;
-        }
-        var model = net.Model;
+        var (model, inputShape) = SingleLayerNets.Build(kind, seed: 5);
         var features = new[] { model.Graph.Outputs[0].Name };
         var layer = UnitDiscovery.Discover(model, features, new UnitOptions()).Layers.Single();
         var node = model.Graph.FindInitializer(layer.WeightName)!.Uses[0].Node;
@@ -152,6 +127,10 @@ public class ActivationPricingTests
                 .Select(n => n.Inputs[0]!.Name).Order(StringComparer.Ordinal).ToList();
             Assert.Equal(raised.Order(StringComparer.Ordinal), wideInputs);
             Assert.Contains(wide.Notes, n => n.Contains("5 tensor(s) at 16 bits (--act16-tensors)"));
+            using (var report = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Path.Combine(root, "a8w", "report.json"))))
+                Assert.Equal(raised, report.RootElement.GetProperty("activations").GetProperty("raised_to_16_bits").EnumerateArray()
+                    .Select(r => r.GetProperty("tensor").GetString()));
+            Assert.Contains("5 tensor(s) are quantized at 16 bits", File.ReadAllText(Path.Combine(root, "a8w", "report.html")));
             // The ranking is what buys it: the five of the smallest priced error at 16 bits change the measured value by little.
             var smallest = Compile("a8s", 8, wideTensors: price.Tensors.TakeLast(5).Select(t => t.Tensor).ToHashSet());
             Assert.True(wide.Distortion.Measured < 0.7 * activations.Distortion.Measured, $"largest five: {wide.Distortion.Measured} of {activations.Distortion.Measured}");
@@ -176,6 +155,22 @@ public class ActivationPricingTests
         };
         Assert.Contains(expected, Assert.Throws<CompileException>(options.Validate).Message);
         Assert.Contains("--act16-tensors -1", Assert.Throws<CompileException>(new OnnxQuant.Passes.Calibration.CalibrationOptions { Act16Tensors = -1 }.Validate).Message);
+    }
+
+    /// <summary>A repair that failed while the activations' price is a third or more of the limit names what removes it.</summary>
+    [Fact]
+    public void AFailedRepairSaysWhenTheActivationsHoldMuchOfTheLimit()
+    {
+        var price = new ActivationPrice(8, [new PricedActivation("stem", 8, 0.01, 4e-4, ["conv1"]), new PricedActivation("x", 8, 0.01, 1e-4, ["conv2"])], []);
+        RepairReport Repair(bool met) => new("max-distortion 0.001", 2e-3, 1.2e-3, null, null, 4, 6, 3, met, []);
+        var note = Compiler.RepairActivationNote(Repair(false), 1e-3, price)!;
+        Assert.Contains("priced at 0.0005, 50% of --max-distortion 0.001", note);
+        Assert.Contains("'stem' first, 0.0004", note);
+        Assert.Contains("--act16-tensors N", note);
+        Assert.Null(Compiler.RepairActivationNote(Repair(true), 1e-3, price));   // the guard holds
+        Assert.Null(Compiler.RepairActivationNote(Repair(false), 2e-3, price));  // a quarter of the limit
+        Assert.Null(Compiler.RepairActivationNote(null, 1e-3, price));           // no repair ran
+        Assert.Null(Compiler.RepairActivationNote(Repair(false), 1e-3, new ActivationPrice(8, [], [new UnpricedLayer("conv1", "no rows")])));
     }
 
     /// <summary>The gap note names what the prediction holds: priced activations, or the layers left unpriced.</summary>

@@ -6,7 +6,6 @@ using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Passes.Rewrite;
 using OnnxQuant.Passes.Units;
 using OnnxQuant.Runtime;
-using Attribute = OnnxQuant.Frontend.Attribute;
 
 namespace OnnxQuant.Passes.Tests.Curves;
 
@@ -26,36 +25,7 @@ public class GainCurveTests
     [InlineData("gemm")]
     public void ClosedFormLocalErrorMatchesTheMeasuredLayerOutputError(string kind)
     {
-        var net = new Net(seed: 3);
-        Value input;
-        long[] inputShape;
-        switch (kind)
-        {
-            case "conv":
-                inputShape = [1, 4, 10, 10];
-                input = net.Input("x", inputShape);
-                net.Output(net.Op("Conv", [input, net.Random("w", [6, 4, 3, 3], 0.3f), net.Random("b", [6], 0.1f)],
-                    Attribute.FromInts("pads", [1, 0, 1, 2]), Attribute.FromInts("strides", [2, 1]), Attribute.FromInts("dilations", [1, 2])));
-                break;
-            case "grouped-conv":
-                inputShape = [1, 4, 9, 9];
-                input = net.Input("x", inputShape);
-                net.Output(net.Op("Conv", [input, net.Random("w", [8, 2, 3, 3], 0.3f)], Attribute.FromInt("group", 2),
-                    Attribute.FromInts("pads", [1, 1, 1, 1]), Attribute.FromInts("strides", [2, 2])));
-                break;
-            case "matmul":
-                inputShape = [1, 12, 16];
-                input = net.Input("x", inputShape);
-                net.Output(net.Op("MatMul", [input, net.Random("w", [16, 24], 0.3f)]));
-                break;
-            default:
-                inputShape = [5, 16];
-                input = net.Input("x", inputShape);
-                net.Output(net.Op("Gemm", [input, net.Random("w", [24, 16], 0.3f), net.Random("b", [24], 0.1f)],
-                    Attribute.FromInt("transB", 1), Attribute.FromFloat("alpha", 0.7f)));
-                break;
-        }
-        var model = net.Model;
+        var (model, inputShape) = SingleLayerNets.Build(kind, seed: 3);
         var features = new[] { model.Graph.Outputs[0].Name };
         var layer = UnitDiscovery.Discover(model, features, new UnitOptions()).Layers.Single();
         var node = model.Graph.FindInitializer(layer.WeightName)!.Uses[0].Node;

@@ -1,0 +1,40 @@
+using OnnxQuant.Frontend;
+using Attribute = OnnxQuant.Frontend.Attribute;
+
+namespace OnnxQuant.Passes.Tests.Curves;
+
+/// <summary>One quantizable layer of each kind the closed forms handle, fed by graph input "x".</summary>
+internal static class SingleLayerNets
+{
+    /// <param name="kind">conv (padded asymmetrically, strided and dilated), grouped-conv, matmul or gemm (transB, alpha).</param>
+    public static (Model Model, long[] InputShape) Build(string kind, int seed)
+    {
+        var net = new Net(seed: seed);
+        long[] shape;
+        switch (kind)
+        {
+            case "conv":
+                shape = [1, 4, 10, 10];
+                net.Output(net.Op("Conv", [net.Input("x", shape), net.Random("w", [6, 4, 3, 3], 0.3f), net.Random("b", [6], 0.1f)],
+                    Attribute.FromInts("pads", [1, 0, 1, 2]), Attribute.FromInts("strides", [2, 1]), Attribute.FromInts("dilations", [1, 2])));
+                break;
+            case "grouped-conv":
+                shape = [1, 4, 9, 9];
+                net.Output(net.Op("Conv", [net.Input("x", shape), net.Random("w", [8, 2, 3, 3], 0.3f)], Attribute.FromInt("group", 2),
+                    Attribute.FromInts("pads", [1, 1, 1, 1]), Attribute.FromInts("strides", [2, 2])));
+                break;
+            case "matmul":
+                shape = [1, 12, 16];
+                net.Output(net.Op("MatMul", [net.Input("x", shape), net.Random("w", [16, 24], 0.3f)]));
+                break;
+            case "gemm":
+                shape = [5, 16];
+                net.Output(net.Op("Gemm", [net.Input("x", shape), net.Random("w", [24, 16], 0.3f), net.Random("b", [24], 0.1f)],
+                    Attribute.FromInt("transB", 1), Attribute.FromFloat("alpha", 0.7f)));
+                break;
+            default:
+                throw new ArgumentException($"no single-layer net '{kind}'", nameof(kind));
+        }
+        return (net.Model, shape);
+    }
+}
