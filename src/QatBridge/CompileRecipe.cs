@@ -49,7 +49,7 @@ public static class CompileRecipe
                 layers[name] = layers[name] with
                 {
                     WeightScales = grid.WeightScales,
-                    ActBits = grid.ActScale is null ? BitWidths.FloatBits : actBits,
+                    ActBits = grid.ActScale is null ? BitWidths.FloatBits : grid.ActBits ?? actBits,
                     ActScale = grid.ActScale,
                     ActZeroPoint = grid.ActZeroPoint,
                 };
@@ -70,7 +70,11 @@ public static class CompileRecipe
     /// weight (PyTorch layout: output channels first) and bias, which compensation may have changed.
     /// </summary>
     public sealed record LayerGrid(IReadOnlyList<float> WeightScales, float? ActScale, int? ActZeroPoint,
-        float[] Weight, long[] WeightShape, float[]? Bias);
+        float[] Weight, long[] WeightShape, float[]? Bias)
+    {
+        /// <summary>The input quantizer's width (8, or 16 in a UINT16 container); null when the input is float.</summary>
+        public int? ActBits { get; init; }
+    }
 
     /// <summary>
     /// Per module path, the grid of every node that reads a DequantizeLinear of an integer initializer (its weight):
@@ -102,13 +106,16 @@ public static class CompileRecipe
             var scales = weight.Scales;
             float? actScale = null;
             int? zeroPoint = null;
+            int? actWidth = null;
             if (node.Inputs[0]?.Producer is { OpType: "DequantizeLinear" } actDq && actDq.Inputs[0]?.Producer is { OpType: "QuantizeLinear" })
             {
                 actScale = actDq.Inputs[1]?.ConstantValue?.ToFloatArray().Single();
                 zeroPoint = actDq.Inputs.Count > 2 && actDq.Inputs[2]?.ConstantValue is { } z ? (int)z.ToFloatArray().Single() : 0;
+                // A tensor --act16-tensors raised is in a UINT16 container.
+                actWidth = actDq.Inputs.Count > 2 && actDq.Inputs[2]?.ConstantValue is { DataType: DataType.UInt16 or DataType.Int16 } ? 16 : 8;
             }
             var (values, shape) = Dequantize(weight, node);
-            grids[ModulePath(node.Name)] = new LayerGrid(scales, actScale, actScale is null ? null : zeroPoint, values, shape, Bias(node));
+            grids[ModulePath(node.Name)] = new LayerGrid(scales, actScale, actScale is null ? null : zeroPoint, values, shape, Bias(node)) { ActBits = actWidth };
         }
         return grids;
     }

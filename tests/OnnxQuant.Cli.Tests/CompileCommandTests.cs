@@ -199,6 +199,18 @@ public class CompileCommandTests(CompileCliFixture fixture) : IClassFixture<Comp
         Assert.False(Directory.Exists(Out("recipe-front")));
     }
 
+    [Fact]
+    public void QatRecipeRefusesSixteenBitTensors()
+    {
+        var recipePath = Out("recipe-act16.json");
+        var (code, _, stderr) = Run("compile", fixture.ModelPath, "--calib", fixture.DataPath, "-o", Out("recipe-act16"), "--quiet",
+            "--target-bits", "4", "--act16-tensors", "2", "--emit-qat-recipe", recipePath);
+        Assert.Equal(2, code);
+        Assert.Contains("drop --act16-tensors", stderr);
+        Assert.False(File.Exists(recipePath));
+        Assert.False(Directory.Exists(Out("recipe-act16")));
+    }
+
     public static TheoryData<string, string[], string> BadInputs => new()
     {
         { "missing-model", ["compile", "{root}/nope.onnx", "--calib", "{data}"], "nope.onnx" },

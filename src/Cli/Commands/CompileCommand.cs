@@ -174,6 +174,8 @@ internal static class CompileCommand
                 throw new CliInputException("--emit-qat-recipe needs exactly one --target-bits value: a recipe describes one allocation");
             if (recipePath is not null && parse.GetValue(smooth) == "auto")
                 throw new CliInputException("--emit-qat-recipe with --smooth auto: the recipe's student keeps the teacher's normalizations, so the scaled weights would not match; drop --smooth");
+            if (recipePath is not null && options.Calibration.Act16Tensors > 0)
+                throw new CliInputException("--emit-qat-recipe with --act16-tensors: the QAT trainer's student exports 8-bit activation quantizers, so it could not match the 16-bit tensors; drop --act16-tensors");
             var attentionBits = parse.GetValue(recipeAttentionBits);
             if (recipePath is not null && attentionBits != OnnxQuant.QatBridge.BitWidths.FloatBits)
                 OnnxQuant.QatBridge.BitWidths.CheckBits(attentionBits, "--qat-attention-bits");

@@ -412,7 +412,7 @@ public static class HtmlReport
                 : "<p>Not priced in this compile (exact or fast curves carry no measured gains, or no calibration rows were kept): their error is only in the measured distortion.</p>\n</section>\n");
             return;
         }
-        h.Append($"<p>The {priced.Bits}-bit inputs of {priced.Tensors.Sum(t => t.Layers.Count)} layers ({priced.Tensors.Count} tensors) add a predicted {G(priced.Predicted)} " +
+        h.Append($"<p>The quantized inputs of {priced.Tensors.Sum(t => t.Layers.Count)} layers ({priced.Tensors.Count} tensors, {priced.Bits}-bit) add a predicted {G(priced.Predicted)} " +
                  "to the features' distortion: each tensor's rounding on the calibration rows, through the weights of the layers that read it, times each layer's measured gain. " +
                  "The weights add " + string.Join(", ", targets.Select(t => $"{G(t.Distortion.PredictedWeights ?? t.Distortion.Predicted)} at {Bits(t.TargetBits)} bits")) + "." +
                  (priced.Unpriced > 0 ? $" {priced.Unpriced} layer input(s) could not be priced (see report.json)." : "") +
