@@ -88,7 +88,7 @@ public sealed record CompileReport
     /// <summary>Per unit, the measured propagation gain behind its curve (gain curves measured in this compile).</summary>
     public IReadOnlyList<UnitGain> CurveGains { get; init; } = [];
 
-    /// <summary>The quantized activations' priced share, per tensor; null when activations are float or not priced.</summary>
+    /// <summary>The quantized activations' priced share, per tensor (with why a layer input was not priced); null when activations are float.</summary>
     public ActivationPrice? Activations { get; init; }
 
     /// <summary>Uniform widths at the same size, measured on the same samples; null when the compile had none.</summary>

@@ -11,7 +11,7 @@ public sealed record PageTarget(string ReportPath, double TargetBits, double Rat
     IReadOnlyList<PageSkipped> Skipped, IReadOnlyList<PageLayer> Layers, IReadOnlyList<UnitCurve> Curves,
     IReadOnlyList<string> Notes, IReadOnlyList<(string Stage, double Seconds)> Timings)
 {
-    /// <summary>The quantized activations' priced share (null: float activations, or not priced).</summary>
+    /// <summary>The quantized activations' priced share (null: float activations, or a report written before they were priced).</summary>
     public PageActivations? Activations { get; init; }
 }
 

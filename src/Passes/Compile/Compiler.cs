@@ -144,9 +144,10 @@ public static class Compiler
 
         // The quantized layer inputs priced like the weights (their rounding on the calibration rows, times each unit's
         // gain), so the prediction holds what the 8-bit activations add; the allocation does not depend on it.
+        // A MatMul in a MatMulNBits container is weight-only: no Q/DQ in front of it.
+        bool InputQuantized(QuantLayer l) => !(options.Rewrite.Format == Quantization.WeightFormat.MatMulNBits && l.OpType == "MatMul");
         var activations = options.Calibration.ActBits == 0 || calibration is null ? null : clock.Time("activations", () => ActivationPricing.Run(canonical, discovery.Units,
-            curves.Curves, l => cutCurves?.RowsOf(l), calibration, options.Calibration.ActBits,
-            l => !(options.Rewrite.Format == Quantization.WeightFormat.MatMulNBits && l.OpType == "MatMul"), options.Execution.Threads));
+            curves.Curves, l => cutCurves?.RowsOf(l), calibration, options.Calibration.ActBits, InputQuantized, options.Execution.Threads));
         if (activations is not null && options.Calibration.Act16Tensors > 0)
         {
             if (!activations.Priced)
@@ -154,7 +155,7 @@ public static class Compiler
                                            $"({activations.Unpriced.FirstOrDefault()?.Reason ?? "no quantized layer input"}): compile with gain curves (--curves gain, the default) and without a curves file that lacks gains");
             activations = clock.Time("activations", () => ActivationPricing.Raise(activations, options.Calibration.Act16Tensors, wide =>
                 ActivationPricing.Run(canonical, discovery.Units, curves.Curves, l => cutCurves?.RowsOf(l), calibration!, options.Calibration.ActBits,
-                    l => wide.Contains(l.Activation) && !(options.Rewrite.Format == Quantization.WeightFormat.MatMulNBits && l.OpType == "MatMul"),
+                    l => wide.Contains(l.Activation) && InputQuantized(l),
                     options.Execution.Threads, t => wide.Contains(t) ? 16 : options.Calibration.ActBits)));
             options = options with { Rewrite = options.Rewrite with { Act16 = activations.RaisedFrom.Select(t => t.Tensor).ToHashSet(StringComparer.Ordinal) } };
         }
