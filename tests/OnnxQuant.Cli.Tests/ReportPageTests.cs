@@ -161,6 +161,9 @@ public class ReportPageTests(BundledExampleFixture example) : IClassFixture<Bund
         Assert.Equal(three.GetArrayLength(), await page.Locator("figure.curve").CountAsync());
         Assert.Equal(three.GetArrayLength() * example.Targets.Count, await page.Locator("figure.curve circle.chosen").CountAsync());
 
+        // The activations section: this compile's pinned curves carry no gains, so the page says they were not priced.
+        Assert.Contains("Not priced in this compile", await page.Locator("#activations").InnerTextAsync());
+
         var results = RepoPaths.File("artifacts/test-results");
         Directory.CreateDirectory(results);
         await page.Mouse.MoveAsync(0, 0);
