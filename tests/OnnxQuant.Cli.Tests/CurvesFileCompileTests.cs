@@ -112,6 +112,19 @@ public class CurvesFileCompileTests(CompileCliFixture fixture) : IClassFixture<C
         var reference = Sha(Path.Combine(Out("gain-measured"), "model.onnx"));
         Assert.Equal(reference, Sha(Path.Combine(Out("gain-cached"), "model.onnx")));
         Assert.Equal(reference, Sha(Path.Combine(Out("gain-pinned"), "model.onnx")));
+
+        // The curves carry their gains, so the cached and pinned compiles price the activations as the measuring one did.
+        string Activations(string dir)
+        {
+            using var report = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(Out(dir), "report.json")));
+            var activations = report.RootElement.GetProperty("activations");
+            Assert.True(activations.GetProperty("priced").GetBoolean(), dir);
+            return activations.GetRawText();
+        }
+        var priced = Activations("gain-measured");
+        Assert.Equal(priced, Activations("gain-cached"));
+        Assert.Equal(priced, Activations("gain-pinned"));
+        Assert.All(CurvesFile.Read(curves), c => Assert.True(c.Gain > 0, c.Name));
     }
 
     [Fact]
