@@ -121,11 +121,26 @@ public static class ActivationPricing
     /// </summary>
     public static ActivationPrice Raise(ActivationPrice price, int count, Func<IReadOnlySet<string>, ActivationPrice> reprice)
     {
-        var raised = price.Tensors.Take(count).ToList();
+        var raised = RaiseOrder(price.Tensors).Take(count).ToList();
         var names = raised.Select(t => t.Tensor).ToHashSet(StringComparer.Ordinal);
         var again = reprice(names);
         var tensors = price.Tensors.Where(t => !names.Contains(t.Tensor)).Concat(again.Tensors)
             .OrderByDescending(t => t.Distortion).ThenBy(t => t.Tensor, StringComparer.Ordinal).ToList();
         return new ActivationPrice(price.Bits, tensors, price.Unpriced) { RaisedFrom = raised };
+    }
+
+    /// <summary>Relative grid the prices are snapped to before they are ranked for <see cref="Raise"/>.</summary>
+    internal const double RankGrid = 1e-3;
+
+    /// <summary>
+    /// The tensors in the order they are raised: by price snapped to <see cref="RankGrid"/> of the largest, then by
+    /// name. A price moves in its last digits with the machine's kernels (ONNX Runtime's, and the vector width of the
+    /// dot products), and the raised set decides the artifact's bytes: prices closer than a thousandth of the largest
+    /// are a tie, broken by name, so every machine raises the same tensors unless a price sits on a grid boundary.
+    /// </summary>
+    public static IEnumerable<PricedActivation> RaiseOrder(IReadOnlyList<PricedActivation> tensors)
+    {
+        var step = tensors.Count == 0 ? 0 : tensors.Max(t => t.Distortion) * RankGrid;
+        return tensors.OrderByDescending(t => step > 0 ? Math.Round(t.Distortion / step) : 0).ThenBy(t => t.Tensor, StringComparer.Ordinal);
     }
 }

@@ -114,10 +114,10 @@ public class ActivationPricingTests
             // --act16-tensors 5: the five largest tensors get UINT16 Q/DQ pairs (opset 21), their share of the
             // prediction all but vanishes, and the measured distortion falls.
             var wide = Compile("a8w", 8, act16: 5);
-            var raised = price.Tensors.Take(5).Select(t => t.Tensor).ToList();
+            var raised = ActivationPricing.RaiseOrder(price.Tensors).Take(5).Select(t => t.Tensor).ToList();
             Assert.Equal(raised, wide.Activations!.RaisedFrom.Select(t => t.Tensor));
             Assert.All(wide.Activations.Tensors, t => Assert.Equal(raised.Contains(t.Tensor) ? 16 : 8, t.Bits));
-            var removed = price.Tensors.Take(5).Sum(t => t.Distortion);
+            var removed = price.Tensors.Where(t => raised.Contains(t.Tensor)).Sum(t => t.Distortion);
             Assert.Equal(price.Total - removed, wide.Activations.Total, price.Total * 1e-3);
             Assert.True(wide.Distortion.Measured < activations.Distortion.Measured,
                 $"five tensors at 16 bits measured {wide.Distortion.Measured}, all at 8 bits {activations.Distortion.Measured}");
@@ -171,6 +171,21 @@ public class ActivationPricingTests
         Assert.Null(Compiler.RepairActivationNote(Repair(false), 2e-3, price));  // a quarter of the limit
         Assert.Null(Compiler.RepairActivationNote(null, 1e-3, price));           // no repair ran
         Assert.Null(Compiler.RepairActivationNote(Repair(false), 1e-3, new ActivationPrice(8, [], [new UnpricedLayer("conv1", "no rows")])));
+    }
+
+    /// <summary>
+    /// Prices within a thousandth of the largest rank as a tie, broken by name, so a machine whose kernels move a price
+    /// in its last digits raises the same tensors; prices further apart keep their order.
+    /// </summary>
+    [Fact]
+    public void TheRaiseOrderTreatsNearlyEqualPricesAsATieBrokenByName()
+    {
+        PricedActivation T(string name, double price) => new(name, 8, 0.01, price, ["l"]);
+        var order = ActivationPricing.RaiseOrder([T("b", 1.0), T("z", 0.5), T("a", 0.5 + 1e-7), T("c", 0.9)]).Select(t => t.Tensor).ToList();
+        Assert.Equal(["b", "c", "a", "z"], order);
+        var flipped = ActivationPricing.RaiseOrder([T("b", 1.0), T("z", 0.5 + 1e-7), T("a", 0.5), T("c", 0.9)]).Select(t => t.Tensor).ToList();
+        Assert.Equal(order, flipped);
+        Assert.Empty(ActivationPricing.RaiseOrder([]));
     }
 
     /// <summary>The gap note names what the prediction holds: priced activations, or the layers left unpriced.</summary>
