@@ -15,6 +15,12 @@ internal static class RuntimeCliOptions
         HelpName = "PATH",
     };
 
+    public static Option<string[]> CustomOpLibraries() => new("--custom-op-library")
+    {
+        Description = "Shared library (.so) that registers the model's custom operators with ONNX Runtime (e.g. an exporter's or deployment toolkit's ops library); repeat for several",
+        HelpName = "PATH",
+    };
+
     public static Option<string> ExecutionProvider()
     {
         var option = new Option<string>("--ep")
@@ -37,11 +43,12 @@ internal static class RuntimeCliOptions
     /// error writer.
     /// </summary>
     /// <exception cref="RuntimeSetupException">No usable library.</exception>
-    public static OrtRuntime Initialize(ParseResult parse, Option<string?> ortLib)
+    public static OrtRuntime Initialize(ParseResult parse, Option<string?> ortLib, Option<string[]> customOps)
     {
         var runtime = OrtRuntime.Initialize(parse.GetValue(ortLib));
         var error = parse.InvocationConfiguration.Error;
         runtime.Notify = line => error.WriteLine(line);
+        runtime.CustomOperatorLibraries = parse.GetValue(customOps) ?? [];
         return runtime;
     }
 

@@ -209,6 +209,18 @@ public sealed class InferenceSession : IDisposable
                     throw OrtErrors.From(ex, $"session config entry {entry.Key}={entry.Value}");
                 }
             }
+            foreach (var library in runtime.CustomOperatorLibraries)
+            {
+                try
+                {
+                    native.RegisterCustomOpLibrary(library);
+                }
+                catch (Ort.OnnxRuntimeException ex)
+                {
+                    throw new RuntimeSetupException($"custom operator library '{library}' could not be registered ({ex.Message.Trim()}): " +
+                                                    $"it must export RegisterCustomOps and be built for ONNX Runtime {runtime.Version} or older", ex);
+                }
+            }
             if (cuda)
                 AppendCuda(runtime, native, options.DeviceId);
             return native;

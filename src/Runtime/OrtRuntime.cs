@@ -68,6 +68,31 @@ public sealed unsafe class OrtRuntime
         set => _sink.Value = new NoticeSink(value ?? throw new ArgumentNullException(nameof(value)));
     }
 
+    private readonly AsyncLocal<IReadOnlyList<string>?> _customOperators = new();
+
+    /// <summary>
+    /// Custom operator libraries (an exporter's own operators, e.g. a deployment toolkit's ONNX Runtime ops) that every
+    /// session registers. Like <see cref="Notify"/> it applies to the current logical flow, so concurrent commands keep
+    /// their own. Empty by default.
+    /// </summary>
+    public IReadOnlyList<string> CustomOperatorLibraries
+    {
+        get => _customOperators.Value ?? [];
+        set
+        {
+            var paths = new List<string>();
+            foreach (var path in value)
+            {
+                var full = Path.GetFullPath(path);
+                if (!File.Exists(full))
+                    throw new RuntimeSetupException($"custom operator library '{path}' does not exist: give the path of the shared library (.so) that registers the model's operators with ONNX Runtime");
+                if (!paths.Contains(full))
+                    paths.Add(full);
+            }
+            _customOperators.Value = paths;
+        }
+    }
+
     /// <summary>The process-wide runtime; loads the library from the default location on first use.</summary>
     /// <exception cref="RuntimeSetupException">No usable library.</exception>
     public static OrtRuntime Shared

@@ -21,6 +21,7 @@ internal static class BenchCommand
         var ep = RuntimeCliOptions.ExecutionProvider();
         var threads = RuntimeCliOptions.Threads();
         var ortLib = RuntimeCliOptions.OrtLib();
+        var customOps = RuntimeCliOptions.CustomOpLibraries();
         var runs = new Option<int>("--runs") { Description = "Timed runs per model", DefaultValueFactory = _ => 50 };
         var warmup = new Option<int>("--warmup") { Description = "Untimed runs per model before timing", DefaultValueFactory = _ => 5 };
         var shapes = new Option<string[]>("--shape")
@@ -57,7 +58,7 @@ internal static class BenchCommand
 
         var command = new Command("bench", "Time a model in ONNX Runtime: median and p90 latency after warm-up, and peak memory");
         command.Arguments.Add(model);
-        foreach (var option in new Option[] { ep, threads, runs, warmup, block, settle, shapes, vs, outputs, seed, json, profileRuns, ortLib })
+        foreach (var option in new Option[] { ep, threads, runs, warmup, block, settle, shapes, vs, outputs, seed, json, profileRuns, ortLib, customOps })
             command.Options.Add(option);
         command.SetAction(parse =>
         {
@@ -79,7 +80,7 @@ internal static class BenchCommand
                 throw new CliInputException($"--profile-runs must be 0..{MaxRuns}, got {profileCount}");
             var shapeMap = ParseShapes(parse.GetValue(shapes) ?? []);
             var options = RuntimeCliOptions.SessionOptions(parse, ep, threads);
-            var runtime = RuntimeCliOptions.Initialize(parse, ortLib);
+            var runtime = RuntimeCliOptions.Initialize(parse, ortLib, customOps);
 
             var paths = new List<string> { parse.GetValue(model)! };
             if (parse.GetValue(vs) is { } other)

@@ -82,6 +82,7 @@ internal static class CompileCommand
         var noBaseline = new Option<bool>("--no-baseline") { Description = "Do not measure the uniform baseline (every unit at the width nearest each target; one more verification per width)" };
         var threads = RuntimeCliOptions.Threads();
         var ortLib = RuntimeCliOptions.OrtLib();
+        var customOps = RuntimeCliOptions.CustomOpLibraries();
         var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress, only errors and the summary" };
         var emitRecipe = new Option<string?>("--emit-qat-recipe") { Description = "Also write a QAT recipe (onnxquant.qat-recipe/1) of the allocation, for the Q-DETR trainer (one target only)" };
         var recipeAttentionBits = new Option<int>("--qat-attention-bits") { Description = "Attention q/k/v and softmax bits written into the QAT recipe (0: float, as the compiled model keeps them, so the student starts at its outputs)", DefaultValueFactory = _ => 0 };
@@ -90,7 +91,7 @@ internal static class CompileCommand
         command.Arguments.Add(model);
         foreach (var option in new Option[] { calib, output, targets, calibSamples, verifyData, verifySamples, feature, taskAnnotations, taskData, bits, minBits, solver, epsilon,
                      actBits, actCalibration, act16Tensors, granularity, groupSize, exclude, headBits, format, deploy, blockSize, keepInitializerInputs, compensation, smooth, smoothSamples, curves, curvesFile, writeCurves, cacheDir, noCache,
-                     maxDistortion, maxDrop, maxRepairRate, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, quiet, emitRecipe, recipeAttentionBits })
+                     maxDistortion, maxDrop, maxRepairRate, evalData, evalAnnotations, noBaseline, threads, runBatch, ortLib, customOps, quiet, emitRecipe, recipeAttentionBits })
             command.Options.Add(option);
 
         command.SetAction(parse =>
@@ -195,7 +196,7 @@ internal static class CompileCommand
             }
             if (curvesOut is not null && recipePath is not null && Path.GetFullPath(curvesOut) == Path.GetFullPath(recipePath))
                 throw new CliInputException($"--write-curves and --emit-qat-recipe both name {curvesOut}; give two files");
-            RuntimeCliOptions.Initialize(parse, ortLib);
+            RuntimeCliOptions.Initialize(parse, ortLib, customOps);
 
             var error = parse.InvocationConfiguration.Error;
             var stdout = parse.InvocationConfiguration.Output;

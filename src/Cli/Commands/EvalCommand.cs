@@ -43,10 +43,11 @@ internal static class EvalCommand
         var ep = RuntimeCliOptions.ExecutionProvider();
         var threads = RuntimeCliOptions.Threads();
         var ortLib = RuntimeCliOptions.OrtLib();
+        var customOps = RuntimeCliOptions.CustomOpLibraries();
 
         var command = new Command("eval", "COCO AP, AP50, AP75 (boxes, and masks for Mask R-CNN) of a detection model on a dataset");
         command.Arguments.Add(model);
-        foreach (var option in new Option[] { data, annotations, vs, decoder, batch, json, bootstrap, ep, threads, ortLib })
+        foreach (var option in new Option[] { data, annotations, vs, decoder, batch, json, bootstrap, ep, threads, ortLib, customOps })
             command.Options.Add(option);
         command.SetAction(parse =>
         {
@@ -80,7 +81,7 @@ internal static class EvalCommand
             var arrays = Npz.Read(dataPath);
             var groundTruth = CocoDataset.Load(gtPath);
             var sessionOptions = RuntimeCliOptions.SessionOptions(parse, ep, threads);
-            RuntimeCliOptions.Initialize(parse, ortLib);
+            RuntimeCliOptions.Initialize(parse, ortLib, customOps);
 
             var results = new List<ModelEvaluation>();
             foreach (var path in paths)

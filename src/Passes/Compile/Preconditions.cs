@@ -62,7 +62,8 @@ public static class Preconditions
             .Select(n => $"{n.Domain}:{n.OpType}").Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
         return custom.Count == 0 ? ""
             : $" (the model uses operators ONNX Runtime does not ship: {string.Join(", ", custom.Take(5))}{(custom.Count > 5 ? ", ..." : "")}; " +
-              "export them as standard ONNX operators, e.g. with the exporter's option to avoid custom ops, and compile that model)";
+              "give the library that implements them with --custom-op-library PATH (the exporter's or deployment toolkit's ONNX Runtime ops), " +
+              "or export them as standard ONNX operators, e.g. with the exporter's option to avoid custom ops)";
     }
 
     /// <summary>The opset the widest-ranging choice of containers needs: INT2 25, INT4 (or 16-bit activations) 21, else 13.</summary>
