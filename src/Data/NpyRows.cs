@@ -69,3 +69,54 @@ public sealed class NpyArrayFile : INpyRows
 
     public override string ToString() => $"{DataType}[{string.Join(", ", Shape)}] in {Path}";
 }
+
+/// <summary>
+/// Float32 rows served as float16 or bfloat16, for a model whose input is half precision: numpy has no bfloat16, and
+/// float32 is what most data pipelines write. Each value is rounded to the nearest representable one, ties to even
+/// (what numpy's <c>astype(np.float16)</c> does, so float32 data gives the bytes of the float16 array it would save).
+/// </summary>
+public sealed class HalfPrecisionRows : INpyRows
+{
+    private readonly INpyRows _source;
+
+    public HalfPrecisionRows(INpyRows source, DataType target)
+    {
+        if (source.DataType != DataType.Float)
+            throw new ArgumentException($"converts float32 rows, not {source.DataType}", nameof(source));
+        if (target is not (DataType.Float16 or DataType.BFloat16))
+            throw new ArgumentException($"converts to float16 or bfloat16, not {target}", nameof(target));
+        _source = source;
+        DataType = target;
+    }
+
+    public DataType DataType { get; }
+
+    public long[] Shape => _source.Shape;
+
+    public byte[] RowBytes(long start, long count)
+    {
+        var bytes = _source.RowBytes(start, count);
+        var result = new byte[bytes.Length / 2];
+        for (var i = 0; i < result.Length / 2; i++)
+        {
+            var value = System.Buffers.Binary.BinaryPrimitives.ReadSingleLittleEndian(bytes.AsSpan(4 * i));
+            var half = DataType == DataType.Float16
+                ? BitConverter.HalfToUInt16Bits((Half)value)
+                : ToBFloat16Bits(value);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(result.AsSpan(2 * i), half);
+        }
+        return result;
+    }
+
+    /// <summary>The bfloat16 nearest <paramref name="value"/> (ties to even); a NaN stays a quiet NaN of the same sign.</summary>
+    public static ushort ToBFloat16Bits(float value)
+    {
+        var bits = BitConverter.SingleToUInt32Bits(value);
+        if (float.IsNaN(value))
+            return (ushort)((bits >> 16) | 0x0040);
+        var rounding = 0x7FFFu + ((bits >> 16) & 1);
+        return (ushort)((bits + rounding) >> 16);
+    }
+
+    public void Dispose() => _source.Dispose();
+}

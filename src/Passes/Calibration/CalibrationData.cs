@@ -44,6 +44,9 @@ public sealed class CalibrationSet : IDisposable
     /// <summary>Largest array kept in memory; larger ones wait in a temporary file.</summary>
     public const long DefaultMemoryBytes = 32L << 20;
 
+    /// <summary>What loading changed, for the compile's notes (float32 data converted to a half-precision input's type).</summary>
+    public IReadOnlyList<string> Notes { get; init; } = [];
+
     private readonly IReadOnlyList<InputSpec> _inputs;
     // Per input: the source arrays in file order, and the first sample index each starts at.
     private readonly List<(INpyRows Array, int FirstSample)>[] _chunks;
@@ -122,11 +125,20 @@ public sealed class CalibrationSet : IDisposable
             return Path.Combine(folder, $"{spilled++}.bin");
         }
         var loaded = new List<INpyRows>();
+        var notes = new List<string>();
         try
         {
             foreach (var file in files)
             {
                 var arrays = ReadFile(file, inputs, memoryBytes, SpillPath);
+                for (var i = 0; i < inputs.Count; i++)
+                    if (arrays[i].DataType == DataType.Float && inputs[i].DataType is DataType.Float16 or DataType.BFloat16)
+                    {
+                        arrays[i] = new HalfPrecisionRows(arrays[i], inputs[i].DataType);
+                        var note = $"input '{inputs[i].Name}': float32 data converted to {(inputs[i].DataType == DataType.Float16 ? "float16" : "bfloat16")}, the model's input type (round to nearest, ties to even)";
+                        if (!notes.Contains(note))
+                            notes.Add(note);
+                    }
                 loaded.AddRange(arrays);
                 int? fileSamples = null;
                 for (var i = 0; i < inputs.Count; i++)
@@ -153,7 +165,7 @@ public sealed class CalibrationSet : IDisposable
             Release(loaded, folder);
             throw;
         }
-        return new CalibrationSet(inputs, chunks, stacked.Select(x => x ?? false).ToArray(), counts[0], path, folder);
+        return new CalibrationSet(inputs, chunks, stacked.Select(x => x ?? false).ToArray(), counts[0], path, folder) { Notes = notes };
     }
 
     private static INpyRows[] ReadFile(string file, IReadOnlyList<InputSpec> inputs, long memoryBytes, Func<string> spillPath)
@@ -200,7 +212,7 @@ public sealed class CalibrationSet : IDisposable
         if (array.Shape[0] % rows != 0)
             throw new CompileException(
                 $"{where} has {array.Shape[0]} rows, not a multiple of the model's batch size {rows}");
-        if (input.DataType is DataType.Float or DataType.Double or DataType.Float16 && array.Shape[0] > 0)
+        if (input.DataType is DataType.Float or DataType.Double or DataType.Float16 or DataType.BFloat16 && array.Shape[0] > 0)
         {
             // A few megabytes at a time: a spilled array is never whole in memory.
             var rowShape = array.Shape[1..];
@@ -209,7 +221,7 @@ public sealed class CalibrationSet : IDisposable
             for (long first = 0; first < array.Shape[0]; first += block)
             {
                 var n = Math.Min(block, array.Shape[0] - first);
-                var values = new NpyArray(array.DataType, [n, .. rowShape], array.RowBytes(first, n)).ToFloats();
+                var values = TensorData.FromBytes(array.DataType, array.RowBytes(first, n), [n, .. rowShape]).ToFloats();
                 for (var k = 0; k < values.Length; k++)
                     if (!float.IsFinite(values[k]))
                     {

@@ -58,6 +58,7 @@ public static class LoadStage
         var samples = Math.Min(options.CalibSamples, data.Count);
         if (samples < options.CalibSamples)
             notes.Add($"calibration data holds {data.Count} samples; using all of them instead of {options.CalibSamples}");
+        notes.AddRange(data.Notes);
         notes.AddRange(data.Degeneracies(samples));
         VerificationSplit split;
         if (options.VerifyData is { } verifyPath)

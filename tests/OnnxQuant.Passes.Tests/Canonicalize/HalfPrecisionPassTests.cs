@@ -15,24 +15,25 @@ public class HalfPrecisionPassTests
     /// <paramref name="model"/> converted to float16 as converters do: every float initializer and value; with
     /// <paramref name="floatInterface"/> the inputs and outputs stay float32 behind casts (a "keep I/O types" conversion).
     /// </summary>
-    private static Model ToHalf(Model model, bool floatInterface = false)
+    private static Model ToHalf(Model model, bool floatInterface = false, DataType half = DataType.Float16)
     {
         var graph = model.Graph;
         foreach (var value in graph.Initializers.ToList())
             if (value.Initializer!.DataType == DataType.Float)
             {
-                var halves = value.Initializer.ToFloatArray().Select(v => (Half)v).ToArray();
-                graph.SetInitializer(value, Tensor.FromRaw(value.Name, DataType.Float16, value.Initializer.GetDims(), MemoryMarshal.AsBytes(halves.AsSpan()).ToArray()));
+                var bits = value.Initializer.ToFloatArray()
+                    .Select(v => half == DataType.Float16 ? BitConverter.HalfToUInt16Bits((Half)v) : HalfPrecisionRows.ToBFloat16Bits(v)).ToArray();
+                graph.SetInitializer(value, Tensor.FromRaw(value.Name, half, value.Initializer.GetDims(), MemoryMarshal.AsBytes(bits.AsSpan()).ToArray()));
             }
         foreach (var value in graph.Inputs.Concat(graph.Outputs).Concat(graph.Nodes.SelectMany(n => n.Outputs)).Distinct())
             if (value.Type is { ElementType: DataType.Float } t)
-                value.Type = t with { ElementType = DataType.Float16 };
+                value.Type = t with { ElementType = half };
         if (!floatInterface)
             return model;
         foreach (var input in graph.Inputs.Where(v => !v.IsInitializer).ToList())
         {
             var uses = input.Uses.ToList();
-            var cast = new Node("Cast", [input], [input.Name + "_half"], name: input.Name + "_to_half", attributes: [Attribute.FromInt("to", (long)DataType.Float16)]);
+            var cast = new Node("Cast", [input], [input.Name + "_half"], name: input.Name + "_to_half", attributes: [Attribute.FromInt("to", (long)half)]);
             graph.InsertNode(0, cast);
             cast.Outputs[0].Type = input.Type;
             input.Type = input.Type! with { ElementType = DataType.Float };
@@ -146,22 +147,53 @@ public class HalfPrecisionPassTests
     }
 
     /// <summary>Float32 samples for a float16 input are refused with the numpy dtype to save them as.</summary>
+    /// <summary>
+    /// Float32 samples for a half-precision input are converted to the input's type (round to nearest, ties to even,
+    /// as numpy's astype does): a float16 model compiled from float32 data writes the bytes of the compile from the
+    /// float16 array, and a bfloat16 model, for which numpy has no dtype at all, compiles from float32 data. Other
+    /// element types are still refused with the dtype to save.
+    /// </summary>
     [Fact]
-    public void Float32SamplesForAFloat16InputAreRefusedWithTheDtypeToUse()
+    public void Float32SamplesForAHalfPrecisionInputAreConvertedToIt()
     {
         var dir = Path.Combine(Path.GetTempPath(), $"onnxquant-half-data-{Guid.NewGuid():N}");
         try
         {
             Directory.CreateDirectory(dir);
-            var modelPath = Path.Combine(dir, "half.onnx");
-            ModelIO.Save(ToHalf(TestModels.Detector()), modelPath);
-            var dataPath = Path.Combine(dir, "calib.npz");
-            Npz.Write(dataPath, [new NamedArray("images", NpyArray.FromFloats(TestModels.Images(8, 1), 8, 3, 16, 16))]);
-            var e = Assert.Throws<CompileException>(() => Compiler.Run(modelPath, dataPath, Path.Combine(dir, "out"),
-                new CompileOptions { Allocation = new() { TargetBits = [8] } }, "test", SilentProgress.Instance));
-            Assert.Contains("element type Float, the model expects Float16", e.Message);
+            const int samples = 24;
+            var images = TestModels.Images(samples, 1);
+            string Data(string name, DataType type, byte[] bytes)
+            {
+                var path = Path.Combine(dir, name);
+                Npz.Write(path, [new NamedArray("images", new NpyArray(type, [samples, 3, 16, 16], bytes))]);
+                return path;
+            }
+            var floats = Data("float32.npz", DataType.Float, MemoryMarshal.AsBytes(images.AsSpan()).ToArray());
+            var halves = images.Select(v => (Half)v).ToArray();
+            var float16 = Data("float16.npz", DataType.Float16, MemoryMarshal.AsBytes(halves.AsSpan()).ToArray());
+            var doubles = images.Select(v => (double)v).ToArray();
+            var float64 = Data("float64.npz", DataType.Double, MemoryMarshal.AsBytes(doubles.AsSpan()).ToArray());
+            CompileResult Compile(string model, string data, string name) => Compiler.Run(model, data, Path.Combine(dir, name),
+                new CompileOptions { Allocation = new() { TargetBits = [8] }, Data = new() { CalibSamples = 16 } }, "test", SilentProgress.Instance);
+
+            var halfModel = Path.Combine(dir, "half.onnx");
+            ModelIO.Save(ToHalf(TestModels.Detector()), halfModel);
+            var converted = Compile(halfModel, floats, "from-float32");
+            Assert.Contains(converted.Targets[0].Report.Notes, n => n == "input 'images': float32 data converted to float16, the model's input type (round to nearest, ties to even)");
+            var saved = Compile(halfModel, float16, "from-float16");
+            Assert.Equal(File.ReadAllBytes(Path.Combine(dir, "from-float16", "model.onnx")), File.ReadAllBytes(Path.Combine(dir, "from-float32", "model.onnx")));
+            Assert.DoesNotContain(saved.Targets[0].Report.Notes, n => n.Contains("converted to float16"));
+            var e = Assert.Throws<CompileException>(() => Compile(halfModel, float64, "from-float64"));
+            Assert.Contains("element type Double, the model expects Float16", e.Message);
             Assert.Contains("'<f2'", e.Message);
-            Assert.False(Directory.Exists(Path.Combine(dir, "out")));
+
+            var bfloatModel = Path.Combine(dir, "bfloat16.onnx");
+            ModelIO.Save(ToHalf(TestModels.Detector(), half: DataType.BFloat16), bfloatModel);
+            var bfloat = Compile(bfloatModel, floats, "bfloat16").Targets[0].Report;
+            Assert.Contains(bfloat.Notes, n => n.Contains("float32 data converted to bfloat16"));
+            Assert.InRange(bfloat.Distortion.Measured, 1e-9, 1e-2);
+            var artifact = ModelIO.Load(Path.Combine(dir, "bfloat16", "model.onnx"));
+            Assert.Equal(DataType.BFloat16, artifact.Graph.Inputs.Single(v => !v.IsInitializer).Type!.ElementType);
         }
         finally
         {
