@@ -265,7 +265,6 @@ public sealed class LayerInputRows
     {
         if (Fallback is not null || RowCount == 0)
             throw new InvalidOperationException($"layer '{_layer.Name}' has no input rows ({Fallback ?? "none observed"})");
-        var channels = _layer.Channels;
         var result = new double[bits.Count][];
         var rows = Rows();
         var scale = RowsPerSampleObserved * Alpha * Alpha / rows.Count;
@@ -273,23 +272,34 @@ public sealed class LayerInputRows
         for (var k = 0; k < bits.Count; k++)
         {
             var q = quantize(bits[k]);
-            var errors = new double[channels];
-            var parallel = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
-            // Each channel is summed sequentially in row order, so the result does not depend on the thread count.
-            Parallel.For(0, channels, parallel, c =>
-            {
-                var (dw, offset) = ChannelDelta(weight, q, c);
-                double shift = mean is null ? 0 : TensorPrimitives.Dot(mean.AsSpan(offset, dw.Length), dw);
-                double sum = 0;
-                foreach (var x in rows)
-                {
-                    double v = TensorPrimitives.Dot(x.AsSpan(offset, dw.Length), dw) - shift;
-                    sum += v * v;
-                }
-                errors[c] = sum * scale;
-            });
-            result[k] = errors;
+            result[k] = SquaredProjections(rows, c => ChannelSlice(weight, q, c), mean, scale, threads);
         }
+        return result;
+    }
+
+    /// <summary>
+    /// Per output channel c: <paramref name="scale"/> times the sum over <paramref name="rows"/> of
+    /// (v_c . (x - mean))^2, v_c what <paramref name="vectorOf"/> gives for the channel (laid out like the slice of a
+    /// row at its offset). Each channel is summed sequentially in row order, so the result does not depend on the
+    /// thread count.
+    /// </summary>
+    private double[] SquaredProjections(IReadOnlyList<float[]> rows, Func<int, (float[] Vector, int Offset)> vectorOf, float[]? mean,
+        double scale, int threads)
+    {
+        var result = new double[_layer.Channels];
+        var parallel = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
+        Parallel.For(0, result.Length, parallel, c =>
+        {
+            var (v, offset) = vectorOf(c);
+            double shift = mean is null ? 0 : TensorPrimitives.Dot(mean.AsSpan(offset, v.Length), v);
+            double sum = 0;
+            foreach (var x in rows)
+            {
+                double d = TensorPrimitives.Dot(x.AsSpan(offset, v.Length), v) - shift;
+                sum += d * d;
+            }
+            result[c] = sum * scale;
+        });
         return result;
     }
 
@@ -312,7 +322,7 @@ public sealed class LayerInputRows
                 var error = outputErrors[k][c];
                 if (q is not null)
                 {
-                    var (dw, offset) = ChannelDelta(weight, q, c);
+                    var (dw, offset) = ChannelSlice(weight, q, c);
                     double shift = 0;
                     for (var i = 0; i < dw.Length; i++)
                         shift += dw[i] * statistics.Mean[offset + i];
@@ -347,21 +357,7 @@ public sealed class LayerInputRows
             TensorPrimitives.Subtract(e, rows[r], e);
             errors[r] = e;
         }
-        var result = new double[_layer.Channels];
-        var parallel = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
-        // Each channel is summed sequentially in row order, so the result does not depend on the thread count.
-        Parallel.For(0, result.Length, parallel, c =>
-        {
-            var (w, offset) = ChannelSlice(weight, null, c);
-            double sum = 0;
-            foreach (var e in errors)
-            {
-                double v = TensorPrimitives.Dot(e.AsSpan(offset, w.Length), w);
-                sum += v * v;
-            }
-            result[c] = sum * scale;
-        });
-        return result;
+        return SquaredProjections(errors, c => ChannelSlice(weight, null, c), null, scale, threads);
     }
 
     private float[] Mean(IReadOnlyList<float[]> rows)
@@ -393,9 +389,6 @@ public sealed class LayerInputRows
         var perGroup = first._layer.OpType == "Conv" ? first._layer.Channels / Math.Max(1, first._layer.Groups) : first._layer.Channels;
         return InputStatistics.FromRows(rows, first.Reduction, rowLength, perGroup);
     }
-
-    /// <summary>The weight change of output channel <paramref name="c"/> laid out like a slice of an input row.</summary>
-    private (float[] Delta, int Offset) ChannelDelta(float[] w, float[] q, int c) => ChannelSlice(w, q, c);
 
     /// <summary>
     /// Output channel <paramref name="c"/>'s weights (<paramref name="q"/> null) or their change q - w, laid out like a
