@@ -205,15 +205,16 @@ public sealed class LayerInputRows
         Func<long, long[]> row;
         if (_conv is { } conv)
         {
-            if (shape.Length != 4 || shape[1] != conv.Channels)
+            if (shape.Length != conv.SpatialRank + 2 || shape[1] != conv.Channels)
             {
-                Fallback = $"input of shape [{string.Join(",", shape)}] is not NCHW with {conv.Channels} channels";
+                Fallback = $"input of shape [{string.Join(",", shape)}] is not N, {conv.Channels} channels and {conv.SpatialRank} spatial axes";
                 return null;
             }
-            var (n, h, w) = (shape[0], (int)shape[2], (int)shape[3]);
-            var (oh, ow) = conv.OutputSize(h, w);
-            rows = n * oh * ow;
-            row = r => conv.PatchPositions((int)(r / (oh * ow)), (int)(r % (oh * ow) / ow), (int)(r % ow), h, w);
+            var size = shape.Skip(2).Select(v => (int)v).ToArray();
+            var outputSize = conv.OutputSize(size);
+            var positions = outputSize.Aggregate(1L, (a, b) => a * b);
+            rows = shape[0] * positions;
+            row = r => conv.PatchPositions((int)(r / positions), r % positions, outputSize, size);
         }
         else
         {
@@ -426,65 +427,125 @@ public sealed class LayerInputRows
         return (d, 0);
     }
 
-    /// <summary>2-D convolution geometry: what an im2col patch of an output position reads.</summary>
-    private sealed record ConvGeometry(int Channels, int KernelH, int KernelW, int StrideH, int StrideW, int PadTop, int PadLeft,
-        int DilationH, int DilationW, int PadBottom, int PadRight, string AutoPad)
+    /// <summary>
+    /// Convolution geometry over any number of spatial axes (1-D, 2-D, 3-D): what an im2col patch of an output position
+    /// reads. The patch is laid out as the weight of one output channel is, [channel, k_1, ..., k_n], row-major.
+    /// </summary>
+    private sealed class ConvGeometry
     {
+        private readonly int[] _kernel;
+        private readonly int[] _stride;
+        private readonly int[] _dilation;
+        private readonly int[] _padBegin;
+        private readonly int[] _padEnd;
+        private readonly string _autoPad;
+
+        private ConvGeometry(int channels, int[] kernel, int[] stride, int[] dilation, int[] padBegin, int[] padEnd, string autoPad)
+        {
+            Channels = channels;
+            _kernel = kernel;
+            _stride = stride;
+            _dilation = dilation;
+            _padBegin = padBegin;
+            _padEnd = padEnd;
+            _autoPad = autoPad;
+        }
+
+        /// <summary>Input channels over all groups.</summary>
+        public int Channels { get; }
+
+        public int SpatialRank => _kernel.Length;
+
         public static ConvGeometry? Of(Node node, long[] weightShape, out string? reason)
         {
             reason = null;
-            if (weightShape.Length != 4)
+            var rank = weightShape.Length - 2;
+            if (rank < 1)
             {
-                reason = $"Conv with a rank-{weightShape.Length} weight (only 2-D convolutions form rows)";
+                reason = $"Conv with a rank-{weightShape.Length} weight (no spatial axis)";
                 return null;
             }
             var groups = (int)node.GetInt("group", 1);
-            var strides = node.GetInts("strides") ?? [1, 1];
-            var dilations = node.GetInts("dilations") ?? [1, 1];
-            var pads = node.GetInts("pads") ?? [0, 0, 0, 0];
-            var autoPad = node.GetString("auto_pad", "NOTSET");
-            return new ConvGeometry((int)weightShape[1] * groups, (int)weightShape[2], (int)weightShape[3], (int)strides[0], (int)strides[1],
-                (int)pads[0], (int)pads[1], (int)dilations[0], (int)dilations[1], (int)pads[2], (int)pads[3], autoPad);
+            var strides = node.GetInts("strides") ?? Enumerable.Repeat(1L, rank).ToArray();
+            var dilations = node.GetInts("dilations") ?? Enumerable.Repeat(1L, rank).ToArray();
+            var pads = node.GetInts("pads") ?? new long[2 * rank];
+            if (strides.Count != rank || dilations.Count != rank || pads.Count != 2 * rank)
+            {
+                reason = $"Conv attributes of another rank than its {rank}-D weight";
+                return null;
+            }
+            return new ConvGeometry((int)weightShape[1] * groups,
+                weightShape.Skip(2).Select(k => (int)k).ToArray(),
+                strides.Select(v => (int)v).ToArray(),
+                dilations.Select(v => (int)v).ToArray(),
+                pads.Take(rank).Select(v => (int)v).ToArray(),
+                pads.Skip(rank).Select(v => (int)v).ToArray(),
+                node.GetString("auto_pad", "NOTSET"));
         }
 
-        private (int Begin, int End) Pads(int size, int kernel, int stride, int dilation, int begin, int end)
+        private int PadBefore(int axis, int size)
         {
-            if (AutoPad is "SAME_UPPER" or "SAME_LOWER")
+            if (_autoPad is "SAME_UPPER" or "SAME_LOWER")
             {
+                var (stride, kernel, dilation) = (_stride[axis], _kernel[axis], _dilation[axis]);
                 var output = (size + stride - 1) / stride;
                 var total = Math.Max(0, (output - 1) * stride + (kernel - 1) * dilation + 1 - size);
-                return AutoPad == "SAME_UPPER" ? (total / 2, total - total / 2) : (total - total / 2, total / 2);
+                return _autoPad == "SAME_UPPER" ? total / 2 : total - total / 2;
             }
-            return AutoPad == "VALID" ? (0, 0) : (begin, end);
+            return _autoPad == "VALID" ? 0 : _padBegin[axis];
         }
 
-        public (int H, int W) OutputSize(int h, int w)
+        private int PadAfter(int axis, int size)
         {
-            var (t, b) = Pads(h, KernelH, StrideH, DilationH, PadTop, PadBottom);
-            var (l, r) = Pads(w, KernelW, StrideW, DilationW, PadLeft, PadRight);
-            return ((h + t + b - DilationH * (KernelH - 1) - 1) / StrideH + 1, (w + l + r - DilationW * (KernelW - 1) - 1) / StrideW + 1);
+            if (_autoPad is "SAME_UPPER" or "SAME_LOWER")
+            {
+                var (stride, kernel, dilation) = (_stride[axis], _kernel[axis], _dilation[axis]);
+                var output = (size + stride - 1) / stride;
+                var total = Math.Max(0, (output - 1) * stride + (kernel - 1) * dilation + 1 - size);
+                return total - PadBefore(axis, size);
+            }
+            return _autoPad == "VALID" ? 0 : _padEnd[axis];
         }
 
-        /// <summary>Where the patch [channel, kh, kw] of image <paramref name="n"/> at output position (oy, ox) lies in the
-        /// flattened NCHW input; -1 where it reads zero padding.</summary>
-        public long[] PatchPositions(int n, int oy, int ox, int h, int w)
+        /// <summary>Output positions along each spatial axis of an input of spatial sizes <paramref name="size"/>.</summary>
+        public int[] OutputSize(int[] size) =>
+            size.Select((s, a) => (s + PadBefore(a, s) + PadAfter(a, s) - _dilation[a] * (_kernel[a] - 1) - 1) / _stride[a] + 1).ToArray();
+
+        /// <summary>Where the patch of image <paramref name="n"/> at output position <paramref name="output"/> (row-major
+        /// over <paramref name="outputSize"/>) lies in the flattened input of spatial sizes <paramref name="size"/>; -1
+        /// where it reads zero padding.</summary>
+        public long[] PatchPositions(int n, long output, int[] outputSize, int[] size)
         {
-            var (t, _) = Pads(h, KernelH, StrideH, DilationH, PadTop, PadBottom);
-            var (l, _) = Pads(w, KernelW, StrideW, DilationW, PadLeft, PadRight);
-            var patch = new long[Channels * KernelH * KernelW];
-            var i = 0;
+            var rank = SpatialRank;
+            var origin = new int[rank];
+            for (var a = rank - 1; a >= 0; a--)
+            {
+                origin[a] = (int)(output % outputSize[a]) * _stride[a] - PadBefore(a, size[a]);
+                output /= outputSize[a];
+            }
+            var kernelLength = _kernel.Aggregate(1, (x, y) => x * y);
+            var plane = size.Aggregate(1L, (x, y) => x * y);
+            // Each kernel offset's place in the plane (or -1), the same for every channel.
+            var offsets = new long[kernelLength];
+            var k = new int[rank];
+            for (var i = 0; i < kernelLength; i++)
+            {
+                long flat = 0;
+                for (var a = 0; a < rank && flat >= 0; a++)
+                {
+                    var at = origin[a] + k[a] * _dilation[a];
+                    flat = at >= 0 && at < size[a] ? flat * size[a] + at : -1;
+                }
+                offsets[i] = flat;
+                for (var a = rank - 1; a >= 0 && ++k[a] == _kernel[a]; a--)
+                    k[a] = 0;
+            }
+            var patch = new long[Channels * kernelLength];
             for (var c = 0; c < Channels; c++)
             {
-                var plane = ((long)n * Channels + c) * h * w;
-                for (var ky = 0; ky < KernelH; ky++)
-                {
-                    var iy = oy * StrideH - t + ky * DilationH;
-                    for (var kx = 0; kx < KernelW; kx++, i++)
-                    {
-                        var ix = ox * StrideW - l + kx * DilationW;
-                        patch[i] = iy >= 0 && iy < h && ix >= 0 && ix < w ? plane + (long)iy * w + ix : -1;
-                    }
-                }
+                var start = ((long)n * Channels + c) * plane;
+                for (var i = 0; i < kernelLength; i++)
+                    patch[c * kernelLength + i] = offsets[i] >= 0 ? start + offsets[i] : -1;
             }
             return patch;
         }

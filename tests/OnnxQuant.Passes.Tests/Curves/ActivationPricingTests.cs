@@ -20,6 +20,9 @@ public class ActivationPricingTests
     [Theory]
     [InlineData("conv", 4)]
     [InlineData("grouped-conv", 4)]
+    [InlineData("conv-same-lower", 6)]
+    [InlineData("conv1d", 4)]
+    [InlineData("conv3d", 5)]
     [InlineData("matmul", 8)]
     [InlineData("gemm", 3)]
     public void ClosedFormActivationErrorMatchesTheMeasuredLayerOutputError(string kind, int bits)

@@ -21,6 +21,9 @@ public class GainCurveTests
     [Theory]
     [InlineData("conv")]
     [InlineData("grouped-conv")]
+    [InlineData("conv-same-lower")]
+    [InlineData("conv1d")]
+    [InlineData("conv3d")]
     [InlineData("matmul")]
     [InlineData("gemm")]
     public void ClosedFormLocalErrorMatchesTheMeasuredLayerOutputError(string kind)

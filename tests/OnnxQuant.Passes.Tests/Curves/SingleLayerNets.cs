@@ -6,7 +6,9 @@ namespace OnnxQuant.Passes.Tests.Curves;
 /// <summary>One quantizable layer of each kind the closed forms handle, fed by graph input "x".</summary>
 internal static class SingleLayerNets
 {
-    /// <param name="kind">conv (padded asymmetrically, strided and dilated), grouped-conv, matmul or gemm (transB, alpha).</param>
+    /// <param name="kind">conv (padded asymmetrically, strided and dilated), grouped-conv, conv-same-lower (auto_pad,
+    /// strided), conv1d (padded asymmetrically, strided and dilated), conv3d (grouped, padded, strided), matmul or gemm
+    /// (transB, alpha).</param>
     public static (Model Model, long[] InputShape) Build(string kind, int seed)
     {
         var net = new Net(seed: seed);
@@ -22,6 +24,21 @@ internal static class SingleLayerNets
                 shape = [1, 4, 9, 9];
                 net.Output(net.Op("Conv", [net.Input("x", shape), net.Random("w", [8, 2, 3, 3], 0.3f)], Attribute.FromInt("group", 2),
                     Attribute.FromInts("pads", [1, 1, 1, 1]), Attribute.FromInts("strides", [2, 2])));
+                break;
+            case "conv-same-lower":
+                shape = [1, 3, 9, 8];
+                net.Output(net.Op("Conv", [net.Input("x", shape), net.Random("w", [5, 3, 4, 3], 0.3f)],
+                    Attribute.FromString("auto_pad", "SAME_LOWER"), Attribute.FromInts("strides", [2, 3])));
+                break;
+            case "conv1d":
+                shape = [1, 4, 40];
+                net.Output(net.Op("Conv", [net.Input("x", shape), net.Random("w", [6, 4, 5], 0.3f), net.Random("b", [6], 0.1f)],
+                    Attribute.FromInts("pads", [3, 1]), Attribute.FromInts("strides", [2]), Attribute.FromInts("dilations", [2])));
+                break;
+            case "conv3d":
+                shape = [1, 4, 5, 6, 7];
+                net.Output(net.Op("Conv", [net.Input("x", shape), net.Random("w", [6, 2, 3, 3, 2], 0.3f)], Attribute.FromInt("group", 2),
+                    Attribute.FromInts("pads", [1, 0, 1, 1, 1, 0]), Attribute.FromInts("strides", [1, 2, 2])));
                 break;
             case "matmul":
                 shape = [1, 12, 16];
