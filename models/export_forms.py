@@ -1,0 +1,257 @@
+"""Exports small networks written the way other training code writes its layers, for checking that the compiler takes
+each form (seeded random weights; BatchNorm statistics set on random data, so activations keep their scale as in a
+trained network):
+
+- yolo: a YOLOv5-shaped detector (Conv + BatchNorm + SiLU, C3 blocks with Concat, SPPF's chained MaxPool, nearest
+  Resize, depthwise and grouped dilated convolutions, box heads reshaped, permuted and passed through Sigmoid), at
+  opset 12 with a fixed batch and at opset 17 with a symbolic one;
+- hfvit: a ViT written as some transformer libraries write it (LayerNorm as ReduceMean / Sub / Pow / Sqrt / Div,
+  GELU through Erf, attention as MatMul / Div / Softmax on permuted heads) at opset 11, and the same with the
+  attention products written with einsum at opset 13 with a symbolic batch;
+- audio: 1-D convolutions, a 1-D transposed convolution and a GRU over a sequence (opset 13);
+- mhadetr: a DETR written with torch.nn.Transformer (its MultiheadAttention export: packed in-projection, Gemm and
+  MatMul forms) at opsets 13 and 17;
+- weightleft: a MatMul with the weight as its first operand and one Linear weight applied twice (opset 13).
+
+    /usr/bin/python3 models/export_forms.py [--out DIR] [--calib 24] [--eval 8] [--only NAME ...]
+
+Writes NAME.onnx for each form, calib128.npz / eval128.npz (input "images", 3x128x128) and calib64.npz / eval64.npz
+(3x64x64, for the audio net).
+"""
+import argparse
+import math
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class ConvBnSiLU(nn.Module):
+    def __init__(self, ci, co, k=3, stride=1, groups=1, dilation=1, padding=None):
+        super().__init__()
+        pad = dilation * (k // 2) if padding is None else padding
+        self.conv = nn.Conv2d(ci, co, k, stride, pad, groups=groups, dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(co)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class C3(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.a, self.b = ConvBnSiLU(c, c // 2, 1), ConvBnSiLU(c, c // 2, 1)
+        self.m = nn.Sequential(ConvBnSiLU(c // 2, c // 2, 1), ConvBnSiLU(c // 2, c // 2, 3))
+        self.out = ConvBnSiLU(c, c, 1)
+
+    def forward(self, x):
+        a = self.a(x)
+        return self.out(torch.cat([a + self.m(a), self.b(x)], 1))
+
+
+class SPPF(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.a, self.out, self.pool = ConvBnSiLU(c, c // 2, 1), ConvBnSiLU(c * 2, c, 1), nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x):
+        x = self.a(x)
+        y1 = self.pool(x)
+        y2 = self.pool(y1)
+        return self.out(torch.cat([x, y1, y2, self.pool(y2)], 1))
+
+
+class Yolo(nn.Module):
+    def __init__(self, classes=4, anchors=3):
+        super().__init__()
+        self.stem = ConvBnSiLU(3, 16, 6, 2, padding=2)
+        self.down1, self.c1 = ConvBnSiLU(16, 32, 3, 2), C3(32)
+        self.down2, self.c2 = ConvBnSiLU(32, 64, 3, 2), C3(64)
+        self.depthwise, self.grouped = ConvBnSiLU(64, 64, 3, groups=64), ConvBnSiLU(64, 64, 3, groups=4, dilation=2)
+        self.down3, self.c3, self.sppf = ConvBnSiLU(64, 128, 3, 2), C3(128), SPPF(128)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.lateral, self.c4, self.lateral2 = ConvBnSiLU(128, 64, 1), C3(128), ConvBnSiLU(128, 64, 1)
+        self.outputs = 5 + classes
+        self.anchors = anchors
+        self.head1 = nn.Conv2d(128, anchors * self.outputs, 1)
+        self.head2 = nn.Conv2d(128, anchors * self.outputs, 1)
+
+    def forward(self, x):
+        x = self.c1(self.down1(self.stem(x)))
+        p3 = self.grouped(self.depthwise(self.c2(self.down2(x))))
+        p4 = self.sppf(self.c3(self.down3(p3)))
+        fine = self.c4(torch.cat([self.up(self.lateral(p4)), p3], 1))
+        coarse = torch.cat([self.lateral2(p4), p4[:, :64]], 1)
+        boxes = []
+        for head, f in ((self.head1, fine), (self.head2, coarse)):
+            y = head(f)
+            b, _, h, w = y.shape
+            y = y.view(b, self.anchors, self.outputs, h, w).permute(0, 1, 3, 4, 2).sigmoid()
+            boxes.append(y.reshape(b, -1, self.outputs))
+        return torch.cat(boxes, 1)
+
+
+class DecomposedLayerNorm(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        u = x.mean(-1, keepdim=True)
+        v = (x - u).pow(2).mean(-1, keepdim=True)
+        return self.weight * (x - u) / torch.sqrt(v + 1e-12) + self.bias
+
+
+class LibraryBlock(nn.Module):
+    def __init__(self, d, heads, einsum):
+        super().__init__()
+        self.heads, self.einsum = heads, einsum
+        self.q, self.k, self.v, self.o = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.norm1, self.norm2 = DecomposedLayerNorm(d), DecomposedLayerNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        hd = d // self.heads
+
+        def split(y):
+            return y.view(b, t, self.heads, hd).permute(0, 2, 1, 3)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        if self.einsum:
+            a = (torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(hd)).softmax(-1)
+            c = torch.einsum("bhqk,bhkd->bhqd", a, v)
+        else:
+            a = (torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd)).softmax(-1)
+            c = torch.matmul(a, v)
+        x = self.norm1(x + self.o(c.permute(0, 2, 1, 3).reshape(b, t, d)))
+        f = self.fc1(x)
+        f = 0.5 * f * (1 + torch.erf(f / math.sqrt(2)))
+        return self.norm2(x + self.fc2(f))
+
+
+class LibraryViT(nn.Module):
+    def __init__(self, einsum=False, d=96, depth=3, heads=4, tokens=64):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 16, 16)
+        self.pos = nn.Parameter(torch.randn(1, tokens, d) * 0.02)
+        self.blocks = nn.Sequential(*[LibraryBlock(d, heads, einsum) for _ in range(depth)])
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.blocks(x).mean(1))
+
+
+class Audio(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(3, 32, 7, 2, 3), nn.Conv1d(32, 64, 5, 2, 2)
+        self.up = nn.ConvTranspose1d(64, 32, 4, 2, 1)
+        self.gru = nn.GRU(32, 32, batch_first=True)
+        self.out = nn.Linear(32, 8)
+
+    def forward(self, x):
+        x = x.mean(2)  # N, 3, W: the image's columns as a 3-channel sequence
+        x = torch.relu(self.up(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        y, _ = self.gru(x.transpose(1, 2))
+        return self.out(y)
+
+
+class TransformerDetr(nn.Module):
+    def __init__(self, d=128, queries=10, classes=5):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                                      nn.Conv2d(64, d, 3, 2, 1), nn.ReLU(), nn.Conv2d(d, d, 3, 2, 1))
+        self.transformer = nn.Transformer(d, 4, 2, 2, 256, 0.0)
+        self.queries = nn.Parameter(torch.randn(queries, 1, d))
+        self.cls = nn.Linear(d, classes)
+        self.box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
+
+    def forward(self, x):
+        f = self.backbone(x).flatten(2).permute(2, 0, 1)
+        h = self.transformer(f, self.queries.expand(-1, x.shape[0], -1))
+        return self.cls(h), self.box(h).sigmoid()
+
+
+class WeightLeft(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, 2, 1)
+        self.mix = nn.Parameter(torch.randn(32, 64 * 64) * 0.01)
+        self.shared = nn.Linear(16, 16, bias=False)
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).flatten(2)            # N, 16, 4096
+        z = torch.matmul(self.mix, y.transpose(1, 2))      # N, 32, 16: the weight on the left
+        z = nn.functional.linear(self.shared(z), self.shared.weight)
+        return self.out(z.transpose(1, 2))
+
+
+# name: (builder, opset, symbolic batch, image size)
+FORMS = {
+    "yolo_op12": (Yolo, 12, False, 128),
+    "yolo_op17_dynamic": (Yolo, 17, True, 128),
+    "hfvit_op11": (lambda: LibraryViT(einsum=False), 11, False, 128),
+    "hfvit_einsum_op13_dynamic": (lambda: LibraryViT(einsum=True), 13, True, 128),
+    "audio_conv1d_gru_op13": (Audio, 13, False, 64),
+    "mhadetr_op13": (TransformerDetr, 13, False, 128),
+    "mhadetr_op17_dynamic": (TransformerDetr, 17, True, 128),
+    "weightleft_op13": (WeightLeft, 13, False, 128),
+}
+
+
+def settle_batchnorm(model, size, seed):
+    """Running statistics from random data and affine parameters away from identity, so that activations keep their
+    scale through the depth as in a trained network (with fresh statistics a random SiLU stack decays to its biases)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        return
+    generator = torch.Generator().manual_seed(seed)
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(8, 3, size, size, generator=generator))
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5, generator=generator)
+            norm.bias.uniform_(-0.5, 0.5, generator=generator)
+
+
+def export(name, out, seed=0):
+    builder, opset, dynamic, size = FORMS[name]
+    torch.manual_seed(seed)
+    model = builder()
+    settle_batchnorm(model, size, seed)
+    model.eval()
+    axes = {"images": {0: "batch"}} if dynamic else None
+    path = os.path.join(out, f"{name}.onnx")
+    torch.onnx.export(model, torch.randn(1, 3, size, size), path, opset_version=opset, input_names=["images"],
+                      do_constant_folding=True, dynamic_axes=axes)
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "build", "forms"))
+    parser.add_argument("--calib", type=int, default=24, help="calibration samples")
+    parser.add_argument("--eval", type=int, default=8, help="held-out samples")
+    parser.add_argument("--only", nargs="*", choices=sorted(FORMS), help="export only these forms")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    for name in args.only or FORMS:
+        print("wrote", export(name, args.out))
+    rng = np.random.default_rng(0)
+    for size in (128, 64):
+        for prefix, count in (("calib", args.calib), ("eval", args.eval)):
+            data = rng.standard_normal((count, 3, size, size)).astype(np.float32)
+            np.savez(os.path.join(args.out, f"{prefix}{size}.npz"), images=data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+
+MODELS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ops(proto):
+    return {n.op_type for n in proto.graph.node}
+
+
+def test_export_forms_writes_each_layer_form(tmp_path):
+    command = [sys.executable, os.path.join(MODELS, "export_forms.py"), "--out", str(tmp_path), "--calib", "3", "--eval", "2"]
+    subprocess.run(command, check=True, capture_output=True)
+
+    def load(name, opset):
+        path = str(tmp_path / f"{name}.onnx")
+        onnx.checker.check_model(path, full_check=True)
+        proto = onnx.load(path)
+        assert proto.opset_import[0].version == opset
+        return proto
+
+    yolo = load("yolo_op12", 12)
+    assert {"Conv", "Sigmoid", "Mul", "Concat", "MaxPool", "Resize"} <= ops(yolo)
+    assert "BatchNormalization" not in ops(yolo)  # folded by the exporter in inference mode
+    groups = sorted({a.i for n in yolo.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"})
+    assert groups == [1, 4, 64]  # plain, grouped and depthwise convolutions
+    dynamic = load("yolo_op17_dynamic", 17)
+    assert dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+    library = load("hfvit_op11", 11)
+    assert {"ReduceMean", "Pow", "Sqrt", "Erf", "Softmax", "MatMul"} <= ops(library)
+    assert "LayerNormalization" not in ops(library)
+    assert "Einsum" in ops(load("hfvit_einsum_op13_dynamic", 13))
+
+    audio = load("audio_conv1d_gru_op13", 13)
+    assert {"GRU", "ConvTranspose"} <= ops(audio)
+    weights = {i.name: i for i in audio.graph.initializer}
+    conv_ranks = [len(weights[n.input[1]].dims) for n in audio.graph.node if n.op_type == "Conv"]
+    assert conv_ranks == [3, 3]
+
+    for name, opset in (("mhadetr_op13", 13), ("mhadetr_op17_dynamic", 17)):
+        assert {"MatMul", "Softmax"} <= ops(load(name, opset))
+
+    left = load("weightleft_op13", 13)
+    weights = {i.name for i in left.graph.initializer}
+    assert any(n.op_type == "MatMul" and n.input[0] in weights for n in left.graph.node)
+
+    calib = np.load(tmp_path / "calib128.npz")["images"]
+    assert calib.shape == (3, 3, 128, 128) and calib.dtype == np.float32
+    assert np.load(tmp_path / "eval64.npz")["images"].shape == (2, 3, 64, 64)
