@@ -76,9 +76,10 @@ public sealed record RewriteOptions : IStageOptions
 
     // The fake-quantized weights the curves measure follow the storage layout (blocked for MatMulNBits) and the
     // compensation (absent when none, so curves cached before compensation existed stay valid). Second-order rounding
-    // names its column order: curves cached when it took the columns in their own order measured other weights.
+    // names its column order and its statistics: curves cached when it took the columns in their own order, or read S
+    // unshrunk where the rows were fewer than the inputs, measured other weights.
     public IEnumerable<string> CurveKey() =>
         ["format=" + Format, "block=" + BlockSize,
             .. Compensation == Compensation.None ? Array.Empty<string>() : ["compensation=" + Compensator.Name(Compensation)],
-            .. Compensation is Compensation.Gptq or Compensation.All ? ["second-order=act-order"] : Array.Empty<string>()];
+            .. Compensation is Compensation.Gptq or Compensation.All ? ["second-order=act-order,shrunk-below-rows"] : Array.Empty<string>()];
 }
