@@ -21,6 +21,9 @@ public sealed class LayerInputRows
 {
     private readonly QuantLayer _layer;
     private readonly ConvGeometry? _conv;
+    // A deconvolution whose kernel taps never overlap: each input position's channel vector is a row, and output
+    // channel c reads it through one weight vector per kernel tap (0 otherwise).
+    private readonly int _deconvTaps;
     private readonly bool _transposedInput;
     private readonly int _rowsPerSample;
     private readonly int _seed;
@@ -46,9 +49,14 @@ public sealed class LayerInputRows
                 Fallback = reason;
                 break;
             case "ConvTranspose":
-                // Each output position sums over the input positions its kernel overlaps, which differ with the
-                // position's phase: no one row per output, so no closed form (curves measured, rounding to nearest).
-                Fallback = "ConvTranspose (no one input row per output position)";
+                // Where kernel taps overlap, an output position sums over several input positions, which differ with
+                // its phase: no one row per output, so no closed form (curves measured at every width). Where they do
+                // not (stride >= kernel, no dilation, no cropping, one group: the 2x2 stride-2 upsampling of Mask
+                // R-CNN's mask head and of a ViT's feature pyramid), every output position reads one input position
+                // through one tap, so ||dZ||^2 = sum over input positions and taps of (dW_tap . x)^2 exactly.
+                _deconvTaps = NonOverlappingTaps(node, layer.WeightShape, out var why);
+                if (_deconvTaps == 0)
+                    Fallback = $"ConvTranspose ({why})";
                 break;
             case "Gemm":
                 _transposedInput = node.GetInt("transA", 0) != 0;
@@ -58,9 +66,31 @@ public sealed class LayerInputRows
         Reduction = layer.OpType switch
         {
             "Conv" => (int)(layer.WeightShape[1] * layer.Groups * layer.WeightShape.Skip(2).Aggregate(1L, (a, b) => a * b)),
+            "ConvTranspose" when _deconvTaps > 0 => (int)layer.WeightShape[0],
             "ConvTranspose" => (int)(layer.Size / layer.Channels),
             _ => (int)layer.WeightShape[layer.InputChannelAxis],
         };
+    }
+
+    /// <summary>Kernel taps of a ConvTranspose whose taps never overlap, or 0 with the reason.</summary>
+    private static int NonOverlappingTaps(Node node, long[] weightShape, out string why)
+    {
+        why = "";
+        var rank = weightShape.Length - 2;
+        var kernel = weightShape.Skip(2).ToArray();
+        var strides = node.GetInts("strides") ?? Enumerable.Repeat(1L, rank).ToArray();
+        var dilations = node.GetInts("dilations") ?? Enumerable.Repeat(1L, rank).ToArray();
+        var pads = node.GetInts("pads") ?? new long[2 * rank];
+        var autoPad = node.GetString("auto_pad", "NOTSET");
+        if (rank < 1 || node.GetInt("group", 1) != 1)
+            why = "grouped";
+        else if (strides.Count != rank || Enumerable.Range(0, rank).Any(a => strides[a] < kernel[a]))
+            why = "kernel taps overlap: stride below the kernel, no one input row per output position";
+        else if (dilations.Any(d => d != 1))
+            why = "dilated";
+        else if (pads.Any(p => p != 0) || autoPad is not ("NOTSET" or "VALID") || node.GetInts("output_shape") is not null)
+            why = "cropped output";
+        return why.Length > 0 ? 0 : (int)kernel.Aggregate(1L, (a, b) => a * b);
     }
 
     public QuantLayer Layer => _layer;
@@ -216,6 +246,22 @@ public sealed class LayerInputRows
             rows = shape[0] * positions;
             row = r => conv.PatchPositions((int)(r / positions), r % positions, outputSize, size);
         }
+        else if (_deconvTaps > 0)
+        {
+            var k = Reduction;
+            if (shape.Length != _layer.WeightShape.Length || shape[1] != k)
+            {
+                Fallback = $"input of shape [{string.Join(",", shape)}] is not N, {k} channels and {shape.Length - 2} spatial axes";
+                return null;
+            }
+            var plane = shape.Skip(2).Aggregate(1L, (a, b) => a * b);
+            rows = shape[0] * plane;
+            row = r =>
+            {
+                var start = r / plane * k * plane + r % plane;
+                return Enumerable.Range(0, k).Select(i => start + i * plane).ToArray();
+            };
+        }
         else
         {
             var k = Reduction;
@@ -273,7 +319,7 @@ public sealed class LayerInputRows
         for (var k = 0; k < bits.Count; k++)
         {
             var q = quantize(bits[k]);
-            result[k] = SquaredProjections(rows, c => ChannelSlice(weight, q, c), mean, scale, threads);
+            result[k] = SquaredProjections(rows, c => ChannelVectors(weight, q, c), mean, scale, threads);
         }
         return result;
     }
@@ -284,24 +330,47 @@ public sealed class LayerInputRows
     /// row at its offset). Each channel is summed sequentially in row order, so the result does not depend on the
     /// thread count.
     /// </summary>
-    private double[] SquaredProjections(IReadOnlyList<float[]> rows, Func<int, (float[] Vector, int Offset)> vectorOf, float[]? mean,
+    private double[] SquaredProjections(IReadOnlyList<float[]> rows, Func<int, IReadOnlyList<(float[] Vector, int Offset)>> vectorsOf, float[]? mean,
         double scale, int threads)
     {
         var result = new double[_layer.Channels];
         var parallel = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
         Parallel.For(0, result.Length, parallel, c =>
         {
-            var (v, offset) = vectorOf(c);
-            double shift = mean is null ? 0 : TensorPrimitives.Dot(mean.AsSpan(offset, v.Length), v);
             double sum = 0;
-            foreach (var x in rows)
+            foreach (var (v, offset) in vectorsOf(c))
             {
-                double d = TensorPrimitives.Dot(x.AsSpan(offset, v.Length), v) - shift;
-                sum += d * d;
+                double shift = mean is null ? 0 : TensorPrimitives.Dot(mean.AsSpan(offset, v.Length), v);
+                foreach (var x in rows)
+                {
+                    double d = TensorPrimitives.Dot(x.AsSpan(offset, v.Length), v) - shift;
+                    sum += d * d;
+                }
             }
             result[c] = sum * scale;
         });
         return result;
+    }
+
+    /// <summary>What output channel <paramref name="c"/> reads a row through: its slice (<see cref="ChannelSlice"/>),
+    /// or for a non-overlapping deconvolution one vector over the input channels per kernel tap.</summary>
+    private IReadOnlyList<(float[] Vector, int Offset)> ChannelVectors(float[] w, float[]? q, int c)
+    {
+        if (_deconvTaps == 0)
+            return [ChannelSlice(w, q, c)];
+        var (inputs, outputs, taps) = (Reduction, _layer.Channels, _deconvTaps);
+        var vectors = new (float[], int)[taps];
+        for (var t = 0; t < taps; t++)
+        {
+            var v = new float[inputs];
+            for (var i = 0; i < inputs; i++)
+            {
+                var at = ((long)i * outputs + c) * taps + t;
+                v[i] = q is null ? w[at] : q[at] - w[at];
+            }
+            vectors[t] = (v, 0);
+        }
+        return vectors;
     }
 
     /// <summary>
@@ -358,7 +427,7 @@ public sealed class LayerInputRows
             TensorPrimitives.Subtract(e, rows[r], e);
             errors[r] = e;
         }
-        return SquaredProjections(errors, c => ChannelSlice(weight, null, c), null, scale, threads);
+        return SquaredProjections(errors, c => ChannelVectors(weight, null, c), null, scale, threads);
     }
 
     private float[] Mean(IReadOnlyList<float[]> rows)
@@ -380,7 +449,8 @@ public sealed class LayerInputRows
     /// </summary>
     public static InputStatistics? Combined(IReadOnlyList<LayerInputRows> layers)
     {
-        var usable = layers.Where(l => l.Fallback is null && l.RowCount > 0).ToList();
+        // A deconvolution's rows are its input positions' channels, not what compensation's layout reads: rounded to nearest.
+        var usable = layers.Where(l => l.Fallback is null && l.RowCount > 0 && l._deconvTaps == 0).ToList();
         if (usable.Count == 0)
             return null;
         var first = usable[0];

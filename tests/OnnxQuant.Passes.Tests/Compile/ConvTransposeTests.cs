@@ -1,5 +1,6 @@
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Compile;
+using OnnxQuant.Passes.Quantization;
 using OnnxQuant.Passes.Rewrite;
 using OnnxQuant.Runtime;
 using Attribute = OnnxQuant.Frontend.Attribute;
@@ -22,14 +23,16 @@ public sealed class ConvTransposeTests : IDisposable
     }
 
     /// <summary>images -> Conv -> Relu -> ConvTranspose (x2) -> Relu -> Conv, the deconvolution grouped or not.</summary>
-    private static Model Decoder(int group = 1)
+    private static Model Decoder(int group = 1, bool overlapping = true)
     {
         var net = new Net(seed: 12);
         var x = net.BatchInput("images", 3, 16, 16);
         var c1 = net.Op("Relu", [net.Op("Conv", [x, net.Random("enc.weight", [8, 3, 3, 3], 0.4f), net.Random("enc.bias", [8], 0.1f)],
             Attribute.FromInts("pads", [1, 1, 1, 1]), Attribute.FromInts("strides", [2, 2]))]);
-        var up = net.Op("ConvTranspose", [c1, net.Random("up.weight", [8, 6 / group, 4, 4], 0.3f), net.Random("up.bias", [6], 0.1f)],
-            Attribute.FromInts("pads", [1, 1, 1, 1]), Attribute.FromInts("strides", [2, 2]), Attribute.FromInt("group", group));
+        // 4x4 stride 2 padded 1 (taps overlap), or 2x2 stride 2 (Mask R-CNN's mask head: they do not).
+        var k = overlapping ? 4 : 2;
+        var up = net.Op("ConvTranspose", [c1, net.Random("up.weight", [8, 6 / group, k, k], 0.3f), net.Random("up.bias", [6], 0.1f)],
+            Attribute.FromInts("pads", overlapping ? [1, 1, 1, 1] : [0, 0, 0, 0]), Attribute.FromInts("strides", [2, 2]), Attribute.FromInt("group", group));
         up.Producer!.Name = "up";
         var head = net.Op("Conv", [net.Op("Relu", [up]), net.Random("head.weight", [4, 6, 3, 3], 0.3f)], Attribute.FromInts("pads", [1, 1, 1, 1]));
         head.Name = "map";
@@ -58,6 +61,33 @@ public sealed class ConvTransposeTests : IDisposable
         }
         // 8-bit weights and activations stay close to float; 4 bits cost more.
         Assert.InRange(result.Targets[0].Report.Distortion.Measured, 0, 1e-2);
+        Assert.True(result.Targets[1].Report.Distortion.Measured > result.Targets[0].Report.Distortion.Measured);
+    }
+
+    /// <summary>
+    /// Taps that never overlap give the deconvolution a closed form: its curve comes from its input rows (no
+    /// measurement at every width) and its input is priced; it is still rounded to nearest (no compensation).
+    /// </summary>
+    [Fact]
+    public void ANonOverlappingDeconvolutionHasAClosedFormAndAPricedInput()
+    {
+        var result = TestModels.CompileImages(Decoder(overlapping: false), _root, "taps", new CompileOptions
+        {
+            Allocation = new() { TargetBits = [8, 4] }, Rewrite = new() { Compensation = Compensation.All },
+        });
+        foreach (var target in result.Targets)
+        {
+            var report = target.Report;
+            Assert.Contains(report.Units, u => u.Layer == "up" && u.OpType == "ConvTranspose");
+            Assert.DoesNotContain(report.Notes, n => n.Contains("'up'", StringComparison.Ordinal));
+            Assert.Contains(report.CurveGains, g => g.Unit == "up" && g.Local == "full" && g.MeasuredOverPredicted is > 0.7 and < 1.4);
+            Assert.Contains(report.Activations!.Tensors, t => t.Layers.Contains("up"));
+            Assert.DoesNotContain(report.Activations.Unpriced, u => u.Layer == "up");
+            Assert.DoesNotContain(report.Compensated, c => c.Layer == "up");
+            using var session = InferenceSession.Create(target.ModelPath);
+            var outputs = session.Run([new NamedTensor("images", TensorData.FromFloats(TestModels.Images(2, 5), [2, 3, 16, 16]))]);
+            Assert.All(outputs[0].Data.ToFloats(), v => Assert.True(float.IsFinite(v)));
+        }
         Assert.True(result.Targets[1].Report.Distortion.Measured > result.Targets[0].Report.Distortion.Measured);
     }
 

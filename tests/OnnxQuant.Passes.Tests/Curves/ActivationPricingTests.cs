@@ -23,6 +23,8 @@ public class ActivationPricingTests
     [InlineData("conv-same-lower", 6)]
     [InlineData("conv1d", 4)]
     [InlineData("conv3d", 5)]
+    [InlineData("deconv", 4)]
+    [InlineData("deconv1d", 6)]
     [InlineData("matmul", 8)]
     [InlineData("gemm", 3)]
     public void ClosedFormActivationErrorMatchesTheMeasuredLayerOutputError(string kind, int bits)

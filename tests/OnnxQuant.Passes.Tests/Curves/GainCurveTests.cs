@@ -24,13 +24,17 @@ public class GainCurveTests
     [InlineData("conv-same-lower")]
     [InlineData("conv1d")]
     [InlineData("conv3d")]
+    [InlineData("deconv")]
+    [InlineData("deconv1d")]
     [InlineData("matmul")]
     [InlineData("gemm")]
     public void ClosedFormLocalErrorMatchesTheMeasuredLayerOutputError(string kind)
     {
         var (model, inputShape) = SingleLayerNets.Build(kind, seed: 3);
         var features = new[] { model.Graph.Outputs[0].Name };
-        var layer = UnitDiscovery.Discover(model, features, new UnitOptions()).Layers.Single();
+        var discovered = UnitDiscovery.Discover(model, features, new UnitOptions());
+        Assert.True(discovered.Layers.Count == 1, string.Join("; ", discovered.Skipped.Select(s => s.Name + ": " + s.Reason)));
+        var layer = discovered.Layers[0];
         var node = model.Graph.FindInitializer(layer.WeightName)!.Uses[0].Node;
         var rows = new LayerInputRows(layer, node, rowsPerSample: 400, seed: 1);
         var weight = model.Graph.FindInitializer(layer.WeightName)!.Initializer!.ToFloatArray();
@@ -43,8 +47,10 @@ public class GainCurveTests
             rows.Add(inputs[s], inputShape, s, 1);
         var predicted = rows.ChannelErrors(weight, layout, Bits, threads: 1).Select(c => c.Sum()).ToArray();
 
-        // Spilled to a file once calibration is over, the rows give the same errors and statistics to the bit.
-        var before = rows.Statistics()!;
+        // Spilled to a file once calibration is over, the rows give the same errors and statistics to the bit. A
+        // deconvolution's rows (its input positions' channels) serve the closed form only: it is rounded to nearest.
+        var before = rows.Statistics();
+        Assert.Equal(kind.StartsWith("deconv", StringComparison.Ordinal), before is null);
         var path = Path.Combine(Path.GetTempPath(), $"onnxquant-rows-{Guid.NewGuid():N}.bin");
         try
         {
@@ -52,9 +58,9 @@ public class GainCurveTests
             rows.Spill(path);
             Assert.Equal(count, rows.RowCount);
             Assert.Equal(predicted, rows.ChannelErrors(weight, layout, Bits, threads: 1).Select(c => c.Sum()).ToArray());
-            var after = rows.Statistics()!;
-            Assert.Equal(before.Mean, after.Mean);
-            Assert.Equal(before.Second, after.Second);
+            var after = rows.Statistics();
+            Assert.Equal(before?.Mean, after?.Mean);
+            Assert.Equal(before?.Second, after?.Second);
             Assert.Throws<InvalidOperationException>(() => rows.Add(inputs[0], inputShape, 0, 1));
         }
         finally

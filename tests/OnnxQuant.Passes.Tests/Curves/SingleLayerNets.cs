@@ -8,7 +8,8 @@ internal static class SingleLayerNets
 {
     /// <param name="kind">conv (padded asymmetrically, strided and dilated), grouped-conv, conv-same-lower (auto_pad,
     /// strided), conv1d (padded asymmetrically, strided and dilated), conv3d (grouped, padded, strided), matmul or gemm
-    /// (transB, alpha).</param>
+    /// (transB, alpha), deconv (ConvTranspose 2x2 stride 2 with a bias) or deconv1d (kernel 3, stride 4: taps that leave
+    /// gaps).</param>
     public static (Model Model, long[] InputShape) Build(string kind, int seed)
     {
         var net = new Net(seed: seed);
@@ -39,6 +40,16 @@ internal static class SingleLayerNets
                 shape = [1, 4, 5, 6, 7];
                 net.Output(net.Op("Conv", [net.Input("x", shape), net.Random("w", [6, 2, 3, 3, 2], 0.3f)], Attribute.FromInt("group", 2),
                     Attribute.FromInts("pads", [1, 0, 1, 1, 1, 0]), Attribute.FromInts("strides", [1, 2, 2])));
+                break;
+            case "deconv":
+                shape = [1, 6, 5, 7];
+                net.Output(net.Op("ConvTranspose", [net.Input("x", shape), net.Random("w", [6, 4, 2, 2], 0.3f), net.Random("b", [4], 0.1f)],
+                    Attribute.FromInts("strides", [2, 2])));
+                break;
+            case "deconv1d":
+                shape = [1, 6, 11];
+                net.Output(net.Op("ConvTranspose", [net.Input("x", shape), net.Random("w", [6, 4, 3], 0.3f)],
+                    Attribute.FromInts("strides", [4])));
                 break;
             case "matmul":
                 shape = [1, 12, 16];
