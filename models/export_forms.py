@@ -11,19 +11,24 @@ trained network):
 - audio: 1-D convolutions, a 1-D transposed convolution and a GRU over a sequence (opset 13);
 - mhadetr: a DETR written with torch.nn.Transformer (its MultiheadAttention export: packed in-projection, Gemm and
   MatMul forms) at opsets 13 and 17;
-- weightleft: a MatMul with the weight as its first operand and one Linear weight applied twice (opset 13).
+- weightleft: a MatMul with the weight as its first operand and one Linear weight applied twice (opset 13);
+- tfstyle: a graph as TensorFlow converters write it (built with onnx.helper): an NHWC input transposed to NCHW,
+  explicit Pad nodes and auto_pad SAME_UPPER convolutions, Clip(0, 6) activations, a depthwise convolution,
+  a MatMul whose weight has a leading 1 ([1, K, N]) and a Gemm with transA over the transposed features (opset 13).
 
     /usr/bin/python3 models/export_forms.py [--out DIR] [--calib 24] [--eval 8] [--only NAME ...]
 
-Writes NAME.onnx for each form, calib128.npz / eval128.npz (input "images", 3x128x128) and calib64.npz / eval64.npz
-(3x64x64, for the audio net).
+Writes NAME.onnx for each form, calib128.npz / eval128.npz (input "images", 3x128x128), calib64.npz / eval64.npz
+(3x64x64, for the audio net) and calib_nhwc.npz / eval_nhwc.npz (input "input", 128x128x3, for tfstyle).
 """
 import argparse
 import math
 import os
 
 import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 
@@ -201,7 +206,54 @@ FORMS = {
     "mhadetr_op13": (TransformerDetr, 13, False, 128),
     "mhadetr_op17_dynamic": (TransformerDetr, 17, True, 128),
     "weightleft_op13": (WeightLeft, 13, False, 128),
+    "tfstyle_nhwc_op13": (None, 13, True, 128),  # built by tf_style(): input "input", N x 128 x 128 x 3
 }
+
+
+def tf_style(path, size=128, seed=0):
+    """An NHWC classifier head on a small conv stack, in the forms TensorFlow converters write."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name, shape, fan_in):
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+
+    inits = [
+        weight("conv1/w", (16, 3, 3, 3), 27), numpy_helper.from_array(np.full(16, 0.1, np.float32), "conv1/b"),
+        weight("dw/w", (16, 1, 3, 3), 9), numpy_helper.from_array(np.zeros(16, np.float32), "dw/b"),
+        weight("pw/w", (32, 16, 1, 1), 16), numpy_helper.from_array(np.zeros(32, np.float32), "pw/b"),
+        weight("conv2/w", (32, 32, 3, 3), 288),
+        weight("fc/w", (1, 32, 24), 32), numpy_helper.from_array((0.1 * rng.standard_normal(24)).astype(np.float32), "fc/b"),
+        weight("cls/w", (10, 24), 24),
+        numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+        numpy_helper.from_array(np.array(0, np.float32), "zero"), numpy_helper.from_array(np.array(6, np.float32), "six"),
+        numpy_helper.from_array(np.array([0, 32, -1], np.int64), "tokens"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Pad", ["nchw", "pads"], ["padded"], mode="constant"),
+        helper.make_node("Conv", ["padded", "conv1/w", "conv1/b"], ["c1"], strides=[2, 2]),
+        helper.make_node("Clip", ["c1", "zero", "six"], ["a1"]),
+        helper.make_node("Conv", ["a1", "dw/w", "dw/b"], ["d1"], group=16, auto_pad="SAME_UPPER"),
+        helper.make_node("Clip", ["d1", "zero", "six"], ["a2"]),
+        helper.make_node("Conv", ["a2", "pw/w", "pw/b"], ["p1"]),
+        helper.make_node("Relu", ["p1"], ["a3"]),
+        helper.make_node("Conv", ["a3", "conv2/w"], ["c2"], strides=[2, 2], auto_pad="SAME_UPPER"),
+        helper.make_node("Relu", ["c2"], ["a4"]),
+        helper.make_node("Reshape", ["a4", "tokens"], ["t"]),               # N, 32, HW
+        helper.make_node("Transpose", ["t"], ["tokens_nlc"], perm=[0, 2, 1]),  # N, HW, 32
+        helper.make_node("MatMul", ["tokens_nlc", "fc/w"], ["f"]),
+        helper.make_node("Add", ["f", "fc/b"], ["fb"]),
+        helper.make_node("Relu", ["fb"], ["fr"]),
+        helper.make_node("ReduceMean", ["fr"], ["pooled"], axes=[1], keepdims=0),  # N, 24
+        helper.make_node("Transpose", ["pooled"], ["pooled_t"], perm=[1, 0]),
+        helper.make_node("Gemm", ["pooled_t", "cls/w"], ["logits"], transA=1, transB=1),
+    ]
+    graph = helper.make_graph(nodes, "tfstyle", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", size, size, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tf2onnx-style")
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
 
 
 def settle_batchnorm(model, size, seed):
@@ -224,6 +276,10 @@ def settle_batchnorm(model, size, seed):
 
 
 def export(name, out, seed=0):
+    if name == "tfstyle_nhwc_op13":
+        path = os.path.join(out, f"{name}.onnx")
+        tf_style(path, seed=seed)
+        return path
     builder, opset, dynamic, size = FORMS[name]
     torch.manual_seed(seed)
     model = builder()
@@ -251,6 +307,9 @@ def main():
         for prefix, count in (("calib", args.calib), ("eval", args.eval)):
             data = rng.standard_normal((count, 3, size, size)).astype(np.float32)
             np.savez(os.path.join(args.out, f"{prefix}{size}.npz"), images=data)
+    for prefix, count in (("calib", args.calib), ("eval", args.eval)):
+        data = rng.uniform(0, 1, (count, 128, 128, 3)).astype(np.float32)
+        np.savez(os.path.join(args.out, f"{prefix}_nhwc.npz"), input=data)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,13 @@ def test_export_forms_writes_each_layer_form(tmp_path):
     weights = {i.name for i in left.graph.initializer}
     assert any(n.op_type == "MatMul" and n.input[0] in weights for n in left.graph.node)
 
+    tf = load("tfstyle_nhwc_op13", 13)
+    assert [d.dim_param or d.dim_value for d in tf.graph.input[0].type.tensor_type.shape.dim] == ["N", 128, 128, 3]
+    assert {"Pad", "Clip", "Transpose", "Gemm"} <= ops(tf)
+    assert any(a.name == "auto_pad" and a.s == b"SAME_UPPER" for n in tf.graph.node for a in n.attribute)
+    assert any(a.name == "transA" and a.i == 1 for n in tf.graph.node if n.op_type == "Gemm" for a in n.attribute)
+    assert np.load(tmp_path / "calib_nhwc.npz")["input"].shape == (3, 128, 128, 3)
+
     calib = np.load(tmp_path / "calib128.npz")["images"]
     assert calib.shape == (3, 3, 128, 128) and calib.dtype == np.float32
     assert np.load(tmp_path / "eval64.npz")["images"].shape == (2, 3, 64, 64)
