@@ -295,6 +295,8 @@ public static class ReportWriter
                     w.WriteString("layer", c.Layer);
                     w.WriteBoolean("gptq", c.Gptq);
                     w.WriteBoolean("bias_corrected", c.BiasCorrected);
+                    if (c.Shrinkage is { } shrinkage)
+                        w.WriteNumber("shrinkage", shrinkage);
                     if (c.BiasNote is { } note)
                         w.WriteString("bias_note", note);
                     w.WriteEndObject();

@@ -279,6 +279,8 @@ public static class Compiler
                           $"{Quantization.StableRounding.Round(verified.Measured - deploy.SizeMeasured):G4} to the measured distortion of the size target ({deploy.SizeMeasured:G4})");
             if (MeasuredGapNote(options.Calibration.ActBits, repair is null ? allocation.Allocation.PredictedDistortion : null, activations, verified.Measured) is { } gap)
                 notes.Add(gap);
+            if (ShrinkageNote(rewrite.Compensated, loaded.Samples) is { } shrunk)
+                notes.Add(shrunk);
             if (deploy is { BiasFits.Count: > 0 } fits)
                 notes.Add($"deploy speed: the INT32 bias of {fits.BiasFits.Sum(f => f.Channels)} output channel(s) in {fits.BiasFits.Count} layer(s) did not fit at the " +
                           $"chosen weight scale (an input scale tiny against the bias); their weight scale was raised to fit, at most {fits.BiasFits.Max(f => f.Largest):G3}x " +
@@ -390,6 +392,20 @@ public static class Compiler
     /// full-size DETR-R50 at W4A8 they were 0.0062 of 0.0089. Null when the gap is small, activations are float or the
     /// prediction is unknown.
     /// </summary>
+    /// <summary>Which layers' input statistics second-order rounding had to shrink (fewer rows than inputs), and what
+    /// gives them more rows; null when none.</summary>
+    internal static string? ShrinkageNote(IReadOnlyList<Rewrite.LayerCompensation>? compensated, int samples)
+    {
+        var shrunk = (compensated ?? []).Where(c => c.Shrinkage > 0).ToList();
+        if (shrunk.Count == 0)
+            return null;
+        var rounded = compensated!.Count(c => c.Gptq);
+        var largest = shrunk.OrderByDescending(c => c.Shrinkage).ThenBy(c => c.Layer, StringComparer.Ordinal).First();
+        return $"second-order rounding: {shrunk.Count} of {rounded} layer(s) read input rows longer than the rows calibration keeps, so their " +
+               $"covariance was shrunk toward its diagonal by what the rows support (up to {largest.Shrinkage:0.###}, '{largest.Layer}'; " +
+               $"report.json compensation.layers[].shrinkage); more calibration samples (--calib-samples, {samples} now) give them more rows";
+    }
+
     internal static string? MeasuredGapNote(int actBits, double? weights, ActivationPrice? activations, double measured)
     {
         if (actBits == 0 || weights is not > 0)

@@ -35,9 +35,14 @@ public sealed class InputStatistics
     private double[]? _second;
 
     public InputStatistics(int reduction, Func<double[]> second, double[] mean, int rowLength, int channelsPerGroup, int rows)
+        : this(reduction, _ => second(), mean, rowLength, channelsPerGroup, rows)
+    {
+    }
+
+    private InputStatistics(int reduction, Func<ShrinkageRecord, double[]> second, double[] mean, int rowLength, int channelsPerGroup, int rows)
     {
         Reduction = reduction;
-        _computeSecond = second;
+        _computeSecond = () => second(_shrinkage);
         Mean = mean;
         RowLength = rowLength;
         ChannelsPerGroup = channelsPerGroup;
@@ -46,6 +51,12 @@ public sealed class InputStatistics
 
     public int Reduction { get; }
     public double[] Mean { get; }
+
+    /// <summary>The largest intensity by which a slice's covariance was shrunk toward its diagonal (0 when its rows
+    /// outnumber its inputs); known once <see cref="Second"/> has been computed, null before.</summary>
+    public double? Shrinkage => _shrinkage.Known ? _shrinkage.Largest : null;
+
+    private readonly ShrinkageRecord _shrinkage = new();
     public int RowLength { get; }
     public int ChannelsPerGroup { get; }
     public int Rows { get; }
@@ -105,18 +116,18 @@ public sealed class InputStatistics
             throw new ArgumentException($"rows of {reduction} values do not split into slices of {rowLength}", nameof(rowLength));
         // 6 significant digits, as every measured number that drives a decision: the rows come from ONNX Runtime, whose
         // last bits differ between thread counts and CPUs.
-        return new InputStatistics(reduction, () => SecondBlocks(rows, reduction, rowLength, shrink),
+        return new InputStatistics(reduction, record => SecondBlocks(rows, reduction, rowLength, shrink, record),
             DenseSpd.Mean(rows, reduction).Select(StableRounding.Round).ToArray(), rowLength, channelsPerGroup, rows.Count);
     }
 
     // Each entry is one multiply-add chain over the rows in order, so a block equals the same entries of the whole S.
-    private static double[] SecondBlocks(IReadOnlyList<float[]> rows, int reduction, int rowLength, bool shrink)
+    private static double[] SecondBlocks(IReadOnlyList<float[]> rows, int reduction, int rowLength, bool shrink, ShrinkageRecord record)
     {
+        record.Reset();
         if (rowLength == reduction)
         {
             var second = DenseSpd.Moments(rows, reduction, threads: 0, StableRounding.Round).Second;
-            if (shrink)
-                ShrinkOffDiagonal(second, 0, rowLength, rows);
+            record.Add(shrink ? ShrinkOffDiagonal(second, 0, rowLength, rows) : 0);
             return second;
         }
         var blockSize = (long)rowLength * rowLength;
@@ -127,10 +138,20 @@ public sealed class InputStatistics
             for (var r = 0; r < rows.Count; r++)
                 Array.Copy(rows[r], g * rowLength, slice[r], 0, rowLength);
             Array.Copy(DenseSpd.Moments(slice, rowLength, threads: 0, StableRounding.Round).Second, 0, blocks, g * blockSize, blockSize);
-            if (shrink)
-                ShrinkOffDiagonal(blocks, g * blockSize, rowLength, slice);
+            record.Add(shrink ? ShrinkOffDiagonal(blocks, g * blockSize, rowLength, slice) : 0);
         }
         return blocks;
+    }
+
+    /// <summary>What the shrinking did to S's slices, filled when S is computed.</summary>
+    private sealed class ShrinkageRecord
+    {
+        public bool Known { get; private set; }
+        public double Largest { get; private set; }
+
+        public void Reset() => (Known, Largest) = (false, 0);
+
+        public void Add(double intensity) => (Known, Largest) = (true, Math.Max(Largest, intensity));
     }
 
     /// <summary>
@@ -148,14 +169,14 @@ public sealed class InputStatistics
     /// the dampening suffices: shrinking those layers too moved the bundled DETR's 3-bit box AP by -0.8 (within its
     /// allocations' spread, but nothing gained), so only under-determined slices are shrunk.
     /// </remarks>
-    private static void ShrinkOffDiagonal(double[] second, long start, int n, IReadOnlyList<float[]> rows)
+    private static double ShrinkOffDiagonal(double[] second, long start, int n, IReadOnlyList<float[]> rows)
     {
         if (rows.Count >= n)
-            return;
+            return 0;
         var mean = RowMean(rows, n);
         var alpha = ShrinkageIntensity(second, start, n, rows, mean);
         if (alpha <= 0)
-            return;
+            return 0;
         var keep = 1 - alpha;
         for (var i = 0; i < n; i++)
             for (var j = 0; j < n; j++)
@@ -165,6 +186,7 @@ public sealed class InputStatistics
                     var product = mean[i] * mean[j];
                     second[at] = product + keep * (second[at] - product);
                 }
+        return alpha;
     }
 
     private static double[] RowMean(IReadOnlyList<float[]> rows, int n)
@@ -747,6 +769,7 @@ public static class Compensator
         return requests.Select((req, k) => new WeightQuantization(req.Max(), layout, values[k], scales[k])
         {
             OutputErrors = complete ? outputErrors[k].Select(e => Math.Max(0, e)).ToArray() : null,
+            Shrinkage = statistics.Shrinkage,
         }).ToArray();
     }
 
@@ -898,7 +921,7 @@ public static class Compensator
                     values[indices[i]] = q.Values[indices[i]];
             }
         }
-        return new WeightQuantization(channelBits.Max(), layout, values, scales);
+        return new WeightQuantization(channelBits.Max(), layout, values, scales) { Shrinkage = byBits.Values.Max(q => q.Shrinkage) };
     }
 }
 

@@ -296,6 +296,10 @@ public sealed record WeightQuantization(int Bits, WeightLayout Layout, sbyte[] V
     /// rows), when second-order rounding computed it on the way; null otherwise.</summary>
     public double[]? OutputErrors { get; init; }
 
+    /// <summary>How far second-order rounding's input statistics were shrunk toward their diagonal (largest over the
+    /// slices; 0 when the rows outnumbered the inputs), null without second-order rounding.</summary>
+    public double? Shrinkage { get; init; }
+
     /// <summary>s * q for every element, in the weight's shape: what DequantizeLinear computes.</summary>
     public float[] Dequantize()
     {

@@ -43,7 +43,12 @@ public sealed record RewriteResult(IReadOnlyList<LayerStorage> Layers, long Opse
 
 /// <summary>The compensation one layer got: second-order rounding, and whether its bias absorbed the mean output shift
 /// (<see cref="BiasNote"/> says why not when it could not).</summary>
-public sealed record LayerCompensation(string Layer, bool Gptq, bool BiasCorrected, string? BiasNote);
+public sealed record LayerCompensation(string Layer, bool Gptq, bool BiasCorrected, string? BiasNote)
+{
+    /// <summary>How far second-order rounding's input statistics were shrunk toward their diagonal (0 when the layer's
+    /// rows outnumbered its inputs); null without second-order rounding.</summary>
+    public double? Shrinkage { get; init; }
+}
 
 /// <summary>
 /// Rewrites a model to QDQ form. Weights: each quantized layer's float initializer becomes signed integer
@@ -159,7 +164,10 @@ public static class QdqRewriter
             string? biasNote = null;
             if (compensation.HasFlag(Compensation.Bias))
                 biasNote = CorrectBias(graph, node, layer, Compensator.OutputShift(weights, quantized.Dequantize(), layout, stats));
-            compensated.Add(new LayerCompensation(layer.Name, gptq, compensation.HasFlag(Compensation.Bias) && biasNote is null, biasNote));
+            compensated.Add(new LayerCompensation(layer.Name, gptq, compensation.HasFlag(Compensation.Bias) && biasNote is null, biasNote)
+            {
+                Shrinkage = gptq ? quantized.Shrinkage : null,
+            });
         }
         return quantized;
     }
