@@ -501,28 +501,18 @@ public sealed class LayerInputRows
     /// Convolution geometry over any number of spatial axes (1-D, 2-D, 3-D): what an im2col patch of an output position
     /// reads. The patch is laid out as the weight of one output channel is, [channel, k_1, ..., k_n], row-major.
     /// </summary>
-    private sealed class ConvGeometry
+    private sealed class ConvGeometry(int channels, int[] kernelSizes, int[] strideSizes, int[] dilationSizes, int[] padsBefore,
+        int[] padsAfter, string padMode)
     {
-        private readonly int[] _kernel;
-        private readonly int[] _stride;
-        private readonly int[] _dilation;
-        private readonly int[] _padBegin;
-        private readonly int[] _padEnd;
-        private readonly string _autoPad;
-
-        private ConvGeometry(int channels, int[] kernel, int[] stride, int[] dilation, int[] padBegin, int[] padEnd, string autoPad)
-        {
-            Channels = channels;
-            _kernel = kernel;
-            _stride = stride;
-            _dilation = dilation;
-            _padBegin = padBegin;
-            _padEnd = padEnd;
-            _autoPad = autoPad;
-        }
+        private readonly int[] _kernel = kernelSizes;
+        private readonly int[] _stride = strideSizes;
+        private readonly int[] _dilation = dilationSizes;
+        private readonly int[] _padBegin = padsBefore;
+        private readonly int[] _padEnd = padsAfter;
+        private readonly string _autoPad = padMode;
 
         /// <summary>Input channels over all groups.</summary>
-        public int Channels { get; }
+        public int Channels { get; } = channels;
 
         public int SpatialRank => _kernel.Length;
 

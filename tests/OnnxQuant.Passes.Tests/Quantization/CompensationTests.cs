@@ -7,21 +7,25 @@ namespace OnnxQuant.Passes.Tests.Quantization;
 
 public class CompensationTests
 {
-    /// <summary>Rows with correlated channels and a non-zero mean: x = A z + m, z standard normal.</summary>
-    private static float[][] CorrelatedRows(int rows, int k, int seed)
+    /// <summary>Rows with correlated channels and a non-zero mean: x = m + (I + A) z, z standard normal.</summary>
+    private static float[][] CorrelatedRows(int rows, int k, int seed) =>
+        LinearRows(rows, k, Net.RandomData(k * k, seed, 0.3f), k, Net.RandomData(k, seed + 1, 0.5f), identity: true, noise: 0, seed + 100);
+
+    /// <summary>x = mean + F z (+ z with <paramref name="identity"/>) + noise e, z and e standard normal drawn per row
+    /// from <paramref name="zSeed"/> + r and <paramref name="zSeed"/> + 1,000,000 + r.</summary>
+    private static float[][] LinearRows(int rows, int k, float[] loading, int factors, float[] mean, bool identity, float noise, int zSeed)
     {
-        var mix = Net.RandomData(k * k, seed, 0.3f);
-        var mean = Net.RandomData(k, seed + 1, 0.5f);
         var result = new float[rows][];
         for (var r = 0; r < rows; r++)
         {
-            var z = Net.RandomData(k, seed + 100 + r);
+            var z = Net.RandomData(factors, zSeed + r);
+            var e = noise > 0 ? Net.RandomData(k, zSeed + 1_000_000 + r, noise) : null;
             var x = new float[k];
             for (var i = 0; i < k; i++)
             {
-                double s = mean[i] + z[i];
-                for (var j = 0; j < k; j++)
-                    s += mix[i * k + j] * z[j];
+                double s = mean[i] + (identity ? z[i] : 0) + (e?[i] ?? 0);
+                for (var f = 0; f < factors; f++)
+                    s += loading[i * factors + f] * z[f];
                 x[i] = (float)s;
             }
             result[r] = x;
@@ -52,27 +56,9 @@ public class CompensationTests
 
     /// <summary>Rows of a factor model: x = mean + F z + noise e, z of <paramref name="factors"/> dimensions, so most of
     /// the covariance lies in a few directions, as in a trained layer's input.</summary>
-    private static float[][] FactorRows(int rows, int k, int factors, float noise, int seed)
-    {
-        var loading = Net.RandomData(k * factors, 3, 1f);
-        var mean = Net.RandomData(k, 4, 0.5f).Select(Math.Abs).ToArray();
-        var result = new float[rows][];
-        for (var r = 0; r < rows; r++)
-        {
-            var z = Net.RandomData(factors, seed + r);
-            var e = Net.RandomData(k, seed + 1_000_000 + r, noise);
-            var x = new float[k];
-            for (var i = 0; i < k; i++)
-            {
-                double s = mean[i] + e[i];
-                for (var f = 0; f < factors; f++)
-                    s += loading[i * factors + f] * z[f];
-                x[i] = (float)s;
-            }
-            result[r] = x;
-        }
-        return result;
-    }
+    private static float[][] FactorRows(int rows, int k, int factors, float noise, int seed) =>
+        LinearRows(rows, k, Net.RandomData(k * factors, 3, 1f), factors, Net.RandomData(k, 4, 0.5f).Select(Math.Abs).ToArray(),
+            identity: false, noise, seed);
 
     /// <summary>
     /// Fewer rows than the layer's input length (as a 3x3 convolution over 512 channels sees with 512 rows): S is
