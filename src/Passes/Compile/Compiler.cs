@@ -386,12 +386,6 @@ public static class Compiler
     /// <summary>Measured over predicted distortion above which a compile with quantized activations says why.</summary>
     internal const double MeasuredGapRatio = 3;
 
-    /// <summary>
-    /// With quantized activations, a measured distortion far above the prediction: say what the prediction holds and
-    /// how to see the parts apart. Unpriced activations (exact or fast curves, no rows) are the usual cause: on the
-    /// full-size DETR-R50 at W4A8 they were 0.0062 of 0.0089. Null when the gap is small, activations are float or the
-    /// prediction is unknown.
-    /// </summary>
     /// <summary>Which layers' input statistics second-order rounding had to shrink (fewer rows than inputs), and what
     /// gives them more rows; null when none.</summary>
     internal static string? ShrinkageNote(IReadOnlyList<Rewrite.LayerCompensation>? compensated, int samples)
@@ -406,6 +400,12 @@ public static class Compiler
                $"report.json compensation.layers[].shrinkage); more calibration samples (--calib-samples, {samples} now) give them more rows";
     }
 
+    /// <summary>
+    /// With quantized activations, a measured distortion far above the prediction: say what the prediction holds and
+    /// how to see the parts apart. Unpriced activations (exact or fast curves, no rows) are the usual cause: on the
+    /// full-size DETR-R50 at W4A8 they were 0.0062 of 0.0089. Null when the gap is small, activations are float or the
+    /// prediction is unknown.
+    /// </summary>
     internal static string? MeasuredGapNote(int actBits, double? weights, ActivationPrice? activations, double measured)
     {
         if (actBits == 0 || weights is not > 0)

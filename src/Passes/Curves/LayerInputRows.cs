@@ -543,33 +543,22 @@ public sealed class LayerInputRows
                 node.GetString("auto_pad", "NOTSET"));
         }
 
-        private int PadBefore(int axis, int size)
+        /// <summary>Zero padding before and after axis <paramref name="axis"/> of an input <paramref name="size"/> long.</summary>
+        private (int Before, int After) Pads(int axis, int size)
         {
             if (_autoPad is "SAME_UPPER" or "SAME_LOWER")
             {
                 var (stride, kernel, dilation) = (_stride[axis], _kernel[axis], _dilation[axis]);
                 var output = (size + stride - 1) / stride;
                 var total = Math.Max(0, (output - 1) * stride + (kernel - 1) * dilation + 1 - size);
-                return _autoPad == "SAME_UPPER" ? total / 2 : total - total / 2;
+                return _autoPad == "SAME_UPPER" ? (total / 2, total - total / 2) : (total - total / 2, total / 2);
             }
-            return _autoPad == "VALID" ? 0 : _padBegin[axis];
-        }
-
-        private int PadAfter(int axis, int size)
-        {
-            if (_autoPad is "SAME_UPPER" or "SAME_LOWER")
-            {
-                var (stride, kernel, dilation) = (_stride[axis], _kernel[axis], _dilation[axis]);
-                var output = (size + stride - 1) / stride;
-                var total = Math.Max(0, (output - 1) * stride + (kernel - 1) * dilation + 1 - size);
-                return total - PadBefore(axis, size);
-            }
-            return _autoPad == "VALID" ? 0 : _padEnd[axis];
+            return _autoPad == "VALID" ? (0, 0) : (_padBegin[axis], _padEnd[axis]);
         }
 
         /// <summary>Output positions along each spatial axis of an input of spatial sizes <paramref name="size"/>.</summary>
         public int[] OutputSize(int[] size) =>
-            size.Select((s, a) => (s + PadBefore(a, s) + PadAfter(a, s) - _dilation[a] * (_kernel[a] - 1) - 1) / _stride[a] + 1).ToArray();
+            size.Select((s, a) => (s + Pads(a, s).Before + Pads(a, s).After - _dilation[a] * (_kernel[a] - 1) - 1) / _stride[a] + 1).ToArray();
 
         /// <summary>Where the patch of image <paramref name="n"/> at output position <paramref name="output"/> (row-major
         /// over <paramref name="outputSize"/>) lies in the flattened input of spatial sizes <paramref name="size"/>; -1
@@ -580,7 +569,7 @@ public sealed class LayerInputRows
             var origin = new int[rank];
             for (var a = rank - 1; a >= 0; a--)
             {
-                origin[a] = (int)(output % outputSize[a]) * _stride[a] - PadBefore(a, size[a]);
+                origin[a] = (int)(output % outputSize[a]) * _stride[a] - Pads(a, size[a]).Before;
                 output /= outputSize[a];
             }
             var kernelLength = _kernel.Aggregate(1, (x, y) => x * y);

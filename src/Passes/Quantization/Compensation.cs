@@ -123,35 +123,42 @@ public sealed class InputStatistics
     // Each entry is one multiply-add chain over the rows in order, so a block equals the same entries of the whole S.
     private static double[] SecondBlocks(IReadOnlyList<float[]> rows, int reduction, int rowLength, bool shrink, ShrinkageRecord record)
     {
-        record.Reset();
         if (rowLength == reduction)
         {
             var second = DenseSpd.Moments(rows, reduction, threads: 0, StableRounding.Round).Second;
-            record.Add(shrink ? ShrinkOffDiagonal(second, 0, rowLength, rows) : 0);
+            record.Set(shrink ? ShrinkOffDiagonal(second, 0, rowLength, rows) : 0);
             return second;
         }
         var blockSize = (long)rowLength * rowLength;
         var blocks = new double[reduction / rowLength * blockSize];
         var slice = rows.Select(_ => new float[rowLength]).ToArray();
+        double largest = 0;
         for (var g = 0; g < reduction / rowLength; g++)
         {
             for (var r = 0; r < rows.Count; r++)
                 Array.Copy(rows[r], g * rowLength, slice[r], 0, rowLength);
             Array.Copy(DenseSpd.Moments(slice, rowLength, threads: 0, StableRounding.Round).Second, 0, blocks, g * blockSize, blockSize);
-            record.Add(shrink ? ShrinkOffDiagonal(blocks, g * blockSize, rowLength, slice) : 0);
+            largest = Math.Max(largest, shrink ? ShrinkOffDiagonal(blocks, g * blockSize, rowLength, slice) : 0);
         }
+        record.Set(largest);
         return blocks;
     }
 
-    /// <summary>What the shrinking did to S's slices, filled when S is computed.</summary>
+    /// <summary>What the shrinking did to S's slices, set when S is computed: a recomputation of S sets the same value,
+    /// so once known it never changes.</summary>
     private sealed class ShrinkageRecord
     {
-        public bool Known { get; private set; }
-        public double Largest { get; private set; }
+        private double _largest;
+        private volatile bool _known;
 
-        public void Reset() => (Known, Largest) = (false, 0);
+        public bool Known => _known;
+        public double Largest => _largest;
 
-        public void Add(double intensity) => (Known, Largest) = (true, Math.Max(Largest, intensity));
+        public void Set(double largest)
+        {
+            _largest = largest;
+            _known = true;
+        }
     }
 
     /// <summary>
