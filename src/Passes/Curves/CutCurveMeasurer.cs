@@ -592,9 +592,12 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         return Math.Exp(t * Math.Log(lowFactor));
     }
 
-    /// <summary>What the curve cache key adds for curves measured here (the engine, and the gain settings).</summary>
+    /// <summary>What the curve cache key adds for curves measured here (the engine, and the gain settings). The engine's
+    /// version moves when a layer's curve changes how it is obtained (cut/3: 1-D and 3-D convolutions and
+    /// non-overlapping deconvolutions from the closed form instead of measurements at every width), so a cache filled
+    /// before gives no curve a fresh compile would not measure.</summary>
     public static IEnumerable<string> KeyParts(GainSettings? settings = null) =>
-        new[] { "engine=cut/2" }.Concat((settings ?? GainSettings.Default).KeyParts());
+        new[] { "engine=cut/3" }.Concat((settings ?? GainSettings.Default).KeyParts());
 
     /// <summary>g = sum d / sum l and the relative standard error of that ratio estimator (NaN with one sample).</summary>
     internal static (double Gain, double Relative) RatioEstimate(IReadOnlyList<double> d, IReadOnlyList<double> l)
