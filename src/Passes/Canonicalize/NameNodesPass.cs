@@ -36,6 +36,7 @@ public static class Canonicalization
         new RemoveDropoutPass(),
         new InferenceBatchNormPass(),
         new FoldWeightTransformsPass(),
+        new LinearFormsPass(),
         new UnshareWeightsPass(),
         new FoldBatchNormPass(),
         new DeadNodeEliminationPass(),

@@ -277,7 +277,7 @@ public static class UnitDiscovery
             default:
                 if (shape.Length != 2)
                 {
-                    reason = $"MatMul weight of rank {shape.Length} (only 2-D weights are quantized)";
+                    reason = $"MatMul weight of shape [{string.Join(", ", shape)}] (a batch of weights, one per leading index: only 2-D weights, or ones with leading 1s, are quantized)";
                     return null;
                 }
                 return new QuantLayer(node.Name, "MatMul", weight.Name, shape, 1, 0, 1, activation.Name, -1, reaches);
