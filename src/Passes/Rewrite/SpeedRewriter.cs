@@ -58,6 +58,10 @@ public static class SpeedRewriter
     /// <summary>Ops ONNX Runtime runs on uint8 inputs with their own output scale.</summary>
     private static readonly HashSet<string> Requantizing = ["Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"];
 
+    /// <summary>The activations ONNX Runtime's CPU optimizer fuses into a Gemm that they alone read.</summary>
+    private static readonly HashSet<string> GemmActivations =
+        ["Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "Elu", "Selu", "Softplus", "Softsign", "ThresholdedRelu"];
+
     /// <summary>Ops whose Q/DQ ONNX Runtime drops when input and output parameters are equal (they move values).</summary>
     private static readonly HashSet<string> PassThrough = ["MaxPool", "Resize", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Slice"];
 
@@ -430,7 +434,11 @@ public static class SpeedRewriter
             if (int8Layers.Contains(node))
             {
                 needed.Add(node.Inputs[0]!);
-                if (node.OpType == "Conv")
+                // ONNX Runtime fuses a Gemm with the activation that alone reads it into FusedGemm before it looks for
+                // QDQ kernels, which leaves the weight's DequantizeLinear in front of a float kernel: such a Gemm writes
+                // its (activated) output quantized, as QLinearConv always does.
+                if (node.OpType == "Conv" || (node.OpType == "Gemm" && GraphQueries.SoleUser(node.Outputs[0]) is { } user
+                    && GraphQueries.IsDefaultDomain(user) && GemmActivations.Contains(user.OpType)))
                     needed.Add(Tail(node.Outputs[0]));
             }
             else if (activation.Contains(node))

@@ -200,6 +200,23 @@ public class SpeedRewriterTests
         var fusion = FusionCheck.Run(size, SessionOptions.Default);
         Assert.True(fusion.WeightDequantizeLeft >= 2, $"expected the convolutions' weight DQ left, found {fusion.WeightDequantizeLeft}");
         Assert.Contains(fusion.Offenders, o => o.Contains("Conv", StringComparison.Ordinal));
+
+        // The compile's check keeps such a model and its list for a report, and lets the compile go on.
+        var debug = Path.Combine(Path.GetTempPath(), $"onnxquant-unfused-{Guid.NewGuid():N}");
+        try
+        {
+            var (report, kept) = VerifyStage.CheckFusion(size, SessionOptions.Default, debug, "bits-8");
+            Assert.Equal(fusion.WeightDequantizeLeft, report.WeightDequantizeLeft);
+            Assert.Equal(Path.Combine(debug, "bits-8"), kept);
+            Assert.True(File.Exists(Path.Combine(kept!, "model.onnx")));
+            Assert.Contains("Conv", File.ReadAllText(Path.Combine(kept!, "unfused.txt")), StringComparison.Ordinal);
+            Assert.StartsWith($"{report.WeightDequantizeLeft} DequantizeLinear node(s) left", VerifyStage.FusionGap(report), StringComparison.Ordinal);
+        }
+        finally
+        {
+            if (Directory.Exists(debug))
+                Directory.Delete(debug, true);
+        }
     }
 
     [Fact]
@@ -562,6 +579,34 @@ public class SpeedRewriterTests
         Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("MatMulIntegerToFloat"));
         // Tolerance: about 4x the relative squared error this seeded net measures at W8A8 (2.0e-6).
         Assert.InRange(RelativeError(model, speed, data), 0, 8e-6);
+    }
+
+    [Theory]
+    [InlineData(true, "Relu")]
+    [InlineData(false, "Relu")]
+    [InlineData(false, "Sigmoid")]
+    [InlineData(true, "Tanh")]
+    public void ALinearWhoseActivationOnlyFloatOpsReadStillRunsOnIntegers(bool tokens3d, string activation)
+    {
+        // Linear + bias -> activation -> ReduceMean -> "y": nothing integer reads the activation. ONNX Runtime fuses a
+        // Gemm and the activation that alone reads it into FusedGemm before it looks for QDQ kernels; the weight's
+        // DequantizeLinear must not be left feeding that float kernel. (On 3-D tokens the Gemm's reader is the Reshape
+        // back to tokens, unless the activation is a Relu, which moves in front of it.)
+        var (net, t) = Tokens(seed: 10);
+        var x = tokens3d ? t : net.Op("Reshape", [t, net.Ints("rows_shape", -1, 16)]);
+        var linear = tokens3d
+            ? net.Op("Add", [net.Op("MatMul", [x, net.Random("p.w", [16, 24], 0.3f)]), net.Random("p.b", [24], 0.1f)])
+            : net.Op("Gemm", [x, net.Random("p.w", [24, 16], 0.3f), net.Random("p.b", [24], 0.1f)], Attribute.FromInt("transB", 1));
+        var y = net.Op("ReduceMean", [net.Op(activation, [linear])], Attribute.FromInts("axes", [-1]));
+        y.Name = "y";
+        net.Output(y);
+        var (model, layers, calibration, data) = Prepared(net.Model, "y");
+        Assert.Single(layers);
+        var (speed, _, fusion) = W8Speed(model, layers, calibration);
+        Assert.Equal(0, fusion.WeightDequantizeLeft);
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QGemm"));
+        // Tolerance: about 4x the relative squared error this seeded net measures at W8A8.
+        Assert.InRange(RelativeError(model, speed, data), 0, 1e-4);
     }
 
     [Fact]
