@@ -36,9 +36,11 @@ public static class Canonicalization
         new RemoveDropoutPass(),
         new InferenceBatchNormPass(),
         new FoldWeightTransformsPass(),
+        new ConstantExpressionPass(),
         new LinearFormsPass(),
         new UnshareWeightsPass(),
         new FoldBatchNormPass(),
+        new FoldOutputAffinePass(),
         new DeadNodeEliminationPass(),
         new NameNodesPass(),
     ];

@@ -1,0 +1,145 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Pipeline;
+using OnnxQuant.Runtime;
+
+namespace OnnxQuant.Passes.Canonicalize;
+
+/// <summary>
+/// Evaluates in ONNX Runtime the float parameters a graph computes from constants: the weights and biases of Conv,
+/// ConvTranspose, Gemm, MatMul and Einsum, BatchNormalization's statistics, and a constant that scales or shifts a
+/// layer's output. Exports without constant folding write a frozen batch normalization's scale as
+/// <c>w * (var + eps)^-0.5</c> and a weight-normalized layer's weight as <c>g * v / ||v||</c> in the graph; without
+/// this pass such a layer has no constant weight, so it is neither quantized nor listed as skipped. Each such value
+/// becomes an initializer holding what ONNX Runtime computes for it (the same values the float model uses), and the
+/// nodes that computed it go in dead-node elimination. Values whose computation runs a layer (a chain of layers over
+/// learned constants stays layers), quantization nodes (a model another tool quantized is refused as such), random
+/// generators, nodes with subgraphs and values larger than <see cref="MaxElements"/> (or than 4x the constants they
+/// are computed from) are left to the graph.
+/// </summary>
+public sealed class ConstantExpressionPass : IPass
+{
+    public string Name => "fold-constant-expressions";
+
+    /// <summary>Most elements of one evaluated value.</summary>
+    public const long MaxElements = 1 << 24;
+
+    private static readonly HashSet<string> Random = ["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"];
+    private static readonly HashSet<string> Layers = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "BatchNormalization"];
+
+    private static readonly HashSet<string> Affine = ["Mul", "Add", "Sub", "Div"];
+
+    public PassResult Run(Model model)
+    {
+        var graph = model.Graph;
+        // Values computed from constants alone, and the constant elements each one is computed from.
+        var computed = new Dictionary<Value, long>(ReferenceEqualityComparer.Instance);
+        // Values whose computation runs a layer (a product with a weight): a chain of layers over learned constants
+        // (DETR's first decoder layer over its query embeddings) stays layers, quantized like the others.
+        var throughLayer = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        foreach (var node in graph.Nodes)
+        {
+            // Dequantized weights stay what they are: a model another quantizer wrote is refused as such, not quantized again.
+            if (node.OpType is "Constant" or "DequantizeLinear" or "QuantizeLinear" || Random.Contains(node.OpType) || node.Subgraphs.Any() || node.Inputs.Count == 0
+                || !(GraphQueries.IsDefaultDomain(node) || node.Domain == "com.microsoft"))
+                continue;
+            long source = 0;
+            var constant = true;
+            foreach (var input in node.Inputs)
+            {
+                if (input is null || input.IsOmitted)
+                    continue;
+                if (computed.TryGetValue(input, out var n))
+                    source += n;
+                else if (input.ConstantValue is { } t && !input.IsGraphInput)
+                    source += t.ElementCount;
+                else
+                {
+                    constant = false;
+                    break;
+                }
+            }
+            if (!constant)
+                continue;
+            var layer = Layers.Contains(node.OpType) || node.Inputs.Any(i => i is not null && throughLayer.Contains(i));
+            foreach (var output in node.Outputs.Where(o => !o.IsOmitted))
+            {
+                computed[output] = source;
+                if (layer)
+                    throughLayer.Add(output);
+            }
+        }
+        var targets = computed.Keys.Where(v => !v.IsGraphOutput && !throughLayer.Contains(v) && v.Uses.Any(u => IsParameter(u, computed))).ToList();
+        if (targets.Count == 0)
+            return PassResult.Unchanged;
+        var values = Evaluate(model, targets);
+        var folded = 0;
+        foreach (var target in targets)
+        {
+            if (!values.TryGetValue(target.Name, out var data) || data.DataType != DataType.Float
+                || data.ElementCount > Math.Min(MaxElements, 4 * Math.Max(1, computed[target])))
+                continue;
+            var value = graph.AddInitializer(graph.UniqueName(target.Name + "_folded"),
+                Tensor.FromRaw(target.Name, DataType.Float, data.Shape, data.ToBytes()));
+            graph.ReplaceAllUsesWith(target, value);
+            folded++;
+        }
+        return PassResult.Changed(folded);
+    }
+
+    /// <summary>Whether a use reads the value as a layer's parameter, or as the constant that scales or shifts a
+    /// layer's output.</summary>
+    private static bool IsParameter(Usage use, Dictionary<Value, long> computed)
+    {
+        var node = use.Node;
+        if (!GraphQueries.IsDefaultDomain(node))
+            return false;
+        // A product of two operands computed from constants is not a layer: its input would become a constant too,
+        // and the layer with it (a reference-point MLP over learned queries computes the same values for every input,
+        // which ONNX Runtime folds itself when the session starts).
+        bool IsActivation(Value? v) => v is not null && !computed.ContainsKey(v) && (v.ConstantValue is null || v.IsGraphInput);
+        if (node.OpType is "MatMul" or "Einsum")
+            return node.Inputs.Count == 2 && IsActivation(node.Inputs[1 - use.InputIndex]);
+        if (Layers.Contains(node.OpType))
+            return use.InputIndex > 0 && IsActivation(node.Inputs[0]);
+        if (!Affine.Contains(node.OpType) || node.Inputs.Count != 2)
+            return false;
+        var other = node.Inputs[1 - use.InputIndex];
+        return IsActivation(other) && ScaledLayerOutput(other!, computed, 3);
+    }
+
+    /// <summary>Whether a value is the output of a Conv, ConvTranspose or Gemm, or of a constant scale or shift of one
+    /// (what <see cref="FoldOutputAffinePass"/> folds): a residual Add of two activations is not.</summary>
+    private static bool ScaledLayerOutput(Value value, Dictionary<Value, long> computed, int depth)
+    {
+        if (value.Producer is not { } p || !GraphQueries.IsDefaultDomain(p))
+            return false;
+        if (p.OpType is "Conv" or "ConvTranspose" or "Gemm")
+            return true;
+        if (depth == 0 || !Affine.Contains(p.OpType) || p.Inputs.Count != 2 || p.Inputs[0] is not { } a || p.Inputs[1] is not { } b)
+            return false;
+        bool Constant(Value v) => computed.ContainsKey(v) || (v.ConstantValue is not null && !v.IsGraphInput);
+        return (Constant(a) && ScaledLayerOutput(b, computed, depth - 1)) || (Constant(b) && ScaledLayerOutput(a, computed, depth - 1));
+    }
+
+    /// <summary>The targets' values, computed by ONNX Runtime (optimizations off) on a copy of the graph that keeps
+    /// only what they need.</summary>
+    private static Dictionary<string, TensorData> Evaluate(Model model, IReadOnlyList<Value> targets)
+    {
+        var clone = model.Clone();
+        var graph = clone.Graph;
+        while (graph.Outputs.Count > 0)
+            graph.RemoveOutput(graph.Outputs.Count - 1);
+        foreach (var target in targets)
+        {
+            var value = graph.FindValue(target.Name)!;
+            ElementTypeInference.EnsureTyped(value);
+            graph.AddOutput(value);
+        }
+        new DeadNodeEliminationPass().Run(clone);
+        foreach (var input in graph.Inputs.Where(i => !i.IsInitializer).ToList())
+            graph.RemoveInput(input);
+        using var session = InferenceSession.Create(ModelIO.ToBytes(clone), SessionOptions.Calibration);
+        var outputs = session.Run([]);
+        return outputs.ToDictionary(o => o.Name, o => o.Data, StringComparer.Ordinal);
+    }
+}
