@@ -223,6 +223,12 @@ public static class UnitDiscovery
     private static QuantLayer? Describe(Node node, bool reaches, out string? reason)
     {
         reason = null;
+        // A weight another quantizer wrote (integers through DequantizeLinear) stays as it is, and says so.
+        if (node.Inputs[1] is { Producer: { OpType: "DequantizeLinear" } dq } && dq.Inputs[0]?.ConstantValue is not null)
+        {
+            reason = "already quantized: its weight is dequantized from integers in the graph (compile the float model to quantize it again)";
+            return null;
+        }
         if (node.Inputs[1] is not { ConstantValue: { } tensor } weight || node.Inputs[0] is not { } activation)
             return null; // activation x activation (e.g. attention scores): nothing to quantize
         if (tensor.DataType != DataType.Float)

@@ -91,6 +91,27 @@ public class UnitDiscoveryTests
     }
 
     [Fact]
+    public void ALayerWhoseWeightIsAlreadyDequantizedIsSkippedWithItsReason()
+    {
+        // One layer quantized by another tool (INT8 weight through DequantizeLinear), one float.
+        var net = new Net(opset: 17, seed: 3);
+        var x = net.Input("x", 2, 16);
+        var q = net.Graph.AddInitializer("w1_q", Tensor.FromRaw("w1_q", DataType.Int8, [16, 8], Enumerable.Range(0, 128).Select(i => (byte)(i % 7)).ToArray()));
+        var w1 = net.Op("DequantizeLinear", [q, net.Init("w1_scale", [], [0.02f])]);
+        var h = net.Op("MatMul", [x, w1]);
+        h.Producer!.Name = "quantized";
+        var y = net.Op("MatMul", [h, net.Random("w2", [8, 8])]);
+        y.Producer!.Name = "float";
+        y.Name = "y";
+        net.Output(y);
+        var found = UnitDiscovery.Discover(net.Model, ["y"], new UnitOptions());
+        Assert.Equal(["float"], found.Layers.Select(l => l.Name));
+        var skipped = Assert.Single(found.Skipped);
+        Assert.Equal("quantized", skipped.Name);
+        Assert.StartsWith("already quantized", skipped.Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void MatMulWeightHasOutputChannelsOnItsLastAxis()
     {
         var layer = Discover("MatMul", [2, 3, 16], [16, 8]);
