@@ -12,6 +12,10 @@ trained network):
 - mhadetr: a DETR written with torch.nn.Transformer (its MultiheadAttention export: packed in-projection, Gemm and
   MatMul forms) at opsets 13 and 17;
 - weightleft: a MatMul with the weight as its first operand and one Linear weight applied twice (opset 13);
+- unfolded: layers as an export without constant folding leaves them (opset 13): a frozen batch normalization
+  (torchvision's, as DETR's and torchvision's detection backbones use) whose scale and shift are computed in the graph
+  and applied by Mul and Add, a weight-normalized convolution (its weight g v / ||v|| computed in the graph),
+  BatchNormalization nodes after a Conv, a ConvTranspose and a Linear, and a Linear written with einsum;
 - tfstyle: a graph as TensorFlow converters write it (built with onnx.helper): an NHWC input transposed to NCHW,
   explicit Pad nodes and auto_pad SAME_UPPER convolutions, Clip(0, 6) activations, a depthwise convolution,
   a MatMul whose weight has a leading 1 ([1, K, N]) and a Gemm with transA over the transposed features (opset 13).
@@ -196,6 +200,35 @@ class WeightLeft(nn.Module):
         return self.out(z.transpose(1, 2))
 
 
+class Unfolded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        from torchvision.ops.misc import FrozenBatchNorm2d
+        self.stem = nn.Conv2d(3, 16, 3, 2, 1, bias=False)
+        self.frozen = FrozenBatchNorm2d(16)
+        self.conv = nn.utils.weight_norm(nn.Conv2d(16, 32, 3, 2, 1))
+        self.bn = nn.BatchNorm2d(32)
+        self.up = nn.ConvTranspose2d(32, 16, 2, 2)
+        self.up_bn = nn.BatchNorm2d(16)
+        self.proj = nn.Parameter(torch.randn(16, 24) / 4)
+        self.fc = nn.Linear(24, 32)
+        self.fc_bn = nn.BatchNorm1d(32)
+        self.head = nn.Linear(32, 10)
+        with torch.no_grad():
+            self.frozen.weight.uniform_(0.5, 1.5)
+            self.frozen.bias.uniform_(-0.3, 0.3)
+            self.frozen.running_mean.uniform_(-0.3, 0.3)
+            self.frozen.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        x = torch.relu(self.frozen(self.stem(x)))
+        x = torch.relu(self.bn(self.conv(x)))
+        x = torch.relu(self.up_bn(self.up(x)))                        # N, 16, 64, 64
+        t = torch.einsum("bnc,cd->bnd", x.flatten(2).transpose(1, 2), self.proj)
+        p = torch.relu(t).mean(1)                                      # N, 24
+        return self.head(torch.relu(self.fc_bn(self.fc(p))))
+
+
 # name: (builder, opset, symbolic batch, image size)
 FORMS = {
     "yolo_op12": (Yolo, 12, False, 128),
@@ -206,8 +239,11 @@ FORMS = {
     "mhadetr_op13": (TransformerDetr, 13, False, 128),
     "mhadetr_op17_dynamic": (TransformerDetr, 17, True, 128),
     "weightleft_op13": (WeightLeft, 13, False, 128),
+    "unfolded_op13": (Unfolded, 13, False, 128),
     "tfstyle_nhwc_op13": (None, 13, True, 128),  # built by tf_style(): input "input", N x 128 x 128 x 3
 }
+# Exported without constant folding: the graph computes what a folding exporter would store.
+UNFOLDED = {"unfolded_op13"}
 
 
 def tf_style(path, size=128, seed=0):
@@ -259,7 +295,7 @@ def tf_style(path, size=128, seed=0):
 def settle_batchnorm(model, size, seed):
     """Running statistics from random data and affine parameters away from identity, so that activations keep their
     scale through the depth as in a trained network (with fresh statistics a random SiLU stack decays to its biases)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     if not norms:
         return
     generator = torch.Generator().manual_seed(seed)
@@ -288,7 +324,7 @@ def export(name, out, seed=0):
     axes = {"images": {0: "batch"}} if dynamic else None
     path = os.path.join(out, f"{name}.onnx")
     torch.onnx.export(model, torch.randn(1, 3, size, size), path, opset_version=opset, input_names=["images"],
-                      do_constant_folding=True, dynamic_axes=axes)
+                      do_constant_folding=name not in UNFOLDED, dynamic_axes=axes)
     return path
 
 

@@ -49,6 +49,17 @@ def test_export_forms_writes_each_layer_form(tmp_path):
     weights = {i.name for i in left.graph.initializer}
     assert any(n.op_type == "MatMul" and n.input[0] in weights for n in left.graph.node)
 
+    unfolded = load("unfolded_op13", 13)
+    # What a folding exporter would store is computed in the graph: the frozen normalization's scale (Sqrt of the
+    # variance), the weight-normalized weight (ReduceL2), the normalizations after Conv, ConvTranspose and Linear.
+    assert {"Sqrt", "ReduceL2", "BatchNormalization", "ConvTranspose", "Einsum", "Gemm"} <= ops(unfolded)
+    weights = {i.name for i in unfolded.graph.initializer}
+    computed = [n for n in unfolded.graph.node if n.op_type == "Conv" and n.input[1] not in weights]
+    assert len(computed) == 1  # the weight-normalized convolution
+    norm_inputs = {n.input[0] for n in unfolded.graph.node if n.op_type == "BatchNormalization"}
+    producers = {o: n.op_type for n in unfolded.graph.node for o in n.output}
+    assert sorted(producers[i] for i in norm_inputs) == ["Conv", "ConvTranspose", "Gemm"]
+
     tf = load("tfstyle_nhwc_op13", 13)
     assert [d.dim_param or d.dim_value for d in tf.graph.input[0].type.tensor_type.shape.dim] == ["N", 128, 128, 3]
     assert {"Pad", "Clip", "Transpose", "Gemm"} <= ops(tf)

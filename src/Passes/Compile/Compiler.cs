@@ -288,6 +288,10 @@ public static class Compiler
                           $"{Quantization.StableRounding.Round(verified.Measured - deploy.SizeMeasured):G4} to the measured distortion of the size target ({deploy.SizeMeasured:G4})");
             if (unfused is not null)
                 notes.Add(unfused);
+            if (verified.Rewritten.Result.Speed is { QuantizedOutputs.Count: > 0 } forced)
+                notes.Add($"deploy speed: the output of {forced.QuantizedOutputs.Count} layer(s) is quantized although only float ops read it, because ONNX Runtime " +
+                          $"otherwise fused the layer with its reader into a float kernel ({string.Join(", ", forced.QuantizedOutputs.Take(4))}" +
+                          $"{(forced.QuantizedOutputs.Count > 4 ? ", ..." : "")}); that rounding is in the measured distortion");
             if (MeasuredGapNote(options.Calibration.ActBits, repair is null ? allocation.Allocation.PredictedDistortion : null, activations, verified.Measured) is { } gap)
                 notes.Add(gap);
             if (ShrinkageNote(rewrite.Compensated, loaded.Samples) is { } shrunk)

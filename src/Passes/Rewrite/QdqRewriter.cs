@@ -74,11 +74,12 @@ public static class QdqRewriter
     /// without them are rounded to nearest.</param>
     /// <param name="memo">Weights already quantized at each width (by the curves); null = quantize here.</param>
     public static RewriteResult Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable? calibration, RewriteOptions options,
-        int actBits, Int2Exclusions? int2 = null, Func<string, InputStatistics?>? statistics = null, CompensationMemo? memo = null)
+        int actBits, Int2Exclusions? int2 = null, Func<string, InputStatistics?>? statistics = null, CompensationMemo? memo = null,
+        IReadOnlySet<string>? quantizedOutputs = null)
     {
         if (options.Deploy == DeployTarget.Speed)
             return SpeedRewriter.Apply(model, plans, calibration
-                ?? throw new InvalidOperationException("the speed target needs calibrated activations"), options, statistics, memo).Result;
+                ?? throw new InvalidOperationException("the speed target needs calibrated activations"), options, statistics, memo, quantizedOutputs).Result;
         var compensated = new List<LayerCompensation>();
         var graph = model.Graph;
         var storage = new List<LayerStorage>();

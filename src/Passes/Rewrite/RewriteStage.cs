@@ -57,9 +57,39 @@ public static class RewriteStage
     {
         var quantized = canonical.Clone();
         var result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, int2, statistics, memo);
+        // ONNX Runtime fuses some float readers into a layer before it looks for QDQ kernels (a Gemm into FusedGemm
+        // with its activation, a MatMul whose ReLU only a reduction reads), which leaves the layer's weight
+        // dequantized on every run. Such a layer writes its output quantized, so that the integer kernel writes it
+        // (at the cost of that output's rounding, which verification measures); whatever still does not fuse is the
+        // verify stage's note.
+        if (result.Speed is { } placement)
+        {
+            var unfused = UnfusedLayers(quantized, placement);
+            if (unfused.Count > 0)
+            {
+                quantized = canonical.Clone();
+                result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, int2, statistics, memo, unfused);
+            }
+        }
         var shared = ShareTiedWeights(quantized.Graph, plans, result);
         Canonicalize.UnshareWeightsPass.Reshare(quantized.Graph);
         return new RewrittenModel(quantized, shared);
+    }
+
+    /// <summary>The quantized layers whose node still reads a weight DequantizeLinear after ONNX Runtime's
+    /// optimizations (a node ONNX Runtime fused keeps the name of the first node it took in, after "fused ").</summary>
+    private static HashSet<string> UnfusedLayers(Model speed, SpeedPlacement placement)
+    {
+        var fusion = Verify.FusionCheck.Run(speed, Runtime.SessionOptions.Default);
+        var layers = new HashSet<string>(StringComparer.Ordinal);
+        if (fusion.WeightDequantizeLeft == 0)
+            return layers;
+        var offenders = fusion.Offenders.Select(o => o.LastIndexOf(" (", StringComparison.Ordinal) is var i and > 0 ? o[..i] : o)
+            .Select(o => o.StartsWith("fused ", StringComparison.Ordinal) ? o["fused ".Length..] : o).ToHashSet(StringComparer.Ordinal);
+        foreach (var (layer, node) in placement.LayerNodes)
+            if (offenders.Contains(node))
+                layers.Add(layer);
+        return layers;
     }
 
     /// <summary>

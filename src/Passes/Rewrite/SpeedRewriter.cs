@@ -14,7 +14,14 @@ namespace OnnxQuant.Passes.Rewrite;
 /// <param name="BiasFits">Layers whose INT32 bias did not fit at the chosen weight scale of some channels, which got the
 /// smallest coarser weight scale that fits (<see cref="SpeedRewriter"/>).</param>
 public sealed record SpeedPlacement(int QuantizedTensors, IReadOnlyDictionary<string, int> IntegerOps, IReadOnlyList<string> NBitsLayers,
-    IReadOnlyList<BiasFit> BiasFits);
+    IReadOnlyList<BiasFit> BiasFits)
+{
+    /// <summary>The node that computes each quantized layer in the artifact (a folded linear's Gemm), by layer name.</summary>
+    public IReadOnlyDictionary<string, string> LayerNodes { get; init; } = new Dictionary<string, string>(StringComparer.Ordinal);
+
+    /// <summary>The layers whose output was quantized because ONNX Runtime did not fuse them otherwise.</summary>
+    public IReadOnlyList<string> QuantizedOutputs { get; init; } = [];
+}
 
 /// <summary>A layer of the speed target whose bias needed a coarser weight scale in <paramref name="Channels"/> output
 /// channels; <paramref name="Largest"/> is the largest factor by which a channel's scale grew.</summary>
@@ -96,8 +103,11 @@ public static class SpeedRewriter
     }
 
     /// <param name="statistics">Input statistics per layer name for <see cref="RewriteOptions.Compensation"/>, as for the size target.</param>
+    /// <param name="quantizedOutputs">Layers whose output is quantized even where only float ops read it: what the
+    /// fusion check asks for when ONNX Runtime left such a layer's weight on a float kernel.</param>
     public static (RewriteResult Result, SpeedPlacement Placement) Apply(Model model, IReadOnlyList<LayerPlan> plans, CalibrationTable calibration,
-        RewriteOptions options, Func<string, InputStatistics?>? statistics = null, CompensationMemo? memo = null)
+        RewriteOptions options, Func<string, InputStatistics?>? statistics = null, CompensationMemo? memo = null,
+        IReadOnlySet<string>? quantizedOutputs = null)
     {
         var blockSize = options.BlockSize;
         var graph = model.Graph;
@@ -121,7 +131,10 @@ public static class SpeedRewriter
                 folds.Add(fold);
             }
         var int8 = new HashSet<Node>(nodes.Where(p => p.Value.Kind == LayerKind.Int8).Select(p => p.Key), ReferenceEqualityComparer.Instance);
-        var region = Region(graph, int8, v => calibration.Find(v.Name) is not null, folds);
+        var forced = new HashSet<Node>(nodes.Where(p => p.Value.Kind == LayerKind.Int8 && quantizedOutputs?.Contains(p.Value.Plan.Layer.Name) == true)
+            .Select(p => p.Key), ReferenceEqualityComparer.Instance);
+        var layerNodes = nodes.ToDictionary(p => p.Value.Plan.Layer.Name, p => p.Key.Name, StringComparer.Ordinal);
+        var region = Region(graph, int8, v => calibration.Find(v.Name) is not null, folds, forced);
 
         // Activation parameters first: the INT32 biases need the input scales.
         var parameters = new Dictionary<Value, (Value Scale, Value Zero, float S)>(ReferenceEqualityComparer.Instance);
@@ -190,7 +203,11 @@ public static class SpeedRewriter
         graph.TopologicalSort();
         var integerOps = region.Nodes.Where(n => !int8.Contains(n)).GroupBy(n => n.OpType, StringComparer.Ordinal)
             .OrderBy(g => g.Key, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
-        var placement = new SpeedPlacement(region.Quantized.Count, integerOps, nbits, biasFits);
+        var placement = new SpeedPlacement(region.Quantized.Count, integerOps, nbits, biasFits)
+        {
+            LayerNodes = layerNodes,
+            QuantizedOutputs = plans.Select(p => p.Layer.Name).Where(n => quantizedOutputs?.Contains(n) == true).ToList(),
+        };
         var result = new RewriteResult(storage, model.OpsetImports.Default ?? opset, model.IrVersion, region.Quantized.Count, compensated) { Speed = placement };
         return (result, placement);
     }
@@ -332,7 +349,8 @@ public static class SpeedRewriter
     /// consumer, which the output's zero point makes redundant); a requantizing or pass-through op joins when every
     /// float input it reads is already quantized and (requantizing) its output has a range.
     /// </summary>
-    private static IntegerRegion Region(Graph graph, HashSet<Node> int8Layers, Func<Value, bool> hasRange, IReadOnlyList<BiasFold> folds)
+    private static IntegerRegion Region(Graph graph, HashSet<Node> int8Layers, Func<Value, bool> hasRange, IReadOnlyList<BiasFold> folds,
+        HashSet<Node>? quantizedOutputs = null)
     {
         var foldOf = folds.ToDictionary(f => f.Gemm, f => f, (IEqualityComparer<Node>)ReferenceEqualityComparer.Instance);
         var activation = new HashSet<Node>(ReferenceEqualityComparer.Instance);
@@ -437,8 +455,8 @@ public static class SpeedRewriter
                 // ONNX Runtime fuses a Gemm with the activation that alone reads it into FusedGemm before it looks for
                 // QDQ kernels, which leaves the weight's DequantizeLinear in front of a float kernel: such a Gemm writes
                 // its (activated) output quantized, as QLinearConv always does.
-                if (node.OpType == "Conv" || (node.OpType == "Gemm" && GraphQueries.SoleUser(node.Outputs[0]) is { } user
-                    && GraphQueries.IsDefaultDomain(user) && GemmActivations.Contains(user.OpType)))
+                if (node.OpType == "Conv" || quantizedOutputs?.Contains(node) == true || (node.OpType == "Gemm"
+                    && GraphQueries.SoleUser(node.Outputs[0]) is { } user && GraphQueries.IsDefaultDomain(user) && GemmActivations.Contains(user.OpType)))
                     needed.Add(Tail(node.Outputs[0]));
             }
             else if (activation.Contains(node))
