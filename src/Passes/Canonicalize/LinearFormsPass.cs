@@ -12,9 +12,11 @@ namespace OnnxQuant.Passes.Canonicalize;
 /// only changes where the activation has fewer axes than the weight: then the output would lose leading 1s. Where the
 /// activation's rank is not known to be at least the weight's, the rank is kept by the bias Add that follows (its
 /// constant gets the leading 1s) or, without one, by an Add of a zero of the weight's rank (x + 0 is x).</item>
-/// <item>an Einsum of an activation and a constant 2-D weight that contracts the activation's last axis and keeps the
-/// rest in order (<c>bnd,de->bne</c>, <c>...d,ed->...e</c>, either operand first) is a MatMul with the weight, or
-/// with its transpose.</item>
+/// <item>an Einsum of an activation and a constant weight that contracts the activation's trailing axes with weight
+/// axes and appends the weight's other axes to the activation's kept ones (<c>bnd,de->bne</c>, <c>...d,ed->...e</c>,
+/// the projections of an attention layer written per head, <c>btc,chd->bthd</c> and <c>bthd,hde->bte</c>; either
+/// operand first) is a MatMul with the weight's axes arranged as a matrix, between Reshapes where several axes are
+/// contracted or produced.</item>
 /// </list>
 /// </summary>
 public sealed class LinearFormsPass : IPass
@@ -108,31 +110,68 @@ public sealed class LinearFormsPass : IPass
         var xs = operands[1 - w];
         var ws = operands[w];
         var tensor = node.Inputs[w]!.Initializer!;
-        if (tensor.Rank != 2 || ws.Length != 2 || ws[0] == ws[1] || !char.IsLetter(ws[0]) || !char.IsLetter(ws[1]) || xs.Length == 0)
+        var ellipsis = xs.StartsWith("...", StringComparison.Ordinal);
+        var letters = ellipsis ? xs[3..] : xs;
+        if (tensor.Rank != ws.Length || ws.Length < 2 || !ws.All(char.IsLetter) || ws.Distinct().Count() != ws.Length
+            || letters.Length == 0 || !letters.All(char.IsLetter) || letters.Distinct().Count() != letters.Length)
             return false;
-        var letters = xs.StartsWith("...", StringComparison.Ordinal) ? xs[3..] : xs;
-        if (letters.Length == 0 || letters.Any(c => !char.IsLetter(c)) || letters.Distinct().Count() != letters.Length)
+        // The activation's trailing axes are contracted with weight axes; the weight's other axes follow the
+        // activation's kept axes in the result. A weight axis the activation keeps too (a batch of weights) is no
+        // linear layer.
+        var contracted = letters.Where(c => ws.Contains(c)).ToArray();
+        var k = contracted.Length;
+        var free = ws.Where(c => !letters.Contains(c)).ToArray();
+        if (k == 0 || free.Length == 0 || !letters.EndsWith(new string(contracted), StringComparison.Ordinal)
+            || contracted.Any(result.Contains))
             return false;
-        var contracted = letters[^1];
-        var kept = ws[0] == contracted ? ws[1] : ws[1] == contracted ? ws[0] : '\0';
-        if (kept == '\0' || letters.Contains(kept) || result != xs[..^1] + kept)
+        var kept = (ellipsis ? "..." : "") + letters[..^k];
+        if (!result.StartsWith(kept, StringComparison.Ordinal) || result.Length != kept.Length + free.Length
+            || result[kept.Length..].OrderBy(c => c).SequenceEqual(free.OrderBy(c => c)) is false)
             return false;
-        var weight = node.Inputs[w]!;
-        var oriented = ws[0] == contracted ? tensor : FoldWeightTransformsPass.Transpose(tensor, null);
+        var outputFree = result[kept.Length..].ToArray();
+        // Reshapes around the product need the activation's rank, which an ellipsis hides.
+        if ((k > 1 || outputFree.Length > 1) && ellipsis)
+            return false;
+        var dims = tensor.GetDims();
+        var perm = contracted.Concat(outputFree).Select(c => (long)ws.IndexOf(c)).ToArray();
+        var oriented = perm.Select((a, i) => a == i).All(b => b) ? tensor : FoldWeightTransformsPass.Transpose(tensor, perm);
         if (oriented is null)
             return false;
-        var value = ReferenceEquals(oriented, tensor) && weight.Uses.Count == 1 ? weight
-            : graph.AddInitializer(graph.UniqueName(weight.Name + (ReferenceEquals(oriented, tensor) ? "_weight" : "_transposed")), oriented);
-        var matmul = new Node("MatMul", [node.Inputs[1 - w], value], [graph.UniqueName(node.Outputs[0].Name + "_matmul")],
-            name: node.Name.Length > 0 ? node.Name : graph.UniqueName("MatMul"));
+        var inner = contracted.Aggregate(1L, (a, c) => a * dims[ws.IndexOf(c)]);
+        var outer = outputFree.Aggregate(1L, (a, c) => a * dims[ws.IndexOf(c)]);
+        var matrix = Tensor.FromRaw(node.Inputs[w]!.Name, oriented.DataType, [inner, outer], oriented.RawData);
+        var weight = node.Inputs[w]!;
+        var value = ReferenceEquals(oriented, tensor) && tensor.Rank == 2 && weight.Uses.Count == 1 ? weight
+            : graph.AddInitializer(graph.UniqueName(weight.Name + "_matrix"), matrix);
+        var name = node.Name.Length > 0 ? node.Name : graph.UniqueName("MatMul");
+        var x = node.Inputs[1 - w]!;
+        var keptAxes = letters.Length - k;
+        if (k > 1)
+        {
+            // [..., c1, c2] -> [..., c1 c2]: zeros copy the kept axes.
+            var rows = new Node("Reshape", [x, graph.AddInitializer(graph.UniqueName(name + "_rows_shape"),
+                Tensor.FromInt64s("s", [keptAxes + 1], [.. new long[keptAxes], inner]))], [graph.UniqueName(name + "_rows")], name: graph.UniqueName(name + "_rows"));
+            graph.InsertBefore(node, rows);
+            x = rows.Outputs[0];
+        }
+        var matmul = new Node("MatMul", [x, value], [graph.UniqueName(node.Outputs[0].Name + "_matmul")], name: name);
         graph.InsertBefore(node, matmul);
+        var last = matmul.Outputs[0];
+        if (outputFree.Length > 1)
+        {
+            var split = new Node("Reshape", [last, graph.AddInitializer(graph.UniqueName(name + "_output_shape"),
+                Tensor.FromInt64s("s", [keptAxes + outputFree.Length], [.. new long[keptAxes], .. outputFree.Select(c => dims[ws.IndexOf(c)])]))],
+                [graph.UniqueName(name + "_output")], name: graph.UniqueName(name + "_output"));
+            graph.InsertAfter(matmul, split);
+            last = split.Outputs[0];
+        }
         var output = node.Outputs[0];
-        var name = output.Name;
+        var outputName = output.Name;
         var type = output.FullType;
         graph.RemoveNode(node, force: true);
-        graph.ReplaceAllUsesWith(output, matmul.Outputs[0], replaceGraphOutputs: true);
-        matmul.Outputs[0].Name = name;
-        matmul.Outputs[0].FullType = type;
+        graph.ReplaceAllUsesWith(output, last, replaceGraphOutputs: true);
+        last.Name = outputName;
+        last.FullType = type;
         if (!ReferenceEquals(value, weight) && weight.Uses.Count == 0 && !weight.IsGraphOutput)
             graph.RemoveInitializer(weight);
         return true;

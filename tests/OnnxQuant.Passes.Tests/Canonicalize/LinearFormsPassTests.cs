@@ -150,9 +150,32 @@ public sealed class LinearFormsPassTests : IDisposable
     }
 
     [Theory]
+    [InlineData("btc,chd->bthd", new long[] { 2, 4, 12 }, new long[] { 12, 3, 5 }, new long[] { 12, 15 })] // per-head query projection
+    [InlineData("btc,hdc->bthd", new long[] { 2, 4, 12 }, new long[] { 3, 5, 12 }, new long[] { 12, 15 })] // its weight stored heads first
+    [InlineData("bthd,hde->bte", new long[] { 2, 4, 3, 5 }, new long[] { 3, 5, 7 }, new long[] { 15, 7 })] // output projection over heads
+    public void AnEinsumOverSeveralWeightAxesIsAMatMulBetweenReshapes(string equation, long[] xShape, long[] wShape, long[] matrix)
+    {
+        var net = new Net();
+        var x = net.Input("x", xShape);
+        var y = net.Op("Einsum", [x, net.Random("w", wShape)], Attribute.FromString("equation", equation));
+        y.Name = "y";
+        net.Output(y);
+        var data = Net.RandomData((int)xShape.Aggregate(1L, (a, b) => a * b), 9);
+        var before = Run(net.Model, "x", xShape, data);
+
+        Assert.Equal(1, new LinearFormsPass().Run(net.Model).Rewrites);
+        var matmul = net.Graph.Nodes.Single(n => n.OpType == "MatMul");
+        Assert.Equal(matrix, Weight(matmul).Initializer!.Dims);
+        Assert.Equal(0, net.Count("Einsum"));
+        Assert.Equal("y", net.Graph.Outputs[0].Name);
+        AssertSame(before, Run(net.Model, "x", xShape, data), 1e-5f);
+    }
+
+    [Theory]
     [InlineData("bdn,de->bne")]   // contracts an inner axis
     [InlineData("bnd,de->ben")]   // reorders the kept axes
     [InlineData("bnd,de->bn")]    // sums the weight's other axis away
+    [InlineData("bnd,nd->bn")]    // a product per position, not a linear layer over channels
     public void AnEinsumThatIsNotALinearLayerIsLeftAlone(string equation)
     {
         var net = new Net();
@@ -161,8 +184,18 @@ public sealed class LinearFormsPassTests : IDisposable
         Assert.False(new LinearFormsPass().Run(net.Model).Modified);
     }
 
+    [Fact]
+    public void AnEinsumWithAWeightPerHeadIsLeftAlone()
+    {
+        // h indexes both the activation and the weight: one weight per head, a batch of linear layers.
+        var net = new Net();
+        var x = net.Input("x", 2, 3, 4, 12);
+        net.Output(net.Op("Einsum", [x, net.Random("w", [3, 12, 5])], Attribute.FromString("equation", "bhtc,hcd->bhtd")));
+        Assert.False(new LinearFormsPass().Run(net.Model).Modified);
+    }
+
     /// <summary>images [N,3,16,16] -> tokens [N,48,16] -> a [1,16,24] MatMul weight with its bias -> ReLU -> an Einsum
-    /// linear with a [10,24] weight.</summary>
+    /// per head with a [24,2,6] weight -> [N,48,12] -> ReLU -> an Einsum linear with a [10,12] weight.</summary>
     private static Model TokenNet()
     {
         var net = new Net(seed: 5);
@@ -170,7 +203,10 @@ public sealed class LinearFormsPassTests : IDisposable
         var tokens = net.Op("Reshape", [x, net.Ints("tokens.shape", 0, 48, 16)]);
         var h = net.Op("Add", [net.Op("MatMul", [tokens, net.Random("fc1.weight", [1, 16, 24], 0.3f)]), net.Random("fc1.bias", [24], 0.1f)]);
         h.Producer!.Inputs[0]!.Producer!.Name = "fc1";
-        var y = net.Op("Einsum", [net.Op("Relu", [h]), net.Random("fc2.weight", [10, 24], 0.3f)], Attribute.FromString("equation", "bnc,kc->bnk"));
+        var heads = net.Op("Einsum", [net.Op("Relu", [h]), net.Random("heads.weight", [24, 2, 6], 0.3f)], Attribute.FromString("equation", "bnc,chd->bnhd"));
+        heads.Producer!.Name = "heads";
+        var merged = net.Op("Reshape", [heads, net.Ints("merged.shape", 0, 0, 12)]);
+        var y = net.Op("Einsum", [net.Op("Relu", [merged]), net.Random("fc2.weight", [10, 12], 0.3f)], Attribute.FromString("equation", "bnc,kc->bnk"));
         y.Producer!.Name = "fc2";
         y.Name = "out";
         net.Output(y);
@@ -189,13 +225,13 @@ public sealed class LinearFormsPassTests : IDisposable
         foreach (var target in result.Targets)
         {
             var report = target.Report;
-            Assert.Equal(["fc1", "fc2"], report.Units.Select(u => u.Layer).Order().ToArray());
-            Assert.Equal(["fc1", "fc2"], report.Compensated.Where(c => c.Gptq).Select(c => c.Layer).Order().ToArray());
+            Assert.Equal(["fc1", "fc2", "heads"], report.Units.Select(u => u.Layer).Order().ToArray());
+            Assert.Equal(["fc1", "fc2", "heads"], report.Compensated.Where(c => c.Gptq).Select(c => c.Layer).Order().ToArray());
             using var session = InferenceSession.Create(target.ModelPath);
             var outputs = session.Run([new NamedTensor("images", TensorData.FromFloats(TestModels.Images(2, 5), [2, 3, 16, 16]))]);
             Assert.Equal([2L, 48, 10], outputs[0].Data.Shape);
         }
-        // Two linear layers at 8 bits with 8-bit activations: a small share of the output's variation.
+        // Three linear layers at 8 bits with 8-bit activations: a small share of the output's variation.
         Assert.InRange(result.Targets[0].Report.Distortion.Measured, 1e-7, 1e-3);
     }
 }
