@@ -5,7 +5,7 @@ namespace OnnxQuant.Passes.Canonicalize;
 
 /// <summary>
 /// Folds a constant that scales or shifts each output channel of a Conv, ConvTranspose or Gemm (a Mul, Div, Add or Sub
-/// that alone reads the layer's output) into the layer's weight and bias: a frozen batch normalization exported as
+/// that alone reads the layer's output), or scales a MatMul's (with its bias Add), into the layer's weight and bias: a frozen batch normalization exported as
 /// <c>x * scale + bias</c> (DETR's and torchvision's detection backbones) is then part of its convolution, as a folded
 /// BatchNormalization would be. Scaling output channel c by k_c is <c>W'[c] = k_c W[c]</c>, <c>B'_c = k_c B_c</c>;
 /// shifting it by d_c is <c>B'_c = B_c + d_c</c>. The constant must hold one value per output channel or one value,
@@ -39,7 +39,8 @@ public sealed class FoldOutputAffinePass : IPass
                 // y - d and y / k fold; d - y and k / y do not.
                 if (side == 1 && node.OpType is "Sub" or "Div")
                     continue;
-                if (Fold(graph, layer, node.OpType, constant) && GraphQueries.TryBypass(graph, node, output))
+                if ((Fold(graph, layer, node.OpType, constant) || (node.OpType is "Mul" or "Div" && ScaleLinear(graph, layer, node.OpType, constant)))
+                    && GraphQueries.TryBypass(graph, node, output))
                 {
                     folded++;
                     break;
@@ -178,6 +179,49 @@ public sealed class FoldOutputAffinePass : IPass
             layer.AppendInput(newBias);
             if (layer.OpType == "Gemm")
                 layer.SetAttribute(Frontend.Attribute.FromFloat("beta", 1f));
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// A MatMul with a constant [K, N] weight, alone or with the Add of its bias, scaled by one constant or one per
+    /// output channel ([N]): the scale goes into the weight's columns and the bias (a transformer library's
+    /// <c>q_proj(x) * scaling</c>, a ConvNeXt block's layer scale).
+    /// </summary>
+    private static bool ScaleLinear(Graph graph, Node producer, string op, Tensor constant)
+    {
+        if (constant.Rank > 1 || !GraphQueries.IsDefaultDomain(producer))
+            return false;
+        Node? matmul = null;
+        Value? bias = null;
+        if (producer.OpType == "MatMul")
+            matmul = producer;
+        else if (producer.OpType == "Add" && producer.Inputs.Count == 2)
+            for (var side = 0; side < 2 && matmul is null; side++)
+                if (producer.Inputs[side] is { Producer: { OpType: "MatMul" } m } product && GraphQueries.SoleUser(product) == producer
+                    && producer.Inputs[1 - side] is { IsInitializer: true, IsGraphInput: false, Uses.Count: 1, Initializer.DataType: DataType.Float } b)
+                    (matmul, bias) = (m, b);
+        if (matmul is null || !GraphQueries.IsDefaultDomain(matmul) || matmul.Inputs.Count != 2 || matmul.Inputs[0] is not { ConstantValue: null }
+            || matmul.Inputs[1]?.ConstantValue is not { DataType: DataType.Float, Rank: 2 } weight)
+            return false;
+        var n = (int)weight.Dims[1];
+        if ((constant.ElementCount != 1 && constant.ElementCount != n) || (bias is not null && (bias.Initializer!.ElementCount != n || bias.Initializer.Dims[^1] != n)))
+            return false;
+        var k = constant.ToFloatArray();
+        var scale = Enumerable.Range(0, n).Select(c => op == "Mul" ? k[k.Length == 1 ? 0 : c] : 1f / k[k.Length == 1 ? 0 : c]).ToArray();
+        if (scale.Any(v => !float.IsFinite(v)))
+            return false;
+        var w = weight.ToFloatArray();
+        for (var i = 0; i < w.Length; i++)
+            w[i] *= scale[i % n];
+        var name = matmul.Name.Length > 0 ? matmul.Name : matmul.Outputs[0].Name;
+        matmul.ReplaceInput(1, graph.AddInitializer(graph.UniqueName(name + "_scaled_weight"), Tensor.FromFloats("w", weight.GetDims(), w)));
+        if (bias is not null)
+        {
+            var b = bias.Initializer!.ToFloatArray();
+            for (var c = 0; c < n; c++)
+                b[c] *= scale[c];
+            graph.SetInitializer(bias, Tensor.FromFloats(bias.Name, bias.Initializer.GetDims(), b));
         }
         return true;
     }

@@ -44,4 +44,15 @@ public static class Canonicalization
         new DeadNodeEliminationPass(),
         new NameNodesPass(),
     ];
+
+    /// <summary>What the passes changed, for the report ("fold-batchnorm 53, linear-forms 1"): every pass that
+    /// rewrote something, in pass order, with its rewrites summed over the rounds; null when none did. Dead-node
+    /// elimination and naming, which every export needs, are left out.</summary>
+    public static string? Describe(IReadOnlyList<PassRecord> records)
+    {
+        var changed = records.Where(r => r.Result.Rewrites > 0 && r.Pass is not ("dead-node-elimination" or "name-nodes"))
+            .GroupBy(r => r.Pass, StringComparer.Ordinal)
+            .Select(g => $"{g.Key} {g.Sum(r => r.Result.Rewrites)}").ToList();
+        return changed.Count == 0 ? null : "canonicalization rewrote the graph before anything was measured (pass, rewrites): " + string.Join(", ", changed);
+    }
 }

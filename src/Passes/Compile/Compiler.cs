@@ -58,11 +58,11 @@ public static class Compiler
 
         using var loaded = clock.Time("load", () => LoadStage.Run(modelPath, calibPath, options.Data));
 
-        var (canonical, features) = clock.Time("canonicalize", () =>
+        var (canonical, features, canonicalization) = clock.Time("canonicalize", () =>
         {
             var model = loaded.Model.Clone();
-            new PassManager(Canonicalization.Passes()).Run(model);
-            return (model, Features.Resolve(model, options.Features));
+            var records = new PassManager(Canonicalization.Passes()).Run(model);
+            return (model, Features.Resolve(model, options.Features), Canonicalization.Describe(records));
         });
         options = options with { Features = options.Features with { Features = features } };
         // Task weights replace the features by the detection outputs, weighed by the AP their noise costs.
@@ -93,7 +93,7 @@ public static class Compiler
         // here), else the layers it refuses as the artifacts are verified, learned once for every artifact.
         var int2 = new Int2Exclusions();
         int2.Tie(discovery.Ties.Select(t => t.Layers.Select(l => l.Name).ToList()));
-        var intake = Intake.Notes(loaded.Model).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded, options, outputDirectory, int2))).ToList();
+        var intake = Intake.Notes(loaded.Model).Concat(canonicalization is null ? [] : [canonicalization]).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded, options, outputDirectory, int2))).ToList();
         var initializerInputs = options.Rewrite.KeepInitializerInputs ? DetachInitializerInputsPass.InitializerInputs(loaded.Model) : [];
 
         // Activation-aware scaling changes the canonical model (exactly, in float) before anything measures it, so

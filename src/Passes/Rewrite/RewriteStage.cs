@@ -64,7 +64,7 @@ public static class RewriteStage
         // verify stage's note.
         if (result.Speed is { } placement)
         {
-            var unfused = UnfusedLayers(quantized, placement);
+            var unfused = UnfusedLayers(quantized, placement, plans);
             if (unfused.Count > 0)
             {
                 quantized = canonical.Clone();
@@ -76,9 +76,10 @@ public static class RewriteStage
         return new RewrittenModel(quantized, shared);
     }
 
-    /// <summary>The quantized layers whose node still reads a weight DequantizeLinear after ONNX Runtime's
-    /// optimizations (a node ONNX Runtime fused keeps the name of the first node it took in, after "fused ").</summary>
-    private static HashSet<string> UnfusedLayers(Model speed, SpeedPlacement placement)
+    /// <summary>The quantized layers whose weight is still dequantized after ONNX Runtime's optimizations: found by the
+    /// constant the DequantizeLinear reads (the rewrite names it after the layer's weight), or by the node reading it
+    /// (a node ONNX Runtime fused keeps the name of the first node it took in, after "fused ").</summary>
+    private static HashSet<string> UnfusedLayers(Model speed, SpeedPlacement placement, IReadOnlyList<LayerPlan> plans)
     {
         var fusion = Verify.FusionCheck.Run(speed, Runtime.SessionOptions.Default);
         var layers = new HashSet<string>(StringComparer.Ordinal);
@@ -89,6 +90,9 @@ public static class RewriteStage
         foreach (var (layer, node) in placement.LayerNodes)
             if (offenders.Contains(node))
                 layers.Add(layer);
+        foreach (var plan in plans)
+            if (fusion.DequantizedConstants.Any(c => c.StartsWith(plan.Layer.WeightName + "_quantized", StringComparison.Ordinal)))
+                layers.Add(plan.Layer.Name);
         return layers;
     }
 

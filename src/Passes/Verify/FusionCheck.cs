@@ -10,6 +10,9 @@ namespace OnnxQuant.Passes.Verify;
 /// <param name="OpTypes">Node count per op type of the optimized graph.</param>
 public sealed record FusionReport(int WeightDequantizeLeft, IReadOnlyList<string> Offenders, IReadOnlyDictionary<string, int> OpTypes)
 {
+    /// <summary>The constants those DequantizeLinear nodes read (a layer's quantized weight or bias).</summary>
+    public IReadOnlyList<string> DequantizedConstants { get; init; } = [];
+
     /// <summary>Op types that compute on integers (ONNX Runtime's fused QDQ kernels and MatMulNBits).</summary>
     public static bool IsIntegerKernel(string opType) =>
         opType.StartsWith("QLinear", StringComparison.Ordinal) || opType is "QGemm" or "MatMulIntegerToFloat" or "MatMulNBits"
@@ -48,17 +51,19 @@ public static class FusionCheck
     {
         var graph = optimized.Graph;
         var offenders = new List<string>();
+        var constants = new List<string>();
         var left = 0;
         foreach (var node in graph.Nodes)
         {
             if (node.OpType != "DequantizeLinear" || node.Inputs[0] is not { } x || x.ConstantValue is null)
                 continue;
             left++;
+            constants.Add(x.Name);
             var consumers = node.Outputs[0].Uses.Select(u => $"{u.Node.Name} ({u.Node.OpType})").DefaultIfEmpty("(graph output)");
             offenders.AddRange(consumers);
         }
         var opTypes = graph.Nodes.GroupBy(n => n.OpType, StringComparer.Ordinal).OrderBy(g => g.Key, StringComparer.Ordinal)
             .ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
-        return new FusionReport(left, offenders.Distinct(StringComparer.Ordinal).ToList(), opTypes);
+        return new FusionReport(left, offenders.Distinct(StringComparer.Ordinal).ToList(), opTypes) { DequantizedConstants = constants };
     }
 }

@@ -154,6 +154,32 @@ public sealed class LayerParameterFoldingTests : IDisposable
     }
 
     [Theory]
+    [InlineData(true, "Mul", new long[] { })]  // q_proj(x) * scaling
+    [InlineData(true, "Mul", new long[] { 6 })] // a layer scale after a Linear
+    [InlineData(false, "Div", new long[] { 1 })]
+    public void AScaleAfterAMatMulJoinsItsWeightAndBias(bool withBias, string op, long[] constantShape)
+    {
+        var net = new Net(seed: 10);
+        var x = net.Input("x", 2, 4, 12);
+        var product = net.Op("MatMul", [x, net.Random("w", [12, 6], 0.4f)]);
+        var linear = withBias ? net.Op("Add", [product, net.Random("b", [6], 0.2f)]) : product;
+        var y = net.Op(op, [linear, net.Random("k", constantShape, 0.5f, 1f)]);
+        y.Name = "y";
+        net.Output(y);
+        var data = Net.RandomData(96, 11);
+        float[] Output()
+        {
+            using var session = InferenceSession.Create(ModelIO.ToBytes(net.Model), SessionOptions.Calibration);
+            return session.Run([new NamedTensor("x", TensorData.FromFloats(data, [2, 4, 12]))])[0].Data.ToFloats();
+        }
+        var before = Output();
+        Assert.Equal(1, new FoldOutputAffinePass().Run(net.Model).Rewrites);
+        Assert.Equal(withBias ? ["MatMul", "Add"] : ["MatMul"], net.Graph.Nodes.Select(n => n.OpType));
+        Assert.Equal("y", net.Graph.Outputs[0].Name);
+        Net.AssertClose(before, Output(), 1e-6f);
+    }
+
+    [Theory]
     [InlineData(new long[] { 8 })]            // broadcasts over the width, not the channels
     [InlineData(new long[] { 1, 8, 14, 14 })] // differs between positions
     [InlineData(new long[] { 1, 1, 8, 1, 1 })] // would give the output another axis
@@ -190,6 +216,11 @@ public sealed class LayerParameterFoldingTests : IDisposable
         var options = new CompileOptions { Allocation = new() { TargetBits = [8, 4] }, Rewrite = new() { Compensation = Compensation.All } };
         var a = TestModels.CompileImages(computed, _root, "computed", options);
         var b = TestModels.CompileImages(folded, _root, "folded", options);
+        // The report says what canonicalization changed: the computed parameters, the folded scale and shift, and
+        // the normalization folded into the second convolution.
+        var note = Assert.Single(a.Targets[0].Report.Notes, n => n.StartsWith("canonicalization rewrote", StringComparison.Ordinal));
+        foreach (var pass in new[] { "fold-constant-expressions", "fold-output-affine" })
+            Assert.Contains(pass, note, StringComparison.Ordinal);
         for (var t = 0; t < a.Targets.Count; t++)
         {
             Assert.Equal(["c1", "c2"], a.Targets[t].Report.Units.Select(u => u.Layer).Order().ToArray());
