@@ -71,7 +71,17 @@ public sealed class ConstantExpressionPass : IPass
         var targets = computed.Keys.Where(v => !v.IsGraphOutput && !throughLayer.Contains(v) && v.Uses.Any(u => IsParameter(u, computed))).ToList();
         if (targets.Count == 0)
             return PassResult.Unchanged;
-        var values = Evaluate(model, targets);
+        Dictionary<string, TensorData> values;
+        try
+        {
+            values = Evaluate(model, targets);
+        }
+        catch (OrtException)
+        {
+            // ONNX Runtime cannot evaluate them on their own (an operator it lacks, a shape it rejects): the graph
+            // keeps computing them, and the layers they feed stay what they were.
+            return PassResult.Unchanged;
+        }
         var folded = 0;
         foreach (var target in targets)
         {

@@ -104,7 +104,7 @@ public static class VerifyStage
     /// left on a weight path. A violation is a gap in the rewrite's fusion rules, not an error in the artifact (its
     /// values are the quantized ones; the layers concerned dequantize their weights on every run and compute in
     /// float): the compile goes on and says so, and the model with the list of unfused layers is kept under the debug
-    /// directory (<paramref name="Kept"/>) for a report.
+    /// directory for a report (the folder is returned, null when it could not be written).
     /// </summary>
     public static (FusionReport Report, string? Kept) CheckFusion(Model model, SessionOptions options, string debugDirectory, string label)
     {
