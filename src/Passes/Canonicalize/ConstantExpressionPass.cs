@@ -36,6 +36,8 @@ public sealed class ConstantExpressionPass : IPass
         // Values whose computation runs a layer (a product with a weight): a chain of layers over learned constants
         // (DETR's first decoder layer over its query embeddings) stays layers, quantized like the others.
         var throughLayer = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        // In graph order, so that the new initializers' names do not depend on anything else.
+        var order = new List<Value>();
         foreach (var node in graph.Nodes)
         {
             // Dequantized weights stay what they are: a model another quantizer wrote is refused as such, not quantized again.
@@ -64,11 +66,12 @@ public sealed class ConstantExpressionPass : IPass
             foreach (var output in node.Outputs.Where(o => !o.IsOmitted))
             {
                 computed[output] = source;
+                order.Add(output);
                 if (layer)
                     throughLayer.Add(output);
             }
         }
-        var targets = computed.Keys.Where(v => !v.IsGraphOutput && !throughLayer.Contains(v) && v.Uses.Any(u => IsParameter(u, computed))).ToList();
+        var targets = order.Where(v => !v.IsGraphOutput && !throughLayer.Contains(v) && v.Uses.Any(u => IsParameter(u, computed))).ToList();
         if (targets.Count == 0)
             return PassResult.Unchanged;
         Dictionary<string, TensorData> values;
