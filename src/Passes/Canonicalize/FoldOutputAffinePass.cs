@@ -5,9 +5,9 @@ namespace OnnxQuant.Passes.Canonicalize;
 
 /// <summary>
 /// Folds a constant that scales or shifts each output channel of a Conv, ConvTranspose or Gemm (a Mul, Div, Add or Sub
-/// that alone reads the layer's output), or scales a MatMul's (with its bias Add), into the layer's weight and bias: a frozen batch normalization exported as
-/// <c>x * scale + bias</c> (DETR's and torchvision's detection backbones) is then part of its convolution, as a folded
-/// BatchNormalization would be. Scaling output channel c by k_c is <c>W'[c] = k_c W[c]</c>, <c>B'_c = k_c B_c</c>;
+/// that alone reads the layer's output), or scales a MatMul's (with its bias Add), into the layer's weight and bias:
+/// a frozen batch normalization exported as <c>x * scale + bias</c> (DETR's backbone, torchvision's detection
+/// backbones with pretrained weights) is then part of its convolution, as a folded BatchNormalization would be. Scaling output channel c by k_c is <c>W'[c] = k_c W[c]</c>, <c>B'_c = k_c B_c</c>;
 /// shifting it by d_c is <c>B'_c = B_c + d_c</c>. The constant must hold one value per output channel or one value,
 /// on the channel axis of the output (axis 1 of a convolution's, the last of a Gemm's), so that it neither
 /// broadcasts the output to another shape nor mixes positions. New initializers are written (the old ones may be
