@@ -80,9 +80,13 @@ public class InspectCommandTests
             .Select(l => (l.GetProperty("node").GetString(), l.GetProperty("shares_weight_of").GetString())).ToList();
         Assert.Equal(4, tied.Count);
         Assert.Contains(("/model/ref_point_head/layers.0_2/MatMul", "/model/ref_point_head/layers.0/MatMul"), tied);
+        // What canonicalization changed, as the compile's report says it: the copies of the shared weights among it.
+        var changed = JsonDocument.Parse(stdout).RootElement.GetProperty("canonicalization").GetString()!;
+        Assert.Contains("unshare-weights 4", changed);
         var (code2, table, _) = Run("inspect", model);
         Assert.Equal(0, code2);
         Assert.Contains("shared weights: 2 weight(s) applied by 6 of these layers", table);
+        Assert.Contains("canonicalization rewrote the graph", table);
     }
 
     [Fact]

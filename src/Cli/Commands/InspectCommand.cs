@@ -38,13 +38,16 @@ internal static class InspectCommand
     }
 
     /// <summary>What compile would quantize (the same discovery compile runs), or why that cannot be told.</summary>
-    internal sealed record QuantizableView(UnitDiscoveryResult? Discovery, string? Unavailable);
+    /// <param name="Canonicalization">What canonicalization changed before the layers were found, as compile's report
+    /// says it.</param>
+    internal sealed record QuantizableView(UnitDiscoveryResult? Discovery, string? Unavailable, string? Canonicalization = null);
 
     private static QuantizableView Quantizable(Model model)
     {
         try
         {
-            return new QuantizableView(UnitDiscovery.Preview(model), null);
+            var discovery = UnitDiscovery.Preview(model, out var canonicalization);
+            return new QuantizableView(discovery, null, canonicalization);
         }
         catch (Exception ex) when (ex is CompileException or PassFailedException or FrontendException)
         {
@@ -115,6 +118,8 @@ internal static class InspectCommand
             w.WriteEndArray();
             if (layers.Unavailable is { } why)
                 w.WriteString("quantizable_unavailable", why);
+            if (layers.Canonicalization is { } changed)
+                w.WriteString("canonicalization", changed);
             w.WriteStartArray("warnings");
             foreach (var n in notes) w.WriteStringValue(n);
             w.WriteEndArray();
@@ -196,6 +201,8 @@ internal static class InspectCommand
             console.WriteLine($"quantizable layers: not determined ({layers.Unavailable})");
             return;
         }
+        if (layers.Canonicalization is { } changed)
+            console.WriteLine(changed);
         var q = new Table().Title($"quantizable layers: {found.Layers.Count}").AddColumns("node", "op", "weight", "shape", "parameters");
         foreach (var l in found.Layers)
             AddRow(q, l.Name.Length > 0 ? l.Name : "-", l.OpType, l.WeightName, "[" + string.Join(", ", l.WeightShape) + "]", l.Size.ToString("N0"));

@@ -191,10 +191,15 @@ public static class UnitDiscovery
     /// What compile would find in <paramref name="model"/> with default options (what `inspect` shows): a copy is
     /// canonicalized exactly as compile does, and layers are found against the model's float outputs.
     /// </summary>
-    public static UnitDiscoveryResult Preview(Model model)
+    public static UnitDiscoveryResult Preview(Model model) => Preview(model, out _);
+
+    /// <inheritdoc cref="Preview(Model)"/>
+    /// <param name="canonicalization">What canonicalization changed (<see cref="Canonicalization.Describe"/>), as the
+    /// compile's report says it; null when nothing.</param>
+    public static UnitDiscoveryResult Preview(Model model, out string? canonicalization)
     {
         var canonical = model.Clone();
-        new Pipeline.PassManager(Canonicalization.Passes()).Run(canonical);
+        canonicalization = Canonicalization.Describe(new Pipeline.PassManager(Canonicalization.Passes()).Run(canonical));
         return Discover(canonical, Features.DefaultFeatures(canonical), new UnitOptions());
     }
 
