@@ -252,7 +252,8 @@ public static class Compiler
             var deploy = speed ? clock.Time("verify", () =>
             {
                 var label = $"bits-{AllocationOptions.FormatBits(target)}";
-                var (fusion, kept) = VerifyStage.CheckFusion(verified.Rewritten.Model, options.Execution.Measurement(), debugDirectory, label);
+                var (fusion, kept) = VerifyStage.CheckFusion(verified.Rewritten.Model, options.Execution.Measurement(), debugDirectory, label,
+                    relisted > 0 ? null : verified.Rewritten.Fusion);
                 if (fusion.WeightDequantizeLeft > 0)
                 {
                     unfused = $"deploy speed at {AllocationOptions.FormatBits(target)} bits: {VerifyStage.FusionGap(fusion)}. Those layers keep their quantized " +

@@ -8,7 +8,9 @@ using OnnxQuant.Solvers;
 namespace OnnxQuant.Passes.Rewrite;
 
 /// <summary>A rewritten copy of the canonical model and what the rewrite did.</summary>
-public sealed record RewrittenModel(Model Model, RewriteResult Result);
+/// <param name="Fusion">For the speed target, what ONNX Runtime made of <paramref name="Model"/> when the rewrite's own
+/// check already saw it (null otherwise): the verify stage reuses it instead of optimizing the same model again.</param>
+public sealed record RewrittenModel(Model Model, RewriteResult Result, Verify.FusionReport? Fusion = null);
 
 /// <summary>Turns one target's allocation into per-channel widths for every quantized layer and rewrites a copy.</summary>
 public static class RewriteStage
@@ -62,26 +64,29 @@ public static class RewriteStage
         // dequantized on every run. Such a layer writes its output quantized, so that the integer kernel writes it
         // (at the cost of that output's rounding, which verification measures); whatever still does not fuse is the
         // verify stage's note.
+        Verify.FusionReport? fusion = null;
         if (result.Speed is { } placement)
         {
-            var unfused = UnfusedLayers(quantized, placement, plans);
+            fusion = Verify.FusionCheck.Run(quantized, Runtime.SessionOptions.Default);
+            var unfused = UnfusedLayers(fusion, placement, plans);
             if (unfused.Count > 0)
             {
                 quantized = canonical.Clone();
                 result = QdqRewriter.Apply(quantized, plans, calibration, options, actBits, int2, statistics, memo, unfused);
+                fusion = null;
             }
         }
         var shared = ShareTiedWeights(quantized.Graph, plans, result);
         Canonicalize.UnshareWeightsPass.Reshare(quantized.Graph);
-        return new RewrittenModel(quantized, shared);
+        // Sharing the tied weights' tensors leaves the graph ONNX Runtime optimizes as it was only without ties.
+        return new RewrittenModel(quantized, shared, plans.Any(p => p.SharesWeightOf is not null) ? null : fusion);
     }
 
     /// <summary>The quantized layers whose weight is still dequantized after ONNX Runtime's optimizations: found by the
     /// constant the DequantizeLinear reads (the rewrite names it after the layer's weight), or by the node reading it
     /// (a node ONNX Runtime fused keeps the name of the first node it took in, after "fused ").</summary>
-    private static HashSet<string> UnfusedLayers(Model speed, SpeedPlacement placement, IReadOnlyList<LayerPlan> plans)
+    private static HashSet<string> UnfusedLayers(Verify.FusionReport fusion, SpeedPlacement placement, IReadOnlyList<LayerPlan> plans)
     {
-        var fusion = Verify.FusionCheck.Run(speed, Runtime.SessionOptions.Default);
         var layers = new HashSet<string>(StringComparer.Ordinal);
         if (fusion.WeightDequantizeLeft == 0)
             return layers;

@@ -106,9 +106,11 @@ public static class VerifyStage
     /// float): the compile goes on and says so, and the model with the list of unfused layers is kept under the debug
     /// directory for a report (the folder is returned, null when it could not be written).
     /// </summary>
-    public static (FusionReport Report, string? Kept) CheckFusion(Model model, SessionOptions options, string debugDirectory, string label)
+    /// <param name="known">What an earlier check of the same model found (the rewrite's own), reused when given.</param>
+    public static (FusionReport Report, string? Kept) CheckFusion(Model model, SessionOptions options, string debugDirectory, string label,
+        FusionReport? known = null)
     {
-        var report = FusionCheck.Run(model, options);
+        var report = known ?? FusionCheck.Run(model, options);
         if (report.WeightDequantizeLeft == 0)
             return (report, null);
         string? kept = Path.Combine(debugDirectory, label);

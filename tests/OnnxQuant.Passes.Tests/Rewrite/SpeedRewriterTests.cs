@@ -574,14 +574,21 @@ public class SpeedRewriterTests
         var y = net.Op(activation, [net.Op("MatMul", [tokens, net.Random("p.w", [16, 24], 0.3f)])]);
         y.Name = "y";
         net.Output(y);
-        var (model, layers, calibration, data) = Prepared(net.Model, "y");
-        Assert.Single(layers);
-        var (speed, _, fusion) = W8Speed(model, layers, calibration);
-        Assert.Equal(0, fusion.WeightDequantizeLeft);
-        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("MatMulIntegerToFloat"));
         // Tolerance: about 4x the relative squared error this seeded net measures at W8A8 (2.0e-6 through the
         // sigmoid, 2.9e-5 through the ReLU).
-        Assert.InRange(RelativeError(model, speed, data), 0, activation == "Relu" ? 1.2e-4 : 8e-6);
+        AssertOneLayerOnOneIntegerKernel(net.Model, "MatMulIntegerToFloat", activation == "Relu" ? 1.2e-4 : 8e-6);
+    }
+
+    /// <summary>The one layer of <paramref name="model"/> (output "y") runs on one <paramref name="kernel"/> in its W8A8
+    /// speed artifact, with no weight DequantizeLinear left, within <paramref name="tolerance"/> of the float output.</summary>
+    private static void AssertOneLayerOnOneIntegerKernel(Model model, string kernel, double tolerance)
+    {
+        var (prepared, layers, calibration, data) = Prepared(model, "y");
+        Assert.Single(layers);
+        var (speed, _, fusion) = W8Speed(prepared, layers, calibration);
+        Assert.Equal(0, fusion.WeightDequantizeLeft);
+        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault(kernel));
+        Assert.InRange(RelativeError(prepared, speed, data), 0, tolerance);
     }
 
     [Theory]
@@ -603,14 +610,9 @@ public class SpeedRewriterTests
         var y = net.Op("ReduceMean", [net.Op(activation, [linear])], Attribute.FromInts("axes", [-1]));
         y.Name = "y";
         net.Output(y);
-        var (model, layers, calibration, data) = Prepared(net.Model, "y");
-        Assert.Single(layers);
-        var (speed, _, fusion) = W8Speed(model, layers, calibration);
-        Assert.Equal(0, fusion.WeightDequantizeLeft);
-        Assert.Equal(1, fusion.OpTypes.GetValueOrDefault("QGemm"));
         // Tolerance: about 4x the relative squared error this seeded net measures at W8A8 (sigmoid 3.6e-7, ReLU 6.9e-6
         // on rows and on tokens, tanh 2.6e-5).
-        Assert.InRange(RelativeError(model, speed, data), 0, activation switch { "Sigmoid" => 1.5e-6, "Relu" => 2.8e-5, _ => 1.1e-4 });
+        AssertOneLayerOnOneIntegerKernel(net.Model, "QGemm", activation switch { "Sigmoid" => 1.5e-6, "Relu" => 2.8e-5, _ => 1.1e-4 });
     }
 
     [Fact]
