@@ -211,8 +211,9 @@ internal static class CompileCommand
             }
             if (recipePath is not null)
             {
-                // The written artifact, not the in-memory graph: the recipe describes exactly the file a user deploys.
-                var artifact = OnnxQuant.Frontend.ModelIO.Load(result.Targets[0].ModelPath);
+                // The written artifact, not the in-memory graph: the recipe describes exactly the file a user deploys
+                // (where it stores values computed from weights alone, the same model with those weights).
+                var artifact = result.Targets[0].WithWeights ?? OnnxQuant.Frontend.ModelIO.Load(result.Targets[0].ModelPath);
                 var weightsPath = OnnxQuant.QatBridge.CompileRecipe.WeightsPath(recipePath);
                 var recipe = OnnxQuant.QatBridge.CompileRecipe.FromReport(result.Targets[0].Report, modelPath, attentionBits, artifact,
                     Path.GetFileName(weightsPath));

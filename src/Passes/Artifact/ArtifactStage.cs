@@ -5,10 +5,19 @@ using OnnxQuant.Passes.Pipeline;
 namespace OnnxQuant.Passes.Artifact;
 
 /// <summary>One compiled target: its report and where its model went.</summary>
-public sealed record TargetResult(CompileReport Report, string ModelPath, string ReportPath);
+public sealed record TargetResult(CompileReport Report, string ModelPath, string ReportPath)
+{
+    /// <inheritdoc cref="TargetArtifact.WithWeights"/>
+    public Model? WithWeights { get; init; }
+}
 
 /// <summary>A target ready to be written: its report (without timings) and its model's bytes.</summary>
-public sealed record TargetArtifact(CompileReport Report, byte[] Model);
+public sealed record TargetArtifact(CompileReport Report, byte[] Model)
+{
+    /// <summary>The model as rewritten before what it computes from its weights alone was stored computed (null when
+    /// nothing was): the same computation, with every quantized layer's weight, which a QAT student starts from.</summary>
+    public Model? WithWeights { get; init; }
+}
 
 /// <summary>What the manifest says about the inputs.</summary>
 public sealed record ManifestInputs(string ToolVersion, string ModelFile, string ModelHash, string DataHash, int Samples,
@@ -40,14 +49,15 @@ public static class ArtifactStage
         var single = targets.Count == 1;
         var results = new List<TargetResult>();
         var outputs = new List<ReportWriter.OutputFile>();
-        foreach (var (report, bytes) in targets)
+        foreach (var target in targets)
         {
+            var (report, bytes) = (target.Report, target.Model);
             var dir = TargetDirectory("", report.TargetBits, single);
             var relative = Path.Combine(dir, "model.onnx").Replace('\\', '/');
             FaultPoints.Reach("write:model", folder.FinalPath(relative));
             folder.WriteFile(relative, bytes);
             outputs.Add(new ReportWriter.OutputFile(relative, Hashing.Sha256Hex(bytes), bytes.LongLength));
-            results.Add(new TargetResult(report, folder.FinalPath(relative), folder.FinalPath(Path.Combine(dir, "report.json"))));
+            results.Add(new TargetResult(report, folder.FinalPath(relative), folder.FinalPath(Path.Combine(dir, "report.json"))) { WithWeights = target.WithWeights });
         }
         written = outputs;
         return results;

@@ -24,25 +24,37 @@ public sealed class ConstantExpressionPass : IPass
     public const long MaxElements = 1 << 24;
 
     private static readonly HashSet<string> Random = ["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"];
-    private static readonly HashSet<string> Layers = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "BatchNormalization"];
+    private static readonly HashSet<string> Layers = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "BatchNormalization", "MatMulNBits"];
 
     private static readonly HashSet<string> Affine = ["Mul", "Add", "Sub", "Div"];
 
     public PassResult Run(Model model)
     {
         var graph = model.Graph;
-        // Values computed from constants alone, and the constant elements each one is computed from.
+        var (computed, throughLayer, order) = Analyze(graph);
+        var targets = order.Where(v => !v.IsGraphOutput && !throughLayer.Contains(v) && v.Uses.Any(u => IsParameter(u, computed))).ToList();
+        return targets.Count == 0 ? PassResult.Unchanged : PassResult.Changed(Fold(model, targets, computed).Count);
+    }
+
+    /// <summary>What a graph computes from constants alone.</summary>
+    /// <param name="Computed">Each value computed from constants alone, with the constant elements it is computed from.</param>
+    /// <param name="ThroughLayer">The computed values whose computation runs a layer (a product with a weight).</param>
+    /// <param name="Order">The computed values in graph order, so that new initializers' names depend on nothing else.</param>
+    internal sealed record ConstantValues(Dictionary<Value, long> Computed, HashSet<Value> ThroughLayer, List<Value> Order);
+
+    /// <param name="barriers">Nodes taken as reading the input whatever they read.</param>
+    /// <param name="quantized">Whether QuantizeLinear and DequantizeLinear compute like any other op (a quantized
+    /// model's own constants); otherwise they are taken as reading the input.</param>
+    internal static ConstantValues Analyze(Graph graph, IReadOnlySet<Node>? barriers = null, bool quantized = false)
+    {
         var computed = new Dictionary<Value, long>(ReferenceEqualityComparer.Instance);
-        // Values whose computation runs a layer (a product with a weight): a chain of layers over learned constants
-        // (DETR's first decoder layer over its query embeddings) stays layers, quantized like the others.
         var throughLayer = new HashSet<Value>(ReferenceEqualityComparer.Instance);
-        // In graph order, so that the new initializers' names do not depend on anything else.
         var order = new List<Value>();
         foreach (var node in graph.Nodes)
         {
             // Dequantized weights stay what they are: a model another quantizer wrote is refused as such, not quantized again.
-            if (node.OpType is "Constant" or "DequantizeLinear" or "QuantizeLinear" || Random.Contains(node.OpType) || node.Subgraphs.Any() || node.Inputs.Count == 0
-                || !(GraphQueries.IsDefaultDomain(node) || node.Domain == "com.microsoft"))
+            if (node.OpType is "Constant" || (!quantized && node.OpType is "DequantizeLinear" or "QuantizeLinear") || Random.Contains(node.OpType) || node.Subgraphs.Any() || node.Inputs.Count == 0
+                || !(GraphQueries.IsDefaultDomain(node) || node.Domain == "com.microsoft") || (barriers?.Contains(node) ?? false))
                 continue;
             long source = 0;
             var constant = true;
@@ -71,32 +83,42 @@ public sealed class ConstantExpressionPass : IPass
                     throughLayer.Add(output);
             }
         }
-        var targets = order.Where(v => !v.IsGraphOutput && !throughLayer.Contains(v) && v.Uses.Any(u => IsParameter(u, computed))).ToList();
-        if (targets.Count == 0)
-            return PassResult.Unchanged;
+        return new ConstantValues(computed, throughLayer, order);
+    }
+
+    /// <summary>Replaces each target that ONNX Runtime computes as a float tensor of at most <see cref="MaxElements"/>
+    /// elements (and at most 4x the constant elements it is computed from) by an initializer holding that value;
+    /// returns the targets replaced. Nothing changes when ONNX Runtime cannot evaluate them (an operator it lacks, a
+    /// shape it rejects): the graph keeps computing them.</summary>
+    /// <param name="options">The session that computes them: by default without optimizations (the float model's
+    /// values); a quantized model's are computed as ONNX Runtime runs it.</param>
+    internal static List<Value> Fold(Model model, IReadOnlyList<Value> targets, Dictionary<Value, long> computed, SessionOptions? options = null)
+    {
+        var graph = model.Graph;
         Dictionary<string, TensorData> values;
         try
         {
-            values = Evaluate(model, targets);
+            values = Evaluate(model, targets, options ?? SessionOptions.Calibration);
         }
         catch (OrtException)
         {
-            // ONNX Runtime cannot evaluate them on their own (an operator it lacks, a shape it rejects): the graph
-            // keeps computing them, and the layers they feed stay what they were.
-            return PassResult.Unchanged;
+            return [];
         }
-        var folded = 0;
+        var folded = new List<Value>();
         foreach (var target in targets)
         {
-            if (!values.TryGetValue(target.Name, out var data) || data.DataType != DataType.Float
+            // Float values; a quantized model's integers too (a QuantizeLinear's output, read by its DequantizeLinear).
+            var type = ElementTypeInference.Of(target);
+            if (!values.TryGetValue(target.Name, out var data) || data.DataType != type
+                || !(type == DataType.Float || (options is not null && type is DataType.UInt8 or DataType.Int8 or DataType.UInt16 or DataType.Int16))
                 || data.ElementCount > Math.Min(MaxElements, 4 * Math.Max(1, computed[target])))
                 continue;
             var value = graph.AddInitializer(graph.UniqueName(target.Name + "_folded"),
-                Tensor.FromRaw(target.Name, DataType.Float, data.Shape, data.ToBytes()));
+                Tensor.FromRaw(target.Name, type, data.Shape, data.ToBytes()));
             graph.ReplaceAllUsesWith(target, value);
-            folded++;
+            folded.Add(target);
         }
-        return PassResult.Changed(folded);
+        return folded;
     }
 
     /// <summary>Whether a use reads the value as a layer's parameter, or as the constant that scales or shifts a
@@ -136,7 +158,7 @@ public sealed class ConstantExpressionPass : IPass
 
     /// <summary>The targets' values, computed by ONNX Runtime (optimizations off) on a copy of the graph that keeps
     /// only what they need.</summary>
-    private static Dictionary<string, TensorData> Evaluate(Model model, IReadOnlyList<Value> targets)
+    private static Dictionary<string, TensorData> Evaluate(Model model, IReadOnlyList<Value> targets, SessionOptions options)
     {
         var clone = model.Clone();
         var graph = clone.Graph;
@@ -151,7 +173,7 @@ public sealed class ConstantExpressionPass : IPass
         new DeadNodeEliminationPass().Run(clone);
         foreach (var input in graph.Inputs.Where(i => !i.IsInitializer).ToList())
             graph.RemoveInput(input);
-        using var session = InferenceSession.Create(ModelIO.ToBytes(clone), SessionOptions.Calibration);
+        using var session = InferenceSession.Create(ModelIO.ToBytes(clone), options);
         var outputs = session.Run([]);
         return outputs.ToDictionary(o => o.Name, o => o.Data, StringComparer.Ordinal);
     }

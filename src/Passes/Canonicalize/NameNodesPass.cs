@@ -37,6 +37,7 @@ public static class Canonicalization
         new InferenceBatchNormPass(),
         new FoldWeightTransformsPass(),
         new ConstantExpressionPass(),
+        new InputIndependentLayersPass(),
         new LinearFormsPass(),
         new UnshareWeightsPass(),
         new FoldBatchNormPass(),
@@ -44,6 +45,10 @@ public static class Canonicalization
         new DeadNodeEliminationPass(),
         new NameNodesPass(),
     ];
+
+    /// <summary>The layers the passes took out of the graph, in the order they were removed.</summary>
+    public static IReadOnlyList<RemovedLayer> RemovedLayers(IReadOnlyList<PassRecord> records) =>
+        records.SelectMany(r => r.Result.RemovedLayers).ToList();
 
     /// <summary>What the passes changed, for the report ("fold-batchnorm 53, linear-forms 1"): every pass that
     /// rewrote something, in pass order, with its rewrites summed over the rounds; null when none did. Dead-node

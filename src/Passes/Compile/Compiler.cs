@@ -58,11 +58,11 @@ public static class Compiler
 
         using var loaded = clock.Time("load", () => LoadStage.Run(modelPath, calibPath, options.Data));
 
-        var (canonical, features, canonicalization) = clock.Time("canonicalize", () =>
+        var (canonical, features, canonicalization, removedLayers) = clock.Time("canonicalize", () =>
         {
             var model = loaded.Model.Clone();
             var records = new PassManager(Canonicalization.Passes()).Run(model);
-            return (model, Features.Resolve(model, options.Features), Canonicalization.Describe(records));
+            return (model, Features.Resolve(model, options.Features), Canonicalization.Describe(records), Canonicalization.RemovedLayers(records));
         });
         options = options with { Features = options.Features with { Features = features } };
         // Task weights replace the features by the detection outputs, weighed by the AP their noise costs.
@@ -83,7 +83,7 @@ public static class Compiler
         var discovery = clock.Time("discover", () =>
         {
             var units = options.Units with { IntegerKernelsOnly = options.Rewrite.Deploy == DeployTarget.Speed };
-            var found = UnitDiscovery.DiscoverAllocatable(canonical, features, units, modelPath);
+            var found = UnitDiscovery.DiscoverAllocatable(canonical, features, units, modelPath, removedLayers);
             progress.Note($"units: {found.Units.Count} in {found.Layers.Count - found.Heads.Count} layers, {found.Heads.Count} head layer(s), {found.Skipped.Count} skipped");
             return found;
         });
@@ -289,6 +289,9 @@ public static class Compiler
                           $"{Quantization.StableRounding.Round(verified.Measured - deploy.SizeMeasured):G4} to the measured distortion of the size target ({deploy.SizeMeasured:G4})");
             if (unfused is not null)
                 notes.Add(unfused);
+            if (rewrite.ConstantsFolded > 0)
+                notes.Add($"{rewrite.ConstantsFolded} value(s) the artifact computes from its weights alone (a layer whose weight is applied to learned " +
+                          "constants as well as to the input, and what follows from that call) are stored computed: ONNX Runtime does not fold through a DequantizeLinear");
             if (verified.Rewritten.Result.Speed is { QuantizedOutputs.Count: > 0 } forced)
                 notes.Add($"deploy speed: the output of {forced.QuantizedOutputs.Count} layer(s) is quantized although only float ops read it, because ONNX Runtime " +
                           $"otherwise fused the layer with its reader into a float kernel ({string.Join(", ", forced.QuantizedOutputs.Take(4))}" +
@@ -302,7 +305,10 @@ public static class Compiler
                           $"chosen weight scale (an input scale tiny against the bias); their weight scale was raised to fit, at most {fits.BiasFits.Max(f => f.Largest):G3}x " +
                           $"({string.Join(", ", fits.BiasFits.Take(3).Select(f => f.Layer))}{(fits.BiasFits.Count > 3 ? ", ..." : "")})");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, activations, repair) with { Baseline = baseline, Deploy = deploy, Smoothing = smoothing, FeatureWeights = options.Features.Weights, TaskWeighting = weighting }, bytes));
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, activations, repair) with { Baseline = baseline, Deploy = deploy, Smoothing = smoothing, FeatureWeights = options.Features.Weights, TaskWeighting = weighting }, bytes)
+            {
+                WithWeights = verified.Rewritten.WithWeights,
+            });
         }
 
         IReadOnlyList<ReportWriter.OutputFile> outputs = [];

@@ -8,7 +8,14 @@ public sealed record PassResult(bool Modified, int Rewrites)
     public static PassResult Unchanged { get; } = new(false, 0);
 
     public static PassResult Changed(int rewrites) => rewrites > 0 ? new(true, rewrites) : Unchanged;
+
+    /// <summary>Layers the pass took out of the graph (their computation folded away), each with why.</summary>
+    public IReadOnlyList<RemovedLayer> RemovedLayers { get; init; } = [];
 }
+
+/// <summary>A Conv, ConvTranspose, Gemm or MatMul a pass took out of the graph, and why: the report lists it with the
+/// layers left float.</summary>
+public sealed record RemovedLayer(string Name, string OpType, string Reason);
 
 /// <summary>
 /// A transformation of a model in place. Validate, then mutate: a pass that refuses throws before changing anything

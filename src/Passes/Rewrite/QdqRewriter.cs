@@ -39,6 +39,9 @@ public sealed record RewriteResult(IReadOnlyList<LayerStorage> Layers, long Opse
 {
     /// <summary>What the speed target placed; null for the size target.</summary>
     public SpeedPlacement? Speed { get; init; }
+
+    /// <summary>Values the artifact computed from its weights alone, stored computed (<see cref="ArtifactConstants"/>).</summary>
+    public int ConstantsFolded { get; init; }
 }
 
 /// <summary>The compensation one layer got: second-order rounding, and whether its bias absorbed the mean output shift

@@ -10,7 +10,11 @@ namespace OnnxQuant.Passes.Rewrite;
 /// <summary>A rewritten copy of the canonical model and what the rewrite did.</summary>
 /// <param name="Fusion">For the speed target, what ONNX Runtime made of <paramref name="Model"/> when the rewrite's own
 /// check already saw it (null otherwise): the verify stage reuses it instead of optimizing the same model again.</param>
-public sealed record RewrittenModel(Model Model, RewriteResult Result, Verify.FusionReport? Fusion = null);
+public sealed record RewrittenModel(Model Model, RewriteResult Result, Verify.FusionReport? Fusion = null)
+{
+    /// <summary>The model before what it computes from its weights alone was stored computed; null when nothing was.</summary>
+    public Model? WithWeights { get; init; }
+}
 
 /// <summary>Turns one target's allocation into per-channel widths for every quantized layer and rewrites a copy.</summary>
 public static class RewriteStage
@@ -78,9 +82,28 @@ public static class RewriteStage
         }
         var shared = ShareTiedWeights(quantized.Graph, plans, result);
         Canonicalize.UnshareWeightsPass.Reshare(quantized.Graph);
-        // Sharing the tied weights' tensors leaves the graph ONNX Runtime optimizes as it was only without ties.
-        return new RewrittenModel(quantized, shared, plans.Any(p => p.SharesWeightOf is not null) ? null : fusion);
+        var withWeights = ArtifactConstants.Any(quantized) ? quantized.Clone() : null;
+        // The QDQ graph's own semantics (dequantized weights, float operators: ONNX Runtime without its optimizations,
+        // whose fused integer kernels would round the same sums per fusion), on one thread: the stored values depend
+        // neither on --threads nor on how a container is split.
+        var folded = withWeights is null ? 0 : ArtifactConstants.Fold(quantized, Runtime.SessionOptions.Calibration with { IntraOpThreads = 1 });
+        if (folded > 0)
+            shared = Stored(quantized.Graph, shared) with { ConstantsFolded = folded };
+        // Sharing the tied weights' tensors, or storing computed values, leaves the graph ONNX Runtime optimizes as it
+        // was only without either.
+        return new RewrittenModel(quantized, shared, plans.Any(p => p.SharesWeightOf is not null) || folded > 0 ? null : fusion)
+        {
+            WithWeights = folded > 0 ? withWeights : null,
+        };
     }
+
+    /// <summary>The layers' stored bytes once values computed from weights alone replaced what read them: a weight only
+    /// such a value read is no longer stored.</summary>
+    private static RewriteResult Stored(Graph graph, RewriteResult result) => result with
+    {
+        Layers = result.Layers.Select(l => l.Created.Count == 0 || l.Created.All(n => graph.FindInitializer(n) is not null) ? l
+            : l with { Bytes = l.Created.Select(graph.FindInitializer).OfType<Value>().Sum(v => v.Initializer!.ByteSize) }).ToList(),
+    };
 
     /// <summary>The quantized layers whose weight is still dequantized after ONNX Runtime's optimizations: found by the
     /// constant the DequantizeLinear reads (the rewrite names it after the layer's weight), or by the node reading it

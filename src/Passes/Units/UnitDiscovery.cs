@@ -111,7 +111,10 @@ public static class UnitDiscovery
 {
     public const int MinimumWeights = 64;
 
-    public static UnitDiscoveryResult Discover(Model model, IReadOnlyList<string> features, UnitOptions options)
+    /// <param name="removed">Layers canonicalization took out of the graph (<see cref="Canonicalization.RemovedLayers"/>):
+    /// listed first among the skipped layers, with their reasons.</param>
+    public static UnitDiscoveryResult Discover(Model model, IReadOnlyList<string> features, UnitOptions options,
+        IReadOnlyList<Pipeline.RemovedLayer>? removed = null)
     {
         var graph = model.Graph;
         var featureValues = features.Select(f => graph.FindValue(f)
@@ -119,7 +122,7 @@ public static class UnitDiscovery
         var reaches = NodesReaching(featureValues);
         var excludes = options.Exclude.Select(Glob).ToList();
         var layers = new List<QuantLayer>();
-        var skipped = new List<SkippedLayer>();
+        var skipped = (removed ?? []).Select(r => new SkippedLayer(r.Name, r.OpType, r.Reason)).ToList();
         foreach (var node in graph.Nodes)
         {
             if (node.OpType is not ("Conv" or "ConvTranspose" or "Gemm" or "MatMul") || !GraphQueries.IsDefaultDomain(node) || node.Inputs.Count < 2)
@@ -199,17 +202,19 @@ public static class UnitDiscovery
     public static UnitDiscoveryResult Preview(Model model, out string? canonicalization)
     {
         var canonical = model.Clone();
-        canonicalization = Canonicalization.Describe(new Pipeline.PassManager(Canonicalization.Passes()).Run(canonical));
-        return Discover(canonical, Features.DefaultFeatures(canonical), new UnitOptions());
+        var records = new Pipeline.PassManager(Canonicalization.Passes()).Run(canonical);
+        canonicalization = Canonicalization.Describe(records);
+        return Discover(canonical, Features.DefaultFeatures(canonical), new UnitOptions(), Canonicalization.RemovedLayers(records));
     }
 
     /// <summary>
     /// <see cref="Discover"/>, refusing a model in which nothing can be allocated: no quantizable layer at all, or
     /// none that reaches the features.
     /// </summary>
-    public static UnitDiscoveryResult DiscoverAllocatable(Model model, IReadOnlyList<string> features, UnitOptions options, string modelPath)
+    public static UnitDiscoveryResult DiscoverAllocatable(Model model, IReadOnlyList<string> features, UnitOptions options, string modelPath,
+        IReadOnlyList<Pipeline.RemovedLayer>? removed = null)
     {
-        var discovery = Discover(model, features, options);
+        var discovery = Discover(model, features, options, removed);
         if (discovery.Units.Count > 0)
             return discovery;
         if (discovery.Layers.Count > 0)

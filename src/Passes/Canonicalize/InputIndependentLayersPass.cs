@@ -1,0 +1,86 @@
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Pipeline;
+
+namespace OnnxQuant.Passes.Canonicalize;
+
+/// <summary>
+/// Folds the layers that compute the same value for every input into constants: a chain of Conv, Gemm or MatMul over
+/// learned constants alone. DETR's first decoder layer attends over its learned queries before it reads the image
+/// (its self-attention and the cross-attention's query projection), DAB- and Conditional-DETR-style reference-point
+/// MLPs start from learned anchors, SwinV2's continuous position bias is an MLP over a fixed coordinate table, and a
+/// factorized weight (<c>A @ B</c>) is one layer's parameter. A weight that is also applied to the input (a module
+/// called once over constants and again over activations) is kept a layer at every call. ONNX Runtime folds such chains in the float model when
+/// a session starts, but not once their weights are quantized (a DequantizeLinear is never folded), so quantizing them
+/// spends bits and adds an error that is the same on every input, and the artifact computes them on every run.
+/// Each value such a chain hands to a node that reads the input becomes an initializer holding what ONNX Runtime
+/// computes for it (exactly the float model's value); the layers it came from are removed and listed in the report.
+/// Values larger than <see cref="ConstantExpressionPass.MaxElements"/> or 4x the constants they are computed from
+/// stay computed.
+/// </summary>
+public sealed class InputIndependentLayersPass : IPass
+{
+    public string Name => "fold-input-independent-layers";
+
+    private static readonly HashSet<string> LayerOps = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"];
+
+    public PassResult Run(Model model)
+    {
+        var graph = model.Graph;
+        var first = ConstantExpressionPass.Analyze(graph);
+        // A weight that layers reading the input share stays one quantized weight for every call (one module applied
+        // again, as in training): its calls over constants are not folded. Removing computed values only turns more
+        // readers into input readers of already non-constant ones, so one more analysis settles it.
+        // The weights compared by value: once unshared (a later pass), each call holds its own copy of the same bytes.
+        var inputWeights = graph.Nodes.Where(n => IsWeightedLayer(n) && !n.Outputs.Any(first.Computed.ContainsKey))
+            .Select(Weight).OfType<Value>().ToLookup(v => v.Initializer!.RawData.Length);
+        bool AppliedToInput(Value weight) => weight.Initializer is { } t
+            && inputWeights[t.RawData.Length].Any(w => w.Initializer!.DataType == t.DataType && (w.Initializer.RawData.Equals(t.RawData) || w.Initializer.RawData.Span.SequenceEqual(t.RawData.Span)));
+        var shared = graph.Nodes.Where(n => IsWeightedLayer(n) && first.Computed.ContainsKey(n.Outputs[0]) && Weight(n) is { } w && AppliedToInput(w))
+            .ToHashSet<Node>(ReferenceEqualityComparer.Instance);
+        var (computed, throughLayer, order) = shared.Count == 0 ? first : ConstantExpressionPass.Analyze(graph, shared);
+        // The frontier: values a layer computed from constants that a node reading the input takes. Graph outputs keep
+        // their producer (their name is the interface).
+        var targets = order.Where(v => throughLayer.Contains(v) && !v.IsGraphOutput
+            && v.Uses.Any(u => !u.Node.Outputs.Any(o => computed.ContainsKey(o)))).ToList();
+        if (targets.Count == 0)
+            return PassResult.Unchanged;
+        var deadBefore = DeadNodes(graph);
+        var folded = ConstantExpressionPass.Fold(model, targets, computed);
+        if (folded.Count == 0)
+            return PassResult.Unchanged;
+        var dead = DeadNodes(graph);
+        var removed = graph.Nodes.Where(n => dead.Contains(n) && !deadBefore.Contains(n) && IsWeightedLayer(n))
+            .Select(n => new RemovedLayer(n.Name.Length > 0 ? n.Name : $"{n.OpType} (unnamed)", n.OpType,
+                "computes the same value for every input (it reads learned constants only): folded into a constant, exact"))
+            .ToList();
+        return PassResult.Changed(folded.Count) with { RemovedLayers = removed };
+    }
+
+    /// <summary>A layer with a weight of its own (what would have been quantized), not a product of two computed values
+    /// such as attention's.</summary>
+    private static bool IsWeightedLayer(Node node) =>
+        LayerOps.Contains(node.OpType) && GraphQueries.IsDefaultDomain(node) && node.Inputs.Count >= 2 && Weight(node) is not null;
+
+    /// <summary>The layer's weight initializer: Conv's, ConvTranspose's and Gemm's second input, either input of a
+    /// MatMul or Einsum.</summary>
+    private static Value? Weight(Node node)
+    {
+        static bool Stored(Value? v) => v is { Initializer: not null, IsGraphInput: false };
+        if (node.OpType is "MatMul" or "Einsum")
+            return node.Inputs.Count == 2 ? node.Inputs.FirstOrDefault(Stored) : null;
+        return node.Inputs.Count > 1 && Stored(node.Inputs[1]) ? node.Inputs[1] : null;
+    }
+
+    /// <summary>The nodes none of whose outputs reaches a graph output (what dead-node elimination removes).</summary>
+    private static HashSet<Node> DeadNodes(Graph graph)
+    {
+        var dead = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        for (var i = graph.Nodes.Count - 1; i >= 0; i--)
+        {
+            var node = graph.Nodes[i];
+            if (node.Outputs.Count > 0 && node.Outputs.All(o => o.IsOmitted || (!o.IsGraphOutput && o.Uses.All(u => dead.Contains(u.Node)))))
+                dead.Add(node);
+        }
+        return dead;
+    }
+}
