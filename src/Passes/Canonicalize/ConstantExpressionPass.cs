@@ -11,10 +11,10 @@ namespace OnnxQuant.Passes.Canonicalize;
 /// <c>w * (var + eps)^-0.5</c> and a weight-normalized layer's weight as <c>g * v / ||v||</c> in the graph; without
 /// this pass such a layer has no constant weight, so it is neither quantized nor listed as skipped. Each such value
 /// becomes an initializer holding what ONNX Runtime computes for it (the same values the float model uses), and the
-/// nodes that computed it go in dead-node elimination. Values whose computation runs a layer (a chain of layers over
-/// learned constants stays layers), quantization nodes (a model another tool quantized is refused as such), random
+/// nodes that computed it go in dead-node elimination. Values whose computation runs a layer (<see cref="InputIndependentLayersPass"/>
+/// folds those), quantization nodes (a model another tool quantized is refused as such), random
 /// generators, nodes with subgraphs and values larger than <see cref="MaxElements"/> (or than 4x the constants they
-/// are computed from) are left to the graph.
+/// are computed from, when over <see cref="SmallElements"/>) are left to the graph.
 /// </summary>
 public sealed class ConstantExpressionPass : IPass
 {
@@ -22,6 +22,11 @@ public sealed class ConstantExpressionPass : IPass
 
     /// <summary>Most elements of one evaluated value.</summary>
     public const long MaxElements = 1 << 24;
+
+    /// <summary>Elements a value may always have (512 KiB of floats), however few constants it is computed from: a
+    /// window's position bias gathered from a small table (SwinV2: heads x 64 x 64 from an MLP over 15 x 15
+    /// coordinates) is worth storing; a value tiled to the size of an activation is not.</summary>
+    public const long SmallElements = 1 << 17;
 
     private static readonly HashSet<string> Random = ["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"];
     private static readonly HashSet<string> Layers = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "BatchNormalization", "MatMulNBits"];
@@ -87,7 +92,7 @@ public sealed class ConstantExpressionPass : IPass
     }
 
     /// <summary>Replaces each target that ONNX Runtime computes as a float tensor of at most <see cref="MaxElements"/>
-    /// elements (and at most 4x the constant elements it is computed from) by an initializer holding that value;
+    /// elements (and at most 4x the constant elements it is computed from, or <see cref="SmallElements"/>) by an initializer holding that value;
     /// returns the targets replaced. Nothing changes when ONNX Runtime cannot evaluate them (an operator it lacks, a
     /// shape it rejects): the graph keeps computing them.</summary>
     /// <param name="options">The session that computes them: by default without optimizations (the float model's
@@ -111,7 +116,7 @@ public sealed class ConstantExpressionPass : IPass
             var type = ElementTypeInference.Of(target);
             if (!values.TryGetValue(target.Name, out var data) || data.DataType != type
                 || !(type == DataType.Float || (options is not null && type is DataType.UInt8 or DataType.Int8 or DataType.UInt16 or DataType.Int16))
-                || data.ElementCount > Math.Min(MaxElements, 4 * Math.Max(1, computed[target])))
+                || data.ElementCount > Math.Min(MaxElements, Math.Max(SmallElements, 4 * computed[target])))
                 continue;
             var value = graph.AddInitializer(graph.UniqueName(target.Name + "_folded"),
                 Tensor.FromRaw(target.Name, type, data.Shape, data.ToBytes()));

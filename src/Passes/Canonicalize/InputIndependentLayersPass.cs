@@ -15,7 +15,7 @@ namespace OnnxQuant.Passes.Canonicalize;
 /// Each value such a chain hands to a node that reads the input becomes an initializer holding what ONNX Runtime
 /// computes for it (exactly the float model's value); the layers it came from are removed and listed in the report.
 /// Values larger than <see cref="ConstantExpressionPass.MaxElements"/> or 4x the constants they are computed from
-/// stay computed.
+/// (and over <see cref="ConstantExpressionPass.SmallElements"/>) stay computed.
 /// </summary>
 public sealed class InputIndependentLayersPass : IPass
 {

@@ -13,7 +13,7 @@ namespace OnnxQuant.Passes.Rewrite;
 /// compile gives the QDQ graph's own semantics: optimizations off), and stored: a value ONNX
 /// Runtime would read through a QuantizeLinear/DequantizeLinear pair into a product as its integers, so that the
 /// integer kernel that reads it still fuses, as it does with a weight. Values over
-/// <see cref="ConstantExpressionPass.MaxElements"/> or 4x what they are computed from stay computed.
+/// <see cref="ConstantExpressionPass.MaxElements"/> or 4x what they are computed from (and over <see cref="ConstantExpressionPass.SmallElements"/>) stay computed.
 /// </summary>
 public static class ArtifactConstants
 {

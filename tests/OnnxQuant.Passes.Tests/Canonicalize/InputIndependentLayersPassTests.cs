@@ -87,6 +87,37 @@ public sealed class InputIndependentLayersPassTests
     }
 
     [Fact]
+    public void AContinuousPositionBiasMlpOverAFixedCoordinateTableBecomesTheBiasItComputes()
+    {
+        // SwinV2: an MLP over the log-spaced relative coordinates of a window, gathered by relative position index,
+        // 16 * sigmoid, added to every window's attention logits.
+        const int heads = 2, window = 4, table = 2 * window - 1;
+        var net = new Net(seed: 36);
+        var logits = net.Input("memory", [1, heads, window * window, window * window]);
+        var coordinates = net.Random("relative_coords_table", [1, table, table, 2], 1f);
+        var hidden = net.Op("Relu", [Linear(net, coordinates, "cpb_mlp.0", 2, 16)]);
+        var bias = net.Op("MatMul", [hidden, net.Random("cpb_mlp.2.weight", [16, heads], 0.4f)]);
+        bias.Producer!.Name = "cpb_mlp.2";
+        var random = new Random(37);
+        var index = Enumerable.Range(0, window * window * window * window).Select(_ => (long)random.Next(table * table)).ToArray();
+        var gathered = net.Op("Gather", [net.Op("Reshape", [bias, net.Ints("flat", -1, heads)]), net.Ints("relative_position_index", index)]);
+        var perHead = net.Op("Transpose", [net.Op("Reshape", [gathered, net.Ints("square", window * window, window * window, heads)])],
+            Attribute.FromInts("perm", [2, 0, 1]));
+        var scaled = net.Op("Mul", [net.Op("Sigmoid", [perHead]), net.Init("sixteen", [], [16f])]);
+        var y = net.Op("Softmax", [net.Op("Add", [logits, scaled])], Attribute.FromInt("axis", -1));
+        y.Name = "decoded";
+        net.Output(y);
+        long[] shape = [1, heads, window * window, window * window];
+        var data = Net.RandomData(heads * window * window * window * window, 38);
+        var before = Net.Run(net.Model, ("memory", shape, data))[0];
+        var records = new PassManager(Canonicalization.Passes()).Run(net.Model);
+
+        Assert.Equal(["cpb_mlp.0", "cpb_mlp.2"], Canonicalization.RemovedLayers(records).Select(r => r.Name));
+        Assert.Equal(["Add", "Softmax"], net.Graph.Nodes.Select(n => n.OpType));
+        Net.AssertClose(before, Net.Run(net.Model, ("memory", shape, data))[0], 1e-6f);
+    }
+
+    [Fact]
     public void AFactorizedWeightBecomesTheWeightOfTheLayerThatReadsIt()
     {
         // x @ (A @ B): a low-rank factorization kept as two learned factors; the product is the layer's weight.
@@ -136,11 +167,12 @@ public sealed class InputIndependentLayersPassTests
     [Fact]
     public void AConstantLayerChainWhoseResultIsFarLargerThanItsSourcesStaysComputed()
     {
-        // Learned queries through a layer, then tiled 64 times before they meet the input: folding would store 64 copies.
+        // Learned queries through a layer, then tiled 2,048 times before they meet the input (over 128 K elements):
+        // folding would store 2,048 copies.
         var net = new Net(seed: 33);
-        var x = net.Input("memory", [64, Queries, Width]);
+        var x = net.Input("memory", [2048, Queries, Width]);
         var q = Linear(net, net.Random("query_embed", [1, Queries, Width], 1f), "q", Width, Width);
-        var tiled = net.Op("Tile", [q, net.Ints("repeats", 64, 1, 1)]);
+        var tiled = net.Op("Tile", [q, net.Ints("repeats", 2048, 1, 1)]);
         var y = net.Op("Add", [x, tiled]);
         y.Name = "decoded";
         net.Output(y);
