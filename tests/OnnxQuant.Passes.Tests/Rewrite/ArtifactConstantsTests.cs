@@ -138,8 +138,11 @@ public sealed class ArtifactConstantsTests : IDisposable
             Assert.DoesNotContain("mlp", names);
             Assert.DoesNotContain("q", names);
             Assert.Contains("mlp_1", names);
-            // The tied weight is still stored once, for the call over the input.
+            // The tied weight is still stored once, for the call over the input; the projection's is not stored, and
+            // the report counts the bytes that are.
             Assert.Single(artifact.Graph.Initializers, i => i.Initializer!.DataType == DataType.Int8 && i.Initializer.ElementCount == Width * Width);
+            Assert.Equal(0, report.Layers.Single(l => l.Layer == "q").Bytes);
+            Assert.True(report.Layers.Single(l => l.Layer == "mlp").Bytes >= Width * Width);
             if (deploy == DeployTarget.Speed)
                 Assert.Equal(0, report.Deploy!.WeightDequantizeLeft);
             // What the verification measured is the stored model's: small at 8 bits.
