@@ -92,12 +92,14 @@ public sealed class ConstantExpressionPass : IPass
     }
 
     /// <summary>Replaces each target that ONNX Runtime computes as a float tensor of at most <see cref="MaxElements"/>
-    /// elements (and at most 4x the constant elements it is computed from, or <see cref="SmallElements"/>) by an initializer holding that value;
-    /// returns the targets replaced. Nothing changes when ONNX Runtime cannot evaluate them (an operator it lacks, a
+    /// elements (and at most 4x the constant elements it is computed from, or <see cref="SmallElements"/>) by an
+    /// initializer holding that value; returns the targets replaced. Nothing changes when ONNX Runtime cannot evaluate them (an operator it lacks, a
     /// shape it rejects): the graph keeps computing them.</summary>
-    /// <param name="options">The session that computes them: by default without optimizations (the float model's
-    /// values); a quantized model's are computed as ONNX Runtime runs it.</param>
-    internal static List<Value> Fold(Model model, IReadOnlyList<Value> targets, Dictionary<Value, long> computed, SessionOptions? options = null)
+    /// <param name="options">The session that computes them; by default optimizations off (the graph's own semantics).</param>
+    /// <param name="integers">Whether 8- and 16-bit integer targets (a quantized model's QuantizeLinear outputs) are
+    /// stored too; otherwise only float ones are.</param>
+    internal static List<Value> Fold(Model model, IReadOnlyList<Value> targets, Dictionary<Value, long> computed,
+        SessionOptions? options = null, bool integers = false)
     {
         var graph = model.Graph;
         Dictionary<string, TensorData> values;
@@ -115,7 +117,7 @@ public sealed class ConstantExpressionPass : IPass
             // Float values; a quantized model's integers too (a QuantizeLinear's output, read by its DequantizeLinear).
             var type = ElementTypeInference.Of(target);
             if (!values.TryGetValue(target.Name, out var data) || data.DataType != type
-                || !(type == DataType.Float || (options is not null && type is DataType.UInt8 or DataType.Int8 or DataType.UInt16 or DataType.Int16))
+                || !(type == DataType.Float || (integers && type is DataType.UInt8 or DataType.Int8 or DataType.UInt16 or DataType.Int16))
                 || data.ElementCount > Math.Min(MaxElements, Math.Max(SmallElements, 4 * computed[target])))
                 continue;
             var value = graph.AddInitializer(graph.UniqueName(target.Name + "_folded"),

@@ -8,10 +8,11 @@ namespace OnnxQuant.Passes.Canonicalize;
 /// learned constants alone. DETR's first decoder layer attends over its learned queries before it reads the image
 /// (its self-attention and the cross-attention's query projection), DAB- and Conditional-DETR-style reference-point
 /// MLPs start from learned anchors, SwinV2's continuous position bias is an MLP over a fixed coordinate table, and a
-/// factorized weight (<c>A @ B</c>) is one layer's parameter. A weight that is also applied to the input (a module
-/// called once over constants and again over activations) is kept a layer at every call. ONNX Runtime folds such chains in the float model when
-/// a session starts, but not once their weights are quantized (a DequantizeLinear is never folded), so quantizing them
-/// spends bits and adds an error that is the same on every input, and the artifact computes them on every run.
+/// factorized weight (<c>A @ B</c>) is one layer's parameter. ONNX Runtime folds such chains in the float model when a
+/// session starts, but not once their weights are quantized (a DequantizeLinear is never folded), so quantizing them
+/// spends bits and adds an error that is the same on every input, and the artifact computes them on every run. A
+/// weight that is also applied to the input (a module called once over constants and again over activations) is kept
+/// a layer at every call (see <see cref="Rewrite.ArtifactConstants"/> for what the artifact then does).
 /// Each value such a chain hands to a node that reads the input becomes an initializer holding what ONNX Runtime
 /// computes for it (exactly the float model's value); the layers it came from are removed and listed in the report.
 /// Values larger than <see cref="ConstantExpressionPass.MaxElements"/> or 4x the constants they are computed from

@@ -36,7 +36,7 @@ public static class ArtifactConstants
             if (!targets.Contains(stored))
                 targets.Add(stored);
         }
-        var folded = ConstantExpressionPass.Fold(artifact, targets, computed, options);
+        var folded = ConstantExpressionPass.Fold(artifact, targets, computed, options, integers: true);
         if (folded.Count > 0)
             new DeadNodeEliminationPass().Run(artifact);
         return folded.Count;
