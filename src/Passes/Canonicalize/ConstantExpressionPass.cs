@@ -45,7 +45,13 @@ public sealed class ConstantExpressionPass : IPass
     /// <param name="Computed">Each value computed from constants alone, with the constant elements it is computed from.</param>
     /// <param name="ThroughLayer">The computed values whose computation runs a layer (a product with a weight).</param>
     /// <param name="Order">The computed values in graph order, so that new initializers' names depend on nothing else.</param>
-    internal sealed record ConstantValues(Dictionary<Value, long> Computed, HashSet<Value> ThroughLayer, List<Value> Order);
+    internal sealed record ConstantValues(Dictionary<Value, long> Computed, HashSet<Value> ThroughLayer, List<Value> Order)
+    {
+        /// <summary>The values a layer computed from constants alone that a node reading the input takes, in graph
+        /// order. Graph outputs keep their producer (their name is the interface).</summary>
+        public List<Value> LayerFrontier() => Order.Where(v => ThroughLayer.Contains(v) && !v.IsGraphOutput
+            && v.Uses.Any(u => !u.Node.Outputs.Any(Computed.ContainsKey))).ToList();
+    }
 
     /// <param name="barriers">Nodes taken as reading the input whatever they read.</param>
     /// <param name="quantized">Whether QuantizeLinear and DequantizeLinear compute like any other op (a quantized

@@ -38,19 +38,20 @@ public sealed class InputIndependentLayersPass : IPass
             && inputWeights[t.RawData.Length].Any(w => w.Initializer!.DataType == t.DataType && (w.Initializer.RawData.Equals(t.RawData) || w.Initializer.RawData.Span.SequenceEqual(t.RawData.Span)));
         var shared = graph.Nodes.Where(n => IsWeightedLayer(n) && first.Computed.ContainsKey(n.Outputs[0]) && Weight(n) is { } w && AppliedToInput(w))
             .ToHashSet<Node>(ReferenceEqualityComparer.Instance);
-        var (computed, throughLayer, order) = shared.Count == 0 ? first : ConstantExpressionPass.Analyze(graph, shared);
-        // The frontier: values a layer computed from constants that a node reading the input takes. Graph outputs keep
-        // their producer (their name is the interface).
-        var targets = order.Where(v => throughLayer.Contains(v) && !v.IsGraphOutput
-            && v.Uses.Any(u => !u.Node.Outputs.Any(o => computed.ContainsKey(o)))).ToList();
+        var constants = shared.Count == 0 ? first : ConstantExpressionPass.Analyze(graph, shared);
+        var targets = constants.LayerFrontier();
         if (targets.Count == 0)
             return PassResult.Unchanged;
-        var deadBefore = DeadNodes(graph);
-        var folded = ConstantExpressionPass.Fold(model, targets, computed);
+        // Dead-node elimination before and after: the layers it takes out the second time are the folded ones.
+        var elimination = new DeadNodeEliminationPass();
+        elimination.Run(model);
+        var layers = graph.Nodes.Where(IsWeightedLayer).ToList();
+        var folded = ConstantExpressionPass.Fold(model, targets, constants.Computed);
         if (folded.Count == 0)
             return PassResult.Unchanged;
-        var dead = DeadNodes(graph);
-        var removed = graph.Nodes.Where(n => dead.Contains(n) && !deadBefore.Contains(n) && IsWeightedLayer(n))
+        elimination.Run(model);
+        var kept = graph.Nodes.ToHashSet<Node>(ReferenceEqualityComparer.Instance);
+        var removed = layers.Where(n => !kept.Contains(n))
             .Select(n => new RemovedLayer(n.Name.Length > 0 ? n.Name : $"{n.OpType} (unnamed)", n.OpType,
                 "computes the same value for every input (it reads learned constants only): folded into a constant, exact"))
             .ToList();
@@ -70,18 +71,5 @@ public sealed class InputIndependentLayersPass : IPass
         if (node.OpType is "MatMul" or "Einsum")
             return node.Inputs.Count == 2 ? node.Inputs.FirstOrDefault(Stored) : null;
         return node.Inputs.Count > 1 && Stored(node.Inputs[1]) ? node.Inputs[1] : null;
-    }
-
-    /// <summary>The nodes none of whose outputs reaches a graph output (what dead-node elimination removes).</summary>
-    private static HashSet<Node> DeadNodes(Graph graph)
-    {
-        var dead = new HashSet<Node>(ReferenceEqualityComparer.Instance);
-        for (var i = graph.Nodes.Count - 1; i >= 0; i--)
-        {
-            var node = graph.Nodes[i];
-            if (node.Outputs.Count > 0 && node.Outputs.All(o => o.IsOmitted || (!o.IsGraphOutput && o.Uses.All(u => dead.Contains(u.Node)))))
-                dead.Add(node);
-        }
-        return dead;
     }
 }

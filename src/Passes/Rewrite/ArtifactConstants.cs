@@ -21,7 +21,9 @@ public static class ArtifactConstants
     /// those chains read go (dead-node elimination).</summary>
     public static int Fold(Model artifact, Runtime.SessionOptions options)
     {
-        var (computed, frontier) = Frontier(artifact.Graph);
+        var constants = ConstantExpressionPass.Analyze(artifact.Graph, quantized: true);
+        var computed = constants.Computed;
+        var frontier = constants.LayerFrontier();
         if (frontier.Count == 0)
             return 0;
         var targets = new List<Value>();
@@ -43,14 +45,5 @@ public static class ArtifactConstants
     }
 
     /// <summary>Whether the model computes something through a layer from its constants alone.</summary>
-    public static bool Any(Model artifact) => Frontier(artifact.Graph).Values.Count > 0;
-
-    /// <summary>The values a layer over constants alone computes that a node reading the input takes (graph outputs
-    /// keep their producer).</summary>
-    private static (Dictionary<Value, long> Computed, List<Value> Values) Frontier(Graph graph)
-    {
-        var (computed, throughLayer, order) = ConstantExpressionPass.Analyze(graph, quantized: true);
-        return (computed, order.Where(v => throughLayer.Contains(v) && !v.IsGraphOutput
-            && v.Uses.Any(u => !u.Node.Outputs.Any(computed.ContainsKey))).ToList());
-    }
+    public static bool Any(Model artifact) => ConstantExpressionPass.Analyze(artifact.Graph, quantized: true).LayerFrontier().Count > 0;
 }
