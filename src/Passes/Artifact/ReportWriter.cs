@@ -172,6 +172,28 @@ public static class ReportWriter
                 w.WriteEndObject();
             }
 
+            if (r.Selection is { } sel)
+            {
+                w.WriteStartObject("selection");
+                w.WriteString("measured", "with each selection held at the float model's choice (distortion.measured)");
+                w.WriteNumber("measured_matched", sel.MeasuredMatched);
+                w.WriteNumber("measured_free", sel.MeasuredFree);
+                w.WriteStartArray("held");
+                foreach (var h in sel.Selections)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("node", h.Node);
+                    w.WriteString("op_type", h.OpType);
+                    w.WriteString("indices", h.Indices);
+                    w.WriteString("scores", h.Scores);
+                    w.WriteNumber("agreement", h.Agreement);
+                    w.WriteNumber("chosen", h.Chosen);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+
             if (r.Smoothing is { } sm)
             {
                 w.WriteStartObject("smoothing");

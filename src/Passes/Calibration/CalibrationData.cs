@@ -64,6 +64,26 @@ public sealed class CalibrationSet : IDisposable
         _folder = folder;
     }
 
+    // Leading inputs whose arrays belong to the set this one was made from (see WithInputs): not released here.
+    private int _borrowed;
+
+    /// <summary>
+    /// This set with more inputs, each given as one array with a leading sample axis (so a run takes one sample). The
+    /// new set reads this one's arrays and releases only its own: dispose it first.
+    /// </summary>
+    public CalibrationSet WithInputs(IReadOnlyList<(InputSpec Spec, NpyArray Samples)> extra)
+    {
+        foreach (var (spec, samples) in extra)
+            if (samples.Shape.Length == 0 || samples.Shape[0] == 0)
+                throw new ArgumentException($"input '{spec.Name}' holds no samples", nameof(extra));
+        var chunks = _chunks.Select(c => c.ToList()).Concat(extra.Select(e => new List<(INpyRows, int)> { (e.Samples, 0) })).ToArray();
+        return new CalibrationSet([.. _inputs, .. extra.Select(e => e.Spec)], chunks, [.. _stacked, .. extra.Select(_ => true)], Count, Source, null)
+        {
+            Notes = Notes,
+            _borrowed = _inputs.Count,
+        };
+    }
+
     /// <summary>Whether some samples are read from a temporary file rather than kept in memory.</summary>
     public bool IsSpilled => _chunks.Any(c => c.Any(x => x.Array is NpyArrayFile));
 
@@ -71,7 +91,7 @@ public sealed class CalibrationSet : IDisposable
     internal string? SpillFolder => _folder;
 
     /// <summary>Closes and deletes the temporary file of the spilled arrays.</summary>
-    public void Dispose() => Release(_chunks.SelectMany(c => c.Select(x => x.Array)), _folder);
+    public void Dispose() => Release(_chunks.Skip(_borrowed).SelectMany(c => c.Select(x => x.Array)), _folder);
 
     private static void Release(IEnumerable<INpyRows> arrays, string? folder)
     {

@@ -64,6 +64,7 @@ public static class Compiler
             var records = new PassManager(Canonicalization.Passes()).Run(model);
             return (model, Features.Resolve(model, options.Features), Canonicalization.Describe(records), Canonicalization.RemovedLayers(records));
         });
+        var namedFeatures = options.Features.Features.Count > 0;
         options = options with { Features = options.Features with { Features = features } };
         // Task weights replace the features by the detection outputs, weighed by the AP their noise costs.
         var weighting = options.Features.TaskAnnotations is null ? null : clock.Time("weigh", () =>
@@ -77,6 +78,42 @@ public static class Compiler
             features = Features.Resolve(canonical, new FeatureOptions { Features = weighting.Weights.Select(w => w.Feature).ToList() });
             options = options with { Features = options.Features with { Features = features, Weights = weighting.Weights.Select(w => w.Weight).ToList() } };
         }
+
+        // Choices the graph makes from the data (a two-stage DETR's query selection) are held at the float model's
+        // choice while the compile measures; the artifact makes its own, and the report says how often they agree.
+        var held = HeldSelections.Find(canonical, features);
+        var data = loaded.Data;
+        var verification = loaded.Verification;
+        if (held.Count > 0)
+        {
+            (data, verification) = clock.Time("hold", () =>
+            {
+                try
+                {
+                    return HeldSelections.Record(canonical, held, loaded, options.Execution.Measurement());
+                }
+                catch (Runtime.OrtException ex)
+                {
+                    throw new CompileException($"the float model does not run in ONNX Runtime on the calibration samples: {ex.Message.ReplaceLineEndings(" ")}");
+                }
+            });
+            HeldSelections.Freeze(canonical, held);
+            var scores = held.Select(h => canonical.Graph.FindValue(h.Scores)).OfType<Value>().Where(v => v.Producer is not null).ToList();
+            foreach (var v in scores)
+                ElementTypeInference.EnsureTyped(v);
+            var scoreNames = scores.Where(v => v.Type?.ElementType == DataType.Float && !features.Contains(v.Name)).Select(v => v.Name).Distinct().ToList();
+            var added = !namedFeatures && weighting is null && scoreNames.Count > 0;
+            if (added)
+            {
+                features = [.. features, .. scoreNames];
+                options = options with { Features = options.Features with { Features = features } };
+            }
+            progress.Note($"{held.Count} selection(s) made from the data ({string.Join(", ", held.Select(h => $"{h.OpType} '{h.Node}'"))}) are held at the float " +
+                          "model's choice while measuring, so a flipped choice does not pass for a layer's error; " +
+                          (added ? $"the scores they choose by ({string.Join(", ", scoreNames)}) are measured as features too" :
+                              $"name the scores they choose by ({string.Join(", ", held.Select(h => h.Scores).Distinct())}) with --feature to price the layers that compute them"));
+        }
+        using var heldData = held.Count == 0 ? null : new HeldData(data, verification.Data);
         options.Features.Validate();
         var featureWeights = options.Features.Weights;
 
@@ -93,7 +130,7 @@ public static class Compiler
         // here), else the layers it refuses as the artifacts are verified, learned once for every artifact.
         var int2 = new Int2Exclusions();
         int2.Tie(discovery.Ties.Select(t => t.Layers.Select(l => l.Name).ToList()));
-        var intake = Intake.Notes(loaded.Model).Concat(canonicalization is null ? [] : [canonicalization]).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded, options, outputDirectory, int2))).ToList();
+        var intake = Intake.Notes(loaded.Model).Concat(canonicalization is null ? [] : [canonicalization]).Concat(clock.Time("preconditions", () => Preconditions.Check(canonical, loaded with { Data = data }, options, outputDirectory, int2))).ToList();
         var initializerInputs = options.Rewrite.KeepInitializerInputs ? DetachInitializerInputsPass.InitializerInputs(loaded.Model) : [];
 
         // Activation-aware scaling changes the canonical model (exactly, in float) before anything measures it, so
@@ -103,7 +140,7 @@ public static class Compiler
             var widths = options.Allocation.TargetBits.Select(t => UniformBaseline.WidthFor(t, options.Curves.CandidateBits)).Distinct().Order().ToList();
             // A tied layer's weight must stay equal to its copies', which scaling one input would break.
             var scalable = discovery.Layers.Where(l => discovery.TieOf(l) is null).ToList();
-            var result = ActivationSmoothing.Run(canonical, scalable, loaded.Data, loaded.Samples, options.Smoothing, widths,
+            var result = ActivationSmoothing.Run(canonical, scalable, data, loaded.Samples, options.Smoothing, widths,
                 options.Calibration.ActBits, options.Rewrite, options.Execution.Instrumentation(), options.Execution.RunBatch);
             if (result.Sites.Count > 0)
                 progress.Note($"activation scaling: {result.Scaled} of {result.Sites.Count} normalization output(s) scaled into their linear layers");
@@ -123,11 +160,10 @@ public static class Compiler
         // The speed target also quantizes layer outputs and the tensors between integer layers.
         var speed = options.Rewrite.Deploy == DeployTarget.Speed;
         Verifier? verifier = null;
-        var verification = loaded.Verification;
         var calibration = clock.Time("calibrate", () => CalibrateStage.Run(canonical,
             discovery.Layers.Select(l => l.Activation).Distinct()
                 .Select(a => (a, discovery.Layers.First(l => l.Activation == a).ActivationChannelAxis)).ToList(),
-            loaded.Data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast && known is null, options.Execution, progress,
+            data, loaded.Samples, options.Calibration, options.Curves.Mode == CurveMode.Fast && known is null, options.Execution, progress,
             cutCurves is { } tap && (tap.ExtraTensors.Count > 0 || tap.CollectsRows) ? tap : null,
             speed ? SpeedRewriter.CalibrationTensors(canonical, discovery.Layers) : null,
             Verifier.ForCalibration(features, verification.Data, verification.Start, verification.Count, options.Execution.Measurement(),
@@ -135,7 +171,7 @@ public static class Compiler
         // From here on the input rows are read a layer at a time, so they need not stay in memory.
         cutCurves?.SpillRows();
 
-        var curves = known ?? clock.Time("curves", () => CurveStage.Measure(canonical, discovery.Units, features, loaded.Data,
+        var curves = known ?? clock.Time("curves", () => CurveStage.Measure(canonical, discovery.Units, features, data,
             loaded.Samples, loaded.DataHash, calibration, options.Curves, options.Rewrite, options.Execution,
             options.CurveKey(), progress, measureOnCuts ? cutCurves : null, featureWeights));
         Func<string, Quantization.InputStatistics?>? statistics = cutCurves is null ? null : cutCurves.Statistics;
@@ -211,7 +247,7 @@ public static class Compiler
                 });
             }
             var verified = RewriteAndVerify(allocation.Allocation.BitsOf);
-            var bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
+            var bytes = clock.Time("verify", () => ModelIO.ToBytes(HeldSelections.Thawed(verified.Rewritten.Model, held)));
 
             // A failing accuracy guard is repaired first: widths raised where the curves promise the most per bit.
             RepairOutcome? repair = null;
@@ -235,7 +271,7 @@ public static class Compiler
                     repair = GuardRepair.Run(options.Guards, units, initial, first, widths =>
                     {
                         verified = RewriteAndVerify(n => widths[n]);
-                        bytes = clock.Time("verify", () => ModelIO.ToBytes(verified.Rewritten.Model));
+                        bytes = clock.Time("verify", () => ModelIO.ToBytes(HeldSelections.Thawed(verified.Rewritten.Model, held)));
                         return Measure(verified, bytes);
                     });
                     progress.Note($"guard repair at {AllocationOptions.FormatBits(target)} bits: {repair.Report.Raised.Count} unit(s) raised in {repair.Report.Rounds} round(s), " +
@@ -246,7 +282,7 @@ public static class Compiler
             // Relisted after any repair, so the written bytes carry them.
             var relisted = DetachInitializerInputsPass.Relist(verified.Rewritten.Model, initializerInputs);
             if (relisted > 0)
-                bytes = ModelIO.ToBytes(verified.Rewritten.Model);
+                bytes = ModelIO.ToBytes(HeldSelections.Thawed(verified.Rewritten.Model, held));
             // The speed target's check and cost, on the model that ships (after any repair).
             string? unfused = null;
             var deploy = speed ? clock.Time("verify", () =>
@@ -271,6 +307,9 @@ public static class Compiler
                     fusion.WeightDequantizeLeft, fusion.IntegerKernels, fusion.OpTypes) { BiasFits = placement.BiasFits };
             }) : null;
             var baseline = clock.Time("baseline", () => Baseline(target, allocation, verified.Measured));
+            // The artifact run as it ships, making its own choices.
+            var selection = held.Count == 0 ? null : clock.Time("verify", () =>
+                HeldSelections.Measure(verified.Rewritten.Model, HeldSelections.Thawed(verified.Rewritten.Model, held), held, verifier!));
             var notes = loaded.Notes.Concat(weighting is null ? [] : [weighting.Describe()]).Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(activations is null ? [] : [activations.Describe()]).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
@@ -289,6 +328,11 @@ public static class Compiler
                           $"{Quantization.StableRounding.Round(verified.Measured - deploy.SizeMeasured):G4} to the measured distortion of the size target ({deploy.SizeMeasured:G4})");
             if (unfused is not null)
                 notes.Add(unfused);
+            if (selection is not null)
+                notes.Add($"selections held at the float model's choice while measuring (measured {verified.Measured:G4}): the artifact makes its own, " +
+                          string.Join(", ", selection.Selections.Select(a => $"{100 * a.Agreement:0.#}% of {a.Chosen} the float model's for {a.OpType} '{a.Node}'")) +
+                          $" (TopK as sets), which measures {selection.MeasuredMatched:G4} with its choices in the float order and {selection.MeasuredFree:G4} " +
+                          "compared element by element as it ships (a query chosen in another place counts as changed)");
             if (rewrite.ConstantsFolded > 0)
                 notes.Add($"{rewrite.ConstantsFolded} value(s) the artifact computes from its weights alone (a layer whose weight is applied to learned " +
                           "constants as well as to the input, and what follows from that call) are stored computed: ONNX Runtime does not fold through a DequantizeLinear");
@@ -305,9 +349,9 @@ public static class Compiler
                           $"chosen weight scale (an input scale tiny against the bias); their weight scale was raised to fit, at most {fits.BiasFits.Max(f => f.Largest):G3}x " +
                           $"({string.Join(", ", fits.BiasFits.Take(3).Select(f => f.Layer))}{(fits.BiasFits.Count > 3 ? ", ..." : "")})");
             artifacts.Add(new TargetArtifact(Report(toolVersion, options, features, discovery, partition, curves, allocation,
-                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, activations, repair) with { Baseline = baseline, Deploy = deploy, Smoothing = smoothing, FeatureWeights = options.Features.Weights, TaskWeighting = weighting }, bytes)
+                rewrite, bytes, verified.Measured, verifier!.Samples, loaded.Verification.HeldOut, notes, activations, repair) with { Baseline = baseline, Deploy = deploy, Selection = selection, Smoothing = smoothing, FeatureWeights = options.Features.Weights, TaskWeighting = weighting }, bytes)
             {
-                WithWeights = verified.Rewritten.WithWeights,
+                WithWeights = verified.Rewritten.WithWeights is { } withWeights ? HeldSelections.Thawed(withWeights, held) : null,
             });
         }
 
@@ -443,5 +487,16 @@ public static class Compiler
                    : $"the curves price each unit's weights, and {(activations is null ? "the" : $"{activations.Unpriced.Count} of the")} {actBits}-bit activations entering the quantized layers " +
                      "were not priced, so their error (and what the units do together) is only in the measured value; ") +
                "--act-bits 0 measures the weights alone, and --act-calibration mse chooses the ranges by squared error";
+    }
+
+    /// <summary>The calibration and verification sets that carry the held selections' float choices.</summary>
+    private sealed class HeldData(CalibrationSet data, CalibrationSet verification) : IDisposable
+    {
+        public void Dispose()
+        {
+            data.Dispose();
+            if (!ReferenceEquals(verification, data))
+                verification.Dispose();
+        }
     }
 }

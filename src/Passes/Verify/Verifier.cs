@@ -57,6 +57,42 @@ public sealed class Verifier
         return _reference.Distortion(_reference.Runs.Select(batch => Run(session, batch)));
     }
 
+    /// <summary>The verification runs' inputs (a held selection's float choice among them).</summary>
+    public IReadOnlyList<IReadOnlyList<NamedTensor>> Runs => _reference.Runs;
+
+    /// <summary>
+    /// Measured distortion of a model that reads only some of the runs' inputs (the deployed model, which makes the
+    /// choices the measured one was fed), and the values of <paramref name="extra"/> it computes on each run.
+    /// </summary>
+    /// <param name="feed">Replaces a run's inputs (given the run's index); null feeds them as they are.</param>
+    public (double Distortion, IReadOnlyList<IReadOnlyList<NamedTensor>> Extra) MeasureWith(Model model, IReadOnlyList<string> extra,
+        Func<int, IReadOnlyList<NamedTensor>, IReadOnlyList<NamedTensor>>? feed = null)
+    {
+        var clone = model.Clone();
+        foreach (var name in extra)
+        {
+            var value = clone.Graph.FindValue(name) ?? throw new InvalidOperationException($"tensor '{name}' not in the model");
+            if (!value.IsGraphOutput)
+            {
+                ElementTypeInference.EnsureTyped(value);
+                clone.Graph.AddOutput(value);
+            }
+        }
+        var inputs = model.Graph.Inputs.Where(v => !v.IsInitializer).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+        var names = _features.Concat(extra).ToList();
+        using var session = InferenceSession.Create(WithFeatureOutputs(clone), _sessionOptions);
+        var extras = new List<IReadOnlyList<NamedTensor>>();
+        var features = new List<float[][]>();
+        for (var r = 0; r < _reference.Runs.Count; r++)
+        {
+            var batch = feed is null ? _reference.Runs[r] : feed(r, _reference.Runs[r]);
+            var outputs = session.Run(batch.Where(t => inputs.Contains(t.Name)).ToList(), names);
+            features.Add(outputs.Take(_features.Count).Select(o => o.Data.ToFloats()).ToArray());
+            extras.Add(outputs.Skip(_features.Count).ToList());
+        }
+        return (_reference.Distortion(features), extras);
+    }
+
     private float[][] Run(InferenceSession session, IReadOnlyList<NamedTensor> batch) =>
         session.Run(batch, _features).Select(o => o.Data.ToFloats()).ToArray();
 

@@ -1,0 +1,294 @@
+using OnnxQuant.Data;
+using OnnxQuant.Frontend;
+using OnnxQuant.Passes.Calibration;
+using OnnxQuant.Passes.Canonicalize;
+using OnnxQuant.Passes.Load;
+using OnnxQuant.Runtime;
+
+namespace OnnxQuant.Passes.Measurement;
+
+/// <summary>
+/// A choice the graph makes from the data and then acts on: the indices of a TopK, ArgMax or ArgMin that other nodes
+/// read (a two-stage DETR, RT-DETR or DINO picks its decoder queries as the encoder's top-scoring positions and
+/// gathers them). <paramref name="Indices"/> is the index tensor, <paramref name="Held"/> the graph input that stands
+/// for it while the compile measures, <paramref name="Scores"/> the tensor the choice is made on, and
+/// <paramref name="Exposed"/> whether the index tensor was made a graph output for that time (so that nothing removes
+/// the node while its readers read the input).
+/// </summary>
+public sealed record HeldSelection(string Node, string OpType, string Indices, string Held, string Scores, bool Exposed);
+
+/// <summary>How often the deployed model makes the float model's choice: the share of chosen indices that agree on
+/// the verification samples (as sets for TopK, whose order among near-equal scores is no change in what is chosen).</summary>
+public sealed record SelectionAgreement(string Node, string OpType, string Indices, string Scores, double Agreement, long Chosen);
+
+/// <summary>
+/// The deployed model's own choices on the verification samples: <paramref name="MeasuredFree"/> is its distortion as
+/// it ships, compared element by element (a TopK that picks the same set in another order counts its reordered
+/// rows as errors), <paramref name="MeasuredMatched"/> the measured model's with the artifact's choices fed in the float
+/// model's order (each index both choose in the float model's place, the others in the remaining places): what the
+/// changed choices cost, whatever their order.
+/// </summary>
+public sealed record SelectionReport(double MeasuredFree, double MeasuredMatched, IReadOnlyList<SelectionAgreement> Selections);
+
+/// <summary>
+/// Holds a model's data-dependent selections at the float model's choice while the compile measures. A choice flips
+/// when a score moves past another, and then the features after it compare different queries element by element: on a
+/// two-stage DETR with random scores 8-bit weights measured 0.63 of the features' variation, nearly all of it
+/// reordered queries. Such a jump says nothing about how much a layer's error costs, so gains, compensation and the
+/// verified distortion measure the model with each index tensor fed from the float model's run on the same sample,
+/// and the scores the choice is made on become a feature of their own (when the features are the defaults), so that
+/// the layers that compute them are priced by how far they move them. The artifact keeps its own selections; the
+/// report gives its free-running distortion and how often its choices agree with the float model's.
+/// </summary>
+public static class HeldSelections
+{
+    private const string Suffix = "_held_for_measurement";
+
+    /// <summary>The selections whose indices reach a feature; empty when none does.</summary>
+    public static IReadOnlyList<HeldSelection> Find(Model model, IReadOnlyList<string> features)
+    {
+        var graph = model.Graph;
+        var wanted = features.ToHashSet(StringComparer.Ordinal);
+        var found = new List<HeldSelection>();
+        foreach (var node in graph.Nodes)
+        {
+            var index = node.OpType switch { "TopK" when node.Domain is "" or "ai.onnx" => 1, "ArgMax" or "ArgMin" when node.Domain is "" or "ai.onnx" => 0, _ => -1 };
+            if (index < 0 || index >= node.Outputs.Count || node.Inputs.Count == 0 || node.Inputs[0] is not { } scores)
+                continue;
+            var indices = node.Outputs[index];
+            if (indices.IsOmitted || indices.Uses.Count == 0 || scores.ConstantValue is not null || !Reaches(graph, indices, wanted))
+                continue;
+            found.Add(new HeldSelection(node.Name, node.OpType, indices.Name, graph.UniqueName(indices.Name + Suffix), scores.Name, !indices.IsGraphOutput));
+        }
+        return found;
+    }
+
+    /// <summary>Whether a feature is computed from <paramref name="start"/> (through subgraphs: a subgraph's reader
+    /// stands for the node that holds it).</summary>
+    private static bool Reaches(Graph graph, Value start, HashSet<string> features)
+    {
+        var seen = new HashSet<Value>(ReferenceEqualityComparer.Instance) { start };
+        var pending = new Stack<Value>([start]);
+        while (pending.Count > 0)
+        {
+            var value = pending.Pop();
+            if (features.Contains(value.Name))
+                return true;
+            foreach (var use in value.Uses)
+            {
+                var node = use.Node;
+                while (node.Graph is { } g && g != graph && g.ParentNode is { } parent)
+                    node = parent;
+                foreach (var output in node.Outputs)
+                    if (!output.IsOmitted && seen.Add(output))
+                        pending.Push(output);
+            }
+        }
+        return false;
+    }
+
+    /// <summary>Makes each index tensor's readers read a graph input instead (in place).</summary>
+    public static void Freeze(Model model, IReadOnlyList<HeldSelection> held)
+    {
+        var graph = model.Graph;
+        foreach (var h in held)
+        {
+            var indices = graph.FindValue(h.Indices) ?? throw new InvalidOperationException($"selection '{h.Indices}' not in the model");
+            ElementTypeInference.EnsureTyped(indices);
+            var input = new Value(h.Held, indices.FullType);
+            graph.AddInput(input);
+            foreach (var use in indices.Uses.ToArray())
+                use.Node.ReplaceInput(use.InputIndex, input);
+            if (h.Exposed)
+                graph.AddOutput(indices);
+        }
+    }
+
+    /// <summary>A copy of <paramref name="model"/> (measured with its selections held) that makes its own selections again.</summary>
+    public static Model Thawed(Model model, IReadOnlyList<HeldSelection> held)
+    {
+        if (held.Count == 0)
+            return model;
+        var clone = model.Clone();
+        var graph = clone.Graph;
+        foreach (var h in held)
+        {
+            var input = graph.Inputs.FirstOrDefault(v => v.Name == h.Held);
+            var indices = graph.FindValue(h.Indices);
+            if (input is null || indices is null)
+                throw new InvalidOperationException($"held selection '{h.Indices}' lost by the rewrite");
+            foreach (var use in input.Uses.ToArray())
+                use.Node.ReplaceInput(use.InputIndex, indices);
+            graph.RemoveInput(input);
+            if (h.Exposed)
+                for (var i = graph.Outputs.Count - 1; i >= 0; i--)
+                    if (ReferenceEquals(graph.Outputs[i], indices))
+                        graph.RemoveOutput(i);
+        }
+        return clone;
+    }
+
+    /// <summary>
+    /// Runs the float model (only what the selections need) on the calibration samples and the verification samples
+    /// and returns both sets with the float choices as one more input each (the held inputs of <see cref="Freeze"/>).
+    /// The returned sets share the loaded arrays: dispose them before <paramref name="loaded"/>.
+    /// </summary>
+    public static (CalibrationSet Data, VerificationSplit Verification) Record(Model model, IReadOnlyList<HeldSelection> held,
+        LoadedInputs loaded, SessionOptions sessionOptions)
+    {
+        var pruned = model.Clone();
+        var graph = pruned.Graph;
+        for (var i = graph.Outputs.Count - 1; i >= 0; i--)
+            graph.RemoveOutput(i);
+        foreach (var h in held)
+        {
+            var value = graph.FindValue(h.Indices)!;
+            ElementTypeInference.EnsureTyped(value);
+            graph.AddOutput(value);
+        }
+        new DeadNodeEliminationPass().Run(pruned);
+        var names = held.Select(h => h.Indices).ToList();
+        using var session = InferenceSession.Create(ModelIO.ToBytes(pruned), sessionOptions);
+
+        IReadOnlyList<(InputSpec, NpyArray)> Choices(CalibrationSet data, int count)
+        {
+            var perSample = new List<IReadOnlyList<NamedTensor>>();
+            for (var s = 0; s < count; s++)
+                perSample.Add(session.Run(data.Batch(s, 1).Select(b => b.ToNamedTensor()).ToList(), names));
+            return held.Select((h, k) =>
+            {
+                var first = perSample[0][k].Data;
+                var bytes = new List<byte>();
+                foreach (var sample in perSample)
+                {
+                    if (!sample[k].Data.Shape.SequenceEqual(first.Shape))
+                        throw new CompileException($"the number of indices {h.OpType} '{h.Node}' chooses changes with the data ({string.Join("x", first.Shape)} " +
+                                                   $"and {string.Join("x", sample[k].Data.Shape)}), so its choice cannot be held while measuring and a flipped choice " +
+                                                   "would pass for a layer's error: name features it does not reach with --feature (backbone or encoder outputs)");
+                    bytes.AddRange(sample[k].Data.ToBytes());
+                }
+                var shape = first.Shape;
+                return (new InputSpec(h.Held, first.DataType, shape.Select(d => (long?)d).ToList()),
+                    new NpyArray(first.DataType, [count, .. shape], bytes.ToArray()));
+            }).ToList();
+        }
+
+        var verification = loaded.Verification;
+        var shared = ReferenceEquals(verification.Data, loaded.Data);
+        var calibrated = Math.Max(loaded.Samples, shared ? verification.Start + verification.Count : 0);
+        var data = loaded.Data.WithInputs(Choices(loaded.Data, calibrated));
+        var verify = shared ? data : verification.Data.WithInputs(Choices(verification.Data, verification.Start + verification.Count));
+        return (data, verification with { Data = verify });
+    }
+
+    /// <summary>The share of the float model's choices the deployed model makes, per selection, on the verification runs.</summary>
+    internal static IReadOnlyList<SelectionAgreement> Agreement(Model model, IReadOnlyList<HeldSelection> held,
+        IReadOnlyList<IReadOnlyList<NamedTensor>> runs, IReadOnlyList<IReadOnlyList<NamedTensor>> chosen)
+    {
+        var graph = model.Graph;
+        var result = new List<SelectionAgreement>();
+        for (var k = 0; k < held.Count; k++)
+        {
+            var h = held[k];
+            var axis = TopKAxis(model, h);
+            long agree = 0, total = 0;
+            for (var r = 0; r < runs.Count; r++)
+            {
+                var reference = runs[r].First(t => t.Name == h.Held).Data;
+                var deployed = chosen[r][k].Data;
+                var (a, n) = Compare(reference.GetArray<long>(), deployed.GetArray<long>(), reference.Shape, axis);
+                agree += a;
+                total += n;
+            }
+            result.Add(new SelectionAgreement(h.Node, h.OpType, h.Indices, h.Scores, total == 0 ? 1 : Math.Round(agree / (double)total, 6), total));
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Runs the deployed model (<paramref name="shipped"/>) as it ships and <paramref name="measured"/> (the same model
+    /// with its selections held) fed the deployed model's choices in the float model's order; see <see cref="SelectionReport"/>.
+    /// </summary>
+    public static SelectionReport Measure(Model measured, Model shipped, IReadOnlyList<HeldSelection> held, Verify.Verifier verifier)
+    {
+        var indices = held.Select(h => h.Indices).ToList();
+        var (free, chosen) = verifier.MeasureWith(shipped, indices);
+        var axes = held.Select(h => TopKAxis(shipped, h)).ToList();
+        var (matched, _) = verifier.MeasureWith(measured, [], (r, batch) => batch.Select(t =>
+        {
+            var k = held.ToList().FindIndex(h => h.Held == t.Name);
+            if (k < 0)
+                return t;
+            var reference = t.Data;
+            var aligned = Align(reference.GetArray<long>(), chosen[r][k].Data.GetArray<long>(), reference.Shape, axes[k]);
+            return new NamedTensor(t.Name, TensorData.FromInt64s(aligned, reference.Shape));
+        }).ToList());
+        return new SelectionReport(Quantization.StableRounding.Round(free), Quantization.StableRounding.Round(matched),
+            Agreement(shipped, held, verifier.Runs, chosen));
+    }
+
+    private static long? TopKAxis(Model model, HeldSelection h) =>
+        model.Graph.Nodes.FirstOrDefault(n => n.Outputs.Any(o => o.Name == h.Indices)) is { OpType: "TopK" } node ? node.GetInt("axis", -1) : null;
+
+    /// <summary>
+    /// The deployed choices in the float order: along a TopK's axis each index both chose keeps the float model's
+    /// place and the deployed model's other choices fill the remaining places in its order; without an axis (ArgMax)
+    /// the deployed choices as they are.
+    /// </summary>
+    internal static long[] Align(long[] reference, long[] deployed, long[] shape, long? topkAxis)
+    {
+        if (topkAxis is not { } axisAttr || reference.Length != deployed.Length || shape.Length == 0)
+            return deployed;
+        var (k, inner, outer) = Rows(reference.Length, shape, axisAttr);
+        var aligned = new long[reference.Length];
+        for (long o = 0; o < outer; o++)
+            for (long i = 0; i < inner; i++)
+            {
+                long At(long j) => (o * k + j) * inner + i;
+                var mine = new HashSet<long>();
+                for (long j = 0; j < k; j++)
+                    mine.Add(deployed[At(j)]);
+                var kept = new HashSet<long>();
+                var free = new Queue<long>();
+                for (long j = 0; j < k; j++)
+                    if (mine.Contains(reference[At(j)]) && kept.Add(reference[At(j)]))
+                        aligned[At(j)] = reference[At(j)];
+                    else
+                        free.Enqueue(j);
+                for (long j = 0; j < k; j++)
+                    if (!kept.Contains(deployed[At(j)]) && free.Count > 0)
+                        aligned[At(free.Dequeue())] = deployed[At(j)];
+            }
+        return aligned;
+    }
+
+    private static (long K, long Inner, long Outer) Rows(long length, long[] shape, long axisAttr)
+    {
+        var axis = (int)(axisAttr < 0 ? axisAttr + shape.Length : axisAttr);
+        var k = shape[axis];
+        var inner = shape.Skip(axis + 1).Aggregate(1L, (x, y) => x * y);
+        return (k, inner, length / Math.Max(1, k * inner));
+    }
+
+    /// <summary>Agreeing choices and all choices: along a TopK's axis as sets (each row of k), else element by element.</summary>
+    internal static (long Agree, long Total) Compare(long[] reference, long[] deployed, long[] shape, long? topkAxis)
+    {
+        if (reference.Length != deployed.Length)
+            return (0, reference.Length);
+        if (topkAxis is not { } axisAttr || shape.Length == 0)
+            return (reference.Zip(deployed).LongCount(p => p.First == p.Second), reference.Length);
+        var (k, inner, outer) = Rows(reference.Length, shape, axisAttr);
+        long agree = 0;
+        for (long o = 0; o < outer; o++)
+            for (long i = 0; i < inner; i++)
+            {
+                var set = new HashSet<long>();
+                for (long j = 0; j < k; j++)
+                    set.Add(reference[(o * k + j) * inner + i]);
+                for (long j = 0; j < k; j++)
+                    if (set.Remove(deployed[(o * k + j) * inner + i]))
+                        agree++;
+            }
+        return (agree, reference.Length);
+    }
+}
