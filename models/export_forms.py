@@ -11,6 +11,8 @@ trained network):
 - audio: 1-D convolutions, a 1-D transposed convolution and a GRU over a sequence (opset 13);
 - mhadetr: a DETR written with torch.nn.Transformer (its MultiheadAttention export: packed in-projection, Gemm and
   MatMul forms) at opsets 13 and 17;
+- twostage_detr: an RT-DETR-shaped detector whose decoder queries are the encoder's top-scoring positions (TopK and
+  GatherElements) with deformable cross-attention (GridSample) (opset 16);
 - weightleft: a MatMul with the weight as its first operand and one Linear weight applied twice (opset 13);
 - unfolded: layers as an export without constant folding leaves them (opset 13): a frozen batch normalization
   (torchvision's, as DETR's and torchvision's detection backbones use) whose scale and shift are computed in the graph
@@ -185,6 +187,96 @@ class TransformerDetr(nn.Module):
         return self.cls(h), self.box(h).sigmoid()
 
 
+class DeformableAttention(nn.Module):
+    """Multi-scale deformable attention as Deformable DETR and RT-DETR write it: each query samples a few points per
+    head and level around its reference box (offsets and weights are Linear layers over the query), bilinearly with
+    grid_sample (GridSample at opset 16), and mixes them by a softmax over levels and points."""
+
+    def __init__(self, d, heads, levels, points):
+        super().__init__()
+        self.d, self.h, self.l, self.p = d, heads, levels, points
+        self.offsets = nn.Linear(d, heads * levels * points * 2)
+        self.weights = nn.Linear(d, heads * levels * points)
+        self.value = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        with torch.no_grad():
+            self.offsets.weight.mul_(0.1)
+
+    def forward(self, q, ref, memory, shapes):
+        n, nq, _ = q.shape
+        hd = self.d // self.h
+        v = self.value(memory)
+        offsets = self.offsets(q).view(n, nq, self.h, self.l, self.p, 2)
+        weights = self.weights(q).view(n, nq, self.h, self.l * self.p).softmax(-1)
+        grids = 2 * (ref[:, :, None, None, None, :2] + offsets / self.p * ref[:, :, None, None, None, 2:] * 0.5) - 1
+        sampled, start = [], 0
+        for level, (height, width) in enumerate(shapes):
+            value = v[:, start:start + height * width].transpose(1, 2).reshape(n * self.h, hd, height, width)
+            start += height * width
+            grid = grids[:, :, :, level].transpose(1, 2).reshape(n * self.h, nq, self.p, 2)
+            sampled.append(nn.functional.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+        sampled = torch.stack(sampled, -2).flatten(-2)  # N*h, hd, Q, L*P
+        mixed = (sampled * weights.transpose(1, 2).reshape(n * self.h, 1, nq, self.l * self.p)).sum(-1)
+        return self.out(mixed.view(n, self.h * hd, nq).transpose(1, 2))
+
+
+def inverse_sigmoid(x, eps=1e-5):
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+class TwoStageDetr(nn.Module):
+    """An RT-DETR-shaped two-stage detector: a conv backbone at strides 8 and 16, an attention layer over the coarse
+    level, a fused pyramid, then the decoder's queries chosen from the data: the encoder positions with the top class
+    scores (TopK, then GatherElements of their features and anchor boxes), refined by two decoder layers of
+    self-attention and deformable cross-attention."""
+
+    def __init__(self, d=64, queries=30, classes=5, heads=4, points=4):
+        super().__init__()
+        self.stem = nn.Sequential(ConvBnSiLU(3, 16, 3, 2), ConvBnSiLU(16, 32, 3, 2), ConvBnSiLU(32, 48, 3, 2))
+        self.c4 = ConvBnSiLU(48, 96, 3, 2)
+        self.proj3, self.proj4 = nn.Conv2d(48, d, 1), nn.Conv2d(96, d, 1)
+        self.encoder = nn.TransformerEncoderLayer(d, heads, 2 * d, 0.0, batch_first=True)
+        self.fuse = ConvBnSiLU(2 * d, d, 3)
+        self.enc_score = nn.Linear(d, classes)
+        self.enc_box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
+        self.queries = queries
+        self.layers = nn.ModuleList(nn.ModuleDict(dict(
+            self_attn=nn.MultiheadAttention(d, heads, batch_first=True), n1=nn.LayerNorm(d),
+            cross=DeformableAttention(d, heads, 2, points), n2=nn.LayerNorm(d),
+            ffn=nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d)), n3=nn.LayerNorm(d),
+            pos=nn.Sequential(nn.Linear(4, d), nn.ReLU(), nn.Linear(d, d)),
+            box=nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4)), cls=nn.Linear(d, classes))) for _ in range(2))
+
+    def forward(self, x):
+        f3 = self.stem(x)
+        p3, p4 = self.proj3(f3), self.proj4(self.c4(f3))
+        n, d, h4, w4 = p4.shape
+        p4 = self.encoder(p4.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, d, h4, w4)
+        p3 = self.fuse(torch.cat([p3, nn.functional.interpolate(p4, scale_factor=2.0, mode="nearest")], 1))
+        shapes = [(p3.shape[2], p3.shape[3]), (h4, w4)]
+        memory = torch.cat([p3.flatten(2), p4.flatten(2)], 2).transpose(1, 2)
+        anchors = []
+        for level, (height, width) in enumerate(shapes):
+            ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+            centres = torch.stack([(xs + 0.5) / width, (ys + 0.5) / height], -1).reshape(-1, 2)
+            anchors.append(torch.cat([centres, torch.full_like(centres, 0.05 * 2 ** level)], -1))
+        anchors = inverse_sigmoid(torch.cat(anchors, 0))[None].expand(n, -1, -1)
+        chosen = self.enc_score(memory).max(-1).values.topk(self.queries, dim=1).indices
+        target = memory.gather(1, chosen[..., None].expand(-1, -1, d))
+        ref = (self.enc_box(target) + anchors.gather(1, chosen[..., None].expand(-1, -1, 4))).sigmoid()
+        logits = None
+        for layer in self.layers:
+            pos = layer["pos"](ref)
+            q = target + pos
+            target = layer["n1"](target + layer["self_attn"](q, q, target, need_weights=False)[0])
+            target = layer["n2"](target + layer["cross"](target + pos, ref, memory, shapes))
+            target = layer["n3"](target + layer["ffn"](target))
+            ref = (layer["box"](target) + inverse_sigmoid(ref)).sigmoid()
+            logits = layer["cls"](target)
+        return logits, ref
+
+
 class WeightLeft(nn.Module):
     def __init__(self):
         super().__init__()
@@ -238,6 +330,7 @@ FORMS = {
     "audio_conv1d_gru_op13": (Audio, 13, False, 64),
     "mhadetr_op13": (TransformerDetr, 13, False, 128),
     "mhadetr_op17_dynamic": (TransformerDetr, 17, True, 128),
+    "twostage_detr_op16": (TwoStageDetr, 16, False, 128),
     "weightleft_op13": (WeightLeft, 13, False, 128),
     "unfolded_op13": (Unfolded, 13, False, 128),
     "tfstyle_nhwc_op13": (None, 13, True, 128),  # built by tf_style(): input "input", N x 128 x 128 x 3

@@ -45,6 +45,11 @@ def test_export_forms_writes_each_layer_form(tmp_path):
     for name, opset in (("mhadetr_op13", 13), ("mhadetr_op17_dynamic", 17)):
         assert {"MatMul", "Softmax"} <= ops(load(name, opset))
 
+    two_stage = load("twostage_detr_op16", 16)
+    assert {"TopK", "GatherElements", "GridSample", "Softmax"} <= ops(two_stage)
+    topk = [n for n in two_stage.graph.node if n.op_type == "TopK"]
+    assert len(topk) == 1 and any(topk[0].output[1] in n.input for n in two_stage.graph.node)
+
     left = load("weightleft_op13", 13)
     weights = {i.name for i in left.graph.initializer}
     assert any(n.op_type == "MatMul" and n.input[0] in weights for n in left.graph.node)
