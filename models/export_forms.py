@@ -5,6 +5,8 @@ trained network):
 - yolo: a YOLOv5-shaped detector (Conv + BatchNorm + SiLU, C3 blocks with Concat, SPPF's chained MaxPool, nearest
   Resize, depthwise and grouped dilated convolutions, box heads reshaped, permuted and passed through Sigmoid), at
   opset 12 with a fixed batch and at opset 17 with a symbolic one;
+- yolov8: a YOLOv8-shaped anchor-free detector (C2f blocks with Split, decoupled heads, the DFL's softmax and fixed
+  0..15 convolution, distances to boxes around grid anchors) at opset 17;
 - hfvit: a ViT written as some transformer libraries write it (LayerNorm as ReduceMean / Sub / Pow / Sqrt / Div,
   GELU through Erf, attention as MatMul / Div / Softmax on permuted heads) at opset 11, and the same with the
   attention products written with einsum at opset 13 with a symbolic batch;
@@ -141,6 +143,58 @@ class LibraryBlock(nn.Module):
         f = self.fc1(x)
         f = 0.5 * f * (1 + torch.erf(f / math.sqrt(2)))
         return self.norm2(x + self.fc2(f))
+
+
+class C2f(nn.Module):
+    """YOLOv8's block: a 1x1 convolution split in two halves (Split), a chain of bottlenecks on the second, every
+    intermediate concatenated."""
+
+    def __init__(self, c, n=1):
+        super().__init__()
+        self.cv1 = ConvBnSiLU(c, c, 1)
+        self.m = nn.ModuleList(nn.Sequential(ConvBnSiLU(c // 2, c // 2, 3), ConvBnSiLU(c // 2, c // 2, 3)) for _ in range(n))
+        self.cv2 = ConvBnSiLU((2 + n) * (c // 2), c, 1)
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        for m in self.m:
+            y.append(y[-1] + m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class YoloV8(nn.Module):
+    """A YOLOv8-shaped anchor-free detector: C2f blocks, decoupled box and class heads at strides 16 and 32, the box
+    distribution decoded by a softmax and a fixed 1x1 convolution of weights 0..15 (DFL), distances to boxes around
+    the grid anchors, scaled by the strides, concatenated with the class sigmoids into one output."""
+
+    def __init__(self, classes=4, reg=16):
+        super().__init__()
+        self.backbone = nn.Sequential(ConvBnSiLU(3, 16, 3, 2), ConvBnSiLU(16, 32, 3, 2), C2f(32), ConvBnSiLU(32, 64, 3, 2), C2f(64))
+        self.p4 = nn.Sequential(ConvBnSiLU(64, 96, 3, 2), C2f(96))
+        self.classes, self.reg = classes, reg
+        self.box = nn.ModuleList(nn.Sequential(ConvBnSiLU(c, 32, 3), ConvBnSiLU(32, 32, 3), nn.Conv2d(32, 4 * reg, 1)) for c in (64, 96))
+        self.cls = nn.ModuleList(nn.Sequential(ConvBnSiLU(c, 32, 3), ConvBnSiLU(32, 32, 3), nn.Conv2d(32, classes, 1)) for c in (64, 96))
+        self.dfl = nn.Conv2d(reg, 1, 1, bias=False).requires_grad_(False)
+        self.dfl.weight.data[:] = torch.arange(reg, dtype=torch.float32).view(1, reg, 1, 1)
+
+    def forward(self, x):
+        f3 = self.backbone(x)
+        f4 = self.p4(f3)
+        outs, anchors, strides = [], [], []
+        for i, (f, stride) in enumerate(((f3, 16), (f4, 32))):
+            outs.append(torch.cat([self.box[i](f), self.cls[i](f)], 1))
+            h, w = f.shape[2:]
+            ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij")
+            anchors.append(torch.stack((xs, ys), -1).view(-1, 2))
+            strides.append(torch.full((h * w, 1), float(stride)))
+        anchors, strides = torch.cat(anchors).transpose(0, 1)[None], torch.cat(strides).transpose(0, 1)
+        joined = torch.cat([o.view(o.shape[0], 4 * self.reg + self.classes, -1) for o in outs], 2)
+        box, cls = joined.split((4 * self.reg, self.classes), 1)
+        n, _, a = box.shape
+        distances = self.dfl(box.view(n, 4, self.reg, a).transpose(2, 1).softmax(1)).view(n, 4, a)
+        lt, rb = distances.chunk(2, 1)
+        x1y1, x2y2 = anchors - lt, anchors + rb
+        return torch.cat((torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * strides, cls.sigmoid()), 1)
 
 
 class LibraryViT(nn.Module):
@@ -325,6 +379,7 @@ class Unfolded(nn.Module):
 FORMS = {
     "yolo_op12": (Yolo, 12, False, 128),
     "yolo_op17_dynamic": (Yolo, 17, True, 128),
+    "yolov8_op17": (YoloV8, 17, False, 128),
     "hfvit_op11": (lambda: LibraryViT(einsum=False), 11, False, 128),
     "hfvit_einsum_op13_dynamic": (lambda: LibraryViT(einsum=True), 13, True, 128),
     "audio_conv1d_gru_op13": (Audio, 13, False, 64),

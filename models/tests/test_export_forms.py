@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 MODELS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +31,12 @@ def test_export_forms_writes_each_layer_form(tmp_path):
     assert groups == [1, 4, 64]  # plain, grouped and depthwise convolutions
     dynamic = load("yolo_op17_dynamic", 17)
     assert dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+    v8 = load("yolov8_op17", 17)
+    assert {"Split", "Softmax", "Sigmoid", "Concat"} <= ops(v8)
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in v8.graph.initializer}
+    dfl = [weights[n.input[1]] for n in v8.graph.node if n.op_type == "Conv" and weights[n.input[1]].shape == (1, 16, 1, 1)]
+    assert len(dfl) == 1 and np.array_equal(dfl[0].ravel(), np.arange(16, dtype=np.float32))
 
     library = load("hfvit_op11", 11)
     assert {"ReduceMean", "Pow", "Sqrt", "Erf", "Softmax", "MatMul"} <= ops(library)

@@ -153,42 +153,17 @@ internal static class BenchCommand
             throw new CliInputException($"{path}: {ex.Message}");
         }
         var graph = model.Graph;
-        foreach (var name in names)
+        var values = names.Select(name =>
         {
             var value = graph.FindValue(name)
                 ?? throw new CliInputException($"--output '{name}': {path} has no tensor of that name; its outputs: {string.Join(", ", graph.Outputs.Select(o => o.Name))}");
-            if (value.IsGraphOutput)
-                continue;
             OnnxQuant.Frontend.ElementTypeInference.EnsureTyped(value);
-            graph.AddOutput(value);
-        }
-        for (var i = graph.Outputs.Count - 1; i >= 0; i--)
-            if (!names.Contains(graph.Outputs[i].Name))
-                graph.RemoveOutput(i);
-        // Backwards from the outputs: a node is needed if it computes a needed value, and it needs its inputs and every
-        // outer value its subgraphs (If, Loop bodies) read.
-        var keep = new HashSet<OnnxQuant.Frontend.Node>(ReferenceEqualityComparer.Instance);
-        var pending = new Stack<OnnxQuant.Frontend.Value>(graph.Outputs);
-        while (pending.Count > 0)
-        {
-            if (pending.Pop().Producer is not { } producer || producer.Graph != graph || !keep.Add(producer))
-                continue;
-            foreach (var input in producer.Inputs)
-                if (input is not null)
-                    pending.Push(input);
-            foreach (var read in SubgraphReads(producer))
-                pending.Push(read);
-        }
-        for (var i = graph.Nodes.Count - 1; i >= 0; i--)
-            if (!keep.Contains(graph.Nodes[i]))
-                graph.RemoveNode(graph.Nodes[i], force: true);
+            return value;
+        }).ToList();
+        graph.KeepOnlyOutputs(values);
         var bytes = OnnxQuant.Frontend.ModelIO.ToBytes(model);
         return o => InferenceSession.Create(bytes, o);
     }
-
-    private static IEnumerable<OnnxQuant.Frontend.Value> SubgraphReads(OnnxQuant.Frontend.Node node) =>
-        node.Attributes.SelectMany(a => a.Subgraphs).SelectMany(g => g.Nodes)
-            .SelectMany(n => n.Inputs.Where(v => v is not null).Select(v => v!).Concat(SubgraphReads(n)));
 
     /// <summary>Parses repeated NAME=DxDx... values (dimensions also comma-separated); the last '=' splits, since input names may contain '='.</summary>
     internal static IReadOnlyDictionary<string, long[]> ParseShapes(IEnumerable<string> values)

@@ -381,6 +381,31 @@ public sealed class Graph
         return order;
     }
 
+    /// <summary>
+    /// Makes <paramref name="outputs"/> the graph's only outputs and removes every node they do not need (backwards from
+    /// them; a node needs its inputs and whatever its subgraphs read from outside): ONNX Runtime runs every node of a
+    /// graph whatever a run fetches.
+    /// </summary>
+    public void KeepOnlyOutputs(IReadOnlyList<Value> outputs)
+    {
+        for (var i = _outputs.Count - 1; i >= 0; i--)
+            RemoveOutput(i);
+        foreach (var v in outputs)
+            AddOutput(v);
+        var keep = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        var pending = new Stack<Value>(outputs);
+        while (pending.Count > 0)
+        {
+            if (pending.Pop().Producer is not { } producer || producer.Graph != this || !keep.Add(producer))
+                continue;
+            foreach (var v in Dependencies(producer))
+                pending.Push(v);
+        }
+        for (var i = _nodes.Count - 1; i >= 0; i--)
+            if (!keep.Contains(_nodes[i]))
+                RemoveNode(_nodes[i], force: true);
+    }
+
     /// <summary>The values a node needs before it can run: its inputs and what its subgraphs read from outside.</summary>
     internal static IEnumerable<Value> Dependencies(Node node)
     {

@@ -109,8 +109,8 @@ public sealed record CompileReport
     public Smoothing.SmoothingResult? Smoothing { get; init; }
 
     /// <summary>The selections held at the float model's choice while measuring, and the artifact run as it ships
-    /// (<see cref="Measurement.HeldSelections"/>); null when the model makes none.</summary>
-    public Measurement.SelectionReport? Selection { get; init; }
+    /// (<see cref="Verify.HeldSelections"/>); null when the model makes none.</summary>
+    public Verify.SelectionReport? Selection { get; init; }
 
     /// <summary>The speed target's placement, cost and fusion check; null for the size target.</summary>
     public DeployReport? Deploy { get; init; }

@@ -86,17 +86,19 @@ public static class Compiler
         var verification = loaded.Verification;
         if (held.Count > 0)
         {
-            (data, verification) = clock.Time("hold", () =>
+            (data, var verifyData) = clock.Time("hold", () =>
             {
                 try
                 {
-                    return HeldSelections.Record(canonical, held, loaded, options.Execution.Measurement());
+                    return HeldSelections.Record(canonical, held, loaded.Data, loaded.Samples, verification.Data,
+                        verification.Start + verification.Count, options.Execution.Measurement());
                 }
                 catch (Runtime.OrtException ex)
                 {
                     throw new CompileException($"the float model does not run in ONNX Runtime on the calibration samples: {ex.Message.ReplaceLineEndings(" ")}");
                 }
             });
+            verification = verification with { Data = verifyData };
             HeldSelections.Freeze(canonical, held);
             var scores = held.Select(h => canonical.Graph.FindValue(h.Scores)).OfType<Value>().Where(v => v.Producer is not null).ToList();
             foreach (var v in scores)

@@ -1,12 +1,12 @@
 using OnnxQuant.Data;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Compile;
-using OnnxQuant.Passes.Measurement;
+using OnnxQuant.Passes.Verify;
 using OnnxQuant.Passes.Pipeline;
 using OnnxQuant.Runtime;
 using Attribute = OnnxQuant.Frontend.Attribute;
 
-namespace OnnxQuant.Passes.Tests.Measurement;
+namespace OnnxQuant.Passes.Tests.Verify;
 
 /// <summary>
 /// A choice the graph makes from the data (a two-stage DETR's query selection: TopK over per-position scores, then a

@@ -1,11 +1,9 @@
 using OnnxQuant.Data;
 using OnnxQuant.Frontend;
 using OnnxQuant.Passes.Calibration;
-using OnnxQuant.Passes.Canonicalize;
-using OnnxQuant.Passes.Load;
 using OnnxQuant.Runtime;
 
-namespace OnnxQuant.Passes.Measurement;
+namespace OnnxQuant.Passes.Verify;
 
 /// <summary>
 /// A choice the graph makes from the data and then acts on: the indices of a TopK, ArgMax or ArgMin that other nodes
@@ -129,32 +127,28 @@ public static class HeldSelections
     }
 
     /// <summary>
-    /// Runs the float model (only what the selections need) on the calibration samples and the verification samples
-    /// and returns both sets with the float choices as one more input each (the held inputs of <see cref="Freeze"/>).
-    /// The returned sets share the loaded arrays: dispose them before <paramref name="loaded"/>.
+    /// Runs the float model (only what the selections need) on samples [0, <paramref name="samples"/>) of
+    /// <paramref name="data"/> and [0, <paramref name="verifyEnd"/>) of <paramref name="verify"/> (the same set, or
+    /// the verification file's) and returns both with the float choices as one more input each (the held inputs of
+    /// <see cref="Freeze"/>). The returned sets read the given ones' arrays: dispose them first.
     /// </summary>
-    public static (CalibrationSet Data, VerificationSplit Verification) Record(Model model, IReadOnlyList<HeldSelection> held,
-        LoadedInputs loaded, SessionOptions sessionOptions)
+    public static (CalibrationSet Data, CalibrationSet Verify) Record(Model model, IReadOnlyList<HeldSelection> held,
+        CalibrationSet data, int samples, CalibrationSet verify, int verifyEnd, SessionOptions sessionOptions)
     {
         var pruned = model.Clone();
         var graph = pruned.Graph;
-        for (var i = graph.Outputs.Count - 1; i >= 0; i--)
-            graph.RemoveOutput(i);
-        foreach (var h in held)
-        {
-            var value = graph.FindValue(h.Indices)!;
+        var outputs = held.Select(h => graph.FindValue(h.Indices)!).ToList();
+        foreach (var value in outputs)
             ElementTypeInference.EnsureTyped(value);
-            graph.AddOutput(value);
-        }
-        new DeadNodeEliminationPass().Run(pruned);
+        graph.KeepOnlyOutputs(outputs);
         var names = held.Select(h => h.Indices).ToList();
         using var session = InferenceSession.Create(ModelIO.ToBytes(pruned), sessionOptions);
 
-        IReadOnlyList<(InputSpec, NpyArray)> Choices(CalibrationSet data, int count)
+        IReadOnlyList<(InputSpec, NpyArray)> Choices(CalibrationSet set, int count)
         {
             var perSample = new List<IReadOnlyList<NamedTensor>>();
             for (var s = 0; s < count; s++)
-                perSample.Add(session.Run(data.Batch(s, 1).Select(b => b.ToNamedTensor()).ToList(), names));
+                perSample.Add(session.Run(set.Batch(s, 1).Select(b => b.ToNamedTensor()).ToList(), names));
             return held.Select((h, k) =>
             {
                 var first = perSample[0][k].Data;
@@ -173,12 +167,9 @@ public static class HeldSelections
             }).ToList();
         }
 
-        var verification = loaded.Verification;
-        var shared = ReferenceEquals(verification.Data, loaded.Data);
-        var calibrated = Math.Max(loaded.Samples, shared ? verification.Start + verification.Count : 0);
-        var data = loaded.Data.WithInputs(Choices(loaded.Data, calibrated));
-        var verify = shared ? data : verification.Data.WithInputs(Choices(verification.Data, verification.Start + verification.Count));
-        return (data, verification with { Data = verify });
+        var shared = ReferenceEquals(verify, data);
+        var extended = data.WithInputs(Choices(data, shared ? Math.Max(samples, verifyEnd) : samples));
+        return (extended, shared ? extended : verify.WithInputs(Choices(verify, verifyEnd)));
     }
 
     /// <summary>The share of the float model's choices the deployed model makes, per selection, on the verification runs.</summary>
@@ -209,7 +200,7 @@ public static class HeldSelections
     /// Runs the deployed model (<paramref name="shipped"/>) as it ships and <paramref name="measured"/> (the same model
     /// with its selections held) fed the deployed model's choices in the float model's order; see <see cref="SelectionReport"/>.
     /// </summary>
-    public static SelectionReport Measure(Model measured, Model shipped, IReadOnlyList<HeldSelection> held, Verify.Verifier verifier)
+    public static SelectionReport Measure(Model measured, Model shipped, IReadOnlyList<HeldSelection> held, Verifier verifier)
     {
         var indices = held.Select(h => h.Indices).ToList();
         var (free, chosen) = verifier.MeasureWith(shipped, indices);
