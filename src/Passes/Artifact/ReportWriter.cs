@@ -176,8 +176,14 @@ public static class ReportWriter
             {
                 w.WriteStartObject("selection");
                 w.WriteString("measured", "with each selection held at the float model's choice (distortion.measured)");
-                w.WriteNumber("measured_matched", sel.MeasuredMatched);
-                w.WriteNumber("measured_free", sel.MeasuredFree);
+                if (sel.MeasuredMatched is { } matched)
+                    w.WriteNumber("measured_matched", matched);
+                else
+                    w.WriteNull("measured_matched");
+                if (sel.MeasuredFree is { } free)
+                    w.WriteNumber("measured_free", free);
+                else
+                    w.WriteNull("measured_free");
                 w.WriteStartArray("held");
                 foreach (var h in sel.Selections)
                 {

@@ -333,7 +333,7 @@ public static class Compiler
             if (selection is not null)
                 notes.Add($"selections held at the float model's choice while measuring (measured {verified.Measured:G4}): the artifact makes its own, " +
                           string.Join(", ", selection.Selections.Select(a => $"{100 * a.Agreement:0.#}% of {a.Chosen} the float model's for {a.OpType} '{a.Node}'")) +
-                          $" (TopK as sets), which measures {selection.MeasuredMatched:G4} with its choices in the float order and {selection.MeasuredFree:G4} " +
+                          $" (TopK as sets), which measures {Measured(selection.MeasuredMatched)} with its choices in the float order and {Measured(selection.MeasuredFree)} " +
                           "compared element by element as it ships (a query chosen in another place counts as changed)");
             if (rewrite.ConstantsFolded > 0)
                 notes.Add($"{rewrite.ConstantsFolded} value(s) the artifact computes from its weights alone (a layer whose weight is applied to learned " +
@@ -490,6 +490,8 @@ public static class Compiler
                      "were not priced, so their error (and what the units do together) is only in the measured value; ") +
                "--act-bits 0 measures the weights alone, and --act-calibration mse chooses the ranges by squared error";
     }
+
+    private static string Measured(double? distortion) => distortion is { } d ? d.ToString("G4", System.Globalization.CultureInfo.InvariantCulture) : "nothing comparable (a feature's size changed)";
 
     /// <summary>The calibration and verification sets that carry the held selections' float choices.</summary>
     private sealed class HeldData(CalibrationSet data, CalibrationSet verification) : IDisposable

@@ -26,7 +26,8 @@ public sealed record SelectionAgreement(string Node, string OpType, string Indic
 /// model's order (each index both choose in the float model's place, the others in the remaining places): what the
 /// changed choices cost, whatever their order.
 /// </summary>
-public sealed record SelectionReport(double MeasuredFree, double MeasuredMatched, IReadOnlyList<SelectionAgreement> Selections);
+/// Either is null when a feature's size changed with the choices (element by element comparison is then undefined).
+public sealed record SelectionReport(double? MeasuredFree, double? MeasuredMatched, IReadOnlyList<SelectionAgreement> Selections);
 
 /// <summary>
 /// Holds a model's data-dependent selections at the float model's choice while the compile measures. A choice flips
@@ -214,7 +215,7 @@ public static class HeldSelections
             var aligned = Align(reference.GetArray<long>(), chosen[r][k].Data.GetArray<long>(), reference.Shape, axes[k]);
             return new NamedTensor(t.Name, TensorData.FromInt64s(aligned, reference.Shape));
         }).ToList());
-        return new SelectionReport(Quantization.StableRounding.Round(free), Quantization.StableRounding.Round(matched),
+        return new SelectionReport(free is { } f ? Quantization.StableRounding.Round(f) : null, matched is { } m ? Quantization.StableRounding.Round(m) : null,
             Agreement(shipped, held, verifier.Runs, chosen));
     }
 

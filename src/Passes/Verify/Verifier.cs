@@ -65,7 +65,9 @@ public sealed class Verifier
     /// choices the measured one was fed), and the values of <paramref name="extra"/> it computes on each run.
     /// </summary>
     /// <param name="feed">Replaces a run's inputs (given the run's index); null feeds them as they are.</param>
-    public (double Distortion, IReadOnlyList<IReadOnlyList<NamedTensor>> Extra) MeasureWith(Model model, IReadOnlyList<string> extra,
+    /// <returns>The distortion, or null when a feature's size differs from the float model's on some run (a choice
+    /// that changes how many detections follow).</returns>
+    public (double? Distortion, IReadOnlyList<IReadOnlyList<NamedTensor>> Extra) MeasureWith(Model model, IReadOnlyList<string> extra,
         Func<int, IReadOnlyList<NamedTensor>, IReadOnlyList<NamedTensor>>? feed = null)
     {
         var clone = model.Clone();
@@ -90,7 +92,8 @@ public sealed class Verifier
             features.Add(outputs.Take(_features.Count).Select(o => o.Data.ToFloats()).ToArray());
             extras.Add(outputs.Skip(_features.Count).ToList());
         }
-        return (_reference.Distortion(features), extras);
+        var comparable = features.Select((run, r) => run.Select((f, i) => f.Length == _reference.Reference[r][i].Length).All(x => x)).All(x => x);
+        return (comparable ? _reference.Distortion(features) : null, extras);
     }
 
     private float[][] Run(InferenceSession session, IReadOnlyList<NamedTensor> batch) =>
