@@ -116,6 +116,13 @@ public static class Compiler
                               $"name the scores they choose by ({string.Join(", ", held.Select(h => h.Scores).Distinct())}) with --feature to price the layers that compute them"));
         }
         using var heldData = held.Count == 0 ? null : new HeldData(data, verification.Data);
+        var unheld = HeldSelections.Unheld(canonical, features);
+        var unheldNote = unheld.Count == 0 ? null :
+            $"the features follow {unheld.Count} choice(s) the compile cannot hold at the float model's ({string.Join(", ", unheld.Take(3))}{(unheld.Count > 3 ? ", ..." : "")}): " +
+            "where quantization flips one, other detections are compared element by element, so the measured distortion and the gains count those jumps; " +
+            "name fixed-size tensors before them with --feature (backbone, pyramid or head outputs)";
+        if (unheldNote is not null)
+            progress.Note(unheldNote);
         options.Features.Validate();
         var featureWeights = options.Features.Weights;
 
@@ -312,7 +319,7 @@ public static class Compiler
             // The artifact run as it ships, making its own choices.
             var selection = held.Count == 0 ? null : clock.Time("verify", () =>
                 HeldSelections.Measure(verified.Rewritten.Model, HeldSelections.Thawed(verified.Rewritten.Model, held), held, verifier!));
-            var notes = loaded.Notes.Concat(weighting is null ? [] : [weighting.Describe()]).Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(activations is null ? [] : [activations.Describe()]).Concat(partition.Notes).Concat(verified.Notes)
+            var notes = loaded.Notes.Concat(weighting is null ? [] : [weighting.Describe()]).Concat(unheldNote is null ? [] : [unheldNote]).Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(activations is null ? [] : [activations.Describe()]).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;
             if (initializerInputs.Count > 0)

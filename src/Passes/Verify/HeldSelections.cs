@@ -62,6 +62,30 @@ public static class HeldSelections
         return found;
     }
 
+    /// <summary>
+    /// Choices on the way to a feature that cannot be held, each described: NonZero and NonMaxSuppression, whose count
+    /// changes with the data, and selections inside a Loop or If (a detector's post-processing), whose indices are not
+    /// tensors of the graph. Their flips still reach the features.
+    /// </summary>
+    public static IReadOnlyList<string> Unheld(Model model, IReadOnlyList<string> features)
+    {
+        var graph = model.Graph;
+        var wanted = features.ToHashSet(StringComparer.Ordinal);
+        var found = new List<string>();
+        foreach (var node in graph.Nodes)
+        {
+            string? what = node.OpType switch
+            {
+                "NonZero" or "NonMaxSuppression" when node.Domain is "" or "ai.onnx" => $"{node.OpType} '{node.Name}'",
+                _ => node.Subgraphs.SelectMany(g => g.AllNodes()).FirstOrDefault(n => n.OpType is "TopK" or "NonZero" or "NonMaxSuppression" or "ArgMax" or "ArgMin")
+                    is { } inner ? $"{inner.OpType} inside {node.OpType} '{node.Name}'" : null,
+            };
+            if (what is not null && node.Outputs.Any(o => !o.IsOmitted && Reaches(graph, o, wanted)))
+                found.Add(what);
+        }
+        return found;
+    }
+
     /// <summary>Whether a feature is computed from <paramref name="start"/> (through subgraphs: a subgraph's reader
     /// stands for the node that holds it).</summary>
     private static bool Reaches(Graph graph, Value start, HashSet<string> features)
