@@ -195,6 +195,18 @@ public static class HtmlReport
             h.Append("</tr>\n");
         }
         h.Append("</tbody></table>\n");
+        var selecting = targets.Where(t => t.Selection is not null).ToList();
+        if (selecting.Count > 0)
+        {
+            // The measured column holds the model's choices at the float model's; what the artifact's own choices cost is here.
+            h.Append("<p>Choices the model makes from the data were held at the float model's while measuring; the artifact makes its own:</p>\n");
+            h.Append("<table class=\"num\"><thead><tr><th>target</th><th>choice</th><th>agreeing with float</th><th>measured, own choices in float order</th><th>measured as it ships</th></tr></thead><tbody>\n");
+            foreach (var t in selecting)
+                foreach (var (node, op, agreement, chosen) in t.Selection!.Held)
+                    h.Append($"<tr><td>{Bits(t.TargetBits)}</td><td>{E(op)} '{E(node)}'</td><td>{(agreement * 100).ToString("0.0", Inv)} % of {chosen}</td>" +
+                             $"<td>{(t.Selection.MeasuredMatched is { } m ? G(m) : "&ndash;")}</td><td>{(t.Selection.MeasuredFree is { } f ? G(f) : "&ndash;")}</td></tr>\n");
+            h.Append("</tbody></table>\n");
+        }
         if (withAp)
             ApChart(h, targets);
         h.Append("</section>\n");

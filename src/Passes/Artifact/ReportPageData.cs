@@ -13,7 +13,13 @@ public sealed record PageTarget(string ReportPath, double TargetBits, double Rat
 {
     /// <summary>The quantized activations' priced share (null: float activations, or a report written before they were priced).</summary>
     public PageActivations? Activations { get; init; }
+
+    /// <summary>The choices held at the float model's while measuring (null: the model makes none).</summary>
+    public PageSelection? Selection { get; init; }
 }
+
+/// <summary>The report's <c>selection</c> section: the artifact's own choices against the float model's.</summary>
+public sealed record PageSelection(double? MeasuredMatched, double? MeasuredFree, IReadOnlyList<(string Node, string OpType, double Agreement, long Chosen)> Held);
 
 /// <param name="Predicted">Weights and priced activations together.</param>
 public sealed record PageDistortion(double Predicted, double Measured, int Samples, bool HeldOut, string Metric)
@@ -132,8 +138,13 @@ public sealed record ReportPageData(PageManifest Manifest, IReadOnlyList<PageTar
                 act.GetProperty("tensors").EnumerateArray().Select(t => new PageActivation(t.GetProperty("tensor").GetString()!, t.GetProperty("bits").GetInt32(), t.GetProperty("step").GetDouble(),
                     t.GetProperty("predicted").GetDouble(), t.GetProperty("layers").EnumerateArray().Select(l => l.GetString()!).ToList())).ToList(),
                 act.GetProperty("unpriced").GetArrayLength()) : null,
+            Selection = r.TryGetProperty("selection", out var sel) ? new PageSelection(Number(sel.GetProperty("measured_matched")), Number(sel.GetProperty("measured_free")),
+                sel.GetProperty("held").EnumerateArray().Select(h => (h.GetProperty("node").GetString()!, h.GetProperty("op_type").GetString()!,
+                    h.GetProperty("agreement").GetDouble(), h.GetProperty("chosen").GetInt64())).ToList()) : null,
         };
     }
+
+    private static double? Number(JsonElement value) => value.ValueKind == JsonValueKind.Number ? value.GetDouble() : null;
 
     private static string Text(JsonElement value) => value.ValueKind == JsonValueKind.String ? value.GetString()! : value.GetRawText();
 }

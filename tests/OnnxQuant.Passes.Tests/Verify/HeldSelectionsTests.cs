@@ -97,6 +97,11 @@ public sealed class HeldSelectionsTests : IDisposable
         Assert.Equal(("TopK", "chosen", "scores", (long)Verify * Chosen), (held.OpType, held.Indices, held.Scores, held.Chosen));
         Assert.InRange(held.Agreement, 0, 1);
 
+        // The page shows the artifact's own choices beside the held measurement.
+        var page = File.ReadAllText(Path.Combine(_root, "out", "report.html"));
+        Assert.Contains("held at the float model's while measuring", page);
+        Assert.Contains($"{(held.Agreement * 100).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture)} % of {Verify * Chosen}", page);
+
         // The artifact takes the model's own input only and makes its own choice.
         var artifact = ModelIO.Load(result.Targets[0].ModelPath);
         Assert.Equal(["x"], artifact.Graph.Inputs.Where(v => !v.IsInitializer).Select(v => v.Name));
