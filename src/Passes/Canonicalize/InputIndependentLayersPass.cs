@@ -60,12 +60,12 @@ public sealed class InputIndependentLayersPass : IPass
 
     /// <summary>A layer with a weight of its own (what would have been quantized), not a product of two computed values
     /// such as attention's.</summary>
-    private static bool IsWeightedLayer(Node node) =>
+    internal static bool IsWeightedLayer(Node node) =>
         LayerOps.Contains(node.OpType) && GraphQueries.IsDefaultDomain(node) && node.Inputs.Count >= 2 && Weight(node) is not null;
 
     /// <summary>The layer's weight initializer: Conv's, ConvTranspose's and Gemm's second input, either input of a
     /// MatMul or Einsum.</summary>
-    private static Value? Weight(Node node)
+    internal static Value? Weight(Node node)
     {
         static bool Stored(Value? v) => v is { Initializer: not null, IsGraphInput: false };
         if (node.OpType is "MatMul" or "Einsum")

@@ -38,6 +38,7 @@ public static class Canonicalization
         new FoldWeightTransformsPass(),
         new ConstantExpressionPass(),
         new InputIndependentLayersPass(),
+        new BatchReplicatedLayersPass(),
         new LinearFormsPass(),
         new UnshareWeightsPass(),
         new FoldBatchNormPass(),
