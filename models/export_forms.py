@@ -13,6 +13,8 @@ trained network):
 - audio: 1-D convolutions, a 1-D transposed convolution and a GRU over a sequence (opset 13);
 - mhadetr: a DETR written with torch.nn.Transformer (its MultiheadAttention export: packed in-projection, Gemm and
   MatMul forms) at opsets 13 and 17;
+- libdetr: a DETR as transformer libraries write it (separate projections, batched products over batch x heads, the
+  queries repeated to the batch and a zeros_like target) at opset 17 with a symbolic batch;
 - twostage_detr: an RT-DETR-shaped detector whose decoder queries are the encoder's top-scoring positions (TopK and
   GatherElements) with deformable cross-attention (GridSample) (opset 16);
 - weightleft: a MatMul with the weight as its first operand and one Linear weight applied twice (opset 13);
@@ -241,6 +243,60 @@ class TransformerDetr(nn.Module):
         return self.cls(h), self.box(h).sigmoid()
 
 
+class LibraryAttention(nn.Module):
+    """Attention as transformer libraries write DETR's: separate query, key and value projections, the position added
+    to queries and keys, scaled queries, and batched products over (batch x heads, tokens, head width)."""
+
+    def __init__(self, d, heads):
+        super().__init__()
+        self.h, self.hd = heads, d // heads
+        self.q, self.k, self.v, self.o = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+    def split(self, t, b):
+        return t.view(b, -1, self.h, self.hd).transpose(1, 2).reshape(b * self.h, -1, self.hd)
+
+    def forward(self, x, pos, kv=None, kv_pos=None):
+        b, n, d = x.shape
+        kv = x if kv is None else kv
+        kv_pos = pos if kv_pos is None else kv_pos
+        q = self.split(self.q(x + pos) * self.hd ** -0.5, b)
+        k, v = self.split(self.k(kv + kv_pos), b), self.split(self.v(kv), b)
+        w = torch.bmm(q, k.transpose(1, 2)).softmax(-1)
+        return self.o(torch.bmm(w, v).view(b, self.h, n, self.hd).transpose(1, 2).reshape(b, n, d))
+
+
+class LibraryDetr(nn.Module):
+    """A DETR as transformer libraries write it: the learned queries repeated to the batch and a zero target
+    (zeros_like), post-norm decoder layers of the attention above, class and box heads."""
+
+    def __init__(self, d=64, queries=20, classes=5):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                                      nn.Conv2d(64, 96, 3, 2, 1), nn.ReLU(), nn.Conv2d(96, 96, 3, 2, 1))
+        self.proj = nn.Conv2d(96, d, 1)
+        self.pos = nn.Parameter(torch.randn(1, 64, d) * 0.1)
+        self.encoder = LibraryAttention(d, 4)
+        self.enc_norm = nn.LayerNorm(d)
+        self.query = nn.Embedding(queries, d)
+        self.self_attn = nn.ModuleList(LibraryAttention(d, 4) for _ in range(2))
+        self.cross_attn = nn.ModuleList(LibraryAttention(d, 4) for _ in range(2))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(6))
+        self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d)) for _ in range(2))
+        self.cls = nn.Linear(d, classes + 1)
+        self.box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
+
+    def forward(self, x):
+        memory = self.proj(self.backbone(x)).flatten(2).transpose(1, 2)
+        memory = self.enc_norm(memory + self.encoder(memory, self.pos))
+        query_pos = self.query.weight.unsqueeze(0).repeat(x.shape[0], 1, 1)
+        h = torch.zeros_like(query_pos)
+        for i in range(2):
+            h = self.norms[3 * i](h + self.self_attn[i](h, query_pos))
+            h = self.norms[3 * i + 1](h + self.cross_attn[i](h, query_pos, memory, self.pos))
+            h = self.norms[3 * i + 2](h + self.ffn[i](h))
+        return self.cls(h), self.box(h).sigmoid()
+
+
 class DeformableAttention(nn.Module):
     """Multi-scale deformable attention as Deformable DETR and RT-DETR write it: each query samples a few points per
     head and level around its reference box (offsets and weights are Linear layers over the query), bilinearly with
@@ -385,6 +441,7 @@ FORMS = {
     "audio_conv1d_gru_op13": (Audio, 13, False, 64),
     "mhadetr_op13": (TransformerDetr, 13, False, 128),
     "mhadetr_op17_dynamic": (TransformerDetr, 17, True, 128),
+    "libdetr_op17_dynamic": (LibraryDetr, 17, True, 128),
     "twostage_detr_op16": (TwoStageDetr, 16, False, 128),
     "weightleft_op13": (WeightLeft, 13, False, 128),
     "unfolded_op13": (Unfolded, 13, False, 128),

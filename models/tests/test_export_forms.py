@@ -52,6 +52,10 @@ def test_export_forms_writes_each_layer_form(tmp_path):
     for name, opset in (("mhadetr_op13", 13), ("mhadetr_op17_dynamic", 17)):
         assert {"MatMul", "Softmax"} <= ops(load(name, opset))
 
+    library_detr = load("libdetr_op17_dynamic", 17)
+    assert {"Tile", "ConstantOfShape", "MatMul", "Softmax"} <= ops(library_detr)
+    assert library_detr.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
     two_stage = load("twostage_detr_op16", 16)
     assert {"TopK", "GatherElements", "GridSample", "Softmax"} <= ops(two_stage)
     topk = [n for n in two_stage.graph.node if n.op_type == "TopK"]
