@@ -383,8 +383,8 @@ public sealed class Graph
 
     /// <summary>
     /// Makes <paramref name="outputs"/> the graph's only outputs and removes every node they do not need (backwards from
-    /// them; a node needs its inputs and whatever its subgraphs read from outside): ONNX Runtime runs every node of a
-    /// graph whatever a run fetches.
+    /// them; a node needs its inputs and whatever its subgraphs read from outside) and the initializers nothing reads
+    /// then: ONNX Runtime runs every node of a graph whatever a run fetches.
     /// </summary>
     public void KeepOnlyOutputs(IReadOnlyList<Value> outputs)
     {
@@ -404,6 +404,9 @@ public sealed class Graph
         for (var i = _nodes.Count - 1; i >= 0; i--)
             if (!keep.Contains(_nodes[i]))
                 RemoveNode(_nodes[i], force: true);
+        // Weights only removed nodes read would still be serialized with the graph.
+        foreach (var initializer in _initializers.Where(v => v.Uses.Count == 0 && !v.IsGraphInput && !v.IsGraphOutput).ToList())
+            RemoveInitializer(initializer);
     }
 
     /// <summary>The values a node needs before it can run: its inputs and what its subgraphs read from outside.</summary>

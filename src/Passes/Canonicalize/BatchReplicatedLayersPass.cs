@@ -217,26 +217,12 @@ public sealed class BatchReplicatedLayersPass : IPass
         return node.Outputs[0];
     }
 
-    /// <summary>The targets at batch <paramref name="batch"/> (zero inputs: they depend on the shapes alone), computed
-    /// by ONNX Runtime with optimizations off on a copy that keeps only what they need.</summary>
-    private static Dictionary<string, TensorData> Evaluate(Model model, IReadOnlyList<Value> inputs, IReadOnlyList<Value> targets, int batch)
-    {
-        var clone = model.Clone();
-        var graph = clone.Graph;
-        var outputs = targets.Select(t => graph.FindValue(t.Name)!).ToList();
-        foreach (var value in outputs)
-            ElementTypeInference.EnsureTyped(value);
-        graph.KeepOnlyOutputs(outputs);
-        var feeds = inputs.Where(i => graph.FindValue(i.Name) is { Uses.Count: > 0 }).Select(i =>
+    /// <summary>The targets at batch <paramref name="batch"/>: zero inputs, since they depend on the shapes alone.</summary>
+    private static Dictionary<string, TensorData> Evaluate(Model model, IReadOnlyList<Value> inputs, IReadOnlyList<Value> targets, int batch) =>
+        ConstantExpressionPass.Evaluate(model, targets, SessionOptions.Calibration, inputs.Select(i =>
         {
             long[] shape = [batch, .. i.Type!.Shape!.Dims.Skip(1).Select(d => d.Value!.Value)];
-            var count = shape.Aggregate(1L, (x, y) => x * y);
             var type = i.Type.ElementType;
-            return new NamedTensor(i.Name, TensorData.FromBytes(type, new byte[DataTypes.ByteCount(type, count)], shape));
-        }).ToList();
-        foreach (var input in graph.Inputs.Where(v => !v.IsInitializer && v.Uses.Count == 0).ToList())
-            graph.RemoveInput(input);
-        using var session = InferenceSession.Create(ModelIO.ToBytes(clone), SessionOptions.Calibration);
-        return session.Run(feeds).ToDictionary(o => o.Name, o => o.Data, StringComparer.Ordinal);
-    }
+            return new NamedTensor(i.Name, TensorData.FromBytes(type, new byte[DataTypes.ByteCount(type, shape.Aggregate(1L, (x, y) => x * y))], shape));
+        }).ToList());
 }

@@ -170,24 +170,21 @@ public sealed class ConstantExpressionPass : IPass
     }
 
     /// <summary>The targets' values, computed by ONNX Runtime (optimizations off) on a copy of the graph that keeps
-    /// only what they need.</summary>
-    private static Dictionary<string, TensorData> Evaluate(Model model, IReadOnlyList<Value> targets, SessionOptions options)
+    /// only what they need; <paramref name="feeds"/> for the graph inputs they read, if any.</summary>
+    internal static Dictionary<string, TensorData> Evaluate(Model model, IReadOnlyList<Value> targets, SessionOptions options,
+        IReadOnlyList<NamedTensor>? feeds = null)
     {
         var clone = model.Clone();
         var graph = clone.Graph;
-        while (graph.Outputs.Count > 0)
-            graph.RemoveOutput(graph.Outputs.Count - 1);
-        foreach (var target in targets)
-        {
-            var value = graph.FindValue(target.Name)!;
+        var outputs = targets.Select(t => graph.FindValue(t.Name)!).ToList();
+        foreach (var value in outputs)
             ElementTypeInference.EnsureTyped(value);
-            graph.AddOutput(value);
-        }
-        new DeadNodeEliminationPass().Run(clone);
-        foreach (var input in graph.Inputs.Where(i => !i.IsInitializer).ToList())
+        graph.KeepOnlyOutputs(outputs);
+        foreach (var input in graph.Inputs.Where(i => !i.IsInitializer && i.Uses.Count == 0).ToList())
             graph.RemoveInput(input);
+        var read = graph.Inputs.Select(i => i.Name).ToHashSet(StringComparer.Ordinal);
         using var session = InferenceSession.Create(ModelIO.ToBytes(clone), options);
-        var outputs = session.Run([]);
-        return outputs.ToDictionary(o => o.Name, o => o.Data, StringComparer.Ordinal);
+        var result = session.Run((feeds ?? []).Where(f => read.Contains(f.Name)).ToList());
+        return result.ToDictionary(o => o.Name, o => o.Data, StringComparer.Ordinal);
     }
 }

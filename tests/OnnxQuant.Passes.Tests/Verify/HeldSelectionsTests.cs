@@ -61,18 +61,22 @@ public sealed class HeldSelectionsTests : IDisposable
         return (modelPath, Data("calib.npz", Calib, 3), Data("verify.npz", Verify, 4));
     }
 
-    private static float[][] Run(Model model, IReadOnlyList<NamedTensor> inputs, IReadOnlyList<string> outputs)
+    /// <summary>The named tensors (inner ones made outputs) of one run in ONNX Runtime.</summary>
+    private static IReadOnlyList<TensorData> Outputs(Model model, IReadOnlyList<NamedTensor> inputs, IReadOnlyList<string> names)
     {
         var clone = model.Clone();
-        foreach (var name in outputs)
+        foreach (var name in names)
             if (clone.Graph.FindValue(name) is { IsGraphOutput: false } v)
             {
                 ElementTypeInference.EnsureTyped(v);
                 clone.Graph.AddOutput(v);
             }
         using var session = InferenceSession.Create(ModelIO.ToBytes(clone), SessionOptions.Default);
-        return session.Run(inputs, outputs).Select(o => o.Data.ToFloats()).ToArray();
+        return session.Run(inputs, names).Select(o => o.Data).ToList();
     }
+
+    private static float[][] Run(Model model, IReadOnlyList<NamedTensor> inputs, IReadOnlyList<string> outputs) =>
+        Outputs(model, inputs, outputs).Select(t => t.ToFloats()).ToArray();
 
     private static float[][] Concat(IEnumerable<float[][]> perSample) =>
         perSample.Aggregate((a, b) => a.Zip(b, (x, y) => x.Concat(y).ToArray()).ToArray());
@@ -120,12 +124,12 @@ public sealed class HeldSelectionsTests : IDisposable
         for (var s = 0; s < Verify; s++)
         {
             reference.Add(Run(net.Model, Sample(s), features));
-            var floatChoice = WithOutput(net.Model, "chosen", Sample(s));
+            var floatChoice = Outputs(net.Model, Sample(s), ["chosen"])[0];
             var frozen = artifact.Clone();
             HeldSelections.Freeze(frozen, [new HeldSelection(topk.Name, "TopK", "chosen", "chosen_float", "scores", true)]);
             forced.Add(Run(frozen, [.. Sample(s), new NamedTensor("chosen_float", floatChoice)], features));
             free.Add(Run(artifact, Sample(s), features));
-            var own = WithOutput(artifact, "chosen", Sample(s)).GetArray<long>();
+            var own = Outputs(artifact, Sample(s), ["chosen"])[0].GetArray<long>();
             agree += own.Count(floatChoice.GetArray<long>().Contains);
         }
         var expectedHeld = TestCalibration.RelativeError(Concat(reference), Concat(forced));
@@ -140,19 +144,6 @@ public sealed class HeldSelectionsTests : IDisposable
         Assert.True(held.Agreement < 1, $"agreement {held.Agreement}");
         Assert.True(measuredFree > 2 * report.Distortion.Measured, $"free {measuredFree}, held {report.Distortion.Measured}");
         Assert.InRange(Assert.NotNull(selection.MeasuredMatched), report.Distortion.Measured, measuredFree);
-    }
-
-    private static TensorData WithOutput(Model model, string name, IReadOnlyList<NamedTensor> inputs)
-    {
-        var clone = model.Clone();
-        var value = clone.Graph.FindValue(name)!;
-        if (!value.IsGraphOutput)
-        {
-            ElementTypeInference.EnsureTyped(value);
-            clone.Graph.AddOutput(value);
-        }
-        using var session = InferenceSession.Create(ModelIO.ToBytes(clone), SessionOptions.Default);
-        return session.Run(inputs, [name])[0].Data;
     }
 
     [Fact]
