@@ -81,41 +81,14 @@ public static class Compiler
 
         // Choices the graph makes from the data (a two-stage DETR's query selection) are held at the float model's
         // choice while the compile measures; the artifact makes its own, and the report says how often they agree.
-        var held = HeldSelections.Find(canonical, features);
-        var data = loaded.Data;
-        var verification = loaded.Verification;
-        if (held.Count > 0)
+        using var choices = HeldChoices.Hold(canonical, features, loaded, !namedFeatures && weighting is null,
+            options.Execution.Measurement(), progress, clock);
+        var (held, data, verification) = (choices.Held, choices.Data, choices.Verification);
+        if (!ReferenceEquals(choices.Features, features))
         {
-            (data, var verifyData) = clock.Time("hold", () =>
-            {
-                try
-                {
-                    return HeldSelections.Record(canonical, held, loaded.Data, loaded.Samples, verification.Data,
-                        verification.Start + verification.Count, options.Execution.Measurement());
-                }
-                catch (Runtime.OrtException ex)
-                {
-                    throw new CompileException($"the float model does not run in ONNX Runtime on the calibration samples: {ex.Message.ReplaceLineEndings(" ")}");
-                }
-            });
-            verification = verification with { Data = verifyData };
-            HeldSelections.Freeze(canonical, held);
-            var scores = held.Select(h => canonical.Graph.FindValue(h.Scores)).OfType<Value>().Where(v => v.Producer is not null).ToList();
-            foreach (var v in scores)
-                ElementTypeInference.EnsureTyped(v);
-            var scoreNames = scores.Where(v => v.Type?.ElementType == DataType.Float && !features.Contains(v.Name)).Select(v => v.Name).Distinct().ToList();
-            var added = !namedFeatures && weighting is null && scoreNames.Count > 0;
-            if (added)
-            {
-                features = [.. features, .. scoreNames];
-                options = options with { Features = options.Features with { Features = features } };
-            }
-            progress.Note($"{held.Count} selection(s) made from the data ({string.Join(", ", held.Select(h => $"{h.OpType} '{h.Node}'"))}) are held at the float " +
-                          "model's choice while measuring, so a flipped choice does not pass for a layer's error; " +
-                          (added ? $"the scores they choose by ({string.Join(", ", scoreNames)}) are measured as features too" :
-                              $"name the scores they choose by ({string.Join(", ", held.Select(h => h.Scores).Distinct())}) with --feature to price the layers that compute them"));
+            features = choices.Features;
+            options = options with { Features = options.Features with { Features = features } };
         }
-        using var heldData = held.Count == 0 ? null : new HeldData(data, verification.Data);
         var unheld = HeldSelections.Unheld(canonical, features);
         var unheldNote = unheld.Count == 0 ? null :
             $"the features follow {unheld.Count} choice(s) the compile cannot hold at the float model's ({string.Join(", ", unheld.Take(3))}{(unheld.Count > 3 ? ", ..." : "")}): " +
@@ -500,14 +473,55 @@ public static class Compiler
 
     private static string Measured(double? distortion) => distortion is { } d ? d.ToString("G4", System.Globalization.CultureInfo.InvariantCulture) : "nothing comparable (a feature's size changed)";
 
-    /// <summary>The calibration and verification sets that carry the held selections' float choices.</summary>
-    private sealed class HeldData(CalibrationSet data, CalibrationSet verification) : IDisposable
+    /// <summary>
+    /// The choices a compile holds (<see cref="HeldSelections"/>) and the calibration and verification sets that carry
+    /// the float ones (the loaded sets when there are none; disposing releases only the new ones).
+    /// </summary>
+    private sealed record HeldChoices(IReadOnlyList<HeldSelection> Held, CalibrationSet Data, VerificationSplit Verification,
+        IReadOnlyList<string> Features) : IDisposable
     {
+        /// <summary>Finds the choices on the way to <paramref name="features"/>, records the float ones and freezes
+        /// <paramref name="canonical"/> (in place) to read them; with <paramref name="addScores"/> the scores they
+        /// choose by join the features.</summary>
+        public static HeldChoices Hold(Model canonical, IReadOnlyList<string> features, LoadedInputs loaded, bool addScores,
+            Runtime.SessionOptions sessionOptions, IProgressSink progress, StageClock clock)
+        {
+            var held = HeldSelections.Find(canonical, features);
+            if (held.Count == 0)
+                return new HeldChoices(held, loaded.Data, loaded.Verification, features);
+            var verification = loaded.Verification;
+            var (data, verifyData) = clock.Time("hold", () =>
+            {
+                try
+                {
+                    return HeldSelections.Record(canonical, held, loaded.Data, loaded.Samples, verification.Data,
+                        verification.Start + verification.Count, sessionOptions);
+                }
+                catch (Runtime.OrtException ex)
+                {
+                    throw new CompileException($"the float model does not run in ONNX Runtime on the calibration samples: {ex.Message.ReplaceLineEndings(" ")}");
+                }
+            });
+            HeldSelections.Freeze(canonical, held);
+            var scores = held.Select(h => canonical.Graph.FindValue(h.Scores)).OfType<Value>().Where(v => v.Producer is not null).ToList();
+            foreach (var v in scores)
+                ElementTypeInference.EnsureTyped(v);
+            var scoreNames = scores.Where(v => v.Type?.ElementType == DataType.Float && !features.Contains(v.Name)).Select(v => v.Name).Distinct().ToList();
+            var added = addScores && scoreNames.Count > 0;
+            progress.Note($"{held.Count} selection(s) made from the data ({string.Join(", ", held.Select(h => $"{h.OpType} '{h.Node}'"))}) are held at the float " +
+                          "model's choice while measuring, so a flipped choice does not pass for a layer's error; " +
+                          (added ? $"the scores they choose by ({string.Join(", ", scoreNames)}) are measured as features too" :
+                              $"name the scores they choose by ({string.Join(", ", held.Select(h => h.Scores).Distinct())}) with --feature to price the layers that compute them"));
+            return new HeldChoices(held, data, verification with { Data = verifyData }, added ? [.. features, .. scoreNames] : features);
+        }
+
         public void Dispose()
         {
-            data.Dispose();
-            if (!ReferenceEquals(verification, data))
-                verification.Dispose();
+            if (Held.Count == 0)
+                return;
+            Data.Dispose();
+            if (!ReferenceEquals(Verification.Data, Data))
+                Verification.Data.Dispose();
         }
     }
 }
