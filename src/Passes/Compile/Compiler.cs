@@ -79,6 +79,28 @@ public static class Compiler
             options = options with { Features = options.Features with { Features = features, Weights = weighting.Weights.Select(w => w.Weight).ToList() } };
         }
 
+        // Features after a choice that cannot be held (a detector's NMS) compare other detections element by element
+        // wherever quantization flips one: without named features, the fixed-size tensors before such choices are
+        // measured instead, and the layers after them are heads.
+        var unheld = HeldSelections.Unheld(canonical, features);
+        string? unheldNote = null;
+        if (unheld.Count > 0)
+        {
+            var choicesNamed = $"{unheld.Count} choice(s) the compile cannot hold at the float model's ({string.Join(", ", unheld.Take(3))}{(unheld.Count > 3 ? ", ..." : "")})";
+            if (!namedFeatures && weighting is null && HeldSelections.FeaturesBefore(canonical, features) is { Count: > 0 } before)
+            {
+                features = Features.Resolve(canonical, new FeatureOptions { Features = before });
+                options = options with { Features = options.Features with { Features = features } };
+                unheldNote = $"the model's outputs follow {choicesNamed}, where quantization would flip detections and compare other ones element by " +
+                             $"element; the {features.Count} fixed-size tensor(s) they are computed from are measured instead ({string.Join(", ", features.Take(4))}" +
+                             $"{(features.Count > 4 ? ", ..." : "")}), and layers after them are kept at --head-bits outside the budget; --feature names others";
+            }
+            else
+                unheldNote = $"the features follow {choicesNamed}: where quantization flips one, other detections are compared element by element, so the " +
+                             "measured distortion and the gains count those jumps; name fixed-size tensors before them with --feature (backbone, pyramid or head outputs)";
+            progress.Note(unheldNote);
+        }
+
         // Choices the graph makes from the data (a two-stage DETR's query selection) are held at the float model's
         // choice while the compile measures; the artifact makes its own, and the report says how often they agree.
         using var choices = HeldChoices.Hold(canonical, features, loaded, !namedFeatures && weighting is null,
@@ -89,13 +111,6 @@ public static class Compiler
             features = choices.Features;
             options = options with { Features = options.Features with { Features = features } };
         }
-        var unheld = HeldSelections.Unheld(canonical, features);
-        var unheldNote = unheld.Count == 0 ? null :
-            $"the features follow {unheld.Count} choice(s) the compile cannot hold at the float model's ({string.Join(", ", unheld.Take(3))}{(unheld.Count > 3 ? ", ..." : "")}): " +
-            "where quantization flips one, other detections are compared element by element, so the measured distortion and the gains count those jumps; " +
-            "name fixed-size tensors before them with --feature (backbone, pyramid or head outputs)";
-        if (unheldNote is not null)
-            progress.Note(unheldNote);
         options.Features.Validate();
         var featureWeights = options.Features.Weights;
 

@@ -73,18 +73,80 @@ public static class HeldSelections
         var wanted = features.ToHashSet(StringComparer.Ordinal);
         var found = new List<string>();
         foreach (var node in graph.Nodes)
-        {
-            string? what = node.OpType switch
-            {
-                "NonZero" or "NonMaxSuppression" when node.Domain is "" or "ai.onnx" => $"{node.OpType} '{node.Name}'",
-                _ => node.Subgraphs.SelectMany(g => g.AllNodes()).FirstOrDefault(n => n.OpType is "TopK" or "NonZero" or "NonMaxSuppression" or "ArgMax" or "ArgMin")
-                    is { } inner ? $"{inner.OpType} inside {node.OpType} '{node.Name}'" : null,
-            };
-            if (what is not null && node.Outputs.Any(o => !o.IsOmitted && Reaches(graph, o, wanted)))
+            if (UnheldChoice(node) is { } what && node.Outputs.Any(o => !o.IsOmitted && Reaches(graph, o, wanted)))
                 found.Add(what);
-        }
         return found;
     }
+
+    /// <summary>
+    /// The fixed-size tensors the features are computed from before the choices that cannot be held (see
+    /// <see cref="Unheld"/>): the float tensors computed from the input's data that nodes at or after those choices read
+    /// from outside them (a Mask R-CNN's pyramid levels and region proposal outputs, which its NMS and RoIAlign read),
+    /// and the features that do not follow such a choice, in graph order; empty when no feature follows one.
+    /// </summary>
+    public static IReadOnlyList<string> FeaturesBefore(Model model, IReadOnlyList<string> features)
+    {
+        var graph = model.Graph;
+        var wanted = features.ToHashSet(StringComparer.Ordinal);
+        var choices = graph.Nodes.Where(n => UnheldChoice(n) is not null && n.Outputs.Any(o => !o.IsOmitted && Reaches(graph, o, wanted))).ToList();
+        if (choices.Count == 0)
+            return [];
+        // What the choices decide: everything computed from their outputs.
+        var after = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        var pending = new Stack<Value>(choices.SelectMany(n => n.Outputs).Where(o => !o.IsOmitted));
+        while (pending.Count > 0)
+        {
+            var value = pending.Pop();
+            if (!after.Add(value))
+                continue;
+            foreach (var use in value.Uses)
+            {
+                var node = use.Node;
+                while (node.Graph is { } g && g != graph && g.ParentNode is { } parent)
+                    node = parent;
+                foreach (var output in node.Outputs.Where(o => !o.IsOmitted))
+                    pending.Push(output);
+            }
+        }
+        // Computed from the input's data, not only from its shape.
+        var data = new HashSet<Value>(graph.Inputs.Where(v => !v.IsInitializer), ReferenceEqualityComparer.Instance);
+        foreach (var node in graph.Nodes)
+            if (node.OpType is not ("Shape" or "Size") && Reads(node).Any(data.Contains))
+                foreach (var output in node.Outputs.Where(o => !o.IsOmitted))
+                    data.Add(output);
+        var chosen = new List<string>();
+        // A float tensor read, or the float tensors a mask or index read is computed from (NonZero(scores > t)).
+        void Take(Value input, int depth)
+        {
+            if (after.Contains(input) || !data.Contains(input) || input.Producer is null || chosen.Contains(input.Name))
+                return;
+            ElementTypeInference.EnsureTyped(input);
+            if (input.Type?.ElementType == DataType.Float)
+                chosen.Add(input.Name);
+            else if (depth > 0)
+                foreach (var source in Reads(input.Producer))
+                    Take(source, depth - 1);
+        }
+        foreach (var node in graph.Nodes.Where(n => choices.Contains(n) || n.Outputs.Any(after.Contains)))
+            foreach (var input in Reads(node))
+                Take(input, 3);
+        foreach (var f in features)
+            if (graph.FindValue(f) is { } v && !after.Contains(v) && !chosen.Contains(f))
+                chosen.Add(f);
+        return chosen;
+    }
+
+    /// <summary>A node's inputs and the outer values its subgraphs read.</summary>
+    private static IEnumerable<Value> Reads(Node node) =>
+        node.Inputs.OfType<Value>().Where(v => !v.IsOmitted).Concat(node.Subgraphs.SelectMany(g => g.OuterReferences()));
+
+    /// <summary>What makes a node a choice that cannot be held, described; null for any other node.</summary>
+    private static string? UnheldChoice(Node node) => node.OpType switch
+    {
+        "NonZero" or "NonMaxSuppression" when node.Domain is "" or "ai.onnx" => $"{node.OpType} '{node.Name}'",
+        _ => node.Subgraphs.SelectMany(g => g.AllNodes()).FirstOrDefault(n => n.OpType is "TopK" or "NonZero" or "NonMaxSuppression" or "ArgMax" or "ArgMin")
+            is { } inner ? $"{inner.OpType} inside {node.OpType} '{node.Name}'" : null,
+    };
 
     /// <summary>Whether a feature is computed from <paramref name="start"/> (through subgraphs: a subgraph's reader
     /// stands for the node that holds it).</summary>

@@ -170,13 +170,17 @@ public sealed class HeldSelectionsTests : IDisposable
         var net = new Net(seed: 3);
         var x = net.Input("x", 1, Positions, Channels);
         var scores = net.Op("Squeeze", [net.Op("MatMul", [x, net.Random("w_score", [Channels, 1])]), net.Ints("axis2", 2)]);
-        var positive = net.Op("NonZero", [net.Op("Greater", [net.Op("Squeeze", [scores, net.Ints("axis0", 0)]), net.Init("zero", [], [0f])])]);
+        var flat = net.Op("Squeeze", [scores, net.Ints("axis0", 0)]);
+        var positive = net.Op("NonZero", [net.Op("Greater", [flat, net.Init("zero", [], [0f])])]);
         positive.Producer!.Name = "positive";
         var kept = net.Op("Gather", [x, net.Op("Squeeze", [positive, net.Ints("first", 0)])], Attribute.FromInt("axis", 1));
         net.Output(kept);
         Assert.Empty(HeldSelections.Find(net.Model, [kept.Name]));
         Assert.Equal(["NonZero 'positive'"], HeldSelections.Unheld(net.Model, [kept.Name]));
         Assert.Empty(HeldSelections.Unheld(net.Model, [scores.Name]));
+        // What the choice is made from is measured instead: the scores behind the mask (the input itself never changes).
+        Assert.Equal([flat.Name], HeldSelections.FeaturesBefore(net.Model, [kept.Name]));
+        Assert.Empty(HeldSelections.FeaturesBefore(net.Model, [scores.Name]));
     }
 
     [Fact]
