@@ -108,12 +108,18 @@ public static class HeldSelections
                     pending.Push(output);
             }
         }
-        // Computed from the input's data, not only from its shape.
+        // Computed from the input's data, not only from its shape, and through a layer (quantization changes nothing else).
         var data = new HashSet<Value>(graph.Inputs.Where(v => !v.IsInitializer), ReferenceEqualityComparer.Instance);
+        var layered = new HashSet<Value>(ReferenceEqualityComparer.Instance);
         foreach (var node in graph.Nodes)
+        {
             if (node.OpType is not ("Shape" or "Size") && Reads(node).Any(data.Contains))
                 foreach (var output in node.Outputs.Where(o => !o.IsOmitted))
                     data.Add(output);
+            if (node.OpType is "Conv" or "ConvTranspose" or "Gemm" or "MatMul" or "Einsum" || Reads(node).Any(layered.Contains))
+                foreach (var output in node.Outputs.Where(o => !o.IsOmitted))
+                    layered.Add(output);
+        }
         var chosen = new List<string>();
         // A float tensor read, or the float tensors a mask or index read is computed from (NonZero(scores > t)).
         void Take(Value input, int depth)
@@ -121,7 +127,7 @@ public static class HeldSelections
             if (after.Contains(input) || !data.Contains(input) || input.Producer is null || chosen.Contains(input.Name))
                 return;
             ElementTypeInference.EnsureTyped(input);
-            if (input.Type?.ElementType == DataType.Float)
+            if (input.Type?.ElementType == DataType.Float && layered.Contains(input))
                 chosen.Add(input.Name);
             else if (depth > 0)
                 foreach (var source in Reads(input.Producer))
