@@ -24,9 +24,9 @@ public sealed record SelectionAgreement(string Node, string OpType, string Indic
 /// it ships, compared element by element (a TopK that picks the same set in another order counts its reordered
 /// rows as errors), <paramref name="MeasuredMatched"/> the measured model's with the artifact's choices fed in the float
 /// model's order (each index both choose in the float model's place, the others in the remaining places): what the
-/// changed choices cost, whatever their order.
+/// changed choices cost, whatever their order. Either is null when a feature's size changed with the choices (element
+/// by element comparison is then undefined).
 /// </summary>
-/// Either is null when a feature's size changed with the choices (element by element comparison is then undefined).
 public sealed record SelectionReport(double? MeasuredFree, double? MeasuredMatched, IReadOnlyList<SelectionAgreement> Selections);
 
 /// <summary>
