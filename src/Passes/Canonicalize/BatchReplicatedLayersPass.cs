@@ -31,6 +31,7 @@ public sealed class BatchReplicatedLayersPass : IPass
     private const double Tolerance = 1e-5;
 
     private static readonly HashSet<string> LayerOps = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"];
+    private static readonly HashSet<string> DataSizedOps = ["NonZero", "NonMaxSuppression", "Compress", "Unique", "TopK"];
     private static readonly HashSet<string> Random = ["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"];
 
     public PassResult Run(Model model)
@@ -116,15 +117,21 @@ public sealed class BatchReplicatedLayersPass : IPass
     {
         var shapeOnly = new HashSet<Value>(ReferenceEqualityComparer.Instance);
         var throughLayer = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        // Values whose size the data decides (after a NonZero, an NMS, a subgraph): their Shape is data, not batch size.
+        var dataSized = new HashSet<Value>(ReferenceEqualityComparer.Instance);
         var order = new List<Value>();
         foreach (var node in graph.Nodes)
         {
+            if (DataSizedOps.Contains(node.OpType) || node.Subgraphs.Any() || !GraphQueries.IsDefaultDomain(node)
+                || node.Inputs.Any(i => i is not null && dataSized.Contains(i)))
+                foreach (var output in node.Outputs.Where(o => !o.IsOmitted))
+                    dataSized.Add(output);
             if (node.Subgraphs.Any() || Random.Contains(node.OpType) || node.OpType is "QuantizeLinear" or "DequantizeLinear"
                 || !GraphQueries.IsDefaultDomain(node) || (barriers?.Contains(node) ?? false))
                 continue;
             bool sized;
             if (node.OpType == "Shape")
-                sized = true;
+                sized = node.Inputs[0] is { } shaped && !dataSized.Contains(shaped);
             else
             {
                 sized = false;

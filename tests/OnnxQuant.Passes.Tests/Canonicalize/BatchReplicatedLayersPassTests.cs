@@ -87,6 +87,20 @@ public sealed class BatchReplicatedLayersPassTests
     }
 
     [Fact]
+    public void TheShapeOfAValueTheDataSizesIsNoBatchSize()
+    {
+        // Zeros shaped like the positive scores (NonZero), projected: their count is the data's, whatever the batch.
+        var net = new Net(seed: 9);
+        var memory = net.BatchInput("memory", Tokens, Width);
+        var positive = net.Op("NonZero", [net.Op("Greater", [memory, net.Init("zero", [], [0f])])]);
+        var zeros = net.Op("ConstantOfShape", [net.Op("Shape", [net.Op("Transpose", [positive], Attribute.FromInts("perm", [1, 0]))])]);
+        var projected = net.Op("MatMul", [net.Op("Cast", [zeros], Attribute.FromInt("to", (long)DataType.Float)), net.Random("w", [3, Width])]);
+        net.Output(net.Op("ReduceSum", [net.Op("Add", [net.Op("ReduceSum", [memory, net.Ints("axes", 1)], Attribute.FromInt("keepdims", 0)),
+            net.Op("ReduceSum", [projected, net.Ints("axes0", 0)], Attribute.FromInt("keepdims", 0))]), net.Ints("all", 0)], Attribute.FromInt("keepdims", 0)));
+        Assert.False(new BatchReplicatedLayersPass().Run(net.Model).Modified);
+    }
+
+    [Fact]
     public void AFixedBatchModelIsLeftToTheConstantFolds()
     {
         var net = new Net(seed: 3);
