@@ -278,8 +278,10 @@ public static class Compiler
             }
             // Relisted after any repair, so the written bytes carry them.
             var relisted = DetachInitializerInputsPass.Relist(verified.Rewritten.Model, initializerInputs);
+            // The model that ships: with held choices, the one that makes its own again.
+            var shipped = HeldSelections.Thawed(verified.Rewritten.Model, held);
             if (relisted > 0)
-                bytes = ModelIO.ToBytes(HeldSelections.Thawed(verified.Rewritten.Model, held));
+                bytes = ModelIO.ToBytes(shipped);
             // The speed target's check and cost, on the model that ships (after any repair).
             string? unfused = null;
             var deploy = speed ? clock.Time("verify", () =>
@@ -306,7 +308,7 @@ public static class Compiler
             var baseline = clock.Time("baseline", () => Baseline(target, allocation, verified.Measured));
             // The artifact run as it ships, making its own choices.
             var selection = held.Count == 0 ? null : clock.Time("verify", () =>
-                HeldSelections.Measure(verified.Rewritten.Model, HeldSelections.Thawed(verified.Rewritten.Model, held), held, verifier!));
+                HeldSelections.Measure(verified.Rewritten.Model, shipped, held, verifier!));
             var notes = loaded.Notes.Concat(weighting is null ? [] : [weighting.Describe()]).Concat(unheldNote is null ? [] : [unheldNote]).Concat(intake).Concat(pinned is null ? [] : [pinned.Note]).Concat(curves.Notes).Concat(activations is null ? [] : [activations.Describe()]).Concat(partition.Notes).Concat(verified.Notes)
                 .Concat(allocation.Notes).ToList();
             var rewrite = verified.Rewritten.Result;

@@ -92,22 +92,7 @@ public static class HeldSelections
         if (choices.Count == 0)
             return [];
         // What the choices decide: everything computed from their outputs.
-        var after = new HashSet<Value>(ReferenceEqualityComparer.Instance);
-        var pending = new Stack<Value>(choices.SelectMany(n => n.Outputs).Where(o => !o.IsOmitted));
-        while (pending.Count > 0)
-        {
-            var value = pending.Pop();
-            if (!after.Add(value))
-                continue;
-            foreach (var use in value.Uses)
-            {
-                var node = use.Node;
-                while (node.Graph is { } g && g != graph && g.ParentNode is { } parent)
-                    node = parent;
-                foreach (var output in node.Outputs.Where(o => !o.IsOmitted))
-                    pending.Push(output);
-            }
-        }
+        var after = Downstream(graph, choices.SelectMany(n => n.Outputs).Where(o => !o.IsOmitted)).ToHashSet<Value>(ReferenceEqualityComparer.Instance);
         // Computed from the input's data, not only from its shape, and through a layer (quantization changes nothing else).
         var data = new HashSet<Value>(graph.Inputs.Where(v => !v.IsInitializer), ReferenceEqualityComparer.Instance);
         var layered = new HashSet<Value>(ReferenceEqualityComparer.Instance);
@@ -154,28 +139,31 @@ public static class HeldSelections
             is { } inner ? $"{inner.OpType} inside {node.OpType} '{node.Name}'" : null,
     };
 
-    /// <summary>Whether a feature is computed from <paramref name="start"/> (through subgraphs: a subgraph's reader
-    /// stands for the node that holds it).</summary>
-    private static bool Reaches(Graph graph, Value start, HashSet<string> features)
+    /// <summary>Whether a feature is computed from <paramref name="start"/>.</summary>
+    private static bool Reaches(Graph graph, Value start, HashSet<string> features) =>
+        Downstream(graph, [start]).Any(v => features.Contains(v.Name));
+
+    /// <summary>The values computed from <paramref name="starts"/> (themselves included), lazily, each once; through
+    /// subgraphs, a subgraph's reader standing for the node that holds it.</summary>
+    private static IEnumerable<Value> Downstream(Graph graph, IEnumerable<Value> starts)
     {
-        var seen = new HashSet<Value>(ReferenceEqualityComparer.Instance) { start };
-        var pending = new Stack<Value>([start]);
+        var seen = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        var pending = new Stack<Value>(starts);
         while (pending.Count > 0)
         {
             var value = pending.Pop();
-            if (features.Contains(value.Name))
-                return true;
+            if (!seen.Add(value))
+                continue;
+            yield return value;
             foreach (var use in value.Uses)
             {
                 var node = use.Node;
                 while (node.Graph is { } g && g != graph && g.ParentNode is { } parent)
                     node = parent;
-                foreach (var output in node.Outputs)
-                    if (!output.IsOmitted && seen.Add(output))
-                        pending.Push(output);
+                foreach (var output in node.Outputs.Where(o => !o.IsOmitted))
+                    pending.Push(output);
             }
         }
-        return false;
     }
 
     /// <summary>Makes each index tensor's readers read a graph input instead (in place).</summary>
@@ -298,10 +286,10 @@ public static class HeldSelections
         var indices = held.Select(h => h.Indices).ToList();
         var (free, chosen) = verifier.MeasureWith(shipped, indices);
         var axes = held.Select(h => TopKAxis(shipped, h)).ToList();
+        var position = held.Select((h, k) => (h.Held, k)).ToDictionary(p => p.Held, p => p.k, StringComparer.Ordinal);
         var (matched, _) = verifier.MeasureWith(measured, [], (r, batch) => batch.Select(t =>
         {
-            var k = held.ToList().FindIndex(h => h.Held == t.Name);
-            if (k < 0)
+            if (!position.TryGetValue(t.Name, out var k))
                 return t;
             var reference = t.Data;
             var aligned = Align(reference.GetArray<long>(), chosen[r][k].Data.GetArray<long>(), reference.Shape, axes[k]);

@@ -70,19 +70,9 @@ public sealed class Verifier
     public (double? Distortion, IReadOnlyList<IReadOnlyList<NamedTensor>> Extra) MeasureWith(Model model, IReadOnlyList<string> extra,
         Func<int, IReadOnlyList<NamedTensor>, IReadOnlyList<NamedTensor>>? feed = null)
     {
-        var clone = model.Clone();
-        foreach (var name in extra)
-        {
-            var value = clone.Graph.FindValue(name) ?? throw new InvalidOperationException($"tensor '{name}' not in the model");
-            if (!value.IsGraphOutput)
-            {
-                ElementTypeInference.EnsureTyped(value);
-                clone.Graph.AddOutput(value);
-            }
-        }
         var inputs = model.Graph.Inputs.Where(v => !v.IsInitializer).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
         var names = _features.Concat(extra).ToList();
-        using var session = InferenceSession.Create(WithFeatureOutputs(clone), _sessionOptions);
+        using var session = InferenceSession.Create(WithOutputs(model, names), _sessionOptions);
         var extras = new List<IReadOnlyList<NamedTensor>>();
         var features = new List<float[][]>();
         for (var r = 0; r < _reference.Runs.Count; r++)
@@ -100,15 +90,18 @@ public sealed class Verifier
         session.Run(batch, _features).Select(o => o.Data.ToFloats()).ToArray();
 
     /// <summary>The model's bytes with the features as its outputs (intermediate features become outputs).</summary>
-    private byte[] WithFeatureOutputs(Model model)
+    private byte[] WithFeatureOutputs(Model model) => WithOutputs(model, _features);
+
+    /// <summary>The model's bytes with <paramref name="names"/> among its outputs (inner tensors become outputs).</summary>
+    private static byte[] WithOutputs(Model model, IReadOnlyList<string> names)
     {
         var graph = model.Graph;
-        if (_features.All(f => graph.Outputs.Any(o => o.Name == f)))
+        if (names.All(f => graph.Outputs.Any(o => o.Name == f)))
             return ModelIO.ToBytes(model);
         var clone = model.Clone();
-        foreach (var f in _features)
+        foreach (var f in names)
         {
-            var value = clone.Graph.FindValue(f) ?? throw new InvalidOperationException($"feature '{f}' not in the rewritten model");
+            var value = clone.Graph.FindValue(f) ?? throw new InvalidOperationException($"tensor '{f}' not in the model");
             if (!value.IsGraphOutput)
             {
                 ElementTypeInference.EnsureTyped(value);
