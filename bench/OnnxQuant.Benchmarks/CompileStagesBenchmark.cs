@@ -19,7 +19,7 @@ namespace OnnxQuant.Benchmarks;
 /// compile-stages [model=models/fixtures/detr_small.onnx] [calib=models/data/calib.npz] [--calib-samples 64] [--target-bits 4]
 /// [--verify-data eval.npz] [--curves gain|exact|fast] [--compensation none|bias|gptq|all] [--feature name,...]
 /// [--row-samples N] (samples the layer input rows come from) [--segment-layers N] (layers per cut session)
-/// [--gain MIN,MAX,ERROR,LOW] (gain sampling, as in curve-quality). The
+/// [--gain MIN,MAX,ERROR,LOW[,relay|direct]] (gain sampling, as in curve-quality). The
 /// compile's options are the CLI's defaults otherwise (compensation all, none with fast curves). Peak resident memory
 /// is the process's high-water mark (VmHWM) reset before the compile (Linux: /proc/self/clear_refs), so the float
 /// pass's session, closed by then, does not count.
@@ -27,7 +27,7 @@ namespace OnnxQuant.Benchmarks;
 public static class CompileStagesBenchmark
 {
     public static RatioBenchmark Benchmark { get; } = new("compile-stages",
-        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--verify-data F] [--curves gain|exact|fast] [--compensation M] [--feature a,b] [--row-samples N] [--segment-layers N] [--gain MIN,MAX,ERROR,LOW]: " +
+        "compile-stages [model] [calib] [--calib-samples 64] [--target-bits 4] [--verify-data F] [--curves gain|exact|fast] [--compensation M] [--feature a,b] [--row-samples N] [--segment-layers N] [--gain MIN,MAX,ERROR,LOW[,relay|direct]]: " +
         "stage times, compile / float-forward ratio, peak memory", Run);
 
     private static int Run(string[] args)

@@ -13,17 +13,18 @@ namespace OnnxQuant.Benchmarks;
 /// the gain/exact ratio, the rank correlation of predicted and measured distortion over the budgets, and the curve
 /// runs and seconds of each. Usage:
 /// curve-quality [model=models/fixtures/detr_small.onnx] [calib=models/data/calib.npz] [--verify-data models/data/eval.npz]
-/// [--calib-samples 64] [--gain MIN,MAX,ERROR,LOW ...] (LOW: samples the gain at the lowest width is also measured on, 0 = not)
+/// [--calib-samples 64] [--gain MIN,MAX,ERROR,LOW[,relay|direct] ...] (LOW: samples the gain at the lowest width is also measured on, 0 = not)
 /// </summary>
 public static class CurveQualityBenchmark
 {
     public static RatioBenchmark Benchmark { get; } = new("curve-quality",
-        "curve-quality [model] [calib] [--verify-data F] [--calib-samples 64] [--gain MIN,MAX,ERROR,LOW ...]: gain vs exact allocations", Run);
+        "curve-quality [model] [calib] [--verify-data F] [--calib-samples 64] [--gain MIN,MAX,ERROR,LOW[,relay|direct] ...]: gain vs exact allocations", Run);
 
     private static readonly double[] Budgets = [8, 6, 5, 4, 3];
 
-    /// <summary>MIN,MAX,ERROR,LOW (samples per gain, the error bar that stops adding samples, the low-width gain's
-    /// samples) over <paramref name="basis"/>'s other settings.</summary>
+    /// <summary>MIN,MAX,ERROR,LOW[,relay|direct] (samples per gain, the error bar that stops adding samples, the
+    /// low-width gain's samples, whether gains are chained through relay values) over <paramref name="basis"/>'s other
+    /// settings.</summary>
     internal static GainSettings ParseGain(string text, GainSettings basis)
     {
         var p = text.Split(',');
@@ -31,6 +32,12 @@ public static class CurveQualityBenchmark
         {
             MinSamples = int.Parse(p[0], CultureInfo.InvariantCulture), MaxSamples = int.Parse(p[1], CultureInfo.InvariantCulture),
             RelativeError = double.Parse(p[2], CultureInfo.InvariantCulture), LowWidthSamples = int.Parse(p[3], CultureInfo.InvariantCulture),
+            Relay = p.Length < 5 ? basis.Relay : p[4] switch
+            {
+                "relay" => true,
+                "direct" => false,
+                _ => throw new ArgumentException($"--gain: the fifth field is 'relay' or 'direct', not '{p[4]}'"),
+            },
         };
     }
 
@@ -78,7 +85,7 @@ public static class CurveQualityBenchmark
                 var predicted = result.Targets.Select(t => t.Report.Distortion.Predicted).ToList();
                 var measured = result.Targets.Select(t => t.Report.Distortion.Measured).ToList();
                 Console.WriteLine($"gain samples {gain.MinSamples}..{gain.MaxSamples}, error {gain.RelativeError.ToString(CultureInfo.InvariantCulture)}, " +
-                                  $"low-width gain on {gain.LowWidthSamples} sample(s): {result.CurveRuns} runs, {seconds:0.0} s " +
+                                  $"low-width gain on {gain.LowWidthSamples} sample(s), {(gain.Relay ? "relays" : "no relays")}: {result.CurveRuns} runs, {seconds:0.0} s " +
                                   $"({exactSeconds / seconds:0.0}x cheaper than exact)");
                 Console.WriteLine("  budget  gain measured  exact measured  gain/exact");
                 foreach (var (b, k) in Budgets.Select((b, k) => (b, k)))

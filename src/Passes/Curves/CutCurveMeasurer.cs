@@ -24,8 +24,16 @@ namespace OnnxQuant.Passes.Curves;
 /// <param name="SegmentLayers">Consecutive layers that share one cut session.</param>
 /// <param name="LowWidthSamples">Samples the gain at the lowest candidate width is also measured on (0 = not
 /// measured), for the widths below the reference; at most the samples of the reference gain.</param>
+/// <param name="Relay">Whether a segment whose layers reach the features only through one value (a backbone block's
+/// output, a transformer layer's) measures each unit's gain up to that value, and the value's own gain to the features
+/// once for the segment (see <see cref="CutCurveMeasurer"/>).</param>
+/// <param name="RelayPairs">Unit perturbations the relay's gain is measured on at first, spread over the segment.</param>
+/// <param name="RelayMaxPairs">Most perturbations the relay's gain is measured on before the segment falls back to
+/// running every unit's perturbation through to the features.</param>
+/// <param name="RelayMinLayers">Fewest layers in a segment for it to be relayed.</param>
 public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double RelativeError = 0.25, int LocalRows = 512,
-    long CacheMemoryBytes = 64L << 20, int SegmentLayers = 8, int LowWidthSamples = 1, int RowSamples = 0)
+    long CacheMemoryBytes = 64L << 20, int SegmentLayers = 8, int LowWidthSamples = 1, int RowSamples = 0,
+    bool Relay = true, int RelayPairs = 4, int RelayLowPairs = 2, int RelayMaxPairs = 8, int RelayMinLayers = 4)
 {
     public static GainSettings Default { get; } = new();
 
@@ -36,6 +44,7 @@ public sealed record GainSettings(int MinSamples = 2, int MaxSamples = 3, double
         "gain-error=" + RelativeError.ToString(CultureInfo.InvariantCulture),
         "gain-rows=" + LocalRows + (RowSamples > 0 ? "/" + RowSamples.ToString(CultureInfo.InvariantCulture) : ""),
         "gain-low=" + LowWidthSamples.ToString(CultureInfo.InvariantCulture),
+        .. Relay ? new[] { "gain-relay=" + RelayPairs + "+" + RelayLowPairs + ".." + RelayMaxPairs + "/" + RelayMinLayers + "/" + CutCurveMeasurer.RelaySpread.ToString(CultureInfo.InvariantCulture) } : [],
     ];
 }
 
@@ -58,6 +67,9 @@ public sealed record UnitGain(string Unit, int ReferenceBits, double Gain, int S
     double LocalMeasured, double LocalPredicted, string Local, double LowWidthFactor = 1)
 {
     public double MeasuredOverPredicted => LocalPredicted > 0 ? LocalMeasured / LocalPredicted : double.NaN;
+
+    /// <summary>The value the gain was chained through (its gain times the unit's gain up to it), when it was.</summary>
+    public string? Relay { get; init; }
 }
 
 /// <summary>
@@ -75,6 +87,18 @@ public sealed record UnitGain(string Unit, int ReferenceBits, double Gain, int S
 /// sqrt(sum_s (d_s - g l_s)^2 / (n (n - 1))) / mean(l), is below <see cref="GainSettings.RelativeError"/> of g, or
 /// <see cref="GainSettings.MaxSamples"/> is reached. Layers whose rows cannot be formed (non-2-D convolutions, odd
 /// input layouts) are measured at every width on the gain samples instead, with a note.
+/// </para>
+/// <para>
+/// Relayed gains (gain mode, <see cref="GainSettings.Relay"/>): when every path from a segment's layers to the features
+/// passes through one value P (a residual block's sum in a backbone, a transformer layer's residual stream), a unit's
+/// feature distortion is a function of the change it makes at P alone, d_s = F(P + dP_s). The segment is then run as a
+/// head (its layers up to P) and a tail (P to the features). Four units spread over the segment run their perturbation
+/// on sample 0 through both; where their gains beyond P, d / ||dP||^2, agree within <see cref="RelaySpread"/>, every
+/// unit's gain is g_u = G * sum_s ||dP_s||^2 / sum_s l_s with G = sum d / sum ||dP||^2 over the perturbations run through
+/// the tail (more are added until its standard error is below <see cref="GainSettings.RelativeError"/>), so each unit's
+/// own runs stop at P; its bend below the reference width is its own up to P times G's (G at the lowest width over G).
+/// Where they disagree (a query projection's and a value projection's perturbations of one attention layer), the
+/// segment is measured unit by unit on its whole cut, as without relays.
 /// </para>
 /// <para>Exact mode: every width on every sample, <c>D_u(b) = sum_s sum_f ||dy_f||^2 / sum_s ||y_f||^2</c>, as before
 /// but on the cut.</para>
@@ -98,6 +122,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
     private readonly bool _measure;
     private readonly int _cacheSamples;
     private readonly IReadOnlyList<GraphCut> _segments = [];
+    private readonly IReadOnlyList<RelayPlan?> _relays = [];
     private readonly IReadOnlyList<string> _cached = [];
     private readonly ActivationCache _cache;
     private readonly HashSet<string> _sampledOutputs = [];
@@ -136,9 +161,12 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             var exactMode = options.Mode == CurveMode.Exact;
             _cacheSamples = exactMode ? samples : Math.Min(samples, _settings.MaxSamples);
             _segments = _layers.Chunk(Math.Max(1, _settings.SegmentLayers)).Select(c => GraphCut.Find(model, c, features)).ToList();
-            // What the cut runs read: the cut values, the float features and (gain mode) each layer's float output.
-            _cached = _segments.SelectMany(c => c.CutValues.Concat(exactMode ? [] : c.OutputOf.Values)).Concat(features)
-                .Distinct(StringComparer.Ordinal).ToList();
+            _relays = _segments.Select(c => exactMode || !_settings.Relay ? null : PlanRelay(model, c, features, _settings)).ToList();
+            // What the cut runs read: the cut values, the float features and (gain mode) each layer's float output; a
+            // relayed segment's head and tail read theirs (the segment's), and the relay value comes from the head.
+            _cached = _segments.SelectMany(c => c.CutValues.Concat(exactMode ? [] : c.OutputOf.Values))
+                .Concat(_relays.OfType<RelayPlan>().SelectMany(r => r.Head.CutValues.Concat(r.Tail.CutValues.Where(v => v != r.Value))))
+                .Concat(features).Distinct(StringComparer.Ordinal).ToList();
             _sampledOutputs = exactMode ? [] : _segments.SelectMany(c => c.OutputOf.Values)
                 .Where(n => !_segments.Any(c => c.CutValues.Contains(n)) && !features.Contains(n)).ToHashSet(StringComparer.Ordinal);
         }
@@ -164,6 +192,48 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             foreach (var copy in measured.Skip(1))
                 Memo.Alias(copy.Name, measured[0].Name);
         }
+    }
+
+    /// <summary>A relayed segment: <see cref="Head"/> runs its layers up to <see cref="Value"/>, <see cref="Tail"/> from
+    /// that value to the features.</summary>
+    private sealed record RelayPlan(string Value, GraphCut Head, GraphCut Tail);
+
+    /// <summary>The segment's relay, where one exists and most of a run of the segment's cut lies beyond it.</summary>
+    private static RelayPlan? PlanRelay(Model model, GraphCut segment, IReadOnlyList<string> features, GainSettings settings)
+    {
+        if (segment.Layers.Count < Math.Max(2, settings.RelayMinLayers))
+            return null;
+        if (GraphCut.CommonRelay(model, segment.Layers, features) is not { } value)
+            return null;
+        var tail = GraphCut.FindFrom(model, value, features);
+        if (2 * tail.Nodes < segment.Nodes)
+            return null;
+        return new RelayPlan(value, GraphCut.Find(model, segment.Layers, [value]), tail);
+    }
+
+    /// <summary>0 .. n-1 in an order whose every prefix spreads over the range: both ends, then midpoints.</summary>
+    internal static IReadOnlyList<int> SpreadOrder(int n)
+    {
+        var order = new List<int>();
+        if (n <= 0)
+            return order;
+        order.Add(0);
+        if (n == 1)
+            return order;
+        order.Add(n - 1);
+        var intervals = new Queue<(int Lo, int Hi)>();
+        intervals.Enqueue((0, n - 1));
+        while (intervals.Count > 0)
+        {
+            var (lo, hi) = intervals.Dequeue();
+            if (hi - lo < 2)
+                continue;
+            var mid = (lo + hi) / 2;
+            order.Add(mid);
+            intervals.Enqueue((lo, mid));
+            intervals.Enqueue((mid, hi));
+        }
+        return order;
     }
 
     /// <summary>The samples the input rows come from: <paramref name="count"/> of them, evenly spaced, sample 0 first.</summary>
@@ -365,30 +435,108 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         var curves = new List<UnitCurve>(_units.Count);
         var runs = 0;
         double cutNodes = 0;
+        var relayOutcomes = new List<RelayOutcome>();
         using (var stage = progress.Begin("curves", _units.Count))
         {
-            foreach (var cut in segments)
+            for (var segmentIndex = 0; segmentIndex < segments.Count; segmentIndex++)
             {
+                var cut = segments[segmentIndex];
+                var plan = _relays.Count > segmentIndex ? _relays[segmentIndex] : null;
+                var dbgRun0 = runClock.Elapsed.TotalSeconds; var dbgQ0 = quantizeClock.Elapsed.TotalSeconds; var dbgRuns0 = runs; var dbgS0 = sessionClock.Elapsed.TotalSeconds;
                 cutNodes += cut.Nodes * cut.Layers.Count;
                 sessionClock.Start();
                 // Every cached sample gives the same shape to a cut value when the model has a fixed batch; a shape
                 // that varies is left unknown.
-                var types = cut.CutValues.ToDictionary(n => n, n =>
+                (DataType Type, long[]? Shape) TypeOf(string n)
                 {
                     var (type, shape) = cache.Describe(n, 0);
                     var fixedShape = Enumerable.Range(1, cacheSamples - 1).All(smp => cache.Describe(n, smp).Shape.SequenceEqual(shape));
-                    return (type, fixedShape ? shape : (long[]?)null);
-                }, StringComparer.Ordinal);
-                var cutModel = cut.Build(_model, n => types[n], withLayerOutputs: !exact);
-                using var sessions = OpenSessions(cutModel, exact ? exactWorkers : 0, sessionOptions);
+                    return (type, fixedShape ? shape : null);
+                }
+                // A relayed segment runs its head (its layers up to the relay value) and its tail (from that value to the
+                // features) where others run their whole cut.
+                var head = plan?.Head ?? cut;
+                using var sessions = OpenSessions(head.Build(_model, TypeOf, withLayerOutputs: !exact), exact ? exactWorkers : 0, sessionOptions);
                 sessionClock.Stop();
                 var floatWeights = cut.Layers.ToDictionary(l => l,
                     l => _model.Graph.FindInitializer(l.WeightName)!.Initializer!.ToFloatArray());
                 // One runner per session. Exact curves run them in parallel: each times itself, and the clock of the
                 // stage is the wall time of the parallel section.
-                var runners = sessions.Select(session => new CutRunner(session, cut, cache, _features, energy, floatWeights,
-                    exact ? new System.Diagnostics.Stopwatch() : runClock, keep: !exact)).ToArray();
+                var runners = sessions.Select(session => new CutRunner(session, head, cache, plan is null ? _features : [plan.Value],
+                    plan is null ? energy : [1.0], floatWeights, exact ? new System.Diagnostics.Stopwatch() : runClock, keep: !exact)).ToArray();
                 var runner = runners[0];
+                CutRunner? tail = null;
+                SessionGroup? tailSessions = null;
+                if (plan is not null)
+                {
+                    // The relay value's float samples come from the head (a few short runs), not from calibration: a
+                    // backbone's block sums at full resolution would add to calibration's peak what they save in time.
+                    var relayShapes = new List<long[]>();
+                    var relayType = DataType.Float;
+                    for (var smp = 0; smp < cacheSamples; smp++)
+                    {
+                        var value = runner.FloatRun(smp, plan.Value);
+                        relayShapes.Add(value.Shape);
+                        relayType = value.DataType;
+                        runner.Hold(plan.Value, smp, value);
+                    }
+                    var relayShape = relayShapes.All(x => x.SequenceEqual(relayShapes[0])) ? relayShapes[0] : null;
+                    sessionClock.Start();
+                    tailSessions = OpenSessions(plan.Tail.Build(_model, n => n == plan.Value ? (relayType, relayShape) : TypeOf(n),
+                        withLayerOutputs: false), 0, sessionOptions);
+                    sessionClock.Stop();
+                    tail = new CutRunner(tailSessions[0], plan.Tail, cache, _features, energy, new Dictionary<QuantLayer, float[]>(), runClock, keep: true);
+                }
+                using var tailScope = tailSessions;
+
+                // The relayed units, in unit order. The first spread ones' perturbations on sample 0 run through head and
+                // tail before anything else: whether their gains beyond the relay value agree decides how the segment
+                // is measured.
+                var relayedUnits = plan is null ? [] : _units.Where(u => cut.Layers.Contains(u.Layer) && HasLocalError(u.Layer)).ToList();
+                var spread = SpreadOrder(relayedUnits.Count);
+                var probes = new Dictionary<(int Index, int Sample, bool Low), RelayPair>();
+                var lowWidth = _settings.LowWidthSamples > 0 && bits[0] < referenceBits;
+                if (tail is not null)
+                {
+                    foreach (var i in spread.Take(_settings.RelayPairs))
+                        probes[(i, 0, false)] = Through(runner, tail, relayedUnits[i], i, 0, referenceBits, false, floatWeights, quantizeClock);
+                    if (lowWidth)
+                        foreach (var i in spread.Take(_settings.RelayLowPairs))
+                            probes[(i, 0, true)] = Through(runner, tail, relayedUnits[i], i, 0, bits[0], true, floatWeights, quantizeClock);
+                }
+                var chainSegment = tail is not null && relayedUnits.Count > 0 && Agree(probes.Values.Where(x => !x.Low).ToList())
+                    && Agree(probes.Values.Where(x => x.Low).ToList(), required: false);
+
+                // A relayed segment whose units disagree beyond the value is measured as any other, on its whole cut (one
+                // run costs less than a head run and a tail run).
+                sessionClock.Start();
+                if (tail is not null && !chainSegment)
+                {
+                    // Head and tail are done with: their weights leave before the whole cut's arrive.
+                    sessions.Dispose();
+                    tailSessions!.Dispose();
+                }
+                using var wholeSessions = tail is not null && !chainSegment ? OpenSessions(cut.Build(_model, TypeOf, withLayerOutputs: true), 0, sessionOptions) : null;
+                sessionClock.Stop();
+                var whole = wholeSessions is null ? null : new CutRunner(wholeSessions[0], cut, cache, _features, energy, floatWeights, runClock, keep: true);
+
+                // A unit's perturbation run through to the features (a probe already run is not run again): on the
+                // whole cut, or in a chained segment (a unit without a closed-form local error) through head and tail.
+                (double Distortion, double Local) Direct(int s, QuantUnit unit, float[] w, bool loc, bool low)
+                {
+                    if (loc && probes.TryGetValue((relayedUnits.IndexOf(unit), s, low), out var probe))
+                        return (probe.D, probe.L);
+                    if ((whole ?? (tail is null ? runner : null)) is { } direct)
+                        return direct.Run(s, unit.Layer, w, loc);
+                    TensorData? at = null;
+                    var (_, change) = runner.Run(s, unit.Layer, w, loc, t => at = t);
+                    return (tail!.RunRelay(s, at!), change);
+                }
+
+                var relayed = new List<RelayedUnit>();
+                var pairs = probes.Values.ToList();
+                var slots = new List<(UnitCurve? Curve, UnitGain? Gain)>();
+
                 foreach (var layer in cut.Layers)
                 {
                     var rows = exact ? null : _rows[layer];
@@ -440,20 +588,11 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
 
                     foreach (var unit in _units.Where(u => u.Layer == layer))
                     {
-                        float[] Perturbed(int b)
-                        {
-                            var q = Quantized(b);
-                            if (unit.IsWholeLayer)
-                                return q;
-                            var w = (float[])weight.Clone();
-                            for (var i = 0; i < w.Length; i++)
-                                if (channelOf[i] >= unit.ChannelStart && channelOf[i] < unit.ChannelStart + unit.ChannelCount)
-                                    w[i] = q[i];
-                            return w;
-                        }
+                        float[] Perturbed(int b) => UnitWeight(unit, weight, Quantized(b), channelOf);
 
                         double[] values;
                         double? unitGain = null;
+                        UnitGain? record = null;
                         if (exact)
                         {
                             values = new double[bits.Length];
@@ -477,13 +616,60 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                                     System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
                                 }
                                 runClock.Stop();
-                                runs += _samples;
                                 // Summed in sample order, whichever worker ran a sample.
                                 double sum = 0;
                                 foreach (var d in distortions)
                                     sum += d;
                                 values[k] = StableRounding.Round(sum / _samples);
                             }
+                        }
+                        else if (chainSegment && local)
+                        {
+                            // Relayed: the gain up to the relay value now, its gain to the features once the segment's
+                            // units are all measured.
+                            var index = relayedUnits.IndexOf(unit);
+                            var reference = Perturbed(referenceBits);
+                            var p = new List<double>();
+                            var l = new List<double>();
+                            double toRelay = 0, relative = double.NaN;
+                            while (p.Count < cacheSamples)
+                            {
+                                var s = p.Count;
+                                if (!probes.TryGetValue((index, s, false), out var probe))
+                                {
+                                    var (ps, ls) = runner.Run(s, layer, reference, true);
+                                    probe = new RelayPair(index, s, false, StableRounding.Round(ps), StableRounding.Round(ls), double.NaN);
+                                }
+                                p.Add(probe.P);
+                                l.Add(probe.L);
+                                if (p.Count < Math.Min(_settings.MinSamples, cacheSamples))
+                                    continue;
+                                (toRelay, relative) = RatioEstimate(p, l);
+                                if (relative <= _settings.RelativeError)
+                                    break;
+                            }
+                            var unitLocal = channelErrors!.Select(e => e.Skip(unit.ChannelStart).Take(unit.ChannelCount).Sum()).ToArray();
+                            (double P, double L, int LowSamples)? low = null;
+                            if (lowWidth && toRelay > 0)
+                            {
+                                var m = Math.Min(_settings.LowWidthSamples, p.Count);
+                                var lowWeight = Perturbed(bits[0]);
+                                double pl = 0, ll = 0;
+                                for (var s = 0; s < m; s++)
+                                {
+                                    if (!probes.TryGetValue((index, s, true), out var probe))
+                                    {
+                                        var (ps, ls) = runner.Run(s, layer, lowWeight, true);
+                                        probe = new RelayPair(index, s, true, StableRounding.Round(ps), StableRounding.Round(ls), double.NaN);
+                                    }
+                                    pl += probe.P;
+                                    ll += probe.L;
+                                }
+                                low = (pl, ll, m);
+                            }
+                            relayed.Add(new RelayedUnit(unit, index, slots.Count, p, l, toRelay, relative, unitLocal, low));
+                            slots.Add((null, null));
+                            continue;
                         }
                         else
                         {
@@ -494,8 +680,7 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                             double gain = 0, relative = double.NaN;
                             while (d.Count < cacheSamples)
                             {
-                                var (ds, ls) = runner.Run(d.Count, layer, reference, true);
-                                runs++;
+                                var (ds, ls) = Direct(d.Count, unit, reference, true, false);
                                 d.Add(StableRounding.Round(ds));
                                 l.Add(StableRounding.Round(ls));
                                 if (d.Count < Math.Min(_settings.MinSamples, cacheSamples))
@@ -514,12 +699,12 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                                 var factor = 1.0;
                                 if (_settings.LowWidthSamples > 0 && bits[0] < referenceBits && gain > 0)
                                 {
-                                    var low = Perturbed(bits[0]);
+                                    var lowWeight = Perturbed(bits[0]);
                                     var m = Math.Min(_settings.LowWidthSamples, d.Count);
                                     double dl = 0, ll = 0;
-                                    for (var s = 0; s < m; s++, runs++)
+                                    for (var s = 0; s < m; s++)
                                     {
-                                        var (ds, ls) = runner.Run(s, layer, low, true);
+                                        var (ds, ls) = Direct(s, unit, lowWeight, true, true);
                                         dl += StableRounding.Round(ds);
                                         ll += StableRounding.Round(ls);
                                     }
@@ -530,8 +715,8 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                                 values = new double[bits.Length];
                                 for (var k = 0; k < bits.Length; k++)
                                     values[k] = StableRounding.Round(gain * GainFactor(unitLocal, k, refIndex, factor) * unitLocal[k]);
-                                gains.Add(new UnitGain(unit.Name, referenceBits, StableRounding.Round(gain), d.Count, Round3(relative),
-                                    StableRounding.Round(l.Average()), StableRounding.Round(unitLocal[refIndex]), "full", factor));
+                                record = new UnitGain(unit.Name, referenceBits, StableRounding.Round(gain), d.Count, Round3(relative),
+                                    StableRounding.Round(l.Average()), StableRounding.Round(unitLocal[refIndex]), "full", factor);
                             }
                             else
                             {
@@ -545,18 +730,43 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                                     }
                                     var wk = Perturbed(bits[k]);
                                     double sum = 0;
-                                    for (var s = 0; s < d.Count; s++, runs++)
-                                        sum += StableRounding.Round(runner.Run(s, layer, wk, false).Distortion);
+                                    for (var s = 0; s < d.Count; s++)
+                                        sum += StableRounding.Round(Direct(s, unit, wk, false, false).Distortion);
                                     values[k] = StableRounding.Round(sum / d.Count);
                                 }
-                                gains.Add(new UnitGain(unit.Name, referenceBits, StableRounding.Round(gain), d.Count, Round3(relative),
-                                    StableRounding.Round(l.Average()), double.NaN, "measured"));
+                                record = new UnitGain(unit.Name, referenceBits, StableRounding.Round(gain), d.Count, Round3(relative),
+                                    StableRounding.Round(l.Average()), double.NaN, "measured");
                             }
                         }
-                        curves.Add(new UnitCurve(unit.Name, unit.Size, bits, values) { Gain = unitGain });
-                        stage.Advance();
+                        slots.Add((new UnitCurve(unit.Name, unit.Size, bits, values) { Gain = unitGain }, record));
                     }
                 }
+
+                if (tail is not null && relayedUnits.Count > 0 && !chainSegment)
+                {
+                    var measured = probes.Values.Where(x => !x.Low).ToList();
+                    var (g, relative) = RatioEstimate(measured.Select(x => x.D).ToList(), measured.Select(x => x.P).ToList());
+                    relayOutcomes.Add(new RelayOutcome(plan!.Value, StableRounding.Round(g), Round3(relative), measured.Count, false, []));
+                    if (Environment.GetEnvironmentVariable("OQ_DEBUG_SEG") == "1")
+                        DebugLine($"RELAY {plan.Value} G={g:G4} not chained: " + string.Join(" ", probes.Values.Select(x => $"[{relayedUnits[x.Unit].Name}{(x.Low ? "L" : "")} r={(x.P > 0 ? x.D / x.P / g : double.NaN):F2}]")));
+                }
+                if (relayed.Count > 0)
+                {
+                    var outcome = ResolveRelay(plan!, relayed, pairs, bits, referenceBits, runner, tail!, floatWeights, cacheSamples, quantizeClock);
+                    relayOutcomes.Add(outcome);
+                    foreach (var (r, curve, gain) in outcome.Units)
+                        slots[r.Slot] = (curve, gain);
+                }
+                foreach (var (curve, gain) in slots)
+                {
+                    curves.Add(curve!);
+                    if (gain is not null)
+                        gains.Add(gain);
+                    stage.Advance();
+                }
+                runs += runners.Sum(r => r.Runs) + (tail?.Runs ?? 0) + (whole?.Runs ?? 0);
+                if (Environment.GetEnvironmentVariable("OQ_DEBUG_SEG") == "1")
+                    DebugLine($"SEG {cut.Layers[0].Name} relay={plan?.Value} layers={cut.Layers.Count} nodes={cut.Nodes} runs={runs - dbgRuns0} run_s={runClock.Elapsed.TotalSeconds - dbgRun0:F2} q_s={quantizeClock.Elapsed.TotalSeconds - dbgQ0:F2} sess_s={sessionClock.Elapsed.TotalSeconds - dbgS0:F2}");
             }
         }
         var spilled = cache.SpilledBytes;
@@ -574,7 +784,175 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         if (!exact && gains.Count > 0)
             notes.Insert(1, $"gain curves: D_u(b) = g_u(b) * L_u(b); gains measured at {referenceBits} bits on {gains.Min(g => g.Samples)}..{gains.Max(g => g.Samples)} samples " +
                             $"(mean {gains.Average(g => g.Samples).ToString("0.0", CultureInfo.InvariantCulture)}), local errors from {_settings.LocalRows} input rows per layer");
+        if (relayOutcomes.Count > 0)
+        {
+            var chained = relayOutcomes.Where(o => o.Chained).ToList();
+            var text = $"gain relays: {relayOutcomes.Count} of {segments.Count} segments reach the features only through one value; ";
+            text += chained.Count > 0
+                ? $"in {chained.Count} the {chained.Sum(o => o.Units.Count)} units' gains are their gain up to that value times its gain to the " +
+                  $"features, measured on {chained.Min(o => o.Pairs)}..{chained.Max(o => o.Pairs)} of their perturbations (standard error " +
+                  $"{chained.Max(o => o.Relative).ToString("0.###", CultureInfo.InvariantCulture)} at most)"
+                : "in none did the units' gains beyond it agree";
+            var direct = relayOutcomes.Count - chained.Count;
+            if (direct > 0)
+                text += $"; in {direct} the units' gains beyond the value differed more than {RelaySpread.ToString(CultureInfo.InvariantCulture)}-fold, " +
+                        "and every unit's perturbation was run through to the features";
+            notes.Add(text);
+        }
         return new CurveSet(curves, _options.Mode, false, runs) { Gains = gains, Notes = notes, Timing = timing };
+    }
+
+    /// <summary>Whether the curves have a closed-form local error for the layer (gain mode).</summary>
+    private bool HasLocalError(QuantLayer layer) => _rows.TryGetValue(layer, out var rows) && rows.Fallback is null && rows.RowCount > 0;
+
+    /// <summary>The layer's weight with the unit's output channels taken from <paramref name="quantized"/>.</summary>
+    private static float[] UnitWeight(QuantUnit unit, float[] weight, float[] quantized, int[] channelOf)
+    {
+        if (unit.IsWholeLayer)
+            return quantized;
+        var w = (float[])weight.Clone();
+        for (var i = 0; i < w.Length; i++)
+            if (channelOf[i] >= unit.ChannelStart && channelOf[i] < unit.ChannelStart + unit.ChannelCount)
+                w[i] = quantized[i];
+        return w;
+    }
+
+    /// <summary>A relayed unit as its head runs left it: ||dP||^2 (<see cref="P"/>) and ||dz||^2 (<see cref="L"/>) per
+    /// sample at the reference width, their ratio's estimate, and the same sums at the lowest width on the first
+    /// <see cref="LowSamples"/> samples. <see cref="Index"/> is its place among the segment's relayed units.</summary>
+    private sealed record RelayedUnit(QuantUnit Unit, int Index, int Slot, IReadOnlyList<double> P, IReadOnlyList<double> L, double ToRelay,
+        double Relative, double[] UnitLocal, (double P, double L, int LowSamples)? Low);
+
+    /// <summary>One perturbation of a relayed unit (<see cref="Unit"/>, its index) on <see cref="Sample"/>, at the lowest
+    /// width or the reference one: ||dP||^2, ||dz||^2 and, when it was run on through the tail, the feature distortion
+    /// (NaN otherwise).</summary>
+    private sealed record RelayPair(int Unit, int Sample, bool Low, double P, double L, double D);
+
+    /// <summary>How a chained segment ended: the relay value's gain and its error bar over the perturbations run through
+    /// its tail, whether the units' gains stayed chained through it or (the perturbations added for the error bar
+    /// disagreeing) were measured through to the features one by one, and each unit's curve and gain record.</summary>
+    private sealed record RelayOutcome(string Value, double Gain, double Relative, int Pairs, bool Chained,
+        IReadOnlyList<(RelayedUnit Unit, UnitCurve Curve, UnitGain Gain)> Units);
+
+    /// <summary>Largest over smallest gain beyond the relay value, d / ||dP||^2, that the units of one segment may show
+    /// for one gain to stand for all of them: in convolutional backbones the units of a segment stay within 1.6 of each
+    /// other; in a transformer layer a query projection's perturbation and a value projection's differ up to 20-fold.</summary>
+    internal const double RelaySpread = 2.0;
+
+    /// <summary>Whether the perturbations' gains beyond the relay value agree within <see cref="RelaySpread"/>; with
+    /// <paramref name="required"/> false, fewer than two informative ones agree by default.</summary>
+    private static bool Agree(IReadOnlyList<RelayPair> pairs, bool required = true)
+    {
+        var informative = pairs.Where(x => x.P > 0).ToList();
+        if (informative.Count < 2)
+            return !required;
+        if (informative.Any(x => !(x.D > 0)))
+            return false;
+        var ratios = informative.Select(x => x.D / x.P).ToList();
+        return ratios.Max() <= RelaySpread * ratios.Min();
+    }
+
+    /// <summary>A relayed unit's perturbation at <paramref name="bits"/> run through the head and on through the tail.</summary>
+    private RelayPair Through(CutRunner head, CutRunner tail, QuantUnit unit, int index, int sample, int bits, bool low,
+        IReadOnlyDictionary<QuantLayer, float[]> floatWeights, System.Diagnostics.Stopwatch quantizeClock)
+    {
+        var layer = unit.Layer;
+        var weight = floatWeights[layer];
+        var layout = layer.Layout(_storage.Format, _storage.BlockSize);
+        var gptq = _storage.Compensation.HasFlag(Compensation.Gptq);
+        quantizeClock.Start();
+        // Every width at once, as the segment's own loop would quantize them (that loop then finds them in the memo).
+        Memo.Prepare(layer.Name, weight, layout, _options.CandidateBits, () => Statistics(layer.Name), gptq, _threads);
+        var q = Memo.Quantize(layer.Name, weight, layout, Enumerable.Repeat(bits, layout.Channels).ToArray(), () => Statistics(layer.Name), gptq).Dequantize();
+        quantizeClock.Stop();
+        TensorData? at = null;
+        var (p, l) = head.Run(sample, layer, UnitWeight(unit, weight, q, layer.OutputChannelOfElements()), true, t => at = t);
+        return new RelayPair(index, sample, low, StableRounding.Round(p), StableRounding.Round(l), StableRounding.Round(tail.RunRelay(sample, at!)));
+    }
+
+    /// <summary>
+    /// Ends a chained segment. The relay value's gain G = sum d / sum ||dP||^2 over the perturbations run through the
+    /// tail (the spread probes, more until its standard error is below <see cref="GainSettings.RelativeError"/> or
+    /// <see cref="GainSettings.RelayMaxPairs"/> are run); every unit's gain is G times its gain up to the value, and its
+    /// bend below the reference width its own bend up to the value times the value's (G at the lowest width over G).
+    /// When the perturbations added for the error bar disagree beyond <see cref="RelaySpread"/>, every unit's
+    /// perturbations run on through the tail instead (the gains a direct measurement gives).
+    /// </summary>
+    private RelayOutcome ResolveRelay(RelayPlan plan, IReadOnlyList<RelayedUnit> relayed, List<RelayPair> pairs, int[] bits, int referenceBits,
+        CutRunner head, CutRunner tail, IReadOnlyDictionary<QuantLayer, float[]> floatWeights, int cacheSamples, System.Diagnostics.Stopwatch quantizeClock)
+    {
+        RelayPair Run(int index, int sample, bool low) =>
+            Through(head, tail, relayed[index].Unit, index, sample, low ? bits[0] : referenceBits, low, floatWeights, quantizeClock);
+        List<RelayPair> Measured(bool low) => pairs.Where(x => x.Low == low && !double.IsNaN(x.D)).ToList();
+        (double Gain, double Relative) Estimate(bool low)
+        {
+            var chosen = Measured(low);
+            return RatioEstimate(chosen.Select(x => x.D).ToList(), chosen.Select(x => x.P).ToList());
+        }
+
+        var spread = SpreadOrder(relayed.Count);
+        var candidates = Enumerable.Range(0, cacheSamples)
+            .SelectMany(s => spread.Where(i => relayed[i].P.Count > s).Select(i => (Index: i, Sample: s)))
+            .Where(c => !pairs.Any(x => !x.Low && x.Unit == c.Index && x.Sample == c.Sample)).ToList();
+        var (g, relative) = Estimate(false);
+        var chained = true;
+        for (var next = 0; !(relative <= _settings.RelativeError) && Measured(false).Count < _settings.RelayMaxPairs && next < candidates.Count; next++)
+        {
+            pairs.Add(Run(candidates[next].Index, candidates[next].Sample, false));
+            (g, relative) = Estimate(false);
+            if (!Agree(Measured(false)))
+            {
+                chained = false;
+                break;
+            }
+        }
+        var referencePairs = Measured(false).Count;
+        var (gLow, _) = Estimate(true);
+        var lowMeasured = Measured(true).Any(x => x.P > 0);
+        var refIndex = Array.IndexOf(bits, referenceBits);
+        var units = new List<(RelayedUnit, UnitCurve, UnitGain)>();
+        foreach (var r in relayed)
+        {
+            double gain, unitRelative, factor = 1;
+            var i = r.Index;
+            if (chained)
+            {
+                gain = g * r.ToRelay;
+                unitRelative = double.IsFinite(r.Relative) ? Math.Sqrt(r.Relative * r.Relative + relative * relative) : r.Relative;
+                if (r.Low is { } low && lowMeasured && g > 0 && gLow > 0 && low.L > 0 && low.P > 0)
+                {
+                    var (toRelayFirst, _) = RatioEstimate(r.P.Take(low.LowSamples).ToList(), r.L.Take(low.LowSamples).ToList());
+                    if (toRelayFirst > 0)
+                        factor = StableRounding.Round(low.P / low.L / toRelayFirst * gLow / g);
+                }
+            }
+            else
+            {
+                var d = Enumerable.Range(0, r.P.Count)
+                    .Select(s => (pairs.FirstOrDefault(x => !x.Low && x.Unit == i && x.Sample == s && !double.IsNaN(x.D)) ?? Run(i, s, false)).D).ToList();
+                (gain, unitRelative) = RatioEstimate(d, r.L);
+                if (r.Low is { } low && gain > 0)
+                {
+                    double dl = 0;
+                    for (var s = 0; s < low.LowSamples; s++)
+                        dl += (pairs.FirstOrDefault(x => x.Low && x.Unit == i && x.Sample == s && !double.IsNaN(x.D)) ?? Run(i, s, true)).D;
+                    var (gRef, _) = RatioEstimate(d.Take(low.LowSamples).ToList(), r.L.Take(low.LowSamples).ToList());
+                    if (low.L > 0 && dl > 0 && gRef > 0)
+                        factor = StableRounding.Round(dl / low.L / gRef);
+                }
+            }
+            gain = StableRounding.Round(gain);
+            var values = new double[bits.Length];
+            for (var k = 0; k < bits.Length; k++)
+                values[k] = StableRounding.Round(gain * GainFactor(r.UnitLocal, k, refIndex, factor) * r.UnitLocal[k]);
+            var unit = r.Unit;
+            units.Add((r, new UnitCurve(unit.Name, unit.Size, bits, values) { Gain = gain },
+                new UnitGain(unit.Name, referenceBits, gain, r.P.Count, Round3(unitRelative), StableRounding.Round(r.L.Average()),
+                    StableRounding.Round(r.UnitLocal[refIndex]), "full", factor) { Relay = chained ? plan.Value : null }));
+        }
+        if (Environment.GetEnvironmentVariable("OQ_DEBUG_SEG") == "1")
+            DebugLine($"RELAY {plan.Value} G={g:G4} rel={relative:F3} chained={chained} pairs: " + string.Join(" ", pairs.Where(x => !double.IsNaN(x.D)).Select(x => $"[{relayed[x.Unit].Unit.Name}{(x.Low ? "L" : "")} s{x.Sample} r={(x.P > 0 ? x.D / x.P / g : double.NaN):F2}]")));
+        return new RelayOutcome(plan.Value, StableRounding.Round(g), Round3(relative), referencePairs, chained, units);
     }
 
     /// <summary>
@@ -617,6 +995,8 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         var se = Math.Sqrt(residual / (n * (n - 1.0))) / (sl / n);
         return (g, se / g);
     }
+
+    private static void DebugLine(string s) => System.IO.File.AppendAllText("/tmp/oqdebug.log", s + "\n");
 
     private static double Round3(double v) => double.IsFinite(v) ? Math.Round(v, 3) : v;
 
@@ -738,13 +1118,18 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             return value;
         }
 
-        /// <summary>Feature distortion d_s and, with <paramref name="local"/>, ||z - z_float||^2 at the layer's output.</summary>
-        public (double Distortion, double Local) Run(int sample, QuantLayer layer, float[] weight, bool local)
+        private int _runs;
+
+        /// <summary>The float value of <paramref name="output"/> on <paramref name="sample"/>: every layer's float weight.</summary>
+        public TensorData FloatRun(int sample, string output)
         {
             clock.Start();
+            Interlocked.Increment(ref _runs);
             try
             {
-                return RunOnce(sample, layer, weight, local);
+                var inputs = cut.CutValues.Select(n => new NamedTensor(n, Value(n, sample))).ToList();
+                inputs.AddRange(cut.Layers.Select(l => new NamedTensor(l.WeightName, _float[l])));
+                return session.Run(inputs, [output])[0].Data;
             }
             finally
             {
@@ -752,7 +1137,66 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             }
         }
 
-        private (double Distortion, double Local) RunOnce(int sample, QuantLayer layer, float[] weight, bool local)
+        /// <summary>Holds <paramref name="value"/> as the float reference of the output <paramref name="name"/> on
+        /// <paramref name="sample"/> (a value the cache does not have).</summary>
+        public void Hold(string name, int sample, TensorData value) => _floats[(name, sample)] = value.ToFloats();
+
+        /// <summary>Runs made so far (the runners of exact curves run side by side).</summary>
+        public int Runs => Volatile.Read(ref _runs);
+
+        /// <summary>Feature distortion d_s and, with <paramref name="local"/>, ||z - z_float||^2 at the layer's output;
+        /// <paramref name="first"/> is handed the first feature's perturbed value (a relay value, for the tail).</summary>
+        public (double Distortion, double Local) Run(int sample, QuantLayer layer, float[] weight, bool local, Action<TensorData>? first = null)
+        {
+            clock.Start();
+            Interlocked.Increment(ref _runs);
+            try
+            {
+                return RunOnce(sample, layer, weight, local, first);
+            }
+            finally
+            {
+                clock.Stop();
+            }
+        }
+
+        /// <summary>Feature distortion d_s of a relay cut fed <paramref name="relay"/> for its relay value.</summary>
+        public double RunRelay(int sample, TensorData relay)
+        {
+            clock.Start();
+            Interlocked.Increment(ref _runs);
+            try
+            {
+                var inputs = cut.CutValues.Select(n => new NamedTensor(n, n == cut.Relay ? relay : Value(n, sample))).ToList();
+                var outputs = session.Run(inputs, cut.Features);
+                return Distortion(outputs, cut.Features, sample, $"value '{cut.Relay}'");
+            }
+            finally
+            {
+                clock.Stop();
+            }
+        }
+
+        private double Distortion(IReadOnlyList<NamedTensor> outputs, IReadOnlyList<string> names, int sample, string what)
+        {
+            double distortion = 0;
+            for (var i = 0; i < names.Count; i++)
+            {
+                var name = names[i];
+                var reference = Floats(name, sample);
+                var perturbed = outputs[i].Data.ToFloats();
+                // A data-dependent size (detections after NMS) cannot be compared element by element: a user error in
+                // the choice of features, not a bug.
+                if (perturbed.Length != reference.Length)
+                    throw new CompileException($"feature '{name}' has {reference.Length} values in float and {perturbed.Length} once {what} is " +
+                                               "quantized: its size depends on the data (detections after NMS?); name fixed-size tensors with --feature " +
+                                               "(backbone or pyramid outputs, or the head's raw scores)");
+                distortion += FeatureMetric.SquaredDistance(perturbed, reference) / energy[IndexOf(features, name)];
+            }
+            return distortion;
+        }
+
+        private (double Distortion, double Local) RunOnce(int sample, QuantLayer layer, float[] weight, bool local, Action<TensorData>? first)
         {
             var inputs = cut.CutValues.Select(n => new NamedTensor(n, Value(n, sample))).ToList();
             foreach (var l in cut.Layers)
@@ -761,20 +1205,9 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             if (local)
                 names.Add(cut.OutputOf[layer]);
             var outputs = session.Run(inputs, names);
-            double distortion = 0;
-            for (var i = 0; i < cut.FeaturesOf[layer].Count; i++)
-            {
-                var name = cut.FeaturesOf[layer][i];
-                var reference = Floats(name, sample);
-                var perturbed = outputs[i].Data.ToFloats();
-                // A data-dependent size (detections after NMS) cannot be compared element by element: a user error in
-                // the choice of features, not a bug.
-                if (perturbed.Length != reference.Length)
-                    throw new CompileException($"feature '{name}' has {reference.Length} values in float and {perturbed.Length} once layer '{layer.Name}' is " +
-                                               "quantized: its size depends on the data (detections after NMS?); name fixed-size tensors with --feature " +
-                                               "(backbone or pyramid outputs, or the head's raw scores)");
-                distortion += FeatureMetric.SquaredDistance(perturbed, reference) / energy[IndexOf(features, name)];
-            }
+            var distortion = Distortion(outputs, cut.FeaturesOf[layer], sample, $"layer '{layer.Name}'");
+            if (first is not null && cut.FeaturesOf[layer].Count > 0)
+                first(outputs[0].Data);
             double change = 0;
             if (local)
             {

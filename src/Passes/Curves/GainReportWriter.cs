@@ -18,6 +18,8 @@ public static class GainReportWriter
             w.WriteNumber("samples", g.Samples);
             Number(w, "relative_error", g.RelativeError);
             w.WriteNumber("low_width_factor", g.LowWidthFactor);
+            if (g.Relay is not null)
+                w.WriteString("relay", g.Relay);
             Number(w, "local_measured", g.LocalMeasured);
             Number(w, "local_predicted", g.LocalPredicted);
             Number(w, "local_measured_over_predicted", double.IsFinite(g.MeasuredOverPredicted) ? Math.Round(g.MeasuredOverPredicted, 4) : double.NaN);

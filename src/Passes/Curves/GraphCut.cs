@@ -14,11 +14,91 @@ namespace OnnxQuant.Passes.Curves;
 public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<string> CutValues, IReadOnlyList<string> Features,
     IReadOnlyDictionary<QuantLayer, IReadOnlyList<string>> FeaturesOf, IReadOnlyDictionary<QuantLayer, string> OutputOf, int Nodes)
 {
+    /// <summary>For a relay cut (no layers): the value it starts from, one of its cut values, fed perturbed.</summary>
+    public string? Relay { get; init; }
+
     /// <summary>Finds the cut of <paramref name="layers"/> in <paramref name="model"/> (not modified).</summary>
     public static GraphCut Find(Model model, IReadOnlyList<QuantLayer> layers, IReadOnlyList<string> features)
     {
-        var a = Analyse(model.Graph, layers, features);
+        var a = Analyse(model.Graph, layers, null, features);
         return new GraphCut(layers, a.Cut.Select(v => v.Name).ToList(), a.Features, a.FeaturesOf, a.OutputOf, a.Keep.Count);
+    }
+
+    /// <summary>The part of <paramref name="model"/> downstream of the value <paramref name="relay"/> that leads to a
+    /// feature: what a change of that value alone can change.</summary>
+    public static GraphCut FindFrom(Model model, string relay, IReadOnlyList<string> features)
+    {
+        var a = Analyse(model.Graph, [], relay, features);
+        return new GraphCut([], a.Cut.Select(v => v.Name).ToList(), a.Features, a.FeaturesOf, a.OutputOf, a.Keep.Count) { Relay = relay };
+    }
+
+    /// <summary>
+    /// The first value (in graph order) that every path from any of <paramref name="layers"/> to a feature passes
+    /// through, itself not a feature, nor the output of a node that also computes a feature: then the features depend
+    /// on those layers' weights only through it. Null when there is none (a feature pyramid's levels each read the
+    /// backbone stage they follow), or when a layer reaches no feature.
+    /// </summary>
+    public static string? CommonRelay(Model model, IReadOnlyList<QuantLayer> layers, IReadOnlyList<string> features)
+    {
+        var graph = model.Graph;
+        var reaching = Reaching(graph, features);
+        var featureSet = features.ToHashSet(StringComparer.Ordinal);
+        var starts = new List<Node>();
+        foreach (var layer in layers)
+        {
+            if (graph.FindInitializer(layer.WeightName)?.Uses.Single().Node is not { } node || !reaching.Contains(node))
+                return null;
+            starts.Add(node);
+        }
+        if (starts.Count == 0)
+            return null;
+        var order = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
+        for (var i = 0; i < graph.Nodes.Count; i++)
+            order[graph.Nodes[i]] = i;
+        var region = Downstream(graph, starts, reaching, null);
+        var last = starts.Max(n => order[n]);
+        foreach (var node in graph.Nodes.Skip(last).Where(region.Contains))
+        {
+            if (node.Outputs.Any(o => featureSet.Contains(o.Name)) || node.Subgraphs.Any())
+                continue;
+            foreach (var value in node.Outputs)
+            {
+                if (value.IsOmitted || value.IsGraphOutput || value.Uses.Count == 0)
+                    continue;
+                // Every node between the layers and the features that does not read through this value: none of them
+                // may compute a feature.
+                var around = Downstream(graph, starts, reaching, value);
+                if (!around.Any(n => n.Outputs.Any(o => featureSet.Contains(o.Name))))
+                    return value.Name;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>Nodes reachable from <paramref name="starts"/> (included) that lead to a feature, not following the
+    /// uses of <paramref name="blocked"/>.</summary>
+    private static HashSet<Node> Downstream(Graph graph, IEnumerable<Node> starts, HashSet<Node> reaching, Value? blocked)
+    {
+        var own = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        var stack = new Stack<Node>();
+        foreach (var s in starts)
+            if (own.Add(s))
+                stack.Push(s);
+        while (stack.Count > 0)
+        {
+            foreach (var output in stack.Pop().Outputs)
+            {
+                if (ReferenceEquals(output, blocked))
+                    continue;
+                foreach (var use in output.Uses)
+                {
+                    var user = TopLevel(graph, use.Node);
+                    if (user is not null && reaching.Contains(user) && own.Add(user))
+                        stack.Push(user);
+                }
+            }
+        }
+        return own;
     }
 
     /// <summary>
@@ -31,7 +111,7 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
     {
         var clone = model.Clone();
         var graph = clone.Graph;
-        var (keep, cut, reached, _, _) = Analyse(graph, Layers, Features);
+        var (keep, cut, reached, _, _) = Analyse(graph, Layers, Relay, Features);
         while (graph.Outputs.Count > 0)
             graph.RemoveOutput(graph.Outputs.Count - 1);
         var renames = new List<(Value Input, string Name)>();
@@ -77,30 +157,24 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
     }
 
     private static (HashSet<Node> Keep, List<Value> Cut, List<string> Features, Dictionary<QuantLayer, IReadOnlyList<string>> FeaturesOf,
-        Dictionary<QuantLayer, string> OutputOf) Analyse(Graph graph, IReadOnlyList<QuantLayer> layers, IReadOnlyList<string> features)
+        Dictionary<QuantLayer, string> OutputOf) Analyse(Graph graph, IReadOnlyList<QuantLayer> layers, string? relay, IReadOnlyList<string> features)
     {
         var reaching = Reaching(graph, features);
         var keep = new HashSet<Node>(ReferenceEqualityComparer.Instance);
         var featuresOf = new Dictionary<QuantLayer, IReadOnlyList<string>>();
         var outputOf = new Dictionary<QuantLayer, string>();
+        if (relay is not null)
+        {
+            var value = graph.FindValue(relay) ?? throw new InvalidOperationException($"relay value '{relay}' not found");
+            var users = value.Uses.Select(u => TopLevel(graph, u.Node)).OfType<Node>().Where(reaching.Contains).ToList();
+            keep.UnionWith(Downstream(graph, users, reaching, null));
+        }
         foreach (var layer in layers)
         {
             var node = graph.FindInitializer(layer.WeightName)?.Uses.Single().Node
                 ?? throw new InvalidOperationException($"layer '{layer.Name}': weight '{layer.WeightName}' not found");
             // Forward closure of the layer's outputs, restricted to what reaches a feature.
-            var own = new HashSet<Node>(ReferenceEqualityComparer.Instance) { node };
-            var stack = new Stack<Node>();
-            stack.Push(node);
-            while (stack.Count > 0)
-            {
-                foreach (var output in stack.Pop().Outputs)
-                    foreach (var use in output.Uses)
-                    {
-                        var user = TopLevel(graph, use.Node);
-                        if (user is not null && reaching.Contains(user) && own.Add(user))
-                            stack.Push(user);
-                    }
-            }
+            var own = Downstream(graph, [node], reaching, null);
             keep.UnionWith(own);
             featuresOf[layer] = features.Where(f => graph.FindValue(f)?.Producer is { } p && own.Contains(p)).ToList();
             outputOf[layer] = node.Outputs[0].Name;
