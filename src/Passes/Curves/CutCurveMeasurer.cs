@@ -442,7 +442,6 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
             {
                 var cut = segments[segmentIndex];
                 var plan = _relays.Count > segmentIndex ? _relays[segmentIndex] : null;
-                var dbgRun0 = runClock.Elapsed.TotalSeconds; var dbgQ0 = quantizeClock.Elapsed.TotalSeconds; var dbgRuns0 = runs; var dbgS0 = sessionClock.Elapsed.TotalSeconds;
                 cutNodes += cut.Nodes * cut.Layers.Count;
                 sessionClock.Start();
                 // Every cached sample gives the same shape to a cut value when the model has a fixed batch; a shape
@@ -747,8 +746,6 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                     var measured = probes.Values.Where(x => !x.Low).ToList();
                     var (g, relative) = RatioEstimate(measured.Select(x => x.D).ToList(), measured.Select(x => x.P).ToList());
                     relayOutcomes.Add(new RelayOutcome(plan!.Value, StableRounding.Round(g), Round3(relative), measured.Count, false, []));
-                    if (Environment.GetEnvironmentVariable("OQ_DEBUG_SEG") == "1")
-                        DebugLine($"RELAY {plan.Value} G={g:G4} not chained: " + string.Join(" ", probes.Values.Select(x => $"[{relayedUnits[x.Unit].Name}{(x.Low ? "L" : "")} r={(x.P > 0 ? x.D / x.P / g : double.NaN):F2}]")));
                 }
                 if (relayed.Count > 0)
                 {
@@ -765,8 +762,6 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                     stage.Advance();
                 }
                 runs += runners.Sum(r => r.Runs) + (tail?.Runs ?? 0) + (whole?.Runs ?? 0);
-                if (Environment.GetEnvironmentVariable("OQ_DEBUG_SEG") == "1")
-                    DebugLine($"SEG {cut.Layers[0].Name} relay={plan?.Value} layers={cut.Layers.Count} nodes={cut.Nodes} runs={runs - dbgRuns0} run_s={runClock.Elapsed.TotalSeconds - dbgRun0:F2} q_s={quantizeClock.Elapsed.TotalSeconds - dbgQ0:F2} sess_s={sessionClock.Elapsed.TotalSeconds - dbgS0:F2}");
             }
         }
         var spilled = cache.SpilledBytes;
@@ -950,8 +945,6 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 new UnitGain(unit.Name, referenceBits, gain, r.P.Count, Round3(unitRelative), StableRounding.Round(r.L.Average()),
                     StableRounding.Round(r.UnitLocal[refIndex]), "full", factor) { Relay = chained ? plan.Value : null }));
         }
-        if (Environment.GetEnvironmentVariable("OQ_DEBUG_SEG") == "1")
-            DebugLine($"RELAY {plan.Value} G={g:G4} rel={relative:F3} chained={chained} pairs: " + string.Join(" ", pairs.Where(x => !double.IsNaN(x.D)).Select(x => $"[{relayed[x.Unit].Unit.Name}{(x.Low ? "L" : "")} s{x.Sample} r={(x.P > 0 ? x.D / x.P / g : double.NaN):F2}]")));
         return new RelayOutcome(plan.Value, StableRounding.Round(g), Round3(relative), referencePairs, chained, units);
     }
 
@@ -995,8 +988,6 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
         var se = Math.Sqrt(residual / (n * (n - 1.0))) / (sl / n);
         return (g, se / g);
     }
-
-    private static void DebugLine(string s) => System.IO.File.AppendAllText("/tmp/oqdebug.log", s + "\n");
 
     private static double Round3(double v) => double.IsFinite(v) ? Math.Round(v, 3) : v;
 
