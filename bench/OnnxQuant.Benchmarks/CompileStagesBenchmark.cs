@@ -113,7 +113,7 @@ public static class CompileStagesBenchmark
             var modelBytes = new FileInfo(modelPath).Length;
             Console.WriteLine($"peak resident memory: {PeakResidentBytes() >> 20} MiB (bound 2 x model + 1 GiB = {(2 * modelBytes + (1L << 30)) >> 20} MiB)");
             Console.WriteLine("resident memory at stage boundaries (MiB): " + string.Join(", ", memory.Points));
-            foreach (var note in result.Targets[0].Report.Notes.Where(n => n.StartsWith("curve", StringComparison.Ordinal)))
+            foreach (var note in result.Targets[0].Report.Notes.Where(n => n.StartsWith("curve", StringComparison.Ordinal) || n.StartsWith("gain relays", StringComparison.Ordinal)))
                 Console.WriteLine("note: " + note);
         }
         finally

@@ -56,21 +56,37 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
         for (var i = 0; i < graph.Nodes.Count; i++)
             order[graph.Nodes[i]] = i;
         var region = Downstream(graph, starts, reaching, null);
-        var last = starts.Max(n => order[n]);
-        foreach (var node in graph.Nodes.Skip(last).Where(region.Contains))
-        {
-            if (node.Outputs.Any(o => featureSet.Contains(o.Name)) || node.Subgraphs.Any())
-                continue;
+        // Every node of the region lies before such a value's producer (it leads to the value) or after it (it reads
+        // through the value), so in graph order the value is, right after its producer, the one value still to be read
+        // by the region or to reach a feature: one sweep finds the first.
+        var nodes = graph.Nodes.Where(region.Contains).ToList();
+        var lastUse = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
+        foreach (var node in nodes)
             foreach (var value in node.Outputs)
             {
-                if (value.IsOmitted || value.IsGraphOutput || value.Uses.Count == 0)
+                if (value.IsOmitted)
                     continue;
-                // Every node between the layers and the features that does not read through this value: none of them
-                // may compute a feature.
-                var around = Downstream(graph, starts, reaching, value);
-                if (!around.Any(n => n.Outputs.Any(o => featureSet.Contains(o.Name))))
-                    return value.Name;
+                var uses = value.Uses.Select(u => TopLevel(graph, u.Node)).OfType<Node>().Where(region.Contains).Select(n => order[n]).ToList();
+                if (featureSet.Contains(value.Name))
+                    lastUse[value] = int.MaxValue;
+                else if (uses.Count > 0)
+                    lastUse[value] = uses.Max();
             }
+        var live = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        var last = starts.Max(n => order[n]);
+        foreach (var node in nodes)
+        {
+            var index = order[node];
+            live.RemoveWhere(v => lastUse[v] <= index);
+            foreach (var value in node.Outputs)
+                if (lastUse.ContainsKey(value))
+                    live.Add(value);
+            if (index < last || live.Count != 1)
+                continue;
+            var only = live.First();
+            if (lastUse[only] == int.MaxValue || only.Producer is not { } producer || producer.Subgraphs.Any())
+                continue;
+            return only.Name;
         }
         return null;
     }

@@ -85,6 +85,7 @@ public class RelayGainTests
     /// On a residual network, chained gains follow the gains measured through to the output unit by unit: within a
     /// factor 1.6 (the relay's gain stands for the directions of several units, and the direct gains have their own
     /// sampling error of up to 25 %), and the 4- and 3-bit allocations measure within 15 % of the direct ones' distortion.
+    /// The two-branch test below has probes that disagree.
     /// </summary>
     [Fact]
     public void ChainedGainsFollowDirectGainsOnAResidualNetwork()
@@ -103,7 +104,9 @@ public class RelayGainTests
             var directGains = direct.Targets[0].Report.CurveGains.ToDictionary(g => g.Unit);
             Assert.Equal(directGains.Count, chainedGains.Count);
             var relayed = chainedGains.Where(g => g.Relay is not null).ToList();
-            Assert.True(relayed.Count >= 8, $"{relayed.Count} of {chainedGains.Count} units chained");
+            // The first segment (4 layers) is chained; the second's probes agree at 4 bits but not at 2 (its units bend apart
+            // beyond the relay value), so it is measured unit by unit.
+            Assert.True(relayed.Count >= 4, $"{relayed.Count} of {chainedGains.Count} units chained");
             Assert.All(direct.Targets[0].Report.CurveGains, g => Assert.Null(g.Relay));
             foreach (var g in chainedGains)
             {
@@ -160,7 +163,7 @@ public class RelayGainTests
             var direct = Compile("direct", false);
             var report = relayed.Targets[0].Report;
             Assert.All(report.CurveGains, g => Assert.Null(g.Relay));
-            Assert.Contains(report.Notes, n => n.StartsWith("gain relays:", StringComparison.Ordinal) && n.Contains("differed more than 2-fold"));
+            Assert.Contains(report.Notes, n => n.StartsWith("gain relays:", StringComparison.Ordinal) && n.Contains("differed more than 1.67-fold"));
             var directCurves = direct.Targets[0].Report.Curves.ToDictionary(c => c.Name);
             foreach (var curve in report.Curves)
                 for (var k = 0; k < curve.Bits.Count; k++)
