@@ -55,7 +55,7 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
         var order = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
         for (var i = 0; i < graph.Nodes.Count; i++)
             order[graph.Nodes[i]] = i;
-        var region = Downstream(graph, starts, reaching, null);
+        var region = Downstream(graph, starts, reaching);
         // Every node of the region lies before such a value's producer (it leads to the value) or after it (it reads
         // through the value), so in graph order the value is, right after its producer, the one value still to be read
         // by the region or to reach a feature: one sweep finds the first.
@@ -91,9 +91,8 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
         return null;
     }
 
-    /// <summary>Nodes reachable from <paramref name="starts"/> (included) that lead to a feature, not following the
-    /// uses of <paramref name="blocked"/>.</summary>
-    private static HashSet<Node> Downstream(Graph graph, IEnumerable<Node> starts, HashSet<Node> reaching, Value? blocked)
+    /// <summary>Nodes reachable from <paramref name="starts"/> (included) that lead to a feature.</summary>
+    private static HashSet<Node> Downstream(Graph graph, IEnumerable<Node> starts, HashSet<Node> reaching)
     {
         var own = new HashSet<Node>(ReferenceEqualityComparer.Instance);
         var stack = new Stack<Node>();
@@ -103,16 +102,12 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
         while (stack.Count > 0)
         {
             foreach (var output in stack.Pop().Outputs)
-            {
-                if (ReferenceEquals(output, blocked))
-                    continue;
                 foreach (var use in output.Uses)
                 {
                     var user = TopLevel(graph, use.Node);
                     if (user is not null && reaching.Contains(user) && own.Add(user))
                         stack.Push(user);
                 }
-            }
         }
         return own;
     }
@@ -183,14 +178,14 @@ public sealed record GraphCut(IReadOnlyList<QuantLayer> Layers, IReadOnlyList<st
         {
             var value = graph.FindValue(relay) ?? throw new InvalidOperationException($"relay value '{relay}' not found");
             var users = value.Uses.Select(u => TopLevel(graph, u.Node)).OfType<Node>().Where(reaching.Contains).ToList();
-            keep.UnionWith(Downstream(graph, users, reaching, null));
+            keep.UnionWith(Downstream(graph, users, reaching));
         }
         foreach (var layer in layers)
         {
             var node = graph.FindInitializer(layer.WeightName)?.Uses.Single().Node
                 ?? throw new InvalidOperationException($"layer '{layer.Name}': weight '{layer.WeightName}' not found");
             // Forward closure of the layer's outputs, restricted to what reaches a feature.
-            var own = Downstream(graph, [node], reaching, null);
+            var own = Downstream(graph, [node], reaching);
             keep.UnionWith(own);
             featuresOf[layer] = features.Where(f => graph.FindValue(f)?.Producer is { } p && own.Contains(p)).ToList();
             outputOf[layer] = node.Outputs[0].Name;
