@@ -494,10 +494,10 @@ public sealed class CutCurveMeasurer : ICalibrationTap, IDisposable
                 }
                 using var tailScope = tailSessions;
 
-                // The relayed units, in unit order. The first spread ones' perturbations on sample 0 run through head and
-                // tail before anything else: whether their gains beyond the relay value agree decides how the segment
-                // is measured.
-                var relayedUnits = plan is null ? [] : _units.Where(u => cut.Layers.Contains(u.Layer) && HasLocalError(u.Layer)).ToList();
+                // The relayed units, in the order the loop below meets them. The first spread ones' perturbations on
+                // sample 0 run through head and tail before anything else: whether their gains beyond the relay value
+                // agree decides how the segment is measured.
+                var relayedUnits = plan is null ? [] : cut.Layers.Where(HasLocalError).SelectMany(l => _units.Where(u => u.Layer == l)).ToList();
                 var spread = SpreadOrder(relayedUnits.Count);
                 var probes = new Dictionary<(int Index, int Sample, bool Low), RelayPair>();
                 var lowWidth = _settings.LowWidthSamples > 0 && bits[0] < referenceBits;
